@@ -1,0 +1,164 @@
+//! Types shared by the XDP program and user space. Changing any of them changes the ABI.
+
+/// Name of the XDP program inside the object file.
+pub const XDP_PROGRAM_NAME: &str = "wirewatch_xdp";
+/// Name of the XSKMAP (queue index → AF_XDP socket).
+pub const XSK_MAP_NAME: &str = "XSKS";
+/// Name of the per-CPU outcome counter array.
+pub const COUNTERS_MAP_NAME: &str = "COUNTERS";
+/// Name of the `.rodata` global holding [`XdpConfig`].
+pub const CONFIG_GLOBAL_NAME: &str = "CONFIG";
+/// Slots in the XSKMAP: the highest queue index wirewatch can bind, plus one.
+pub const MAX_QUEUES: u32 = 256;
+
+/// Load-time settings, written into `.rodata` by the loader before the program is verified,
+/// so the program never pays a map lookup per packet for them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XdpConfig {
+    /// Bytes of each redirected frame kept; longer frames are cut with `bpf_xdp_adjust_tail`.
+    /// 0 keeps whole frames (zero-copy mode, where the kernel never copies the payload).
+    pub snaplen: u32,
+    /// 1: drop frames that are not TCP (dedicated tap); 0: pass them to the stack.
+    pub non_tcp_drop: u32,
+}
+const _: () = assert!(core::mem::size_of::<XdpConfig>() == 8);
+
+impl XdpConfig {
+    pub const DEFAULT_SNAPLEN: u32 = 128;
+    /// Shortest snap length that still holds Ethernet + two VLAN tags + IPv6 + 4 small
+    /// extension headers + a TCP header with the largest options.
+    pub const MIN_SNAPLEN: u32 = 96;
+}
+
+impl Default for XdpConfig {
+    fn default() -> Self {
+        Self { snaplen: Self::DEFAULT_SNAPLEN, non_tcp_drop: 0 }
+    }
+}
+
+/// `XdpMeta::magic`: lets user space tell our metadata from stale headroom bytes.
+pub const META_MAGIC: u32 = 0x5757_4d31; // "WWM1"
+/// The frame was cut to the snap length; `orig_len` holds its length on the wire.
+pub const META_F_TRUNCATED: u32 = 1 << 0;
+/// `rx_ns` is a NIC hardware timestamp (else `bpf_ktime_get_ns`, CLOCK_MONOTONIC).
+pub const META_F_HW_TIMESTAMP: u32 = 1 << 1;
+
+/// Metadata the XDP program writes in front of each redirected frame
+/// (`bpf_xdp_adjust_meta`); user space finds it right before the packet data.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpMeta {
+    pub magic: u32,
+    pub flags: u32,
+    /// Frame length before truncation.
+    pub orig_len: u32,
+    pub _pad: u32,
+    /// Receive time in nanoseconds (see [`META_F_HW_TIMESTAMP`] for the clock).
+    pub rx_ns: u64,
+}
+/// The kernel allows at most 32 bytes of metadata, in multiples of 4.
+pub const XDP_META_LEN: usize = 24;
+const _: () = assert!(core::mem::size_of::<XdpMeta>() == XDP_META_LEN);
+const _: () = assert!(XDP_META_LEN % 4 == 0 && XDP_META_LEN <= 32);
+
+impl XdpMeta {
+    /// Decodes metadata from the `XDP_META_LEN` bytes in front of a frame (host byte order,
+    /// written by the program running on this host). `None` if the magic is wrong.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        if b.len() < XDP_META_LEN {
+            return None;
+        }
+        let u32_at = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let magic = u32_at(0);
+        if magic != META_MAGIC {
+            return None;
+        }
+        let mut ns = [0u8; 8];
+        ns.copy_from_slice(&b[16..24]);
+        Some(Self { magic, flags: u32_at(4), orig_len: u32_at(8), _pad: 0, rx_ns: u64::from_ne_bytes(ns) })
+    }
+}
+
+/// Every way the XDP program can dispose of a frame; the index into the per-CPU counters.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// TCP, redirected into the queue's AF_XDP socket.
+    TcpRedirected = 0,
+    /// TCP, but no AF_XDP socket bound on this queue: passed to the stack.
+    RedirectFailed = 1,
+    NonTcpPassed = 2,
+    NonTcpDropped = 3,
+    /// IPv4/IPv6 fragment after the first: no TCP header to read, passed.
+    LaterFragment = 4,
+    MalformedEthernet = 5,
+    MalformedVlan = 6,
+    MalformedIpv4 = 7,
+    MalformedIpv4Ihl = 8,
+    MalformedIpv6 = 9,
+    MalformedIpv6Ext = 10,
+    Ipv6ExtChainTooLong = 11,
+    MalformedTcp = 12,
+    MalformedTcpDataOffset = 13,
+    /// `bpf_xdp_adjust_tail` refused to cut the frame: passed, not redirected whole.
+    TruncateFailed = 14,
+    /// `bpf_xdp_adjust_meta` refused the metadata: redirected without it.
+    MetaFailed = 15,
+}
+pub const OUTCOME_COUNT: u32 = 16;
+
+impl Outcome {
+    pub const ALL: [Outcome; OUTCOME_COUNT as usize] = [
+        Outcome::TcpRedirected,
+        Outcome::RedirectFailed,
+        Outcome::NonTcpPassed,
+        Outcome::NonTcpDropped,
+        Outcome::LaterFragment,
+        Outcome::MalformedEthernet,
+        Outcome::MalformedVlan,
+        Outcome::MalformedIpv4,
+        Outcome::MalformedIpv4Ihl,
+        Outcome::MalformedIpv6,
+        Outcome::MalformedIpv6Ext,
+        Outcome::Ipv6ExtChainTooLong,
+        Outcome::MalformedTcp,
+        Outcome::MalformedTcpDataOffset,
+        Outcome::TruncateFailed,
+        Outcome::MetaFailed,
+    ];
+
+    /// The `reason` label of `wirewatch_xdp_packets_total`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Outcome::TcpRedirected => "tcp_redirected",
+            Outcome::RedirectFailed => "redirect_failed_no_socket",
+            Outcome::NonTcpPassed => "non_tcp_passed",
+            Outcome::NonTcpDropped => "non_tcp_dropped",
+            Outcome::LaterFragment => "later_fragment",
+            Outcome::MalformedEthernet => "malformed_ethernet",
+            Outcome::MalformedVlan => "malformed_vlan",
+            Outcome::MalformedIpv4 => "malformed_ipv4",
+            Outcome::MalformedIpv4Ihl => "malformed_ipv4_ihl",
+            Outcome::MalformedIpv6 => "malformed_ipv6",
+            Outcome::MalformedIpv6Ext => "malformed_ipv6_ext",
+            Outcome::Ipv6ExtChainTooLong => "ipv6_ext_chain_too_long",
+            Outcome::MalformedTcp => "malformed_tcp",
+            Outcome::MalformedTcpDataOffset => "malformed_tcp_data_offset",
+            Outcome::TruncateFailed => "truncate_failed",
+            Outcome::MetaFailed => "meta_failed",
+        }
+    }
+
+    pub const fn is_malformed(self) -> bool {
+        (self as u32) >= Outcome::MalformedEthernet as u32
+            && (self as u32) <= Outcome::MalformedTcpDataOffset as u32
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: both are repr(C), Copy, and have no padding (size asserted above).
+    unsafe impl aya::Pod for super::XdpConfig {}
+    unsafe impl aya::Pod for super::XdpMeta {}
+}

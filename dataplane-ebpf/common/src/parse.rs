@@ -1,0 +1,366 @@
+//! The one header parser: Ethernet → up to two VLAN tags → IPv4/IPv6 (+ up to four
+//! extension headers) → TCP. The XDP program runs it over `data..data_end`, user space over
+//! byte slices; both get the same verdict for the same frame.
+//!
+//! `classify` only locates headers and validates their lengths; field decoding for the
+//! tracker lives in [`crate::parse::TcpView`] (user space only needs it, but it is `no_std`
+//! so the fuzzers cover it too).
+
+use crate::abi::Outcome;
+
+/// Bounds-checked big-endian reads at an offset. The XDP side checks against `data_end`
+/// with pointer arithmetic the verifier follows; the user side uses slice bounds.
+pub trait Bytes {
+    fn u8_at(&self, off: usize) -> Option<u8>;
+    fn be16_at(&self, off: usize) -> Option<u16>;
+}
+
+impl Bytes for [u8] {
+    #[inline(always)]
+    fn u8_at(&self, off: usize) -> Option<u8> {
+        self.get(off).copied()
+    }
+    #[inline(always)]
+    fn be16_at(&self, off: usize) -> Option<u16> {
+        match self.get(off..off.checked_add(2)?) {
+            Some(b) => Some(u16::from_be_bytes([b[0], b[1]])),
+            None => None,
+        }
+    }
+}
+
+pub const ETH_HLEN: usize = 14;
+pub const ETHERTYPE_IPV4: u16 = 0x0800;
+pub const ETHERTYPE_IPV6: u16 = 0x86dd;
+pub const ETHERTYPE_VLAN: u16 = 0x8100;
+pub const ETHERTYPE_QINQ: u16 = 0x88a8;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPV6_HLEN: usize = 40;
+pub const TCP_MIN_HLEN: usize = 20;
+pub const MAX_VLAN_TAGS: usize = 2;
+pub const MAX_IPV6_EXT_HEADERS: usize = 4;
+
+const IPV6_EXT_HOPOPTS: u8 = 0;
+const IPV6_EXT_ROUTING: u8 = 43;
+const IPV6_EXT_FRAGMENT: u8 = 44;
+const IPV6_EXT_DSTOPTS: u8 = 60;
+
+/// Where the headers of a TCP frame are. Offsets are from the start of the Ethernet frame.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpOffsets {
+    pub vlan_count: u8,
+    /// VLAN IDs (12 bits), outermost first; 0 where absent.
+    pub vlan_ids: [u16; MAX_VLAN_TAGS],
+    /// 4 or 6.
+    pub ip_version: u8,
+    pub l3_off: u16,
+    pub l4_off: u16,
+    pub tcp_hdr_len: u16,
+    /// Offset just past the IP packet (the frame may carry Ethernet padding after it).
+    pub ip_end: u32,
+}
+
+impl TcpOffsets {
+    /// TCP payload bytes on the wire.
+    pub fn payload_len(&self) -> u32 {
+        self.ip_end - self.l4_off as u32 - self.tcp_hdr_len as u32
+    }
+}
+
+/// Locates the TCP header of an Ethernet frame.
+///
+/// `wire_len` is the frame's length on the wire: the IP length fields are checked against it,
+/// so a capture cut to a snap length still parses while a frame that was cut on the wire does
+/// not. The error is the [`Outcome`] the XDP program counts: `NonTcpPassed` for anything that
+/// is simply not TCP, `LaterFragment`, or a `Malformed*` reason.
+#[inline(always)]
+pub fn classify<B: Bytes + ?Sized>(b: &B, wire_len: usize) -> Result<TcpOffsets, Outcome> {
+    let mut out = TcpOffsets::default();
+    let mut ethertype = b.be16_at(12).ok_or(Outcome::MalformedEthernet)?;
+    let mut off = ETH_HLEN;
+    let mut tags = 0usize;
+    while ethertype == ETHERTYPE_VLAN || ethertype == ETHERTYPE_QINQ {
+        if tags == MAX_VLAN_TAGS {
+            return Err(Outcome::MalformedVlan);
+        }
+        let tci = b.be16_at(off).ok_or(Outcome::MalformedVlan)?;
+        ethertype = b.be16_at(off + 2).ok_or(Outcome::MalformedVlan)?;
+        out.vlan_ids[tags] = tci & 0x0fff;
+        tags += 1;
+        off += 4;
+    }
+    out.vlan_count = tags as u8;
+    out.l3_off = off as u16;
+
+    let seg_len; // bytes from the TCP header to the end of the IP packet
+    match ethertype {
+        ETHERTYPE_IPV4 => {
+            let vihl = b.u8_at(off).ok_or(Outcome::MalformedIpv4)?;
+            if vihl >> 4 != 4 {
+                return Err(Outcome::MalformedIpv4);
+            }
+            let ihl = ((vihl & 0x0f) as usize) * 4;
+            if ihl < 20 {
+                return Err(Outcome::MalformedIpv4Ihl);
+            }
+            let total = b.be16_at(off + 2).ok_or(Outcome::MalformedIpv4)? as usize;
+            let frag = b.be16_at(off + 6).ok_or(Outcome::MalformedIpv4)?;
+            let proto = b.u8_at(off + 9).ok_or(Outcome::MalformedIpv4)?;
+            // The whole header must be present (options included) and fit in the total length.
+            b.u8_at(off + ihl - 1).ok_or(Outcome::MalformedIpv4Ihl)?;
+            if total < ihl || off + total > wire_len {
+                return Err(Outcome::MalformedIpv4);
+            }
+            if frag & 0x1fff != 0 {
+                return Err(Outcome::LaterFragment);
+            }
+            if proto != IPPROTO_TCP {
+                return Err(Outcome::NonTcpPassed);
+            }
+            out.ip_version = 4;
+            out.ip_end = (off + total) as u32;
+            off += ihl;
+            seg_len = total - ihl;
+        }
+        ETHERTYPE_IPV6 => {
+            let v = b.u8_at(off).ok_or(Outcome::MalformedIpv6)?;
+            if v >> 4 != 6 {
+                return Err(Outcome::MalformedIpv6);
+            }
+            let payload = b.be16_at(off + 4).ok_or(Outcome::MalformedIpv6)? as usize;
+            let mut next = b.u8_at(off + 6).ok_or(Outcome::MalformedIpv6)?;
+            b.u8_at(off + IPV6_HLEN - 1).ok_or(Outcome::MalformedIpv6)?;
+            let end = off + IPV6_HLEN + payload;
+            if end > wire_len {
+                return Err(Outcome::MalformedIpv6);
+            }
+            out.ip_version = 6;
+            out.ip_end = end as u32;
+            off += IPV6_HLEN;
+            let mut skipped = 0usize;
+            loop {
+                match next {
+                    IPPROTO_TCP => break,
+                    IPV6_EXT_HOPOPTS | IPV6_EXT_ROUTING | IPV6_EXT_DSTOPTS | IPV6_EXT_FRAGMENT => {
+                        if skipped == MAX_IPV6_EXT_HEADERS {
+                            return Err(Outcome::Ipv6ExtChainTooLong);
+                        }
+                        let nh = b.u8_at(off).ok_or(Outcome::MalformedIpv6Ext)?;
+                        let len = if next == IPV6_EXT_FRAGMENT {
+                            let fo = b.be16_at(off + 2).ok_or(Outcome::MalformedIpv6Ext)?;
+                            if fo & 0xfff8 != 0 {
+                                return Err(Outcome::LaterFragment);
+                            }
+                            8
+                        } else {
+                            (b.u8_at(off + 1).ok_or(Outcome::MalformedIpv6Ext)? as usize + 1) * 8
+                        };
+                        if off + len > end {
+                            return Err(Outcome::MalformedIpv6Ext);
+                        }
+                        next = nh;
+                        off += len;
+                        skipped += 1;
+                    }
+                    _ => return Err(Outcome::NonTcpPassed),
+                }
+            }
+            seg_len = end - off;
+        }
+        _ => return Err(Outcome::NonTcpPassed),
+    }
+
+    out.l4_off = off as u16;
+    let doff_byte = b.u8_at(off + 12).ok_or(Outcome::MalformedTcp)?;
+    b.u8_at(off + TCP_MIN_HLEN - 1).ok_or(Outcome::MalformedTcp)?;
+    let hlen = ((doff_byte >> 4) as usize) * 4;
+    if hlen < TCP_MIN_HLEN {
+        return Err(Outcome::MalformedTcpDataOffset);
+    }
+    if hlen > seg_len {
+        return Err(Outcome::MalformedTcpDataOffset);
+    }
+    out.tcp_hdr_len = hlen as u16;
+    Ok(out)
+}
+
+/// TCP flag bits (RFC 9293 §3.1).
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+    pub const ECE: u8 = 0x40;
+    pub const CWR: u8 = 0x80;
+}
+
+/// TCP options the tracker uses (RFC 9293 §3.2, RFC 7323, RFC 2018).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpOptions {
+    pub mss: Option<u16>,
+    pub wscale: Option<u8>,
+    pub sack_permitted: bool,
+    pub has_sack: bool,
+    /// (TSval, TSecr)
+    pub timestamp: Option<(u32, u32)>,
+    /// The option list was cut by the snap length or ended inside an option.
+    pub truncated: bool,
+}
+
+/// Decodes the TCP option list `opts` (the bytes after the fixed header that were captured).
+pub fn parse_tcp_options(opts: &[u8], declared_len: usize) -> TcpOptions {
+    let mut o = TcpOptions { truncated: opts.len() < declared_len, ..Default::default() };
+    let mut i = 0;
+    while i < opts.len() {
+        match opts[i] {
+            0 => break,
+            1 => i += 1,
+            kind => {
+                let Some(&len) = opts.get(i + 1) else {
+                    o.truncated = true;
+                    break;
+                };
+                let len = len as usize;
+                if len < 2 || i + len > opts.len() {
+                    o.truncated = true;
+                    break;
+                }
+                let body = &opts[i + 2..i + len];
+                match (kind, body.len()) {
+                    (2, 2) => o.mss = Some(u16::from_be_bytes([body[0], body[1]])),
+                    (3, 1) => o.wscale = Some(body[0].min(14)),
+                    (4, 0) => o.sack_permitted = true,
+                    (5, _) => o.has_sack = true,
+                    (8, 8) => {
+                        let v = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                        let e = u32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+                        o.timestamp = Some((v, e));
+                    }
+                    _ => {}
+                }
+                i += len;
+            }
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eth(ethertype: u16) -> [u8; 14] {
+        let mut h = [0u8; 14];
+        h[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+        h[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        h[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        h
+    }
+
+    fn ipv4_tcp(payload: usize, ihl_words: u8, doff_words: u8) -> [u8; 1600] {
+        let mut f = [0u8; 1600];
+        f[..14].copy_from_slice(&eth(ETHERTYPE_IPV4));
+        let ihl = ihl_words as usize * 4;
+        let thl = doff_words as usize * 4;
+        let total = (ihl.max(20) + thl.max(20) + payload) as u16;
+        f[14] = 0x40 | ihl_words;
+        f[16..18].copy_from_slice(&total.to_be_bytes());
+        f[23] = IPPROTO_TCP;
+        f[14 + ihl.max(20) + 12] = doff_words << 4;
+        f
+    }
+
+    #[test]
+    fn ipv4_tcp_with_ip_options() {
+        let f = ipv4_tcp(10, 6, 8);
+        let total = 24 + 32 + 10;
+        let o = classify(&f[..14 + total], 14 + total).unwrap();
+        assert_eq!((o.ip_version, o.l3_off, o.l4_off, o.tcp_hdr_len), (4, 14, 38, 32));
+        assert_eq!(o.payload_len(), 10);
+    }
+
+    #[test]
+    fn snapped_capture_still_parses_but_wire_truncation_does_not() {
+        let f = ipv4_tcp(1000, 5, 5);
+        let wire = 14 + 20 + 20 + 1000;
+        assert!(classify(&f[..64], wire).is_ok());
+        assert_eq!(classify(&f[..500], 500), Err(Outcome::MalformedIpv4));
+    }
+
+    #[test]
+    fn bogus_lengths() {
+        let f = ipv4_tcp(0, 4, 5);
+        assert_eq!(classify(&f[..54], 54), Err(Outcome::MalformedIpv4Ihl));
+        let f = ipv4_tcp(0, 5, 4);
+        assert_eq!(classify(&f[..54], 54), Err(Outcome::MalformedTcpDataOffset));
+        // data offset larger than the segment
+        let mut f = ipv4_tcp(0, 5, 5);
+        f[14 + 20 + 12] = 15 << 4;
+        assert_eq!(classify(&f[..54], 54), Err(Outcome::MalformedTcpDataOffset));
+    }
+
+    #[test]
+    fn truncated_at_every_boundary_never_panics_and_is_malformed() {
+        let f = ipv4_tcp(0, 5, 5);
+        for cut in 0..54 {
+            let r = classify(&f[..cut], cut);
+            assert!(matches!(r, Err(o) if o.is_malformed()), "cut {cut}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn vlan_tags() {
+        let inner = ipv4_tcp(0, 5, 5);
+        let mut f = [0u8; 200];
+        f[..12].copy_from_slice(&inner[..12]);
+        f[12..14].copy_from_slice(&ETHERTYPE_QINQ.to_be_bytes());
+        f[14..16].copy_from_slice(&100u16.to_be_bytes());
+        f[16..18].copy_from_slice(&ETHERTYPE_VLAN.to_be_bytes());
+        f[18..20].copy_from_slice(&(0x2000u16 | 200).to_be_bytes());
+        f[20..22].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+        f[22..62].copy_from_slice(&inner[14..54]);
+        let o = classify(&f[..62], 62).unwrap();
+        assert_eq!((o.vlan_count, o.vlan_ids, o.l3_off, o.l4_off), (2, [100, 200], 22, 42));
+        // a third tag is refused
+        f[20..22].copy_from_slice(&ETHERTYPE_VLAN.to_be_bytes());
+        assert_eq!(classify(&f[..62], 62), Err(Outcome::MalformedVlan));
+    }
+
+    #[test]
+    fn ipv6_extension_chain() {
+        let mut f = [0u8; 300];
+        f[..14].copy_from_slice(&eth(ETHERTYPE_IPV6));
+        f[14] = 0x60;
+        let exts = [IPV6_EXT_HOPOPTS, IPV6_EXT_DSTOPTS, IPV6_EXT_ROUTING, IPV6_EXT_FRAGMENT];
+        f[14 + 6] = exts[0];
+        let mut off = 54;
+        for (i, _) in exts.iter().enumerate() {
+            f[off] = if i + 1 < exts.len() { exts[i + 1] } else { IPPROTO_TCP };
+            off += 8; // hdr_ext_len 0 (8 bytes); fragment header offset 0 = first fragment
+        }
+        f[off + 12] = 5 << 4;
+        let payload = (off + 20 - 54) as u16;
+        f[18..20].copy_from_slice(&payload.to_be_bytes());
+        let len = off + 20;
+        let o = classify(&f[..len], len).unwrap();
+        assert_eq!((o.ip_version, o.l4_off), (6, off as u16));
+        // a later fragment carries no TCP header
+        f[54 + 24 + 2..54 + 24 + 4].copy_from_slice(&(185u16 << 3).to_be_bytes());
+        assert_eq!(classify(&f[..len], len), Err(Outcome::LaterFragment));
+    }
+
+    #[test]
+    fn options() {
+        let opts = [2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7];
+        let o = parse_tcp_options(&opts, opts.len());
+        assert_eq!(o.mss, Some(1460));
+        assert!(o.sack_permitted);
+        assert_eq!(o.timestamp, Some((1, 0)));
+        assert_eq!(o.wscale, Some(7));
+        assert!(!o.truncated);
+        let o = parse_tcp_options(&opts[..9], opts.len());
+        assert!(o.truncated && o.timestamp.is_none());
+    }
+}

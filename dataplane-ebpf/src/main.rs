@@ -1,0 +1,133 @@
+//! wirewatch's XDP program: classify each frame with the shared parser, count the outcome,
+//! cut TCP frames to the snap length, prepend metadata and redirect them into the receive
+//! queue's AF_XDP socket. Fails open: anything unknown or malformed is passed to the stack.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_meta, bpf_xdp_adjust_tail},
+    macros::{map, xdp},
+    maps::{PerCpuArray, XskMap},
+    programs::XdpContext,
+};
+use dataplane_common::{
+    classify, Bytes, Outcome, XdpConfig, XdpMeta, MAX_QUEUES, META_F_TRUNCATED, META_MAGIC,
+    OUTCOME_COUNT, XDP_META_LEN,
+};
+
+#[map(name = "XSKS")]
+static XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
+
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(OUTCOME_COUNT, 0);
+
+/// Set by the loader in `.rodata` before verification (see `XdpConfig`).
+#[no_mangle]
+static CONFIG: XdpConfig = XdpConfig { snaplen: XdpConfig::DEFAULT_SNAPLEN, non_tcp_drop: 0 };
+
+/// The frame between `data` and `data_end`, read with checks the verifier can follow.
+struct Frame {
+    start: usize,
+    end: usize,
+}
+
+impl Bytes for Frame {
+    #[inline(always)]
+    fn u8_at(&self, off: usize) -> Option<u8> {
+        let p = self.start + off;
+        // LLVM turns `p + 1 > end` into `p >= end`, which proves no range to the verifier
+        // (off 0, right-open); an opaque 1 keeps the `pkt + 1 > pkt_end` form it follows.
+        if p + core::hint::black_box(1) > self.end {
+            return None;
+        }
+        Some(unsafe { *(p as *const u8) })
+    }
+    #[inline(always)]
+    fn be16_at(&self, off: usize) -> Option<u16> {
+        let p = self.start + off;
+        if p + 2 > self.end {
+            return None;
+        }
+        Some(u16::from_be(unsafe { core::ptr::read_unaligned(p as *const u16) }))
+    }
+}
+
+#[inline(always)]
+fn count(outcome: Outcome) {
+    if let Some(c) = COUNTERS.get_ptr_mut(outcome as u32) {
+        unsafe { *c += 1 };
+    }
+}
+
+#[xdp]
+pub fn wirewatch_xdp(ctx: XdpContext) -> u32 {
+    let (outcome, action) = try_wirewatch_xdp(&ctx);
+    count(outcome);
+    action
+}
+
+#[inline(always)]
+fn try_wirewatch_xdp(ctx: &XdpContext) -> (Outcome, u32) {
+    let cfg = unsafe { core::ptr::read_volatile(&CONFIG) };
+    let frame = Frame { start: ctx.data(), end: ctx.data_end() };
+    let wire_len = frame.end - frame.start;
+    match classify(&frame, wire_len) {
+        Ok(_) => {}
+        Err(Outcome::NonTcpPassed) if cfg.non_tcp_drop != 0 => {
+            return (Outcome::NonTcpDropped, xdp_action::XDP_DROP)
+        }
+        Err(other) => return (other, xdp_action::XDP_PASS),
+    }
+
+    // Without a socket on this queue the frame goes to the stack untouched.
+    let queue = unsafe { (*ctx.ctx).rx_queue_index };
+    if XSKS.get(queue).is_none() {
+        return (Outcome::RedirectFailed, xdp_action::XDP_PASS);
+    }
+
+    // Headers only: in copy mode the kernel copies the frame into user memory, so cut it first.
+    let mut flags = 0;
+    if cfg.snaplen != 0 && wire_len > cfg.snaplen as usize {
+        let delta = cfg.snaplen as i32 - wire_len as i32;
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+            // Never hand payload to user space: let the stack have the frame instead.
+            return (Outcome::TruncateFailed, xdp_action::XDP_PASS);
+        }
+        flags |= META_F_TRUNCATED;
+    }
+
+    let mut meta_outcome = None;
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(XDP_META_LEN as i32)) } == 0 {
+        let meta = ctx.metadata();
+        if meta + XDP_META_LEN <= ctx.data() {
+            let m = XdpMeta {
+                magic: META_MAGIC,
+                flags,
+                orig_len: wire_len as u32,
+                _pad: 0,
+                rx_ns: unsafe { bpf_ktime_get_ns() },
+            };
+            unsafe { core::ptr::write_unaligned(meta as *mut XdpMeta, m) };
+        } else {
+            meta_outcome = Some(Outcome::MetaFailed);
+        }
+    } else {
+        meta_outcome = Some(Outcome::MetaFailed);
+    }
+
+    match XSKS.redirect(queue, xdp_action::XDP_PASS as u64) {
+        Ok(action) => (meta_outcome.unwrap_or(Outcome::TcpRedirected), action),
+        Err(_) => (Outcome::RedirectFailed, xdp_action::XDP_PASS),
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

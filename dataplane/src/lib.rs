@@ -1,0 +1,6 @@
+//! wirewatch's data plane: the XDP loader, AF_XDP sockets and pinned workers, packet sources
+//! (live and capture files), the per-flow TCP tracker and the detectors.
+pub mod loader;
+pub mod craft;
+pub mod netns;
+pub mod xsk;

@@ -1,0 +1,93 @@
+//! Loads the embedded XDP program, sets its `.rodata` configuration, attaches it and exposes
+//! its maps (XSKMAP, outcome counters).
+use std::os::fd::AsRawFd;
+
+use aya::{
+    maps::{MapData, PerCpuArray, XskMap},
+    programs::{Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use dataplane_common::{
+    Outcome, XdpConfig, CONFIG_GLOBAL_NAME, COUNTERS_MAP_NAME, OUTCOME_COUNT, XDP_PROGRAM_NAME,
+    XSK_MAP_NAME,
+};
+
+/// The XDP object built by build.rs.
+pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wirewatch-xdp"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("loading the XDP program failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("XDP program: {0}")]
+    Program(#[from] aya::programs::ProgramError),
+    #[error("XDP map: {0}")]
+    Map(#[from] aya::maps::MapError),
+    #[error("the XDP object has no {0}")]
+    Missing(&'static str),
+}
+
+/// A loaded (not yet attached) XDP program with its maps.
+pub struct XdpProgram {
+    ebpf: Ebpf,
+    pub config: XdpConfig,
+}
+
+impl XdpProgram {
+    /// Loads and verifies the program with `config` baked into `.rodata`.
+    pub fn load(config: XdpConfig) -> Result<Self, LoadError> {
+        let mut ebpf = EbpfLoader::new().override_global(CONFIG_GLOBAL_NAME, &config, true).load(XDP_OBJECT)?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(XDP_PROGRAM_NAME)
+            .ok_or(LoadError::Missing("XDP program"))?
+            .try_into()?;
+        prog.load()?;
+        Ok(Self { ebpf, config })
+    }
+
+    pub fn program(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(XDP_PROGRAM_NAME)
+            .expect("checked at load")
+            .try_into()
+            .expect("checked at load")
+    }
+
+    /// Attaches to `ifindex` in `mode`. The link detaches when `self` is dropped.
+    pub fn attach(&mut self, ifindex: u32, mode: XdpMode) -> Result<(), aya::programs::ProgramError> {
+        self.program().attach_to_if_index(ifindex, mode).map(|_| ())
+    }
+
+    /// Puts `socket_fd` in the XSKMAP slot of `queue`.
+    pub fn bind_socket(&mut self, queue: u32, socket_fd: &impl AsRawFd) -> Result<(), LoadError> {
+        let map = self.ebpf.map_mut(XSK_MAP_NAME).ok_or(LoadError::Missing("XSKMAP"))?;
+        let mut xsks: XskMap<&mut MapData> = XskMap::try_from(map)?;
+        xsks.set(queue, socket_fd.as_raw_fd(), 0)?;
+        Ok(())
+    }
+
+    /// Sums the per-CPU outcome counters.
+    pub fn counters(&self) -> Result<OutcomeCounters, LoadError> {
+        let map = self.ebpf.map(COUNTERS_MAP_NAME).ok_or(LoadError::Missing("counter map"))?;
+        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
+        let mut out = OutcomeCounters::default();
+        for i in 0..OUTCOME_COUNT {
+            out.0[i as usize] = arr.get(&i, 0)?.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+/// Packets per [`Outcome`], summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutcomeCounters(pub [u64; OUTCOME_COUNT as usize]);
+
+impl OutcomeCounters {
+    pub fn get(&self, o: Outcome) -> u64 {
+        self.0[o as usize]
+    }
+    /// Non-zero counters by name.
+    pub fn nonzero(&self) -> Vec<(&'static str, u64)> {
+        Outcome::ALL.iter().filter(|o| self.get(**o) > 0).map(|o| (o.name(), self.get(*o))).collect()
+    }
+}

@@ -1,0 +1,273 @@
+//! One AF_XDP socket per (interface, queue): UMEM, fill ring kept topped up, batch receive,
+//! socket statistics. The XDP program is ours (libxdp's own program load is inhibited).
+use std::{io, num::NonZeroU32, os::fd::RawFd, str::FromStr};
+
+use dataplane_common::{XdpMeta, XDP_META_LEN};
+use xsk_rs::{
+    config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig},
+    CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem,
+};
+
+/// How the socket was bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyMode {
+    ZeroCopy,
+    Copy,
+}
+
+impl CopyMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            CopyMode::ZeroCopy => "zero_copy",
+            CopyMode::Copy => "copy",
+        }
+    }
+}
+
+/// `--zero-copy auto|on|off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ZeroCopyPolicy {
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Clone, Debug)]
+pub struct XskOptions {
+    /// Frames in the fill and RX rings (power of two).
+    pub ring_size: u32,
+    /// UMEM frame size (power of two; 2048 or 4096).
+    pub frame_size: u32,
+    pub zero_copy: ZeroCopyPolicy,
+    /// `SO_PREFER_BUSY_POLL` + `SO_BUSY_POLL` (µs) + `SO_BUSY_POLL_BUDGET`, when set.
+    pub busy_poll: Option<BusyPoll>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct BusyPoll {
+    pub usecs: u32,
+    pub budget: u32,
+}
+
+impl Default for XskOptions {
+    fn default() -> Self {
+        Self { ring_size: 4096, frame_size: 2048, zero_copy: ZeroCopyPolicy::Auto, busy_poll: None }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum XskError {
+    #[error("invalid AF_XDP setting: {0}")]
+    Config(String),
+    #[error("creating the UMEM for {iface} queue {queue}: {source}")]
+    Umem { iface: String, queue: u32, source: io::Error },
+    #[error("binding an AF_XDP socket to {iface} queue {queue} ({mode}): {source}")]
+    Bind { iface: String, queue: u32, mode: &'static str, source: io::Error },
+    #[error("setting busy polling on {iface} queue {queue}: {source}")]
+    BusyPoll { iface: String, queue: u32, source: io::Error },
+}
+
+/// A received frame: what the XDP program left in front of it, and the bytes.
+pub struct RxFrame<'a> {
+    pub meta: Option<XdpMeta>,
+    pub data: &'a [u8],
+}
+
+/// Cumulative `XDP_STATISTICS` of one socket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketStats {
+    pub rx_dropped: u64,
+    pub rx_invalid_descs: u64,
+    pub rx_ring_full: u64,
+    pub rx_fill_ring_empty_descs: u64,
+}
+
+impl SocketStats {
+    /// Frames the kernel had for us and could not deliver: our own capture loss.
+    pub fn lost(&self) -> u64 {
+        self.rx_dropped + self.rx_ring_full
+    }
+}
+
+pub struct XskQueue {
+    pub iface: String,
+    pub queue: u32,
+    pub mode: CopyMode,
+    /// Why zero-copy was not used, when it was asked for (`auto`) and refused.
+    pub fallback_reason: Option<String>,
+    umem: Umem,
+    fq: FillQueue,
+    _cq: CompQueue,
+    rx: RxQueue,
+    _tx: TxQueue,
+    /// Frames owned by user space (not on the fill ring).
+    free: Vec<FrameDesc>,
+    batch: Vec<FrameDesc>,
+}
+
+impl XskQueue {
+    /// Creates and binds the socket. With `ZeroCopyPolicy::Auto` a refused zero-copy bind
+    /// falls back to copy mode and records why.
+    pub fn open(iface: &str, queue: u32, opts: &XskOptions) -> Result<Self, XskError> {
+        match opts.zero_copy {
+            ZeroCopyPolicy::On => Self::open_mode(iface, queue, opts, CopyMode::ZeroCopy),
+            ZeroCopyPolicy::Off => Self::open_mode(iface, queue, opts, CopyMode::Copy),
+            ZeroCopyPolicy::Auto => match Self::open_mode(iface, queue, opts, CopyMode::ZeroCopy) {
+                Ok(q) => Ok(q),
+                Err(XskError::Bind { source, .. }) => {
+                    let mut q = Self::open_mode(iface, queue, opts, CopyMode::Copy)?;
+                    q.fallback_reason = Some(format!("driver refused zero-copy: {source}"));
+                    Ok(q)
+                }
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    fn open_mode(iface: &str, queue: u32, opts: &XskOptions, mode: CopyMode) -> Result<Self, XskError> {
+        let cfg_err = |e: &dyn std::fmt::Display| XskError::Config(e.to_string());
+        let ring = QueueSize::new(opts.ring_size).map_err(|e| cfg_err(&e))?;
+        let umem_cfg = UmemConfig::builder()
+            .frame_size(FrameSize::new(opts.frame_size).map_err(|e| cfg_err(&e))?)
+            .fill_queue_size(ring)
+            .comp_queue_size(ring)
+            .frame_headroom(0)
+            .build()
+            .map_err(|e| cfg_err(&e))?;
+        let frames = NonZeroU32::new(opts.ring_size * 2).ok_or_else(|| cfg_err(&"ring size 0"))?;
+        let (umem, descs) = Umem::new(umem_cfg, frames, false).map_err(|e| XskError::Umem {
+            iface: iface.into(),
+            queue,
+            source: io::Error::other(e.to_string()),
+        })?;
+        let bind = BindFlags::XDP_USE_NEED_WAKEUP
+            | match mode {
+                CopyMode::ZeroCopy => BindFlags::XDP_ZEROCOPY,
+                CopyMode::Copy => BindFlags::XDP_COPY,
+            };
+        let sock_cfg = SocketConfig::builder()
+            .rx_queue_size(ring)
+            .tx_queue_size(QueueSize::new(64).map_err(|e| cfg_err(&e))?)
+            .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+            .bind_flags(bind)
+            .build();
+        let name = Interface::from_str(iface).map_err(|e| cfg_err(&e))?;
+        // SAFETY: the UMEM is new and not shared, so no other socket is bound with it.
+        let (tx, rx, rings) = unsafe { Socket::new(sock_cfg, &umem, &name, queue) }.map_err(|e| {
+            let source = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<io::Error>())
+                .map(|s| io::Error::from_raw_os_error(s.raw_os_error().unwrap_or(libc::EINVAL)))
+                .unwrap_or_else(|| io::Error::other(e.to_string()));
+            XskError::Bind { iface: iface.into(), queue, mode: mode.name(), source }
+        })?;
+        let (mut fq, cq) = rings.ok_or_else(|| cfg_err(&"UMEM already bound"))?;
+        let mut free = descs;
+        let initial = free.split_off(free.len() - opts.ring_size as usize);
+        // SAFETY: the descriptors come from this UMEM and are not in use.
+        let produced = unsafe { fq.produce(&initial) };
+        if produced != initial.len() {
+            return Err(cfg_err(&"fill ring refused its initial frames"));
+        }
+        let mut q = Self {
+            iface: iface.into(),
+            queue,
+            mode,
+            fallback_reason: None,
+            umem,
+            fq,
+            _cq: cq,
+            rx,
+            _tx: tx,
+            batch: free.clone(),
+            free,
+        };
+        q.batch.truncate(256);
+        if let Some(bp) = opts.busy_poll {
+            q.set_busy_poll(bp)?;
+        }
+        Ok(q)
+    }
+
+    fn set_busy_poll(&self, bp: BusyPoll) -> Result<(), XskError> {
+        const SO_PREFER_BUSY_POLL: libc::c_int = 69;
+        const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
+        for (opt, val) in
+            [(SO_PREFER_BUSY_POLL, 1), (libc::SO_BUSY_POLL, bp.usecs as i32), (SO_BUSY_POLL_BUDGET, bp.budget as i32)]
+        {
+            // SAFETY: valid fd and a c_int option value.
+            let r = unsafe {
+                libc::setsockopt(
+                    self.fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    &val as *const i32 as *const libc::c_void,
+                    std::mem::size_of::<i32>() as libc::socklen_t,
+                )
+            };
+            if r != 0 {
+                return Err(XskError::BusyPoll {
+                    iface: self.iface.clone(),
+                    queue: self.queue,
+                    source: io::Error::last_os_error(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.rx.fd().as_raw_fd()
+    }
+
+    /// Waits up to `timeout_ms` for frames, hands each to `f`, and returns the frames to the
+    /// fill ring. Returns how many frames were received.
+    pub fn recv_batch(&mut self, timeout_ms: i32, mut f: impl FnMut(RxFrame<'_>)) -> io::Result<usize> {
+        // SAFETY: the batch descriptors belong to this UMEM and are user-owned.
+        let n = unsafe { self.rx.poll_and_consume(&mut self.batch, timeout_ms)? };
+        for desc in &self.batch[..n] {
+            // SAFETY: the kernel handed this frame to us; nobody else touches it until it
+            // goes back on the fill ring below.
+            let data = unsafe { self.umem.data(desc) };
+            let bytes = data.contents();
+            // The metadata sits right before the packet, inside XDP_PACKET_HEADROOM of the
+            // same UMEM frame, so the read stays within the mapping.
+            let meta = if desc.addr() >= XDP_META_LEN {
+                let m = unsafe { std::slice::from_raw_parts(bytes.as_ptr().sub(XDP_META_LEN), XDP_META_LEN) };
+                XdpMeta::from_bytes(m)
+            } else {
+                None
+            };
+            f(RxFrame { meta, data: bytes });
+        }
+        self.free.extend_from_slice(&self.batch[..n]);
+        self.refill();
+        Ok(n)
+    }
+
+    fn refill(&mut self) {
+        let want = self.fq.nb_free(self.free.len() as u32) as usize;
+        let want = want.min(self.free.len());
+        if want == 0 {
+            return;
+        }
+        let start = self.free.len() - want;
+        // SAFETY: frames from this UMEM that user space has finished with.
+        let n = unsafe { self.fq.produce(&self.free[start..]) };
+        self.free.truncate(self.free.len() - n);
+        if n > 0 && self.fq.needs_wakeup() {
+            let _ = self.fq.wakeup(self.rx.fd_mut(), 0);
+        }
+    }
+
+    pub fn stats(&self) -> io::Result<SocketStats> {
+        let s = self.rx.fd().xdp_statistics()?;
+        Ok(SocketStats {
+            rx_dropped: s.rx_dropped(),
+            rx_invalid_descs: s.rx_invalid_descs(),
+            rx_ring_full: s.rx_ring_full(),
+            rx_fill_ring_empty_descs: s.rx_fill_ring_empty_descs(),
+        })
+    }
+}
+
+use std::os::fd::AsRawFd as _;

@@ -1,0 +1,269 @@
+//! The real XDP program under BPF_PROG_TEST_RUN, Katran-BpfTester style: one fixture per
+//! frame shape, asserting the verdict, the outcome counter it bumped and the metadata.
+use std::net::IpAddr;
+
+use aya::programs::{TestRun, TestRunOptions};
+use dataplane::{
+    craft::TcpSegment,
+    loader::XdpProgram,
+    netns::{privileged_or_skip, Netns},
+    xsk::{CopyMode, XskOptions, XskQueue, ZeroCopyPolicy},
+};
+use dataplane_common::{
+    tcp_flags, Outcome, XdpConfig, XdpMeta, META_F_TRUNCATED, META_MAGIC, XDP_META_LEN,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+struct Fixture {
+    name: String,
+    frame: Vec<u8>,
+    queue: u32,
+    verdict: u32,
+    outcome: Outcome,
+}
+
+fn v4(a: &str) -> IpAddr {
+    a.parse().unwrap()
+}
+
+fn syn_v4() -> TcpSegment {
+    let mut s = TcpSegment::new(v4("10.9.0.1"), 40000, v4("10.9.0.2"), 80);
+    s.flags = tcp_flags::SYN;
+    s.seq = 1000;
+    s.mss = Some(1460);
+    s.sack_permitted = true;
+    s.timestamp = Some((1, 0));
+    s.wscale = Some(7);
+    s
+}
+
+fn data_v6(ext: &[u8]) -> TcpSegment {
+    let mut s = TcpSegment::new(v4("fd00::1"), 40000, v4("fd00::2"), 443);
+    s.payload_len = 200;
+    s.ipv6_ext = ext.to_vec();
+    s
+}
+
+fn fixtures() -> Vec<Fixture> {
+    let mut f = Vec::new();
+    let mut add = |name: &str, frame: Vec<u8>, queue: u32, verdict: u32, outcome: Outcome| {
+        f.push(Fixture { name: name.into(), frame, queue, verdict, outcome })
+    };
+    let syn = syn_v4().frame();
+    add("ipv4 SYN with MSS/SACK/TS/wscale", syn.clone(), 0, XDP_REDIRECT, Outcome::TcpRedirected);
+    let mut big = syn_v4();
+    big.flags = tcp_flags::ACK | tcp_flags::PSH;
+    big.payload_len = 1400;
+    add("ipv4 data 1400 B (cut to snaplen)", big.frame(), 0, XDP_REDIRECT, Outcome::TcpRedirected);
+    let mut opt = syn_v4();
+    opt.ipv4_options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL: IHL 6
+    add("ipv4 with IP options", opt.frame(), 0, XDP_REDIRECT, Outcome::TcpRedirected);
+    add("ipv6 data, no extension headers", data_v6(&[]).frame(), 0, XDP_REDIRECT, Outcome::TcpRedirected);
+    add(
+        "ipv6 with hop-by-hop, routing, dstopts, fragment",
+        data_v6(&[0, 43, 60, 44]).frame(),
+        0,
+        XDP_REDIRECT,
+        Outcome::TcpRedirected,
+    );
+    add(
+        "ipv6 with 5 extension headers",
+        data_v6(&[0, 60, 43, 60, 44]).frame(),
+        0,
+        XDP_PASS,
+        Outcome::Ipv6ExtChainTooLong,
+    );
+    let mut one = syn_v4();
+    one.vlans = vec![100];
+    add("one VLAN tag", one.frame(), 0, XDP_REDIRECT, Outcome::TcpRedirected);
+    let mut two = data_v6(&[]);
+    two.vlans = vec![100, 200];
+    add("two VLAN tags (802.1ad + 802.1Q) over ipv6", two.frame(), 0, XDP_REDIRECT, Outcome::TcpRedirected);
+    add("TCP on a queue with no socket", syn.clone(), 1, XDP_PASS, Outcome::RedirectFailed);
+
+    let mut udp = syn.clone();
+    udp[14 + 9] = 17;
+    add("UDP", udp, 0, XDP_PASS, Outcome::NonTcpPassed);
+    let mut arp = vec![0xffu8; 6];
+    arp.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x06]);
+    arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    arp.resize(42, 0);
+    add("ARP", arp, 0, XDP_PASS, Outcome::NonTcpPassed);
+    let mut frag = syn.clone();
+    frag[14 + 6..14 + 8].copy_from_slice(&0x00b9u16.to_be_bytes()); // offset 185*8
+    add("ipv4 later fragment", frag, 0, XDP_PASS, Outcome::LaterFragment);
+
+    // Truncated at every header boundary (the kernel refuses test frames under 14 bytes;
+    // the host tests cover those).
+    for (cut, outcome) in [
+        (14, Outcome::MalformedIpv4),
+        (20, Outcome::MalformedIpv4),
+        (34, Outcome::MalformedIpv4),
+        (40, Outcome::MalformedIpv4),
+        (54, Outcome::MalformedIpv4),
+        (60, Outcome::MalformedIpv4),
+    ] {
+        add(&format!("ipv4 SYN cut at {cut}"), syn[..cut].to_vec(), 0, XDP_PASS, outcome);
+    }
+    let v6 = data_v6(&[0]).frame();
+    for cut in [14, 30, 54, 58, 62, 74] {
+        add(&format!("ipv6 cut at {cut}"), v6[..cut].to_vec(), 0, XDP_PASS, Outcome::MalformedIpv6);
+    }
+    let mut tagged = syn_v4();
+    tagged.vlans = vec![7];
+    add("VLAN tag cut", tagged.frame()[..16].to_vec(), 0, XDP_PASS, Outcome::MalformedVlan);
+    // Length fields that lie.
+    let mut short_tcp = syn.clone();
+    short_tcp[16..18].copy_from_slice(&30u16.to_be_bytes()); // IP total: 20 + 10 bytes of TCP
+    add("TCP header shorter than 20 B", short_tcp, 0, XDP_PASS, Outcome::MalformedTcpDataOffset);
+    let mut ihl4 = syn.clone();
+    ihl4[14] = 0x44;
+    add("IHL 4", ihl4, 0, XDP_PASS, Outcome::MalformedIpv4Ihl);
+    let mut ihl15 = syn[..54].to_vec();
+    ihl15[14] = 0x4f;
+    ihl15[16..18].copy_from_slice(&40u16.to_be_bytes());
+    add("IHL 15 past the frame", ihl15, 0, XDP_PASS, Outcome::MalformedIpv4Ihl);
+    let mut doff4 = syn.clone();
+    doff4[14 + 20 + 12] = 4 << 4;
+    add("data offset 4", doff4, 0, XDP_PASS, Outcome::MalformedTcpDataOffset);
+    let mut doff15 = syn_v4();
+    doff15.mss = None;
+    doff15.sack_permitted = false;
+    doff15.timestamp = None;
+    doff15.wscale = None;
+    let mut doff15 = doff15.frame();
+    doff15[14 + 20 + 12] = 15 << 4;
+    add("data offset 15 past the segment", doff15, 0, XDP_PASS, Outcome::MalformedTcpDataOffset);
+    let mut total_big = syn.clone();
+    total_big[16..18].copy_from_slice(&1500u16.to_be_bytes());
+    add("IP total length past the frame", total_big, 0, XDP_PASS, Outcome::MalformedIpv4);
+    f
+}
+
+/// xdp_md as BPF_PROG_TEST_RUN takes it: data, data_end, data_meta, ingress_ifindex,
+/// rx_queue_index, egress_ifindex.
+fn xdp_md(len: usize, ifindex: u32, queue: u32) -> [u8; 24] {
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx[16..20].copy_from_slice(&queue.to_ne_bytes());
+    ctx
+}
+
+struct Run {
+    verdict: u32,
+    out: Vec<u8>,
+    meta_len: u32,
+}
+
+fn run(prog: &mut XdpProgram, frame: &[u8], ifindex: u32, queue: u32) -> Run {
+    let ctx = xdp_md(frame.len(), ifindex, queue);
+    let mut ctx_out = [0u8; 24];
+    let mut out = vec![0u8; 4096];
+    let r = prog
+        .program()
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ctx_out: Some(&mut ctx_out),
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(r.data_size_out as usize);
+    // ctx_out.data is the metadata length in front of the packet.
+    let meta_len = u32::from_ne_bytes(ctx_out[0..4].try_into().unwrap());
+    Run { verdict: r.return_value, out, meta_len }
+}
+
+fn ifindex(ns: &Netns, dev: &str) -> u32 {
+    ns.run(&format!("cat /sys/class/net/{dev}/ifindex")).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn xdp_program_fixture_table() {
+    if !privileged_or_skip("xdp_program_fixture_table") {
+        return;
+    }
+    let ns = Netns::create(&format!("wwfx{}", std::process::id())).unwrap();
+    // Two RX queues: queue 0 gets an AF_XDP socket, queue 1 does not.
+    ns.run("ip link add fx0 numrxqueues 2 numtxqueues 2 type veth peer name fx1 numrxqueues 2 numtxqueues 2")
+        .unwrap();
+    ns.run("ip link set fx0 up").unwrap();
+    ns.run("ip link set fx1 up").unwrap();
+    let idx = ifindex(&ns, "fx0");
+
+    let ns_name = ns.name.clone();
+    let failures = std::thread::spawn(move || {
+        dataplane::netns::enter_current_thread(&ns_name).unwrap();
+        let mut prog = XdpProgram::load(XdpConfig::default()).expect("verifier accepts the program");
+        let opts = XskOptions { zero_copy: ZeroCopyPolicy::Off, ring_size: 64, ..Default::default() };
+        let xsk = XskQueue::open("fx0", 0, &opts).expect("AF_XDP socket on fx0 queue 0");
+        assert_eq!(xsk.mode, CopyMode::Copy);
+        prog.bind_socket(0, &xsk.fd()).unwrap();
+
+        let mut failures = Vec::new();
+        for fx in fixtures() {
+            let before = prog.counters().unwrap();
+            let r = run(&mut prog, &fx.frame, idx, fx.queue);
+            let after = prog.counters().unwrap();
+            let mut problems = Vec::new();
+            if r.verdict != fx.verdict {
+                problems.push(format!("verdict {} (want {})", r.verdict, fx.verdict));
+            }
+            let bumped: Vec<_> =
+                Outcome::ALL.iter().filter(|o| after.get(**o) != before.get(**o)).copied().collect();
+            if bumped != [fx.outcome] {
+                problems.push(format!("counters bumped {bumped:?} (want [{:?}])", fx.outcome));
+            }
+            if fx.verdict == XDP_REDIRECT {
+                let snap = XdpConfig::DEFAULT_SNAPLEN as usize;
+                let kept = fx.frame.len().min(snap);
+                if r.meta_len as usize != XDP_META_LEN {
+                    problems.push(format!("metadata length {} (want {XDP_META_LEN})", r.meta_len));
+                } else {
+                    let m = XdpMeta::from_bytes(&r.out[..XDP_META_LEN]);
+                    match m {
+                        Some(m) => {
+                            if m.magic != META_MAGIC || m.orig_len as usize != fx.frame.len() || m.rx_ns == 0 {
+                                problems.push(format!("metadata {m:?}"));
+                            }
+                            let want_trunc = fx.frame.len() > snap;
+                            if (m.flags & META_F_TRUNCATED != 0) != want_trunc {
+                                problems.push(format!("truncated flag {} (want {want_trunc})", m.flags));
+                            }
+                        }
+                        None => problems.push("metadata magic missing".into()),
+                    }
+                }
+                if r.out.len() != XDP_META_LEN + kept || r.out[XDP_META_LEN..] != fx.frame[..kept] {
+                    problems.push(format!("frame out {} B (want the first {kept} B)", r.out.len() - XDP_META_LEN));
+                }
+            } else if r.meta_len != 0 || r.out != fx.frame {
+                problems.push("a passed frame was modified".into());
+            }
+            if !problems.is_empty() {
+                failures.push(format!("{}: {}", fx.name, problems.join("; ")));
+            }
+        }
+
+        // Dedicated tap: non-TCP dropped, TCP still redirected.
+        drop(xsk);
+        drop(prog);
+        let mut tap = XdpProgram::load(XdpConfig { non_tcp_drop: 1, ..Default::default() }).unwrap();
+        let mut udp = syn_v4().frame();
+        udp[14 + 9] = 17;
+        let r = run(&mut tap, &udp, idx, 0);
+        let c = tap.counters().unwrap();
+        if r.verdict != XDP_DROP || c.get(Outcome::NonTcpDropped) != 1 {
+            failures.push(format!("non-tcp drop mode: verdict {} counters {:?}", r.verdict, c.nonzero()));
+        }
+        failures
+    })
+    .join()
+    .unwrap();
+    assert!(failures.is_empty(), "{} fixture(s) failed:\n{}", failures.len(), failures.join("\n"));
+}
