@@ -1,1 +1,65 @@
-fn main(){}
+//! `wirewatch`: a line-rate TCP anomaly monitor for tap and span ports.
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod caps;
+mod run;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "wirewatch",
+    version,
+    about = "Line-rate TCP anomaly monitor for tap and span ports",
+    long_about = "wirewatch watches TCP on a tap or span port through XDP and AF_XDP, keeps per-flow \
+state for both directions, and names resets, black holes and split paths with the evidence.\n\n\
+Examples:\n  sudo wirewatch run --iface eth1                 watch one span port, all queues\n  \
+sudo wirewatch run --iface tapA --iface tapB    two vantage points in one process"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Watch live traffic on one or more interfaces (needs CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW).
+    Run(run::RunArgs),
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line the operator can act on: the cause chain, outermost first.
+            let mut msg = String::new();
+            for cause in e.chain().map(|c| c.to_string()) {
+                if !msg.contains(&cause) {
+                    if !msg.is_empty() {
+                        msg.push_str(": ");
+                    }
+                    msg.push_str(&cause);
+                }
+            }
+            eprintln!("wirewatch: error: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -4,3 +4,8 @@ pub mod loader;
 pub mod craft;
 pub mod netns;
 pub mod xsk;
+pub mod pcapng;
+pub mod worker;
+pub mod capture;
+pub mod packet;
+pub mod seq;

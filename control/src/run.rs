@@ -1,0 +1,389 @@
+//! `wirewatch run`: attach the XDP program to each interface, bind one AF_XDP socket per
+//! queue, run one pinned worker per socket until SIGINT/SIGTERM, then detach and report.
+use std::{
+    ffi::CString,
+    fs::File,
+    io::BufWriter,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering::Relaxed},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use aya::programs::XdpMode;
+use clap::{Args, ValueEnum};
+use crossbeam_channel::{bounded, Sender, TrySendError};
+use dataplane::{
+    loader::XdpProgram,
+    pcapng::PcapngWriter,
+    worker::{FrameSink, QueueCounters, RawFrame, Worker},
+    xsk::{XskOptions, XskQueue, ZeroCopyPolicy},
+};
+use dataplane_common::XdpConfig;
+use serde::Serialize;
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Interface to watch (a tap or span port). Repeat for several vantage points.
+    #[arg(long = "iface", short = 'i', required = true, value_name = "IF")]
+    pub ifaces: Vec<String>,
+    /// RX queues to bind per interface: a number (queues 0..N) or `all`.
+    #[arg(long, default_value = "all", value_name = "N|all")]
+    pub queues: String,
+    /// XDP attach mode: `native` runs in the driver; `generic` works everywhere but is slower;
+    /// `auto` tries native and falls back to generic, logging why.
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
+    pub xdp_mode: XdpModeArg,
+    /// AF_XDP zero-copy (mlx5, ice, i40e): `auto` asks for it and falls back to copy mode.
+    #[arg(long, value_enum, default_value_t = ZeroCopyArg::Auto)]
+    pub zero_copy: ZeroCopyArg,
+    /// What to do with frames that are not TCP: `pass` to the stack, or `drop` on a dedicated tap.
+    #[arg(long, value_enum, default_value_t = NonTcpArg::Pass)]
+    pub non_tcp: NonTcpArg,
+    /// Bytes kept of each frame (headers only; payload never reaches user space in copy mode).
+    #[arg(long, default_value_t = XdpConfig::DEFAULT_SNAPLEN, value_name = "BYTES",
+          value_parser = clap::value_parser!(u32).range(XdpConfig::MIN_SNAPLEN as i64..=1024))]
+    pub snaplen: u32,
+    /// CPUs to pin workers to, e.g. `2,3` or `4-7`; workers take them in order.
+    /// Default: worker i on CPU i modulo the CPU count.
+    #[arg(long, value_name = "LIST")]
+    pub cpus: Option<String>,
+    /// AF_XDP ring size in frames (power of two).
+    #[arg(long, default_value_t = 4096, value_name = "FRAMES")]
+    pub ring_size: u32,
+    /// Busy-poll the sockets for this many µs (SO_PREFER_BUSY_POLL); 0 disables.
+    #[arg(long, default_value_t = 0, value_name = "USECS")]
+    pub busy_poll: u32,
+    /// Also write every received frame (headers only) to this pcapng file.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Write a JSON summary of what was received and dropped here on exit.
+    #[arg(long, value_name = "FILE")]
+    pub summary_json: Option<PathBuf>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpModeArg {
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ZeroCopyArg {
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NonTcpArg {
+    Pass,
+    Drop,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Relaxed);
+}
+
+fn install_signal_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+fn ifindex(name: &str) -> Result<u32> {
+    let c = CString::new(name).context("interface name contains a NUL byte")?;
+    // SAFETY: valid C string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        bail!("interface {name} does not exist: check the name with `ip link`");
+    }
+    Ok(idx)
+}
+
+fn rx_queue_count(iface: &str) -> usize {
+    std::fs::read_dir(format!("/sys/class/net/{iface}/queues"))
+        .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with("rx-")).count())
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// Parses `2,3` or `4-7` or `0,2-3`.
+pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.parse()?, b.parse()?);
+                if a > b {
+                    bail!("CPU range {part} runs backwards");
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(part.parse().with_context(|| format!("`{part}` is not a CPU number"))?),
+        }
+    }
+    if cpus.is_empty() {
+        bail!("--cpus is empty");
+    }
+    Ok(cpus)
+}
+
+fn attach(prog: &mut XdpProgram, iface: &str, idx: u32, mode: XdpModeArg) -> Result<&'static str> {
+    let try_mode = |prog: &mut XdpProgram, m: XdpMode| prog.attach(idx, m);
+    let explain = |e: aya::programs::ProgramError, what: &str| -> anyhow::Error {
+        let busy = matches!(&e, aya::programs::ProgramError::SyscallError(s)
+            if matches!(s.io_error.raw_os_error(), Some(libc::EBUSY) | Some(libc::EEXIST)));
+        if busy {
+            anyhow::anyhow!(
+                "interface {iface} already has an XDP program attached; remove it with \
+                 `ip link set dev {iface} xdp off` (or stop the tool that owns it) and retry"
+            )
+        } else {
+            anyhow::Error::new(e).context(format!("attaching XDP to {iface} in {what} mode"))
+        }
+    };
+    match mode {
+        XdpModeArg::Native => try_mode(prog, XdpMode::Driver).map(|_| "native").map_err(|e| explain(e, "native")),
+        XdpModeArg::Generic => try_mode(prog, XdpMode::Skb).map(|_| "generic").map_err(|e| explain(e, "generic")),
+        XdpModeArg::Auto => match try_mode(prog, XdpMode::Driver) {
+            Ok(_) => Ok("native"),
+            Err(e) => {
+                let e = explain(e, "native");
+                if e.to_string().contains("already has an XDP program") {
+                    return Err(e);
+                }
+                log::warn!("{iface}: native XDP refused ({e:#}); falling back to generic XDP");
+                try_mode(prog, XdpMode::Skb).map(|_| "generic").map_err(|e| explain(e, "generic"))
+            }
+        },
+    }
+}
+
+/// What the summary reports per queue.
+#[derive(Serialize)]
+struct QueueSummary {
+    iface: String,
+    vantage: u16,
+    queue: u32,
+    xdp_mode: &'static str,
+    copy_mode: &'static str,
+    zero_copy_fallback: Option<String>,
+    packets: u64,
+    bytes: u64,
+    no_meta: u64,
+    rx_dropped: u64,
+    rx_ring_full: u64,
+    rx_invalid_descs: u64,
+    rx_fill_ring_empty_descs: u64,
+}
+
+#[derive(Serialize)]
+struct RunSummary {
+    queues: Vec<QueueSummary>,
+    /// XDP outcomes per interface, by reason.
+    xdp: Vec<(String, Vec<(&'static str, u64)>)>,
+    recorded: u64,
+    record_dropped: u64,
+}
+
+/// Frames headed for the `--record` file, handed off without blocking the worker.
+struct RecordFrame {
+    vantage: u16,
+    ts_ns: u64,
+    orig_len: u32,
+    data: Vec<u8>,
+}
+
+struct RunSink {
+    record: Option<Sender<RecordFrame>>,
+    record_dropped: u64,
+}
+
+impl FrameSink for RunSink {
+    fn frame(&mut self, f: &RawFrame<'_>) {
+        if let Some(tx) = &self.record {
+            let r = RecordFrame { vantage: f.vantage, ts_ns: f.ts_ns, orig_len: f.orig_len, data: f.data.to_vec() };
+            if let Err(TrySendError::Full(_)) = tx.try_send(r) {
+                self.record_dropped += 1;
+            }
+        }
+    }
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let missing = crate::caps::missing_for_live_capture();
+    if !missing.is_empty() {
+        bail!(
+            "missing capabilities {}: run as root, or grant them (e.g. `setcap cap_bpf,cap_net_admin,cap_net_raw,cap_perfmon+ep $(which wirewatch)` or systemd AmbientCapabilities)",
+            missing.join(", ")
+        );
+    }
+    let cpus = match &args.cpus {
+        Some(s) => parse_cpu_list(s)?,
+        None => (0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).collect(),
+    };
+    let config = XdpConfig {
+        snaplen: args.snaplen,
+        non_tcp_drop: (args.non_tcp == NonTcpArg::Drop) as u32,
+    };
+    let xsk_opts = XskOptions {
+        ring_size: args.ring_size,
+        zero_copy: match args.zero_copy {
+            ZeroCopyArg::Auto => ZeroCopyPolicy::Auto,
+            ZeroCopyArg::On => ZeroCopyPolicy::On,
+            ZeroCopyArg::Off => ZeroCopyPolicy::Off,
+        },
+        busy_poll: (args.busy_poll > 0).then_some(dataplane::xsk::BusyPoll { usecs: args.busy_poll, budget: 64 }),
+        ..Default::default()
+    };
+
+    // Resolve everything before touching any interface, so bad input leaves nothing behind.
+    let mut plan = Vec::new();
+    for iface in &args.ifaces {
+        let idx = ifindex(iface)?;
+        let have = rx_queue_count(iface);
+        let n = if args.queues == "all" {
+            have
+        } else {
+            let n: usize = args.queues.parse().with_context(|| format!("--queues {}: expected a number or `all`", args.queues))?;
+            if n == 0 || n > have {
+                bail!(
+                    "--queues {n}: interface {iface} has {have} RX queue(s); use --queues {have} (or `all`), or raise them with `ethtool -L {iface} combined {n}`"
+                );
+            }
+            n
+        };
+        plan.push((iface.clone(), idx, n));
+    }
+
+    let record_thread = args.record.as_ref().map(|path| {
+        let (tx, rx) = bounded::<RecordFrame>(65536);
+        let path = path.clone();
+        let names = args.ifaces.clone();
+        let snaplen = args.snaplen;
+        let h = std::thread::spawn(move || -> Result<u64> {
+            let f = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+            let mut w = PcapngWriter::new(BufWriter::new(f))?;
+            for n in &names {
+                w.interface(n, snaplen)?;
+            }
+            let mut count = 0;
+            for r in rx {
+                w.packet(r.vantage as u32, r.ts_ns, &r.data, r.orig_len, None)?;
+                count += 1;
+            }
+            w.flush()?;
+            Ok(count)
+        });
+        (tx, h)
+    });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    install_signal_handlers();
+    let mut programs = Vec::new();
+    let mut workers = Vec::new();
+    let mut summaries = Vec::new();
+    let mut worker_no = 0usize;
+    for (vantage, (iface, idx, nq)) in plan.iter().enumerate() {
+        let mut prog = XdpProgram::load(config).context("loading the XDP program (is the kernel ≥ 5.10 with BPF enabled?)")?;
+        // Attach first: an interface owned by another XDP program is refused before any socket
+        // is bound, and until the sockets are in the map the program passes frames (fail open).
+        let xdp_mode = attach(&mut prog, iface, *idx, args.xdp_mode)?;
+        let mut queues = Vec::new();
+        for q in 0..*nq as u32 {
+            let xsk = XskQueue::open(iface, q, &xsk_opts).map_err(|e| match &e {
+                dataplane::xsk::XskError::Bind { source, .. } if source.raw_os_error() == Some(libc::EBUSY) => anyhow::anyhow!(
+                    "{iface} queue {q} already has an AF_XDP socket bound (another wirewatch or AF_XDP program?): stop it and retry"
+                ),
+                _ => anyhow::Error::new(e).context(format!("opening AF_XDP on {iface} queue {q}")),
+            })?;
+            if let Some(why) = &xsk.fallback_reason {
+                log::warn!("{iface} queue {q}: AF_XDP in copy mode ({why})");
+            }
+            prog.bind_socket(q, &xsk.fd())?;
+            queues.push(xsk);
+        }
+        log::info!("{iface}: XDP attached in {xdp_mode} mode, {} queue(s), snaplen {}", nq, args.snaplen);
+        for xsk in queues {
+            let counters = Arc::new(QueueCounters::default());
+            let cpu = cpus[worker_no % cpus.len()];
+            worker_no += 1;
+            summaries.push((iface.clone(), vantage as u16, xsk.queue, xdp_mode, xsk.mode.name(), xsk.fallback_reason.clone(), counters.clone()));
+            let sink = RunSink { record: record_thread.as_ref().map(|(tx, _)| tx.clone()), record_dropped: 0 };
+            let w = Worker { xsk, vantage: vantage as u16, cpu: Some(cpu), counters };
+            workers.push(w.spawn(sink, stop.clone())?);
+        }
+        programs.push((iface.clone(), prog));
+    }
+
+    let started = Instant::now();
+    while !STOP.load(Relaxed) {
+        if args.duration.is_some_and(|d| started.elapsed() >= Duration::from_secs_f64(d)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    log::info!("stopping: draining queues and detaching");
+    stop.store(true, Relaxed);
+    let mut record_dropped = 0;
+    for h in workers {
+        let sink = h.join().map_err(|_| anyhow::anyhow!("a worker thread panicked"))?;
+        record_dropped += sink.record_dropped;
+    }
+    let xdp = programs
+        .iter()
+        .map(|(iface, p)| (iface.clone(), p.counters().map(|c| c.nonzero()).unwrap_or_default()))
+        .collect();
+    drop(programs); // detaches
+    let recorded = match record_thread {
+        Some((tx, h)) => {
+            drop(tx);
+            h.join().map_err(|_| anyhow::anyhow!("the recorder thread panicked"))??
+        }
+        None => 0,
+    };
+    let summary = RunSummary {
+        queues: summaries
+            .into_iter()
+            .map(|(iface, vantage, queue, xdp_mode, copy_mode, fb, c)| QueueSummary {
+                iface,
+                vantage,
+                queue,
+                xdp_mode,
+                copy_mode,
+                zero_copy_fallback: fb,
+                packets: c.packets.load(Relaxed),
+                bytes: c.bytes.load(Relaxed),
+                no_meta: c.no_meta.load(Relaxed),
+                rx_dropped: c.rx_dropped.load(Relaxed),
+                rx_ring_full: c.rx_ring_full.load(Relaxed),
+                rx_invalid_descs: c.rx_invalid_descs.load(Relaxed),
+                rx_fill_ring_empty_descs: c.rx_fill_ring_empty_descs.load(Relaxed),
+            })
+            .collect(),
+        xdp,
+        recorded,
+        record_dropped,
+    };
+    for q in &summary.queues {
+        log::info!(
+            "{} queue {}: {} packets, {} bytes, lost in our rings {} (ring full {}), XDP {} / AF_XDP {}",
+            q.iface, q.queue, q.packets, q.bytes, q.rx_dropped, q.rx_ring_full, q.xdp_mode, q.copy_mode
+        );
+    }
+    if let Some(p) = &args.summary_json {
+        std::fs::write(p, serde_json::to_vec_pretty(&summary)?).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! Pinned worker threads: one per (interface, queue), each owning its AF_XDP socket and its
+//! sink outright. Nothing on this path takes a lock; counters are atomics the control plane
+//! reads.
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use crate::xsk::{SocketStats, XskQueue};
+
+/// One received frame as the engine sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct RawFrame<'a> {
+    /// The frame as captured (cut to the snap length).
+    pub data: &'a [u8],
+    /// Its length on the wire.
+    pub orig_len: u32,
+    /// Receive time, ns since the Unix epoch.
+    pub ts_ns: u64,
+    /// Which sensor saw it: the interface's position in `--iface`, or the file's in `analyze`.
+    pub vantage: u16,
+}
+
+/// Where a worker hands its frames: the flow engine, a recorder, or both.
+pub trait FrameSink: Send + 'static {
+    fn frame(&mut self, f: &RawFrame<'_>);
+    /// Our own rings dropped `lost` frames on `vantage` since the last call.
+    fn capture_loss(&mut self, _vantage: u16, _lost: u64, _now_ns: u64) {}
+    /// Called about once per 100 ms with the current time, for timers.
+    fn tick(&mut self, _now_ns: u64) {}
+    fn finish(&mut self) {}
+}
+
+/// Per-queue counters the control plane exports.
+#[derive(Debug, Default)]
+pub struct QueueCounters {
+    pub packets: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Frames without our metadata (timestamped on receipt instead).
+    pub no_meta: AtomicU64,
+    pub rx_dropped: AtomicU64,
+    pub rx_invalid_descs: AtomicU64,
+    pub rx_ring_full: AtomicU64,
+    pub rx_fill_ring_empty_descs: AtomicU64,
+}
+
+impl QueueCounters {
+    fn publish(&self, s: &SocketStats) {
+        self.rx_dropped.store(s.rx_dropped, Relaxed);
+        self.rx_invalid_descs.store(s.rx_invalid_descs, Relaxed);
+        self.rx_ring_full.store(s.rx_ring_full, Relaxed);
+        self.rx_fill_ring_empty_descs.store(s.rx_fill_ring_empty_descs, Relaxed);
+    }
+}
+
+/// CLOCK_REALTIME − CLOCK_MONOTONIC in ns: turns `bpf_ktime_get_ns` stamps into wall time.
+pub fn monotonic_to_realtime_offset() -> u64 {
+    let now = |clock| {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: valid clock id and out-pointer.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    };
+    now(libc::CLOCK_REALTIME).wrapping_sub(now(libc::CLOCK_MONOTONIC))
+}
+
+pub fn realtime_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET bounds-checks against its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+pub struct Worker {
+    pub xsk: XskQueue,
+    pub vantage: u16,
+    pub cpu: Option<usize>,
+    pub counters: Arc<QueueCounters>,
+}
+
+impl Worker {
+    /// Runs until `stop` is set; returns the sink so the caller can flush and report it.
+    pub fn spawn<S: FrameSink>(self, mut sink: S, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<S>> {
+        let name = format!("ww-{}-q{}", self.xsk.iface, self.xsk.queue);
+        std::thread::Builder::new().name(name).spawn(move || {
+            let Worker { mut xsk, vantage, cpu, counters } = self;
+            if let Some(cpu) = cpu {
+                if let Err(e) = pin_current_thread(cpu) {
+                    log::warn!("{} queue {}: cannot pin to CPU {cpu}: {e}", xsk.iface, xsk.queue);
+                }
+            }
+            let offset = monotonic_to_realtime_offset();
+            let mut last_lost = 0u64;
+            let mut last_tick = Instant::now();
+            loop {
+                let stopping = stop.load(Relaxed);
+                // After stop, drain what is already in the ring, then leave.
+                let timeout = if stopping { 0 } else { 100 };
+                let got = xsk.recv_batch(timeout, |rx| {
+                    let (ts_ns, orig_len) = match rx.meta {
+                        Some(m) => (m.rx_ns.wrapping_add(offset), m.orig_len),
+                        None => {
+                            counters.no_meta.fetch_add(1, Relaxed);
+                            (realtime_ns(), rx.data.len() as u32)
+                        }
+                    };
+                    counters.packets.fetch_add(1, Relaxed);
+                    counters.bytes.fetch_add(orig_len as u64, Relaxed);
+                    sink.frame(&RawFrame { data: rx.data, orig_len, ts_ns, vantage });
+                });
+                let got = match got {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
+                    Err(e) => {
+                        log::error!("{} queue {}: receive failed: {e}", xsk.iface, xsk.queue);
+                        0
+                    }
+                };
+                if stopping && got == 0 {
+                    break;
+                }
+                if last_tick.elapsed() >= Duration::from_millis(100) {
+                    last_tick = Instant::now();
+                    if let Ok(s) = xsk.stats() {
+                        counters.publish(&s);
+                        if s.lost() > last_lost {
+                            sink.capture_loss(vantage, s.lost() - last_lost, realtime_ns());
+                            last_lost = s.lost();
+                        }
+                    }
+                    sink.tick(realtime_ns());
+                }
+            }
+            if let Ok(s) = xsk.stats() {
+                counters.publish(&s);
+                if s.lost() > last_lost {
+                    sink.capture_loss(vantage, s.lost() - last_lost, realtime_ns());
+                }
+            }
+            sink.finish();
+            sink
+        })
+    }
+}

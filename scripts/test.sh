@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs wirewatch's whole test suite, privileged tests included (they need root: netns, XDP,
+# AF_XDP). Installs what it needs on first run. Fails if any privileged test was skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "the test suite includes privileged tests (netns, XDP, AF_XDP): run it as root, e.g. sudo bash scripts/test.sh" >&2
+    exit 1
+fi
+bash scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+export WIREWATCH_REQUIRE_PRIVILEGED=1
+export RUST_BACKTRACE=1
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+# Release build: the live tests watch real traffic at rate, as the product would.
+set +e
+cargo test --release --workspace 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+if grep -q '^SKIPPED ' "$log"; then
+    echo "FAIL: privileged tests were skipped:" >&2
+    grep '^SKIPPED ' "$log" >&2
+    exit 1
+fi
+if [ "$status" -ne 0 ]; then
+    exit "$status"
+fi
+passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
+if [ "$passed" -eq 0 ]; then
+    echo "FAIL: no test ran" >&2
+    exit 1
+fi
+# Leftovers from our tests would be a bug: namespaces are named ww*.
+if ip netns list | grep -q '^ww'; then
+    echo "FAIL: tests left network namespaces behind:" >&2
+    ip netns list | grep '^ww' >&2
+    exit 1
+fi
+echo "all tests passed ($passed)"
