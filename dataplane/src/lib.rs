@@ -9,3 +9,8 @@ pub mod worker;
 pub mod capture;
 pub mod packet;
 pub mod seq;
+pub mod anomaly;
+pub mod engine;
+pub mod evidence;
+pub mod flow;
+pub mod tcp;

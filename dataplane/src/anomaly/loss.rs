@@ -1,0 +1,216 @@
+//! Loss, delay and flow control: retransmission (rto / fast / spurious), retransmission_storm,
+//! out_of_order, dup_ack, ack_unseen_segment, ack_out_of_window, zero_window.
+//!
+//! The per-packet verdicts follow the order Wireshark's TCP analysis uses, so `analyze` can
+//! be checked against tshark packet by packet; where wirewatch differs on purpose, the
+//! difference is in the notes of the oracle test.
+use dataplane_common::tcp_flags::{ACK, FIN, RST, SYN};
+
+use super::{Ctx, Detection, Kind};
+use crate::flow::dir_flags;
+
+/// Per-packet verdict bits (what `analyze --verdicts` writes).
+pub mod verdict {
+    pub const RETRANSMISSION: u32 = 1 << 0;
+    pub const FAST_RETRANSMISSION: u32 = 1 << 1;
+    pub const SPURIOUS_RETRANSMISSION: u32 = 1 << 2;
+    pub const OUT_OF_ORDER: u32 = 1 << 3;
+    pub const DUP_ACK: u32 = 1 << 4;
+    pub const ZERO_WINDOW: u32 = 1 << 5;
+    pub const ACK_UNSEEN: u32 = 1 << 6;
+    pub const KEEP_ALIVE: u32 = 1 << 7;
+    pub const WINDOW_UPDATE: u32 = 1 << 8;
+    pub const ZERO_WINDOW_PROBE: u32 = 1 << 9;
+    pub const ACK_OUT_OF_WINDOW: u32 = 1 << 10;
+}
+use verdict::*;
+
+/// Wireshark's fast-retransmission horizon after the last duplicate ACK.
+const FAST_RETX_NS: u64 = 20_000_000;
+/// A zero-window episode this long becomes an event (shorter ones are only counted).
+pub const ZERO_WINDOW_EVENT_NS: u64 = 500_000_000;
+
+/// Runs the family for one packet and returns its verdict bits. Updates the sender's
+/// sequence tracking (next_seq, last ACK, window, duplicate-ACK run).
+pub fn on_packet(c: &mut Ctx<'_>) -> u32 {
+    let p = c.pkt;
+    let (s, o) = (c.side, c.other());
+    let now = p.ts_ns;
+    let seglen = p.payload_len;
+    let ctl = p.flags & (SYN | FIN | RST) != 0;
+    let d = c.flow.dirs[s];
+    let od = c.flow.dirs[o];
+    let have_next = d.flags & dir_flags::SEEN != 0;
+    let other_seen = od.flags & dir_flags::SEEN != 0;
+    let mut v = 0u32;
+
+    // Zero window: the sender advertises no room (Wireshark: not on SYN/FIN/RST).
+    if p.window == 0 && !ctl {
+        v |= ZERO_WINDOW;
+    }
+    // Zero-window probe: one byte at next_seq while the peer's window is 0.
+    if have_next && seglen == 1 && p.seq == d.next_seq && other_seen && od.window == 0 {
+        v |= ZERO_WINDOW_PROBE;
+    }
+    // Keep-alive: ≤ 1 byte one below next_seq.
+    if have_next && seglen <= 1 && !ctl && p.seq == d.next_seq - 1 {
+        v |= KEEP_ALIVE;
+    }
+    let acking = p.has(ACK);
+    let same_point = have_next && p.seq == d.next_seq && acking && p.ack == d.last_ack;
+    if seglen == 0 && !ctl && p.window != 0 && same_point && d.flags & dir_flags::DATA_OR_ACK != 0 {
+        if p.window != d.window {
+            v |= WINDOW_UPDATE;
+        } else if v & KEEP_ALIVE == 0 {
+            v |= DUP_ACK;
+        }
+    }
+    // ACK for bytes the other side was never seen sending.
+    if acking && other_seen && !p.has(RST) && p.ack > od.next_seq {
+        v |= ACK_UNSEEN;
+        if p.ack.diff(od.next_seq) as i64 > max_window(&od, &d) as i64 {
+            v |= ACK_OUT_OF_WINDOW;
+        }
+    } else if acking && d.flags & dir_flags::DATA_OR_ACK != 0 && d.last_ack.diff(p.ack) as i64 > max_window(&d, &od) as i64 {
+        // Far below the highest ACK already sent: an ACK from the past.
+        v |= ACK_OUT_OF_WINDOW;
+    }
+
+    if (seglen > 0 || p.flags & (SYN | FIN) != 0) && v & KEEP_ALIVE == 0 {
+        let mut not_advanced = have_next && p.seq < d.next_seq;
+        if seglen > 1 && d.next_seq - 1 == p.seq {
+            not_advanced = false;
+        }
+        let other_acked = od.flags & dir_flags::DATA_OR_ACK != 0;
+        if seglen > 0 && other_acked && p.seq + seglen <= od.last_ack {
+            v |= SPURIOUS_RETRANSMISSION;
+        } else if not_advanced {
+            let since_dupack = now.saturating_sub(c.flow.first_ns + od.last_us as u64 * 1000);
+            let t = now.saturating_sub(c.flow.first_ns + d.next_seq_us as u64 * 1000);
+            let ooo_thres = c.extra_ref().and_then(|x| x.first_rtt_ns).unwrap_or(c.cfg.reorder_default_ns);
+            if since_dupack < FAST_RETX_NS && od.dup_acks >= 2 && od.last_ack == p.seq {
+                v |= FAST_RETRANSMISSION;
+            } else if d.next_seq != p.seq + seglen && t < ooo_thres {
+                v |= OUT_OF_ORDER;
+            } else {
+                v |= RETRANSMISSION;
+            }
+        }
+    }
+
+    // Update the sender's tracking (Wireshark: next_seq advances unless a zero-window probe).
+    let end = p.seq + p.seq_len();
+    let dm = &mut c.flow.dirs[s];
+    if (!have_next || end > dm.next_seq) && v & ZERO_WINDOW_PROBE == 0 {
+        dm.next_seq = end;
+        dm.next_seq_us = c.now_us;
+        dm.retx_count = 0;
+    }
+    if v & DUP_ACK != 0 {
+        dm.dup_acks = dm.dup_acks.saturating_add(1);
+    } else if acking && p.ack != dm.last_ack {
+        dm.dup_acks = 0;
+    }
+    if acking && (dm.flags & dir_flags::DATA_OR_ACK == 0 || p.ack > dm.last_ack) {
+        dm.last_ack = p.ack;
+    }
+    if acking || seglen > 0 {
+        dm.flags |= dir_flags::DATA_OR_ACK;
+    }
+    dm.window = p.window;
+
+    if c.in_gap {
+        // Our own loss: the sequence state above resynchronises, nothing is concluded.
+        return v & (ZERO_WINDOW | KEEP_ALIVE | WINDOW_UPDATE | ZERO_WINDOW_PROBE);
+    }
+    count_and_report(c, v);
+    v
+}
+
+fn max_window(sender: &crate::flow::DirState, _receiver: &crate::flow::DirState) -> u32 {
+    // The largest window this side could have advertised (RFC 7323 §2.3: at most 2^30).
+    (65_535u32 << sender.wscale.min(14)).max(65_535)
+}
+
+const RETX_ANY: u32 = RETRANSMISSION | FAST_RETRANSMISSION | SPURIOUS_RETRANSMISSION;
+
+fn count_and_report(c: &mut Ctx<'_>, v: u32) {
+    let p = c.pkt;
+    let s = c.side;
+    if v & RETX_ANY != 0 {
+        c.count(Kind::Retransmission);
+        let d = &mut c.flow.dirs[s];
+        d.retx_count = d.retx_count.saturating_add(1);
+        let n = d.retx_count;
+        if n as u32 >= c.cfg.storm_count && c.flow.flags & crate::flow::conn_flags::STORM_REPORTED == 0 {
+            c.flow.flags |= crate::flow::conn_flags::STORM_REPORTED;
+            c.count(Kind::RetransmissionStorm);
+            let from = c.endpoint(s);
+            let to = c.endpoint(c.other());
+            let mut det = Detection::new(
+                Kind::RetransmissionStorm,
+                format!(
+                    "{from} sent the segment at SEQ {} {n} times without {to} acknowledging it: the path from {from} to {to} is black-holing data (or {to} is gone).",
+                    c.flow.dirs[s].next_seq
+                ),
+            )
+            .detail("retransmissions", n);
+            det.count = n as u64;
+            c.found.push(det);
+        }
+    }
+    if v & OUT_OF_ORDER != 0 {
+        c.count(Kind::OutOfOrder);
+    }
+    if v & DUP_ACK != 0 {
+        c.count(Kind::DupAck);
+    }
+    if v & ACK_UNSEEN != 0 {
+        c.count(Kind::AckUnseenSegment);
+    }
+    if v & ACK_OUT_OF_WINDOW != 0 {
+        c.count(Kind::AckOutOfWindow);
+    }
+    // Zero-window episodes per advertising side: counted on every packet, reported on close.
+    let zw = v & ZERO_WINDOW != 0;
+    if zw {
+        c.count(Kind::ZeroWindow);
+    }
+    let now = p.ts_ns;
+    let probe = v & ZERO_WINDOW_PROBE != 0;
+    let o = c.other();
+    if zw && c.extra_ref().is_none_or(|x| x.zero_window[s].is_none()) {
+        c.extra().zero_window[s] = Some((now, 0));
+    } else if probe {
+        // The probe is sent by the other side toward the side advertising zero.
+        if let Some((_, n)) = c.extra().zero_window[o].as_mut() {
+            *n += 1;
+        }
+    } else if !zw && p.flags & (SYN | RST) == 0 {
+        if let Some((start, probes)) = c.extras.get_mut(c.key).and_then(|x| x.zero_window[s].take()) {
+            let dur = now.saturating_sub(start);
+            c.found.push(zero_window_ended(c, s, start, dur, probes));
+        }
+    }
+}
+
+fn zero_window_ended(c: &Ctx<'_>, side: usize, start: u64, dur: u64, probes: u32) -> Detection {
+    let who = c.endpoint(side);
+    let mut d = Detection::new(
+        Kind::ZeroWindow,
+        format!(
+            "{who} advertised a zero window for {:.3} s ({probes} probe(s)): its application stopped reading, so the sender had to wait.",
+            dur as f64 / 1e9
+        ),
+    )
+    .detail("duration_s", dur as f64 / 1e9)
+    .detail("probes", probes);
+    d.first_ns = Some(start);
+    d.sub_kind = Some(if dur >= ZERO_WINDOW_EVENT_NS { "long" } else { "short" });
+    d
+}
+
+/// Zero-window episodes shorter than this are counted but produce no event.
+pub fn is_reportable(d: &Detection) -> bool {
+    d.kind != Kind::ZeroWindow || d.sub_kind == Some("long")
+}

@@ -1,0 +1,338 @@
+//! The detection catalog (../shared/DETECTIONS.md): the kinds, the event every detection
+//! produces, and the detectors, one module per family.
+use std::{collections::HashMap, net::IpAddr};
+
+use serde::Serialize;
+
+use crate::{
+    engine::EngineConfig,
+    flow::{FlowKey, FlowRecord, IpIdModel},
+    packet::TcpPacket,
+};
+
+pub mod health;
+pub mod loss;
+pub mod paths;
+pub mod resets;
+pub mod setup;
+
+macro_rules! kinds {
+    ($($variant:ident => $name:literal, $health:literal;)*) => {
+        /// A stable snake_case anomaly kind: the `kind` label, the event field, the evidence comment.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Kind { $($variant),* }
+        impl Kind {
+            pub const ALL: &'static [Kind] = &[$(Kind::$variant),*];
+            pub const fn name(self) -> &'static str { match self { $(Kind::$variant => $name),* } }
+            /// Sensor health: counted, never reported as a network fault.
+            pub const fn is_sensor_health(self) -> bool { match self { $(Kind::$variant => $health),* } }
+            pub fn from_name(s: &str) -> Option<Kind> { Self::ALL.iter().copied().find(|k| k.name() == s) }
+        }
+    };
+}
+
+kinds! {
+    SynUnanswered => "syn_unanswered", false;
+    SynRejected => "syn_rejected", false;
+    SynackUnacked => "synack_unacked", false;
+    TupleReuse => "tuple_reuse", false;
+    RstForeignSender => "rst_foreign_sender", false;
+    RstAfterStaleSegment => "rst_after_stale_segment", false;
+    MidstreamRst => "midstream_rst", false;
+    RequestAfterFin => "request_after_fin", false;
+    DataAfterRst => "data_after_rst", false;
+    SplitPath => "split_path", false;
+    LostBetweenSensors => "lost_between_sensors", false;
+    OneSided => "one_sided", true;
+    Retransmission => "retransmission", false;
+    RetransmissionStorm => "retransmission_storm", false;
+    OutOfOrder => "out_of_order", false;
+    DupAck => "dup_ack", false;
+    AckUnseenSegment => "ack_unseen_segment", false;
+    AckOutOfWindow => "ack_out_of_window", false;
+    ZeroWindow => "zero_window", false;
+    MirrorDuplicate => "mirror_duplicate", true;
+    CaptureGap => "capture_gap", true;
+}
+
+pub const KIND_COUNT: usize = Kind::ALL.len();
+
+impl Serialize for Kind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// How one sender looks: what `rst_foreign_sender` and `tuple_reuse` compare.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Fingerprint {
+    /// e.g. "expected (the server so far)", "this RST".
+    pub role: String,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub mac: String,
+    pub ttl: u8,
+    pub ip_id: u16,
+    pub ip_id_model: &'static str,
+    pub timestamp_option: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ts_val: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub isn: Option<u32>,
+}
+
+pub fn mac_str(m: &[u8; 6]) -> String {
+    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+}
+
+pub fn model_name(m: IpIdModel) -> &'static str {
+    match m {
+        IpIdModel::Unknown => "unknown",
+        IpIdModel::Counter => "counter",
+        IpIdModel::Zero => "zero",
+        IpIdModel::Random => "random",
+    }
+}
+
+impl Fingerprint {
+    pub fn of_packet(role: &str, p: &TcpPacket) -> Self {
+        Fingerprint {
+            role: role.into(),
+            addr: p.src,
+            port: p.sport,
+            mac: mac_str(&p.src_mac),
+            ttl: p.ttl,
+            ip_id: p.ip_id,
+            ip_id_model: "-",
+            timestamp_option: p.opts.timestamp.is_some(),
+            ts_val: p.opts.timestamp.map(|t| t.0),
+            isn: None,
+        }
+    }
+
+    /// The model learned for `side` of a flow.
+    pub fn of_side(role: &str, key: &FlowKey, f: &FlowRecord, side: usize) -> Self {
+        let d = &f.dirs[side];
+        let (addr, port) = key.endpoint(side);
+        Fingerprint {
+            role: role.into(),
+            addr,
+            port,
+            mac: mac_str(&d.src_mac),
+            ttl: d.ttl,
+            ip_id: d.ip_id,
+            ip_id_model: model_name(d.ip_id_model),
+            timestamp_option: d.flags & crate::flow::dir_flags::TS_OK != 0,
+            ts_val: (d.ts_val != 0).then_some(d.ts_val),
+            isn: (d.flags & crate::flow::dir_flags::SYN != 0).then_some(d.isn.0),
+        }
+    }
+}
+
+/// The flow as an event names it, oriented along the triggering packet.
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowRef {
+    pub src: IpAddr,
+    pub sport: u16,
+    pub dst: IpAddr,
+    pub dport: u16,
+    pub vlan: u16,
+    /// client_to_server, server_to_client, or unknown (no handshake seen).
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EvidenceRef {
+    pub path: String,
+    /// 1-based packet numbers of the commented packets inside the file.
+    pub packets: Vec<u32>,
+}
+
+/// One detection, as written to the events stream.
+#[derive(Clone, Debug, Serialize)]
+pub struct Event {
+    pub kind: Kind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub_kind: Option<&'static str>,
+    pub time_first: String,
+    pub time_last: String,
+    pub time_first_ns: u64,
+    pub time_last_ns: u64,
+    pub flow: FlowRef,
+    /// The sensor (interface or file) that saw the triggering packet.
+    pub vantage: String,
+    pub count: u64,
+    pub fingerprints: Vec<Fingerprint>,
+    pub explanation: String,
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub details: serde_json::Map<String, serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<EvidenceRef>,
+}
+
+/// What a detector reports; the engine turns it into an [`Event`].
+#[derive(Debug)]
+pub struct Detection {
+    pub kind: Kind,
+    pub sub_kind: Option<&'static str>,
+    pub explanation: String,
+    pub fingerprints: Vec<Fingerprint>,
+    pub details: serde_json::Map<String, serde_json::Value>,
+    /// When the pattern began (e.g. the first SYN), if earlier than the triggering packet.
+    pub first_ns: Option<u64>,
+    pub count: u64,
+}
+
+impl Detection {
+    pub fn new(kind: Kind, explanation: String) -> Self {
+        Self { kind, sub_kind: None, explanation, fingerprints: Vec::new(), details: Default::default(), first_ns: None, count: 1 }
+    }
+    pub fn detail(mut self, k: &str, v: impl Into<serde_json::Value>) -> Self {
+        self.details.insert(k.into(), v.into());
+        self
+    }
+    pub fn fingerprint(mut self, f: Fingerprint) -> Self {
+        self.fingerprints.push(f);
+        self
+    }
+}
+
+/// A RST the flow is waiting for: the answer that completes a pattern.
+#[derive(Clone, Debug)]
+pub struct PairWait {
+    pub kind: Kind,
+    pub since_ns: u64,
+    /// The side expected to send the RST.
+    pub from_side: usize,
+    /// The SEQ that RST should carry (the trigger's ACK).
+    pub rst_seq: u32,
+    pub trigger: TriggerInfo,
+}
+
+#[derive(Clone, Debug)]
+pub struct TriggerInfo {
+    pub seq: u32,
+    pub ack: u32,
+    pub len: u32,
+    pub hist_id: u32,
+    /// Idle time before the trigger (request_after_fin).
+    pub idle_ns: u64,
+    /// Why the segment was stale (rst_after_stale_segment).
+    pub why: String,
+}
+
+/// Rarely needed per-flow state, kept outside the 128-byte record.
+#[derive(Clone, Debug, Default)]
+pub struct FlowExtra {
+    pub rst_ns: Option<u64>,
+    pub rst_side: usize,
+    pub data_after_rst: u64,
+    pub wait: Option<PairWait>,
+    /// Open zero-window episode per advertising side: (start, probes).
+    pub zero_window: [Option<(u64, u32)>; 2],
+    /// Next-hop MAC the client's SYN went to.
+    pub syn_dst_mac: Option<[u8; 6]>,
+    pub syn_ns: Option<u64>,
+    /// Handshake RTT (SYN → ACK of SYN-ACK), Wireshark's first RTT.
+    pub first_rtt_ns: Option<u64>,
+    /// Previous dst MAC before the last switch, per side (split_path explanation).
+    pub prev_dst_mac: [Option<[u8; 6]>; 2],
+    pub syn_first_ns: Option<u64>,
+    pub synack_first_ns: Option<u64>,
+}
+
+/// Everything a detector may look at or change for one packet.
+pub struct Ctx<'a> {
+    pub pkt: &'a TcpPacket,
+    pub key: &'a FlowKey,
+    /// The sender's side (0 = lo, 1 = hi).
+    pub side: usize,
+    pub flow: &'a mut FlowRecord,
+    pub extras: &'a mut HashMap<FlowKey, FlowExtra>,
+    pub cfg: &'a EngineConfig,
+    pub now_us: u32,
+    /// Our own capture lost packets and this flow has not resynchronised: no inferences.
+    pub in_gap: bool,
+    pub hist_id: u32,
+    pub found: &'a mut Vec<Detection>,
+    pub counters: &'a mut [u64; KIND_COUNT],
+}
+
+impl Ctx<'_> {
+    #[inline]
+    pub fn other(&self) -> usize {
+        1 - self.side
+    }
+    pub fn extra(&mut self) -> &mut FlowExtra {
+        self.extras.entry(*self.key).or_default()
+    }
+    pub fn extra_ref(&self) -> Option<&FlowExtra> {
+        self.extras.get(self.key)
+    }
+    pub fn count(&mut self, k: Kind) {
+        self.counters[k as usize] += 1;
+    }
+    /// "10.0.0.1:80" for `side`.
+    pub fn endpoint(&self, side: usize) -> String {
+        let (a, p) = self.key.endpoint(side);
+        match a {
+            IpAddr::V6(_) => format!("[{a}]:{p}"),
+            IpAddr::V4(_) => format!("{a}:{p}"),
+        }
+    }
+    /// The RST pairing window: min(RTT/2, cap), at least the floor (local processing time).
+    pub fn pairing_window_ns(&self) -> u64 {
+        let half_rtt = self.extra_ref().and_then(|x| x.first_rtt_ns).map(|r| r / 2).unwrap_or(u64::MAX);
+        half_rtt.min(self.cfg.pairing_window_max_ns).max(self.cfg.pairing_window_floor_ns)
+    }
+    pub fn role(&self, side: usize) -> &'static str {
+        match self.flow.client_side() {
+            Some(c) if c == side => "client",
+            Some(_) => "server",
+            None => "peer",
+        }
+    }
+}
+
+/// RFC 3339 UTC with nanoseconds.
+pub fn rfc3339(ns: u64) -> String {
+    let secs = (ns / 1_000_000_000) as i64;
+    let nanos = ns % 1_000_000_000;
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z", sod / 3600, sod % 3600 / 60, sod % 60)
+}
+
+#[cfg(test)]
+mod vocab_tests {
+    #[test]
+    fn rfc3339_formats() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(super::rfc3339(1_700_000_000_123_456_789), "2023-11-14T22:13:20.123456789Z");
+    }
+
+    #[test]
+    fn names_are_unique_snake_case() {
+        let mut seen = std::collections::HashSet::new();
+        for k in super::Kind::ALL {
+            assert!(seen.insert(k.name()));
+            assert!(k.name().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+            assert_eq!(super::Kind::from_name(k.name()), Some(*k));
+        }
+        assert_eq!(seen.len(), 21);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,175 @@
+//! Paths: split_path, one_sided, and lost_between_sensors (matching packets across vantages).
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+
+use super::{mac_str, Ctx, Detection, Kind};
+use crate::{
+    flow::{conn_flags, dir_flags},
+    packet::TcpPacket,
+};
+
+/// Next-hop changes: runs before the sender's model is updated with this packet.
+pub fn on_packet(c: &mut Ctx<'_>) {
+    let p = c.pkt;
+    let s = c.side;
+    let d = c.flow.dirs[s];
+    if d.packets == 0 {
+        return;
+    }
+    if d.dst_mac != p.dst_mac {
+        let prev = d.dst_mac;
+        c.extra().prev_dst_mac[s] = Some(prev);
+        let dm = &mut c.flow.dirs[s];
+        dm.mac_switches = dm.mac_switches.saturating_add(1);
+        // One switch is a route change; switching back and forth is a split.
+        if dm.mac_switches >= 2 && dm.flags & dir_flags::SPLIT_REPORTED == 0 {
+            dm.flags |= dir_flags::SPLIT_REPORTED;
+            c.count(Kind::SplitPath);
+            let from = c.endpoint(s);
+            let to = c.endpoint(c.other());
+            c.found.push(
+                Detection::new(
+                    Kind::SplitPath,
+                    format!(
+                        "Packets from {from} to {to} alternate between next hops {} and {}: one flow is being sprayed over several paths or backends (ECMP/LAG hashing per packet, or a load balancer without flow affinity).",
+                        mac_str(&prev),
+                        mac_str(&p.dst_mac)
+                    ),
+                )
+                .detail("next_hops", vec![mac_str(&prev), mac_str(&p.dst_mac)])
+                .detail("switches", c.flow.dirs[s].mac_switches),
+            );
+        }
+    }
+}
+
+/// Only one direction visible for longer than the handshake timeout while data flows.
+pub fn check_one_sided(c: &mut Ctx<'_>) {
+    if c.flow.flags & conn_flags::ONE_SIDED_REPORTED != 0 || c.pkt.payload_len == 0 {
+        return;
+    }
+    if c.flow.dirs[c.other()].flags & dir_flags::SEEN != 0 {
+        return;
+    }
+    let age = c.pkt.ts_ns.saturating_sub(c.flow.first_ns);
+    if age > c.cfg.handshake_timeout_ns && c.flow.dirs[c.side].packets >= 8 {
+        c.flow.flags |= conn_flags::ONE_SIDED_REPORTED;
+        c.count(Kind::OneSided);
+        let from = c.endpoint(c.side);
+        let to = c.endpoint(c.other());
+        let mut d = Detection::new(
+            Kind::OneSided,
+            format!(
+                "Only {from} → {to} is visible ({:.1} s of data, nothing back): asymmetric routing, or the span port misses one direction. Sensor health, not a network fault.",
+                age as f64 / 1e9
+            ),
+        );
+        d.first_ns = Some(c.flow.first_ns);
+        c.found.push(d);
+    }
+}
+
+/// A packet's identity across sensors: what survives forwarding unchanged.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+struct Sig {
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    ip_id: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    len: u32,
+}
+
+struct Seen {
+    vantages: u8,
+    first_vantage: u16,
+    hist_id: u32,
+    /// Index in the flow's sequence: not used for matching, only for the event.
+    pkt: TcpPacket,
+}
+
+/// Matches packets between vantages: a packet seen at one sensor and not at another sensor
+/// that carries traffic for the same server within `vantage_window` was dropped between them.
+#[derive(Default)]
+pub struct VantageMatcher {
+    pending: HashMap<Sig, Seen>,
+    order: VecDeque<(u64, Sig)>,
+    /// Which vantages have carried traffic for a server address: they are expected to see it.
+    servers: HashMap<IpAddr, u8>,
+}
+
+pub struct Missing {
+    pub pkt: TcpPacket,
+    pub seen_at: u16,
+    pub missing_at: Vec<u16>,
+    pub hist_id: u32,
+}
+
+impl VantageMatcher {
+    /// Records a sighting; false when another vantage already saw this very packet (a copy:
+    /// the tracker must not count it twice).
+    pub fn observe(&mut self, p: &TcpPacket, hist_id: u32) -> bool {
+        let bit = 1u8 << (p.vantage.min(7));
+        // Either endpoint could be "the server"; remember both addresses' vantages.
+        *self.servers.entry(p.dst).or_default() |= bit;
+        *self.servers.entry(p.src).or_default() |= bit;
+        let sig = Sig { src: p.src, dst: p.dst, sport: p.sport, dport: p.dport, ip_id: p.ip_id, seq: p.seq.0, ack: p.ack.0, flags: p.flags, len: p.payload_len };
+        match self.pending.get_mut(&sig) {
+            Some(s) if s.vantages & bit == 0 => {
+                s.vantages |= bit;
+                false
+            }
+            Some(_) => true,
+            None => {
+                self.pending.insert(sig, Seen { vantages: bit, first_vantage: p.vantage, hist_id, pkt: p.clone() });
+                self.order.push_back((p.ts_ns, sig));
+                true
+            }
+        }
+    }
+
+    /// Packets whose window closed without reaching every vantage expected to see them.
+    pub fn expire(&mut self, now_ns: u64, window_ns: u64, vantage_count: usize) -> Vec<Missing> {
+        let mut out = Vec::new();
+        let all: u8 = if vantage_count >= 8 { 0xff } else { (1u8 << vantage_count) - 1 };
+        while let Some(&(t, sig)) = self.order.front() {
+            if now_ns.saturating_sub(t) <= window_ns {
+                break;
+            }
+            self.order.pop_front();
+            let Some(seen) = self.pending.remove(&sig) else { continue };
+            // Expected at the vantages that carry traffic for this destination.
+            let expected = self.servers.get(&sig.dst).copied().unwrap_or(0) & all;
+            let missing = expected & !seen.vantages;
+            if missing != 0 {
+                let missing_at = (0..8u16).filter(|v| missing & (1 << v) != 0).collect();
+                out.push(Missing { pkt: seen.pkt, seen_at: seen.first_vantage, missing_at, hist_id: seen.hist_id });
+            }
+        }
+        out
+    }
+}
+
+pub fn lost_detection(m: &Missing, names: &[String]) -> Detection {
+    let name = |v: u16| names.get(v as usize).cloned().unwrap_or_else(|| format!("vantage {v}"));
+    let missing: Vec<String> = m.missing_at.iter().map(|v| name(*v)).collect();
+    let p = &m.pkt;
+    let what = if p.has(dataplane_common::tcp_flags::SYN) { "SYN".to_string() } else { format!("segment SEQ {} ({} bytes)", p.seq, p.payload_len) };
+    Detection::new(
+        Kind::LostBetweenSensors,
+        format!(
+            "{what} from {}:{} to {}:{} was seen at {} but never at {}: it was dropped between those two points (a firewall, router or link there).",
+            p.src,
+            p.sport,
+            p.dst,
+            p.dport,
+            name(m.seen_at),
+            missing.join(", ")
+        ),
+    )
+    .detail("seen_at", name(m.seen_at))
+    .detail("missing_at", missing)
+}

@@ -1,0 +1,244 @@
+//! Resets and who sent them: rst_foreign_sender, rst_after_stale_segment, midstream_rst,
+//! request_after_fin, data_after_rst.
+use dataplane_common::tcp_flags::{ACK, FIN, RST, SYN};
+
+
+use super::{mac_str, Ctx, Detection, Fingerprint, Kind, PairWait, TriggerInfo};
+use crate::flow::{conn_flags, dir_flags, IpIdModel};
+
+/// Packets a side must have sent before its fingerprint counts as learned.
+const MODEL_MIN_PACKETS: u8 = 3;
+/// A step this large in a counter-model IP-ID is a different counter.
+const IP_ID_MAX_STEP: u16 = 2048;
+/// TSval may run at most this many ticks per ms (RFC 7323 recommends 1 ms .. 1 s per tick).
+const TS_MAX_TICKS_PER_MS: u64 = 1000;
+/// Packets in flight when a RST is sent may still arrive this long after it.
+const DATA_AFTER_RST_GRACE_NS: u64 = 10_000_000;
+
+/// Features of a packet that break its sender's established fingerprint.
+pub fn fingerprint_breaks(c: &Ctx<'_>) -> Vec<String> {
+    let p = c.pkt;
+    let d = &c.flow.dirs[c.side];
+    let od = &c.flow.dirs[c.other()];
+    let mut out = Vec::new();
+    if d.packets < MODEL_MIN_PACKETS {
+        return out;
+    }
+    if d.src_mac != p.src_mac && d.src_mac != [0; 6] && p.src_mac != [0; 6] {
+        out.push(format!("source MAC {} differs from the sender's {}", mac_str(&p.src_mac), mac_str(&d.src_mac)));
+    }
+    if (p.ttl as i16 - d.ttl as i16).abs() > 1 {
+        out.push(format!("TTL {} differs from the sender's {}", p.ttl, d.ttl));
+    }
+    match d.ip_id_model {
+        IpIdModel::Counter => {
+            let step = p.ip_id.wrapping_sub(d.ip_id);
+            if step == 0 || step > IP_ID_MAX_STEP {
+                out.push(format!("breaks the sender's IP-ID sequence ({} → {})", d.ip_id, p.ip_id));
+            }
+        }
+        IpIdModel::Zero if p.ip_id != 0 => out.push(format!("IP-ID {} where the sender always uses 0", p.ip_id)),
+        _ => {}
+    }
+    let negotiated = d.flags & dir_flags::TS_OK != 0 && od.flags & dir_flags::TS_OK != 0;
+    match p.opts.timestamp {
+        None if negotiated && !p.opts.truncated => out.push("lacks the timestamp option the flow negotiated".into()),
+        Some((tsval, _)) if negotiated && d.ts_val != 0 => {
+            let back = d.ts_val.wrapping_sub(tsval) as i32;
+            let elapsed_ms = (c.now_us.wrapping_sub(d.last_us) as u64) / 1000 + 1;
+            let fwd = tsval.wrapping_sub(d.ts_val) as u64;
+            if back > 0 || fwd > elapsed_ms * TS_MAX_TICKS_PER_MS + 1000 {
+                out.push(format!("TSval {tsval} is off the sender's clock (last {})", d.ts_val));
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+pub fn on_packet(c: &mut Ctx<'_>) {
+    let p = c.pkt;
+    let (s, o) = (c.side, c.other());
+    let now = p.ts_ns;
+    if p.has(RST) {
+        on_rst(c);
+        return;
+    }
+    if c.in_gap {
+        return;
+    }
+    // data_after_rst: a side still sending data after the connection was reset.
+    if p.payload_len > 0 {
+        if let Some(x) = c.extras.get_mut(c.key) {
+            if let Some(rst_ns) = x.rst_ns {
+                if now > rst_ns + DATA_AFTER_RST_GRACE_NS {
+                    x.data_after_rst += 1;
+                    let n = x.data_after_rst;
+                    let rst_side = x.rst_side;
+                    if c.flow.flags & conn_flags::DATA_AFTER_RST_REPORTED == 0 {
+                        c.flow.flags |= conn_flags::DATA_AFTER_RST_REPORTED;
+                        let who = c.endpoint(s);
+                        let rst_from = c.endpoint(rst_side);
+                        let mut d = Detection::new(
+                            Kind::DataAfterRst,
+                            format!(
+                                "{who} keeps sending data {:.3} s after a RST from {rst_from} ended the connection: the RST never reached {who} (or was not accepted), so the connection is dead on one side only.",
+                                (now - rst_ns) as f64 / 1e9
+                            ),
+                        )
+                        .detail("rst_from", rst_from);
+                        d.first_ns = Some(rst_ns);
+                        d.count = n;
+                        c.found.push(d);
+                    }
+                    c.count(Kind::DataAfterRst);
+                }
+            }
+        }
+    }
+
+    let od = c.flow.dirs[o];
+    // A segment outside the receiver's window: remember it, a RST may answer it.
+    if let Some(why) = stale_reason(c) {
+        let trig = trigger(c, 0, why);
+        c.extra().wait = Some(PairWait { kind: Kind::RstAfterStaleSegment, since_ns: now, from_side: o, rst_seq: p.ack.0, trigger: trig });
+        return;
+    }
+    if p.payload_len == 0 {
+        return;
+    }
+    // Data toward a receiver that may have no connection for it.
+    let midstream = c.flow.flags & conn_flags::MIDSTREAM != 0 && c.flow.dirs[s].flags & dir_flags::SYN == 0;
+    let split_hop = c.extra_ref().and_then(|x| x.syn_dst_mac).is_some_and(|m| c.flow.client_side() == Some(s) && m != p.dst_mac);
+    if midstream || split_hop {
+        let trig = trigger(c, 0, if split_hop { "next hop differs from the handshake's".into() } else { String::new() });
+        c.extra().wait = Some(PairWait { kind: Kind::MidstreamRst, since_ns: now, from_side: o, rst_seq: p.ack.0, trigger: trig });
+        return;
+    }
+    // A request on a connection the peer already closed.
+    if od.flags & dir_flags::FIN != 0 && c.flow.dirs[s].flags & dir_flags::FIN == 0 {
+        let idle = now.saturating_sub(c.flow.first_ns + c.flow.dirs[s].last_us.max(od.last_us) as u64 * 1000);
+        let trig = trigger(c, idle, String::new());
+        c.extra().wait = Some(PairWait { kind: Kind::RequestAfterFin, since_ns: now, from_side: o, rst_seq: p.ack.0, trigger: trig });
+    }
+}
+
+fn trigger(c: &Ctx<'_>, idle_ns: u64, why: String) -> TriggerInfo {
+    let p = c.pkt;
+    TriggerInfo { seq: p.seq.0, ack: p.ack.0, len: p.payload_len, hist_id: c.hist_id, idle_ns, why }
+}
+
+/// Why this segment lies outside what the receiver will accept, if it does.
+fn stale_reason(c: &Ctx<'_>) -> Option<String> {
+    let p = c.pkt;
+    let d = &c.flow.dirs[c.side];
+    let od = &c.flow.dirs[c.other()];
+    if p.flags & (SYN | FIN) != 0 || !p.has(ACK) {
+        return None;
+    }
+    if d.flags & dir_flags::DATA_OR_ACK == 0 || od.flags & dir_flags::DATA_OR_ACK == 0 || d.packets < MODEL_MIN_PACKETS {
+        return None;
+    }
+    let rwin = ((od.window as u32) << od.wscale.min(14)).max(1);
+    let maxwin = (65_535u32 << od.wscale.min(14)).max(rwin);
+    // SEQ relative to what the receiver has acknowledged.
+    let rel = p.seq.diff(od.last_ack) as i64;
+    if rel > maxwin as i64 || rel + (p.seq_len() as i64) < -(maxwin as i64) {
+        return Some(format!(
+            "SEQ {} is {} bytes from the receiver's acknowledged point {} (window {})",
+            p.seq, rel, od.last_ack, rwin
+        ));
+    }
+    None
+}
+
+fn on_rst(c: &mut Ctx<'_>) {
+    let p = c.pkt;
+    let s = c.side;
+    let now = p.ts_ns;
+    let breaks = fingerprint_breaks(c);
+    let pairing = c.pairing_window_ns();
+    let wait = c.extras.get_mut(c.key).and_then(|x| x.wait.take());
+    let mut paired = false;
+    if let Some(w) = wait {
+        let in_time = now.saturating_sub(w.since_ns) <= pairing;
+        let seq_ok = p.seq.0 == w.rst_seq || (w.kind == Kind::RequestAfterFin && p.seq == c.flow.dirs[s].next_seq);
+        if w.from_side == s && in_time && seq_ok {
+            paired = true;
+            c.found.push(paired_detection(c, &w, &breaks));
+        } else if !in_time {
+            // Expired: forget it.
+        } else {
+            c.extra().wait = Some(w);
+        }
+    }
+    if !breaks.is_empty() {
+        c.count(Kind::RstForeignSender);
+        let who = c.endpoint(s);
+        let mut d = Detection::new(
+            Kind::RstForeignSender,
+            format!(
+                "RST from {who} {}: a different host sent it (middlebox, NAT, or another backend), not the endpoint that carried the connection.",
+                breaks.join(", ")
+            ),
+        )
+        .fingerprint(Fingerprint::of_side(&format!("expected ({} so far)", c.role(s)), c.key, c.flow, s))
+        .fingerprint(Fingerprint::of_packet("this RST", p))
+        .detail("disagreements", breaks.clone());
+        d.sub_kind = Some(if paired { "paired" } else { "unpaired" });
+        c.found.push(d);
+    }
+    let x = c.extra();
+    if x.rst_ns.is_none() {
+        x.rst_ns = Some(now);
+        x.rst_side = s;
+    }
+    c.flow.dirs[s].flags |= dir_flags::RST;
+}
+
+fn paired_detection(c: &Ctx<'_>, w: &PairWait, breaks: &[String]) -> Detection {
+    let p = c.pkt;
+    let s = c.side;
+    let who = c.endpoint(s);
+    let mac = mac_str(&p.src_mac);
+    let sender_desc = if breaks.is_empty() { String::new() } else { format!(" The RST {}.", breaks.join(", ")) };
+    let dt_ms = (p.ts_ns.saturating_sub(w.since_ns)) as f64 / 1e6;
+    let peer = c.endpoint(1 - s);
+    let d = match w.kind {
+        Kind::RstAfterStaleSegment => Detection::new(
+            Kind::RstAfterStaleSegment,
+            format!(
+                "A late segment from {peer} ({}) was answered {dt_ms:.3} ms later by a RST from {who} (MAC {mac}) with SEQ = its ACK {}: a stateful device on {who}'s side (NAT/conntrack) judged it out of window (INVALID), did not translate it, and its own stack reset the connection.{sender_desc} Fix: drop conntrack INVALID packets, or set net.netfilter.nf_conntrack_tcp_be_liberal=1.",
+                w.trigger.why, w.trigger.ack
+            ),
+        ),
+        Kind::MidstreamRst => Detection::new(
+            Kind::MidstreamRst,
+            format!(
+                "{who} (MAC {mac}) answered data from {peer} (SEQ {}, {} bytes) with RST {dt_ms:.3} ms later: it has no connection for this flow — the flow's earlier packets went elsewhere (ECMP / load-balancer split){}.{sender_desc}",
+                w.trigger.seq,
+                w.trigger.len,
+                if w.trigger.why.is_empty() { String::new() } else { format!("; {}", w.trigger.why) }
+            ),
+        ),
+        _ => Detection::new(
+            Kind::RequestAfterFin,
+            format!(
+                "{peer} sent {} bytes on a connection {who} had already closed (FIN), after {:.3} s idle, and {who} answered with RST: a keep-alive connection was reused just as the peer's idle timeout closed it. Make the client's idle timeout shorter than the server's.",
+                w.trigger.len,
+                w.trigger.idle_ns as f64 / 1e9
+            ),
+        )
+        .detail("idle_s", w.trigger.idle_ns as f64 / 1e9),
+    };
+    let mut d = d.fingerprint(Fingerprint::of_packet("the RST", p)).detail("trigger_seq", w.trigger.seq).detail("trigger_ack", w.trigger.ack);
+    d.first_ns = Some(w.since_ns);
+    d
+}
+
+/// Forgets pairing waits older than the window.
+pub fn expire_wait(x: &mut super::FlowExtra, now_ns: u64, window_ns: u64) {
+    if x.wait.as_ref().is_some_and(|w| now_ns.saturating_sub(w.since_ns) > window_ns) {
+        x.wait = None;
+    }
+}

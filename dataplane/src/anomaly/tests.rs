@@ -1,0 +1,500 @@
+//! Every detector: its rule, and the near miss that must not fire.
+use std::net::IpAddr;
+
+use dataplane_common::tcp_flags::{ACK, FIN, PSH, RST, SYN};
+
+use super::{loss::verdict, Kind};
+use crate::{
+    craft::TcpSegment,
+    engine::{Engine, EngineConfig},
+    packet::decode,
+};
+
+const MS: u64 = 1_000_000;
+
+/// A client and a server talking through the engine, with realistic Linux-like headers:
+/// per-flow IP-ID counters, TTL 64, timestamps negotiated, fixed MACs.
+struct Conv {
+    e: Engine,
+    t: u64,
+    frame: u64,
+    c: Side,
+    s: Side,
+    vantage: u16,
+    ts: bool,
+}
+
+#[derive(Clone)]
+struct Side {
+    addr: IpAddr,
+    port: u16,
+    mac: [u8; 6],
+    next_hop: [u8; 6],
+    seq: u32,
+    ack: u32,
+    ip_id: u16,
+    ttl: u8,
+    tsval: u32,
+    window: u16,
+}
+
+impl Conv {
+    fn new() -> Self {
+        Self::with(EngineConfig { record_verdicts: true, ..Default::default() })
+    }
+    fn with(cfg: EngineConfig) -> Self {
+        let side = |a: &str, port, m: u8, seq| Side {
+            addr: a.parse().unwrap(),
+            port,
+            mac: [2, 0, 0, 0, 0, m],
+            next_hop: [2, 0, 0, 0, 0, 3 - m],
+            seq,
+            ack: 0,
+            ip_id: m as u16 * 1000,
+            ttl: 64,
+            tsval: m as u32 * 100_000,
+            window: 502,
+        };
+        Self { e: Engine::new(cfg, 0), t: 1_700_000_000_000_000_000, frame: 0, c: side("10.0.0.1", 40000, 1, 1000), s: side("10.0.0.2", 80, 2, 5000), vantage: 0, ts: true }
+    }
+
+    /// Builds the next segment from the client (`true`) or server, advancing its sequence.
+    fn seg(&mut self, from_client: bool, flags: u8, len: usize) -> TcpSegment {
+        let ts = self.ts;
+        let (me, peer) = if from_client { (&mut self.c, &mut self.s) } else { (&mut self.s, &mut self.c) };
+        let mut g = TcpSegment::new(me.addr, me.port, peer.addr, peer.port);
+        g.src_mac = me.mac;
+        g.dst_mac = me.next_hop;
+        g.seq = me.seq;
+        g.ack = if flags & ACK != 0 { me.ack } else { 0 };
+        g.flags = flags;
+        g.window = me.window;
+        g.ttl = me.ttl;
+        me.ip_id = me.ip_id.wrapping_add(1);
+        g.ip_id = me.ip_id;
+        me.tsval += 1;
+        if ts {
+            g.timestamp = Some((me.tsval, peer.tsval));
+        }
+        if flags & SYN != 0 {
+            g.mss = Some(1460);
+            g.wscale = Some(7);
+            g.sack_permitted = true;
+        }
+        g.payload_len = len;
+        let adv = len as u32 + (flags & (SYN | FIN) != 0) as u32;
+        me.seq = me.seq.wrapping_add(adv);
+        peer.ack = me.seq;
+        g
+    }
+
+    fn feed(&mut self, g: &TcpSegment, dt_ms: f64) -> u32 {
+        self.t += (dt_ms * MS as f64) as u64;
+        let f = g.frame();
+        self.frame += 1;
+        let p = decode(&f, f.len() as u32, self.t, self.vantage).unwrap();
+        self.e.process(&p, &f, self.frame);
+        self.e.drain_verdicts().last().map(|v| v.1).unwrap_or(0)
+    }
+
+    fn send(&mut self, from_client: bool, flags: u8, len: usize, dt_ms: f64) -> u32 {
+        let g = self.seg(from_client, flags, len);
+        self.feed(&g, dt_ms)
+    }
+
+    fn handshake(&mut self) {
+        self.send(true, SYN, 0, 1.0);
+        self.send(false, SYN | ACK, 0, 0.1);
+        self.send(true, ACK, 0, 0.1);
+    }
+
+    /// A request/response exchange: client data, server ACK+data, client ACK.
+    fn exchange(&mut self) {
+        self.send(true, ACK | PSH, 100, 1.0);
+        self.send(false, ACK | PSH, 200, 0.2);
+        self.send(true, ACK, 0, 0.2);
+    }
+
+    /// Lets `ms` of packet time pass without traffic.
+    fn tick(&mut self, ms: f64) {
+        self.t += (ms * MS as f64) as u64;
+        self.e.tick(self.t);
+    }
+
+    fn kinds(&mut self) -> Vec<Kind> {
+        self.e.drain_events().into_iter().map(|e| e.kind).collect()
+    }
+
+    fn count(&self, k: Kind) -> u64 {
+        self.e.stats().anomalies[k as usize]
+    }
+}
+
+fn established() -> Conv {
+    let mut c = Conv::new();
+    c.handshake();
+    for _ in 0..3 {
+        c.exchange();
+    }
+    assert!(c.kinds().is_empty());
+    c
+}
+
+#[test]
+fn clean_conversation_reports_nothing() {
+    let mut c = established();
+    c.send(true, FIN | ACK, 0, 1.0);
+    c.send(false, FIN | ACK, 0, 0.1);
+    c.send(true, ACK, 0, 0.1);
+    assert!(c.kinds().is_empty());
+    assert!(Kind::ALL.iter().all(|k| c.count(*k) == 0), "{:?}", c.e.stats().anomalies);
+}
+
+#[test]
+fn retransmission_rto_vs_spurious_vs_mirror_duplicate() {
+    let mut c = established();
+    let g = c.seg(true, ACK | PSH, 500);
+    c.feed(&g, 1.0);
+    // The same frame again 0.2 ms later: a span duplicate, not a retransmission.
+    assert_eq!(c.feed(&g, 0.2), 0);
+    assert_eq!(c.count(Kind::MirrorDuplicate), 1);
+    assert_eq!(c.count(Kind::Retransmission), 0);
+    // Resent 300 ms later with a new IP-ID: a retransmission (unacked: RTO).
+    let mut again = g.clone();
+    again.ip_id += 1;
+    assert_eq!(c.feed(&again, 300.0) & verdict::RETRANSMISSION, verdict::RETRANSMISSION);
+    // Acked, then resent: spurious.
+    c.send(false, ACK, 0, 0.2);
+    again.ip_id += 1;
+    assert_ne!(c.feed(&again, 300.0) & verdict::SPURIOUS_RETRANSMISSION, 0);
+    assert_eq!(c.count(Kind::Retransmission), 2);
+}
+
+#[test]
+fn dup_acks_then_fast_retransmission() {
+    let mut c = established();
+    let lost = c.seg(true, ACK, 1000);
+    let mut vs = Vec::new();
+    for _ in 0..3 {
+        c.send(true, ACK, 1000, 0.1); // the segments after the lost one
+        c.s.ack = lost.seq; // the server still wants the lost segment
+        vs.push(c.send(false, ACK, 0, 0.05));
+    }
+    // The server already acknowledged up to the lost segment: every further ACK repeats it.
+    assert!(vs.iter().all(|v| v & verdict::DUP_ACK != 0), "{vs:?}");
+    let mut retx = lost.clone();
+    retx.ip_id = c.c.ip_id + 1;
+    assert_ne!(c.feed(&retx, 0.1) & verdict::FAST_RETRANSMISSION, 0);
+    assert_eq!(c.count(Kind::DupAck), 3);
+}
+
+#[test]
+fn out_of_order_within_threshold_vs_late_retransmission() {
+    let mut c = established();
+    let first = c.seg(true, ACK, 1000);
+    c.send(true, ACK, 1000, 0.1);
+    // The earlier segment arrives 0.1 ms later, within the handshake RTT (0.2 ms, the reorder
+    // threshold once known): reordered, not retransmitted.
+    assert_ne!(c.feed(&first, 0.1) & verdict::OUT_OF_ORDER, 0);
+    // Same shape but 50 ms later: a retransmission.
+    let g = c.seg(true, ACK, 1000);
+    c.send(true, ACK, 1000, 0.1);
+    assert_ne!(c.feed(&g, 50.0) & verdict::RETRANSMISSION, 0);
+}
+
+#[test]
+fn zero_window_event_only_when_long() {
+    let mut c = established();
+    c.s.window = 0;
+    c.send(false, ACK, 0, 1.0);
+    c.s.window = 502;
+    c.send(false, ACK, 0, 100.0); // 100 ms: counted only
+    assert!(c.kinds().is_empty());
+    assert_eq!(c.count(Kind::ZeroWindow), 1);
+    c.s.window = 0;
+    c.send(false, ACK, 0, 1.0);
+    c.send(true, ACK, 1, 200.0); // probe
+    c.c.seq -= 1;
+    c.send(true, ACK, 1, 400.0); // second probe, same byte
+    c.s.window = 502;
+    c.send(false, ACK, 0, 500.0);
+    let ev = c.e.drain_events();
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].kind, Kind::ZeroWindow);
+    assert_eq!(ev[0].details["probes"], 2);
+}
+
+#[test]
+fn syn_unanswered_by_retransmissions_or_timeout_vs_answered() {
+    let mut c = Conv::new();
+    let syn = c.seg(true, SYN, 0);
+    c.feed(&syn, 0.0);
+    c.feed(&syn, 1000.0);
+    assert!(c.kinds().is_empty());
+    c.feed(&syn, 2000.0);
+    let ev = c.e.drain_events();
+    assert_eq!(ev.iter().map(|e| e.kind).collect::<Vec<_>>(), [Kind::SynUnanswered]);
+    assert!(ev[0].explanation.contains("drops it silently"), "{}", ev[0].explanation);
+    assert_eq!(ev[0].count, 3);
+
+    let mut c = Conv::new();
+    c.send(true, SYN, 0, 0.0);
+    c.tick(3_100.0);
+    assert_eq!(c.kinds(), [Kind::SynUnanswered]);
+
+    let mut c = Conv::new();
+    c.handshake();
+    c.tick(10_000.0);
+    assert!(c.kinds().is_empty());
+}
+
+#[test]
+fn syn_rejected() {
+    let mut c = Conv::new();
+    c.send(true, SYN, 0, 0.0);
+    c.send(false, RST | ACK, 0, 0.1);
+    assert_eq!(c.kinds(), [Kind::SynRejected]);
+}
+
+#[test]
+fn synack_unacked_vs_completed() {
+    let mut c = Conv::new();
+    c.send(true, SYN, 0, 0.0);
+    let sa = c.seg(false, SYN | ACK, 0);
+    c.feed(&sa, 0.1);
+    c.feed(&sa, 1000.0);
+    assert_eq!(c.kinds(), [Kind::SynackUnacked]);
+    let mut c = Conv::new();
+    c.handshake();
+    c.tick(5_000.0);
+    assert!(c.kinds().is_empty());
+}
+
+#[test]
+fn tuple_reuse_vs_new_connection_after_close() {
+    let mut c = established();
+    let old_isn = 1000;
+    c.c.seq = 777_777;
+    c.c.mac = [2, 0, 0, 0, 0, 9];
+    c.send(true, SYN, 0, 5.0);
+    let ev = c.e.drain_events();
+    assert_eq!(ev.iter().map(|e| e.kind).collect::<Vec<_>>(), [Kind::TupleReuse]);
+    assert_eq!(ev[0].details["old_isn"], old_isn);
+    assert_eq!(ev[0].details["new_isn"], 777_777);
+    assert_eq!(ev[0].fingerprints.len(), 2);
+    assert!(ev[0].explanation.contains("02:00:00:00:00:09"));
+
+    let mut c = established();
+    c.send(true, FIN | ACK, 0, 1.0);
+    c.send(false, FIN | ACK, 0, 0.1);
+    c.send(true, ACK, 0, 0.1);
+    c.c.seq = 999_999;
+    c.handshake();
+    assert!(c.kinds().is_empty());
+}
+
+#[test]
+fn rst_foreign_sender_vs_the_servers_own_rst() {
+    let mut c = established();
+    // The server's own stack: next IP-ID, timestamps, same MAC and TTL.
+    c.send(false, RST | ACK, 0, 1.0);
+    assert!(c.kinds().is_empty());
+
+    let mut c = established();
+    c.s.ip_id = 42888; // the next segment carries 42889
+    c.ts = false;
+    c.send(false, RST, 0, 1.0);
+    let ev = c.e.drain_events();
+    assert_eq!(ev.iter().map(|e| e.kind).collect::<Vec<_>>(), [Kind::RstForeignSender]);
+    let x = &ev[0].explanation;
+    assert!(x.contains("IP-ID") && x.contains("42889") && x.contains("timestamp option"), "{x}");
+}
+
+#[test]
+fn rst_after_stale_segment_vs_unrelated_rst() {
+    let mut c = established();
+    // A late segment from the server, far outside the client's window...
+    let mut stale = c.seg(false, ACK | PSH, 100);
+    stale.seq = stale.seq.wrapping_sub(50_000_000);
+    let trigger_ack = stale.ack;
+    c.feed(&stale, 1.0);
+    // ...answered 0.1 ms later by a RST from the client side with SEQ = its ACK, from the
+    // NAT host's stack (no timestamp, IP-ID 0).
+    let mut rst = c.seg(true, RST, 0);
+    rst.seq = trigger_ack;
+    rst.timestamp = None;
+    rst.ip_id = 0;
+    rst.window = 0;
+    c.feed(&rst, 0.1);
+    let kinds = c.kinds();
+    assert!(kinds.contains(&Kind::RstAfterStaleSegment), "{kinds:?}");
+
+    // Near miss: the same RST a second later is not paired with the stale segment.
+    let mut c = established();
+    let mut stale = c.seg(false, ACK | PSH, 100);
+    stale.seq = stale.seq.wrapping_sub(50_000_000);
+    let trigger_ack = stale.ack;
+    c.feed(&stale, 1.0);
+    let mut rst = c.seg(true, RST, 0);
+    rst.seq = trigger_ack;
+    c.feed(&rst, 1000.0);
+    assert!(!c.kinds().contains(&Kind::RstAfterStaleSegment));
+}
+
+#[test]
+fn midstream_rst_vs_flow_merely_picked_up_midstream() {
+    let mut c = Conv::new();
+    c.ts = false;
+    let data = c.seg(true, ACK | PSH, 1448);
+    c.feed(&data, 0.0);
+    let mut rst = c.seg(false, RST, 0);
+    rst.seq = data.ack;
+    c.feed(&rst, 0.2);
+    assert_eq!(c.kinds(), [Kind::MidstreamRst]);
+
+    let mut c = Conv::new();
+    for _ in 0..5 {
+        c.exchange();
+    }
+    c.tick(10_000.0);
+    assert!(c.kinds().is_empty());
+}
+
+#[test]
+fn request_after_fin_vs_normal_close() {
+    let mut c = established();
+    c.send(false, FIN | ACK, 0, 1.0);
+    c.send(true, ACK, 0, 0.1);
+    let req = c.seg(true, ACK | PSH, 300);
+    c.feed(&req, 5_000.0);
+    let mut rst = c.seg(false, RST, 0);
+    rst.seq = req.ack;
+    c.feed(&rst, 0.2);
+    let ev = c.e.drain_events();
+    assert_eq!(ev.iter().map(|e| e.kind).collect::<Vec<_>>(), [Kind::RequestAfterFin]);
+    let idle = ev[0].details["idle_s"].as_f64().unwrap();
+    assert!((4.9..5.1).contains(&idle), "{idle}");
+
+    let mut c = established();
+    c.send(false, FIN | ACK, 0, 1.0);
+    c.send(true, FIN | ACK, 0, 0.1);
+    c.send(false, ACK, 0, 0.1);
+    assert!(c.kinds().is_empty());
+}
+
+#[test]
+fn data_after_rst_vs_normal_close() {
+    let mut c = established();
+    c.send(false, RST | ACK, 0, 1.0);
+    c.send(true, ACK | PSH, 1000, 5.0); // in flight: within the grace
+    assert!(c.kinds().is_empty());
+    for _ in 0..3 {
+        c.send(true, ACK | PSH, 1000, 500.0);
+    }
+    let ev = c.e.drain_events();
+    assert_eq!(ev.iter().map(|e| e.kind).collect::<Vec<_>>(), [Kind::DataAfterRst]);
+    assert_eq!(c.count(Kind::DataAfterRst), 3);
+}
+
+#[test]
+fn split_path_vs_one_time_route_change() {
+    let mut c = established();
+    let (a, b) = (c.c.next_hop, [2, 0, 0, 0, 0, 0x42]);
+    for hop in [b, b, a] {
+        c.c.next_hop = hop;
+        c.exchange();
+    }
+    assert!(c.kinds().contains(&Kind::SplitPath));
+
+    let mut c = established();
+    c.c.next_hop = [2, 0, 0, 0, 0, 0x42];
+    for _ in 0..5 {
+        c.exchange();
+    }
+    assert!(c.kinds().is_empty());
+}
+
+#[test]
+fn lost_between_sensors_vs_seen_at_both() {
+    let cfg = EngineConfig { vantage_names: vec!["upstream".into(), "downstream".into()], ..Default::default() };
+    let mut c = Conv::with(cfg);
+    // A first connection is seen at both sensors: they share the server.
+    for from_client in [true, false, true] {
+        let flags = if from_client { SYN } else { SYN | ACK };
+        let g = c.seg(from_client, if from_client && c.c.seq != 1000 { ACK } else { flags }, 0);
+        c.vantage = 0;
+        c.feed(&g, 0.1);
+        c.vantage = 1;
+        c.feed(&g, 0.05);
+    }
+    c.tick(500.0);
+    let first = c.e.drain_events();
+    assert!(first.is_empty(), "{first:#?}");
+    // A second connection's SYN is seen upstream only.
+    c.c.port = 40001;
+    c.c.seq = 9000;
+    c.vantage = 0;
+    c.send(true, SYN, 0, 1.0);
+    c.tick(200.0);
+    let ev = c.e.drain_events();
+    assert_eq!(ev.iter().map(|e| e.kind).collect::<Vec<_>>(), [Kind::LostBetweenSensors]);
+    assert!(ev[0].explanation.contains("seen at upstream but never at downstream"), "{}", ev[0].explanation);
+}
+
+#[test]
+fn one_sided_vs_both_directions() {
+    let mut c = Conv::new();
+    for _ in 0..40 {
+        c.send(true, ACK, 1000, 100.0);
+    }
+    assert_eq!(c.kinds(), [Kind::OneSided]);
+    let mut c = Conv::new();
+    for _ in 0..15 {
+        c.exchange();
+        c.t += 300 * MS;
+    }
+    assert!(c.kinds().is_empty());
+}
+
+#[test]
+fn retransmission_storm_and_ack_unseen() {
+    let mut c = established();
+    let g = c.seg(true, ACK | PSH, 100);
+    c.feed(&g, 0.0);
+    let mut r = g.clone();
+    for i in 0..5 {
+        r.ip_id += 1;
+        c.feed(&r, 200.0 * (1 << i) as f64);
+    }
+    assert_eq!(c.kinds(), [Kind::RetransmissionStorm]);
+
+    let mut c = established();
+    c.s.ack = c.s.ack.wrapping_add(5000); // acks client bytes this sensor never saw
+    assert_ne!(c.send(false, ACK, 0, 1.0) & verdict::ACK_UNSEEN, 0);
+    assert_eq!(c.count(Kind::AckUnseenSegment), 1);
+    c.s.ack = c.s.ack.wrapping_add(1 << 30);
+    assert_ne!(c.send(false, ACK, 0, 1.0) & verdict::ACK_OUT_OF_WINDOW, 0);
+}
+
+#[test]
+fn capture_gap_suppresses_inferences_until_resync() {
+    let mut c = established();
+    c.e.capture_loss(10);
+    // After our own loss, a jump and a resend are not concluded on.
+    c.c.seq = c.c.seq.wrapping_add(20_000);
+    let g = c.seg(true, ACK, 1000);
+    c.feed(&g, 1.0);
+    let mut r = g.clone();
+    r.ip_id += 1;
+    assert_eq!(c.feed(&r, 300.0) & verdict::RETRANSMISSION, 0);
+    assert_eq!(c.count(Kind::Retransmission), 0);
+    assert_eq!(c.count(Kind::CaptureGap), 1);
+    // Once both sides were seen again, inferences resume.
+    c.send(false, ACK, 0, 0.1);
+    c.send(true, ACK, 0, 0.1);
+    let g = c.seg(true, ACK, 1000);
+    c.feed(&g, 1.0);
+    let mut r = g.clone();
+    r.ip_id += 1;
+    assert_ne!(c.feed(&r, 300.0) & verdict::RETRANSMISSION, 0);
+}

@@ -1,0 +1,221 @@
+//! Sampled evidence: a per-worker ring of recent headers, bounded by memory, linked per flow so
+//! a detection can collect the flow's packets before it in O(packets); the packets after it
+//! are gathered as they arrive. A finished slice becomes one pcapng file whose triggering
+//! packets carry a comment naming the kind and the explanation.
+use std::{
+    io::BufWriter,
+    path::{Path, PathBuf},
+};
+
+use crate::pcapng::PcapngWriter;
+
+/// Bytes of each frame the history keeps (headers only).
+pub const HIST_SNAP: usize = 128;
+
+#[derive(Clone, Copy)]
+struct HistEntry {
+    ts_ns: u64,
+    /// Absolute packet counter of this entry (low 32 bits), to validate links.
+    id: u32,
+    /// Previous entry of the same flow (absolute counter), u32::MAX if none.
+    prev: u32,
+    orig_len: u32,
+    vantage: u16,
+    len: u16,
+    data: [u8; HIST_SNAP],
+}
+
+pub struct History {
+    ring: Vec<HistEntry>,
+    next: u64,
+}
+
+impl History {
+    pub const ENTRY_BYTES: usize = std::mem::size_of::<HistEntry>();
+
+    pub fn with_memory(bytes: usize) -> Self {
+        let n = (bytes / Self::ENTRY_BYTES).max(64);
+        Self { ring: Vec::with_capacity(n), next: 0 }
+    }
+
+    fn cap(&self) -> usize {
+        self.ring.capacity()
+    }
+
+    /// Stores a frame; `prev` is the flow's previous entry. Returns this entry's id.
+    pub fn push(&mut self, data: &[u8], orig_len: u32, ts_ns: u64, vantage: u16, prev: u32) -> u32 {
+        let id = self.next as u32;
+        let len = data.len().min(HIST_SNAP);
+        let mut e = HistEntry { ts_ns, id, prev, orig_len, vantage, len: len as u16, data: [0; HIST_SNAP] };
+        e.data[..len].copy_from_slice(&data[..len]);
+        let slot = (self.next % self.cap() as u64) as usize;
+        if slot < self.ring.len() {
+            self.ring[slot] = e;
+        } else {
+            self.ring.push(e);
+        }
+        self.next += 1;
+        id
+    }
+
+    fn get(&self, id: u32) -> Option<&HistEntry> {
+        if id == u32::MAX {
+            return None;
+        }
+        // Reconstruct the absolute counter nearest below `next`.
+        let next = self.next;
+        let back = (next as u32).wrapping_sub(id) as u64;
+        if back == 0 || back > self.cap() as u64 || back > next {
+            return None;
+        }
+        let abs = next - back;
+        let e = &self.ring[(abs % self.cap() as u64) as usize];
+        (e.id == id).then_some(e)
+    }
+
+    /// Up to `max` packets of a flow ending at entry `last`, no older than `since_ns`,
+    /// oldest first.
+    pub fn flow_before(&self, last: u32, max: usize, since_ns: u64) -> Vec<EvidencePacket> {
+        let mut out = Vec::new();
+        let mut cur = last;
+        while out.len() < max {
+            let Some(e) = self.get(cur) else { break };
+            if e.ts_ns < since_ns {
+                break;
+            }
+            out.push(EvidencePacket::from_entry(e));
+            cur = e.prev;
+        }
+        out.reverse();
+        out
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct EvidencePacket {
+    pub id: u32,
+    pub ts_ns: u64,
+    pub vantage: u16,
+    pub orig_len: u32,
+    pub data: Vec<u8>,
+    pub comment: Option<String>,
+}
+
+impl EvidencePacket {
+    fn from_entry(e: &HistEntry) -> Self {
+        Self { id: e.id, ts_ns: e.ts_ns, vantage: e.vantage, orig_len: e.orig_len, data: e.data[..e.len as usize].to_vec(), comment: None }
+    }
+}
+
+/// One evidence file in the making.
+#[derive(Clone, Debug)]
+pub struct EvidenceJob {
+    pub path: PathBuf,
+    pub packets: Vec<EvidencePacket>,
+    /// Packets still to collect after the trigger, and until when.
+    pub after_left: usize,
+    pub after_until_ns: u64,
+}
+
+impl EvidenceJob {
+    /// Adds a comment to the packet with history id `id` (appending if already commented).
+    pub fn comment(&mut self, id: u32, text: &str) -> Option<u32> {
+        let i = self.packets.iter().position(|p| p.id == id)?;
+        let p = &mut self.packets[i];
+        p.comment = Some(match p.comment.take() {
+            Some(c) => format!("{c}\n{text}"),
+            None => text.to_string(),
+        });
+        Some(i as u32 + 1)
+    }
+
+    /// Writes the file: one interface per vantage, packets in capture order.
+    pub fn write(&self, vantage_names: &[String]) -> std::io::Result<()> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = self.path.with_extension("pcapng.tmp");
+        let f = std::fs::File::create(&tmp)?;
+        let mut w = PcapngWriter::new(BufWriter::new(f))?;
+        let mut ids = Vec::new();
+        for (i, name) in vantage_names.iter().enumerate() {
+            ids.push(w.interface(name, HIST_SNAP as u32)?);
+            let _ = i;
+        }
+        if ids.is_empty() {
+            ids.push(w.interface("wirewatch", HIST_SNAP as u32)?);
+        }
+        for p in &self.packets {
+            let iface = ids.get(p.vantage as usize).copied().unwrap_or(0);
+            w.packet(iface, p.ts_ns, &p.data, p.orig_len, p.comment.as_deref())?;
+        }
+        w.flush()?;
+        drop(w);
+        std::fs::rename(&tmp, &self.path)
+    }
+}
+
+/// Token bucket on packet time: at most `per_sec` files per second, bursts of the same size.
+pub struct RateLimit {
+    per_sec: f64,
+    tokens: f64,
+    last_ns: u64,
+    pub suppressed: u64,
+}
+
+impl RateLimit {
+    pub fn new(per_sec: f64) -> Self {
+        Self { per_sec, tokens: per_sec, last_ns: 0, suppressed: 0 }
+    }
+    pub fn allow(&mut self, now_ns: u64) -> bool {
+        let dt = now_ns.saturating_sub(self.last_ns) as f64 / 1e9;
+        self.last_ns = self.last_ns.max(now_ns);
+        self.tokens = (self.tokens + dt * self.per_sec).min(self.per_sec.max(1.0));
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+}
+
+/// A file name for an event's evidence: time, kind, a per-process sequence number.
+pub fn evidence_path(dir: &Path, ts_ns: u64, kind: &str, seq: u64, worker: usize) -> PathBuf {
+    dir.join(format!("{}-{kind}-w{worker}-{seq}.pcapng", ts_ns / 1_000_000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_links_survive_until_overwritten() {
+        let mut h = History::with_memory(History::ENTRY_BYTES * 64);
+        let mut last_a = u32::MAX;
+        let mut last_b = u32::MAX;
+        for i in 0..100u64 {
+            if i % 2 == 0 {
+                last_a = h.push(&[1, i as u8], 2, i, 0, last_a);
+            } else {
+                last_b = h.push(&[2, i as u8], 2, i, 0, last_b);
+            }
+        }
+        let a = h.flow_before(last_a, 10, 0);
+        assert_eq!(a.len(), 10);
+        assert!(a.iter().all(|p| p.data[0] == 1));
+        assert_eq!(a.last().unwrap().ts_ns, 98);
+        // the ring holds 64 entries: flow a has 32 of them
+        assert_eq!(h.flow_before(last_a, 100, 0).len(), 32);
+        assert_eq!(h.flow_before(last_a, 100, 90).len(), 5);
+    }
+
+    #[test]
+    fn rate_limit_counts_suppressed() {
+        let mut r = RateLimit::new(10.0);
+        let allowed = (0..30).filter(|_| r.allow(1_000_000_000)).count();
+        assert_eq!((allowed, r.suppressed), (10, 20));
+        assert!(r.allow(2_000_000_000));
+    }
+}
