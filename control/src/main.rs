@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod analyze;
 mod caps;
 mod run;
 
@@ -28,6 +29,10 @@ struct Cli {
 enum Command {
     /// Watch live traffic on one or more interfaces (needs CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW).
     Run(run::RunArgs),
+    /// Analyse pcap/pcapng files with the same engine (several files = several vantage points).
+    ///
+    /// Exit status: 0 success, 2 bad usage, 3 unreadable or corrupt input.
+    Analyze(analyze::AnalyzeArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +49,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Analyze(args) => analyze::analyze(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -59,7 +65,11 @@ fn main() -> ExitCode {
                 }
             }
             eprintln!("wirewatch: error: {msg}");
-            ExitCode::from(1)
+            if e.downcast_ref::<analyze::BadInput>().is_some() {
+                ExitCode::from(3)
+            } else {
+                ExitCode::from(1)
+            }
         }
     }
 }

@@ -119,6 +119,11 @@ impl<R: Read> CaptureReader<R> {
         Ok(me)
     }
 
+    /// Bytes consumed so far.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
     fn corrupt(&self, offset: u64, what: String) -> CaptureError {
         CaptureError::Corrupt { path: self.path.clone(), offset, what }
     }

@@ -122,8 +122,8 @@ pub struct DirState {
     pub flags: u8,
     /// Consecutive duplicate ACKs sent by this side.
     pub dup_acks: u8,
-    /// Transmissions of the segment at `retx_seq` (for storms), saturating.
-    pub retx_count: u8,
+    /// Spare (keeps the layout; storms are tracked in the flow's extras).
+    pub _spare: u8,
     /// Next-hop MAC switches (A→B and back) seen, saturating.
     pub mac_switches: u8,
     /// Packets seen, saturating at 255 (enough to know a model was learned).
@@ -149,6 +149,10 @@ pub mod conn_flags {
     pub const EVIDENCE_PENDING: u16 = 1 << 8;
     /// The SYN-ACK was seen.
     pub const SYNACK_SEEN: u16 = 1 << 9;
+    // Bits 10 and 11 belong to the engine's gap handling.
+    /// `lost_mark` is set (for side lo, or for side hi with LOST_MARK_HI).
+    pub const LOST_MARK: u16 = 1 << 12;
+    pub const LOST_MARK_HI: u16 = 1 << 13;
 }
 
 /// One flow, both directions. Kept small: a sensor tracks millions.
@@ -159,6 +163,9 @@ pub struct FlowRecord {
     pub dirs: [DirState; 2],
     /// Newest entry of this flow in the evidence history (u32::MAX: none).
     pub last_hist: u32,
+    /// After a segment that skipped a capture gap: the sender's next_seq before the gap, the
+    /// highest SEQ its peer may ACK without acking unseen bytes (Wireshark's maxseqtobeacked).
+    pub lost_mark: SeqNumber,
     pub flags: u16,
     pub state: ConnState,
     /// Loss epoch of the worker this flow last synchronised with (gap state when behind).
@@ -173,11 +180,28 @@ pub struct FlowRecord {
 const _: () = assert!(std::mem::size_of::<FlowRecord>() <= 128, "a flow record must stay within 128 bytes");
 
 impl FlowRecord {
+    /// The highest SEQ of `side` its peer can acknowledge without acking bytes we never saw.
+    pub fn ackable(&self, side: usize) -> SeqNumber {
+        if self.flags & conn_flags::LOST_MARK != 0 && (self.flags & conn_flags::LOST_MARK_HI != 0) == (side == 1) {
+            self.lost_mark
+        } else {
+            self.dirs[side].next_seq
+        }
+    }
+    pub fn clear_lost_mark(&mut self, side: usize) {
+        if self.flags & conn_flags::LOST_MARK != 0 && (self.flags & conn_flags::LOST_MARK_HI != 0) == (side == 1) {
+            self.flags &= !(conn_flags::LOST_MARK | conn_flags::LOST_MARK_HI);
+        }
+    }
+}
+
+impl FlowRecord {
     pub fn new(first_ns: u64, epoch: u8) -> Self {
         Self {
             first_ns,
             dirs: [DirState::default(); 2],
             last_hist: u32::MAX,
+            lost_mark: SeqNumber(0),
             flags: 0,
             state: ConnState::Unknown,
             epoch,

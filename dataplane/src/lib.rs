@@ -14,3 +14,4 @@ pub mod engine;
 pub mod evidence;
 pub mod flow;
 pub mod tcp;
+pub mod traffic;

@@ -66,8 +66,10 @@ pub fn on_packet(c: &mut Ctx<'_>) -> u32 {
         }
     }
     // ACK for bytes the other side was never seen sending.
-    if acking && other_seen && !p.has(RST) && p.ack > od.next_seq {
+    if acking && other_seen && !p.has(RST) && p.ack > c.flow.ackable(o) {
         v |= ACK_UNSEEN;
+        // Flag it once: from now on everything the sender was seen sending is ackable.
+        c.flow.clear_lost_mark(o);
         if p.ack.diff(od.next_seq) as i64 > max_window(&od, &d) as i64 {
             v |= ACK_OUT_OF_WINDOW;
         }
@@ -98,13 +100,26 @@ pub fn on_packet(c: &mut Ctx<'_>) -> u32 {
         }
     }
 
+    // A segment beyond next_seq skipped bytes this sensor never saw (capture gap): ACKs up to
+    // the old next_seq are fine, beyond it they ack unseen bytes. Otherwise all is ackable.
+    if have_next && p.seq > d.next_seq && !p.has(RST) {
+        if c.flow.flags & crate::flow::conn_flags::LOST_MARK == 0 {
+            c.flow.lost_mark = d.next_seq;
+            c.flow.flags |= crate::flow::conn_flags::LOST_MARK;
+            if s == 1 {
+                c.flow.flags |= crate::flow::conn_flags::LOST_MARK_HI;
+            }
+        }
+    } else if seglen > 0 || p.flags & (SYN | FIN) != 0 {
+        c.flow.clear_lost_mark(s);
+    }
+
     // Update the sender's tracking (Wireshark: next_seq advances unless a zero-window probe).
     let end = p.seq + p.seq_len();
     let dm = &mut c.flow.dirs[s];
     if (!have_next || end > dm.next_seq) && v & ZERO_WINDOW_PROBE == 0 {
         dm.next_seq = end;
         dm.next_seq_us = c.now_us;
-        dm.retx_count = 0;
     }
     if v & DUP_ACK != 0 {
         dm.dup_acks = dm.dup_acks.saturating_add(1);
@@ -139,10 +154,15 @@ fn count_and_report(c: &mut Ctx<'_>, v: u32) {
     let s = c.side;
     if v & RETX_ANY != 0 {
         c.count(Kind::Retransmission);
-        let d = &mut c.flow.dirs[s];
-        d.retx_count = d.retx_count.saturating_add(1);
-        let n = d.retx_count;
-        if n as u32 >= c.cfg.storm_count && c.flow.flags & crate::flow::conn_flags::STORM_REPORTED == 0 {
+        // Rule: the same segment (same SEQ) retransmitted storm_count times.
+        let seq = p.seq.0;
+        let x = c.extra();
+        let n = match x.retx[s] {
+            Some((q, n)) if q == seq => n + 1,
+            _ => 1,
+        };
+        x.retx[s] = Some((seq, n));
+        if n >= c.cfg.storm_count && c.flow.flags & crate::flow::conn_flags::STORM_REPORTED == 0 {
             c.flow.flags |= crate::flow::conn_flags::STORM_REPORTED;
             c.count(Kind::RetransmissionStorm);
             let from = c.endpoint(s);
@@ -150,8 +170,8 @@ fn count_and_report(c: &mut Ctx<'_>, v: u32) {
             let mut det = Detection::new(
                 Kind::RetransmissionStorm,
                 format!(
-                    "{from} sent the segment at SEQ {} {n} times without {to} acknowledging it: the path from {from} to {to} is black-holing data (or {to} is gone).",
-                    c.flow.dirs[s].next_seq
+                    "{from} sent the segment at SEQ {seq} {} times ({n} retransmissions) and {to} never acknowledged it: the path from {from} to {to} is black-holing data (or {to} is gone).",
+                    n + 1
                 ),
             )
             .detail("retransmissions", n);

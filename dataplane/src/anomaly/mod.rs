@@ -239,6 +239,8 @@ pub struct FlowExtra {
     pub prev_dst_mac: [Option<[u8; 6]>; 2],
     pub syn_first_ns: Option<u64>,
     pub synack_first_ns: Option<u64>,
+    /// The segment each side is retransmitting, and how many times (retransmission_storm).
+    pub retx: [Option<(u32, u32)>; 2],
 }
 
 /// Everything a detector may look at or change for one packet.

@@ -38,6 +38,8 @@ pub fn on_packet(c: &mut Ctx<'_>) {
             x.first_rtt_ns = None;
         } else {
             c.flow.syns = c.flow.syns.saturating_add(1);
+            // The handshake RTT runs from the most recent SYN (a retransmitted SYN restarts it).
+            c.extra().syn_ns = Some(now);
         }
         let d = &mut c.flow.dirs[s];
         d.flags |= dir_flags::SYN;

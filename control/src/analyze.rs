@@ -1,0 +1,343 @@
+//! `wirewatch analyze`: the live engine over capture files. Each file is a vantage; frames are
+//! merged by timestamp, sharded by flow over worker threads, and the packets' own timestamps
+//! are the clock.
+use std::{
+    collections::BinaryHeap,
+    io::{IsTerminal, Write},
+    path::PathBuf,
+};
+
+use anyhow::{Context as _, Result};
+use clap::{Args, ValueEnum};
+use crossbeam_channel::bounded;
+use dataplane::{
+    anomaly::{Event, Kind, KIND_COUNT},
+    capture::{CaptureError, CaptureReader},
+    engine::{Engine, EngineConfig, EngineStats},
+    flow::FlowKey,
+    packet::decode,
+};
+
+#[derive(Args, Debug, Clone)]
+pub struct AnalyzeArgs {
+    /// pcap or pcapng files. Several files are several vantage points of the same traffic
+    /// (e.g. both sides of a firewall): packets are matched across them.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Worker threads; flows are sharded over them (default: one per CPU).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Write every event as one JSON object per line here (`-` for stdout).
+    #[arg(long, value_name = "OUT.jsonl")]
+    pub events: Option<PathBuf>,
+    /// Keep evidence: a pcapng slice per detection, headers only, with the triggering packet
+    /// commented (open it in Wireshark).
+    #[arg(long, value_name = "DIR")]
+    pub evidence_dir: Option<PathBuf>,
+    /// Summary format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Write each TCP packet's analysis flags (retransmission, out_of_order, dup_ack,
+    /// zero_window, ack_unseen_segment…) as `vantage frame flags` lines, to compare with
+    /// tshark's tcp.analysis.* fields.
+    #[arg(long, value_name = "OUT.tsv")]
+    pub verdicts: Option<PathBuf>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// Analysis failed because an input is unreadable or corrupt (exit status 3).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct BadInput(#[from] pub CaptureError);
+
+struct Frame {
+    data: Vec<u8>,
+    orig_len: u32,
+    ts_ns: u64,
+    vantage: u16,
+    frame_no: u64,
+}
+
+/// The next frame of each file, ordered by time (then by file) for the k-way merge.
+struct Head {
+    ts_ns: u64,
+    vantage: u16,
+    frame: Frame,
+}
+impl PartialEq for Head {
+    fn eq(&self, o: &Self) -> bool {
+        (self.ts_ns, self.vantage) == (o.ts_ns, o.vantage)
+    }
+}
+impl Eq for Head {}
+impl PartialOrd for Head {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Head {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (o.ts_ns, o.vantage).cmp(&(self.ts_ns, self.vantage))
+    }
+}
+
+struct WorkerResult {
+    events: Vec<Event>,
+    verdicts: Vec<(u16, u64, u32)>,
+    stats: EngineStats,
+    evidence_written: u64,
+    evidence_failed: u64,
+}
+
+pub fn analyze(args: AnalyzeArgs) -> Result<()> {
+    let names: Vec<String> = args.files.iter().map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string())).collect();
+    let mut readers = Vec::new();
+    let mut total_bytes = 0u64;
+    for p in &args.files {
+        total_bytes += std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        readers.push(CaptureReader::open(p).map_err(BadInput)?);
+    }
+    let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).clamp(1, 64);
+    let cfg = EngineConfig {
+        evidence_dir: args.evidence_dir.clone(),
+        vantage_names: names.clone(),
+        record_verdicts: args.verdicts.is_some(),
+        ..Default::default()
+    };
+    if let Some(d) = &args.evidence_dir {
+        std::fs::create_dir_all(d).with_context(|| format!("creating the evidence directory {}", d.display()))?;
+    }
+
+    let mut senders = Vec::new();
+    let mut handles = Vec::new();
+    for w in 0..workers {
+        let (tx, rx) = bounded::<Vec<Frame>>(64);
+        senders.push(tx);
+        let cfg = cfg.clone();
+        let names = names.clone();
+        handles.push(std::thread::Builder::new().name(format!("ww-analyze-{w}")).spawn(move || {
+            let mut e = Engine::new(cfg, w);
+            let mut verdicts = Vec::new();
+            let mut events = Vec::new();
+            let (mut written, mut failed) = (0, 0);
+            let mut last_ts = 0;
+            let mut flush = |e: &mut Engine, events: &mut Vec<Event>, verdicts: &mut Vec<(u16, u64, u32)>, frames_vantage: &dyn Fn(u64) -> u16| {
+                events.extend(e.drain_events());
+                verdicts.extend(e.drain_verdicts().into_iter().map(|(n, v)| (frames_vantage(n), n & 0xffff_ffff_ffff, v)));
+                for job in e.drain_evidence() {
+                    match job.write(&names) {
+                        Ok(()) => written += 1,
+                        Err(err) => {
+                            failed += 1;
+                            log::warn!("evidence {}: {err}", job.path.display());
+                        }
+                    }
+                }
+            };
+            // Frame numbers carry the vantage in their top 16 bits inside the engine.
+            let vantage_of = |n: u64| (n >> 48) as u16;
+            for batch in rx {
+                for f in batch {
+                    last_ts = f.ts_ns;
+                    e.process_frame(&f.data, f.orig_len, f.ts_ns, f.vantage, (f.vantage as u64) << 48 | f.frame_no);
+                }
+                flush(&mut e, &mut events, &mut verdicts, &vantage_of);
+            }
+            e.tick(last_ts);
+            e.finish();
+            flush(&mut e, &mut events, &mut verdicts, &vantage_of);
+            WorkerResult { events, verdicts, stats: e.stats(), evidence_written: written, evidence_failed: failed }
+        })?);
+    }
+
+    // Read and merge; shard by flow.
+    let mut heap = BinaryHeap::new();
+    let mut counts = vec![0u64; readers.len()];
+    for (v, r) in readers.iter_mut().enumerate() {
+        if let Some(f) = r.next_frame().map_err(BadInput)? {
+            counts[v] += 1;
+            heap.push(Head { ts_ns: f.ts_ns, vantage: v as u16, frame: Frame { data: f.data, orig_len: f.orig_len, ts_ns: f.ts_ns, vantage: v as u16, frame_no: counts[v] } });
+        }
+    }
+    let progress = std::io::stderr().is_terminal() && total_bytes > 64 << 20;
+    let mut batches: Vec<Vec<Frame>> = (0..workers).map(|_| Vec::with_capacity(256)).collect();
+    let mut read_frames = 0u64;
+    while let Some(Head { vantage, frame, .. }) = heap.pop() {
+        let v = vantage as usize;
+        if let Some(f) = readers[v].next_frame().map_err(BadInput)? {
+            counts[v] += 1;
+            heap.push(Head { ts_ns: f.ts_ns, vantage, frame: Frame { data: f.data, orig_len: f.orig_len, ts_ns: f.ts_ns, vantage, frame_no: counts[v] } });
+        }
+        let shard = match decode(&frame.data, frame.orig_len, frame.ts_ns, frame.vantage) {
+            Ok(p) => (FlowKey::of(&p).0.shard_hash() % workers as u64) as usize,
+            Err(_) => 0, // counted by worker 0's engine as undecodable or non-TCP
+        };
+        batches[shard].push(frame);
+        if batches[shard].len() == 256 {
+            let b = std::mem::replace(&mut batches[shard], Vec::with_capacity(256));
+            senders[shard].send(b).map_err(|_| anyhow::anyhow!("an analysis worker stopped early"))?;
+        }
+        read_frames += 1;
+        if progress && read_frames % 200_000 == 0 {
+            let done: u64 = readers.iter().map(|r| r.offset()).sum();
+            eprint!("\r  {:5.1}%  {read_frames} frames", done as f64 * 100.0 / total_bytes.max(1) as f64);
+        }
+    }
+    if progress {
+        eprintln!();
+    }
+    for (b, tx) in batches.into_iter().zip(&senders) {
+        if !b.is_empty() {
+            tx.send(b).map_err(|_| anyhow::anyhow!("an analysis worker stopped early"))?;
+        }
+    }
+    drop(senders);
+    let mut results = Vec::new();
+    for h in handles {
+        results.push(h.join().map_err(|_| anyhow::anyhow!("an analysis worker panicked"))?);
+    }
+
+    let mut events: Vec<Event> = results.iter_mut().flat_map(|r| std::mem::take(&mut r.events)).collect();
+    events.sort_by_key(|e| (e.time_last_ns, e.kind.name()));
+    let mut counters = [0u64; KIND_COUNT];
+    let mut packets = 0;
+    let mut undecodable = 0u64;
+    let (mut written, mut failed, mut suppressed) = (0, 0, 0);
+    for r in &results {
+        for (i, c) in r.stats.anomalies.iter().enumerate() {
+            counters[i] += c;
+        }
+        packets += r.stats.packets;
+        undecodable += r.stats.undecodable.iter().sum::<u64>();
+        written += r.evidence_written;
+        failed += r.evidence_failed;
+        suppressed += r.stats.evidence_suppressed;
+    }
+    if let Some(path) = &args.events {
+        let mut out: Box<dyn Write> = if path.as_os_str() == "-" {
+            Box::new(std::io::stdout().lock())
+        } else {
+            Box::new(std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?))
+        };
+        for e in &events {
+            serde_json::to_writer(&mut out, e)?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+    }
+    if let Some(path) = &args.verdicts {
+        let mut all: Vec<(u16, u64, u32)> = results.iter_mut().flat_map(|r| std::mem::take(&mut r.verdicts)).collect();
+        all.sort_unstable();
+        let mut out = std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?);
+        for (v, n, flags) in all {
+            writeln!(out, "{v}\t{n}\t{}", verdict_names(flags).join(","))?;
+        }
+        out.flush()?;
+    }
+    let summary = Summary { files: &names, packets, undecodable, counters: &counters, events: &events, evidence_written: written, evidence_failed: failed, evidence_suppressed: suppressed };
+    match args.format {
+        Format::Table => summary.print_table(),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&summary.json())?),
+    }
+    Ok(())
+}
+
+/// Verdict bit names, as tshark names its tcp.analysis fields.
+pub fn verdict_names(v: u32) -> Vec<&'static str> {
+    use dataplane::anomaly::loss::verdict::*;
+    [
+        (RETRANSMISSION, "retransmission"),
+        (FAST_RETRANSMISSION, "fast_retransmission"),
+        (SPURIOUS_RETRANSMISSION, "spurious_retransmission"),
+        (OUT_OF_ORDER, "out_of_order"),
+        (DUP_ACK, "duplicate_ack"),
+        (ZERO_WINDOW, "zero_window"),
+        (ACK_UNSEEN, "ack_lost_segment"),
+        (KEEP_ALIVE, "keep_alive"),
+        (WINDOW_UPDATE, "window_update"),
+        (ZERO_WINDOW_PROBE, "zero_window_probe"),
+    ]
+    .iter()
+    .filter(|(b, _)| v & b != 0)
+    .map(|(_, n)| *n)
+    .collect()
+}
+
+struct Summary<'a> {
+    files: &'a [String],
+    packets: u64,
+    undecodable: u64,
+    counters: &'a [u64; KIND_COUNT],
+    events: &'a [Event],
+    evidence_written: u64,
+    evidence_failed: u64,
+    evidence_suppressed: u64,
+}
+
+impl Summary<'_> {
+    fn example(&self, k: Kind) -> Option<&Event> {
+        self.events.iter().find(|e| e.kind == k)
+    }
+
+    fn print_table(&self) {
+        println!("wirewatch analyze: {} TCP packets from {} ({} undecodable)", self.packets, self.files.join(", "), self.undecodable);
+        let mut any = false;
+        for k in Kind::ALL {
+            let n = self.counters[*k as usize];
+            let events = self.events.iter().filter(|e| e.kind == *k).count();
+            if n == 0 && events == 0 {
+                continue;
+            }
+            any = true;
+            let health = if k.is_sensor_health() { "  (sensor health)" } else { "" };
+            println!("\n{:<24} {n:>8}{health}", k.name());
+            if let Some(e) = self.example(*k) {
+                println!("  e.g. {}:{} → {}:{} at {} [{}]", e.flow.src, e.flow.sport, e.flow.dst, e.flow.dport, e.time_last, e.vantage);
+                println!("  {}", e.explanation);
+                if let Some(ev) = &e.evidence {
+                    println!("  evidence: {} (packet {})", ev.path, ev.packets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", "));
+                }
+            }
+        }
+        if !any {
+            println!("\nno anomalies");
+        }
+        if self.evidence_written + self.evidence_failed + self.evidence_suppressed > 0 {
+            println!(
+                "\nevidence files: {} written, {} suppressed by the rate limit, {} failed",
+                self.evidence_written, self.evidence_suppressed, self.evidence_failed
+            );
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let kinds: serde_json::Map<String, serde_json::Value> = Kind::ALL
+            .iter()
+            .filter(|k| self.counters[**k as usize] > 0 || self.example(**k).is_some())
+            .map(|k| {
+                let ex = self.example(*k);
+                (
+                    k.name().to_string(),
+                    serde_json::json!({
+                        "count": self.counters[*k as usize],
+                        "events": self.events.iter().filter(|e| e.kind == *k).count(),
+                        "sensor_health": k.is_sensor_health(),
+                        "example": ex,
+                    }),
+                )
+            })
+            .collect();
+        serde_json::json!({
+            "files": self.files,
+            "packets": self.packets,
+            "undecodable": self.undecodable,
+            "kinds": kinds,
+            "evidence": {"written": self.evidence_written, "suppressed": self.evidence_suppressed, "failed": self.evidence_failed},
+        })
+    }
+}

@@ -1,0 +1,139 @@
+//! Real kernel TCP between network namespaces, for the lab and the privileged tests: servers
+//! and clients on threads that enter a namespace, with pacing and small buffers on demand.
+use std::{
+    io,
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    sync::mpsc,
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use crate::netns::enter_current_thread;
+
+fn setsockopt<T>(s: &impl AsRawFd, level: i32, opt: i32, v: T) -> io::Result<()> {
+    // SAFETY: valid fd; `v` lives for the call and its size is passed.
+    let r = unsafe { libc::setsockopt(s.as_raw_fd(), level, opt, &v as *const T as *const libc::c_void, std::mem::size_of::<T>() as libc::socklen_t) };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Caps the socket's sending rate (TCP internal pacing), bytes per second.
+pub fn pace(s: &TcpStream, bytes_per_sec: u64) -> io::Result<()> {
+    setsockopt(s, libc::SOL_SOCKET, libc::SO_MAX_PACING_RATE, bytes_per_sec)
+}
+
+/// Shrinks the receive buffer (a slow reader then advertises a zero window sooner).
+pub fn small_rcvbuf(s: &impl AsRawFd, bytes: i32) -> io::Result<()> {
+    setsockopt(s, libc::SOL_SOCKET, libc::SO_RCVBUF, bytes)
+}
+
+/// Closing will send RST instead of FIN (SO_LINGER with timeout 0).
+pub fn abort_on_close(s: &TcpStream) -> io::Result<()> {
+    setsockopt(s, libc::SOL_SOCKET, libc::SO_LINGER, libc::linger { l_onoff: 1, l_linger: 0 })
+}
+
+/// Listens on `addr` inside namespace `ns` and runs `f` on the first accepted connection.
+/// Returns once the socket is listening. `rcvbuf` is set on the listener (inherited).
+pub fn serve_once<T: Send + 'static>(
+    ns: &str,
+    addr: SocketAddr,
+    rcvbuf: Option<i32>,
+    f: impl FnOnce(TcpStream) -> T + Send + 'static,
+) -> io::Result<JoinHandle<io::Result<T>>> {
+    let (tx, rx) = mpsc::channel();
+    let ns = ns.to_string();
+    let h = std::thread::spawn(move || -> io::Result<T> {
+        let setup = || -> io::Result<TcpListener> {
+            enter_current_thread(&ns)?;
+            let sock = socket2_listener(addr, rcvbuf)?;
+            Ok(sock)
+        };
+        let l = match setup() {
+            Ok(l) => {
+                let _ = tx.send(Ok(()));
+                l
+            }
+            Err(e) => {
+                let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+                return Err(e);
+            }
+        };
+        let (s, _) = l.accept()?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(f(s))
+    });
+    rx.recv().map_err(|_| io::Error::other("server thread died"))??;
+    Ok(h)
+}
+
+/// A listener with SO_RCVBUF set before listen(), so accepted sockets inherit it.
+fn socket2_listener(addr: SocketAddr, rcvbuf: Option<i32>) -> io::Result<TcpListener> {
+    let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket syscall.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: we own the fresh fd.
+    let l = unsafe { <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    setsockopt(&l, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1i32)?;
+    if let Some(b) = rcvbuf {
+        small_rcvbuf(&l, b)?;
+    }
+    let (sa, len) = sockaddr(addr);
+    // SAFETY: sa is a valid sockaddr of `len` bytes.
+    if unsafe { libc::bind(fd, &sa as *const _ as *const libc::sockaddr, len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: bound socket.
+    if unsafe { libc::listen(fd, 128) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(l)
+}
+
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; zero is a valid start.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in, sin) };
+            (ss, std::mem::size_of::<libc::sockaddr_in>() as u32)
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
+            unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in6, sin6) };
+            (ss, std::mem::size_of::<libc::sockaddr_in6>() as u32)
+        }
+    }
+}
+
+/// Connects from inside namespace `ns` and runs `f` on the connection.
+pub fn connect_from<T: Send + 'static>(
+    ns: &str,
+    to: SocketAddr,
+    f: impl FnOnce(io::Result<TcpStream>) -> T + Send + 'static,
+) -> JoinHandle<T> {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        let s = enter_current_thread(&ns).and_then(|_| TcpStream::connect_timeout(&to, Duration::from_secs(5)));
+        if let Ok(s) = &s {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+        }
+        f(s)
+    })
+}
