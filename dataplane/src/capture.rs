@@ -170,7 +170,11 @@ impl<R: Read> CaptureReader<R> {
                         return Err(self.corrupt(at, format!("record claims {caplen} captured bytes (max {MAX_CAPLEN})")));
                     }
                     let mut data = vec![0u8; caplen as usize];
-                    self.read_exact_at(&mut data, "packet data")?;
+                    self.read_exact_at(&mut data, "packet data").map_err(|e| match e {
+                        // Name the record, not the middle of it.
+                        CaptureError::Corrupt { path, what, .. } => CaptureError::Corrupt { path, offset: at, what: format!("record: {what}") },
+                        e => e,
+                    })?;
                     let ts_ns = sec * 1_000_000_000 + if nanos { frac } else { frac * 1000 };
                     if let Some(f) = to_ethernet(linktype, data, origlen.max(caplen), ts_ns, at) {
                         return Ok(Some(f));
@@ -421,7 +425,7 @@ mod tests {
         }
         let mut cut = pcap(false, &[(&[1u8; 60], 60)]);
         cut.truncate(cut.len() - 10);
-        assert!(matches!(read_all(&cut), Err(CaptureError::Corrupt { offset: 40, .. })));
+        assert!(matches!(read_all(&cut), Err(CaptureError::Corrupt { offset: 24, .. })));
         // every prefix of a valid pcapng either reads or fails cleanly
         let mut w = PcapngWriter::new(Vec::new()).unwrap();
         w.interface("a", 128).unwrap();
