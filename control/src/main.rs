@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod analyze;
 mod caps;
+mod live;
 mod run;
 
 #[global_allocator]

@@ -15,14 +15,17 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use aya::programs::XdpMode;
 use clap::{Args, ValueEnum};
-use crossbeam_channel::{bounded, Sender, TrySendError};
+use crossbeam_channel::bounded;
 use dataplane::{
     loader::XdpProgram,
     pcapng::PcapngWriter,
-    worker::{FrameSink, QueueCounters, RawFrame, Worker},
+    worker::{QueueCounters, Worker},
     xsk::{XskOptions, XskQueue, ZeroCopyPolicy},
 };
+use dataplane::{anomaly::Kind, engine::{Engine, EngineConfig}};
 use dataplane_common::XdpConfig;
+
+use crate::live::{event_loop, EngineSink, EventOutput, Output, OwnedFrame, SharedStats};
 use serde::Serialize;
 
 #[derive(Args, Debug, Clone)]
@@ -60,6 +63,13 @@ pub struct RunArgs {
     /// Also write every received frame (headers only) to this pcapng file.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
+    /// Write every event as one JSON object per line to this file; `-` prints JSON lines on
+    /// stdout instead of the human-readable lines.
+    #[arg(long, value_name = "FILE|-")]
+    pub events: Option<PathBuf>,
+    /// Where evidence files (pcapng slices around each detection, headers only) are written.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/wirewatch/evidence")]
+    pub evidence_dir: PathBuf,
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
@@ -195,30 +205,21 @@ struct RunSummary {
     xdp: Vec<(String, Vec<(&'static str, u64)>)>,
     recorded: u64,
     record_dropped: u64,
+    events: u64,
+    /// Occurrences per anomaly kind.
+    anomalies: Vec<(&'static str, u64)>,
+    evidence_written: u64,
+    evidence_failed: u64,
+    handed_off: u64,
+    handoff_dropped: u64,
 }
 
 /// Frames headed for the `--record` file, handed off without blocking the worker.
-struct RecordFrame {
-    vantage: u16,
-    ts_ns: u64,
-    orig_len: u32,
-    data: Vec<u8>,
-}
-
-struct RunSink {
-    record: Option<Sender<RecordFrame>>,
-    record_dropped: u64,
-}
-
-impl FrameSink for RunSink {
-    fn frame(&mut self, f: &RawFrame<'_>) {
-        if let Some(tx) = &self.record {
-            let r = RecordFrame { vantage: f.vantage, ts_ns: f.ts_ns, orig_len: f.orig_len, data: f.data.to_vec() };
-            if let Err(TrySendError::Full(_)) = tx.try_send(r) {
-                self.record_dropped += 1;
-            }
-        }
-    }
+pub struct RecordFrame {
+    pub vantage: u16,
+    pub ts_ns: u64,
+    pub orig_len: u32,
+    pub data: Vec<u8>,
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
@@ -291,6 +292,26 @@ pub fn run(args: RunArgs) -> Result<()> {
 
     let stop = Arc::new(AtomicBool::new(false));
     install_signal_handlers();
+
+    // Engines: one per worker; flows are owned by hash, frames of another worker's flow are
+    // handed over (no symmetric RSS needed).
+    let nworkers: usize = plan.iter().map(|p| p.2).sum();
+    let engine_cfg = EngineConfig { evidence_dir: Some(args.evidence_dir.clone()), vantage_names: args.ifaces.clone(), ..Default::default() };
+    if let Err(e) = std::fs::create_dir_all(&args.evidence_dir) {
+        log::warn!("evidence directory {}: {e}; detections continue without evidence files", args.evidence_dir.display());
+    }
+    let (out_tx, out_rx) = bounded::<Output>(65536);
+    let shared = Arc::new(SharedStats::default());
+    let seen = Arc::new(dashmap::DashMap::new());
+    let output_cfg = EventOutput {
+        json_stdout: args.events.as_ref().is_some_and(|p| p.as_os_str() == "-"),
+        events_file: args.events.clone().filter(|p| p.as_os_str() != "-"),
+        vantage_names: args.ifaces.clone(),
+    };
+    let seen2 = seen.clone();
+    let output_thread = std::thread::Builder::new().name("ww-events".into()).spawn(move || event_loop(out_rx, output_cfg, seen2))?;
+    let (inbox_tx, mut inbox_rx): (Vec<_>, Vec<_>) = (0..nworkers).map(|_| bounded::<OwnedFrame>(16384)).unzip();
+    inbox_rx.reverse();
     let mut programs = Vec::new();
     let mut workers = Vec::new();
     let mut summaries = Vec::new();
@@ -320,7 +341,16 @@ pub fn run(args: RunArgs) -> Result<()> {
             let cpu = cpus[worker_no % cpus.len()];
             worker_no += 1;
             summaries.push((iface.clone(), vantage as u16, xsk.queue, xdp_mode, xsk.mode.name(), xsk.fallback_reason.clone(), counters.clone()));
-            let sink = RunSink { record: record_thread.as_ref().map(|(tx, _)| tx.clone()), record_dropped: 0 };
+            let sink = EngineSink {
+                engine: Engine::new(engine_cfg.clone(), worker_no - 1),
+                id: worker_no - 1,
+                peers: inbox_tx.clone(),
+                inbox: inbox_rx.pop().expect("one inbox per worker"),
+                out: out_tx.clone(),
+                stats: shared.clone(),
+                record: record_thread.as_ref().map(|(tx, _)| tx.clone()),
+                record_dropped: 0,
+            };
             let w = Worker { xsk, vantage: vantage as u16, cpu: Some(cpu), counters };
             workers.push(w.spawn(sink, stop.clone())?);
         }
@@ -346,6 +376,10 @@ pub fn run(args: RunArgs) -> Result<()> {
         .map(|(iface, p)| (iface.clone(), p.counters().map(|c| c.nonzero()).unwrap_or_default()))
         .collect();
     drop(programs); // detaches
+    drop(inbox_tx);
+    drop(out_tx);
+    let (events, evidence_written, evidence_failed) =
+        output_thread.join().map_err(|_| anyhow::anyhow!("the event thread panicked"))?;
     let recorded = match record_thread {
         Some((tx, h)) => {
             drop(tx);
@@ -375,6 +409,16 @@ pub fn run(args: RunArgs) -> Result<()> {
         xdp,
         recorded,
         record_dropped,
+        events,
+        anomalies: Kind::ALL
+            .iter()
+            .map(|k| (k.name(), shared.anomalies[*k as usize].load(Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect(),
+        evidence_written,
+        evidence_failed,
+        handed_off: shared.handed_off.load(Relaxed),
+        handoff_dropped: shared.handoff_dropped.load(Relaxed),
     };
     for q in &summary.queues {
         log::info!(

@@ -30,6 +30,8 @@ pub trait FrameSink: Send + 'static {
     fn frame(&mut self, f: &RawFrame<'_>);
     /// Our own rings dropped `lost` frames on `vantage` since the last call.
     fn capture_loss(&mut self, _vantage: u16, _lost: u64, _now_ns: u64) {}
+    /// Called after each received batch (also when it was empty).
+    fn batch_end(&mut self) {}
     /// Called about once per 100 ms with the current time, for timers.
     fn tick(&mut self, _now_ns: u64) {}
     fn finish(&mut self) {}
@@ -130,6 +132,7 @@ impl Worker {
                         0
                     }
                 };
+                sink.batch_end();
                 if stopping && got == 0 {
                     break;
                 }
