@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod analyze;
 mod caps;
+mod lab;
 mod live;
 mod run;
 
@@ -34,6 +35,9 @@ enum Command {
     ///
     /// Exit status: 0 success, 2 bad usage, 3 unreadable or corrupt input.
     Analyze(analyze::AnalyzeArgs),
+    /// Rebuild the real incidents in network namespaces and watch wirewatch diagnose them live
+    /// (needs root). Example: sudo wirewatch lab --incident all
+    Lab(lab::LabArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Analyze(args) => analyze::analyze(args),
+        Command::Lab(args) => lab::lab(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

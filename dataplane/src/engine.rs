@@ -204,11 +204,10 @@ impl Engine {
         let hist_id = self.history.push(raw, p.orig_len, p.ts_ns, p.vantage, rec.last_hist);
         rec.last_hist = hist_id;
         rec.vantages |= 1 << p.vantage.min(7);
-        if self.cfg.vantage_names.len() > 1 && !self.matcher.observe(p, hist_id) {
-            // The same packet seen at another sensor: matched, not tracked twice.
-            return;
-        }
         let mut flow = *rec;
+        if self.cfg.vantage_names.len() > 1 {
+            self.matcher.observe(p, hist_id);
+        }
         if created {
             if !p.has(SYN) {
                 flow.flags |= conn_flags::MIDSTREAM;
@@ -238,6 +237,7 @@ impl Engine {
                 pkt: p,
                 key: &key,
                 side,
+                before: flow.dirs[side],
                 flow: &mut flow,
                 extras: &mut self.extras,
                 cfg: &self.cfg,
@@ -310,7 +310,9 @@ impl Engine {
                 self.counters[Kind::LostBetweenSensors as usize] += 1;
                 let d = anomaly::paths::lost_detection(&m, &self.cfg.vantage_names);
                 let (key, side) = FlowKey::of(&m.pkt);
-                if self.flows.get(&key).is_some() {
+                let Some(f) = self.flows.get_mut(&key) else { continue };
+                if f.flags & conn_flags::LOST_BETWEEN_REPORTED == 0 {
+                    f.flags |= conn_flags::LOST_BETWEEN_REPORTED;
                     self.emit(d, &key, side, &m.pkt, m.hist_id);
                 }
             }
@@ -350,6 +352,7 @@ impl Engine {
                 pkt: &placeholder,
                 key: &key,
                 side,
+                before: flow.dirs[side],
                 flow: &mut flow,
                 extras: &mut self.extras,
                 cfg: &self.cfg,

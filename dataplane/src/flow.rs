@@ -5,8 +5,9 @@ use std::{collections::HashMap, net::IpAddr};
 
 use crate::{packet::TcpPacket, seq::SeqNumber, tcp::ConnState};
 
-/// Both endpoints in a fixed order (lower address/port first) plus the VLAN: the same key for
-/// both directions of a flow.
+/// Both endpoints in a fixed order (lower address/port first), the VLAN and the vantage: the
+/// same key for both directions of a flow as one sensor sees it. Each vantage keeps its own
+/// view (MACs and TTLs differ per interface); the cross-vantage matcher compares them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub lo: [u8; 16],
@@ -16,6 +17,8 @@ pub struct FlowKey {
     pub vlan: u16,
     /// 4 or 6.
     pub family: u8,
+    /// The sensor (interface or file) this view belongs to.
+    pub vantage: u8,
 }
 
 fn addr16(a: IpAddr) -> [u8; 16] {
@@ -38,10 +41,11 @@ impl FlowKey {
     pub fn of(p: &TcpPacket) -> (FlowKey, usize) {
         let (s, d) = (addr16(p.src), addr16(p.dst));
         let family = if p.src.is_ipv4() { 4 } else { 6 };
+        let vantage = p.vantage.min(u8::MAX as u16) as u8;
         if (s, p.sport) <= (d, p.dport) {
-            (FlowKey { lo: s, hi: d, lo_port: p.sport, hi_port: p.dport, vlan: p.vlan, family }, 0)
+            (FlowKey { lo: s, hi: d, lo_port: p.sport, hi_port: p.dport, vlan: p.vlan, family, vantage }, 0)
         } else {
-            (FlowKey { lo: d, hi: s, lo_port: p.dport, hi_port: p.sport, vlan: p.vlan, family }, 1)
+            (FlowKey { lo: d, hi: s, lo_port: p.dport, hi_port: p.sport, vlan: p.vlan, family, vantage }, 1)
         }
     }
 
@@ -54,7 +58,8 @@ impl FlowKey {
         }
     }
 
-    /// A well-mixed hash, for sharding flows over workers (the same for both directions).
+    /// A well-mixed hash, for sharding flows over workers: the same for both directions and
+    /// for every vantage, so all views of a flow meet on one worker.
     pub fn shard_hash(&self) -> u64 {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for b in self.lo.iter().chain(self.hi.iter()) {
@@ -153,6 +158,8 @@ pub mod conn_flags {
     /// `lost_mark` is set (for side lo, or for side hi with LOST_MARK_HI).
     pub const LOST_MARK: u16 = 1 << 12;
     pub const LOST_MARK_HI: u16 = 1 << 13;
+    /// lost_between_sensors was reported for this flow (later losses are counted only).
+    pub const LOST_BETWEEN_REPORTED: u16 = 1 << 14;
 }
 
 /// One flow, both directions. Kept small: a sensor tracks millions.

@@ -250,6 +250,8 @@ pub struct Ctx<'a> {
     /// The sender's side (0 = lo, 1 = hi).
     pub side: usize,
     pub flow: &'a mut FlowRecord,
+    /// The sender's state as it was before this packet.
+    pub before: crate::flow::DirState,
     pub extras: &'a mut HashMap<FlowKey, FlowExtra>,
     pub cfg: &'a EngineConfig,
     pub now_us: u32,

@@ -109,24 +109,18 @@ pub struct Missing {
 }
 
 impl VantageMatcher {
-    /// Records a sighting; false when another vantage already saw this very packet (a copy:
-    /// the tracker must not count it twice).
-    pub fn observe(&mut self, p: &TcpPacket, hist_id: u32) -> bool {
+    /// Records a sighting of a packet at its vantage.
+    pub fn observe(&mut self, p: &TcpPacket, hist_id: u32) {
         let bit = 1u8 << (p.vantage.min(7));
         // Either endpoint could be "the server"; remember both addresses' vantages.
         *self.servers.entry(p.dst).or_default() |= bit;
         *self.servers.entry(p.src).or_default() |= bit;
         let sig = Sig { src: p.src, dst: p.dst, sport: p.sport, dport: p.dport, ip_id: p.ip_id, seq: p.seq.0, ack: p.ack.0, flags: p.flags, len: p.payload_len };
         match self.pending.get_mut(&sig) {
-            Some(s) if s.vantages & bit == 0 => {
-                s.vantages |= bit;
-                false
-            }
-            Some(_) => true,
+            Some(s) => s.vantages |= bit,
             None => {
                 self.pending.insert(sig, Seen { vantages: bit, first_vantage: p.vantage, hist_id, pkt: p.clone() });
                 self.order.push_back((p.ts_ns, sig));
-                true
             }
         }
     }

@@ -15,8 +15,19 @@ const TS_MAX_TICKS_PER_MS: u64 = 1000;
 /// Packets in flight when a RST is sent may still arrive this long after it.
 const DATA_AFTER_RST_GRACE_NS: u64 = 10_000_000;
 
+/// How much a disagreement says about who sent a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Evidence {
+    /// Only another host (or a forger) produces this: MAC, TTL, a foreign IP-ID counter, a
+    /// TSval off the sender's clock.
+    OtherHost,
+    /// The sender's own stack produces this too when it has no socket for the connection
+    /// (Linux answers from its control socket: no timestamp option, IP-ID 0).
+    NoSocket,
+}
+
 /// Features of a packet that break its sender's established fingerprint.
-pub fn fingerprint_breaks(c: &Ctx<'_>) -> Vec<String> {
+pub fn fingerprint_breaks(c: &Ctx<'_>) -> Vec<(String, Evidence)> {
     let p = c.pkt;
     let d = &c.flow.dirs[c.side];
     let od = &c.flow.dirs[c.other()];
@@ -24,36 +35,44 @@ pub fn fingerprint_breaks(c: &Ctx<'_>) -> Vec<String> {
     if d.packets < MODEL_MIN_PACKETS {
         return out;
     }
-    if d.src_mac != p.src_mac && d.src_mac != [0; 6] && p.src_mac != [0; 6] {
-        out.push(format!("source MAC {} differs from the sender's {}", mac_str(&p.src_mac), mac_str(&d.src_mac)));
+    use Evidence::*;
+    // A direction already sprayed over several next hops is forwarded by several routers'
+    // interfaces: its source MAC says nothing about who originated it.
+    if d.src_mac != p.src_mac && d.src_mac != [0; 6] && p.src_mac != [0; 6] && c.before.mac_switches == 0 {
+        out.push((format!("source MAC {} differs from the sender's {}", mac_str(&p.src_mac), mac_str(&d.src_mac)), OtherHost));
     }
     if (p.ttl as i16 - d.ttl as i16).abs() > 1 {
-        out.push(format!("TTL {} differs from the sender's {}", p.ttl, d.ttl));
+        out.push((format!("TTL {} differs from the sender's {}", p.ttl, d.ttl), OtherHost));
     }
     match d.ip_id_model {
+        IpIdModel::Counter if p.ip_id == 0 => out.push((format!("IP-ID 0 where the sender counts ({})", d.ip_id), NoSocket)),
         IpIdModel::Counter => {
             let step = p.ip_id.wrapping_sub(d.ip_id);
             if step == 0 || step > IP_ID_MAX_STEP {
-                out.push(format!("breaks the sender's IP-ID sequence ({} → {})", d.ip_id, p.ip_id));
+                out.push((format!("breaks the sender's IP-ID sequence ({} → {})", d.ip_id, p.ip_id), OtherHost));
             }
         }
-        IpIdModel::Zero if p.ip_id != 0 => out.push(format!("IP-ID {} where the sender always uses 0", p.ip_id)),
+        IpIdModel::Zero if p.ip_id != 0 => out.push((format!("IP-ID {} where the sender always uses 0", p.ip_id), OtherHost)),
         _ => {}
     }
     let negotiated = d.flags & dir_flags::TS_OK != 0 && od.flags & dir_flags::TS_OK != 0;
     match p.opts.timestamp {
-        None if negotiated && !p.opts.truncated => out.push("lacks the timestamp option the flow negotiated".into()),
+        None if negotiated && !p.opts.truncated => out.push(("lacks the timestamp option the flow negotiated".into(), NoSocket)),
         Some((tsval, _)) if negotiated && d.ts_val != 0 => {
             let back = d.ts_val.wrapping_sub(tsval) as i32;
             let elapsed_ms = (c.now_us.wrapping_sub(d.last_us) as u64) / 1000 + 1;
             let fwd = tsval.wrapping_sub(d.ts_val) as u64;
             if back > 0 || fwd > elapsed_ms * TS_MAX_TICKS_PER_MS + 1000 {
-                out.push(format!("TSval {tsval} is off the sender's clock (last {})", d.ts_val));
+                out.push((format!("TSval {tsval} is off the sender's clock (last {})", d.ts_val), OtherHost));
             }
         }
         _ => {}
     }
     out
+}
+
+fn describe(breaks: &[(String, Evidence)]) -> String {
+    breaks.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 pub fn on_packet(c: &mut Ctx<'_>) {
@@ -79,13 +98,18 @@ pub fn on_packet(c: &mut Ctx<'_>) {
                         c.flow.flags |= conn_flags::DATA_AFTER_RST_REPORTED;
                         let who = c.endpoint(s);
                         let rst_from = c.endpoint(rst_side);
-                        let mut d = Detection::new(
-                            Kind::DataAfterRst,
+                        let after = (now - rst_ns) as f64 / 1e9;
+                        let explanation = if rst_side == s {
                             format!(
-                                "{who} keeps sending data {:.3} s after a RST from {rst_from} ended the connection: the RST never reached {who} (or was not accepted), so the connection is dead on one side only.",
-                                (now - rst_ns) as f64 / 1e9
-                            ),
-                        )
+                                "{who} keeps sending data {after:.3} s after a RST bearing its own address ended the connection toward {}: that RST came from a device on {who}'s side (a NAT host's own stack, say), so the host actually sending the data never saw it — the connection is dead on one side only.",
+                                c.endpoint(c.other())
+                            )
+                        } else {
+                            format!(
+                                "{who} keeps sending data {after:.3} s after a RST from {rst_from} ended the connection: the RST never reached {who} (or was not accepted), so the connection is dead on one side only."
+                            )
+                        };
+                        let mut d = Detection::new(Kind::DataAfterRst, explanation)
                         .detail("rst_from", rst_from);
                         d.first_ns = Some(rst_ns);
                         d.count = n;
@@ -117,7 +141,8 @@ pub fn on_packet(c: &mut Ctx<'_>) {
     }
     // A request on a connection the peer already closed.
     if od.flags & dir_flags::FIN != 0 && c.flow.dirs[s].flags & dir_flags::FIN == 0 {
-        let idle = now.saturating_sub(c.flow.first_ns + c.flow.dirs[s].last_us.max(od.last_us) as u64 * 1000);
+        // Idle: since the requester last sent data (its next_seq last advanced).
+        let idle = now.saturating_sub(c.flow.first_ns + c.before.next_seq_us as u64 * 1000);
         let trig = trigger(c, idle, String::new());
         c.extra().wait = Some(PairWait { kind: Kind::RequestAfterFin, since_ns: now, from_side: o, rst_seq: p.ack.0, trigger: trig });
     }
@@ -172,19 +197,19 @@ fn on_rst(c: &mut Ctx<'_>) {
             c.extra().wait = Some(w);
         }
     }
-    if !breaks.is_empty() {
+    if breaks.iter().any(|(_, e)| *e == Evidence::OtherHost) {
         c.count(Kind::RstForeignSender);
         let who = c.endpoint(s);
         let mut d = Detection::new(
             Kind::RstForeignSender,
             format!(
                 "RST from {who} {}: a different host sent it (middlebox, NAT, or another backend), not the endpoint that carried the connection.",
-                breaks.join(", ")
+                describe(&breaks)
             ),
         )
         .fingerprint(Fingerprint::of_side(&format!("expected ({} so far)", c.role(s)), c.key, c.flow, s))
         .fingerprint(Fingerprint::of_packet("this RST", p))
-        .detail("disagreements", breaks.clone());
+        .detail("disagreements", breaks.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>());
         d.sub_kind = Some(if paired { "paired" } else { "unpaired" });
         c.found.push(d);
     }
@@ -196,12 +221,18 @@ fn on_rst(c: &mut Ctx<'_>) {
     c.flow.dirs[s].flags |= dir_flags::RST;
 }
 
-fn paired_detection(c: &Ctx<'_>, w: &PairWait, breaks: &[String]) -> Detection {
+fn paired_detection(c: &Ctx<'_>, w: &PairWait, breaks: &[(String, Evidence)]) -> Detection {
     let p = c.pkt;
     let s = c.side;
     let who = c.endpoint(s);
     let mac = mac_str(&p.src_mac);
-    let sender_desc = if breaks.is_empty() { String::new() } else { format!(" The RST {}.", breaks.join(", ")) };
+    let sender_desc = if breaks.is_empty() {
+        String::new()
+    } else if breaks.iter().all(|(_, e)| *e == Evidence::NoSocket) {
+        format!(" The RST {}: sent by a stack with no socket for this connection.", describe(breaks))
+    } else {
+        format!(" The RST {}.", describe(breaks))
+    };
     let dt_ms = (p.ts_ns.saturating_sub(w.since_ns)) as f64 / 1e6;
     let peer = c.endpoint(1 - s);
     let d = match w.kind {

@@ -300,6 +300,21 @@ fn rst_foreign_sender_vs_the_servers_own_rst() {
     c.send(false, RST | ACK, 0, 1.0);
     assert!(c.kinds().is_empty());
 
+    // The server's stack without a socket (Linux control socket): IP-ID 0, no timestamp.
+    // Same host: not foreign.
+    let mut c = established();
+    c.ts = false;
+    let mut rst = c.seg(false, RST, 0);
+    rst.ip_id = 0;
+    c.feed(&rst, 1.0);
+    assert!(c.kinds().is_empty());
+
+    // A different MAC alone is another host.
+    let mut c = established();
+    c.s.mac = [2, 0, 0, 0, 0, 0x77];
+    c.send(false, RST | ACK, 0, 1.0);
+    assert_eq!(c.kinds(), [Kind::RstForeignSender]);
+
     let mut c = established();
     c.s.ip_id = 42888; // the next segment carries 42889
     c.ts = false;
