@@ -682,6 +682,13 @@ fn ecmp_split(lab: &mut Lab<'_>) -> Result<Outcome> {
 
     let vip: SocketAddr = "10.84.9.9:80".parse()?;
     let srv_h = serve_once(&b1, vip, None, |mut s| {
+        // A few small exchanges first (headers, auth…), then the body.
+        for _ in 0..3 {
+            let mut hello = [0u8; 5];
+            if s.read_exact(&mut hello).is_err() || s.write_all(b"ok").is_err() {
+                return 0;
+            }
+        }
         let mut got = 0usize;
         let mut buf = vec![0u8; 65536];
         while let Ok(n) = s.read(&mut buf) {
@@ -694,6 +701,11 @@ fn ecmp_split(lab: &mut Lab<'_>) -> Result<Outcome> {
     })?;
     let cli_h = connect_from(&proxy, vip, |s| -> std::io::Result<()> {
         let mut s = s?;
+        for _ in 0..3 {
+            s.write_all(b"HELLO")?;
+            let mut ok = [0u8; 2];
+            s.read_exact(&mut ok)?;
+        }
         pace(&s, 300_000)?;
         let body = vec![b'x'; 1400];
         for _ in 0..60 {
