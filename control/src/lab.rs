@@ -588,17 +588,41 @@ fn syn_blackhole(lab: &mut Lab<'_>) -> Result<Outcome> {
         Ok(())
     });
     let proxy_ns = proxy.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::result::Result<(), String>>();
     let proxy_h = std::thread::spawn(move || -> Result<()> {
-        enter_current_thread(&proxy_ns)?;
-        let l = std::net::TcpListener::bind(front)?;
+        let listener = enter_current_thread(&proxy_ns).map_err(anyhow::Error::from).and_then(|_| {
+            let l = std::net::TcpListener::bind(front)?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        });
+        let l = match listener {
+            Ok(l) => {
+                let _ = ready_tx.send(Ok(()));
+                l
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e.to_string()));
+                return Err(e);
+            }
+        };
         let mut handles = Vec::new();
-        for _ in 0..requests {
-            let (mut c, _) = l.accept()?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while handles.len() < requests && Instant::now() < deadline {
+            let mut c = match l.accept() {
+                Ok((c, _)) => c,
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            };
+            c.set_nonblocking(false)?;
+            c.set_read_timeout(Some(Duration::from_secs(10)))?;
             handles.push(std::thread::spawn(move || {
                 let mut b = [0u8; 256];
                 let _ = c.read(&mut b);
                 match std::net::TcpStream::connect_timeout(&server, Duration::from_millis(3500)) {
                     Ok(mut up) => {
+                        let _ = up.set_read_timeout(Some(Duration::from_secs(5)));
                         let _ = up.write_all(&b);
                         let mut r = [0u8; 256];
                         let n = up.read(&mut r).unwrap_or(0);
@@ -615,6 +639,7 @@ fn syn_blackhole(lab: &mut Lab<'_>) -> Result<Outcome> {
         }
         Ok(())
     });
+    ready_rx.recv().map_err(|_| anyhow::anyhow!("proxy thread died"))?.map_err(|e| anyhow::anyhow!("proxy: {e}"))?;
     let mut failures = 0;
     let mut clients = Vec::new();
     for i in 0..requests {

@@ -14,7 +14,10 @@ fn run_lab(incident: &str, control: bool) -> (bool, String, Vec<Value>) {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let events = dir.join("events.jsonl");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wirewatch"));
+    // A hung lab must fail the test, not stall CI: coreutils timeout sends SIGINT (the lab
+    // tears down on it), then SIGKILL.
+    let mut cmd = Command::new("timeout");
+    cmd.args(["--signal=INT", "--kill-after=20", "240", env!("CARGO_BIN_EXE_wirewatch")]);
     cmd.args(["lab", "--incident", incident, "--events"]).arg(&events).arg("--evidence-dir").arg(dir.join("evidence"));
     if control {
         cmd.arg("--control");

@@ -277,6 +277,11 @@ impl FlowTable {
         self.map.len()
     }
 
+    /// Flows the table holds before it grows (its slots are allocated up front).
+    pub fn slots(&self) -> usize {
+        self.map.capacity()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

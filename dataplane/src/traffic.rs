@@ -58,7 +58,20 @@ pub fn serve_once<T: Send + 'static>(
                 return Err(e);
             }
         };
-        let (s, _) = l.accept()?;
+        // Never wait forever for a client that failed to come.
+        l.set_nonblocking(true)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let s = loop {
+            match l.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(io::Error::new(io::ErrorKind::TimedOut, "no client connected within 20 s")),
+                Err(e) => return Err(e),
+            }
+        };
+        s.set_nonblocking(false)?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
         Ok(f(s))
     });
