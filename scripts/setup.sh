@@ -53,4 +53,9 @@ if ! command -v bpf-linker >/dev/null 2>&1 || ! bpf-linker --version 2>/dev/null
 else
     log "bpf-linker present"
 fi
+# cargo-fuzz runs the fuzz targets (fuzz/) for a bounded time in the test suite.
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+    log "installing cargo-fuzz"
+    cargo install cargo-fuzz --version 0.13.2 --locked --quiet
+fi
 log "done"

@@ -28,6 +28,15 @@ fi
 if [ "$status" -ne 0 ]; then
     exit "$status"
 fi
+# Fuzzing, bounded: the header parser, the capture reader and the whole engine on arbitrary
+# input. Any crash fails the suite (libFuzzer exits non-zero and keeps the reproducer in
+# fuzz/artifacts/).
+FUZZ_SECONDS=${FUZZ_SECONDS:-30}
+for target in parser capture engine; do
+    echo "fuzzing $target for ${FUZZ_SECONDS}s"
+    (cd fuzz && cargo +nightly fuzz run --release "$target" -- -max_total_time="$FUZZ_SECONDS" 2>&1 | grep -E '^(Done|==|SUMMARY|thread)' ) || { echo "FAIL: fuzz target $target crashed" >&2; exit 1; }
+done
+
 passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
 if [ "$passed" -eq 0 ]; then
     echo "FAIL: no test ran" >&2
