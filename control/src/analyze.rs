@@ -42,6 +42,8 @@ pub struct AnalyzeArgs {
     /// tshark's tcp.analysis.* fields.
     #[arg(long, value_name = "OUT.tsv")]
     pub verdicts: Option<PathBuf>,
+    #[command(flatten)]
+    pub thresholds: crate::thresholds::Thresholds,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,6 +111,8 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         record_verdicts: args.verdicts.is_some(),
         ..Default::default()
     };
+    let mut cfg = cfg;
+    args.thresholds.apply(&mut cfg);
     if let Some(d) = &args.evidence_dir {
         std::fs::create_dir_all(d).with_context(|| format!("creating the evidence directory {}", d.display()))?;
     }

@@ -8,6 +8,7 @@ mod caps;
 mod lab;
 mod live;
 mod run;
+mod thresholds;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -76,6 +76,8 @@ pub struct RunArgs {
     /// Write a JSON summary of what was received and dropped here on exit.
     #[arg(long, value_name = "FILE")]
     pub summary_json: Option<PathBuf>,
+    #[command(flatten)]
+    pub thresholds: crate::thresholds::Thresholds,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -296,7 +298,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     // Engines: one per worker; flows are owned by hash, frames of another worker's flow are
     // handed over (no symmetric RSS needed).
     let nworkers: usize = plan.iter().map(|p| p.2).sum();
-    let engine_cfg = EngineConfig { evidence_dir: Some(args.evidence_dir.clone()), vantage_names: args.ifaces.clone(), ..Default::default() };
+    let mut engine_cfg = EngineConfig { evidence_dir: Some(args.evidence_dir.clone()), vantage_names: args.ifaces.clone(), ..Default::default() };
+    args.thresholds.apply(&mut engine_cfg);
     if let Err(e) = std::fs::create_dir_all(&args.evidence_dir) {
         log::warn!("evidence directory {}: {e}; detections continue without evidence files", args.evidence_dir.display());
     }

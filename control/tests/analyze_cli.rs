@@ -88,6 +88,12 @@ fn evidence_opens_in_tshark_with_the_comment_on_the_trigger() {
         std::fs::read_to_string(&events).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let kinds: Vec<&str> = lines.iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["syn_unanswered", "rst_foreign_sender"], "{lines:#?}");
+    // The threshold flags take effect: with a 0.5 s handshake timeout the SYN is reported
+    // by the timer at 0.5 s, before its first retransmission.
+    let (code, stdout, _) = ww(&["analyze", cap.to_str().unwrap(), "--handshake-timeout", "0.5", "--format", "json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["kinds"]["syn_unanswered"]["example"]["count"], 1, "{v:#}");
     for e in &lines {
         for field in ["time_first", "time_last", "kind", "flow", "count", "fingerprints", "explanation", "evidence"] {
             assert!(e.get(field).is_some(), "event lacks {field}: {e}");
@@ -149,5 +155,11 @@ fn corrupt_inputs_exit_3_with_the_offset_and_never_panic() {
     assert_eq!(code, 2, "no file is bad usage");
     let (code, _, _) = ww(&["analyze", "--format", "xml", good.to_str().unwrap()]);
     assert_eq!(code, 2);
+    // Hostile thresholds are refused with the flag named.
+    for (flag, value) in [("--handshake-timeout", "-1"), ("--storm-count", "1"), ("--pairing-window", "nan"), ("--max-flows", "0")] {
+        let (code, _, stderr) = ww(&["analyze", &format!("{flag}={value}"), good.to_str().unwrap()]);
+        assert_eq!(code, 2, "{flag}={value}: {stderr}");
+        assert!(stderr.contains(flag), "{stderr}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

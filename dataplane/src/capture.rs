@@ -410,6 +410,37 @@ mod tests {
         assert_eq!((f[0].ts_ns, f[0].orig_len, f[0].data.len()), (1_700_000_000_123_456_789, 1500, 70));
     }
 
+    fn pcap_linktype(linktype: u32, records: &[&[u8]]) -> Vec<u8> {
+        let mut b = pcap(false, &[]);
+        b[20..24].copy_from_slice(&linktype.to_le_bytes());
+        for d in records {
+            b.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);
+            b.extend_from_slice(&(d.len() as u32).to_le_bytes());
+            b.extend_from_slice(&(d.len() as u32).to_le_bytes());
+            b.extend_from_slice(d);
+        }
+        b
+    }
+
+    #[test]
+    fn cooked_and_raw_link_types_become_ethernet() {
+        use crate::craft::TcpSegment;
+        let seg = TcpSegment::new("10.0.0.1".parse().unwrap(), 1, "10.0.0.2".parse().unwrap(), 2);
+        let ip = seg.ip_bytes();
+        let want = crate::packet::decode(&seg.frame(), seg.frame().len() as u32, 0, 0).unwrap();
+        let mut sll = vec![0, 0, 0, 1, 0, 6, 2, 0, 0, 0, 0, 0x42, 0, 0, 0x08, 0x00];
+        sll.extend_from_slice(&ip);
+        let mut sll2 = vec![0x08, 0x00, 0, 0, 0, 0, 0, 3, 0, 1, 0, 6, 2, 0, 0, 0, 0, 0x43, 0, 0];
+        sll2.extend_from_slice(&ip);
+        for (lt, rec, mac) in [(101u32, ip.clone(), 0u8), (113, sll, 0x42), (276, sll2, 0x43)] {
+            let f = read_all(&pcap_linktype(lt, &[&rec])).unwrap();
+            let p = crate::packet::decode(&f[0].data, f[0].orig_len, 0, 0).unwrap();
+            assert_eq!((p.src, p.dst, p.sport, p.dport, p.seq), (want.src, want.dst, want.sport, want.dport, want.seq), "linktype {lt}");
+            assert_eq!(p.src_mac[5], mac, "linktype {lt}: the cooked header's address is the source MAC");
+        }
+        assert!(matches!(read_all(&pcap_linktype(147, &[])), Err(CaptureError::LinkType { linktype: 147, .. })));
+    }
+
     #[test]
     fn corrupt_inputs_are_errors_with_offsets() {
         assert!(matches!(read_all(&[]), Err(CaptureError::Empty { .. })));

@@ -190,6 +190,9 @@ impl Engine {
     }
 
     pub fn process(&mut self, p: &TcpPacket, raw: &[u8], frame_no: u64) {
+        // Deadlines that passed before this packet fire first, on the state they saw (a
+        // deadline equal to the packet's time lets the packet count).
+        self.run_timers(p.ts_ns.saturating_sub(1));
         self.packets += 1;
         if p.ts_ns > self.now_ns {
             self.now_ns = p.ts_ns;
@@ -280,7 +283,6 @@ impl Engine {
                 self.emit(d, &key, side, p, hist_id);
             }
         }
-        self.run_timers(p.ts_ns);
     }
 
     /// Advances time without a packet (live workers call this about every 100 ms).
@@ -297,7 +299,7 @@ impl Engine {
                 break;
             }
             self.timers.pop_front();
-            self.handshake_timeout(key, now);
+            self.handshake_timeout(key, deadline);
         }
         // Cross-vantage matching, evidence deadlines, expiry: at most every 10 ms of time.
         if now.saturating_sub(self.last_expire_ns) < 10_000_000 {

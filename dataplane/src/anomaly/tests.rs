@@ -483,6 +483,20 @@ fn retransmission_storm_and_ack_unseen() {
     }
     assert_eq!(c.kinds(), [Kind::RetransmissionStorm]);
 
+    // Near miss: one loss episode resending five *different* segments is recovery, not a storm.
+    let mut c = established();
+    let segs: Vec<_> = (0..5).map(|_| c.seg(true, ACK, 1000)).collect();
+    for g in &segs {
+        c.feed(g, 0.1);
+    }
+    for g in &segs {
+        let mut r = g.clone();
+        r.ip_id = r.ip_id.wrapping_add(100);
+        c.feed(&r, 250.0);
+    }
+    assert_eq!(c.count(Kind::Retransmission), 5);
+    assert!(c.kinds().is_empty());
+
     let mut c = established();
     c.s.ack = c.s.ack.wrapping_add(5000); // acks client bytes this sensor never saw
     assert_ne!(c.send(false, ACK, 0, 1.0) & verdict::ACK_UNSEEN, 0);
