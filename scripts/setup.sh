@@ -16,7 +16,7 @@ export DEBIAN_FRONTEND=noninteractive
 # and the real tools the tests drive (iproute2, nftables, conntrack, tcpdump, tshark, ethtool).
 APT_PKGS=(
     llvm-22-dev libllvm22 clang-22 m4 libelf-dev zlib1g-dev pkg-config
-    iproute2 nftables conntrack ethtool tcpdump tshark python3
+    iproute2 nftables conntrack ethtool tcpdump tshark python3 prometheus
 )
 missing=()
 for p in "${APT_PKGS[@]}"; do

@@ -32,7 +32,7 @@ pub enum Output {
     Evidence(EvidenceJob),
 }
 
-/// Counters shared with the control plane (read-mostly; written by the owning worker only).
+/// One worker's counters, shared with the control plane (written by that worker only).
 #[derive(Default)]
 pub struct SharedStats {
     pub anomalies: [AtomicU64; KIND_COUNT],
@@ -40,6 +40,9 @@ pub struct SharedStats {
     pub handoff_dropped: AtomicU64,
     pub output_dropped: AtomicU64,
     pub flows_active: AtomicU64,
+    pub flows_created: AtomicU64,
+    pub flows_evicted: [AtomicU64; 4],
+    pub evidence_suppressed: AtomicU64,
 }
 
 pub struct EngineSink {
@@ -80,6 +83,18 @@ impl EngineSink {
             self.stats.anomalies[i].store(*c, Relaxed);
         }
         self.stats.flows_active.store(s.flows_active, Relaxed);
+        self.stats.flows_created.store(s.flows_created, Relaxed);
+        for (i, c) in s.flows_evicted.iter().enumerate() {
+            self.stats.flows_evicted[i].store(*c, Relaxed);
+        }
+        self.stats.evidence_suppressed.store(s.evidence_suppressed, Relaxed);
+        let (rtts, zero_windows) = self.engine.drain_samples();
+        for r in rtts {
+            metrics::histogram!(crate::metrics::HANDSHAKE_RTT).record(r as f64 / 1e9);
+        }
+        for z in zero_windows {
+            metrics::histogram!(crate::metrics::ZERO_WINDOW_DURATION).record(z as f64 / 1e9);
+        }
     }
 }
 
@@ -131,10 +146,11 @@ pub struct EventOutput {
     pub json_stdout: bool,
     pub events_file: Option<PathBuf>,
     pub vantage_names: Vec<String>,
+    pub retention: crate::retention::Retention,
 }
 
 /// Runs until every sender is gone; returns (events, evidence written, evidence failed).
-pub fn event_loop(rx: Receiver<Output>, cfg: EventOutput, seen: Arc<dashmap::DashMap<u64, Event>>) -> (u64, u64, u64) {
+pub fn event_loop(rx: Receiver<Output>, mut cfg: EventOutput, seen: Arc<crate::api::EventStore>) -> (u64, u64, u64) {
     let mut file = cfg.events_file.as_ref().and_then(|p| match std::fs::OpenOptions::new().create(true).append(true).open(p) {
         Ok(f) => Some(std::io::BufWriter::new(f)),
         Err(e) => {
@@ -157,13 +173,18 @@ pub fn event_loop(rx: Receiver<Output>, cfg: EventOutput, seen: Arc<dashmap::Das
                 } else if !e.kind.is_sensor_health() || e.kind == dataplane::anomaly::Kind::OneSided {
                     print_event(&e);
                 }
-                seen.insert(events, *e);
+                seen.push(*e);
             }
             Output::Evidence(job) => match job.write(&cfg.vantage_names) {
-                Ok(()) => written += 1,
+                Ok(()) => {
+                    written += 1;
+                    metrics::counter!(crate::metrics::EVIDENCE_WRITTEN).increment(1);
+                    cfg.retention.added(&job.path);
+                }
                 Err(err) => {
                     // A full or unwritable disk never stops monitoring.
                     failed += 1;
+                    metrics::counter!(crate::metrics::EVIDENCE_FAILED).increment(1);
                     log::warn!("evidence {} not written: {err}", job.path.display());
                 }
             },

@@ -4,9 +4,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod analyze;
+mod api;
 mod caps;
 mod lab;
 mod live;
+mod metrics;
+mod retention;
 mod run;
 mod thresholds;
 

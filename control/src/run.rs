@@ -70,6 +70,21 @@ pub struct RunArgs {
     /// Where evidence files (pcapng slices around each detection, headers only) are written.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/wirewatch/evidence")]
     pub evidence_dir: PathBuf,
+    /// Serve Prometheus metrics (/metrics), /healthz and the events/evidence API here.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics: std::net::SocketAddr,
+    /// Require `Authorization: Bearer TOKEN` on every request but /healthz.
+    #[arg(long, value_name = "TOKEN", env = "WIREWATCH_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Allow a non-loopback --metrics address without --api-token.
+    #[arg(long)]
+    pub api_insecure: bool,
+    /// Evidence kept on disk at most (oldest files removed first).
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
+    pub evidence_max_bytes: u64,
+    /// Evidence files older than this are removed.
+    #[arg(long, value_name = "DAYS", default_value_t = 7.0)]
+    pub evidence_max_age_days: f64,
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
@@ -180,6 +195,29 @@ fn attach(prog: &mut XdpProgram, iface: &str, idx: u32, mode: XdpModeArg) -> Res
             }
         },
     }
+}
+
+type QueueInfo = (String, u16, u32, &'static str, &'static str, Option<String>, Arc<QueueCounters>);
+
+/// Publishes everything the workers and the XDP program count (bounded labels only).
+fn export_metrics(queues: &[QueueInfo], programs: &[(String, XdpProgram)], workers: &[Arc<SharedStats>]) {
+    for (iface, _, queue, xdp_mode, copy_mode, _, c) in queues {
+        crate::metrics::queue(c, iface, *queue);
+        metrics::gauge!(crate::metrics::XDP_MODE, "vantage" => iface.clone(), "mode" => *xdp_mode, "copy" => *copy_mode).set(1.0);
+    }
+    for (iface, p) in programs {
+        if let Ok(c) = p.counters() {
+            crate::metrics::xdp(iface, &c.nonzero());
+        }
+    }
+    let sum = |f: &dyn Fn(&SharedStats) -> u64| workers.iter().map(|w| f(w)).sum::<u64>();
+    let per_kind: Vec<u64> = (0..Kind::ALL.len()).map(|i| sum(&|w| w.anomalies[i].load(Relaxed))).collect();
+    crate::metrics::anomalies(&per_kind);
+    let evicted: [u64; 4] = std::array::from_fn(|i| sum(&|w| w.flows_evicted[i].load(Relaxed)));
+    crate::metrics::flows(sum(&|w| w.flows_active.load(Relaxed)), sum(&|w| w.flows_created.load(Relaxed)), &evicted);
+    metrics::counter!(crate::metrics::EVIDENCE_SUPPRESSED).absolute(sum(&|w| w.evidence_suppressed.load(Relaxed)));
+    metrics::counter!(crate::metrics::HANDOFF, "reason" => "handed_off").absolute(sum(&|w| w.handed_off.load(Relaxed)));
+    metrics::counter!(crate::metrics::HANDOFF, "reason" => "dropped").absolute(sum(&|w| w.handoff_dropped.load(Relaxed)));
 }
 
 /// What the summary reports per queue.
@@ -303,13 +341,27 @@ pub fn run(args: RunArgs) -> Result<()> {
     if let Err(e) = std::fs::create_dir_all(&args.evidence_dir) {
         log::warn!("evidence directory {}: {e}; detections continue without evidence files", args.evidence_dir.display());
     }
+    let api_cfg = crate::api::ApiConfig {
+        addr: args.metrics,
+        token: args.api_token.clone(),
+        allow_insecure: args.api_insecure,
+        evidence_dir: args.evidence_dir.clone(),
+    };
+    crate::api::check_bind(&api_cfg)?;
+    let prom = crate::metrics::install()?;
     let (out_tx, out_rx) = bounded::<Output>(65536);
-    let shared = Arc::new(SharedStats::default());
-    let seen = Arc::new(dashmap::DashMap::new());
+    let worker_stats: Vec<Arc<SharedStats>> = (0..nworkers).map(|_| Arc::new(SharedStats::default())).collect();
+    let seen = Arc::new(crate::api::EventStore::new(10_000));
+    crate::api::serve(api_cfg, prom, seen.clone())?;
     let output_cfg = EventOutput {
         json_stdout: args.events.as_ref().is_some_and(|p| p.as_os_str() == "-"),
         events_file: args.events.clone().filter(|p| p.as_os_str() != "-"),
         vantage_names: args.ifaces.clone(),
+        retention: crate::retention::Retention::new(
+            &args.evidence_dir,
+            args.evidence_max_bytes,
+            Duration::from_secs_f64(args.evidence_max_age_days.max(0.0) * 86_400.0),
+        ),
     };
     let seen2 = seen.clone();
     let output_thread = std::thread::Builder::new().name("ww-events".into()).spawn(move || event_loop(out_rx, output_cfg, seen2))?;
@@ -350,7 +402,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 peers: inbox_tx.clone(),
                 inbox: inbox_rx.pop().expect("one inbox per worker"),
                 out: out_tx.clone(),
-                stats: shared.clone(),
+                stats: worker_stats[worker_no - 1].clone(),
                 record: record_thread.as_ref().map(|(tx, _)| tx.clone()),
                 record_dropped: 0,
             };
@@ -361,9 +413,14 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
 
     let started = Instant::now();
+    let mut last_export = Instant::now() - Duration::from_secs(1);
     while !STOP.load(Relaxed) {
         if args.duration.is_some_and(|d| started.elapsed() >= Duration::from_secs_f64(d)) {
             break;
+        }
+        if last_export.elapsed() >= Duration::from_millis(500) {
+            last_export = Instant::now();
+            export_metrics(&summaries, &programs, &worker_stats);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -374,6 +431,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         let sink = h.join().map_err(|_| anyhow::anyhow!("a worker thread panicked"))?;
         record_dropped += sink.record_dropped;
     }
+    export_metrics(&summaries, &programs, &worker_stats);
     let xdp = programs
         .iter()
         .map(|(iface, p)| (iface.clone(), p.counters().map(|c| c.nonzero()).unwrap_or_default()))
@@ -415,13 +473,13 @@ pub fn run(args: RunArgs) -> Result<()> {
         events,
         anomalies: Kind::ALL
             .iter()
-            .map(|k| (k.name(), shared.anomalies[*k as usize].load(Relaxed)))
+            .map(|k| (k.name(), worker_stats.iter().map(|w| w.anomalies[*k as usize].load(Relaxed)).sum::<u64>()))
             .filter(|(_, n)| *n > 0)
             .collect(),
         evidence_written,
         evidence_failed,
-        handed_off: shared.handed_off.load(Relaxed),
-        handoff_dropped: shared.handoff_dropped.load(Relaxed),
+        handed_off: worker_stats.iter().map(|w| w.handed_off.load(Relaxed)).sum(),
+        handoff_dropped: worker_stats.iter().map(|w| w.handoff_dropped.load(Relaxed)).sum(),
     };
     for q in &summary.queues {
         log::info!(

@@ -114,6 +114,8 @@ pub struct Engine {
     events: Vec<Event>,
     verdicts: Vec<(u64, u32)>,
     timers: VecDeque<(u64, FlowKey)>,
+    rtt_samples: Vec<u64>,
+    zero_window_samples: Vec<u64>,
     evidence_seq: u64,
     now_ns: u64,
     last_expire_ns: u64,
@@ -138,6 +140,8 @@ impl Engine {
             events: Vec::new(),
             verdicts: Vec::new(),
             timers: VecDeque::new(),
+            rtt_samples: Vec::new(),
+            zero_window_samples: Vec::new(),
             evidence_seq: 0,
             now_ns: 0,
             last_expire_ns: 0,
@@ -249,6 +253,7 @@ impl Engine {
                 hist_id,
                 found: &mut found,
                 counters: &mut self.counters,
+                rtt_samples: &mut self.rtt_samples,
             };
             c.now_us = c.flow.rel_us(p.ts_ns);
             if !in_gap {
@@ -279,10 +284,20 @@ impl Engine {
             self.feed_job(&key, hist_id);
         }
         for d in found {
+            if d.kind == Kind::ZeroWindow {
+                if let Some(dur) = d.details.get("duration_s").and_then(|v| v.as_f64()) {
+                    self.zero_window_samples.push((dur * 1e9) as u64);
+                }
+            }
             if loss::is_reportable(&d) {
                 self.emit(d, &key, side, p, hist_id);
             }
         }
+    }
+
+    /// Handshake RTTs and zero-window durations (ns) measured since the last call.
+    pub fn drain_samples(&mut self) -> (Vec<u64>, Vec<u64>) {
+        (std::mem::take(&mut self.rtt_samples), std::mem::take(&mut self.zero_window_samples))
     }
 
     /// Advances time without a packet (live workers call this about every 100 ms).
@@ -363,6 +378,7 @@ impl Engine {
                 hist_id: rec.last_hist,
                 found: &mut found,
                 counters: &mut self.counters,
+                rtt_samples: &mut self.rtt_samples,
             };
             anomaly::setup::on_timeout(&mut c);
         }

@@ -260,6 +260,8 @@ pub struct Ctx<'a> {
     pub hist_id: u32,
     pub found: &'a mut Vec<Detection>,
     pub counters: &'a mut [u64; KIND_COUNT],
+    /// Handshake RTTs measured (ns), for the control plane's histogram.
+    pub rtt_samples: &'a mut Vec<u64>,
 }
 
 impl Ctx<'_> {

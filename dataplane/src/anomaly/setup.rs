@@ -83,7 +83,9 @@ pub fn on_packet(c: &mut Ctx<'_>) {
         let x = c.extra();
         if x.first_rtt_ns.is_none() {
             if let Some(t) = x.syn_ns {
-                x.first_rtt_ns = Some(now.saturating_sub(t));
+                let rtt = now.saturating_sub(t);
+                x.first_rtt_ns = Some(rtt);
+                c.rtt_samples.push(rtt);
             }
         }
     }

@@ -1,0 +1,217 @@
+//! The control plane against the real things: Debian's Prometheus scraping a running wirewatch
+//! that watches real traffic with anomalies (every PromQL expression of the shipped dashboard
+//! must return data), the HTTP API, the bearer token, and evidence that cannot be written.
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    process::{Child, Stdio},
+    sync::Mutex,
+    time::Duration,
+};
+
+use dataplane::{
+    netns::{enter_current_thread, privileged_or_skip, span, veth, Netns},
+    traffic::{connect_from, serve_once},
+};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// GET `path` on `addr` from inside namespace `ns`; (status, body).
+fn get(ns: &str, addr: &str, path: &str, token: Option<&str>) -> (u16, Vec<u8>) {
+    let (ns, addr, path, token) = (ns.to_string(), addr.to_string(), path.to_string(), token.map(String::from));
+    std::thread::spawn(move || {
+        enter_current_thread(&ns).unwrap();
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n").unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).unwrap();
+        let split = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&buf[..split]).to_string();
+        let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (code, buf[split + 4..].to_vec())
+    })
+    .join()
+    .unwrap()
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+struct Topo {
+    a: Netns,
+    b: Netns,
+    mon: Netns,
+}
+
+fn topo(tag: &str) -> Topo {
+    let pid = std::process::id();
+    let a = Netns::create(&format!("wwca{tag}{pid}")).unwrap();
+    let b = Netns::create(&format!("wwcb{tag}{pid}")).unwrap();
+    let mon = Netns::create(&format!("wwcm{tag}{pid}")).unwrap();
+    veth(&a, "a0", &b, "b0").unwrap();
+    a.run("ip addr add 10.79.0.1/24 dev a0").unwrap();
+    b.run("ip addr add 10.79.0.2/24 dev b0").unwrap();
+    a.run("ethtool -K a0 tso off gso off gro off").unwrap();
+    b.run("ethtool -K b0 tso off gso off gro off").unwrap();
+    veth(&b, "sp0", &mon, "tap0").unwrap();
+    b.run("ethtool -K sp0 tso off gso off").unwrap();
+    span(&b, "b0", "sp0").unwrap();
+    Topo { a, b, mon }
+}
+
+/// Traffic with anomalies: transfers (handshake RTTs), a refused connection (syn_rejected),
+/// a slow reader (zero windows).
+fn traffic(t: &Topo) {
+    let srv = |port| SocketAddr::new("10.79.0.2".parse().unwrap(), port);
+    for port in [7001, 7002] {
+        let h = serve_once(&t.b.name, srv(port), None, |mut s| {
+            let mut v = Vec::new();
+            s.read_to_end(&mut v).map(|_| v.len())
+        })
+        .unwrap();
+        connect_from(&t.a.name, srv(port), |s| s.unwrap().write_all(&[1u8; 200_000]).unwrap()).join().unwrap();
+        h.join().unwrap().unwrap().unwrap();
+    }
+    assert!(connect_from(&t.a.name, srv(7009), |s| s.is_err()).join().unwrap());
+    let slow = serve_once(&t.b.name, srv(7003), Some(4096), |mut s| {
+        let mut buf = [0u8; 1024];
+        let mut got = 0;
+        loop {
+            std::thread::sleep(Duration::from_millis(20));
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break got,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .unwrap();
+    connect_from(&t.a.name, srv(7003), |s| s.unwrap().write_all(&[5u8; 60_000]).unwrap()).join().unwrap();
+    slow.join().unwrap().unwrap();
+}
+
+fn start_wirewatch(mon: &Netns, dir: &Path, extra: &[&str]) -> Kill {
+    let mut c = mon.command(env!("CARGO_BIN_EXE_wirewatch"));
+    c.args(["run", "--iface", "tap0", "--evidence-dir"]).arg(dir.join("evidence")).args(extra);
+    let child = Kill(c.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    std::thread::sleep(Duration::from_millis(1500));
+    child
+}
+
+#[test]
+fn every_dashboard_query_returns_data_from_a_real_prometheus() {
+    if !privileged_or_skip("every_dashboard_query_returns_data_from_a_real_prometheus") {
+        return;
+    }
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("ww-prom-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("tsdb")).unwrap();
+    let t = topo("p");
+    let _ww = start_wirewatch(&t.mon, &dir, &["--metrics", "127.0.0.1:9464"]);
+    let cfg = dir.join("prometheus.yml");
+    std::fs::write(&cfg, "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: wirewatch\n    static_configs:\n      - targets: ['127.0.0.1:9464']\n").unwrap();
+    let _prom = Kill(
+        t.mon
+            .command("prometheus")
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+            .args(["--web.listen-address=127.0.0.1:9090", "--log.level=warn"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (run scripts/setup.sh)"),
+    );
+    traffic(&t);
+    std::thread::sleep(Duration::from_secs(6));
+
+    let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/grafana/wirewatch-dashboard.json")).unwrap()).unwrap();
+    let exprs: Vec<String> = dash["panels"].as_array().unwrap().iter().flat_map(|p| p["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap().to_string())).collect();
+    assert!(exprs.len() >= 15);
+    let mut empty = Vec::new();
+    for e in &exprs {
+        let (code, body) = get(&t.mon.name, "127.0.0.1:9090", &format!("/api/v1/query?query={}", urlencode(e)), None);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        if code != 200 || v["status"] != "success" || v["data"]["result"].as_array().is_none_or(|r| r.is_empty()) {
+            empty.push(format!("{e} → {code} {}", String::from_utf8_lossy(&body)));
+        }
+    }
+    assert!(empty.is_empty(), "{} of {} dashboard queries returned nothing:\n{}", empty.len(), exprs.len(), empty.join("\n"));
+    // The anomalies are really there, by kind.
+    let (_, body) = get(&t.mon.name, "127.0.0.1:9090", &format!("/api/v1/query?query={}", urlencode("wirewatch_anomalies_total{kind=\"syn_rejected\"}")), None);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["data"]["result"][0]["value"][1], "1", "{v}");
+
+    // The API on the same instance.
+    let (code, body) = get(&t.mon.name, "127.0.0.1:9464", "/api/events?kind=syn_rejected", None);
+    assert_eq!(code, 200);
+    let evs: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    let t_ev = evs[0]["time_last_ns"].as_u64().unwrap();
+    let (_, body) = get(&t.mon.name, "127.0.0.1:9464", &format!("/api/events?since={:.3}", t_ev as f64 / 1e9 + 0.001), None);
+    let later: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+    assert!(later.iter().all(|e| e["time_last_ns"].as_u64().unwrap() > t_ev), "since filters by time");
+    let (code, _) = get(&t.mon.name, "127.0.0.1:9464", "/api/events?kind=not_a_kind", None);
+    assert_eq!(code, 400);
+    let path = evs[0]["evidence"]["path"].as_str().unwrap().to_string();
+    let id = Path::new(&path).file_name().unwrap().to_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_secs(3)); // the "after" packets window closes, the file is written
+    let (code, bytes) = get(&t.mon.name, "127.0.0.1:9464", &format!("/api/evidence/{id}"), None);
+    assert_eq!(code, 200);
+    assert_eq!(bytes, std::fs::read(&path).unwrap(), "download is byte-identical to the file");
+    let (code, _) = get(&t.mon.name, "127.0.0.1:9464", "/api/evidence/..%2F..%2Fetc%2Fpasswd", None);
+    assert_eq!(code, 400);
+    let (code, body) = get(&t.mon.name, "127.0.0.1:9464", "/api/flows/top", None);
+    assert_eq!(code, 200);
+    assert!(String::from_utf8_lossy(&body).contains("10.79.0.2:7009"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn token_non_loopback_and_unwritable_evidence() {
+    if !privileged_or_skip("token_non_loopback_and_unwritable_evidence") {
+        return;
+    }
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("ww-api-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let t = topo("t");
+    // Non-loopback without a token: refused at start.
+    let out = t.mon.command(env!("CARGO_BIN_EXE_wirewatch")).args(["run", "--iface", "tap0", "--metrics", "0.0.0.0:9464"]).output().unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--api-token"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A token-protected instance whose evidence directory cannot be written.
+    std::fs::write(dir.join("evidence"), b"a file, not a directory").unwrap();
+    let _ww = start_wirewatch(&t.mon, &dir, &["--api-token", "s3cret"]);
+    assert_eq!(get(&t.mon.name, "127.0.0.1:9464", "/api/events", None).0, 401);
+    assert_eq!(get(&t.mon.name, "127.0.0.1:9464", "/metrics", Some("wrong")).0, 401);
+    assert_eq!(get(&t.mon.name, "127.0.0.1:9464", "/healthz", None).0, 200);
+    // Detections go on without evidence; the failures are counted.
+    let srv = SocketAddr::new("10.79.0.2".parse().unwrap(), 7009);
+    assert!(connect_from(&t.a.name, srv, |s| s.is_err()).join().unwrap());
+    std::thread::sleep(Duration::from_secs(4));
+    let (code, body) = get(&t.mon.name, "127.0.0.1:9464", "/api/events?kind=syn_rejected", Some("s3cret"));
+    assert_eq!(code, 200);
+    assert_eq!(serde_json::from_slice::<Vec<serde_json::Value>>(&body).unwrap().len(), 1);
+    let (_, metrics) = get(&t.mon.name, "127.0.0.1:9464", "/metrics", Some("s3cret"));
+    let m = String::from_utf8_lossy(&metrics);
+    let failed = m.lines().find(|l| l.starts_with("wirewatch_evidence_files_failed_total")).unwrap_or("");
+    assert!(failed.ends_with(" 1"), "{failed}\n{m}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
