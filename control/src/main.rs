@@ -1,11 +1,12 @@
 //! `wirewatch`: a line-rate TCP anomaly monitor for tap and span ports.
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod analyze;
 mod api;
 mod caps;
+mod config;
 mod lab;
 mod live;
 mod metrics;
@@ -34,6 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Watch live traffic on one or more interfaces (needs CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW).
+    #[command(args_override_self = true)]
     Run(run::RunArgs),
     /// Analyse pcap/pcapng files with the same engine (several files = several vantage points).
     ///
@@ -48,7 +50,16 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
-    let cli = match Cli::try_parse() {
+    let cmd = Cli::command();
+    let run_cmd = cmd.find_subcommand("run").expect("run is a subcommand");
+    let argv = match config::expand(std::env::args_os().collect(), run_cmd) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("wirewatch: error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = match Cli::try_parse_from(argv) {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { 2 } else { 0 };

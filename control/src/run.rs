@@ -30,6 +30,11 @@ use serde::Serialize;
 
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
+    /// Read options from a TOML file: keys are these options' names in snake_case
+    /// (`iface = ["eth1"]`, `xdp_mode = "native"`, `snaplen = 128`); flags given on the
+    /// command line win over the file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Interface to watch (a tap or span port). Repeat for several vantage points.
     #[arg(long = "iface", short = 'i', required = true, value_name = "IF")]
     pub ifaces: Vec<String>,
