@@ -39,6 +39,10 @@ pub struct LabArgs {
     /// Also write every event as JSON lines here.
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
+    /// Serve each monitor's Prometheus metrics and API here, inside the monitor's namespace
+    /// (`ip netns exec wwl-mon-… curl 127.0.0.1:9464/metrics` while it runs with --keep).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics: std::net::SocketAddr,
     /// Also keep everything each monitor received (headers only) as DIR/INCIDENT.pcapng.
     #[arg(long, value_name = "DIR")]
     pub record: Option<PathBuf>,
@@ -86,7 +90,7 @@ struct Monitor {
 }
 
 impl Monitor {
-    fn start(ns: &Netns, ifaces: &[&str], evidence_dir: &Path, tag: &'static str, events_file: Option<PathBuf>, record: Option<PathBuf>) -> Result<Self> {
+    fn start(ns: &Netns, ifaces: &[&str], evidence_dir: &Path, tag: &'static str, events_file: Option<PathBuf>, record: Option<PathBuf>, metrics: std::net::SocketAddr) -> Result<Self> {
         let exe = std::env::current_exe().context("locating the wirewatch binary")?;
         let mut cmd = ns.command(exe.to_str().context("non-UTF-8 path to wirewatch")?);
         cmd.arg("run");
@@ -94,6 +98,7 @@ impl Monitor {
             cmd.args(["--iface", i]);
         }
         cmd.args(["--events", "-", "--evidence-dir"]).arg(evidence_dir).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.arg("--metrics").arg(metrics.to_string());
         if let Some(dir) = record {
             std::fs::create_dir_all(&dir)?;
             cmd.arg("--record").arg(dir.join(format!("{tag}.pcapng")));
@@ -159,6 +164,32 @@ impl Monitor {
         Ok(false)
     }
 
+    /// The monitor's anomaly counters as Prometheus exposes them (`kind` → count).
+    fn anomaly_counts(&self, ns: &str, addr: std::net::SocketAddr) -> Vec<(String, u64)> {
+        let ns = ns.to_string();
+        std::thread::spawn(move || -> Option<Vec<(String, u64)>> {
+            enter_current_thread(&ns).ok()?;
+            let mut s = std::net::TcpStream::connect(addr).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            write!(s, "GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+            let mut body = String::new();
+            s.read_to_string(&mut body).ok()?;
+            Some(
+                body.lines()
+                    .filter_map(|l| l.strip_prefix("wirewatch_anomalies_total{kind=\""))
+                    .filter_map(|l| {
+                        let (k, rest) = l.split_once('"')?;
+                        Some((k.to_string(), rest.rsplit(' ').next()?.parse().ok()?))
+                    })
+                    .collect(),
+            )
+        })
+        .join()
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+    }
+
     fn stop(mut self) -> Result<Vec<Value>> {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
@@ -205,11 +236,16 @@ pub struct Outcome {
     pub expected: Vec<&'static str>,
     pub events: Vec<Value>,
     pub note: String,
+    /// `wirewatch_anomalies_total` by kind, scraped from the monitor before it stopped.
+    pub metrics: Vec<(String, u64)>,
 }
 
 impl Outcome {
     fn fired(&self, k: &str) -> bool {
         self.events.iter().any(|e| e["kind"] == k)
+    }
+    fn metric(&self, k: &str) -> u64 {
+        self.metrics.iter().find(|(n, _)| n == k).map(|(_, c)| *c).unwrap_or(0)
     }
     /// The control must report none of the incident's kinds; the fault run all of them.
     pub fn passed(&self, control: bool) -> bool {
@@ -258,7 +294,7 @@ impl Lab<'_> {
         Ok(())
     }
     fn monitor(&self, mon: &str, ifaces: &[&str], tag: &'static str) -> Result<Monitor> {
-        Monitor::start(self.get(mon), ifaces, &self.evidence, tag, self.args.events.clone(), self.args.record.clone())
+        Monitor::start(self.get(mon), ifaces, &self.evidence, tag, self.args.events.clone(), self.args.record.clone(), self.args.metrics)
     }
 }
 
@@ -297,7 +333,9 @@ pub fn lab(args: LabArgs) -> Result<()> {
             Incident::All => unreachable!(),
         };
         let o = r.with_context(|| format!("incident {}", inc.name()))?;
-        println!("   {}\n", o.note);
+        println!("   {}", o.note);
+        let counts: Vec<String> = o.expected.iter().map(|k| format!("{k}={}", o.metric(k))).collect();
+        println!("   metrics: wirewatch_anomalies_total {}\n", counts.join(" "));
         outcomes.push(o);
         drop(lab); // tears the namespaces down
     }
@@ -487,8 +525,9 @@ fn conntrack_invalid(lab: &mut Lab<'_>) -> Result<Outcome> {
     m.wait_for(&expected, Duration::from_secs(6))?;
     let _ = client.join();
     let _ = upload.join();
+    let metrics = m.anomaly_counts(&mon, lab.args.metrics);
     let events = m.stop()?;
-    Ok(Outcome { incident: Incident::ConntrackInvalid, expected, events, note })
+    Ok(Outcome { incident: Incident::ConntrackInvalid, expected, events, note, metrics })
 }
 
 /// keepalive-race: the client reuses an idle keep-alive connection just as the server's idle
@@ -531,9 +570,10 @@ fn keepalive_race(lab: &mut Lab<'_>) -> Result<Outcome> {
     m.wait_for(&expected, Duration::from_secs(4))?;
     let _ = cli_h.join();
     let _ = srv_h.join();
+    let metrics = m.anomaly_counts(&mon, lab.args.metrics);
     let events = m.stop()?;
     let note = if control { "control run: the client closed its idle connection first".to_string() } else { "the client reused its idle connection 1.1 s after the request; the server's idle timeout is 1 s".to_string() };
-    Ok(Outcome { incident: Incident::KeepaliveRace, expected, events, note })
+    Ok(Outcome { incident: Incident::KeepaliveRace, expected, events, note, metrics })
 }
 
 /// Incident B: a full proxy's SYNs to the server die silently in a firewall for a fraction of
@@ -660,9 +700,10 @@ fn syn_blackhole(lab: &mut Lab<'_>) -> Result<Outcome> {
     m.wait_for(&expected, Duration::from_secs(3))?;
     let _ = proxy_h.join();
     let _ = srv_h.join();
+    let metrics = m.anomaly_counts(&mon, lab.args.metrics);
     let events = m.stop()?;
     let note = format!("{failures} of {requests} client requests failed (reset by the proxy after its connect timeout)");
-    Ok(Outcome { incident: Incident::SynBlackhole, expected, events, note })
+    Ok(Outcome { incident: Incident::SynBlackhole, expected, events, note, metrics })
 }
 
 /// Incident A: a router forwards most of a flow to backend 1 but sprays some mid-flow segments
@@ -743,10 +784,11 @@ fn ecmp_split(lab: &mut Lab<'_>) -> Result<Outcome> {
     m.wait_for(&expected, Duration::from_secs(5))?;
     let proxy_result = cli_h.join().map_err(|_| anyhow::anyhow!("proxy thread panicked"))?;
     let _ = srv_h.join();
+    let metrics = m.anomaly_counts(&mon, lab.args.metrics);
     let events = m.stop()?;
     let note = match proxy_result {
         Ok(()) => "the proxy's POST went through".to_string(),
         Err(e) => format!("the proxy's POST failed: {e} (as the gateway's did)"),
     };
-    Ok(Outcome { incident: Incident::EcmpSplit, expected, events, note })
+    Ok(Outcome { incident: Incident::EcmpSplit, expected, events, note, metrics })
 }

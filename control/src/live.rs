@@ -147,12 +147,57 @@ pub struct EventOutput {
     pub events_file: Option<PathBuf>,
     pub vantage_names: Vec<String>,
     pub retention: crate::retention::Retention,
+    /// Rotate the events file past this size: FILE → FILE.1 → … → FILE.{keep}.
+    pub rotate_bytes: u64,
+    pub rotate_keep: u32,
+}
+
+/// The events file, rotated by size.
+struct EventsFile {
+    path: PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+    size: u64,
+    max: u64,
+    keep: u32,
+}
+
+impl EventsFile {
+    fn open(path: PathBuf, max: u64, keep: u32) -> std::io::Result<Self> {
+        let f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        let size = f.metadata()?.len();
+        Ok(Self { path, out: std::io::BufWriter::new(f), size, max, keep })
+    }
+
+    fn write(&mut self, line: &[u8]) -> std::io::Result<()> {
+        if self.size > 0 && self.size + line.len() as u64 > self.max {
+            self.out.flush()?;
+            for i in (1..self.keep).rev() {
+                let _ = std::fs::rename(self.rotated(i), self.rotated(i + 1));
+            }
+            if self.keep > 0 {
+                std::fs::rename(&self.path, self.rotated(1))?;
+            }
+            let f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(&self.path)?;
+            self.out = std::io::BufWriter::new(f);
+            self.size = 0;
+        }
+        self.out.write_all(line)?;
+        self.out.flush()?;
+        self.size += line.len() as u64;
+        Ok(())
+    }
+
+    fn rotated(&self, i: u32) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(format!(".{i}"));
+        PathBuf::from(p)
+    }
 }
 
 /// Runs until every sender is gone; returns (events, evidence written, evidence failed).
 pub fn event_loop(rx: Receiver<Output>, mut cfg: EventOutput, seen: Arc<crate::api::EventStore>) -> (u64, u64, u64) {
-    let mut file = cfg.events_file.as_ref().and_then(|p| match std::fs::OpenOptions::new().create(true).append(true).open(p) {
-        Ok(f) => Some(std::io::BufWriter::new(f)),
+    let mut file = cfg.events_file.as_ref().and_then(|p| match EventsFile::open(p.clone(), cfg.rotate_bytes, cfg.rotate_keep) {
+        Ok(f) => Some(f),
         Err(e) => {
             log::error!("cannot open {} for events: {e}; events go to the terminal only", p.display());
             None
@@ -164,9 +209,11 @@ pub fn event_loop(rx: Receiver<Output>, mut cfg: EventOutput, seen: Arc<crate::a
             Output::Event(e) => {
                 events += 1;
                 if let Some(f) = file.as_mut() {
-                    let _ = serde_json::to_writer(&mut *f, &*e);
-                    let _ = f.write_all(b"\n");
-                    let _ = f.flush();
+                    let mut line = serde_json::to_vec(&*e).unwrap_or_default();
+                    line.push(b'\n');
+                    if let Err(err) = f.write(&line) {
+                        log::warn!("events file {}: {err}", f.path.display());
+                    }
                 }
                 if cfg.json_stdout {
                     println!("{}", serde_json::to_string(&*e).unwrap_or_default());
@@ -211,4 +258,28 @@ pub fn print_event(e: &Event) {
         let _ = writeln!(out, "    evidence: {} (packet {})", ev.path, ev.packets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","));
     }
     let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EventsFile;
+
+    #[test]
+    fn events_file_rotates_by_size_and_keeps_n() {
+        let dir = std::env::temp_dir().join(format!("ww-rotate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("events.jsonl");
+        let mut f = EventsFile::open(p.clone(), 250, 2).unwrap();
+        for i in 0..7u8 {
+            f.write(&[b'0' + i; 100]).unwrap();
+        }
+        // 7 lines of 100 B, 2 per file: the live file holds line 6, .1 lines 4–5, .2 lines 2–3;
+        // lines 0–1 were rotated out.
+        assert_eq!(std::fs::read(&p).unwrap(), vec![b'6'; 100]);
+        assert_eq!(std::fs::read(dir.join("events.jsonl.1")).unwrap().len(), 200);
+        assert_eq!(std::fs::read(dir.join("events.jsonl.2")).unwrap()[0], b'2');
+        assert!(!dir.join("events.jsonl.3").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -72,6 +72,9 @@ pub struct RunArgs {
     /// stdout instead of the human-readable lines.
     #[arg(long, value_name = "FILE|-")]
     pub events: Option<PathBuf>,
+    /// Rotate the --events file when it passes this size (FILE.1 … FILE.5 are kept).
+    #[arg(long, value_name = "BYTES", default_value_t = 100 << 20)]
+    pub events_max_bytes: u64,
     /// Where evidence files (pcapng slices around each detection, headers only) are written.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/wirewatch/evidence")]
     pub evidence_dir: PathBuf,
@@ -362,6 +365,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         json_stdout: args.events.as_ref().is_some_and(|p| p.as_os_str() == "-"),
         events_file: args.events.clone().filter(|p| p.as_os_str() != "-"),
         vantage_names: args.ifaces.clone(),
+        rotate_bytes: args.events_max_bytes.max(1),
+        rotate_keep: 5,
         retention: crate::retention::Retention::new(
             &args.evidence_dir,
             args.evidence_max_bytes,

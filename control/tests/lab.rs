@@ -55,17 +55,29 @@ fn assert_evidence(e: &Value) {
     );
 }
 
+/// `kind=N` from the lab's "metrics: wirewatch_anomalies_total …" line (scraped from the
+/// monitor's /metrics before it stopped).
+fn metric(out: &str, kind: &str) -> u64 {
+    out.lines()
+        .filter(|l| l.trim_start().starts_with("metrics: wirewatch_anomalies_total"))
+        .flat_map(|l| l.split_whitespace())
+        .find_map(|kv| kv.strip_prefix(&format!("{kind}=")).and_then(|n| n.parse().ok()))
+        .unwrap_or_else(|| panic!("no metric for {kind} in:\n{out}"))
+}
+
 fn check(incident: &str, expected: &[&str], culprit: impl Fn(&[Value])) {
     let (ok, out, evs) = run_lab(incident, false);
     assert!(ok, "{out}");
     for k in expected {
         assert_evidence(event(&evs, k));
+        assert!(metric(&out, k) >= 1, "the metrics must count {k}:\n{out}");
     }
     culprit(&evs);
     let (ok, out, evs) = run_lab(incident, true);
     assert!(ok, "control: {out}");
     for k in expected {
         assert!(!evs.iter().any(|e| e["kind"] == *k), "control raised {k}: {evs:#?}");
+        assert_eq!(metric(&out, k), 0, "control counted {k}");
     }
 }
 
