@@ -136,3 +136,19 @@ fn ecmp_split_names_the_odd_backend() {
         assert!(m.contains("MAC") && m.contains("no connection"), "{m}");
     });
 }
+
+#[test]
+fn tuple_collision_names_both_connections() {
+    if !privileged_or_skip("tuple_collision_names_both_connections") {
+        return;
+    }
+    check("tuple-collision", &["tuple_reuse"], |evs| {
+        let e = event(evs, "tuple_reuse");
+        assert!(e["details"]["old_isn"].is_u64() && e["details"]["new_isn"].is_u64());
+        assert_ne!(e["details"]["old_isn"], e["details"]["new_isn"]);
+        let fps = e["fingerprints"].as_array().unwrap();
+        assert_eq!(fps.len(), 2, "both senders' fingerprints");
+        assert_ne!(fps[0]["mac"], fps[1]["mac"], "the two senders differ: {fps:?}");
+        assert_eq!(e["flow"]["sport"], 61902);
+    });
+}

@@ -135,6 +135,37 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     }
 }
 
+/// Connects from inside namespace `ns`, from a chosen local address and port.
+pub fn connect_bound(ns: &str, local: SocketAddr, to: SocketAddr) -> io::Result<TcpStream> {
+    let ns = ns.to_string();
+    std::thread::spawn(move || -> io::Result<TcpStream> {
+        enter_current_thread(&ns)?;
+        let domain = if to.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+        // SAFETY: plain socket syscall.
+        let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: we own the fresh fd.
+        let s = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        setsockopt(&s, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1i32)?;
+        let (sa, len) = sockaddr(local);
+        // SAFETY: valid sockaddr of `len` bytes.
+        if unsafe { libc::bind(fd, &sa as *const _ as *const libc::sockaddr, len) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let (sa, len) = sockaddr(to);
+        // SAFETY: valid sockaddr; a blocking connect.
+        if unsafe { libc::connect(fd, &sa as *const _ as *const libc::sockaddr, len) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        Ok(s)
+    })
+    .join()
+    .map_err(|_| io::Error::other("connect thread panicked"))?
+}
+
 /// Connects from inside namespace `ns` and runs `f` on the connection.
 pub fn connect_from<T: Send + 'static>(
     ns: &str,
