@@ -166,6 +166,8 @@ impl Monitor {
 
     /// The monitor's anomaly counters as Prometheus exposes them (`kind` → count).
     fn anomaly_counts(&self, ns: &str, addr: std::net::SocketAddr) -> Vec<(String, u64)> {
+        // The monitor exports its counters every 500 ms: let the last detections reach them.
+        std::thread::sleep(Duration::from_millis(1200));
         let ns = ns.to_string();
         std::thread::spawn(move || -> Option<Vec<(String, u64)>> {
             enter_current_thread(&ns).ok()?;

@@ -98,25 +98,33 @@ impl<R: Read> CaptureReader<R> {
                 me.format = Format::Pcap { big_endian, nanos, linktype };
             }
             0x0a0d0d0a => {
-                // Section header: length, then the byte-order magic tells the endianness.
-                let mut h = [0u8; 8];
-                me.read_exact_at(&mut h, "pcapng section header")?;
-                let big_endian = match u32::from_le_bytes([h[4], h[5], h[6], h[7]]) {
-                    0x1a2b3c4d => false,
-                    0x4d3c2b1a => true,
-                    m => return Err(me.corrupt(4, format!("bad byte-order magic {m:#x}"))),
-                };
-                me.format = Format::Pcapng { big_endian };
-                let len = me.u32(&h[0..4], big_endian);
-                if len < 28 || len % 4 != 0 || len > 1 << 20 {
-                    return Err(me.corrupt(4, format!("section header length {len}")));
-                }
-                let mut rest = vec![0u8; len as usize - 12];
-                me.read_exact_at(&mut rest, "pcapng section header")?;
+                let mut len = [0u8; 4];
+                me.read_exact_at(&mut len, "pcapng section header")?;
+                me.read_section_header(0, len)?;
             }
             magic => return Err(CaptureError::BadMagic { path: me.path, magic: u32::from_be_bytes(magic.to_le_bytes()) }),
         }
         Ok(me)
+    }
+
+    /// The rest of a section header block whose type (at `at`) and raw length bytes were
+    /// read: the byte-order magic decides the endianness of this section.
+    fn read_section_header(&mut self, at: u64, raw_len: [u8; 4]) -> Result<(), CaptureError> {
+        let mut m = [0u8; 4];
+        self.read_exact_at(&mut m, "pcapng section header")?;
+        let big_endian = match u32::from_le_bytes(m) {
+            0x1a2b3c4d => false,
+            0x4d3c2b1a => true,
+            x => return Err(self.corrupt(at + 8, format!("bad byte-order magic {x:#x}"))),
+        };
+        let len = if big_endian { u32::from_be_bytes(raw_len) } else { u32::from_le_bytes(raw_len) };
+        if len < 28 || len % 4 != 0 || len > 1 << 20 {
+            return Err(self.corrupt(at + 4, format!("section header length {len}")));
+        }
+        let mut rest = vec![0u8; len as usize - 12];
+        self.read_exact_at(&mut rest, "pcapng section header")?;
+        self.format = Format::Pcapng { big_endian };
+        Ok(())
     }
 
     /// Bytes consumed so far.
@@ -194,21 +202,7 @@ impl<R: Read> CaptureReader<R> {
                     let len = self.u32(&h[4..8], big_endian);
                     if kind == 0x0a0d0d0a {
                         // A new section: byte order may change and interfaces restart.
-                        let bo = [h[4], h[5], h[6], h[7]];
-                        let mut m = [0u8; 4];
-                        self.read_exact_at(&mut m, "section header")?;
-                        let be = match u32::from_le_bytes(m) {
-                            0x1a2b3c4d => false,
-                            0x4d3c2b1a => true,
-                            x => return Err(self.corrupt(at, format!("bad byte-order magic {x:#x}"))),
-                        };
-                        let len = if be { u32::from_be_bytes(bo) } else { u32::from_le_bytes(bo) };
-                        if len < 28 || len % 4 != 0 || len > 1 << 20 {
-                            return Err(self.corrupt(at, format!("section header length {len}")));
-                        }
-                        let mut rest = vec![0u8; len as usize - 12];
-                        self.read_exact_at(&mut rest, "section header")?;
-                        self.format = Format::Pcapng { big_endian: be };
+                        self.read_section_header(at, [h[4], h[5], h[6], h[7]])?;
                         self.ifaces.clear();
                         continue;
                     }

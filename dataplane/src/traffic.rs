@@ -45,8 +45,7 @@ pub fn serve_once<T: Send + 'static>(
     let h = std::thread::spawn(move || -> io::Result<T> {
         let setup = || -> io::Result<TcpListener> {
             enter_current_thread(&ns)?;
-            let sock = socket2_listener(addr, rcvbuf)?;
-            Ok(sock)
+            listener(addr, rcvbuf)
         };
         let l = match setup() {
             Ok(l) => {
@@ -79,8 +78,9 @@ pub fn serve_once<T: Send + 'static>(
     Ok(h)
 }
 
-/// A listener with SO_RCVBUF set before listen(), so accepted sockets inherit it.
-fn socket2_listener(addr: SocketAddr, rcvbuf: Option<i32>) -> io::Result<TcpListener> {
+/// A TCP socket with SO_REUSEADDR (and SO_RCVBUF, set before listen/connect so it applies
+/// to the connection) bound to `addr`.
+fn bound_socket(addr: SocketAddr, rcvbuf: Option<i32>) -> io::Result<std::os::fd::OwnedFd> {
     let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     // SAFETY: plain socket syscall.
     let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
@@ -88,21 +88,27 @@ fn socket2_listener(addr: SocketAddr, rcvbuf: Option<i32>) -> io::Result<TcpList
         return Err(io::Error::last_os_error());
     }
     // SAFETY: we own the fresh fd.
-    let l = unsafe { <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    setsockopt(&l, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1i32)?;
+    let s = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    setsockopt(&s, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1i32)?;
     if let Some(b) = rcvbuf {
-        small_rcvbuf(&l, b)?;
+        small_rcvbuf(&s, b)?;
     }
     let (sa, len) = sockaddr(addr);
     // SAFETY: sa is a valid sockaddr of `len` bytes.
     if unsafe { libc::bind(fd, &sa as *const _ as *const libc::sockaddr, len) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: bound socket.
-    if unsafe { libc::listen(fd, 128) } != 0 {
+    Ok(s)
+}
+
+/// A listener whose accepted sockets inherit `rcvbuf`.
+fn listener(addr: SocketAddr, rcvbuf: Option<i32>) -> io::Result<TcpListener> {
+    let s = bound_socket(addr, rcvbuf)?;
+    // SAFETY: a bound socket we own.
+    if unsafe { libc::listen(s.as_raw_fd(), 128) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(l)
+    Ok(TcpListener::from(s))
 }
 
 fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
@@ -140,20 +146,9 @@ pub fn connect_bound(ns: &str, local: SocketAddr, to: SocketAddr) -> io::Result<
     let ns = ns.to_string();
     std::thread::spawn(move || -> io::Result<TcpStream> {
         enter_current_thread(&ns)?;
-        let domain = if to.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
-        // SAFETY: plain socket syscall.
-        let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: we own the fresh fd.
-        let s = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        setsockopt(&s, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1i32)?;
-        let (sa, len) = sockaddr(local);
-        // SAFETY: valid sockaddr of `len` bytes.
-        if unsafe { libc::bind(fd, &sa as *const _ as *const libc::sockaddr, len) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let s = bound_socket(local, None)?;
+        let fd = s.as_raw_fd();
+        let s = TcpStream::from(s);
         let (sa, len) = sockaddr(to);
         // SAFETY: valid sockaddr; a blocking connect.
         if unsafe { libc::connect(fd, &sa as *const _ as *const libc::sockaddr, len) } != 0 {
