@@ -17,7 +17,7 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # Release build: the live tests watch real traffic at rate, as the product would.
 set +e
-cargo test --release 2>&1 | tee "$log"   # default members: the eBPF crate is built by dataplane/build.rs
+cargo test --release --no-fail-fast 2>&1 | tee "$log"   # default members: the eBPF crate is built by dataplane/build.rs
 status=${PIPESTATUS[0]}
 set -e
 if grep -q '^SKIPPED ' "$log"; then

@@ -55,7 +55,9 @@ pub fn check_bind(cfg: &ApiConfig) -> Result<()> {
 
 pub fn serve(cfg: ApiConfig, prom: PrometheusHandle, store: Arc<EventStore>) -> Result<std::thread::JoinHandle<()>> {
     check_bind(&cfg)?;
-    let server = Server::http(cfg.addr).map_err(|e| anyhow::anyhow!("{e}")).with_context(|| format!("listening on {} (--metrics)", cfg.addr))?;
+    let server = Server::http(cfg.addr).map_err(|e| {
+        anyhow::anyhow!("cannot listen on {} (--metrics): {e}; is another wirewatch running? choose another address with --metrics", cfg.addr)
+    })?;
     log::info!("metrics and API on http://{}/metrics", cfg.addr);
     Ok(std::thread::Builder::new().name("ww-http".into()).spawn(move || {
         for req in server.incoming_requests() {

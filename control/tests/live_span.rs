@@ -295,7 +295,8 @@ fn operator_errors_are_one_line_and_leave_nothing_attached() {
     }
     assert!(attached, "the first instance never attached");
     for mode in ["generic", "native", "auto"] {
-        let (code, err) = ww(&["run", "--iface", "e0", "--xdp-mode", mode], false);
+        // Its own metrics port, so that the XDP check is what stops it.
+        let (code, err) = ww(&["run", "--iface", "e0", "--xdp-mode", mode, "--metrics", "127.0.0.1:9465"], false);
         assert_ne!(code, Some(0));
         assert!(one_error_line(&err) && err.contains("already has an XDP program") && err.contains("xdp off"), "{mode}: {err}");
     }
