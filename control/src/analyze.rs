@@ -265,6 +265,7 @@ pub fn verdict_names(v: u32) -> Vec<&'static str> {
         (KEEP_ALIVE, "keep_alive"),
         (WINDOW_UPDATE, "window_update"),
         (ZERO_WINDOW_PROBE, "zero_window_probe"),
+        (MIRROR_DUPLICATE, "mirror_duplicate"),
     ]
     .iter()
     .filter(|(b, _)| v & b != 0)

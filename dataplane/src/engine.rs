@@ -203,6 +203,9 @@ impl Engine {
         }
         if self.dedup.is_duplicate(p) {
             self.counters[Kind::MirrorDuplicate as usize] += 1;
+            if self.cfg.record_verdicts {
+                self.verdicts.push((frame_no, loss::verdict::MIRROR_DUPLICATE));
+            }
             return;
         }
         let (key, side) = FlowKey::of(p);

@@ -22,6 +22,8 @@ pub mod verdict {
     pub const WINDOW_UPDATE: u32 = 1 << 8;
     pub const ZERO_WINDOW_PROBE: u32 = 1 << 9;
     pub const ACK_OUT_OF_WINDOW: u32 = 1 << 10;
+    /// Suppressed as a span/tap duplicate before any detector saw it.
+    pub const MIRROR_DUPLICATE: u32 = 1 << 11;
 }
 use verdict::*;
 
