@@ -605,7 +605,9 @@ fn syn_blackhole(lab: &mut Lab<'_>) -> Result<Outcome> {
         lab.run(&fw, "nft add set inet fw black { type ipv4_addr . inet_service ; }")?;
         lab.run(&fw, "nft add chain inet fw filter_fwd { type filter hook forward priority 0 ; }")?;
         lab.run(&fw, "nft add rule inet fw filter_fwd tcp flags & (syn | ack) == syn ip saddr . tcp sport @black drop")?;
-        lab.run(&fw, "nft add rule inet fw filter_fwd tcp flags & (syn | ack) == syn numgen random mod 3 == 0 add @black { ip saddr . tcp sport } drop")?;
+        // Every third new connection (a counter, so the lab is deterministic): its tuple joins
+        // the set and its SYN dies; the set kills its retransmissions too.
+        lab.run(&fw, "nft add rule inet fw filter_fwd tcp flags & (syn | ack) == syn numgen inc mod 3 == 0 add @black { ip saddr . tcp sport } drop")?;
     }
     lab.span(&fw, "fw-in", "span-in", &mon, "upstream")?;
     lab.span(&fw, "fw-out", "span-out", &mon, "downstream")?;

@@ -156,7 +156,7 @@ fn retransmission_rto_vs_spurious_vs_mirror_duplicate() {
     let g = c.seg(true, ACK | PSH, 500);
     c.feed(&g, 1.0);
     // The same frame again 0.2 ms later: a span duplicate, not a retransmission.
-    assert_eq!(c.feed(&g, 0.2), 0);
+    assert_eq!(c.feed(&g, 0.2), verdict::MIRROR_DUPLICATE);
     assert_eq!(c.count(Kind::MirrorDuplicate), 1);
     assert_eq!(c.count(Kind::Retransmission), 0);
     // Resent 300 ms later with a new IP-ID: a retransmission (unacked: RTO).
