@@ -58,6 +58,8 @@ pub enum Format {
 pub struct BadInput(#[from] pub CaptureError);
 
 struct Frame {
+    /// Decoded by the reader (it needs the flow key to shard); None if not TCP.
+    pkt: Option<dataplane::packet::TcpPacket>,
     data: Vec<u8>,
     orig_len: u32,
     ts_ns: u64,
@@ -148,7 +150,11 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
             for batch in rx {
                 for f in batch {
                     last_ts = f.ts_ns;
-                    e.process_frame(&f.data, f.orig_len, f.ts_ns, f.vantage, (f.vantage as u64) << 48 | f.frame_no);
+                    let no = (f.vantage as u64) << 48 | f.frame_no;
+                    match &f.pkt {
+                        Some(p) => e.process(p, &f.data, no),
+                        None => e.process_frame(&f.data, f.orig_len, f.ts_ns, f.vantage, no),
+                    }
                 }
                 flush(&mut e, &mut events, &mut verdicts, &vantage_of);
             }
@@ -165,7 +171,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     for (v, r) in readers.iter_mut().enumerate() {
         if let Some(f) = r.next_frame().map_err(BadInput)? {
             counts[v] += 1;
-            heap.push(Head { ts_ns: f.ts_ns, vantage: v as u16, frame: Frame { data: f.data, orig_len: f.orig_len, ts_ns: f.ts_ns, vantage: v as u16, frame_no: counts[v] } });
+            heap.push(Head { ts_ns: f.ts_ns, vantage: v as u16, frame: Frame { pkt: None, data: f.data, orig_len: f.orig_len, ts_ns: f.ts_ns, vantage: v as u16, frame_no: counts[v] } });
         }
     }
     let progress = std::io::stderr().is_terminal() && total_bytes > 64 << 20;
@@ -175,12 +181,12 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         let v = vantage as usize;
         if let Some(f) = readers[v].next_frame().map_err(BadInput)? {
             counts[v] += 1;
-            heap.push(Head { ts_ns: f.ts_ns, vantage, frame: Frame { data: f.data, orig_len: f.orig_len, ts_ns: f.ts_ns, vantage, frame_no: counts[v] } });
+            heap.push(Head { ts_ns: f.ts_ns, vantage, frame: Frame { pkt: None, data: f.data, orig_len: f.orig_len, ts_ns: f.ts_ns, vantage, frame_no: counts[v] } });
         }
-        let shard = match decode(&frame.data, frame.orig_len, frame.ts_ns, frame.vantage) {
-            Ok(p) => (FlowKey::of(&p).0.shard_hash() % workers as u64) as usize,
-            Err(_) => 0, // counted by worker 0's engine as undecodable or non-TCP
-        };
+        let mut frame = frame;
+        frame.pkt = decode(&frame.data, frame.orig_len, frame.ts_ns, frame.vantage).ok();
+        // Frames that are not TCP go to worker 0, whose engine counts the undecodable ones.
+        let shard = frame.pkt.as_ref().map_or(0, |p| (FlowKey::of(p).0.shard_hash() % workers as u64) as usize);
         batches[shard].push(frame);
         if batches[shard].len() == 256 {
             let b = std::mem::replace(&mut batches[shard], Vec::with_capacity(256));

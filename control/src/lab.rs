@@ -63,7 +63,14 @@ pub enum Incident {
 
 impl Incident {
     fn name(self) -> &'static str {
-        self.to_possible_value().map(|v| v.get_name().to_string()).map(|s| Box::leak(s.into_boxed_str()) as &str).unwrap_or("?")
+        match self {
+            Incident::EcmpSplit => "ecmp-split",
+            Incident::SynBlackhole => "syn-blackhole",
+            Incident::TupleCollision => "tuple-collision",
+            Incident::ConntrackInvalid => "conntrack-invalid",
+            Incident::KeepaliveRace => "keepalive-race",
+            Incident::All => "all",
+        }
     }
 }
 
@@ -391,7 +398,6 @@ fn send_frame(ns: &str, dev: &str, frame: &[u8]) -> Result<()> {
 /// A raw AF_PACKET socket bound to one interface.
 struct PacketSocket {
     fd: i32,
-    ifindex: i32,
 }
 
 impl PacketSocket {
@@ -417,7 +423,7 @@ impl PacketSocket {
             }
             let tv = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
             libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv as *const _ as *const libc::c_void, std::mem::size_of::<libc::timeval>() as u32);
-            Ok(Self { fd, ifindex })
+            Ok(Self { fd })
         }
     }
     fn send(&self, frame: &[u8]) -> Result<()> {
@@ -426,7 +432,6 @@ impl PacketSocket {
         if n < 0 {
             bail!("sending a crafted frame: {}", std::io::Error::last_os_error());
         }
-        let _ = self.ifindex;
         Ok(())
     }
     fn recv(&self, buf: &mut [u8]) -> Option<usize> {

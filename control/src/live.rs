@@ -57,15 +57,6 @@ pub struct EngineSink {
 }
 
 impl EngineSink {
-    fn owner(&self, f: &RawFrame<'_>) -> usize {
-        if self.peers.len() <= 1 {
-            return self.id;
-        }
-        match decode(f.data, f.orig_len, f.ts_ns, f.vantage) {
-            Ok(p) => (FlowKey::of(&p).0.shard_hash() % self.peers.len() as u64) as usize,
-            Err(_) => self.id,
-        }
-    }
 
     fn publish(&mut self) {
         for e in self.engine.drain_events() {
@@ -106,9 +97,18 @@ impl FrameSink for EngineSink {
                 self.record_dropped += 1;
             }
         }
-        let owner = self.owner(f);
-        if owner == self.id {
+        if self.peers.len() <= 1 {
             self.engine.process_frame(f.data, f.orig_len, f.ts_ns, f.vantage, 0);
+            return;
+        }
+        // Decoded once: the flow key picks the owner, and the owner's engine gets the packet.
+        let p = match decode(f.data, f.orig_len, f.ts_ns, f.vantage) {
+            Ok(p) => p,
+            Err(_) => return self.engine.process_frame(f.data, f.orig_len, f.ts_ns, f.vantage, 0),
+        };
+        let owner = (FlowKey::of(&p).0.shard_hash() % self.peers.len() as u64) as usize;
+        if owner == self.id {
+            self.engine.process(&p, f.data, 0);
         } else {
             let o = OwnedFrame { data: f.data.to_vec(), orig_len: f.orig_len, ts_ns: f.ts_ns, vantage: f.vantage };
             match self.peers[owner].try_send(o) {

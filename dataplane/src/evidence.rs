@@ -138,9 +138,8 @@ impl EvidenceJob {
         let f = std::fs::File::create(&tmp)?;
         let mut w = PcapngWriter::new(BufWriter::new(f))?;
         let mut ids = Vec::new();
-        for (i, name) in vantage_names.iter().enumerate() {
+        for name in vantage_names {
             ids.push(w.interface(name, HIST_SNAP as u32)?);
-            let _ = i;
         }
         if ids.is_empty() {
             ids.push(w.interface("wirewatch", HIST_SNAP as u32)?);

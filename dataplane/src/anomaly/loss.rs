@@ -72,10 +72,10 @@ pub fn on_packet(c: &mut Ctx<'_>) -> u32 {
         v |= ACK_UNSEEN;
         // Flag it once: from now on everything the sender was seen sending is ackable.
         c.flow.clear_lost_mark(o);
-        if p.ack.diff(od.next_seq) as i64 > max_window(&od, &d) as i64 {
+        if p.ack.diff(od.next_seq) as i64 > max_window(&od) as i64 {
             v |= ACK_OUT_OF_WINDOW;
         }
-    } else if acking && d.flags & dir_flags::DATA_OR_ACK != 0 && d.last_ack.diff(p.ack) as i64 > max_window(&d, &od) as i64 {
+    } else if acking && d.flags & dir_flags::DATA_OR_ACK != 0 && d.last_ack.diff(p.ack) as i64 > max_window(&d) as i64 {
         // Far below the highest ACK already sent: an ACK from the past.
         v |= ACK_OUT_OF_WINDOW;
     }
@@ -144,7 +144,7 @@ pub fn on_packet(c: &mut Ctx<'_>) -> u32 {
     v
 }
 
-fn max_window(sender: &crate::flow::DirState, _receiver: &crate::flow::DirState) -> u32 {
+fn max_window(sender: &crate::flow::DirState) -> u32 {
     // The largest window this side could have advertised (RFC 7323 §2.3: at most 2^30).
     (65_535u32 << sender.wscale.min(14)).max(65_535)
 }
