@@ -119,6 +119,8 @@ pub struct Engine {
     evidence_seq: u64,
     now_ns: u64,
     last_expire_ns: u64,
+    /// When idle and closed flows were last expired (once per second of packet time).
+    last_flow_expire_ns: u64,
 }
 
 impl Engine {
@@ -145,6 +147,7 @@ impl Engine {
             evidence_seq: 0,
             now_ns: 0,
             last_expire_ns: 0,
+            last_flow_expire_ns: 0,
             cfg,
             worker,
         }
@@ -341,7 +344,8 @@ impl Engine {
         for k in done {
             self.finish_job(&k);
         }
-        if now.saturating_sub(self.flows_expire_mark()) > 1_000_000_000 {
+        if now.saturating_sub(self.last_flow_expire_ns) >= 1_000_000_000 {
+            self.last_flow_expire_ns = now;
             for (k, _) in self.flows.expire(now, self.cfg.idle_timeout_ns, self.cfg.closed_timeout_ns) {
                 self.extras.remove(&k);
             }
@@ -351,11 +355,6 @@ impl Engine {
             }
             self.extras.retain(|k, _| self.flows.get(k).is_some());
         }
-    }
-
-    fn flows_expire_mark(&self) -> u64 {
-        // Expiry piggybacks on the 10 ms timer at one-second boundaries of packet time.
-        self.now_ns - self.now_ns % 1_000_000_000
     }
 
     fn handshake_timeout(&mut self, key: FlowKey, now: u64) {

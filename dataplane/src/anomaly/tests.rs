@@ -527,3 +527,20 @@ fn capture_gap_suppresses_inferences_until_resync() {
     r.ip_id += 1;
     assert_ne!(c.feed(&r, 300.0) & verdict::RETRANSMISSION, 0);
 }
+
+#[test]
+fn closed_flows_expire_after_the_closed_timeout_idle_ones_stay() {
+    let mut c = established();
+    c.send(true, FIN | ACK, 0, 1.0);
+    c.send(false, FIN | ACK, 0, 0.1);
+    c.send(true, ACK, 0, 0.1);
+    // A second, open flow on another port, idle from now on.
+    c.c.port = 40002;
+    c.c.seq = 70_000;
+    c.handshake();
+    assert_eq!(c.e.flows().len(), 2);
+    c.tick(11_000.0); // past closed_timeout (10 s), far from idle_timeout (300 s)
+    assert_eq!(c.e.flows().len(), 1, "the closed flow is gone, the open one stays");
+    c.tick(300_000.0);
+    assert_eq!(c.e.flows().len(), 0);
+}
