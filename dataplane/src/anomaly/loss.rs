@@ -94,7 +94,7 @@ pub fn on_packet(c: &mut Ctx<'_>) -> u32 {
             let ooo_thres = c.extra_ref().and_then(|x| x.first_rtt_ns).unwrap_or(c.cfg.reorder_default_ns);
             if since_dupack < FAST_RETX_NS && od.dup_acks >= 2 && od.last_ack == p.seq {
                 v |= FAST_RETRANSMISSION;
-            } else if d.next_seq != p.seq + seglen && t < ooo_thres {
+            } else if d.next_seq != p.seq + p.seq_len() && t < ooo_thres {
                 v |= OUT_OF_ORDER;
             } else {
                 v |= RETRANSMISSION;
