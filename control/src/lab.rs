@@ -749,8 +749,10 @@ fn ecmp_split(lab: &mut Lab<'_>) -> Result<Outcome> {
     if !lab.args.control {
         lab.run(&router, "nft add table ip ecmp")?;
         lab.run(&router, "nft add chain ip ecmp pre { type filter hook prerouting priority -150 ; }")?;
-        // Mid-flow data segments only (not SYN/FIN), one in four: the faulty per-packet hash.
-        lab.run(&router, "nft add rule ip ecmp pre ip daddr 10.84.9.9 tcp flags & (syn | fin | rst) == 0 meta length > 600 numgen random mod 4 == 0 meta mark set 2")?;
+        // The faulty per-packet hash, made deterministic: of the flow's full-sized data segments
+        // (not SYN/FIN/RST, not the small request headers), the second goes to backend 2, as in
+        // the post-mortem ("the second MSS-sized segment of one POST").
+        lab.run(&router, "nft add rule ip ecmp pre ip daddr 10.84.9.9 tcp flags & (syn | fin | rst) == 0 meta length > 600 numgen inc mod 1000 == 1 meta mark set 2")?;
     }
     // Sensors: the router's backend side (both backend links into one tap) and the proxy side.
     lab.span(&router, "to-b1", "span-b1", &mon, "backends")?;
@@ -787,12 +789,14 @@ fn ecmp_split(lab: &mut Lab<'_>) -> Result<Outcome> {
             let mut ok = [0u8; 2];
             s.read_exact(&mut ok)?;
         }
-        pace(&s, 300_000)?;
-        let body = vec![b'x'; 1400];
-        for _ in 0..60 {
-            s.write_all(&body)?;
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        // The body in one write: the kernel sends a window's worth of segments back to back, so
+        // segments after the sprayed one still reach backend 1 before backend 2's RST is
+        // processed (the RST waits in the socket backlog while the write holds the socket).
+        s.write_all(&vec![b'x'; 64 * 1024])?;
+        // Wait for the backend's answer (it closes once it has the body), as the gateway does.
+        s.shutdown(std::net::Shutdown::Write)?;
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer)?;
         Ok(())
     });
     let expected = vec!["split_path", "midstream_rst", "rst_foreign_sender"];
