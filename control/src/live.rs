@@ -54,6 +54,8 @@ pub struct EngineSink {
     pub stats: Arc<SharedStats>,
     pub record: Option<Sender<crate::run::RecordFrame>>,
     pub record_dropped: u64,
+    /// Symmetric RSS put both directions of every flow on this worker's queue: no hand-off.
+    pub queue_owned: bool,
 }
 
 impl EngineSink {
@@ -97,7 +99,7 @@ impl FrameSink for EngineSink {
                 self.record_dropped += 1;
             }
         }
-        if self.peers.len() <= 1 {
+        if self.peers.len() <= 1 || self.queue_owned {
             self.engine.process_frame(f.data, f.orig_len, f.ts_ns, f.vantage, 0);
             return;
         }

@@ -10,6 +10,7 @@ mod config;
 mod lab;
 mod live;
 mod metrics;
+mod profile;
 mod retention;
 mod run;
 mod thresholds;
@@ -44,6 +45,11 @@ enum Command {
     /// Rebuild the real incidents in network namespaces and watch wirewatch diagnose them live
     /// (needs root). Example: sudo wirewatch lab --incident all
     Lab(lab::LabArgs),
+    /// NIC tuning profiles (ConnectX-4 Lx…7, E810, X710, virtio, veth): list, show, detect which
+    /// fits an interface, apply one (or print it as shell with --dry-run).
+    ///
+    /// Example: sudo wirewatch profile detect --iface ens1f0np0
+    Profile(profile::ProfileArgs),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +77,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Analyze(args) => analyze::analyze(args),
         Command::Lab(args) => lab::lab(args),
+        Command::Profile(args) => profile::profile(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

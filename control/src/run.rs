@@ -65,6 +65,15 @@ pub struct RunArgs {
     /// Busy-poll the sockets for this many µs (SO_PREFER_BUSY_POLL); 0 disables.
     #[arg(long, default_value_t = 0, value_name = "USECS")]
     pub busy_poll: u32,
+    /// Tune each interface with a NIC profile before attaching (channels, rings, offloads,
+    /// symmetric RSS, busy polling, IRQ placement; see `wirewatch profile list`): `auto` picks it
+    /// from the driver and device. Each step is logged; a failed step is a warning. Explicit
+    /// --xdp-mode, --zero-copy and --busy-poll win over the profile's.
+    #[arg(long, value_name = "auto|NAME")]
+    pub profile: Option<String>,
+    /// Extra NIC profiles directory [default: /etc/wirewatch/hw-profiles when it exists]
+    #[arg(long, value_name = "DIR", requires = "profile")]
+    pub profile_dir: Option<PathBuf>,
     /// Also write every received frame (headers only) to this pcapng file.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
@@ -286,21 +295,45 @@ pub fn run(args: RunArgs) -> Result<()> {
         snaplen: args.snaplen,
         non_tcp_drop: (args.non_tcp == NonTcpArg::Drop) as u32,
     };
+    // Resolve everything before touching any interface, so bad input leaves nothing behind.
+    let mut ifindexes = Vec::new();
+    for iface in &args.ifaces {
+        ifindexes.push(ifindex(iface)?);
+    }
+    let tuning = match &args.profile {
+        Some(name) => Some(apply_profiles(&args, name, &cpus)?),
+        None => None,
+    };
+    let mut args = args;
+    let mut frame_size = XskOptions::default().frame_size;
+    let mut budget = 64;
+    if let Some(t) = &tuning {
+        // The profile fills in what the command line left at its default.
+        let p = &t.first;
+        if args.xdp_mode == XdpModeArg::Auto && p.xdp.mode == hw_profiles::XdpMode::Generic {
+            args.xdp_mode = XdpModeArg::Generic;
+        }
+        if args.zero_copy == ZeroCopyArg::Auto && p.xdp.zero_copy == hw_profiles::ZeroCopy::Off {
+            args.zero_copy = ZeroCopyArg::Off;
+        }
+        if args.busy_poll == 0 && p.busy_poll.enabled {
+            args.busy_poll = p.busy_poll.usecs;
+            budget = p.busy_poll.budget;
+        }
+        frame_size = p.xdp.frame_size;
+    }
     let xsk_opts = XskOptions {
         ring_size: args.ring_size,
+        frame_size,
         zero_copy: match args.zero_copy {
             ZeroCopyArg::Auto => ZeroCopyPolicy::Auto,
             ZeroCopyArg::On => ZeroCopyPolicy::On,
             ZeroCopyArg::Off => ZeroCopyPolicy::Off,
         },
-        busy_poll: (args.busy_poll > 0).then_some(dataplane::xsk::BusyPoll { usecs: args.busy_poll, budget: 64 }),
-        ..Default::default()
+        busy_poll: (args.busy_poll > 0).then_some(dataplane::xsk::BusyPoll { usecs: args.busy_poll, budget }),
     };
-
-    // Resolve everything before touching any interface, so bad input leaves nothing behind.
     let mut plan = Vec::new();
-    for iface in &args.ifaces {
-        let idx = ifindex(iface)?;
+    for (i, iface) in args.ifaces.iter().enumerate() {
         let have = rx_queue_count(iface);
         let n = if args.queues == "all" {
             have
@@ -313,8 +346,20 @@ pub fn run(args: RunArgs) -> Result<()> {
             }
             n
         };
-        plan.push((iface.clone(), idx, n));
+        let ids: Vec<u32> = match &tuning {
+            Some(t) => hw_profiles::xsk_queue_ids(&t.profiles[i], t.kernel, n as u32),
+            None => (0..n as u32).collect(),
+        };
+        plan.push((iface.clone(), ifindexes[i], ids));
     }
+    // With one interface whose RSS is symmetric, both directions of a flow arrive on one queue:
+    // its worker owns the flow and nothing is handed over. Otherwise the owner is a hash of the
+    // flow and workers hand packets to it.
+    let queue_owned = args.ifaces.len() == 1 && tuning.as_ref().is_some_and(|t| t.rss_symmetric.iter().all(|s| *s));
+    log::info!(
+        "flow ownership: {}",
+        if queue_owned { "by queue (symmetric RSS from the profile)" } else { "by flow hash, packets handed to the owning worker" }
+    );
 
     let record_thread = args.record.as_ref().map(|path| {
         let (tx, rx) = bounded::<RecordFrame>(65536);
@@ -343,7 +388,7 @@ pub fn run(args: RunArgs) -> Result<()> {
 
     // Engines: one per worker; flows are owned by hash, frames of another worker's flow are
     // handed over (no symmetric RSS needed).
-    let nworkers: usize = plan.iter().map(|p| p.2).sum();
+    let nworkers: usize = plan.iter().map(|p| p.2.len()).sum();
     let mut engine_cfg = EngineConfig { evidence_dir: Some(args.evidence_dir.clone()), vantage_names: args.ifaces.clone(), ..Default::default() };
     args.thresholds.apply(&mut engine_cfg);
     if let Err(e) = std::fs::create_dir_all(&args.evidence_dir) {
@@ -381,13 +426,13 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut workers = Vec::new();
     let mut summaries = Vec::new();
     let mut worker_no = 0usize;
-    for (vantage, (iface, idx, nq)) in plan.iter().enumerate() {
+    for (vantage, (iface, idx, queue_ids)) in plan.iter().enumerate() {
         let mut prog = XdpProgram::load(config).context("loading the XDP program (is the kernel ≥ 5.10 with BPF enabled?)")?;
         // Attach first: an interface owned by another XDP program is refused before any socket
         // is bound, and until the sockets are in the map the program passes frames (fail open).
         let xdp_mode = attach(&mut prog, iface, *idx, args.xdp_mode)?;
         let mut queues = Vec::new();
-        for q in 0..*nq as u32 {
+        for &q in queue_ids {
             let xsk = XskQueue::open(iface, q, &xsk_opts).map_err(|e| match &e {
                 dataplane::xsk::XskError::Bind { source, .. } if source.raw_os_error() == Some(libc::EBUSY) => anyhow::anyhow!(
                     "{iface} queue {q} already has an AF_XDP socket bound (another wirewatch or AF_XDP program?): stop it and retry"
@@ -400,7 +445,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             prog.bind_socket(q, &xsk.fd())?;
             queues.push(xsk);
         }
-        log::info!("{iface}: XDP attached in {xdp_mode} mode, {} queue(s), snaplen {}", nq, args.snaplen);
+        log::info!("{iface}: XDP attached in {xdp_mode} mode, queue(s) {queue_ids:?}, snaplen {}", args.snaplen);
         for xsk in queues {
             let counters = Arc::new(QueueCounters::default());
             let cpu = cpus[worker_no % cpus.len()];
@@ -415,6 +460,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 stats: worker_stats[worker_no - 1].clone(),
                 record: record_thread.as_ref().map(|(tx, _)| tx.clone()),
                 record_dropped: 0,
+                queue_owned,
             };
             let w = Worker { xsk, vantage: vantage as u16, cpu: Some(cpu), counters };
             workers.push(w.spawn(sink, stop.clone())?);
@@ -501,4 +547,42 @@ pub fn run(args: RunArgs) -> Result<()> {
         std::fs::write(p, serde_json::to_vec_pretty(&summary)?).with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
+}
+
+/// The profiles applied by `run --profile`, one per interface.
+struct Tuning {
+    first: hw_profiles::Profile,
+    profiles: Vec<hw_profiles::Profile>,
+    kernel: hw_profiles::KernelVersion,
+    rss_symmetric: Vec<bool>,
+}
+
+/// Resolves and applies a profile to every interface before anything is attached, logging each
+/// step; a failed step is a warning (the sensor still runs, perhaps slower or with hand-off).
+fn apply_profiles(args: &RunArgs, name: &str, cpus: &[usize]) -> Result<Tuning> {
+    let all = crate::profile::load_all(args.profile_dir.as_deref())?;
+    let kernel = crate::profile::running_kernel()?;
+    let mut resolved = Vec::new();
+    for iface in &args.ifaces {
+        let (p, info) = crate::profile::resolve(&all, name, iface)?;
+        resolved.push((iface, p.clone(), info));
+    }
+    let mut rss_symmetric = Vec::new();
+    for (iface, p, info) in &resolved {
+        log::info!("{iface}: applying hw-profile {} ({})", p.name, p.description);
+        let ctx = hw_profiles::PlanContext { iface: iface.to_string(), worker_cpus: cpus.to_vec(), kernel, device: info.as_ref().and_then(|i| i.device.clone()) };
+        let r = crate::profile::apply(p, &ctx, &mut |ok, what, detail| {
+            if ok {
+                log::info!("{iface}: {what}: {detail}");
+            } else {
+                log::warn!("{iface}: could not apply \"{what}\": {detail}");
+            }
+        });
+        if r.failed > 0 {
+            log::warn!("{iface}: {} profile step(s) failed (above); continuing", r.failed);
+        }
+        rss_symmetric.push(r.rss_symmetric);
+    }
+    let profiles: Vec<_> = resolved.into_iter().map(|(_, p, _)| p).collect();
+    Ok(Tuning { first: profiles[0].clone(), profiles, kernel, rss_symmetric })
 }
