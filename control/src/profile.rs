@@ -186,12 +186,12 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
         }
         ProfileCmd::Show { name } => {
             let p = by_name(&profiles, &name)?;
+            // The file it was loaded from: an operator's file replaces a built-in of that name.
+            let dir = args.profile_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_PROFILE_DIR));
+            let file = dir.join(format!("{}.toml", p.name));
             match hw_profiles::BUILTIN.iter().find(|(n, _)| *n == p.name) {
-                Some((_, text)) if args.profile_dir.is_none() || !overridden(args.profile_dir.as_deref(), &p.name) => print!("{text}"),
-                _ => {
-                    let dir = args.profile_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_PROFILE_DIR));
-                    print!("{}", fs::read_to_string(dir.join(format!("{}.toml", p.name)))?);
-                }
+                Some((_, text)) if !file.exists() => print!("{text}"),
+                _ => print!("{}", fs::read_to_string(&file)?),
             }
         }
         ProfileCmd::Detect { iface } => {
@@ -243,8 +243,4 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn overridden(dir: Option<&Path>, name: &str) -> bool {
-    dir.is_some_and(|d| d.join(format!("{name}.toml")).exists())
 }

@@ -309,7 +309,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut budget = 64;
     if let Some(t) = &tuning {
         // The profile fills in what the command line left at its default.
-        let p = &t.first;
+        let p = &t.profiles[0];
         if args.xdp_mode == XdpModeArg::Auto && p.xdp.mode == hw_profiles::XdpMode::Generic {
             args.xdp_mode = XdpModeArg::Generic;
         }
@@ -551,7 +551,6 @@ pub fn run(args: RunArgs) -> Result<()> {
 
 /// The profiles applied by `run --profile`, one per interface.
 struct Tuning {
-    first: hw_profiles::Profile,
     profiles: Vec<hw_profiles::Profile>,
     kernel: hw_profiles::KernelVersion,
     rss_symmetric: Vec<bool>,
@@ -584,5 +583,5 @@ fn apply_profiles(args: &RunArgs, name: &str, cpus: &[usize]) -> Result<Tuning> 
         rss_symmetric.push(r.rss_symmetric);
     }
     let profiles: Vec<_> = resolved.into_iter().map(|(_, p, _)| p).collect();
-    Ok(Tuning { first: profiles[0].clone(), profiles, kernel, rss_symmetric })
+    Ok(Tuning { profiles, kernel, rss_symmetric })
 }
