@@ -18,7 +18,7 @@ use dataplane::{
 };
 
 mod bpf;
-mod gen;
+use bench::gen;
 
 #[derive(Parser)]
 #[command(about = "wirewatch benchmarks: engine replay, XDP program cost, live path, memory — each against a baseline in the same run")]

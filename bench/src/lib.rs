@@ -1,0 +1,3 @@
+//! The benchmark kit shared by `wirewatch-bench` and the replay tests: the documented capture
+//! model (`gen`).
+pub mod gen;

@@ -1,0 +1,61 @@
+//! The engine's answers on the benchmark capture, pinned: every per-packet verdict and every
+//! event of a 20k-flow replay (bench/src/gen.rs, seed 7) must equal bench/golden/replay.txt.
+//! A change to the flow table, the pipeline or the timers must not change what is detected;
+//! a change that means to (a detector fix) regenerates the file with WIREWATCH_BLESS=1 and
+//! says why in its commit.
+use std::path::PathBuf;
+
+use bench::gen;
+use dataplane::engine::{Engine, EngineConfig};
+
+fn replay_text() -> String {
+    let dir = std::env::temp_dir().join(format!("ww-golden-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = gen::Model { flows: 20_000, packets: 200_000, seed: 7, duration_ns: 10_000_000_000 };
+    let cap = gen::generate(&model, &dir.join("golden.pcap"), 128).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut e = Engine::new(EngineConfig { record_verdicts: true, ..Default::default() }, 0);
+    for i in 0..cap.frames.len() {
+        let (data, orig, ts) = cap.frame(i);
+        e.process_frame(data, orig, ts, 0, i as u64 + 1);
+    }
+    e.finish();
+    let mut out = String::new();
+    let mut verdicts = e.drain_verdicts();
+    verdicts.sort_unstable();
+    for (n, v) in verdicts.iter().filter(|(_, v)| *v != 0) {
+        out.push_str(&format!("frame {n} {v:#x}\n"));
+    }
+    let mut events: Vec<String> = e.drain_events().iter().map(|ev| serde_json::to_string(ev).unwrap()).collect();
+    events.sort();
+    for ev in events {
+        out.push_str(&ev);
+        out.push('\n');
+    }
+    let s = e.stats();
+    out.push_str(&format!("packets {} anomalies {:?}\n", s.packets, s.anomalies));
+    out
+}
+
+#[test]
+fn replay_matches_the_golden_file() {
+    let got = replay_text();
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden/replay.txt");
+    if std::env::var_os("WIREWATCH_BLESS").is_some() {
+        std::fs::write(&path, &got).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (generate it with WIREWATCH_BLESS=1)", path.display()));
+    if got != want {
+        let first = got.lines().zip(want.lines()).position(|(a, b)| a != b).unwrap_or(got.lines().count().min(want.lines().count()));
+        panic!(
+            "the replay differs from {} at line {}:\n  got:  {}\n  want: {}\n({} vs {} lines)",
+            path.display(),
+            first + 1,
+            got.lines().nth(first).unwrap_or("<end>"),
+            want.lines().nth(first).unwrap_or("<end>"),
+            got.lines().count(),
+            want.lines().count()
+        );
+    }
+}
