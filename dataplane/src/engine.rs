@@ -1,10 +1,7 @@
 //! The flow engine one worker owns: de-duplicate, track both directions, run the detectors,
 //! keep evidence. The same engine runs behind AF_XDP workers and behind `analyze`; its clock
 //! is the packets' timestamps.
-use std::{
-    collections::{HashMap, VecDeque},
-    path::PathBuf,
-};
+use std::{collections::HashMap, hash::BuildHasherDefault, path::PathBuf};
 
 use dataplane_common::{
     tcp_flags::{ACK, FIN, RST, SYN},
@@ -12,12 +9,15 @@ use dataplane_common::{
 };
 
 use crate::{
-    anomaly::{
-        self, health::MirrorDedup, loss, paths::VantageMatcher, rfc3339, Ctx, Detection, Event, EvidenceRef, FlowExtra,
-        FlowRef, Kind, KIND_COUNT,
-    },
+    anomaly::{self, health::MirrorDedup, loss, paths::VantageMatcher, rfc3339, Ctx, Detection, Event, EvidenceRef, FlowExtra, FlowRef, Kind, KIND_COUNT},
     evidence::{evidence_path, EvidenceJob, History, RateLimit},
-    flow::{conn_flags, dir_flags, FlowKey, FlowRecord, FlowTable, IpIdModel},
+    flow::{
+        conn_flags, dir_flags,
+        side::{SidePool, SideState, SlotHasher},
+        table::{FlowRef as TableRef, Slot},
+        timers::{TimerKind, TimerWheel},
+        FlowKey, FlowRecord, FlowTable, IpIdModel, MacId, MacTable,
+    },
     packet::{decode, TcpPacket},
     seq::SeqNumber,
     tcp::{transition, Segment},
@@ -36,6 +36,8 @@ pub struct EngineConfig {
     pub reorder_default_ns: u64,
     pub mirror_window_ns: u64,
     pub flow_capacity: usize,
+    /// Flows that can have a detector armed at once (side-state pool entries).
+    pub side_capacity: usize,
     pub idle_timeout_ns: u64,
     pub closed_timeout_ns: u64,
     pub history_bytes: usize,
@@ -62,6 +64,7 @@ impl Default for EngineConfig {
             reorder_default_ns: 3_000_000,
             mirror_window_ns: 1_000_000,
             flow_capacity: 1 << 20,
+            side_capacity: 1 << 14,
             idle_timeout_ns: 300_000_000_000,
             closed_timeout_ns: 10_000_000_000,
             history_bytes: 64 << 20,
@@ -78,7 +81,7 @@ impl Default for EngineConfig {
 }
 
 /// Flow flags private to the engine's gap handling.
-const GAP_SEEN: [u16; 2] = [1 << 10, 1 << 11];
+const GAP_SEEN: [u16; 2] = [conn_flags::GAP_SEEN_LO, conn_flags::GAP_SEEN_HI];
 
 /// Counters the engine keeps (exported by the control plane).
 #[derive(Clone, Debug, Default)]
@@ -88,18 +91,33 @@ pub struct EngineStats {
     /// Frames the parser refused, by XDP outcome reason.
     pub undecodable: [u64; OUTCOME_COUNT as usize],
     pub capture_lost: u64,
-    pub evidence_written: u64,
     pub evidence_suppressed: u64,
     pub flows_created: u64,
     pub flows_evicted: [u64; 4],
     pub flows_active: u64,
+    /// Side-state requests refused because the pool was full, and entries reclaimed from
+    /// flows that only timed a handshake.
+    pub side_exhausted: u64,
+    pub side_reclaimed: u64,
+    /// MAC addresses seen after the per-engine MAC table filled (treated as unknown).
+    pub macs_overflowed: u64,
 }
+
+/// Packets between two reads of the wall clock for timers is not needed: the engine's clock
+/// is packet time. Cross-vantage matching and evidence deadlines run at most this often.
+const HOUSEKEEPING_NS: u64 = 10_000_000;
+/// Armed side state (RST pairing waits) is expired this often.
+const SIDE_EXPIRY_NS: u64 = 1_000_000_000;
+/// Handshake RTT samples kept between two drains (the live path drains every batch).
+const MAX_SAMPLES: usize = 4096;
 
 pub struct Engine {
     pub cfg: EngineConfig,
     worker: usize,
     flows: FlowTable,
-    extras: HashMap<FlowKey, FlowExtra>,
+    side: SidePool<FlowExtra>,
+    macs: MacTable,
+    timers: TimerWheel,
     epoch: u8,
     counters: [u64; KIND_COUNT],
     undecodable: [u64; OUTCOME_COUNT as usize],
@@ -109,25 +127,28 @@ pub struct Engine {
     matcher: VantageMatcher,
     history: History,
     rate: RateLimit,
-    jobs: HashMap<FlowKey, EvidenceJob>,
+    jobs: HashMap<Slot, (TableRef, EvidenceJob), BuildHasherDefault<SlotHasher>>,
     finished: Vec<EvidenceJob>,
     events: Vec<Event>,
     verdicts: Vec<(u64, u32)>,
-    timers: VecDeque<(u64, FlowKey)>,
+    /// Reused for each packet's detections (no allocation per packet).
+    found: Vec<Detection>,
+    scratch_slots: Vec<Slot>,
     rtt_samples: Vec<u64>,
     zero_window_samples: Vec<u64>,
     evidence_seq: u64,
     now_ns: u64,
-    last_expire_ns: u64,
-    /// When idle and closed flows were last expired (once per second of packet time).
-    last_flow_expire_ns: u64,
+    last_housekeeping_ns: u64,
+    last_side_expiry_ns: u64,
 }
 
 impl Engine {
     pub fn new(cfg: EngineConfig, worker: usize) -> Self {
         Self {
             flows: FlowTable::new(cfg.flow_capacity),
-            extras: HashMap::new(),
+            side: SidePool::new(cfg.side_capacity),
+            macs: MacTable::new(),
+            timers: TimerWheel::new(),
             epoch: 0,
             counters: [0; KIND_COUNT],
             undecodable: [0; OUTCOME_COUNT as usize],
@@ -137,17 +158,18 @@ impl Engine {
             matcher: VantageMatcher::default(),
             history: History::with_memory(cfg.history_bytes),
             rate: RateLimit::new(cfg.evidence_per_sec),
-            jobs: HashMap::new(),
+            jobs: HashMap::default(),
             finished: Vec::new(),
             events: Vec::new(),
             verdicts: Vec::new(),
-            timers: VecDeque::new(),
+            found: Vec::with_capacity(8),
+            scratch_slots: Vec::new(),
             rtt_samples: Vec::new(),
             zero_window_samples: Vec::new(),
             evidence_seq: 0,
             now_ns: 0,
-            last_expire_ns: 0,
-            last_flow_expire_ns: 0,
+            last_housekeeping_ns: 0,
+            last_side_expiry_ns: 0,
             cfg,
             worker,
         }
@@ -159,11 +181,13 @@ impl Engine {
             anomalies: self.counters,
             undecodable: self.undecodable,
             capture_lost: self.capture_lost,
-            evidence_written: 0,
             evidence_suppressed: self.rate.suppressed,
             flows_created: self.flows.created,
             flows_evicted: self.flows.evicted,
             flows_active: self.flows.len() as u64,
+            side_exhausted: self.side.exhausted,
+            side_reclaimed: self.side.reclaimed,
+            macs_overflowed: self.macs.overflowed,
         }
     }
 
@@ -179,6 +203,14 @@ impl Engine {
     pub fn flows(&self) -> &FlowTable {
         &self.flows
     }
+    /// Side-state entries in use (detectors armed).
+    pub fn side_in_use(&self) -> usize {
+        self.side.in_use()
+    }
+    /// Timers pending (handshakes and expiry checks).
+    pub fn timers_pending(&self) -> usize {
+        self.timers.len()
+    }
 
     /// Our own rings dropped frames: every flow enters the gap state until it resynchronises.
     pub fn capture_loss(&mut self, lost: u64) {
@@ -193,6 +225,28 @@ impl Engine {
             Ok(p) => self.process(&p, data, frame_no),
             Err(Outcome::NonTcpPassed | Outcome::LaterFragment) => {}
             Err(o) => self.undecodable[o as usize] += 1,
+        }
+    }
+
+    /// The flow of `key`, created (evicting one first when the table is full) if new.
+    fn flow_slot(&mut self, key: FlowKey, ts_ns: u64) -> (Slot, bool) {
+        let h = self.flows.hash(&key);
+        if let Some(s) = self.flows.find(&key, h) {
+            return (s, false);
+        }
+        if self.flows.is_full() {
+            if let Some((gone, _, _)) = self.flows.evict_one() {
+                self.forget(gone);
+            }
+        }
+        (self.flows.insert(key, h, ts_ns, self.epoch), true)
+    }
+
+    /// Drops what the engine keeps about a flow that left the table.
+    fn forget(&mut self, slot: Slot) {
+        self.side.release(slot);
+        if let Some((_, job)) = self.jobs.remove(&slot) {
+            self.finished.push(job);
         }
     }
 
@@ -212,47 +266,59 @@ impl Engine {
             return;
         }
         let (key, side) = FlowKey::of(p);
+        let (slot, created) = self.flow_slot(key, p.ts_ns);
+        let flow_ref = self.flows.flow_ref(slot);
+        let first_ns = self.flows.first_ns(self.flows.get(slot));
+        let src_mac = self.macs.intern(&p.src_mac);
+        let dst_mac = self.macs.intern(&p.dst_mac);
         let epoch = self.epoch;
-        let (rec, created) = self.flows.get_or_insert(key, p.ts_ns, epoch);
+        let rec = self.flows.get_mut(slot);
         let hist_id = self.history.push(raw, p.orig_len, p.ts_ns, p.vantage, rec.last_hist);
         rec.last_hist = hist_id;
-        rec.vantages |= 1 << p.vantage.min(7);
-        let mut flow = *rec;
         if self.cfg.vantage_names.len() > 1 {
             self.matcher.observe(p, hist_id);
         }
-        if created {
-            if !p.has(SYN) {
-                flow.flags |= conn_flags::MIDSTREAM;
-            }
+        if created && !p.has(SYN) {
+            rec.flags |= conn_flags::MIDSTREAM;
+        }
+        if rec.flags & conn_flags::HAS_SIDE != 0 && self.side.get(slot).is_none() {
+            // Its entry was reclaimed for another flow.
+            rec.flags &= !conn_flags::HAS_SIDE;
         }
 
         // Gap state: behind the worker's loss epoch until both sides were seen again.
-        let mut in_gap = flow.epoch != self.epoch;
+        let mut in_gap = rec.epoch != epoch;
         if in_gap {
-            flow.flags |= GAP_SEEN[side];
-            if flow.flags & GAP_SEEN[0] != 0 && flow.flags & GAP_SEEN[1] != 0 {
-                flow.epoch = self.epoch;
-                flow.flags &= !(GAP_SEEN[0] | GAP_SEEN[1]);
+            rec.flags |= GAP_SEEN[side];
+            if rec.flags & GAP_SEEN[0] != 0 && rec.flags & GAP_SEEN[1] != 0 {
+                rec.epoch = epoch;
+                rec.flags &= !(GAP_SEEN[0] | GAP_SEEN[1]);
             }
             // The first packets after a gap re-anchor the sequence state.
-            let d = &mut flow.dirs[side];
+            let d = &mut rec.dirs[side];
             if d.flags & dir_flags::SEEN != 0 && p.seq_end() > d.next_seq {
                 d.next_seq = p.seq_end();
             }
             in_gap = true;
         }
 
-        let mut found: Vec<Detection> = Vec::new();
+        let mut found = std::mem::take(&mut self.found);
         let verdict;
+        let was = rec.state;
         {
+            let before = rec.dirs[side];
             let mut c = Ctx {
                 pkt: p,
-                key: &key,
+                key,
+                flow_ref,
+                first_ns,
                 side,
-                before: flow.dirs[side],
-                flow: &mut flow,
-                extras: &mut self.extras,
+                before,
+                flow: rec,
+                side_state: &mut self.side,
+                macs: &self.macs,
+                src_mac,
+                dst_mac,
                 cfg: &self.cfg,
                 now_us: 0,
                 in_gap,
@@ -261,7 +327,7 @@ impl Engine {
                 counters: &mut self.counters,
                 rtt_samples: &mut self.rtt_samples,
             };
-            c.now_us = c.flow.rel_us(p.ts_ns);
+            c.now_us = rel_us(first_ns, p.ts_ns);
             if !in_gap {
                 anomaly::paths::on_packet(&mut c);
             }
@@ -272,33 +338,61 @@ impl Engine {
                 anomaly::paths::check_one_sided(&mut c);
             }
         }
-        let was = flow.state;
-        flow.state = transition(flow.state, segment_of(p, &flow, side));
-        if flow.state.is_half_open() && !was.is_half_open() {
-            self.timers.push_back((p.ts_ns + self.cfg.handshake_timeout_ns, key));
+        let rec = self.flows.get_mut(slot);
+        rec.state = transition(rec.state, segment_of(p, rec, side));
+        let now_state = rec.state;
+        learn_sender(rec, p, side, first_ns, src_mac, dst_mac);
+        if rec.flags & conn_flags::HAS_SIDE != 0 {
+            if !now_state.is_half_open() {
+                if let Some(x) = self.side.get_mut(slot) {
+                    x.end_handshake();
+                }
+            }
+            if self.side.release_if_idle(slot) {
+                rec.flags &= !conn_flags::HAS_SIDE;
+            }
         }
-        learn_sender(&mut flow, p, side);
-
-        if let Some(r) = self.flows.get_mut(&key) {
-            *r = flow;
+        let evidence_pending = rec.flags & conn_flags::EVIDENCE_PENDING != 0;
+        if now_state.is_half_open() && !was.is_half_open() {
+            self.timers.arm(p.ts_ns.saturating_add(self.cfg.handshake_timeout_ns), flow_ref, TimerKind::Handshake);
+            self.flows.note_half_open(slot);
+        } else if created {
+            self.arm_expiry(slot, p.ts_ns.saturating_add(self.cfg.idle_timeout_ns));
+        }
+        if now_state.is_closed() && !was.is_closed() {
+            self.flows.note_closed(slot);
+            self.arm_expiry(slot, p.ts_ns.saturating_add(self.cfg.closed_timeout_ns));
         }
         if self.cfg.record_verdicts {
             self.verdicts.push((frame_no, verdict));
         }
         // Evidence collection after an earlier detection on this flow.
-        if flow.flags & conn_flags::EVIDENCE_PENDING != 0 {
-            self.feed_job(&key, hist_id);
+        if evidence_pending {
+            self.feed_job(slot, hist_id);
         }
-        for d in found {
-            if d.kind == Kind::ZeroWindow {
+        for d in found.drain(..) {
+            if d.kind == Kind::ZeroWindow && self.zero_window_samples.len() < MAX_SAMPLES {
                 if let Some(dur) = d.details.get("duration_s").and_then(|v| v.as_f64()) {
                     self.zero_window_samples.push((dur * 1e9) as u64);
                 }
             }
             if loss::is_reportable(&d) {
-                self.emit(d, &key, side, p, hist_id);
+                self.emit(d, slot, side, p, hist_id);
             }
         }
+        self.found = found;
+        if self.rtt_samples.len() > MAX_SAMPLES {
+            self.rtt_samples.truncate(MAX_SAMPLES);
+        }
+    }
+
+    /// Arms a fresh expiry check for the flow in `slot` (older ones become stale).
+    fn arm_expiry(&mut self, slot: Slot, deadline_ns: u64) {
+        let r = self.flows.get_mut(slot);
+        r.flags ^= conn_flags::EXPIRY_GEN;
+        let gen = r.flags & conn_flags::EXPIRY_GEN != 0;
+        let fr = self.flows.flow_ref(slot);
+        self.timers.arm(deadline_ns, fr, TimerKind::Expiry { gen });
     }
 
     /// Handshake RTTs and zero-window durations (ns) measured since the last call.
@@ -315,103 +409,139 @@ impl Engine {
     }
 
     fn run_timers(&mut self, now: u64) {
-        while let Some(&(deadline, key)) = self.timers.front() {
-            if deadline > now {
-                break;
+        while let Some(t) = self.timers.pop_due(now) {
+            let Some(slot) = self.flows.resolve(t.flow()) else { continue };
+            match t.kind() {
+                TimerKind::Handshake => {
+                    self.handshake_timeout(slot, t.deadline_ns);
+                    // The handshake is over one way or the other: from now on the flow only
+                    // needs its expiry check.
+                    let r = self.flows.get(slot);
+                    let limit = if r.state.is_closed() { self.cfg.closed_timeout_ns } else { self.cfg.idle_timeout_ns };
+                    let deadline = self.flows.last_ns(r).saturating_add(limit).max(t.deadline_ns);
+                    self.arm_expiry(slot, deadline);
+                }
+                TimerKind::Expiry { gen } => {
+                    let r = self.flows.get(slot);
+                    if (r.flags & conn_flags::EXPIRY_GEN != 0) != gen {
+                        continue;
+                    }
+                    let limit = if r.state.is_closed() { self.cfg.closed_timeout_ns } else { self.cfg.idle_timeout_ns };
+                    let deadline = self.flows.last_ns(r).saturating_add(limit);
+                    if deadline <= now {
+                        self.flows.remove(slot);
+                        self.flows.count_expired();
+                        self.forget(slot);
+                    } else {
+                        self.arm_expiry(slot, deadline);
+                    }
+                }
             }
-            self.timers.pop_front();
-            self.handshake_timeout(key, deadline);
         }
-        // Cross-vantage matching, evidence deadlines, expiry: at most every 10 ms of time.
-        if now.saturating_sub(self.last_expire_ns) < 10_000_000 {
+        // Cross-vantage matching, evidence deadlines: at most every 10 ms of time.
+        if now.saturating_sub(self.last_housekeeping_ns) < HOUSEKEEPING_NS {
             return;
         }
-        self.last_expire_ns = now;
+        self.last_housekeeping_ns = now;
         if self.cfg.vantage_names.len() > 1 {
             let missing = self.matcher.expire(now, self.cfg.vantage_window_ns, self.cfg.vantage_names.len());
             for m in missing {
                 self.counters[Kind::LostBetweenSensors as usize] += 1;
                 let d = anomaly::paths::lost_detection(&m, &self.cfg.vantage_names);
                 let (key, side) = FlowKey::of(&m.pkt);
-                let Some(f) = self.flows.get_mut(&key) else { continue };
+                let Some(slot) = self.flows.find(&key, self.flows.hash(&key)) else { continue };
+                let f = self.flows.get_mut(slot);
                 if f.flags & conn_flags::LOST_BETWEEN_REPORTED == 0 {
                     f.flags |= conn_flags::LOST_BETWEEN_REPORTED;
-                    self.emit(d, &key, side, &m.pkt, m.hist_id);
+                    self.emit(d, slot, side, &m.pkt, m.hist_id);
                 }
             }
         }
-        let done: Vec<FlowKey> = self.jobs.iter().filter(|(_, j)| j.after_until_ns <= now).map(|(k, _)| *k).collect();
-        for k in done {
-            self.finish_job(&k);
+        let mut done = std::mem::take(&mut self.scratch_slots);
+        done.extend(self.jobs.iter().filter(|(_, (_, j))| j.after_until_ns <= now).map(|(s, _)| *s));
+        done.sort_unstable();
+        for s in done.drain(..) {
+            self.finish_job(s);
         }
-        if now.saturating_sub(self.last_flow_expire_ns) >= 1_000_000_000 {
-            self.last_flow_expire_ns = now;
-            for (k, _) in self.flows.expire(now, self.cfg.idle_timeout_ns, self.cfg.closed_timeout_ns) {
-                self.extras.remove(&k);
-            }
+        if now.saturating_sub(self.last_side_expiry_ns) >= SIDE_EXPIRY_NS {
+            self.last_side_expiry_ns = now;
             let pairing = self.cfg.pairing_window_max_ns;
-            for x in self.extras.values_mut() {
+            self.side.for_each_in_use(|s, x| {
                 anomaly::resets::expire_wait(x, now, pairing);
+                if x.is_idle() {
+                    done.push(s);
+                }
+            });
+            for s in done.drain(..) {
+                self.side.release(s);
+                self.flows.get_mut(s).flags &= !conn_flags::HAS_SIDE;
             }
-            self.extras.retain(|k, _| self.flows.get(k).is_some());
         }
+        self.scratch_slots = done;
     }
 
-    fn handshake_timeout(&mut self, key: FlowKey, now: u64) {
-        let Some(rec) = self.flows.get(&key) else { return };
-        let mut flow = *rec;
-        if !flow.state.is_half_open() || flow.flags & conn_flags::HANDSHAKE_REPORTED != 0 {
+    fn handshake_timeout(&mut self, slot: Slot, now: u64) {
+        let flow_ref = self.flows.flow_ref(slot);
+        let first_ns = self.flows.first_ns(self.flows.get(slot));
+        let rec = self.flows.get_mut(slot);
+        if !rec.state.is_half_open() || rec.flags & conn_flags::HANDSHAKE_REPORTED != 0 {
             return;
         }
-        let side = flow.client_side().unwrap_or(0);
+        let key = rec.key;
+        let side = rec.client_side().unwrap_or(0);
         let placeholder = placeholder_packet(&key, side, now);
-        let mut found = Vec::new();
+        let hist = rec.last_hist;
+        let mut found = std::mem::take(&mut self.found);
         {
+            let before = rec.dirs[side];
             let mut c = Ctx {
                 pkt: &placeholder,
-                key: &key,
+                key,
+                flow_ref,
+                first_ns,
                 side,
-                before: flow.dirs[side],
-                flow: &mut flow,
-                extras: &mut self.extras,
+                before,
+                flow: rec,
+                side_state: &mut self.side,
+                macs: &self.macs,
+                src_mac: MacId::UNKNOWN,
+                dst_mac: MacId::UNKNOWN,
                 cfg: &self.cfg,
                 now_us: 0,
                 in_gap: false,
-                hist_id: rec.last_hist,
+                hist_id: hist,
                 found: &mut found,
                 counters: &mut self.counters,
                 rtt_samples: &mut self.rtt_samples,
             };
             anomaly::setup::on_timeout(&mut c);
         }
-        let hist = flow.last_hist;
-        if let Some(r) = self.flows.get_mut(&key) {
-            *r = flow;
+        for d in found.drain(..) {
+            self.emit(d, slot, side, &placeholder, hist);
         }
-        for d in found {
-            self.emit(d, &key, side, &placeholder, hist);
-        }
+        self.found = found;
     }
 
     /// Flushes pending evidence (end of input or shutdown).
     pub fn finish(&mut self) {
-        let keys: Vec<FlowKey> = self.jobs.keys().copied().collect();
-        for k in keys {
-            self.finish_job(&k);
+        let mut slots: Vec<Slot> = self.jobs.keys().copied().collect();
+        slots.sort_unstable();
+        for s in slots {
+            self.finish_job(s);
         }
     }
 
-    fn finish_job(&mut self, k: &FlowKey) {
-        if let Some(job) = self.jobs.remove(k) {
-            if let Some(f) = self.flows.get_mut(k) {
-                f.flags &= !conn_flags::EVIDENCE_PENDING;
+    fn finish_job(&mut self, slot: Slot) {
+        if let Some((r, job)) = self.jobs.remove(&slot) {
+            if let Some(s) = self.flows.resolve(r) {
+                self.flows.get_mut(s).flags &= !conn_flags::EVIDENCE_PENDING;
             }
             self.finished.push(job);
         }
     }
 
-    fn feed_job(&mut self, key: &FlowKey, hist_id: u32) {
-        let Some(job) = self.jobs.get_mut(key) else { return };
+    fn feed_job(&mut self, slot: Slot, hist_id: u32) {
+        let Some((_, job)) = self.jobs.get_mut(&slot) else { return };
         if job.packets.last().is_some_and(|p| p.id == hist_id) {
             return;
         }
@@ -420,13 +550,14 @@ impl Engine {
         }
         job.after_left = job.after_left.saturating_sub(1);
         if job.after_left == 0 {
-            self.finish_job(key);
+            self.finish_job(slot);
         }
     }
 
-    fn emit(&mut self, d: Detection, key: &FlowKey, side: usize, p: &TcpPacket, hist_id: u32) {
-        let flow = self.flows.get(key).copied();
-        let direction = match flow.and_then(|f| f.client_side()) {
+    fn emit(&mut self, d: Detection, slot: Slot, side: usize, p: &TcpPacket, hist_id: u32) {
+        let flow = *self.flows.get(slot);
+        let key = flow.key;
+        let direction = match flow.client_side() {
             Some(c) if c == side => "client_to_server",
             Some(_) => "server_to_client",
             None => "unknown",
@@ -439,11 +570,8 @@ impl Engine {
         if !matches!(d.kind, Kind::RetransmissionStorm | Kind::SplitPath | Kind::OneSided | Kind::LostBetweenSensors | Kind::RstForeignSender | Kind::DataAfterRst | Kind::ZeroWindow) {
             self.counters[d.kind as usize] += 1;
         }
-        if let Some(f) = self.flows.get_mut(key) {
-            f.anomalies = f.anomalies.saturating_add(1);
-        }
         let comment = format!("wirewatch {}: {}", d.kind.name(), d.explanation);
-        let evidence = self.attach_evidence(key, hist_id, &comment, p.ts_ns, d.kind);
+        let evidence = self.attach_evidence(slot, hist_id, &comment, p.ts_ns, d.kind);
         self.events.push(Event {
             kind: d.kind,
             sub_kind: d.sub_kind,
@@ -461,28 +589,33 @@ impl Engine {
         });
     }
 
-    fn attach_evidence(&mut self, key: &FlowKey, hist_id: u32, comment: &str, now: u64, kind: Kind) -> Option<EvidenceRef> {
+    fn attach_evidence(&mut self, slot: Slot, hist_id: u32, comment: &str, now: u64, kind: Kind) -> Option<EvidenceRef> {
         let dir = self.cfg.evidence_dir.clone()?;
-        if let Some(job) = self.jobs.get_mut(key) {
+        if let Some((_, job)) = self.jobs.get_mut(&slot) {
             let n = job.comment(hist_id, comment)?;
             return Some(EvidenceRef { path: job.path.display().to_string(), packets: vec![n] });
         }
         if !self.rate.allow(now) {
             return None;
         }
-        let last = self.flows.get(key).map(|f| f.last_hist).unwrap_or(hist_id);
+        let last = self.flows.get(slot).last_hist;
         let packets = self.history.flow_before(last, self.cfg.evidence_before_packets, now.saturating_sub(self.cfg.evidence_before_ns));
         self.evidence_seq += 1;
         let path = evidence_path(&dir, now, kind.name(), self.evidence_seq, self.worker);
-        let mut job = EvidenceJob { path, packets, after_left: self.cfg.evidence_after_packets, after_until_ns: now + self.cfg.evidence_after_ns };
+        let mut job = EvidenceJob { path, packets, after_left: self.cfg.evidence_after_packets, after_until_ns: now.saturating_add(self.cfg.evidence_after_ns) };
         let n = job.comment(hist_id, comment)?;
         let r = EvidenceRef { path: job.path.display().to_string(), packets: vec![n] };
-        self.jobs.insert(*key, job);
-        if let Some(f) = self.flows.get_mut(key) {
-            f.flags |= conn_flags::EVIDENCE_PENDING;
-        }
+        let fr = self.flows.flow_ref(slot);
+        self.jobs.insert(slot, (fr, job));
+        self.flows.get_mut(slot).flags |= conn_flags::EVIDENCE_PENDING;
         Some(r)
     }
+}
+
+/// µs from `first_ns` to `ts_ns` (wraps after ~71 minutes; compared with wrapping_sub).
+#[inline]
+fn rel_us(first_ns: u64, ts_ns: u64) -> u32 {
+    (ts_ns.saturating_sub(first_ns) / 1000) as u32
 }
 
 fn segment_of(p: &TcpPacket, f: &FlowRecord, side: usize) -> Segment {
@@ -502,36 +635,33 @@ fn segment_of(p: &TcpPacket, f: &FlowRecord, side: usize) -> Segment {
 }
 
 /// Updates what the sender looks like (after the detectors compared against the old model).
-fn learn_sender(f: &mut FlowRecord, p: &TcpPacket, side: usize) {
-    let now_us = f.rel_us(p.ts_ns);
+fn learn_sender(f: &mut FlowRecord, p: &TcpPacket, side: usize, first_ns: u64, src_mac: MacId, dst_mac: MacId) {
+    let now_us = rel_us(first_ns, p.ts_ns);
     let d = &mut f.dirs[side];
-    if d.packets > 0 && p.ip_id != d.ip_id || d.packets == 0 {
+    let packets = d.packets();
+    if packets > 0 && p.ip_id != d.ip_id || packets == 0 {
         let step = p.ip_id.wrapping_sub(d.ip_id);
-        d.ip_id_model = match (d.ip_id_model, p.ip_id) {
-            (IpIdModel::Unknown | IpIdModel::Zero, 0) if d.packets == 0 || d.ip_id_model == IpIdModel::Zero => IpIdModel::Zero,
-            _ if d.packets == 0 => IpIdModel::Unknown,
+        let model = d.ip_id_model();
+        let next = match (model, p.ip_id) {
+            (IpIdModel::Unknown | IpIdModel::Zero, 0) if packets == 0 || model == IpIdModel::Zero => IpIdModel::Zero,
+            _ if packets == 0 => IpIdModel::Unknown,
             (m, _) if (1..=2048).contains(&step) => {
                 if m == IpIdModel::Random { IpIdModel::Random } else { IpIdModel::Counter }
             }
             (IpIdModel::Counter, _) if p.has(RST) => IpIdModel::Counter,
             _ => IpIdModel::Random,
         };
+        d.set_ip_id_model(next);
     }
     d.ip_id = p.ip_id;
-    if !p.has(RST) {
-        d.ttl = p.ttl;
-        d.src_mac = p.src_mac;
-    } else if d.packets == 0 {
-        d.ttl = p.ttl;
-        d.src_mac = p.src_mac;
+    if !p.has(RST) || packets == 0 {
+        d.set_ttl(p.ttl);
+        d.set_src_mac(src_mac);
     }
-    d.dst_mac = p.dst_mac;
+    d.set_dst_mac(dst_mac);
     if p.has(SYN) {
         if let Some(w) = p.opts.wscale {
-            d.wscale = w;
-        }
-        if let Some(m) = p.opts.mss {
-            d.mss = m;
+            d.set_wscale(w);
         }
         if p.opts.timestamp.is_some() {
             d.flags |= dir_flags::TS_OK;
@@ -550,7 +680,7 @@ fn learn_sender(f: &mut FlowRecord, p: &TcpPacket, side: usize) {
     }
     d.flags |= dir_flags::SEEN;
     d.last_us = now_us;
-    d.packets = d.packets.saturating_add(1);
+    d.count_packet();
 }
 
 /// A stand-in packet for timer-driven detections (time and endpoints only).

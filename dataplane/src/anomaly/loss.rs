@@ -68,10 +68,10 @@ pub fn on_packet(c: &mut Ctx<'_>) -> u32 {
         }
     }
     // ACK for bytes the other side was never seen sending.
-    if acking && other_seen && !p.has(RST) && p.ack > c.flow.ackable(o) {
+    if acking && other_seen && !p.has(RST) && p.ack > c.ackable(o) {
         v |= ACK_UNSEEN;
         // Flag it once: from now on everything the sender was seen sending is ackable.
-        c.flow.clear_lost_mark(o);
+        c.clear_lost_mark(o);
         if p.ack.diff(od.next_seq) as i64 > max_window(&od) as i64 {
             v |= ACK_OUT_OF_WINDOW;
         }
@@ -89,9 +89,9 @@ pub fn on_packet(c: &mut Ctx<'_>) -> u32 {
         if seglen > 0 && other_acked && p.seq + seglen <= od.last_ack {
             v |= SPURIOUS_RETRANSMISSION;
         } else if not_advanced {
-            let since_dupack = now.saturating_sub(c.flow.first_ns + od.last_us as u64 * 1000);
-            let t = now.saturating_sub(c.flow.first_ns + d.next_seq_us as u64 * 1000);
-            let ooo_thres = c.extra_ref().and_then(|x| x.first_rtt_ns).unwrap_or(c.cfg.reorder_default_ns);
+            let since_dupack = now.saturating_sub(c.first_ns + od.last_us as u64 * 1000);
+            let t = now.saturating_sub(c.first_ns + d.next_seq_us as u64 * 1000);
+            let ooo_thres = c.flow.rtt_ns().unwrap_or(c.cfg.reorder_default_ns);
             if since_dupack < FAST_RETX_NS && od.dup_acks >= 2 && od.last_ack == p.seq {
                 v |= FAST_RETRANSMISSION;
             } else if d.next_seq != p.seq + p.seq_len() && t < ooo_thres {
@@ -105,15 +105,13 @@ pub fn on_packet(c: &mut Ctx<'_>) -> u32 {
     // A segment beyond next_seq skipped bytes this sensor never saw (capture gap): ACKs up to
     // the old next_seq are fine, beyond it they ack unseen bytes. Otherwise all is ackable.
     if have_next && p.seq > d.next_seq && !p.has(RST) {
-        if c.flow.flags & crate::flow::conn_flags::LOST_MARK == 0 {
-            c.flow.lost_mark = d.next_seq;
-            c.flow.flags |= crate::flow::conn_flags::LOST_MARK;
-            if s == 1 {
-                c.flow.flags |= crate::flow::conn_flags::LOST_MARK_HI;
+        if c.extra_ref().is_none_or(|x| x.lost_mark.is_none()) {
+            if let Some(x) = c.extra() {
+                x.lost_mark = Some((d.next_seq, s as u8));
             }
         }
     } else if seglen > 0 || p.flags & (SYN | FIN) != 0 {
-        c.flow.clear_lost_mark(s);
+        c.clear_lost_mark(s);
     }
 
     // Update the sender's tracking (Wireshark: next_seq advances unless a zero-window probe).
@@ -136,6 +134,15 @@ pub fn on_packet(c: &mut Ctx<'_>) -> u32 {
     }
     dm.window = p.window;
 
+    // A retransmitted segment the peer now acknowledges is no longer a storm in the making.
+    if acking {
+        if let Some(x) = c.extra_mut() {
+            if x.retx[o].is_some_and(|(q, _)| p.ack > crate::seq::SeqNumber(q)) {
+                x.retx[o] = None;
+            }
+        }
+    }
+
     if c.in_gap {
         // Our own loss: the sequence state above resynchronises, nothing is concluded.
         return v & (ZERO_WINDOW | KEEP_ALIVE | WINDOW_UPDATE | ZERO_WINDOW_PROBE);
@@ -146,7 +153,7 @@ pub fn on_packet(c: &mut Ctx<'_>) -> u32 {
 
 fn max_window(sender: &crate::flow::DirState) -> u32 {
     // The largest window this side could have advertised (RFC 7323 §2.3: at most 2^30).
-    (65_535u32 << sender.wscale.min(14)).max(65_535)
+    (65_535u32 << sender.wscale().min(14)).max(65_535)
 }
 
 const RETX_ANY: u32 = RETRANSMISSION | FAST_RETRANSMISSION | SPURIOUS_RETRANSMISSION;
@@ -158,12 +165,17 @@ fn count_and_report(c: &mut Ctx<'_>, v: u32) {
         c.count(Kind::Retransmission);
         // Rule: the same segment (same SEQ) retransmitted storm_count times.
         let seq = p.seq.0;
-        let x = c.extra();
-        let n = match x.retx[s] {
-            Some((q, n)) if q == seq => n + 1,
-            _ => 1,
+        let n = match c.extra() {
+            Some(x) => {
+                let n = match x.retx[s] {
+                    Some((q, n)) if q == seq => n + 1,
+                    _ => 1,
+                };
+                x.retx[s] = Some((seq, n));
+                n
+            }
+            None => 1,
         };
-        x.retx[s] = Some((seq, n));
         if n >= c.cfg.storm_count && c.flow.flags & crate::flow::conn_flags::STORM_REPORTED == 0 {
             c.flow.flags |= crate::flow::conn_flags::STORM_REPORTED;
             c.count(Kind::RetransmissionStorm);
@@ -202,14 +214,16 @@ fn count_and_report(c: &mut Ctx<'_>, v: u32) {
     let probe = v & ZERO_WINDOW_PROBE != 0;
     let o = c.other();
     if zw && c.extra_ref().is_none_or(|x| x.zero_window[s].is_none()) {
-        c.extra().zero_window[s] = Some((now, 0));
+        if let Some(x) = c.extra() {
+            x.zero_window[s] = Some((now, 0));
+        }
     } else if probe {
         // The probe is sent by the other side toward the side advertising zero.
-        if let Some((_, n)) = c.extra().zero_window[o].as_mut() {
+        if let Some((_, n)) = c.extra_mut().and_then(|x| x.zero_window[o].as_mut()) {
             *n += 1;
         }
     } else if !zw && p.flags & (SYN | RST) == 0 {
-        if let Some((start, probes)) = c.extras.get_mut(c.key).and_then(|x| x.zero_window[s].take()) {
+        if let Some((start, probes)) = c.extra_mut().and_then(|x| x.zero_window[s].take()) {
             let dur = now.saturating_sub(start);
             c.found.push(zero_window_ended(c, s, start, dur, probes));
         }

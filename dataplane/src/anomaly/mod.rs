@@ -1,13 +1,19 @@
 //! The detection catalog (../shared/DETECTIONS.md): the kinds, the event every detection
 //! produces, and the detectors, one module per family.
-use std::{collections::HashMap, net::IpAddr};
+use std::net::IpAddr;
 
 use serde::Serialize;
 
 use crate::{
     engine::EngineConfig,
-    flow::{FlowKey, FlowRecord, IpIdModel},
+    flow::{
+        conn_flags,
+        side::{SidePool, SideState},
+        table::FlowRef as TableRef,
+        FlowKey, FlowRecord, IpIdModel, MacId, MacTable,
+    },
     packet::TcpPacket,
+    seq::SeqNumber,
 };
 
 pub mod health;
@@ -111,17 +117,17 @@ impl Fingerprint {
     }
 
     /// The model learned for `side` of a flow.
-    pub fn of_side(role: &str, key: &FlowKey, f: &FlowRecord, side: usize) -> Self {
+    pub fn of_side(role: &str, key: &FlowKey, f: &FlowRecord, side: usize, macs: &MacTable) -> Self {
         let d = &f.dirs[side];
         let (addr, port) = key.endpoint(side);
         Fingerprint {
             role: role.into(),
             addr,
             port,
-            mac: mac_str(&d.src_mac),
-            ttl: d.ttl,
+            mac: mac_str(&macs.get(d.src_mac())),
+            ttl: d.ttl(),
             ip_id: d.ip_id,
-            ip_id_model: model_name(d.ip_id_model),
+            ip_id_model: model_name(d.ip_id_model()),
             timestamp_option: d.flags & crate::flow::dir_flags::TS_OK != 0,
             ts_val: (d.ts_val != 0).then_some(d.ts_val),
             isn: (d.flags & crate::flow::dir_flags::SYN != 0).then_some(d.isn.0),
@@ -217,42 +223,99 @@ pub struct TriggerInfo {
     pub hist_id: u32,
     /// Idle time before the trigger (request_after_fin).
     pub idle_ns: u64,
-    /// Why the segment was stale (rst_after_stale_segment).
-    pub why: String,
+    pub why: TriggerWhy,
 }
 
-/// Rarely needed per-flow state, kept outside the 128-byte record.
+/// What made a segment a trigger, kept as numbers (formatted only if a RST pairs with it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TriggerWhy {
+    #[default]
+    Plain,
+    /// The client's data went to another next hop than its SYN (midstream_rst).
+    SplitHop,
+    /// SEQ `seq` lies `rel` bytes from the receiver's acknowledged point `ack` (window `win`).
+    Stale { seq: u32, rel: i64, ack: u32, win: u32 },
+}
+
+impl std::fmt::Display for TriggerWhy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TriggerWhy::Plain => Ok(()),
+            TriggerWhy::SplitHop => f.write_str("next hop differs from the handshake's"),
+            TriggerWhy::Stale { seq, rel, ack, win } => {
+                write!(f, "SEQ {seq} is {rel} bytes from the receiver's acknowledged point {ack} (window {win})")
+            }
+        }
+    }
+}
+
+/// What detectors keep beyond the 128-byte record while they are armed, in the engine's
+/// bounded [`SidePool`]. Every field is `None`/zero when nothing is armed.
 #[derive(Clone, Debug, Default)]
 pub struct FlowExtra {
     pub rst_ns: Option<u64>,
-    pub rst_side: usize,
-    pub data_after_rst: u64,
+    pub rst_side: u8,
+    pub data_after_rst: u32,
     pub wait: Option<PairWait>,
     /// Open zero-window episode per advertising side: (start, probes).
     pub zero_window: [Option<(u64, u32)>; 2],
-    /// Next-hop MAC the client's SYN went to.
-    pub syn_dst_mac: Option<[u8; 6]>,
+    /// The most recent SYN (the handshake RTT runs from it).
     pub syn_ns: Option<u64>,
-    /// Handshake RTT (SYN → ACK of SYN-ACK), Wireshark's first RTT.
-    pub first_rtt_ns: Option<u64>,
-    /// Previous dst MAC before the last switch, per side (split_path explanation).
-    pub prev_dst_mac: [Option<[u8; 6]>; 2],
     pub syn_first_ns: Option<u64>,
     pub synack_first_ns: Option<u64>,
-    /// The segment each side is retransmitting, and how many times (retransmission_storm).
+    /// The segment each side is retransmitting, and how many times (retransmission_storm),
+    /// until its peer acknowledges it.
     pub retx: [Option<(u32, u32)>; 2],
+    /// After a segment of `side` skipped a capture gap: that side's next_seq before the gap,
+    /// the highest SEQ its peer may ACK without acking unseen bytes (Wireshark's
+    /// maxseqtobeacked).
+    pub lost_mark: Option<(SeqNumber, u8)>,
+}
+
+impl FlowExtra {
+    /// Drops the handshake timing (the handshake is over).
+    pub fn end_handshake(&mut self) {
+        self.syn_ns = None;
+        self.syn_first_ns = None;
+        self.synack_first_ns = None;
+    }
+    fn handshake_only(&self) -> bool {
+        self.rst_ns.is_none()
+            && self.wait.is_none()
+            && self.zero_window.iter().all(Option::is_none)
+            && self.retx.iter().all(Option::is_none)
+            && self.lost_mark.is_none()
+            && self.data_after_rst == 0
+    }
+}
+
+impl SideState for FlowExtra {
+    fn is_idle(&self) -> bool {
+        self.handshake_only() && self.syn_ns.is_none() && self.syn_first_ns.is_none() && self.synack_first_ns.is_none()
+    }
+    fn is_reclaimable(&self) -> bool {
+        self.handshake_only()
+    }
 }
 
 /// Everything a detector may look at or change for one packet.
 pub struct Ctx<'a> {
     pub pkt: &'a TcpPacket,
-    pub key: &'a FlowKey,
+    pub key: FlowKey,
+    /// The flow's place in the table (its side state is found by it).
+    pub flow_ref: TableRef,
+    /// When the flow began (the origin of its µs times).
+    pub first_ns: u64,
     /// The sender's side (0 = lo, 1 = hi).
     pub side: usize,
     pub flow: &'a mut FlowRecord,
     /// The sender's state as it was before this packet.
     pub before: crate::flow::DirState,
-    pub extras: &'a mut HashMap<FlowKey, FlowExtra>,
+    pub side_state: &'a mut SidePool<FlowExtra>,
+    pub macs: &'a MacTable,
+    /// The packet's source and destination MACs as ids of `macs`.
+    pub src_mac: MacId,
+    pub dst_mac: MacId,
     pub cfg: &'a EngineConfig,
     pub now_us: u32,
     /// Our own capture lost packets and this flow has not resynchronised: no inferences.
@@ -269,11 +332,47 @@ impl Ctx<'_> {
     pub fn other(&self) -> usize {
         1 - self.side
     }
-    pub fn extra(&mut self) -> &mut FlowExtra {
-        self.extras.entry(*self.key).or_default()
+    /// The flow's side state, taken from the pool if it has none (None: the pool is full;
+    /// the detector goes without, and the pool counts it).
+    pub fn extra(&mut self) -> Option<&mut FlowExtra> {
+        match self.side_state.take(self.flow_ref) {
+            Ok((x, _victim)) => {
+                // A victim keeps its HAS_SIDE hint; its next look-up finds nothing and the
+                // engine clears it.
+                self.flow.flags |= conn_flags::HAS_SIDE;
+                Some(x)
+            }
+            Err(()) => None,
+        }
     }
+    /// The flow's side state, if it holds some.
     pub fn extra_ref(&self) -> Option<&FlowExtra> {
-        self.extras.get(self.key)
+        if self.flow.flags & conn_flags::HAS_SIDE == 0 {
+            return None;
+        }
+        self.side_state.get(self.flow_ref.slot)
+    }
+    /// The flow's side state, if it holds some (nothing is taken from the pool).
+    pub fn extra_mut(&mut self) -> Option<&mut FlowExtra> {
+        if self.flow.flags & conn_flags::HAS_SIDE == 0 {
+            return None;
+        }
+        self.side_state.get_mut(self.flow_ref.slot)
+    }
+    /// The highest SEQ of `side` its peer can acknowledge without acking bytes we never saw.
+    pub fn ackable(&self, side: usize) -> SeqNumber {
+        match self.extra_ref().and_then(|x| x.lost_mark) {
+            Some((mark, s)) if s as usize == side => mark,
+            _ => self.flow.dirs[side].next_seq,
+        }
+    }
+    /// Everything `side` was seen sending is ackable again.
+    pub fn clear_lost_mark(&mut self, side: usize) {
+        if let Some(x) = self.extra_mut() {
+            if x.lost_mark.is_some_and(|(_, s)| s as usize == side) {
+                x.lost_mark = None;
+            }
+        }
     }
     pub fn count(&mut self, k: Kind) {
         self.counters[k as usize] += 1;
@@ -288,7 +387,7 @@ impl Ctx<'_> {
     }
     /// The RST pairing window: min(RTT/2, cap), at least the floor (local processing time).
     pub fn pairing_window_ns(&self) -> u64 {
-        let half_rtt = self.extra_ref().and_then(|x| x.first_rtt_ns).map(|r| r / 2).unwrap_or(u64::MAX);
+        let half_rtt = self.flow.rtt_ns().map(|r| r / 2).unwrap_or(u64::MAX);
         half_rtt.min(self.cfg.pairing_window_max_ns).max(self.cfg.pairing_window_floor_ns)
     }
     pub fn role(&self, side: usize) -> &'static str {

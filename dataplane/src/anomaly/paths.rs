@@ -13,16 +13,19 @@ pub fn on_packet(c: &mut Ctx<'_>) {
     let p = c.pkt;
     let s = c.side;
     let d = c.flow.dirs[s];
-    if d.packets == 0 {
+    if d.packets() == 0 {
         return;
     }
-    if d.dst_mac != p.dst_mac {
-        let prev = d.dst_mac;
-        c.extra().prev_dst_mac[s] = Some(prev);
+    // An unknown MAC (past the MAC table) is not a switch; two all-zero MACs (no Ethernet in
+    // the capture) are equal.
+    let this_unknown = !c.dst_mac.is_known() && p.dst_mac != [0; 6];
+    let before_unknown = !d.dst_mac().is_known() && c.macs.overflowed > 0;
+    if d.dst_mac() != c.dst_mac && !this_unknown && !before_unknown {
+        let prev = c.macs.get(d.dst_mac());
         let dm = &mut c.flow.dirs[s];
-        dm.mac_switches = dm.mac_switches.saturating_add(1);
+        dm.count_mac_switch();
         // One switch is a route change; switching back and forth is a split.
-        if dm.mac_switches >= 2 && dm.flags & dir_flags::SPLIT_REPORTED == 0 {
+        if dm.mac_switches() >= 2 && dm.flags & dir_flags::SPLIT_REPORTED == 0 {
             dm.flags |= dir_flags::SPLIT_REPORTED;
             c.count(Kind::SplitPath);
             let from = c.endpoint(s);
@@ -37,7 +40,7 @@ pub fn on_packet(c: &mut Ctx<'_>) {
                     ),
                 )
                 .detail("next_hops", vec![mac_str(&prev), mac_str(&p.dst_mac)])
-                .detail("switches", c.flow.dirs[s].mac_switches),
+                .detail("switches", c.flow.dirs[s].mac_switches()),
             );
         }
     }
@@ -51,8 +54,8 @@ pub fn check_one_sided(c: &mut Ctx<'_>) {
     if c.flow.dirs[c.other()].flags & dir_flags::SEEN != 0 {
         return;
     }
-    let age = c.pkt.ts_ns.saturating_sub(c.flow.first_ns);
-    if age > c.cfg.handshake_timeout_ns && c.flow.dirs[c.side].packets >= 8 {
+    let age = c.pkt.ts_ns.saturating_sub(c.first_ns);
+    if age > c.cfg.handshake_timeout_ns && c.flow.dirs[c.side].packets() >= 8 {
         c.flow.flags |= conn_flags::ONE_SIDED_REPORTED;
         c.count(Kind::OneSided);
         let from = c.endpoint(c.side);
@@ -64,7 +67,7 @@ pub fn check_one_sided(c: &mut Ctx<'_>) {
                 age as f64 / 1e9
             ),
         );
-        d.first_ns = Some(c.flow.first_ns);
+        d.first_ns = Some(c.first_ns);
         c.found.push(d);
     }
 }

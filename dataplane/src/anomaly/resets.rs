@@ -3,7 +3,7 @@
 use dataplane_common::tcp_flags::{ACK, FIN, RST, SYN};
 
 
-use super::{mac_str, Ctx, Detection, Fingerprint, Kind, PairWait, TriggerInfo};
+use super::{mac_str, Ctx, Detection, Fingerprint, Kind, PairWait, TriggerInfo, TriggerWhy};
 use crate::flow::{conn_flags, dir_flags, IpIdModel};
 
 /// Packets a side must have sent before its fingerprint counts as learned.
@@ -32,19 +32,20 @@ pub fn fingerprint_breaks(c: &Ctx<'_>) -> Vec<(String, Evidence)> {
     let d = &c.flow.dirs[c.side];
     let od = &c.flow.dirs[c.other()];
     let mut out = Vec::new();
-    if d.packets < MODEL_MIN_PACKETS {
+    if d.packets() < MODEL_MIN_PACKETS {
         return out;
     }
     use Evidence::*;
     // A direction already sprayed over several next hops is forwarded by several routers'
-    // interfaces: its source MAC says nothing about who originated it.
-    if d.src_mac != p.src_mac && d.src_mac != [0; 6] && p.src_mac != [0; 6] && c.before.mac_switches == 0 {
-        out.push((format!("source MAC {} differs from the sender's {}", mac_str(&p.src_mac), mac_str(&d.src_mac)), OtherHost));
+    // interfaces: its source MAC says nothing about who originated it. (An unknown MAC, id 0,
+    // is the all-zero address of a capture without Ethernet, or one past the MAC table.)
+    if d.src_mac() != c.src_mac && d.src_mac().is_known() && c.src_mac.is_known() && c.before.mac_switches() == 0 {
+        out.push((format!("source MAC {} differs from the sender's {}", mac_str(&p.src_mac), mac_str(&c.macs.get(d.src_mac()))), OtherHost));
     }
-    if (p.ttl as i16 - d.ttl as i16).abs() > 1 {
-        out.push((format!("TTL {} differs from the sender's {}", p.ttl, d.ttl), OtherHost));
+    if (p.ttl as i16 - d.ttl() as i16).abs() > 1 {
+        out.push((format!("TTL {} differs from the sender's {}", p.ttl, d.ttl()), OtherHost));
     }
-    match d.ip_id_model {
+    match d.ip_id_model() {
         IpIdModel::Counter if p.ip_id == 0 => out.push((format!("IP-ID 0 where the sender counts ({})", d.ip_id), NoSocket)),
         IpIdModel::Counter => {
             let step = p.ip_id.wrapping_sub(d.ip_id);
@@ -88,12 +89,12 @@ pub fn on_packet(c: &mut Ctx<'_>) {
     }
     // data_after_rst: a side still sending data after the connection was reset.
     if p.payload_len > 0 {
-        if let Some(x) = c.extras.get_mut(c.key) {
+        if let Some(x) = c.extra_mut() {
             if let Some(rst_ns) = x.rst_ns {
                 if now > rst_ns + DATA_AFTER_RST_GRACE_NS {
-                    x.data_after_rst += 1;
-                    let n = x.data_after_rst;
-                    let rst_side = x.rst_side;
+                    x.data_after_rst = x.data_after_rst.saturating_add(1);
+                    let n = x.data_after_rst as u64;
+                    let rst_side = x.rst_side as usize;
                     if c.flow.flags & conn_flags::DATA_AFTER_RST_REPORTED == 0 {
                         c.flow.flags |= conn_flags::DATA_AFTER_RST_REPORTED;
                         let who = c.endpoint(s);
@@ -125,7 +126,9 @@ pub fn on_packet(c: &mut Ctx<'_>) {
     // A segment outside the receiver's window: remember it, a RST may answer it.
     if let Some(why) = stale_reason(c) {
         let trig = trigger(c, 0, why);
-        c.extra().wait = Some(PairWait { kind: Kind::RstAfterStaleSegment, since_ns: now, from_side: o, rst_seq: p.ack.0, trigger: trig });
+        if let Some(x) = c.extra() {
+            x.wait = Some(PairWait { kind: Kind::RstAfterStaleSegment, since_ns: now, from_side: o, rst_seq: p.ack.0, trigger: trig });
+        }
         return;
     }
     if p.payload_len == 0 {
@@ -133,46 +136,48 @@ pub fn on_packet(c: &mut Ctx<'_>) {
     }
     // Data toward a receiver that may have no connection for it.
     let midstream = c.flow.flags & conn_flags::MIDSTREAM != 0 && c.flow.dirs[s].flags & dir_flags::SYN == 0;
-    let split_hop = c.extra_ref().and_then(|x| x.syn_dst_mac).is_some_and(|m| c.flow.client_side() == Some(s) && m != p.dst_mac);
+    let syn_hop = c.flow.syn_dst_mac();
+    let split_hop = syn_hop.is_known() && c.dst_mac.is_known() && c.flow.client_side() == Some(s) && syn_hop != c.dst_mac;
     if midstream || split_hop {
-        let trig = trigger(c, 0, if split_hop { "next hop differs from the handshake's".into() } else { String::new() });
-        c.extra().wait = Some(PairWait { kind: Kind::MidstreamRst, since_ns: now, from_side: o, rst_seq: p.ack.0, trigger: trig });
+        let trig = trigger(c, 0, if split_hop { TriggerWhy::SplitHop } else { TriggerWhy::Plain });
+        if let Some(x) = c.extra() {
+            x.wait = Some(PairWait { kind: Kind::MidstreamRst, since_ns: now, from_side: o, rst_seq: p.ack.0, trigger: trig });
+        }
         return;
     }
     // A request on a connection the peer already closed.
     if od.flags & dir_flags::FIN != 0 && c.flow.dirs[s].flags & dir_flags::FIN == 0 {
         // Idle: since the requester last sent data (its next_seq last advanced).
-        let idle = now.saturating_sub(c.flow.first_ns + c.before.next_seq_us as u64 * 1000);
-        let trig = trigger(c, idle, String::new());
-        c.extra().wait = Some(PairWait { kind: Kind::RequestAfterFin, since_ns: now, from_side: o, rst_seq: p.ack.0, trigger: trig });
+        let idle = now.saturating_sub(c.first_ns + c.before.next_seq_us as u64 * 1000);
+        let trig = trigger(c, idle, TriggerWhy::Plain);
+        if let Some(x) = c.extra() {
+            x.wait = Some(PairWait { kind: Kind::RequestAfterFin, since_ns: now, from_side: o, rst_seq: p.ack.0, trigger: trig });
+        }
     }
 }
 
-fn trigger(c: &Ctx<'_>, idle_ns: u64, why: String) -> TriggerInfo {
+fn trigger(c: &Ctx<'_>, idle_ns: u64, why: TriggerWhy) -> TriggerInfo {
     let p = c.pkt;
     TriggerInfo { seq: p.seq.0, ack: p.ack.0, len: p.payload_len, hist_id: c.hist_id, idle_ns, why }
 }
 
 /// Why this segment lies outside what the receiver will accept, if it does.
-fn stale_reason(c: &Ctx<'_>) -> Option<String> {
+fn stale_reason(c: &Ctx<'_>) -> Option<TriggerWhy> {
     let p = c.pkt;
     let d = &c.flow.dirs[c.side];
     let od = &c.flow.dirs[c.other()];
     if p.flags & (SYN | FIN) != 0 || !p.has(ACK) {
         return None;
     }
-    if d.flags & dir_flags::DATA_OR_ACK == 0 || od.flags & dir_flags::DATA_OR_ACK == 0 || d.packets < MODEL_MIN_PACKETS {
+    if d.flags & dir_flags::DATA_OR_ACK == 0 || od.flags & dir_flags::DATA_OR_ACK == 0 || d.packets() < MODEL_MIN_PACKETS {
         return None;
     }
-    let rwin = ((od.window as u32) << od.wscale.min(14)).max(1);
-    let maxwin = (65_535u32 << od.wscale.min(14)).max(rwin);
+    let rwin = ((od.window as u32) << od.wscale().min(14)).max(1);
+    let maxwin = (65_535u32 << od.wscale().min(14)).max(rwin);
     // SEQ relative to what the receiver has acknowledged.
     let rel = p.seq.diff(od.last_ack) as i64;
     if rel > maxwin as i64 || rel + (p.seq_len() as i64) < -(maxwin as i64) {
-        return Some(format!(
-            "SEQ {} is {} bytes from the receiver's acknowledged point {} (window {})",
-            p.seq, rel, od.last_ack, rwin
-        ));
+        return Some(TriggerWhy::Stale { seq: p.seq.0, rel, ack: od.last_ack.0, win: rwin });
     }
     None
 }
@@ -183,7 +188,7 @@ fn on_rst(c: &mut Ctx<'_>) {
     let now = p.ts_ns;
     let breaks = fingerprint_breaks(c);
     let pairing = c.pairing_window_ns();
-    let wait = c.extras.get_mut(c.key).and_then(|x| x.wait.take());
+    let wait = c.extra_mut().and_then(|x| x.wait.take());
     let mut paired = false;
     if let Some(w) = wait {
         let in_time = now.saturating_sub(w.since_ns) <= pairing;
@@ -193,8 +198,8 @@ fn on_rst(c: &mut Ctx<'_>) {
             c.found.push(paired_detection(c, &w, &breaks));
         } else if !in_time {
             // Expired: forget it.
-        } else {
-            c.extra().wait = Some(w);
+        } else if let Some(x) = c.extra() {
+            x.wait = Some(w);
         }
     }
     if breaks.iter().any(|(_, e)| *e == Evidence::OtherHost) {
@@ -207,16 +212,17 @@ fn on_rst(c: &mut Ctx<'_>) {
                 describe(&breaks)
             ),
         )
-        .fingerprint(Fingerprint::of_side(&format!("expected ({} so far)", c.role(s)), c.key, c.flow, s))
+        .fingerprint(Fingerprint::of_side(&format!("expected ({} so far)", c.role(s)), &c.key, c.flow, s, c.macs))
         .fingerprint(Fingerprint::of_packet("this RST", p))
         .detail("disagreements", breaks.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>());
         d.sub_kind = Some(if paired { "paired" } else { "unpaired" });
         c.found.push(d);
     }
-    let x = c.extra();
-    if x.rst_ns.is_none() {
-        x.rst_ns = Some(now);
-        x.rst_side = s;
+    if let Some(x) = c.extra() {
+        if x.rst_ns.is_none() {
+            x.rst_ns = Some(now);
+            x.rst_side = s as u8;
+        }
     }
     c.flow.dirs[s].flags |= dir_flags::RST;
 }
@@ -249,7 +255,7 @@ fn paired_detection(c: &Ctx<'_>, w: &PairWait, breaks: &[(String, Evidence)]) ->
                 "{who} (MAC {mac}) answered data from {peer} (SEQ {}, {} bytes) with RST {dt_ms:.3} ms later: it has no connection for this flow — the flow's earlier packets went elsewhere (ECMP / load-balancer split){}.{sender_desc}",
                 w.trigger.seq,
                 w.trigger.len,
-                if w.trigger.why.is_empty() { String::new() } else { format!("; {}", w.trigger.why) }
+                if w.trigger.why == TriggerWhy::Plain { String::new() } else { format!("; {}", w.trigger.why) }
             ),
         ),
         _ => Detection::new(

@@ -27,41 +27,47 @@ pub fn on_packet(c: &mut Ctx<'_>) {
         }
         if !same_isn || c.flow.state.is_closed() {
             // A new connection (first SYN, or a new incarnation after a close).
-            c.flow.syns = 1;
-            c.flow.synacks = 0;
+            c.flow.set_syns(1);
+            c.flow.set_synacks(0);
             c.flow.flags &= !(conn_flags::HANDSHAKE_REPORTED | conn_flags::SYNACK_SEEN);
             c.flow.flags = if s == 1 { c.flow.flags | conn_flags::CLIENT_IS_HI } else { c.flow.flags & !conn_flags::CLIENT_IS_HI };
-            let x = c.extra();
-            x.syn_first_ns = Some(now);
-            x.syn_ns = Some(now);
-            x.syn_dst_mac = Some(p.dst_mac);
-            x.first_rtt_ns = None;
+            c.flow.set_syn_dst_mac(c.dst_mac);
+            c.flow.set_rtt_ns(None);
+            if let Some(x) = c.extra() {
+                x.syn_first_ns = Some(now);
+                x.syn_ns = Some(now);
+                x.synack_first_ns = None;
+            }
         } else {
-            c.flow.syns = c.flow.syns.saturating_add(1);
+            c.flow.set_syns(c.flow.syns().saturating_add(1));
             // The handshake RTT runs from the most recent SYN (a retransmitted SYN restarts it).
-            c.extra().syn_ns = Some(now);
+            if let Some(x) = c.extra() {
+                x.syn_ns = Some(now);
+            }
         }
         let d = &mut c.flow.dirs[s];
         d.flags |= dir_flags::SYN;
         d.isn = p.seq;
         // Rule: the SYN and at least two retransmissions, never answered.
-        if c.flow.syns >= 3 && c.flow.flags & (conn_flags::SYNACK_SEEN | conn_flags::HANDSHAKE_REPORTED) == 0 {
+        if c.flow.syns() >= 3 && c.flow.flags & (conn_flags::SYNACK_SEEN | conn_flags::HANDSHAKE_REPORTED) == 0 {
             c.flow.flags |= conn_flags::HANDSHAKE_REPORTED;
-            let first = c.extra_ref().and_then(|x| x.syn_first_ns).unwrap_or(now);
-            c.found.push(syn_unanswered(c, first, c.flow.syns as u64));
+            let first = c.extra_ref().and_then(|x| x.syn_first_ns).unwrap_or(c.first_ns);
+            c.found.push(syn_unanswered(c, first, c.flow.syns() as u64));
         }
     } else if synack {
         if c.flow.flags & conn_flags::SYNACK_SEEN != 0 && c.flow.dirs[s].isn == p.seq {
-            c.flow.synacks = c.flow.synacks.saturating_add(1);
-            if c.flow.synacks == 2 && c.flow.state == crate::tcp::ConnState::SynReceived && c.flow.flags & conn_flags::HANDSHAKE_REPORTED == 0 {
+            c.flow.set_synacks(c.flow.synacks().saturating_add(1));
+            if c.flow.synacks() == 2 && c.flow.state == crate::tcp::ConnState::SynReceived && c.flow.flags & conn_flags::HANDSHAKE_REPORTED == 0 {
                 c.flow.flags |= conn_flags::HANDSHAKE_REPORTED;
                 let first = c.extra_ref().and_then(|x| x.synack_first_ns).unwrap_or(now);
                 c.found.push(synack_unacked(c, first, "was retransmitted"));
             }
         } else {
-            c.flow.synacks = 1;
+            c.flow.set_synacks(1);
             c.flow.flags |= conn_flags::SYNACK_SEEN;
-            c.extra().synack_first_ns = Some(now);
+            if let Some(x) = c.extra() {
+                x.synack_first_ns = Some(now);
+            }
         }
         let d = &mut c.flow.dirs[s];
         d.flags |= dir_flags::SYN;
@@ -80,11 +86,10 @@ pub fn on_packet(c: &mut Ctx<'_>) {
         );
     } else if c.flow.state == crate::tcp::ConnState::SynReceived && p.has(ACK) && c.flow.client_side() == Some(s) {
         // The third segment: Wireshark's first RTT is SYN → this ACK.
-        let x = c.extra();
-        if x.first_rtt_ns.is_none() {
-            if let Some(t) = x.syn_ns {
+        if c.flow.rtt_ns().is_none() {
+            if let Some(t) = c.extra_ref().and_then(|x| x.syn_ns) {
                 let rtt = now.saturating_sub(t);
-                x.first_rtt_ns = Some(rtt);
+                c.flow.set_rtt_ns(Some(rtt));
                 c.rtt_samples.push(rtt);
             }
         }
@@ -125,7 +130,7 @@ fn tuple_reuse(c: &mut Ctx<'_>) {
         return;
     }
     c.flow.flags |= conn_flags::REUSE_REPORTED;
-    let old = Fingerprint::of_side("sender of the live connection", c.key, c.flow, s);
+    let old = Fingerprint::of_side("sender of the live connection", &c.key, c.flow, s, c.macs);
     let mut new = Fingerprint::of_packet("sender of the new SYN", p);
     new.isn = Some(p.seq.0);
     let old_isn = c.flow.dirs[s].isn;
@@ -161,8 +166,8 @@ pub fn on_timeout(c: &mut Ctx<'_>) {
     match c.flow.state {
         crate::tcp::ConnState::SynSent if c.flow.flags & conn_flags::SYNACK_SEEN == 0 => {
             c.flow.flags |= conn_flags::HANDSHAKE_REPORTED;
-            let first = c.extra_ref().and_then(|x| x.syn_first_ns).unwrap_or(c.pkt.ts_ns);
-            let d = syn_unanswered(c, first, c.flow.syns as u64);
+            let first = c.extra_ref().and_then(|x| x.syn_first_ns).unwrap_or(c.first_ns);
+            let d = syn_unanswered(c, first, c.flow.syns() as u64);
             c.found.push(d);
         }
         crate::tcp::ConnState::SynReceived => {

@@ -1,0 +1,506 @@
+//! A worker's flows: a slab of 128-byte records (key inside) and an open-addressing index of
+//! u32 entries (slab position + a tag from the hash), linear probing with backward-shift
+//! deletion, a fast hash with a per-process seed. Bounded: when full, one flow is evicted in
+//! O(1) — a closed flow first, then a half-open one (each from a FIFO of flows that entered
+//! that state, checked lazily), then the idlest of a small sample of the slab (as Katran's and
+//! Redis' approximate LRUs do) — and every eviction is counted by reason.
+use super::{FlowKey, FlowRecord};
+
+/// Why a flow left the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EvictReason {
+    Closed,
+    HalfOpen,
+    Idle,
+    /// Expired by the idle timeout, not by pressure.
+    Expired,
+}
+
+impl EvictReason {
+    pub const ALL: [EvictReason; 4] = [EvictReason::Closed, EvictReason::HalfOpen, EvictReason::Idle, EvictReason::Expired];
+    pub fn name(self) -> &'static str {
+        match self {
+            EvictReason::Closed => "closed",
+            EvictReason::HalfOpen => "half_open",
+            EvictReason::Idle => "idle",
+            EvictReason::Expired => "expired",
+        }
+    }
+}
+
+/// Live flows sampled to find the idlest when no closed or half-open flow can go.
+const IDLE_SAMPLE: usize = 32;
+/// The most flows a table holds (slab positions and tags share one u32 index entry).
+pub const MAX_CAPACITY: usize = 1 << 26;
+
+/// A flow's position in its table's slab; stable while the flow lives.
+pub type Slot = u32;
+
+/// A slot with 30 bits of its key's hash: a reference that can be checked after the slot may
+/// have been reused by another flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowRef {
+    pub slot: Slot,
+    /// Low 30 bits of the key's hash (the top two bits are free for the holder's use).
+    pub tag: u32,
+}
+
+/// The bits of a hash a [`FlowRef`] keeps.
+pub const TAG_MASK: u32 = (1 << 30) - 1;
+
+pub struct FlowTable {
+    slab: Vec<FlowRecord>,
+    /// One bit per slab position: holds a live flow.
+    live: Vec<u64>,
+    /// Head of the free list, threaded through dead records' `last_hist`.
+    free: u32,
+    index: Box<[u32]>,
+    /// Bits of an index entry that hold slab position + 1; the rest hold a hash tag.
+    pos_bits: u32,
+    len: usize,
+    capacity: usize,
+    seed: u64,
+    /// Packet time the records' `first_ms` counts from (the first flow's).
+    base_ns: Option<u64>,
+    /// Flows that became closed / half-open, oldest first; checked against the flow's state
+    /// when popped (any flow in that state is a fair victim, so a reused slot is no harm).
+    closed_fifo: std::collections::VecDeque<Slot>,
+    half_open_fifo: std::collections::VecDeque<Slot>,
+    hand: usize,
+    pub created: u64,
+    pub evicted: [u64; 4],
+}
+
+const FREE_END: u32 = u32::MAX;
+
+#[inline]
+fn fold_mul(a: u64, b: u64) -> u64 {
+    let m = a as u128 * b as u128;
+    (m as u64) ^ ((m >> 64) as u64)
+}
+
+/// A seed that differs per process (std's RandomState is seeded from the OS).
+fn process_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x5157_7761_7463_68);
+    h.finish() | 1
+}
+
+impl FlowTable {
+    pub fn new(capacity: usize) -> Self {
+        Self::with_seed(capacity, process_seed())
+    }
+
+    /// A table whose hash uses `seed` (tests; results never depend on it).
+    pub fn with_seed(capacity: usize, seed: u64) -> Self {
+        let capacity = capacity.clamp(16, MAX_CAPACITY);
+        // Load factor ≤ 3/4: probes stay within a cache line or two (16 entries a line), and
+        // the index costs 5⅓ bytes per flow. Not a power of two: positions come from a
+        // multiply-shift of the hash.
+        let slots = (capacity * 4 / 3).max(64).next_multiple_of(16);
+        let pos_bits = usize::BITS - capacity.leading_zeros();
+        Self {
+            slab: Vec::with_capacity(capacity),
+            live: vec![0; capacity.div_ceil(64)],
+            free: FREE_END,
+            index: vec![0u32; slots].into_boxed_slice(),
+            pos_bits,
+            len: 0,
+            capacity,
+            seed,
+            base_ns: None,
+            closed_fifo: Default::default(),
+            half_open_fifo: Default::default(),
+            hand: 0,
+            created: 0,
+            evicted: [0; 4],
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+    pub fn is_full(&self) -> bool {
+        self.len >= self.capacity
+    }
+
+    /// Bytes the table has reserved for its index (the slab grows with the flows).
+    pub fn index_bytes(&self) -> usize {
+        self.index.len() * 4
+    }
+
+    #[inline]
+    pub fn hash(&self, k: &FlowKey) -> u64 {
+        let w = k.words();
+        let mut h = self.seed;
+        for x in w {
+            h = fold_mul(h ^ x, 0x9e37_79b9_7f4a_7c15);
+        }
+        h
+    }
+
+    /// Where the probe for hash `h` starts.
+    #[inline]
+    fn home(&self, h: u64) -> usize {
+        (((h >> 32) * self.index.len() as u64) >> 32) as usize
+    }
+
+    #[inline]
+    fn next(&self, i: usize) -> usize {
+        if i + 1 == self.index.len() { 0 } else { i + 1 }
+    }
+
+    #[inline]
+    fn tag_of(&self, h: u64) -> u32 {
+        if self.pos_bits >= 32 {
+            0
+        } else {
+            (h as u32) << self.pos_bits
+        }
+    }
+
+    #[inline]
+    fn pos_mask(&self) -> u32 {
+        if self.pos_bits >= 32 { u32::MAX } else { (1u32 << self.pos_bits) - 1 }
+    }
+
+    #[inline]
+    fn is_live(&self, slot: Slot) -> bool {
+        let i = slot as usize;
+        i < self.slab.len() && self.live[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    /// Where the flow `k` (with hash `h`) lives, if it does.
+    #[inline]
+    pub fn find(&self, k: &FlowKey, h: u64) -> Option<Slot> {
+        let tag = self.tag_of(h);
+        let pm = self.pos_mask();
+        let mut i = self.home(h);
+        loop {
+            let e = self.index[i];
+            if e == 0 {
+                return None;
+            }
+            if e & !pm == tag {
+                let slot = (e & pm) - 1;
+                if self.slab[slot as usize].key == *k {
+                    return Some(slot);
+                }
+            }
+            i = self.next(i);
+        }
+    }
+
+    /// Hints the CPU to fetch the index line for hash `h` (batched lookups call this for a
+    /// whole batch before the first lookup).
+    #[inline]
+    pub fn prefetch(&self, h: u64) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let p = self.index.as_ptr().wrapping_add(self.home(h));
+            // Safety: prefetching is a hint and never faults, whatever the address.
+            unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p as *const i8) };
+        }
+    }
+
+    /// A new flow `k` (not in the table: call [`find`](Self::find) first). The table must not
+    /// be full: make room with [`evict_one`](Self::evict_one).
+    pub fn insert(&mut self, k: FlowKey, h: u64, now_ns: u64, epoch: u8) -> Slot {
+        assert!(self.len < self.capacity, "FlowTable::insert on a full table");
+        let base = *self.base_ns.get_or_insert(now_ns);
+        let first_ms = (now_ns.saturating_sub(base) / 1_000_000).min(u32::MAX as u64) as u32;
+        let rec = FlowRecord::new(k, first_ms, epoch);
+        let slot = if self.free != FREE_END {
+            let s = self.free;
+            self.free = self.slab[s as usize].last_hist;
+            self.slab[s as usize] = rec;
+            s
+        } else {
+            self.slab.push(rec);
+            (self.slab.len() - 1) as Slot
+        };
+        self.live[slot as usize / 64] |= 1 << (slot % 64);
+        let mut i = self.home(h);
+        while self.index[i] != 0 {
+            i = self.next(i);
+        }
+        self.index[i] = self.tag_of(h) | (slot + 1);
+        self.len += 1;
+        self.created += 1;
+        slot
+    }
+
+    #[inline]
+    pub fn get(&self, slot: Slot) -> &FlowRecord {
+        debug_assert!(self.is_live(slot));
+        &self.slab[slot as usize]
+    }
+    #[inline]
+    pub fn get_mut(&mut self, slot: Slot) -> &mut FlowRecord {
+        debug_assert!(self.is_live(slot));
+        &mut self.slab[slot as usize]
+    }
+
+    /// A reference to the flow in `slot` that [`resolve`](Self::resolve) can check later.
+    pub fn flow_ref(&self, slot: Slot) -> FlowRef {
+        FlowRef { slot, tag: self.hash(&self.slab[slot as usize].key) as u32 & TAG_MASK }
+    }
+
+    /// The slot of `r` if the same flow still lives there.
+    pub fn resolve(&self, r: FlowRef) -> Option<Slot> {
+        (self.is_live(r.slot) && self.hash(&self.slab[r.slot as usize].key) as u32 & TAG_MASK == r.tag & TAG_MASK).then_some(r.slot)
+    }
+
+    /// Removes the flow in `slot` and returns its record.
+    pub fn remove(&mut self, slot: Slot) -> FlowRecord {
+        assert!(self.is_live(slot), "FlowTable::remove of a free slot");
+        let rec = self.slab[slot as usize];
+        let h = self.hash(&rec.key);
+        let pm = self.pos_mask();
+        let mut i = self.home(h);
+        while self.index[i] & pm != slot + 1 {
+            debug_assert!(self.index[i] != 0, "a live flow is in the index");
+            i = self.next(i);
+        }
+        // Backward-shift deletion: move later entries of the probe run into the hole when
+        // their home position allows it, so no tombstones are needed.
+        let mut hole = i;
+        let n = self.index.len();
+        let mut j = self.next(i);
+        loop {
+            let e = self.index[j];
+            if e == 0 {
+                break;
+            }
+            let home = self.home(self.hash(&self.slab[((e & pm) - 1) as usize].key));
+            // Can the entry at j move to the hole? Only if its home is not in (hole, j].
+            let dist_home = (j + n - home) % n;
+            let dist_hole = (j + n - hole) % n;
+            if dist_home >= dist_hole {
+                self.index[hole] = e;
+                hole = j;
+            }
+            j = self.next(j);
+        }
+        self.index[hole] = 0;
+        self.live[slot as usize / 64] &= !(1 << (slot % 64));
+        self.slab[slot as usize].last_hist = self.free;
+        self.free = slot;
+        self.len -= 1;
+        rec
+    }
+
+    /// The flow in `slot` became closed (it goes first under pressure).
+    pub fn note_closed(&mut self, slot: Slot) {
+        self.closed_fifo.push_back(slot);
+        self.trim(true);
+    }
+
+    /// The flow in `slot` became half-open (it goes next under pressure).
+    pub fn note_half_open(&mut self, slot: Slot) {
+        self.half_open_fifo.push_back(slot);
+        self.trim(false);
+    }
+
+    /// Whether `slot` holds a flow in the state its queue is for.
+    fn still(&self, s: Slot, closed: bool) -> Option<Slot> {
+        if !self.is_live(s) {
+            return None;
+        }
+        let st = self.slab[s as usize].state;
+        (if closed { st.is_closed() } else { st.is_half_open() }).then_some(s)
+    }
+
+    /// Drops stale entries from the front of a queue (two per push keeps it near the number of
+    /// flows really in that state), and compacts it when stale entries pile up behind a live one.
+    fn trim(&mut self, closed: bool) {
+        for _ in 0..2 {
+            let q = if closed { &self.closed_fifo } else { &self.half_open_fifo };
+            match q.front() {
+                Some(&r) if self.still(r, closed).is_none() => {
+                    if closed { self.closed_fifo.pop_front() } else { self.half_open_fifo.pop_front() };
+                }
+                _ => break,
+            }
+        }
+        let qlen = if closed { self.closed_fifo.len() } else { self.half_open_fifo.len() };
+        if qlen > 2 * self.capacity.max(1024) {
+            let mut q = std::mem::take(if closed { &mut self.closed_fifo } else { &mut self.half_open_fifo });
+            q.retain(|r| self.still(*r, closed).is_some());
+            *(if closed { &mut self.closed_fifo } else { &mut self.half_open_fifo }) = q;
+        }
+    }
+
+    /// Picks the flow to evict under pressure and removes it: the oldest closed flow, else the
+    /// oldest half-open one, else the idlest of a sample. Counted by reason.
+    pub fn evict_one(&mut self) -> Option<(Slot, FlowRecord, EvictReason)> {
+        for (closed, reason) in [(true, EvictReason::Closed), (false, EvictReason::HalfOpen)] {
+            loop {
+                let front = if closed { self.closed_fifo.pop_front() } else { self.half_open_fifo.pop_front() };
+                let Some(r) = front else { break };
+                if let Some(s) = self.still(r, closed) {
+                    let rec = self.remove(s);
+                    self.evicted[reason as usize] += 1;
+                    return Some((s, rec, reason));
+                }
+            }
+        }
+        if self.len == 0 {
+            return None;
+        }
+        let n = self.slab.len();
+        let mut best: Option<(u64, Slot)> = None;
+        let mut seen = 0;
+        let mut i = self.hand % n;
+        let mut steps = 0;
+        while seen < IDLE_SAMPLE && steps < n {
+            if self.is_live(i as Slot) {
+                let r = &self.slab[i];
+                let last = r.first_ms as u64 * 1000 + r.last_us() as u64;
+                if best.is_none_or(|(b, _)| last < b) {
+                    best = Some((last, i as Slot));
+                }
+                seen += 1;
+            }
+            i = (i + 1) % n;
+            steps += 1;
+        }
+        self.hand = i;
+        let (_, s) = best?;
+        let rec = self.remove(s);
+        self.evicted[EvictReason::Idle as usize] += 1;
+        Some((s, rec, EvictReason::Idle))
+    }
+
+    /// Counts a flow removed because it expired.
+    pub fn count_expired(&mut self) {
+        self.evicted[EvictReason::Expired as usize] += 1;
+    }
+
+    /// When the flow in `rec` began (exact to the millisecond).
+    #[inline]
+    pub fn first_ns(&self, rec: &FlowRecord) -> u64 {
+        self.base_ns.unwrap_or(0) + rec.first_ms as u64 * 1_000_000
+    }
+
+    /// The flow's newest packet time.
+    pub fn last_ns(&self, rec: &FlowRecord) -> u64 {
+        self.first_ns(rec) + rec.last_us() as u64 * 1000
+    }
+
+    /// Live flows, in slab order.
+    pub fn iter(&self) -> impl Iterator<Item = (Slot, &FlowRecord)> {
+        self.slab.iter().enumerate().filter(|(i, _)| self.is_live(*i as Slot)).map(|(i, r)| (i as Slot, r))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{craft::TcpSegment, packet::decode, tcp::ConnState};
+
+    fn key(port: u16) -> FlowKey {
+        let f = TcpSegment::new("10.0.0.1".parse().unwrap(), port, "10.0.0.2".parse().unwrap(), 80).frame();
+        FlowKey::of(&decode(&f, f.len() as u32, 0, 0).unwrap()).0
+    }
+
+    /// A trivially correct model (a HashMap) against the table, under inserts and removals
+    /// that force long probe runs (a tiny table and a seed that collides nothing on purpose).
+    #[test]
+    fn agrees_with_a_hashmap_under_churn() {
+        for seed in [1u64, 7, 0xdead_beef] {
+            let mut t = FlowTable::with_seed(64, seed);
+            let mut model = std::collections::HashMap::new();
+            let mut rng = seed;
+            for step in 0..20_000u32 {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let k = key((rng % 200) as u16);
+                let h = t.hash(&k);
+                match (t.find(&k, h), model.get(&k).copied()) {
+                    (Some(s), Some(ms)) => {
+                        assert_eq!(s, ms);
+                        if rng & 1 == 0 {
+                            t.remove(s);
+                            model.remove(&k);
+                        }
+                    }
+                    (None, None) => {
+                        if t.is_full() {
+                            let (_, gone, _) = t.evict_one().unwrap();
+                            assert!(model.remove(&gone.key).is_some());
+                        }
+                        let s = t.insert(k, h, step as u64, 0);
+                        model.insert(k, s);
+                    }
+                    (a, b) => panic!("step {step}: table {a:?}, model {b:?}"),
+                }
+                assert_eq!(t.len(), model.len());
+            }
+            for (k, s) in &model {
+                assert_eq!(t.find(k, t.hash(k)), Some(*s));
+            }
+        }
+    }
+
+    #[test]
+    fn eviction_prefers_closed_then_half_open_then_idle() {
+        let mut t = FlowTable::new(16);
+        for i in 0..16u16 {
+            let k = key(1000 + i);
+            let s = t.insert(k, t.hash(&k), i as u64 * 1_000_000, 0);
+            let r = t.get_mut(s);
+            r.dirs[0].last_us = 0;
+            r.state = match i {
+                0 => ConnState::Closed,
+                1 => ConnState::SynSent,
+                _ => ConnState::Established,
+            };
+            match i {
+                0 => t.note_closed(s),
+                1 => t.note_half_open(s),
+                _ => {}
+            }
+        }
+        let (_, r, why) = t.evict_one().unwrap();
+        assert_eq!((why, r.key), (EvictReason::Closed, key(1000)));
+        let (_, r, why) = t.evict_one().unwrap();
+        assert_eq!((why, r.key), (EvictReason::HalfOpen, key(1001)));
+        // Then the idlest established flow: port 1002 began first and never spoke again.
+        let (_, r, why) = t.evict_one().unwrap();
+        assert_eq!((why, r.key), (EvictReason::Idle, key(1002)));
+        assert_eq!(t.evicted, [1, 1, 1, 0]);
+        // A flow that left the queued state is not evicted for it.
+        let k = key(2000);
+        let s = t.insert(k, t.hash(&k), 20_000_000, 0);
+        t.get_mut(s).state = ConnState::SynSent;
+        t.note_half_open(s);
+        t.get_mut(s).state = ConnState::Established;
+        t.get_mut(s).dirs[0].last_us = 1_000_000;
+        let (_, r, why) = t.evict_one().unwrap();
+        assert_eq!(why, EvictReason::Idle);
+        assert_ne!(r.key, k);
+    }
+
+    #[test]
+    fn a_reference_to_a_reused_slot_does_not_resolve() {
+        let mut t = FlowTable::new(16);
+        let a = key(1);
+        let s = t.insert(a, t.hash(&a), 0, 0);
+        let r = t.flow_ref(s);
+        t.remove(s);
+        assert_eq!(t.resolve(r), None);
+        let b = key(2);
+        let s2 = t.insert(b, t.hash(&b), 0, 0);
+        assert_eq!(s2, s, "the free slot is reused");
+        assert_eq!(t.resolve(r), None);
+    }
+}
