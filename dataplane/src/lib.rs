@@ -8,6 +8,7 @@ pub mod pcapng;
 pub mod worker;
 pub mod capture;
 pub mod packet;
+pub mod pipeline;
 pub mod seq;
 pub mod anomaly;
 pub mod engine;
