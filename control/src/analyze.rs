@@ -24,8 +24,9 @@ pub struct AnalyzeArgs {
     /// (e.g. both sides of a firewall): packets are matched across them.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
-    /// Worker threads; flows are sharded over them (default: one per CPU).
-    #[arg(long, value_name = "N")]
+    /// Worker threads, 1 to 64; flows are sharded over them (default: one per CPU, at most 64).
+    #[arg(long, value_name = "N", allow_negative_numbers = true,
+          value_parser = crate::options::whole::<usize>(1, 64, "workers"))]
     pub workers: Option<usize>,
     /// Write every event as one JSON object per line here (`-` for stdout).
     #[arg(long, value_name = "OUT.jsonl")]

@@ -1,44 +1,105 @@
-//! `wirewatch run --config FILE`: a TOML file whose keys are `run`'s long options in
+//! `wirewatch run --config FILE`: a flat TOML file whose keys are `run`'s long options in
 //! snake_case (`xdp_mode = "native"`, `iface = ["eth1", "eth2"]`). The file becomes command-line
 //! arguments placed before the real ones, so flags given on the command line win and both are
-//! checked by the same rules. Errors name the file, the key, the value and what is allowed.
-use std::ffi::OsString;
+//! checked by the same rules.
+//!
+//! The file may be read through sudo, so it is handled as untrusted: only a regular file of at
+//! most 1 MiB is read (a FIFO or a device is refused before a byte is read), and errors name
+//! the file, the line and the key but never quote the file's text.
+use std::{collections::BTreeMap, ffi::OsString, path::Path};
 
 use anyhow::{bail, Context as _, Result};
+use clap::FromArgMatches as _;
+use toml::Spanned;
+
+/// Far more than any set of `run` options needs.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Keys that are options of `run` but make no sense in its config file.
+const NOT_IN_FILE: [&str; 2] = ["config", "help"];
+
+/// A key as it may appear in an error: quoted only if it looks like an option name, since
+/// the file may not be a config file at all.
+fn shown(key: &str) -> String {
+    let option_like = (1..=32).contains(&key.len())
+        && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if option_like {
+        format!("`{key}`")
+    } else {
+        "(not an option name)".to_string()
+    }
+}
+
+/// The 1-based line of a byte offset; the end of the file counts as its last line (as toml
+/// reports it: an unclosed `[` is on the line that opened it, not after the final newline).
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len().saturating_sub(1))].iter().filter(|b| **b == b'\n').count() + 1
+}
 
 /// Expands `run --config FILE` in `argv` into the file's settings. Other commands pass through.
 pub fn expand(argv: Vec<OsString>, run_cmd: &clap::Command) -> Result<Vec<OsString>> {
-    let Some(run_at) = argv.iter().position(|a| a == "run") else { return Ok(argv) };
+    // `run` is the subcommand only in first position (`analyze run` names a file).
+    if argv.get(1).is_none_or(|a| a != "run") {
+        return Ok(argv);
+    }
     let mut path = None;
     let mut rest = Vec::new();
-    let mut it = argv[run_at + 1..].iter();
+    let mut it = argv[2..].iter();
     while let Some(a) = it.next() {
         let s = a.to_string_lossy();
-        if s == "--config" {
-            path = Some(it.next().context("--config needs a file")?.clone());
-        } else if let Some(p) = s.strip_prefix("--config=") {
-            path = Some(OsString::from(p));
+        let given = if s == "--config" {
+            Some(it.next().context("--config needs a file")?.clone())
         } else {
-            rest.push(a.clone());
+            s.strip_prefix("--config=").map(OsString::from)
+        };
+        match given {
+            Some(_) if path.is_some() => bail!("--config is given twice; name one file"),
+            Some(p) => path = Some(p),
+            None => rest.push(a.clone()),
         }
     }
     let Some(path) = path else { return Ok(argv) };
     let path_s = path.to_string_lossy().to_string();
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading the config file {path_s}"))?;
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| anyhow::anyhow!("config {path_s}: {}", e.to_string().trim()))?;
+    let bytes = crate::options::read_regular_file(Path::new(&path), MAX_CONFIG_BYTES)
+        .map_err(|e| anyhow::anyhow!("config {path_s}: {e}"))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let line = e.as_bytes()[..e.utf8_error().valid_up_to()].iter().filter(|b| **b == b'\n').count() + 1;
+        anyhow::anyhow!("config {path_s}: line {line} is not UTF-8 text")
+    })?;
+    // toml's Display of a parse error quotes the offending line; its message alone does not
+    // (it says what was expected, naming at most a key).
+    let table: BTreeMap<Spanned<String>, toml::Value> = toml::from_str(&text).map_err(|e: toml::de::Error| {
+        let at = e.span().map(|s| format!(" line {}", line_of(&text, s.start))).unwrap_or_default();
+        let what = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+        anyhow::anyhow!("config {path_s}{at}: TOML parse error ({what})")
+    })?;
+    let mut entries: Vec<_> = table.into_iter().collect();
+    entries.sort_by_key(|(k, _)| k.span().start);
     let cli_has_iface = rest.iter().any(|a| a == "--iface" || a == "-i" || a.to_string_lossy().starts_with("--iface="));
     let mut from_file = Vec::new();
-    for (key, value) in &table {
+    for (key, value) in &entries {
+        let (line, key) = (line_of(&text, key.span().start), key.get_ref().as_str());
+        let (at, k) = (format!("config {path_s} line {line}"), shown(key));
+        if value.is_table() {
+            bail!("{at}: key {k} is a table; the file is flat, `key = value` lines only (no [sections] or dotted keys)");
+        }
         let flag = key.replace('_', "-");
-        let Some(arg) = run_cmd.get_arguments().find(|a| a.get_long() == Some(flag.as_str())) else {
-            let allowed: Vec<String> = run_cmd.get_arguments().filter_map(|a| a.get_long()).filter(|l| *l != "help" && *l != "config").map(|l| l.replace('-', "_")).collect();
-            bail!("config {path_s}: unknown key `{key}`; allowed keys: {}", allowed.join(", "));
+        let arg = run_cmd.get_arguments().find(|a| a.get_long() == Some(flag.as_str()));
+        let Some(arg) = arg.filter(|_| !NOT_IN_FILE.contains(&key)) else {
+            if NOT_IN_FILE.contains(&key) {
+                bail!("{at}: key {k} cannot be set in a config file");
+            }
+            let allowed: Vec<String> = run_cmd
+                .get_arguments()
+                .filter_map(|a| a.get_long())
+                .filter(|l| !NOT_IN_FILE.contains(l))
+                .map(|l| l.replace('-', "_"))
+                .collect();
+            bail!("{at}: unknown key {k}; allowed keys: {}", allowed.join(", "));
         };
         let takes_value = arg.get_action().takes_values();
-        let mut push = |v: String| {
-            from_file.push(OsString::from(format!("--{flag}")));
-            from_file.push(OsString::from(v));
-        };
+        // `--flag=value`, so a value such as `-inf` is not taken for an option.
+        let mut push = |v: String| from_file.push(OsString::from(format!("--{flag}={v}")));
         match value {
             toml::Value::Boolean(b) if !takes_value => {
                 if *b {
@@ -52,7 +113,7 @@ pub fn expand(argv: Vec<OsString>, run_cmd: &clap::Command) -> Result<Vec<OsStri
                 for i in items {
                     match i {
                         toml::Value::String(s) => push(s.clone()),
-                        other => bail!("config {path_s}: key `iface`: {other} is not an interface name (expected a string or a list of strings)"),
+                        _ => bail!("{at}: key {k}: every item must be an interface name in quotes"),
                     }
                 }
             }
@@ -66,26 +127,23 @@ pub fn expand(argv: Vec<OsString>, run_cmd: &clap::Command) -> Result<Vec<OsStri
             toml::Value::Float(f) if takes_value => push(f.to_string()),
             other => {
                 let want = if takes_value { "a value" } else { "true or false" };
-                bail!("config {path_s}: key `{key}`: {other} has the wrong type (expected {want}; see `wirewatch run --help` for --{flag})");
+                bail!("{at}: key {k} has the wrong type: expected {want}, found {} (see `wirewatch run --help` for --{flag})", other.type_str());
             }
         }
     }
     // Check the file on its own, so its mistakes are reported as the file's.
     let mut probe: Vec<OsString> = from_file.clone();
-    if !from_file.iter().any(|a| a == "--iface") {
+    if !from_file.iter().any(|a| a.to_string_lossy().starts_with("--iface=")) {
         probe.extend([OsString::from("--iface"), OsString::from("placeholder")]);
     }
-    if let Err(e) = run_cmd.clone().no_binary_name(true).try_get_matches_from(&probe) {
-        // clap's message minus usage and help hints: the problem and what is allowed.
-        let msg = e.to_string();
-        let what: Vec<&str> = msg
-            .lines()
-            .map(|l| l.trim().trim_start_matches("error: "))
-            .filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information"))
-            .collect();
-        bail!("config {path_s}: {}", what.join(" "));
-    }
-    let mut out: Vec<OsString> = argv[..=run_at].to_vec();
+    let matches = run_cmd
+        .clone()
+        .no_binary_name(true)
+        .try_get_matches_from(&probe)
+        .map_err(|e| anyhow::anyhow!("config {path_s}: {}", crate::options::one_line(&e)))?;
+    let file_args = crate::run::RunArgs::from_arg_matches(&matches).map_err(|e| anyhow::anyhow!("config {path_s}: {}", crate::options::one_line(&e)))?;
+    file_args.check().map_err(|e| anyhow::anyhow!("config {path_s}: {e}"))?;
+    let mut out: Vec<OsString> = argv[..2].to_vec();
     out.extend(from_file);
     out.extend(rest);
     Ok(out)

@@ -10,6 +10,7 @@ mod config;
 mod lab;
 mod live;
 mod metrics;
+mod options;
 mod profile;
 mod retention;
 mod run;
@@ -52,27 +53,37 @@ enum Command {
     Profile(profile::ProfileArgs),
 }
 
+/// Bad usage: one line on stderr, exit status 2, before anything is attached or written.
+fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("wirewatch: error: {msg}");
+    ExitCode::from(2)
+}
+
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
     let cmd = Cli::command();
     let run_cmd = cmd.find_subcommand("run").expect("run is a subcommand");
     let argv = match config::expand(std::env::args_os().collect(), run_cmd) {
         Ok(a) => a,
-        Err(e) => {
-            eprintln!("wirewatch: error: {e:#}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return usage_error(format_args!("{e:#}")),
     };
     let cli = match Cli::try_parse_from(argv) {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
             let _ = e.print();
-            return ExitCode::from(code);
+            return ExitCode::SUCCESS;
         }
+        Err(e) => return usage_error(options::one_line(&e)),
     };
+    if let Command::Run(args) = &cli.command {
+        if let Err(msg) = args.check() {
+            return usage_error(msg);
+        }
+    }
+    // Only now: nothing is logged until every option has been checked.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Analyze(args) => analyze::analyze(args),

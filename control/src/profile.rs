@@ -49,8 +49,8 @@ enum ProfileCmd {
         #[arg(long, default_value = "auto", value_name = "NAME|auto")]
         profile: String,
         /// Worker cores, one queue each (e.g. `2-5` or `2,4,6`) [default: every CPU we may use]
-        #[arg(long, value_name = "LIST")]
-        cpus: Option<String>,
+        #[arg(long, value_name = "LIST", value_parser = crate::options::any_cpu_list)]
+        cpus: Option<crate::options::CpuList>,
         /// Print the steps as shell commands instead of running them
         #[arg(long)]
         dry_run: bool,
@@ -98,10 +98,10 @@ pub fn resolve<'a>(profiles: &'a [Profile], name: &str, iface: &str) -> Result<(
     Ok((p, Some(info)))
 }
 
-pub fn cpu_list_or_all(cpus: Option<&str>) -> Result<Vec<usize>> {
+pub fn cpu_list_or_all(cpus: Option<&crate::options::CpuList>) -> Vec<usize> {
     match cpus {
-        Some(s) => crate::run::parse_cpu_list(s),
-        None => Ok((0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).collect()),
+        Some(list) => list.0.clone(),
+        None => (0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).collect(),
     }
 }
 
@@ -217,7 +217,7 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
             }
         }
         ProfileCmd::Apply { iface, profile, cpus, dry_run: dry, kernel, device } => {
-            let worker_cpus = cpu_list_or_all(cpus.as_deref())?;
+            let worker_cpus = cpu_list_or_all(cpus.as_ref());
             let kernel = match kernel {
                 Some(k) => KernelVersion::parse(&k).with_context(|| format!("--kernel {k}: expected a release like 6.8"))?,
                 None => running_kernel()?,

@@ -25,7 +25,10 @@ use dataplane::{
 use dataplane::{anomaly::Kind, engine::{Engine, EngineConfig}};
 use dataplane_common::XdpConfig;
 
-use crate::live::{event_loop, EngineSink, EventOutput, Output, OwnedFrame, SharedStats};
+use crate::{
+    live::{event_loop, EngineSink, EventOutput, Output, OwnedFrame, SharedStats},
+    options::{self, ApiToken, Bounds, CpuList, Queues},
+};
 use serde::Serialize;
 
 #[derive(Args, Debug, Clone)]
@@ -35,12 +38,13 @@ pub struct RunArgs {
     /// command line win over the file.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Interface to watch (a tap or span port). Repeat for several vantage points.
-    #[arg(long = "iface", short = 'i', required = true, value_name = "IF")]
+    /// Interface to watch (a tap or span port). Repeat for several vantage points (each
+    /// interface once, at most 256).
+    #[arg(long = "iface", short = 'i', required = true, value_name = "IF", value_parser = options::iface_name)]
     pub ifaces: Vec<String>,
     /// RX queues to bind per interface: a number (queues 0..N) or `all`.
-    #[arg(long, default_value = "all", value_name = "N|all")]
-    pub queues: String,
+    #[arg(long, default_value = "all", value_name = "N|all", value_parser = options::queues)]
+    pub queues: Queues,
     /// XDP attach mode: `native` runs in the driver; `generic` works everywhere but is slower;
     /// `auto` tries native and falls back to generic, logging why.
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
@@ -53,17 +57,18 @@ pub struct RunArgs {
     pub non_tcp: NonTcpArg,
     /// Bytes kept of each frame (headers only; payload never reaches user space in copy mode).
     #[arg(long, default_value_t = XdpConfig::DEFAULT_SNAPLEN, value_name = "BYTES",
-          value_parser = clap::value_parser!(u32).range(XdpConfig::MIN_SNAPLEN as i64..=1024))]
+          allow_negative_numbers = true, value_parser = options::whole::<u32>(XdpConfig::MIN_SNAPLEN.into(), 1024, "bytes"))]
     pub snaplen: u32,
-    /// CPUs to pin workers to, e.g. `2,3` or `4-7`; workers take them in order.
-    /// Default: worker i on CPU i modulo the CPU count.
-    #[arg(long, value_name = "LIST")]
-    pub cpus: Option<String>,
-    /// AF_XDP ring size in frames (power of two).
-    #[arg(long, default_value_t = 4096, value_name = "FRAMES")]
+    /// CPUs to pin workers to, e.g. `2,3` or `4-7`: online CPUs, each once; workers take
+    /// them in order. Default: worker i on CPU i modulo the CPU count.
+    #[arg(long, value_name = "LIST", value_parser = options::pinnable_cpu_list)]
+    pub cpus: Option<CpuList>,
+    /// AF_XDP ring size in frames (a power of two, 64 to 32768).
+    #[arg(long, default_value_t = 4096, value_name = "FRAMES", value_parser = options::ring_size)]
     pub ring_size: u32,
-    /// Busy-poll the sockets for this many µs (SO_PREFER_BUSY_POLL); 0 disables.
-    #[arg(long, default_value_t = 0, value_name = "USECS")]
+    /// Busy-poll the sockets for this many µs (SO_PREFER_BUSY_POLL), at most 1000000; 0 disables.
+    #[arg(long, default_value_t = 0, value_name = "USECS", allow_negative_numbers = true,
+          value_parser = options::whole::<u32>(0, MAX_BUSY_POLL_USECS, "µs"))]
     pub busy_poll: u32,
     /// Tune each interface with a NIC profile before attaching (channels, rings, offloads,
     /// symmetric RSS, busy polling, IRQ placement; see `wirewatch profile list`): `auto` picks it
@@ -82,7 +87,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE|-")]
     pub events: Option<PathBuf>,
     /// Rotate the --events file when it passes this size (FILE.1 … FILE.5 are kept).
-    #[arg(long, value_name = "BYTES", default_value_t = 100 << 20)]
+    #[arg(long, value_name = "BYTES", default_value_t = 100 << 20, allow_negative_numbers = true,
+          value_parser = options::whole::<u64>(1, u64::MAX.into(), "bytes"))]
     pub events_max_bytes: u64,
     /// Where evidence files (pcapng slices around each detection, headers only) are written.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/wirewatch/evidence")]
@@ -90,26 +96,70 @@ pub struct RunArgs {
     /// Serve Prometheus metrics (/metrics), /healthz and the events/evidence API here.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
     pub metrics: std::net::SocketAddr,
-    /// Require `Authorization: Bearer TOKEN` on every request but /healthz.
-    #[arg(long, value_name = "TOKEN", env = "WIREWATCH_API_TOKEN", hide_env_values = true)]
-    pub api_token: Option<String>,
+    /// Require `Authorization: Bearer TOKEN` on every request but /healthz. A token on the
+    /// command line is visible in `ps`: prefer --api-token-file or the environment variable.
+    #[arg(long, value_name = "TOKEN", env = "WIREWATCH_API_TOKEN", hide_env_values = true, value_parser = options::api_token)]
+    pub api_token: Option<ApiToken>,
+    /// Read the --api-token from this file: a regular file of at most 4 KiB holding the token
+    /// on one line (a trailing line break is ignored).
+    #[arg(long, value_name = "FILE", value_parser = options::api_token_file)]
+    pub api_token_file: Option<ApiToken>,
     /// Allow a non-loopback --metrics address without --api-token.
     #[arg(long)]
     pub api_insecure: bool,
     /// Evidence kept on disk at most (oldest files removed first).
-    #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 30, allow_negative_numbers = true,
+          value_parser = options::whole::<u64>(0, u64::MAX.into(), "bytes"))]
     pub evidence_max_bytes: u64,
-    /// Evidence files older than this are removed.
-    #[arg(long, value_name = "DAYS", default_value_t = 7.0)]
-    pub evidence_max_age_days: f64,
-    /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
-    #[arg(long, value_name = "SECS")]
-    pub duration: Option<f64>,
+    /// Evidence files older than this are removed; 0.001 to 3650.
+    #[arg(long, value_name = "DAYS", default_value = "7", allow_negative_numbers = true,
+          value_parser = EVIDENCE_MAX_AGE_DAYS.duration(86_400.0))]
+    pub evidence_max_age_days: Duration,
+    /// Stop after this many seconds, 0.001 to 31536000 (default: run until SIGINT/SIGTERM).
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true, value_parser = RUN_DURATION.duration(1.0))]
+    pub duration: Option<Duration>,
     /// Write a JSON summary of what was received and dropped here on exit.
     #[arg(long, value_name = "FILE")]
     pub summary_json: Option<PathBuf>,
     #[command(flatten)]
     pub thresholds: crate::thresholds::Thresholds,
+}
+
+/// A year: longer runs need no --duration.
+pub const RUN_DURATION: Bounds = Bounds { min: 0.001, max: 31_536_000.0, unit: "seconds" };
+/// Zero would remove every evidence file at start; ten years is "keep".
+pub const EVIDENCE_MAX_AGE_DAYS: Bounds = Bounds { min: 0.001, max: 3650.0, unit: "days" };
+/// SO_BUSY_POLL takes an int; a second of spinning per receive call is already far too long.
+pub const MAX_BUSY_POLL_USECS: i128 = 1_000_000;
+/// The flow key keeps the vantage (the interface's position in --iface) in one byte
+/// (dataplane/src/flow.rs `FlowKey::vantage`).
+pub const MAX_IFACES: usize = 256;
+
+impl RunArgs {
+    /// What the value parsers cannot see: relations between values. Run before anything is
+    /// touched; the error is one line for the operator (exit status 2).
+    pub fn check(&self) -> Result<(), String> {
+        if self.ifaces.len() > MAX_IFACES {
+            return Err(format!("--iface given {} times; at most {MAX_IFACES} interfaces", self.ifaces.len()));
+        }
+        for (i, iface) in self.ifaces.iter().enumerate() {
+            if self.ifaces[..i].contains(iface) {
+                return Err(format!("--iface {iface} is given twice; name each interface once"));
+            }
+        }
+        if self.api_token.is_some() && self.api_token_file.is_some() {
+            return Err("--api-token (or WIREWATCH_API_TOKEN) and --api-token-file both given; use one".into());
+        }
+        if let Some(p) = self.api_token.as_ref().and_then(ApiToken::problem) {
+            return Err(format!("--api-token (or WIREWATCH_API_TOKEN) {p}"));
+        }
+        Ok(())
+    }
+
+    /// The token from --api-token, WIREWATCH_API_TOKEN or --api-token-file.
+    fn token(&self) -> Option<&ApiToken> {
+        self.api_token.as_ref().or(self.api_token_file.as_ref())
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,27 +210,6 @@ fn rx_queue_count(iface: &str) -> usize {
         .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with("rx-")).count())
         .unwrap_or(1)
         .max(1)
-}
-
-/// Parses `2,3` or `4-7` or `0,2-3`.
-pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>> {
-    let mut cpus = Vec::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (usize, usize) = (a.parse()?, b.parse()?);
-                if a > b {
-                    bail!("CPU range {part} runs backwards");
-                }
-                cpus.extend(a..=b);
-            }
-            None => cpus.push(part.parse().with_context(|| format!("`{part}` is not a CPU number"))?),
-        }
-    }
-    if cpus.is_empty() {
-        bail!("--cpus is empty");
-    }
-    Ok(cpus)
 }
 
 fn attach(prog: &mut XdpProgram, iface: &str, idx: u32, mode: XdpModeArg) -> Result<&'static str> {
@@ -288,7 +317,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         );
     }
     let cpus = match &args.cpus {
-        Some(s) => parse_cpu_list(s)?,
+        Some(list) => list.0.clone(),
         None => (0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).collect(),
     };
     let config = XdpConfig {
@@ -335,16 +364,17 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut plan = Vec::new();
     for (i, iface) in args.ifaces.iter().enumerate() {
         let have = rx_queue_count(iface);
-        let n = if args.queues == "all" {
-            have
-        } else {
-            let n: usize = args.queues.parse().with_context(|| format!("--queues {}: expected a number or `all`", args.queues))?;
-            if n == 0 || n > have {
-                bail!(
-                    "--queues {n}: interface {iface} has {have} RX queue(s); use --queues {have} (or `all`), or raise them with `ethtool -L {iface} combined {n}`"
-                );
+        let n = match args.queues {
+            Queues::All => have,
+            Queues::First(n) => {
+                let n = n as usize;
+                if n > have {
+                    bail!(
+                        "--queues {n}: interface {iface} has {have} RX queue(s); use --queues {have} (or `all`), or raise them with `ethtool -L {iface} combined {n}`"
+                    );
+                }
+                n
             }
-            n
         };
         let ids: Vec<u32> = match &tuning {
             Some(t) => hw_profiles::xsk_queue_ids(&t.profiles[i], t.kernel, n as u32),
@@ -396,7 +426,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     let api_cfg = crate::api::ApiConfig {
         addr: args.metrics,
-        token: args.api_token.clone(),
+        token: args.token().map(|t| t.as_str().to_string()),
         allow_insecure: args.api_insecure,
         evidence_dir: args.evidence_dir.clone(),
     };
@@ -415,7 +445,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         retention: crate::retention::Retention::new(
             &args.evidence_dir,
             args.evidence_max_bytes,
-            Duration::from_secs_f64(args.evidence_max_age_days.max(0.0) * 86_400.0),
+            args.evidence_max_age_days,
         ),
     };
     let seen2 = seen.clone();
@@ -471,7 +501,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let started = Instant::now();
     let mut last_export = Instant::now() - Duration::from_secs(1);
     while !STOP.load(Relaxed) {
-        if args.duration.is_some_and(|d| started.elapsed() >= Duration::from_secs_f64(d)) {
+        if args.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
         if last_export.elapsed() >= Duration::from_millis(500) {

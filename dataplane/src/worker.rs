@@ -74,9 +74,19 @@ pub fn realtime_ns() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
-/// Pins the calling thread to `cpu`.
+/// Pins the calling thread to `cpu`. A CPU a `cpu_set_t` cannot hold (≥ CPU_SETSIZE) is an
+/// error; an offline one is refused by the kernel (EINVAL).
 pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
-    // SAFETY: cpu_set_t is plain data; CPU_SET bounds-checks against its size.
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("CPU {cpu} does not fit a cpu_set_t (CPU_SETSIZE {})", libc::CPU_SETSIZE),
+        ));
+    }
+    // Safety: cpu_set_t is plain data, so all-zero is a valid empty set; `cpu` < CPU_SETSIZE
+    // was checked above, so CPU_SET's index stays inside the set's bit array (libc 0.2
+    // linux_l4re_shared.rs indexes it with a panicking bounds check otherwise); `set`
+    // outlives the call and its size is passed with it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
@@ -157,5 +167,18 @@ impl Worker {
             sink.finish();
             sink
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cpu_beyond_cpu_setsize_is_an_error_not_a_panic() {
+        for cpu in [libc::CPU_SETSIZE as usize, 5000, usize::MAX] {
+            let e = pin_current_thread(cpu).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "CPU {cpu}: {e}");
+        }
     }
 }
