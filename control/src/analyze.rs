@@ -100,6 +100,13 @@ struct WorkerResult {
 }
 
 pub fn analyze(args: AnalyzeArgs) -> Result<()> {
+    if args.files.len() > dataplane::flow::MAX_VANTAGES {
+        anyhow::bail!(
+            "{} capture files given; analyze matches at most {} vantages at once: merge files of one sensor first (mergecap)",
+            args.files.len(),
+            dataplane::flow::MAX_VANTAGES
+        );
+    }
     let names: Vec<String> = args.files.iter().map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string())).collect();
     let mut readers = Vec::new();
     let mut total_bytes = 0u64;

@@ -39,7 +39,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Interface to watch (a tap or span port). Repeat for several vantage points (each
-    /// interface once, at most 256).
+    /// interface once, at most 128).
     #[arg(long = "iface", short = 'i', required = true, value_name = "IF", value_parser = options::iface_name)]
     pub ifaces: Vec<String>,
     /// RX queues to bind per interface: a number (queues 0..N) or `all`.
@@ -131,9 +131,9 @@ pub const RUN_DURATION: Bounds = Bounds { min: 0.001, max: 31_536_000.0, unit: "
 pub const EVIDENCE_MAX_AGE_DAYS: Bounds = Bounds { min: 0.001, max: 3650.0, unit: "days" };
 /// SO_BUSY_POLL takes an int; a second of spinning per receive call is already far too long.
 pub const MAX_BUSY_POLL_USECS: i128 = 1_000_000;
-/// The flow key keeps the vantage (the interface's position in --iface) in one byte
-/// (dataplane/src/flow.rs `FlowKey::vantage`).
-pub const MAX_IFACES: usize = 256;
+/// The flow key keeps the vantage (the interface's position in --iface) in seven bits
+/// (dataplane/src/flow/mod.rs `FlowKey::vantage`).
+pub const MAX_IFACES: usize = dataplane::flow::MAX_VANTAGES;
 
 impl RunArgs {
     /// What the value parsers cannot see: relations between values. Run before anything is
