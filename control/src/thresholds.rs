@@ -39,7 +39,7 @@ pub struct Thresholds {
     pub storm_count: u32,
     /// Flows tracked per worker; beyond it closed, then half-open, then idle flows are evicted.
     #[arg(long, value_name = "N", default_value_t = 1 << 20, allow_negative_numbers = true,
-          value_parser = whole::<u64>(1024, 1 << 28, "flows"))]
+          value_parser = whole::<u64>(1024, dataplane::flow::table::MAX_CAPACITY as u64, "flows"))]
     pub max_flows: u64,
 }
 
@@ -49,7 +49,7 @@ impl Thresholds {
         c.pairing_window_max_ns = nanos(self.pairing_window);
         c.vantage_window_ns = nanos(self.vantage_window);
         c.storm_count = self.storm_count;
-        // Bounded to 2^28 above, so it fits usize on every target we build for.
+        // Bounded to the table's 2^26 above, so it fits usize on every target we build for.
         c.flow_capacity = usize::try_from(self.max_flows).unwrap_or(usize::MAX);
     }
 }
