@@ -229,17 +229,19 @@ impl Engine {
     }
 
     /// The flow of `key`, created (evicting one first when the table is full) if new.
-    fn flow_slot(&mut self, key: FlowKey, ts_ns: u64) -> (Slot, bool) {
+    fn flow_slot(&mut self, key: FlowKey, ts_ns: u64) -> (Slot, bool, TableRef) {
         let h = self.flows.hash(&key);
+        let tag = h as u32 & crate::flow::table::TAG_MASK;
         if let Some(s) = self.flows.find(&key, h) {
-            return (s, false);
+            return (s, false, TableRef { slot: s, tag });
         }
         if self.flows.is_full() {
             if let Some((gone, _, _)) = self.flows.evict_one() {
                 self.forget(gone);
             }
         }
-        (self.flows.insert(key, h, ts_ns, self.epoch), true)
+        let s = self.flows.insert(key, h, ts_ns, self.epoch);
+        (s, true, TableRef { slot: s, tag })
     }
 
     /// Drops what the engine keeps about a flow that left the table.
@@ -266,8 +268,7 @@ impl Engine {
             return;
         }
         let (key, side) = FlowKey::of(p);
-        let (slot, created) = self.flow_slot(key, p.ts_ns);
-        let flow_ref = self.flows.flow_ref(slot);
+        let (slot, created, flow_ref) = self.flow_slot(key, p.ts_ns);
         let first_ns = self.flows.first_ns(self.flows.get(slot));
         let src_mac = self.macs.intern(&p.src_mac);
         let dst_mac = self.macs.intern(&p.dst_mac);
@@ -688,8 +689,11 @@ fn placeholder_packet(key: &FlowKey, side: usize, now: u64) -> TcpPacket {
     let (src, sport) = key.endpoint(side);
     let (dst, dport) = key.endpoint(1 - side);
     TcpPacket {
+        key: *key,
+        side: side as u8,
         ts_ns: now,
-        vantage: 0,
+        // The vantage whose view of the flow timed out (not the first interface or file).
+        vantage: key.vantage(),
         src_mac: [0; 6],
         dst_mac: [0; 6],
         vlan: key.vlan,

@@ -28,6 +28,8 @@ struct HistEntry {
 pub struct History {
     ring: Vec<HistEntry>,
     next: u64,
+    /// Slot `next` goes to (`next % capacity`, kept without a division per packet).
+    pos: usize,
 }
 
 impl History {
@@ -35,7 +37,7 @@ impl History {
 
     pub fn with_memory(bytes: usize) -> Self {
         let n = (bytes / Self::ENTRY_BYTES).max(64);
-        Self { ring: Vec::with_capacity(n), next: 0 }
+        Self { ring: Vec::with_capacity(n), next: 0, pos: 0 }
     }
 
     fn cap(&self) -> usize {
@@ -43,18 +45,30 @@ impl History {
     }
 
     /// Stores a frame; `prev` is the flow's previous entry. Returns this entry's id.
+    #[inline]
     pub fn push(&mut self, data: &[u8], orig_len: u32, ts_ns: u64, vantage: u16, prev: u32) -> u32 {
         let id = self.next as u32;
         let len = data.len().min(HIST_SNAP);
-        let mut e = HistEntry { ts_ns, id, prev, orig_len, vantage, len: len as u16, data: [0; HIST_SNAP] };
-        e.data[..len].copy_from_slice(&data[..len]);
-        let slot = (self.next % self.cap() as u64) as usize;
-        if slot < self.ring.len() {
-            self.ring[slot] = e;
+        if self.pos < self.ring.len() {
+            // Overwrite in place: no 160-byte entry built and copied per packet.
+            let e = &mut self.ring[self.pos];
+            e.ts_ns = ts_ns;
+            e.id = id;
+            e.prev = prev;
+            e.orig_len = orig_len;
+            e.vantage = vantage;
+            e.len = len as u16;
+            e.data[..len].copy_from_slice(&data[..len]);
         } else {
+            let mut e = HistEntry { ts_ns, id, prev, orig_len, vantage, len: len as u16, data: [0; HIST_SNAP] };
+            e.data[..len].copy_from_slice(&data[..len]);
             self.ring.push(e);
         }
         self.next += 1;
+        self.pos += 1;
+        if self.pos == self.cap() {
+            self.pos = 0;
+        }
         id
     }
 

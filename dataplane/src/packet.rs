@@ -3,7 +3,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use dataplane_common::{classify, parse_tcp_options, tcp_flags, Outcome, TcpOptions, TCP_MIN_HLEN};
 
-use crate::seq::SeqNumber;
+use crate::{flow::FlowKey, seq::SeqNumber};
 
 #[derive(Clone, Debug)]
 pub struct TcpPacket {
@@ -29,6 +29,9 @@ pub struct TcpPacket {
     pub ttl: u8,
     pub opts: TcpOptions,
     pub orig_len: u32,
+    /// The flow this packet belongs to (as its vantage sees it), and the sender's side in it.
+    pub key: FlowKey,
+    pub side: u8,
 }
 
 impl TcpPacket {
@@ -59,15 +62,31 @@ pub fn decode(frame: &[u8], orig_len: u32, ts_ns: u64, vantage: u16) -> Result<T
     let o = classify(frame, orig_len as usize)?;
     let l3 = o.l3_off as usize;
     let l4 = o.l4_off as usize;
-    let (src, dst, ip_id, ttl) = if o.ip_version == 4 {
-        let s: [u8; 4] = frame[l3 + 12..l3 + 16].try_into().unwrap();
-        let d: [u8; 4] = frame[l3 + 16..l3 + 20].try_into().unwrap();
-        (IpAddr::V4(Ipv4Addr::from(s)), IpAddr::V4(Ipv4Addr::from(d)), be16(frame, l3 + 4), frame[l3 + 8])
+    let (s16, d16, ip_id, ttl) = if o.ip_version == 4 {
+        let mut s = [0u8; 16];
+        let mut d = [0u8; 16];
+        s[10..12].copy_from_slice(&[0xff, 0xff]);
+        d[10..12].copy_from_slice(&[0xff, 0xff]);
+        s[12..16].copy_from_slice(&frame[l3 + 12..l3 + 16]);
+        d[12..16].copy_from_slice(&frame[l3 + 16..l3 + 20]);
+        (s, d, be16(frame, l3 + 4), frame[l3 + 8])
     } else {
         let s: [u8; 16] = frame[l3 + 8..l3 + 24].try_into().unwrap();
         let d: [u8; 16] = frame[l3 + 24..l3 + 40].try_into().unwrap();
-        (IpAddr::V6(Ipv6Addr::from(s)), IpAddr::V6(Ipv6Addr::from(d)), 0, frame[l3 + 7])
+        (s, d, 0, frame[l3 + 7])
     };
+    let v6 = o.ip_version != 4;
+    let to_ip = |b: [u8; 16]| -> IpAddr {
+        if v6 {
+            IpAddr::V6(Ipv6Addr::from(b))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(b[12], b[13], b[14], b[15]))
+        }
+    };
+    let (src, dst) = (to_ip(s16), to_ip(d16));
+    let (sport, dport) = (be16(frame, l4), be16(frame, l4 + 2));
+    let vlan = o.vlan_ids[0];
+    let (key, side) = FlowKey::from_endpoints(s16, sport, d16, dport, vlan, v6, vantage);
     let hlen = o.tcp_hdr_len as usize;
     let opt_end = (l4 + hlen).min(frame.len());
     let opts = parse_tcp_options(&frame[l4 + TCP_MIN_HLEN..opt_end], hlen - TCP_MIN_HLEN);
@@ -76,11 +95,11 @@ pub fn decode(frame: &[u8], orig_len: u32, ts_ns: u64, vantage: u16) -> Result<T
         vantage,
         dst_mac: frame[0..6].try_into().unwrap(),
         src_mac: frame[6..12].try_into().unwrap(),
-        vlan: o.vlan_ids[0],
+        vlan,
         src,
         dst,
-        sport: be16(frame, l4),
-        dport: be16(frame, l4 + 2),
+        sport,
+        dport,
         seq: SeqNumber(be32(frame, l4 + 4)),
         ack: SeqNumber(be32(frame, l4 + 8)),
         flags: frame[l4 + 13],
@@ -90,5 +109,7 @@ pub fn decode(frame: &[u8], orig_len: u32, ts_ns: u64, vantage: u16) -> Result<T
         ttl,
         opts,
         orig_len,
+        key,
+        side: side as u8,
     })
 }

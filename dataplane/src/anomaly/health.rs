@@ -23,10 +23,8 @@ impl MirrorDedup {
         if let Some((v, e)) = p.opts.timestamp {
             mix(v as u64 | (e as u64) << 32);
         }
-        match p.src {
-            std::net::IpAddr::V4(a) => mix(u32::from(a) as u64),
-            std::net::IpAddr::V6(a) => mix(u128::from(a) as u64 ^ (u128::from(a) >> 64) as u64),
-        }
+        let src = u128::from_be_bytes(p.key.addr_bytes(p.side as usize));
+        mix(src as u64 ^ (src >> 64) as u64);
         h | 1
     }
 

@@ -22,6 +22,8 @@ pub struct MacTable {
     slots: Box<[u16]>,
     /// Addresses that got no id because the table was full.
     pub overflowed: u64,
+    /// The two ids returned last.
+    recent: [u16; 2],
 }
 
 impl Default for MacTable {
@@ -36,7 +38,7 @@ impl MacTable {
     const SLOTS: usize = 1 << 13;
 
     pub fn new() -> Self {
-        Self { macs: vec![[0; 6]], slots: vec![0u16; Self::SLOTS].into_boxed_slice(), overflowed: 0 }
+        Self { macs: vec![[0; 6]], slots: vec![0u16; Self::SLOTS].into_boxed_slice(), overflowed: 0, recent: [0; 2] }
     }
 
     #[inline]
@@ -51,6 +53,20 @@ impl MacTable {
         if *mac == [0; 6] {
             return MacId::UNKNOWN;
         }
+        // A span carries few MACs, mostly the same two: check the last two ids first.
+        for id in self.recent {
+            if self.macs[id as usize] == *mac && id != 0 {
+                return MacId(id);
+            }
+        }
+        let id = self.intern_slow(mac);
+        if id.is_known() {
+            self.recent = [id.0, self.recent[0]];
+        }
+        id
+    }
+
+    fn intern_slow(&mut self, mac: &[u8; 6]) -> MacId {
         let mut i = Self::slot_of(mac);
         loop {
             let id = self.slots[i];

@@ -55,16 +55,35 @@ pub fn addr_from16(b: [u8; 16], family: u8) -> IpAddr {
 }
 
 impl FlowKey {
-    /// The key and the packet's side: 0 if it was sent by `lo`, 1 if by `hi`.
+    /// The key and the packet's side: 0 if it was sent by `lo`, 1 if by `hi` (made once, when
+    /// the packet was decoded).
+    #[inline]
     pub fn of(p: &TcpPacket) -> (FlowKey, usize) {
-        let (s, d) = (addr16(p.src), addr16(p.dst));
-        let v6 = if p.src.is_ipv4() { 0 } else { META_V6 };
-        let meta = v6 | (p.vantage.min(MAX_VANTAGES as u16 - 1) as u8);
-        if (s, p.sport) <= (d, p.dport) {
-            (FlowKey { lo: s, hi: d, lo_port: p.sport, hi_port: p.dport, vlan: p.vlan, meta }, 0)
+        (p.key, p.side as usize)
+    }
+
+    /// The key of a packet from `s:sport` to `d:dport` (addresses as 16 bytes, IPv4-mapped)
+    /// and the packet's side.
+    #[inline]
+    pub fn from_endpoints(s: [u8; 16], sport: u16, d: [u8; 16], dport: u16, vlan: u16, v6: bool, vantage: u16) -> (FlowKey, usize) {
+        let meta = if v6 { META_V6 } else { 0 } | (vantage.min(MAX_VANTAGES as u16 - 1) as u8);
+        // Byte-wise order of the addresses is the order of their big-endian values.
+        if (u128::from_be_bytes(s), sport) <= (u128::from_be_bytes(d), dport) {
+            (FlowKey { lo: s, hi: d, lo_port: sport, hi_port: dport, vlan, meta }, 0)
         } else {
-            (FlowKey { lo: d, hi: s, lo_port: p.dport, hi_port: p.sport, vlan: p.vlan, meta }, 1)
+            (FlowKey { lo: d, hi: s, lo_port: dport, hi_port: sport, vlan, meta }, 1)
         }
+    }
+
+    /// [`from_endpoints`](Self::from_endpoints) for addresses as `IpAddr`.
+    pub fn from_addrs(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, vlan: u16, vantage: u16) -> (FlowKey, usize) {
+        Self::from_endpoints(addr16(src), sport, addr16(dst), dport, vlan, src.is_ipv6(), vantage)
+    }
+
+    /// The 16-byte address of `side`.
+    #[inline]
+    pub fn addr_bytes(&self, side: usize) -> [u8; 16] {
+        if side == 0 { self.lo } else { self.hi }
     }
 
     /// 4 or 6.

@@ -1,0 +1,31 @@
+//! Engine replay cost in CPU time of the replaying thread (immune to other load on the
+//! machine): `cargo run --release -p bench --example replay_cpu -- [flows] [packets]`.
+use bench::gen;
+use dataplane::engine::{Engine, EngineConfig};
+
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // Safety: a valid clock id and out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn main() {
+    let a: Vec<u64> = std::env::args().skip(1).filter_map(|s| s.parse().ok()).collect();
+    let flows = a.first().copied().unwrap_or(100_000) as u32;
+    let packets = a.get(1).copied().unwrap_or(1_000_000);
+    let dir = std::env::temp_dir().join("ww-replay-cpu");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cap = gen::generate(&gen::Model { flows, packets, seed: 7, duration_ns: 10_000_000_000 }, &dir.join("c.pcap"), 128).unwrap();
+    for round in 0..3 {
+        let mut e = Engine::new(EngineConfig { flow_capacity: 1 << 21, ..Default::default() }, 0);
+        let t = thread_cpu_ns();
+        for i in 0..cap.frames.len() {
+            let (d, o, ts) = cap.frame(i);
+            e.process_frame(d, o, ts, 0, 0);
+        }
+        e.finish();
+        let ns = thread_cpu_ns() - t;
+        println!("round {round}: {:.0} ns/packet CPU, {:.2} Mpps per CPU-second ({} events)", ns as f64 / cap.frames.len() as f64, cap.frames.len() as f64 / ns as f64 * 1e3, e.drain_events().len());
+    }
+}
