@@ -421,6 +421,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     let nworkers: usize = plan.iter().map(|p| p.2.len()).sum();
     let mut engine_cfg = EngineConfig { evidence_dir: Some(args.evidence_dir.clone()), vantage_names: args.ifaces.clone(), ..Default::default() };
     args.thresholds.apply(&mut engine_cfg);
+    // Every worker draws evidence from one budget (files per second for the whole sensor).
+    engine_cfg.evidence_budget = Some(dataplane::evidence::EvidenceBudget::new(engine_cfg.evidence_per_sec));
     if let Err(e) = std::fs::create_dir_all(&args.evidence_dir) {
         log::warn!("evidence directory {}: {e}; detections continue without evidence files", args.evidence_dir.display());
     }

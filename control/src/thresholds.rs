@@ -39,7 +39,7 @@ pub struct Thresholds {
     pub storm_count: u32,
     /// Flows tracked per worker; beyond it closed, then half-open, then idle flows are evicted.
     #[arg(long, value_name = "N", default_value_t = 1 << 20, allow_negative_numbers = true,
-          value_parser = whole::<u64>(1024, dataplane::flow::table::MAX_CAPACITY as u64, "flows"))]
+          value_parser = whole::<u64>(1024, dataplane::flow::table::MAX_CAPACITY as i128, "flows"))]
     pub max_flows: u64,
 }
 

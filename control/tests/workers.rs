@@ -95,3 +95,29 @@ fn a_deadline_after_a_workers_last_packet_still_fires() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Evidence is one budget for the process (10 files a second by default), not one per worker.
+#[test]
+fn the_evidence_budget_does_not_grow_with_workers() {
+    let dir = std::env::temp_dir().join(format!("ww-workers-ev-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pcap = dir.join("model.pcap");
+    bench::gen::generate(&bench::gen::Model { flows: 20_000, packets: 200_000, seed: 5, duration_ns: 10_000_000_000 }, &pcap, 128).unwrap();
+    let mut files = Vec::new();
+    for workers in [1, 4] {
+        let ev = dir.join(format!("ev{workers}"));
+        let o = Command::new(env!("CARGO_BIN_EXE_wirewatch"))
+            .args(["analyze", "--format", "json", "--workers", &workers.to_string(), "--evidence-dir"])
+            .arg(&ev)
+            .arg(&pcap)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        files.push(std::fs::read_dir(&ev).unwrap().count());
+    }
+    // ~10 s of traffic at 10 files a second, plus the burst: about 110 files either way.
+    assert!(files[0] > 50, "{files:?}");
+    assert!(files[1] <= files[0] + 10, "1 worker wrote {} evidence files, 4 workers {}", files[0], files[1]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

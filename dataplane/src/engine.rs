@@ -10,7 +10,7 @@ use dataplane_common::{
 
 use crate::{
     anomaly::{self, health::MirrorDedup, loss, paths::VantageMatcher, rfc3339, Ctx, Detection, Event, EvidenceRef, FlowExtra, FlowRef, Kind, KIND_COUNT},
-    evidence::{evidence_path, EvidenceJob, History, RateLimit},
+    evidence::{evidence_path, EvidenceBudget, EvidenceJob, History},
     flow::{
         conn_flags, dir_flags,
         side::{SidePool, SideState, SlotHasher},
@@ -47,6 +47,9 @@ pub struct EngineConfig {
     pub evidence_after_packets: usize,
     pub evidence_after_ns: u64,
     pub evidence_per_sec: f64,
+    /// The budget shared by every worker of the process; `None`: this engine's own, at
+    /// `evidence_per_sec`.
+    pub evidence_budget: Option<EvidenceBudget>,
     /// Names of the vantages (interfaces or files), by index.
     pub vantage_names: Vec<String>,
     /// Record a per-packet verdict (for `analyze --verdicts`).
@@ -74,6 +77,7 @@ impl Default for EngineConfig {
             evidence_after_packets: 32,
             evidence_after_ns: 2_000_000_000,
             evidence_per_sec: 10.0,
+            evidence_budget: None,
             vantage_names: Vec::new(),
             record_verdicts: false,
         }
@@ -126,7 +130,8 @@ pub struct Engine {
     dedup: MirrorDedup,
     matcher: VantageMatcher,
     history: History,
-    rate: RateLimit,
+    rate: EvidenceBudget,
+    evidence_suppressed: u64,
     jobs: HashMap<Slot, (TableRef, EvidenceJob), BuildHasherDefault<SlotHasher>>,
     finished: Vec<EvidenceJob>,
     events: Vec<Event>,
@@ -157,7 +162,8 @@ impl Engine {
             dedup: MirrorDedup::new(1 << 14, cfg.mirror_window_ns),
             matcher: VantageMatcher::default(),
             history: History::with_memory(cfg.history_bytes),
-            rate: RateLimit::new(cfg.evidence_per_sec),
+            rate: cfg.evidence_budget.clone().unwrap_or_else(|| EvidenceBudget::new(cfg.evidence_per_sec)),
+            evidence_suppressed: 0,
             jobs: HashMap::default(),
             finished: Vec::new(),
             events: Vec::new(),
@@ -181,7 +187,7 @@ impl Engine {
             anomalies: self.counters,
             undecodable: self.undecodable,
             capture_lost: self.capture_lost,
-            evidence_suppressed: self.rate.suppressed,
+            evidence_suppressed: self.evidence_suppressed,
             flows_created: self.flows.created,
             flows_evicted: self.flows.evicted,
             flows_active: self.flows.len() as u64,
@@ -597,6 +603,7 @@ impl Engine {
             return Some(EvidenceRef { path: job.path.display().to_string(), packets: vec![n] });
         }
         if !self.rate.allow(now) {
+            self.evidence_suppressed += 1;
             return None;
         }
         let last = self.flows.get(slot).last_hist;

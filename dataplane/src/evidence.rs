@@ -168,7 +168,26 @@ impl EvidenceJob {
     }
 }
 
+/// The evidence budget of a whole process: every worker draws from one token bucket, so the
+/// number of evidence files does not grow with the number of workers. Taken only when a
+/// detection wants evidence, never per packet.
+#[derive(Clone, Debug)]
+pub struct EvidenceBudget(std::sync::Arc<std::sync::Mutex<RateLimit>>);
+
+impl EvidenceBudget {
+    pub fn new(per_sec: f64) -> Self {
+        Self(std::sync::Arc::new(std::sync::Mutex::new(RateLimit::new(per_sec))))
+    }
+    /// Whether one more evidence file may be written at packet time `now_ns`.
+    pub fn allow(&self, now_ns: u64) -> bool {
+        // A worker that panicked while holding the lock left a valid bucket behind.
+        let mut r = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        r.allow(now_ns)
+    }
+}
+
 /// Token bucket on packet time: at most `per_sec` files per second, bursts of the same size.
+#[derive(Debug)]
 pub struct RateLimit {
     per_sec: f64,
     tokens: f64,
