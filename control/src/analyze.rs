@@ -58,28 +58,36 @@ pub enum Format {
 #[error(transparent)]
 pub struct BadInput(#[from] pub CaptureError);
 
-struct Frame {
-    /// Decoded by the reader (it needs the flow key to shard); None if not TCP.
-    pkt: Option<dataplane::packet::TcpPacket>,
-    data: Vec<u8>,
-    orig_len: u32,
-    ts_ns: u64,
+/// Frames for one worker: their first bytes back to back (the engine keeps headers only) and
+/// what the reader decoded. Batches go back to the reader once processed, so reading
+/// allocates nothing per frame.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    frames: Vec<BatchFrame>,
+}
+
+struct BatchFrame {
+    /// Decoded by the reader (it needs the flow key to shard), or why not.
+    pkt: Result<dataplane::packet::TcpPacket, dataplane_common::Outcome>,
+    start: u32,
+    len: u32,
     vantage: u16,
     frame_no: u64,
 }
 
-/// The next frame of each file, ordered by time (then by file) for the k-way merge.
+/// Frames a batch holds before it is sent.
+const BATCH: usize = 256;
+/// Bytes of each frame a batch keeps: what the evidence history stores.
+const KEEP: usize = dataplane::evidence::HIST_SNAP;
+
+/// The next frame of a file, ordered by time (then by file) for the k-way merge; the frame
+/// itself waits in that file's slot.
+#[derive(PartialEq, Eq)]
 struct Head {
     ts_ns: u64,
     vantage: u16,
-    frame: Frame,
 }
-impl PartialEq for Head {
-    fn eq(&self, o: &Self) -> bool {
-        (self.ts_ns, self.vantage) == (o.ts_ns, o.vantage)
-    }
-}
-impl Eq for Head {}
 impl PartialOrd for Head {
     fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(o))
@@ -132,11 +140,13 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     // The whole input's last packet time: every worker's clock ends there, so deadlines after
     // its own last packet still fire (the same answer at any worker count).
     let end_ns = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (free_tx, free_rx) = bounded::<Batch>(workers * 72);
     let mut senders = Vec::new();
     let mut handles = Vec::new();
     for w in 0..workers {
         let end_ns = end_ns.clone();
-        let (tx, rx) = bounded::<Vec<Frame>>(64);
+        let (tx, rx) = bounded::<Batch>(64);
+        let free_tx = free_tx.clone();
         senders.push(tx);
         let cfg = cfg.clone();
         let names = names.clone();
@@ -161,16 +171,21 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
             };
             // Frame numbers carry the vantage in their top 16 bits inside the engine.
             let vantage_of = |n: u64| (n >> 48) as u16;
-            for batch in rx {
-                for f in batch {
-                    last_ts = f.ts_ns;
+            for mut batch in rx {
+                for f in &batch.frames {
                     let no = (f.vantage as u64) << 48 | f.frame_no;
                     match &f.pkt {
-                        Some(p) => e.process(p, &f.data, no),
-                        None => e.process_frame(&f.data, f.orig_len, f.ts_ns, f.vantage, no),
+                        Ok(p) => {
+                            last_ts = p.ts_ns;
+                            e.process(p, &batch.bytes[f.start as usize..(f.start + f.len) as usize], no);
+                        }
+                        Err(o) => e.undecodable(*o),
                     }
                 }
                 flush(&mut e, &mut events, &mut verdicts, &vantage_of);
+                batch.bytes.clear();
+                batch.frames.clear();
+                let _ = free_tx.try_send(batch);
             }
             e.tick(last_ts.max(end_ns.load(std::sync::atomic::Ordering::Acquire)));
             e.finish();
@@ -179,34 +194,43 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         })?);
     }
 
-    // Read and merge; shard by flow.
+    // Read and merge; shard by flow. Each file's next frame waits in its slot.
+    drop(free_tx);
     let mut heap = BinaryHeap::new();
     let mut counts = vec![0u64; readers.len()];
+    let mut slots: Vec<dataplane::capture::CapturedFrame> = (0..readers.len()).map(|_| Default::default()).collect();
     for (v, r) in readers.iter_mut().enumerate() {
-        if let Some(f) = r.next_frame().map_err(BadInput)? {
+        if r.next_frame_into(&mut slots[v]).map_err(BadInput)? {
             counts[v] += 1;
-            heap.push(Head { ts_ns: f.ts_ns, vantage: v as u16, frame: Frame { pkt: None, data: f.data, orig_len: f.orig_len, ts_ns: f.ts_ns, vantage: v as u16, frame_no: counts[v] } });
+            heap.push(Head { ts_ns: slots[v].ts_ns, vantage: v as u16 });
         }
     }
     let progress = std::io::stderr().is_terminal() && total_bytes > 64 << 20;
-    let mut batches: Vec<Vec<Frame>> = (0..workers).map(|_| Vec::with_capacity(256)).collect();
+    let new_batch = |free: &crossbeam_channel::Receiver<Batch>| free.try_recv().unwrap_or_else(|_| Batch { bytes: Vec::with_capacity(BATCH * KEEP), frames: Vec::with_capacity(BATCH) });
+    let mut batches: Vec<Batch> = (0..workers).map(|_| new_batch(&free_rx)).collect();
     let mut read_frames = 0u64;
     let mut last_ns = 0u64;
-    while let Some(Head { vantage, frame, .. }) = heap.pop() {
+    while let Some(Head { vantage, .. }) = heap.pop() {
         let v = vantage as usize;
-        if let Some(f) = readers[v].next_frame().map_err(BadInput)? {
-            counts[v] += 1;
-            heap.push(Head { ts_ns: f.ts_ns, vantage, frame: Frame { pkt: None, data: f.data, orig_len: f.orig_len, ts_ns: f.ts_ns, vantage, frame_no: counts[v] } });
+        {
+            let f = &slots[v];
+            let pkt = decode(&f.data, f.orig_len, f.ts_ns, vantage);
+            // Frames that are not TCP go to worker 0, whose engine counts the undecodable ones.
+            let shard = pkt.as_ref().map_or(0, |p| shard_of(p, workers));
+            last_ns = last_ns.max(f.ts_ns);
+            let b = &mut batches[shard];
+            let keep = f.data.len().min(KEEP);
+            let start = b.bytes.len() as u32;
+            b.bytes.extend_from_slice(&f.data[..keep]);
+            b.frames.push(BatchFrame { pkt, start, len: keep as u32, vantage, frame_no: counts[v] });
+            if b.frames.len() == BATCH {
+                let full = std::mem::replace(b, new_batch(&free_rx));
+                senders[shard].send(full).map_err(|_| anyhow::anyhow!("an analysis worker stopped early"))?;
+            }
         }
-        let mut frame = frame;
-        frame.pkt = decode(&frame.data, frame.orig_len, frame.ts_ns, frame.vantage).ok();
-        // Frames that are not TCP go to worker 0, whose engine counts the undecodable ones.
-        let shard = frame.pkt.as_ref().map_or(0, |p| shard_of(p, workers));
-        last_ns = last_ns.max(frame.ts_ns);
-        batches[shard].push(frame);
-        if batches[shard].len() == 256 {
-            let b = std::mem::replace(&mut batches[shard], Vec::with_capacity(256));
-            senders[shard].send(b).map_err(|_| anyhow::anyhow!("an analysis worker stopped early"))?;
+        if readers[v].next_frame_into(&mut slots[v]).map_err(BadInput)? {
+            counts[v] += 1;
+            heap.push(Head { ts_ns: slots[v].ts_ns, vantage });
         }
         read_frames += 1;
         if progress && read_frames % 200_000 == 0 {
@@ -218,7 +242,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         eprintln!();
     }
     for (b, tx) in batches.into_iter().zip(&senders) {
-        if !b.is_empty() {
+        if !b.frames.is_empty() {
             tx.send(b).map_err(|_| anyhow::anyhow!("an analysis worker stopped early"))?;
         }
     }

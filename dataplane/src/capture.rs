@@ -21,7 +21,7 @@ pub enum CaptureError {
 /// The largest frame a record may claim; anything larger is corruption, not a jumbo frame.
 pub const MAX_CAPLEN: u32 = 262_144;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct CapturedFrame {
     /// Ethernet frame bytes as captured.
     pub data: Vec<u8>,
@@ -51,6 +51,8 @@ pub struct CaptureReader<R: Read> {
     offset: u64,
     format: Format,
     ifaces: Vec<Iface>,
+    /// Record bytes as read, reused for every record (no allocation per packet).
+    scratch: Vec<u8>,
 }
 
 const LINKTYPE_ETHERNET: u32 = 1;
@@ -62,7 +64,10 @@ const LINKTYPE_SLL: u32 = 113;
 const LINKTYPE_SLL2: u32 = 276;
 
 fn supported(lt: u32) -> bool {
-    matches!(lt, LINKTYPE_ETHERNET | LINKTYPE_RAW | LINKTYPE_RAW_ALT | LINKTYPE_IPV4 | LINKTYPE_IPV6 | LINKTYPE_SLL | LINKTYPE_SLL2)
+    matches!(
+        lt,
+        LINKTYPE_ETHERNET | LINKTYPE_RAW | LINKTYPE_RAW_ALT | LINKTYPE_IPV4 | LINKTYPE_IPV6 | LINKTYPE_SLL | LINKTYPE_SLL2
+    )
 }
 
 impl CaptureReader<io::BufReader<std::fs::File>> {
@@ -81,10 +86,21 @@ impl<R: Read> CaptureReader<R> {
             return Err(CaptureError::Empty { path });
         }
         if n < 4 {
-            return Err(CaptureError::Corrupt { path, offset: 0, what: "file ends inside the magic number".into() });
+            return Err(CaptureError::Corrupt {
+                path,
+                offset: 0,
+                what: "file ends inside the magic number".into(),
+            });
         }
         let le = u32::from_le_bytes(magic);
-        let mut me = Self { path, r, offset: 4, format: Format::Pcapng { big_endian: false }, ifaces: Vec::new() };
+        let mut me = Self {
+            path,
+            r,
+            offset: 4,
+            format: Format::Pcapng { big_endian: false },
+            ifaces: Vec::new(),
+            scratch: Vec::new(),
+        };
         match le {
             0xa1b2c3d4 | 0xa1b23c4d | 0xd4c3b2a1 | 0x4d3cb2a1 => {
                 let big_endian = matches!(le, 0xd4c3b2a1 | 0x4d3cb2a1);
@@ -102,7 +118,12 @@ impl<R: Read> CaptureReader<R> {
                 me.read_exact_at(&mut len, "pcapng section header")?;
                 me.read_section_header(0, len)?;
             }
-            magic => return Err(CaptureError::BadMagic { path: me.path, magic: u32::from_be_bytes(magic.to_le_bytes()) }),
+            magic => {
+                return Err(CaptureError::BadMagic {
+                    path: me.path,
+                    magic: u32::from_be_bytes(magic.to_le_bytes()),
+                })
+            }
         }
         Ok(me)
     }
@@ -117,7 +138,11 @@ impl<R: Read> CaptureReader<R> {
             0x4d3c2b1a => true,
             x => return Err(self.corrupt(at + 8, format!("bad byte-order magic {x:#x}"))),
         };
-        let len = if big_endian { u32::from_be_bytes(raw_len) } else { u32::from_le_bytes(raw_len) };
+        let len = if big_endian {
+            u32::from_be_bytes(raw_len)
+        } else {
+            u32::from_le_bytes(raw_len)
+        };
         if len < 28 || len % 4 != 0 || len > 1 << 20 {
             return Err(self.corrupt(at + 4, format!("section header length {len}")));
         }
@@ -133,21 +158,36 @@ impl<R: Read> CaptureReader<R> {
     }
 
     fn corrupt(&self, offset: u64, what: String) -> CaptureError {
-        CaptureError::Corrupt { path: self.path.clone(), offset, what }
+        CaptureError::Corrupt {
+            path: self.path.clone(),
+            offset,
+            what,
+        }
     }
 
     fn u32(&self, b: &[u8], big: bool) -> u32 {
         let a = [b[0], b[1], b[2], b[3]];
-        if big { u32::from_be_bytes(a) } else { u32::from_le_bytes(a) }
+        if big {
+            u32::from_be_bytes(a)
+        } else {
+            u32::from_le_bytes(a)
+        }
     }
 
     fn u16(&self, b: &[u8], big: bool) -> u16 {
-        if big { u16::from_be_bytes([b[0], b[1]]) } else { u16::from_le_bytes([b[0], b[1]]) }
+        if big {
+            u16::from_be_bytes([b[0], b[1]])
+        } else {
+            u16::from_le_bytes([b[0], b[1]])
+        }
     }
 
     fn read_exact_at(&mut self, buf: &mut [u8], what: &str) -> Result<(), CaptureError> {
         let at = self.offset;
-        let n = read_full(&mut self.r, buf).map_err(|source| CaptureError::Io { path: self.path.clone(), source })?;
+        let n = read_full(&mut self.r, buf).map_err(|source| CaptureError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
         self.offset += n as u64;
         if n < buf.len() {
             return Err(self.corrupt(at, format!("file ends inside the {what} ({n} of {} bytes)", buf.len())));
@@ -157,15 +197,25 @@ impl<R: Read> CaptureReader<R> {
 
     /// The next frame, `None` at a clean end of file.
     pub fn next_frame(&mut self) -> Result<Option<CapturedFrame>, CaptureError> {
+        let mut f = CapturedFrame::default();
+        Ok(self.next_frame_into(&mut f)?.then_some(f))
+    }
+
+    /// The next frame into `out` (its buffer is reused: no allocation per record once it has
+    /// grown to the largest frame); false at a clean end of file.
+    pub fn next_frame_into(&mut self, out: &mut CapturedFrame) -> Result<bool, CaptureError> {
         loop {
             let at = self.offset;
             match self.format {
                 Format::Pcap { big_endian, nanos, linktype } => {
                     let mut h = [0u8; 16];
-                    let n = read_full(&mut self.r, &mut h).map_err(|source| CaptureError::Io { path: self.path.clone(), source })?;
+                    let n = read_full(&mut self.r, &mut h).map_err(|source| CaptureError::Io {
+                        path: self.path.clone(),
+                        source,
+                    })?;
                     self.offset += n as u64;
                     if n == 0 {
-                        return Ok(None);
+                        return Ok(false);
                     }
                     if n < 16 {
                         return Err(self.corrupt(at, format!("file ends inside a record header ({n} of 16 bytes)")));
@@ -177,23 +227,44 @@ impl<R: Read> CaptureReader<R> {
                     if caplen > MAX_CAPLEN {
                         return Err(self.corrupt(at, format!("record claims {caplen} captured bytes (max {MAX_CAPLEN})")));
                     }
-                    let mut data = vec![0u8; caplen as usize];
-                    self.read_exact_at(&mut data, "packet data").map_err(|e| match e {
+                    let mut data = std::mem::take(&mut self.scratch);
+                    data.resize(caplen as usize, 0);
+                    let read = self.read_exact_at(&mut data, "packet data").map_err(|e| match e {
                         // Name the record, not the middle of it.
-                        CaptureError::Corrupt { path, what, .. } => CaptureError::Corrupt { path, offset: at, what: format!("record: {what}") },
+                        CaptureError::Corrupt { path, what, .. } => CaptureError::Corrupt {
+                            path,
+                            offset: at,
+                            what: format!("record: {what}"),
+                        },
                         e => e,
-                    })?;
-                    let ts_ns = sec * 1_000_000_000 + if nanos { frac } else { frac * 1000 };
-                    if let Some(f) = to_ethernet(linktype, data, origlen.max(caplen), ts_ns, at) {
-                        return Ok(Some(f));
+                    });
+                    let ts_ns = sec.saturating_mul(1_000_000_000).saturating_add(if nanos { frac } else { frac * 1000 });
+                    let ok = read.is_ok()
+                        && if linktype == LINKTYPE_ETHERNET {
+                            // The record is the frame: hand over the buffer, take the old one back.
+                            std::mem::swap(&mut data, &mut out.data);
+                            out.orig_len = origlen.max(caplen);
+                            out.ts_ns = ts_ns;
+                            out.offset = at;
+                            true
+                        } else {
+                            to_ethernet(linktype, &data, origlen.max(caplen), ts_ns, at, out)
+                        };
+                    self.scratch = data;
+                    read?;
+                    if ok {
+                        return Ok(true);
                     }
                 }
                 Format::Pcapng { big_endian } => {
                     let mut h = [0u8; 8];
-                    let n = read_full(&mut self.r, &mut h).map_err(|source| CaptureError::Io { path: self.path.clone(), source })?;
+                    let n = read_full(&mut self.r, &mut h).map_err(|source| CaptureError::Io {
+                        path: self.path.clone(),
+                        source,
+                    })?;
                     self.offset += n as u64;
                     if n == 0 {
-                        return Ok(None);
+                        return Ok(false);
                     }
                     if n < 8 {
                         return Err(self.corrupt(at, format!("file ends inside a block header ({n} of 8 bytes)")));
@@ -209,64 +280,83 @@ impl<R: Read> CaptureReader<R> {
                     if len < 12 || len % 4 != 0 || len > MAX_CAPLEN + 4096 {
                         return Err(self.corrupt(at, format!("block length {len}")));
                     }
-                    let mut body = vec![0u8; len as usize - 8];
-                    self.read_exact_at(&mut body, "block")?;
-                    let body = &body[..body.len() - 4];
-                    match kind {
-                        1 => {
-                            if body.len() < 8 {
-                                return Err(self.corrupt(at, "interface block too short".into()));
-                            }
-                            let linktype = self.u16(&body[0..2], big_endian) as u32;
-                            let tsresol = find_option(body, 8, 9, big_endian).and_then(|v| v.first().copied()).unwrap_or(6);
-                            self.ifaces.push(Iface { linktype, tsresol });
-                        }
-                        6 => {
-                            if body.len() < 20 {
-                                return Err(self.corrupt(at, "packet block too short".into()));
-                            }
-                            let ifid = self.u32(&body[0..4], big_endian) as usize;
-                            let Some(iface) = self.ifaces.get(ifid).copied() else {
-                                return Err(self.corrupt(at, format!("packet on undeclared interface {ifid}")));
-                            };
-                            let ts = ((self.u32(&body[4..8], big_endian) as u64) << 32) | self.u32(&body[8..12], big_endian) as u64;
-                            let caplen = self.u32(&body[12..16], big_endian);
-                            let origlen = self.u32(&body[16..20], big_endian);
-                            if caplen as usize > body.len() - 20 {
-                                return Err(self.corrupt(at, format!("packet claims {caplen} bytes, block holds {}", body.len() - 20)));
-                            }
-                            if !supported(iface.linktype) {
-                                return Err(CaptureError::LinkType { path: self.path.clone(), linktype: iface.linktype });
-                            }
-                            let data = body[20..20 + caplen as usize].to_vec();
-                            if let Some(f) = to_ethernet(iface.linktype, data, origlen.max(caplen), ts_to_ns(ts, iface.tsresol), at) {
-                                return Ok(Some(f));
-                            }
-                        }
-                        3 => {
-                            // Simple packet block: no timestamp, first interface.
-                            if body.len() < 4 || self.ifaces.is_empty() {
-                                return Err(self.corrupt(at, "simple packet block without an interface".into()));
-                            }
-                            let origlen = self.u32(&body[0..4], big_endian);
-                            let data = body[4..].iter().copied().take(origlen as usize).collect();
-                            let lt = self.ifaces[0].linktype;
-                            if let Some(f) = to_ethernet(lt, data, origlen, 0, at) {
-                                return Ok(Some(f));
-                            }
-                        }
-                        _ => {} // statistics, name resolution, custom blocks: skipped
+                    let mut block = std::mem::take(&mut self.scratch);
+                    block.resize(len as usize - 8, 0);
+                    let read = self.read_exact_at(&mut block, "block");
+                    let found = match read {
+                        Ok(()) => self.pcapng_block(kind, &block[..block.len() - 4], big_endian, at, out),
+                        Err(e) => Err(e),
+                    };
+                    self.scratch = block;
+                    if found? {
+                        return Ok(true);
                     }
                 }
             }
         }
+    }
+
+    /// One pcapng block's body (without its trailing length): true if it held a frame, now in
+    /// `out`.
+    fn pcapng_block(&mut self, kind: u32, body: &[u8], big_endian: bool, at: u64, out: &mut CapturedFrame) -> Result<bool, CaptureError> {
+        match kind {
+            1 => {
+                if body.len() < 8 {
+                    return Err(self.corrupt(at, "interface block too short".into()));
+                }
+                let linktype = self.u16(&body[0..2], big_endian) as u32;
+                let tsresol = find_option(body, 8, 9, big_endian).and_then(|v| v.first().copied()).unwrap_or(6);
+                self.ifaces.push(Iface { linktype, tsresol });
+            }
+            6 => {
+                if body.len() < 20 {
+                    return Err(self.corrupt(at, "packet block too short".into()));
+                }
+                let ifid = self.u32(&body[0..4], big_endian) as usize;
+                let Some(iface) = self.ifaces.get(ifid).copied() else {
+                    return Err(self.corrupt(at, format!("packet on undeclared interface {ifid}")));
+                };
+                let ts = ((self.u32(&body[4..8], big_endian) as u64) << 32) | self.u32(&body[8..12], big_endian) as u64;
+                let caplen = self.u32(&body[12..16], big_endian);
+                let origlen = self.u32(&body[16..20], big_endian);
+                if caplen as usize > body.len() - 20 {
+                    return Err(self.corrupt(at, format!("packet claims {caplen} bytes, block holds {}", body.len() - 20)));
+                }
+                if !supported(iface.linktype) {
+                    return Err(CaptureError::LinkType {
+                        path: self.path.clone(),
+                        linktype: iface.linktype,
+                    });
+                }
+                let data = &body[20..20 + caplen as usize];
+                return Ok(to_ethernet(iface.linktype, data, origlen.max(caplen), ts_to_ns(ts, iface.tsresol), at, out));
+            }
+            3 => {
+                // Simple packet block: no timestamp, first interface.
+                if body.len() < 4 || self.ifaces.is_empty() {
+                    return Err(self.corrupt(at, "simple packet block without an interface".into()));
+                }
+                let origlen = self.u32(&body[0..4], big_endian);
+                let data = &body[4..4 + (origlen as usize).min(body.len() - 4)];
+                let lt = self.ifaces[0].linktype;
+                return Ok(to_ethernet(lt, data, origlen, 0, at, out));
+            }
+            _ => {} // statistics, name resolution, custom blocks: skipped
+        }
+        Ok(false)
     }
 }
 
 fn find_option(body: &[u8], start: usize, code: u16, big: bool) -> Option<&[u8]> {
     let mut i = start;
     while i + 4 <= body.len() {
-        let rd = |b: &[u8]| if big { u16::from_be_bytes([b[0], b[1]]) } else { u16::from_le_bytes([b[0], b[1]]) };
+        let rd = |b: &[u8]| {
+            if big {
+                u16::from_be_bytes([b[0], b[1]])
+            } else {
+                u16::from_le_bytes([b[0], b[1]])
+            }
+        };
         let c = rd(&body[i..]);
         let l = rd(&body[i + 2..]) as usize;
         if c == 0 {
@@ -298,48 +388,56 @@ fn ts_to_ns(ts: u64, tsresol: u8) -> u64 {
     }
 }
 
-/// Turns a frame of any supported link type into an Ethernet frame. `None` for frames that
-/// cannot be IP (skipped: they carry no TCP).
-fn to_ethernet(linktype: u32, data: Vec<u8>, orig_len: u32, ts_ns: u64, offset: u64) -> Option<CapturedFrame> {
-    let synth = |src_mac: [u8; 6], ethertype: u16, payload: &[u8], wire_payload: u32| {
-        let mut f = Vec::with_capacity(14 + payload.len());
-        f.extend_from_slice(&[0; 6]);
-        f.extend_from_slice(&src_mac);
-        f.extend_from_slice(&ethertype.to_be_bytes());
-        f.extend_from_slice(payload);
-        CapturedFrame { data: f, orig_len: 14 + wire_payload, ts_ns, offset }
+/// Turns a frame of any supported link type into an Ethernet frame in `out` (its buffer
+/// reused). False for frames that cannot be IP (skipped: they carry no TCP).
+fn to_ethernet(linktype: u32, data: &[u8], orig_len: u32, ts_ns: u64, offset: u64, out: &mut CapturedFrame) -> bool {
+    out.ts_ns = ts_ns;
+    out.offset = offset;
+    let mut synth = |src_mac: [u8; 6], ethertype: u16, payload: &[u8], wire_payload: u32| {
+        out.data.clear();
+        out.data.extend_from_slice(&[0; 6]);
+        out.data.extend_from_slice(&src_mac);
+        out.data.extend_from_slice(&ethertype.to_be_bytes());
+        out.data.extend_from_slice(payload);
+        out.orig_len = 14u32.saturating_add(wire_payload);
+        true
     };
     match linktype {
-        LINKTYPE_ETHERNET => Some(CapturedFrame { data, orig_len, ts_ns, offset }),
+        LINKTYPE_ETHERNET => {
+            out.data.clear();
+            out.data.extend_from_slice(data);
+            out.orig_len = orig_len;
+            true
+        }
         LINKTYPE_RAW | LINKTYPE_RAW_ALT | LINKTYPE_IPV4 | LINKTYPE_IPV6 => {
-            let et = match data.first()? >> 4 {
-                4 => 0x0800,
-                6 => 0x86dd,
-                _ => return None,
+            let et = match data.first().map(|b| b >> 4) {
+                Some(4) => 0x0800,
+                Some(6) => 0x86dd,
+                _ => return false,
             };
-            Some(synth([0; 6], et, &data, orig_len))
+            synth([0; 6], et, data, orig_len)
         }
         LINKTYPE_SLL => {
             // pkttype(2) hatype(2) halen(2) addr(8) protocol(2)
             if data.len() < 16 {
-                return None;
+                return false;
             }
             let mut mac = [0u8; 6];
             mac.copy_from_slice(&data[6..12]);
             let et = u16::from_be_bytes([data[14], data[15]]);
-            Some(synth(mac, et, &data[16..], orig_len.saturating_sub(16)))
+            synth(mac, et, &data[16..], orig_len.saturating_sub(16))
         }
         LINKTYPE_SLL2 => {
             // protocol(2) reserved(2) ifindex(4) hatype(2) pkttype(1) halen(1) addr(8)
             if data.len() < 20 {
-                return None;
+                return false;
             }
             let et = u16::from_be_bytes([data[0], data[1]]);
             let mut mac = [0u8; 6];
             mac.copy_from_slice(&data[12..18]);
-            Some(synth(mac, et, &data[20..], orig_len.saturating_sub(20)))
+            synth(mac, et, &data[20..], orig_len.saturating_sub(20))
         }
-        _ => None,
+        _ => false,
     }
 }
 
@@ -429,7 +527,11 @@ mod tests {
         for (lt, rec, mac) in [(101u32, ip.clone(), 0u8), (113, sll, 0x42), (276, sll2, 0x43)] {
             let f = read_all(&pcap_linktype(lt, &[&rec])).unwrap();
             let p = crate::packet::decode(&f[0].data, f[0].orig_len, 0, 0).unwrap();
-            assert_eq!((p.src, p.dst, p.sport, p.dport, p.seq), (want.src, want.dst, want.sport, want.dport, want.seq), "linktype {lt}");
+            assert_eq!(
+                (p.src, p.dst, p.sport, p.dport, p.seq),
+                (want.src, want.dst, want.sport, want.dport, want.seq),
+                "linktype {lt}"
+            );
             assert_eq!(p.src_mac[5], mac, "linktype {lt}: the cooked header's address is the source MAC");
         }
         assert!(matches!(read_all(&pcap_linktype(147, &[])), Err(CaptureError::LinkType { linktype: 147, .. })));

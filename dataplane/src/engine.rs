@@ -229,8 +229,15 @@ impl Engine {
     pub fn process_frame(&mut self, data: &[u8], orig_len: u32, ts_ns: u64, vantage: u16, frame_no: u64) {
         match decode(data, orig_len, ts_ns, vantage) {
             Ok(p) => self.process(&p, data, frame_no),
-            Err(Outcome::NonTcpPassed | Outcome::LaterFragment) => {}
-            Err(o) => self.undecodable[o as usize] += 1,
+            Err(o) => self.undecodable(o),
+        }
+    }
+
+    /// A frame the decoder refused (decoded elsewhere, e.g. by a reader that shards): counted
+    /// by reason, unless it was simply not TCP.
+    pub fn undecodable(&mut self, o: Outcome) {
+        if !matches!(o, Outcome::NonTcpPassed | Outcome::LaterFragment) {
+            self.undecodable[o as usize] += 1;
         }
     }
 
