@@ -18,12 +18,12 @@ use dataplane::{
     worker::{FrameSink, RawFrame},
 };
 
-/// A frame handed to the worker that owns its flow.
+/// A frame handed to the worker that owns its flow: the decoded packet and the header bytes
+/// the evidence history keeps, by value (no allocation, no second decode).
 pub struct OwnedFrame {
-    data: Vec<u8>,
-    orig_len: u32,
-    ts_ns: u64,
-    vantage: u16,
+    pkt: dataplane::packet::TcpPacket,
+    len: u8,
+    head: [u8; dataplane::evidence::HIST_SNAP],
 }
 
 pub enum Output {
@@ -111,7 +111,10 @@ impl FrameSink for EngineSink {
         if owner == self.id {
             self.engine.process(&p, f.data, 0);
         } else {
-            let o = OwnedFrame { data: f.data.to_vec(), orig_len: f.orig_len, ts_ns: f.ts_ns, vantage: f.vantage };
+            let len = f.data.len().min(dataplane::evidence::HIST_SNAP);
+            let mut head = [0u8; dataplane::evidence::HIST_SNAP];
+            head[..len].copy_from_slice(&f.data[..len]);
+            let o = OwnedFrame { pkt: p, len: len as u8, head };
             match self.peers[owner].try_send(o) {
                 Ok(()) => self.stats.handed_off.fetch_add(1, Relaxed),
                 Err(_) => self.stats.handoff_dropped.fetch_add(1, Relaxed),
@@ -125,7 +128,7 @@ impl FrameSink for EngineSink {
 
     fn batch_end(&mut self) {
         while let Ok(o) = self.inbox.try_recv() {
-            self.engine.process_frame(&o.data, o.orig_len, o.ts_ns, o.vantage, 0);
+            self.engine.process(&o.pkt, &o.head[..o.len as usize], 0);
         }
         self.publish();
     }
