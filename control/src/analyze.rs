@@ -65,7 +65,14 @@ pub struct BadInput(#[from] pub CaptureError);
 struct Batch {
     bytes: Vec<u8>,
     frames: Vec<BatchFrame>,
+    /// The merged input's time when the batch was sent (0: not known).
+    watermark_ns: u64,
 }
+
+/// A batch entry that only carries the watermark.
+const WATERMARK_ONLY: u64 = u64::MAX;
+/// Frames read between two watermarks sent to every worker.
+const WATERMARK_EVERY: u64 = 1 << 16;
 
 struct BatchFrame {
     /// Decoded by the reader (it needs the flow key to shard), or why not.
@@ -100,7 +107,6 @@ impl Ord for Head {
 }
 
 struct WorkerResult {
-    events: Vec<Event>,
     verdicts: Vec<(u16, u64, u32)>,
     stats: EngineStats,
     evidence_written: u64,
@@ -141,23 +147,39 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     // its own last packet still fire (the same answer at any worker count).
     let end_ns = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (free_tx, free_rx) = bounded::<Batch>(workers * 72);
+    // Events go to one writer thread as the workers produce them; only the few that may still
+    // be overtaken wait (bounded by the lateness below), never the whole run's.
+    let events_out: Option<Box<dyn Write + Send>> = match &args.events {
+        None => None,
+        Some(path) if path.as_os_str() == "-" => Some(Box::new(std::io::stdout())),
+        Some(path) => Some(Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating the events file {}", path.display()))?,
+        ))),
+    };
+    let (to_sink, sink_rx) = bounded::<SinkMsg>(workers * 64);
+    // With one vantage no event can precede its worker's watermark; across vantages a packet
+    // is reported missing only when its wait (the vantage window) ends, checked every 10 ms.
+    let lateness = if names.len() > 1 { cfg.vantage_window_ns.saturating_add(50_000_000) } else { 0 };
+    let sink = std::thread::Builder::new().name("ww-analyze-events".into()).spawn(move || EventOrder::new(workers, lateness, events_out).run(sink_rx))?;
     let mut senders = Vec::new();
     let mut handles = Vec::new();
     for w in 0..workers {
         let end_ns = end_ns.clone();
         let (tx, rx) = bounded::<Batch>(64);
         let free_tx = free_tx.clone();
+        let to_sink = to_sink.clone();
         senders.push(tx);
         let cfg = cfg.clone();
         let names = names.clone();
         handles.push(std::thread::Builder::new().name(format!("ww-analyze-{w}")).spawn(move || {
             let mut e = Engine::new(cfg, w);
             let mut verdicts = Vec::new();
-            let mut events = Vec::new();
             let (mut written, mut failed) = (0, 0);
             let mut last_ts = 0;
-            let mut flush = |e: &mut Engine, events: &mut Vec<Event>, verdicts: &mut Vec<(u16, u64, u32)>, frames_vantage: &dyn Fn(u64) -> u16| {
-                events.extend(e.drain_events());
+            let mut flush = |e: &mut Engine, watermark: u64, verdicts: &mut Vec<(u16, u64, u32)>, frames_vantage: &dyn Fn(u64) -> u16| {
+                // Events leave as they happen, with the time no later event of this worker can
+                // precede (see EventOrder).
+                let _ = to_sink.send(SinkMsg::Events { worker: w, watermark, events: e.drain_events() });
                 verdicts.extend(e.drain_verdicts().into_iter().map(|(n, v)| (frames_vantage(n), n & 0xffff_ffff_ffff, v)));
                 for job in e.drain_evidence() {
                     match job.write(&names) {
@@ -173,6 +195,9 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
             let vantage_of = |n: u64| (n >> 48) as u16;
             for mut batch in rx {
                 for f in &batch.frames {
+                    if f.frame_no == WATERMARK_ONLY {
+                        continue;
+                    }
                     let no = (f.vantage as u64) << 48 | f.frame_no;
                     match &f.pkt {
                         Ok(p) => {
@@ -182,15 +207,21 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
                         Err(o) => e.undecodable(*o),
                     }
                 }
-                flush(&mut e, &mut events, &mut verdicts, &vantage_of);
+                // The merged input's time: deadlines before it fire now (one below it, so a
+                // packet at exactly that time, still on its way, counts first).
+                if batch.watermark_ns > 0 {
+                    e.tick(batch.watermark_ns - 1);
+                    last_ts = last_ts.max(batch.watermark_ns - 1);
+                }
+                flush(&mut e, last_ts, &mut verdicts, &vantage_of);
                 batch.bytes.clear();
                 batch.frames.clear();
                 let _ = free_tx.try_send(batch);
             }
             e.tick(last_ts.max(end_ns.load(std::sync::atomic::Ordering::Acquire)));
             e.finish();
-            flush(&mut e, &mut events, &mut verdicts, &vantage_of);
-            WorkerResult { events, verdicts, stats: e.stats(), evidence_written: written, evidence_failed: failed }
+            flush(&mut e, u64::MAX, &mut verdicts, &vantage_of);
+            WorkerResult { verdicts, stats: e.stats(), evidence_written: written, evidence_failed: failed }
         })?);
     }
 
@@ -206,7 +237,11 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         }
     }
     let progress = std::io::stderr().is_terminal() && total_bytes > 64 << 20;
-    let new_batch = |free: &crossbeam_channel::Receiver<Batch>| free.try_recv().unwrap_or_else(|_| Batch { bytes: Vec::with_capacity(BATCH * KEEP), frames: Vec::with_capacity(BATCH) });
+    let new_batch = |free: &crossbeam_channel::Receiver<Batch>| {
+        let mut b = free.try_recv().unwrap_or_else(|_| Batch { bytes: Vec::with_capacity(BATCH * KEEP), frames: Vec::with_capacity(BATCH), watermark_ns: 0 });
+        b.watermark_ns = 0;
+        b
+    };
     let mut batches: Vec<Batch> = (0..workers).map(|_| new_batch(&free_rx)).collect();
     let mut read_frames = 0u64;
     let mut last_ns = 0u64;
@@ -224,6 +259,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
             b.bytes.extend_from_slice(&f.data[..keep]);
             b.frames.push(BatchFrame { pkt, start, len: keep as u32, vantage, frame_no: counts[v] });
             if b.frames.len() == BATCH {
+                b.watermark_ns = last_ns;
                 let full = std::mem::replace(b, new_batch(&free_rx));
                 senders[shard].send(full).map_err(|_| anyhow::anyhow!("an analysis worker stopped early"))?;
             }
@@ -233,6 +269,17 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
             heap.push(Head { ts_ns: slots[v].ts_ns, vantage });
         }
         read_frames += 1;
+        if read_frames % WATERMARK_EVERY == 0 {
+            // Every worker learns the merged input's time, also one that gets no frames.
+            for (shard, b) in batches.iter_mut().enumerate() {
+                if b.frames.is_empty() {
+                    b.frames.push(BatchFrame { pkt: Err(dataplane_common::Outcome::NonTcpPassed), start: 0, len: 0, vantage: 0, frame_no: WATERMARK_ONLY });
+                }
+                b.watermark_ns = last_ns;
+                let full = std::mem::replace(b, new_batch(&free_rx));
+                senders[shard].send(full).map_err(|_| anyhow::anyhow!("an analysis worker stopped early"))?;
+            }
+        }
         if progress && read_frames % 200_000 == 0 {
             let done: u64 = readers.iter().map(|r| r.offset()).sum();
             eprint!("\r  {:5.1}%  {read_frames} frames", done as f64 * 100.0 / total_bytes.max(1) as f64);
@@ -252,9 +299,11 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     for h in handles {
         results.push(h.join().map_err(|_| anyhow::anyhow!("an analysis worker panicked"))?);
     }
-
-    let mut events: Vec<Event> = results.iter_mut().flat_map(|r| std::mem::take(&mut r.events)).collect();
-    events.sort_by_key(|e| (e.time_last_ns, e.kind.name()));
+    drop(to_sink);
+    let order = sink.join().map_err(|_| anyhow::anyhow!("the events writer panicked"))?;
+    if let Some(e) = order.error {
+        return Err(anyhow::anyhow!(e).context(format!("writing the events to {}", args.events.as_ref().map(|p| p.display().to_string()).unwrap_or_default())));
+    }
     let mut counters = [0u64; KIND_COUNT];
     let mut packets = 0;
     let mut undecodable = 0u64;
@@ -269,18 +318,6 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         failed += r.evidence_failed;
         suppressed += r.stats.evidence_suppressed;
     }
-    if let Some(path) = &args.events {
-        let mut out: Box<dyn Write> = if path.as_os_str() == "-" {
-            Box::new(std::io::stdout().lock())
-        } else {
-            Box::new(std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?))
-        };
-        for e in &events {
-            serde_json::to_writer(&mut out, e)?;
-            out.write_all(b"\n")?;
-        }
-        out.flush()?;
-    }
     if let Some(path) = &args.verdicts {
         let mut all: Vec<(u16, u64, u32)> = results.iter_mut().flat_map(|r| std::mem::take(&mut r.verdicts)).collect();
         all.sort_unstable();
@@ -290,7 +327,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         }
         out.flush()?;
     }
-    let summary = Summary { files: &names, packets, undecodable, counters: &counters, events: &events, evidence_written: written, evidence_failed: failed, evidence_suppressed: suppressed };
+    let summary = Summary { files: &names, packets, undecodable, counters: &counters, event_counts: &order.per_kind, examples: &order.examples, evidence_written: written, evidence_failed: failed, evidence_suppressed: suppressed };
     match args.format {
         Format::Table => summary.print_table(),
         Format::Json => println!("{}", serde_json::to_string_pretty(&summary.json())?),
@@ -325,7 +362,9 @@ struct Summary<'a> {
     packets: u64,
     undecodable: u64,
     counters: &'a [u64; KIND_COUNT],
-    events: &'a [Event],
+    /// Events written per kind, and the first of each kind.
+    event_counts: &'a [u64; KIND_COUNT],
+    examples: &'a [Option<Event>],
     evidence_written: u64,
     evidence_failed: u64,
     evidence_suppressed: u64,
@@ -333,7 +372,7 @@ struct Summary<'a> {
 
 impl Summary<'_> {
     fn example(&self, k: Kind) -> Option<&Event> {
-        self.events.iter().find(|e| e.kind == k)
+        self.examples[k as usize].as_ref()
     }
 
     fn print_table(&self) {
@@ -341,7 +380,7 @@ impl Summary<'_> {
         let mut any = false;
         for k in Kind::ALL {
             let n = self.counters[*k as usize];
-            let events = self.events.iter().filter(|e| e.kind == *k).count();
+            let events = self.event_counts[*k as usize];
             if n == 0 && events == 0 {
                 continue;
             }
@@ -377,7 +416,7 @@ impl Summary<'_> {
                     k.name().to_string(),
                     serde_json::json!({
                         "count": self.counters[*k as usize],
-                        "events": self.events.iter().filter(|e| e.kind == *k).count(),
+                        "events": self.event_counts[*k as usize],
                         "sensor_health": k.is_sensor_health(),
                         "example": ex,
                     }),
@@ -391,5 +430,101 @@ impl Summary<'_> {
             "kinds": kinds,
             "evidence": {"written": self.evidence_written, "suppressed": self.evidence_suppressed, "failed": self.evidence_failed},
         })
+    }
+}
+
+enum SinkMsg {
+    /// Events a worker produced; it will produce none earlier than `watermark` − lateness.
+    Events { worker: usize, watermark: u64, events: Vec<Event> },
+}
+
+/// Writes the workers' events in time order (then kind, worker, arrival) as soon as every
+/// worker has moved past them, and keeps what the summary needs: counts and the first event
+/// of each kind. A worker's events can trail its watermark only by the cross-vantage window
+/// (a packet reported missing when its wait ends) plus the engine's 10 ms housekeeping step;
+/// `lateness` covers that with a margin (and is 0 with one vantage).
+struct EventOrder {
+    out: Option<Box<dyn Write + Send>>,
+    pending: BinaryHeap<std::cmp::Reverse<Pending>>,
+    watermarks: Vec<u64>,
+    lateness: u64,
+    seq: u64,
+    per_kind: [u64; KIND_COUNT],
+    examples: Vec<Option<Event>>,
+    error: Option<std::io::Error>,
+}
+
+struct Pending {
+    key: (u64, &'static str, usize, u64),
+    event: Event,
+}
+impl PartialEq for Pending {
+    fn eq(&self, o: &Self) -> bool {
+        self.key == o.key
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.key.cmp(&o.key)
+    }
+}
+
+impl EventOrder {
+    fn new(workers: usize, lateness: u64, out: Option<Box<dyn Write + Send>>) -> Self {
+        Self {
+            out,
+            pending: BinaryHeap::new(),
+            watermarks: vec![0; workers],
+            lateness,
+            seq: 0,
+            per_kind: [0; KIND_COUNT],
+            examples: (0..KIND_COUNT).map(|_| None).collect(),
+            error: None,
+        }
+    }
+
+    fn run(mut self, rx: crossbeam_channel::Receiver<SinkMsg>) -> Self {
+        for msg in rx {
+            let SinkMsg::Events { worker, watermark, events } = msg;
+            for event in events {
+                self.seq += 1;
+                self.pending.push(std::cmp::Reverse(Pending { key: (event.time_last_ns, event.kind.name(), worker, self.seq), event }));
+            }
+            self.watermarks[worker] = self.watermarks[worker].max(watermark);
+            let safe = self.watermarks.iter().copied().min().unwrap_or(0).saturating_sub(self.lateness);
+            self.release(safe);
+        }
+        self.release(u64::MAX);
+        if let Some(out) = self.out.as_mut() {
+            if let Err(e) = out.flush() {
+                self.error.get_or_insert(e);
+            }
+        }
+        self
+    }
+
+    /// Writes every pending event earlier than `before` (all of them for u64::MAX).
+    fn release(&mut self, before: u64) {
+        while self.pending.peek().is_some_and(|p| before == u64::MAX || p.0.key.0 < before) {
+            let Some(std::cmp::Reverse(p)) = self.pending.pop() else { break };
+            let e = p.event;
+            self.per_kind[e.kind as usize] += 1;
+            if let (Some(out), None) = (self.out.as_mut(), self.error.as_ref()) {
+                let r = serde_json::to_writer(&mut *out, &e).map_err(std::io::Error::from).and_then(|()| out.write_all(b"\n"));
+                if let Err(err) = r {
+                    self.error = Some(err);
+                }
+            }
+            let slot = &mut self.examples[e.kind as usize];
+            if slot.is_none() {
+                *slot = Some(e);
+            }
+        }
     }
 }
