@@ -81,6 +81,8 @@ struct BatchFrame {
     len: u32,
     vantage: u16,
     frame_no: u64,
+    /// Vantages expected to see it (several files only; learned from every packet in order).
+    expected: u128,
 }
 
 /// Frames a batch holds before it is sent.
@@ -202,7 +204,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
                     match &f.pkt {
                         Ok(p) => {
                             last_ts = p.ts_ns;
-                            e.process(p, &batch.bytes[f.start as usize..(f.start + f.len) as usize], no);
+                            e.process_expecting(p, &batch.bytes[f.start as usize..(f.start + f.len) as usize], no, f.expected);
                         }
                         Err(o) => e.undecodable(*o),
                     }
@@ -245,6 +247,9 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     let mut batches: Vec<Batch> = (0..workers).map(|_| new_batch(&free_rx)).collect();
     let mut read_frames = 0u64;
     let mut last_ns = 0u64;
+    // Which vantages carry traffic for each address, learned here from every packet in time
+    // order (not per worker), so lost_between_sensors does not depend on --workers.
+    let mut learning = dataplane::anomaly::paths::VantageLearning::default();
     while let Some(Head { vantage, .. }) = heap.pop() {
         let v = vantage as usize;
         {
@@ -252,12 +257,16 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
             let pkt = decode(&f.data, f.orig_len, f.ts_ns, vantage);
             // Frames that are not TCP go to worker 0, whose engine counts the undecodable ones.
             let shard = pkt.as_ref().map_or(0, |p| shard_of(p, workers));
+            let expected = match (&pkt, names.len() > 1) {
+                (Ok(p), true) => learning.learn(p),
+                _ => 0,
+            };
             last_ns = last_ns.max(f.ts_ns);
             let b = &mut batches[shard];
             let keep = f.data.len().min(KEEP);
             let start = b.bytes.len() as u32;
             b.bytes.extend_from_slice(&f.data[..keep]);
-            b.frames.push(BatchFrame { pkt, start, len: keep as u32, vantage, frame_no: counts[v] });
+            b.frames.push(BatchFrame { pkt, start, len: keep as u32, vantage, frame_no: counts[v], expected });
             if b.frames.len() == BATCH {
                 b.watermark_ns = last_ns;
                 let full = std::mem::replace(b, new_batch(&free_rx));
@@ -273,7 +282,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
             // Every worker learns the merged input's time, also one that gets no frames.
             for (shard, b) in batches.iter_mut().enumerate() {
                 if b.frames.is_empty() {
-                    b.frames.push(BatchFrame { pkt: Err(dataplane_common::Outcome::NonTcpPassed), start: 0, len: 0, vantage: 0, frame_no: WATERMARK_ONLY });
+                    b.frames.push(BatchFrame { pkt: Err(dataplane_common::Outcome::NonTcpPassed), start: 0, len: 0, vantage: 0, frame_no: WATERMARK_ONLY, expected: 0 });
                 }
                 b.watermark_ns = last_ns;
                 let full = std::mem::replace(b, new_batch(&free_rx));

@@ -121,3 +121,104 @@ fn the_evidence_budget_does_not_grow_with_workers() {
     assert!(files[1] <= files[0] + 10, "1 worker wrote {} evidence files, 4 workers {}", files[0], files[1]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Two vantages (either side of a filter): a server that the inside vantage saw talking is
+/// expected there, so a SYN to it seen only outside was lost between them — whichever worker
+/// the two flows landed on. Learning from every packet, not per worker, makes it so.
+#[test]
+fn losses_between_vantages_do_not_depend_on_workers() {
+    use dataplane::{craft::TcpSegment, pcapng::PcapngWriter};
+    use dataplane_common::tcp_flags::{ACK, PSH, SYN};
+    let dir = std::env::temp_dir().join(format!("ww-workers-vantage-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (outside, inside) = (dir.join("outside.pcapng"), dir.join("inside.pcapng"));
+    let mut wo = PcapngWriter::new(std::fs::File::create(&outside).unwrap()).unwrap();
+    let mut wi = PcapngWriter::new(std::fs::File::create(&inside).unwrap()).unwrap();
+    wo.interface("outside", 128).unwrap();
+    wi.interface("inside", 128).unwrap();
+    let mut t = 1_700_000_000_000_000_000u64;
+    let servers = 64u32;
+    for i in 0..servers {
+        let server = std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0ac8_0000 | i));
+        let client = std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a01_0000 | i));
+        // A healthy connection, seen on both sides 50 µs apart.
+        let (mut cs, mut ss) = (1000u32, 9000u32);
+        let mut both = |g: TcpSegment, t: &mut u64| {
+            *t += 1_000_000;
+            let f = g.frame();
+            wo.packet(0, *t, &f, f.len() as u32, None).unwrap();
+            wi.packet(0, *t + 50_000, &f, f.len() as u32, None).unwrap();
+        };
+        let mut g = TcpSegment::new(client, 40000, server, 80);
+        g.flags = SYN;
+        g.seq = cs;
+        both(g, &mut t);
+        let mut g = TcpSegment::new(server, 80, client, 40000);
+        g.flags = SYN | ACK;
+        g.seq = ss;
+        g.ack = cs + 1;
+        both(g, &mut t);
+        cs += 1;
+        ss += 1;
+        for k in 0..3u16 {
+            let mut g = TcpSegment::new(client, 40000, server, 80);
+            g.flags = ACK | PSH;
+            g.seq = cs;
+            g.ack = ss;
+            g.ip_id = k + 1;
+            g.payload_len = 100;
+            both(g, &mut t);
+            cs += 100;
+        }
+        // A second client's SYN to the same server, seen outside only: the filter ate it.
+        let mut g = TcpSegment::new(client, 40001 + i as u16, server, 80);
+        g.flags = SYN;
+        g.seq = 77;
+        t += 1_000_000;
+        let f = g.frame();
+        wo.packet(0, t, &f, f.len() as u32, None).unwrap();
+    }
+    // Traffic after the last SYN so every wait ends inside the capture.
+    for k in 0..5u64 {
+        let mut g = TcpSegment::new("10.3.0.1".parse().unwrap(), 5000, "10.3.0.2".parse().unwrap(), 22);
+        g.flags = ACK;
+        g.seq = k as u32;
+        let f = g.frame();
+        wo.packet(0, t + (k + 1) * 200_000_000, &f, f.len() as u32, None).unwrap();
+        wi.packet(0, t + (k + 1) * 200_000_000 + 50_000, &f, f.len() as u32, None).unwrap();
+    }
+    drop((wo, wi));
+    let run = |workers: usize| -> Vec<serde_json::Value> {
+        let events = dir.join(format!("v-{workers}.jsonl"));
+        let o = Command::new(env!("CARGO_BIN_EXE_wirewatch"))
+            .args(["analyze", "--format", "json", "--workers", &workers.to_string(), "--events"])
+            .arg(&events)
+            .arg(&outside)
+            .arg(&inside)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let mut v: Vec<serde_json::Value> = std::fs::read_to_string(&events)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("evidence");
+                v
+            })
+            .filter(|v| v["kind"] == "lost_between_sensors")
+            .collect();
+        v.sort_by_key(|v| v.to_string());
+        v
+    };
+    let one = run(1);
+    assert_eq!(one.len(), servers as usize, "one loss per server's second SYN: {one:?}");
+    assert!(one.iter().all(|e| e["details"]["seen_at"] == "outside.pcapng" && e["details"]["missing_at"][0] == "inside.pcapng"));
+    for workers in [2, 4, 16] {
+        let got = run(workers);
+        assert_eq!(got.len(), one.len(), "{workers} workers: {} losses between the vantages, 1 worker: {}", got.len(), one.len());
+        assert!(got == one, "{workers} workers: the losses differ from 1 worker's");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

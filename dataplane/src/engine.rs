@@ -266,6 +266,13 @@ impl Engine {
     }
 
     pub fn process(&mut self, p: &TcpPacket, raw: &[u8], frame_no: u64) {
+        self.process_expecting(p, raw, frame_no, 0);
+    }
+
+    /// [`process`](Self::process) with the vantages expected to see this packet, learned by
+    /// the caller from the whole input (see `anomaly::paths::VantageLearning`); 0: the engine
+    /// learns from its own flows.
+    pub fn process_expecting(&mut self, p: &TcpPacket, raw: &[u8], frame_no: u64, expected_vantages: u128) {
         // Deadlines that passed before this packet fire first, on the state they saw (a
         // deadline equal to the packet's time lets the packet count).
         self.run_timers(p.ts_ns.saturating_sub(1));
@@ -290,7 +297,7 @@ impl Engine {
         let hist_id = self.history.push(raw, p.orig_len, p.ts_ns, p.vantage, rec.last_hist);
         rec.last_hist = hist_id;
         if self.cfg.vantage_names.len() > 1 {
-            self.matcher.observe(p, hist_id);
+            self.matcher.observe(p, hist_id, expected_vantages);
         }
         if created && !p.has(SYN) {
             rec.flags |= conn_flags::MIDSTREAM;

@@ -87,7 +87,9 @@ struct Sig {
 }
 
 struct Seen {
-    vantages: u8,
+    vantages: u128,
+    /// The vantages expected to see it, when the caller knew (see [`VantageMatcher::observe`]).
+    expected: u128,
     first_vantage: u16,
     hist_id: u32,
     /// Index in the flow's sequence: not used for matching, only for the event.
@@ -100,8 +102,31 @@ struct Seen {
 pub struct VantageMatcher {
     pending: HashMap<Sig, Seen>,
     order: VecDeque<(u64, Sig)>,
-    /// Which vantages have carried traffic for a server address: they are expected to see it.
-    servers: HashMap<IpAddr, u8>,
+    /// Which vantages have carried traffic for an address: they are expected to see it.
+    servers: VantageLearning,
+}
+
+/// Which vantages have carried traffic for each address (bit per vantage, up to 128). One
+/// worker's engine learns only from its own flows; `analyze` learns in its reader, from every
+/// packet in time order, so the answer does not depend on how flows were sharded.
+#[derive(Default)]
+pub struct VantageLearning {
+    seen: HashMap<IpAddr, u128>,
+}
+
+impl VantageLearning {
+    /// Learns from `p` and returns the vantages expected to see packets toward its destination.
+    pub fn learn(&mut self, p: &TcpPacket) -> u128 {
+        let bit = 1u128 << p.vantage.min(127);
+        // Either endpoint could be "the server"; remember both addresses' vantages.
+        *self.seen.entry(p.src).or_default() |= bit;
+        let d = self.seen.entry(p.dst).or_default();
+        *d |= bit;
+        *d
+    }
+    pub fn expected(&self, a: &IpAddr) -> u128 {
+        self.seen.get(a).copied().unwrap_or(0)
+    }
 }
 
 pub struct Missing {
@@ -112,17 +137,21 @@ pub struct Missing {
 }
 
 impl VantageMatcher {
-    /// Records a sighting of a packet at its vantage.
-    pub fn observe(&mut self, p: &TcpPacket, hist_id: u32) {
-        let bit = 1u8 << (p.vantage.min(7));
-        // Either endpoint could be "the server"; remember both addresses' vantages.
-        *self.servers.entry(p.dst).or_default() |= bit;
-        *self.servers.entry(p.src).or_default() |= bit;
+    /// Records a sighting of a packet at its vantage. `expected`: the vantages expected to see
+    /// it, as learned by the caller from every packet (0: learn here, from this engine's).
+    pub fn observe(&mut self, p: &TcpPacket, hist_id: u32, expected: u128) {
+        let bit = 1u128 << p.vantage.min(127);
+        if expected == 0 {
+            self.servers.learn(p);
+        }
         let sig = Sig { src: p.src, dst: p.dst, sport: p.sport, dport: p.dport, ip_id: p.ip_id, seq: p.seq.0, ack: p.ack.0, flags: p.flags, len: p.payload_len };
         match self.pending.get_mut(&sig) {
-            Some(s) => s.vantages |= bit,
+            Some(s) => {
+                s.vantages |= bit;
+                s.expected |= expected;
+            }
             None => {
-                self.pending.insert(sig, Seen { vantages: bit, first_vantage: p.vantage, hist_id, pkt: p.clone() });
+                self.pending.insert(sig, Seen { vantages: bit, expected, first_vantage: p.vantage, hist_id, pkt: p.clone() });
                 self.order.push_back((p.ts_ns, sig));
             }
         }
@@ -131,7 +160,7 @@ impl VantageMatcher {
     /// Packets whose window closed without reaching every vantage expected to see them.
     pub fn expire(&mut self, now_ns: u64, window_ns: u64, vantage_count: usize) -> Vec<Missing> {
         let mut out = Vec::new();
-        let all: u8 = if vantage_count >= 8 { 0xff } else { (1u8 << vantage_count) - 1 };
+        let all: u128 = if vantage_count >= 128 { u128::MAX } else { (1u128 << vantage_count) - 1 };
         while let Some(&(t, sig)) = self.order.front() {
             if now_ns.saturating_sub(t) <= window_ns {
                 break;
@@ -139,10 +168,10 @@ impl VantageMatcher {
             self.order.pop_front();
             let Some(seen) = self.pending.remove(&sig) else { continue };
             // Expected at the vantages that carry traffic for this destination.
-            let expected = self.servers.get(&sig.dst).copied().unwrap_or(0) & all;
-            let missing = expected & !seen.vantages;
+            let learned = if seen.expected != 0 { seen.expected } else { self.servers.expected(&sig.dst) };
+            let missing = learned & all & !seen.vantages;
             if missing != 0 {
-                let missing_at = (0..8u16).filter(|v| missing & (1 << v) != 0).collect();
+                let missing_at = (0..128u16).filter(|v| missing & (1 << v) != 0).collect();
                 out.push(Missing { pkt: seen.pkt, seen_at: seen.first_vantage, missing_at, hist_id: seen.hist_id });
             }
         }
