@@ -107,8 +107,7 @@ pub struct EngineStats {
     pub macs_overflowed: u64,
 }
 
-/// Packets between two reads of the wall clock for timers is not needed: the engine's clock
-/// is packet time. Cross-vantage matching and evidence deadlines run at most this often.
+/// Cross-vantage matching and evidence deadlines run at most this often (of packet time).
 const HOUSEKEEPING_NS: u64 = 10_000_000;
 /// Armed side state (RST pairing waits) is expired this often.
 const SIDE_EXPIRY_NS: u64 = 1_000_000_000;
@@ -289,7 +288,7 @@ impl Engine {
         }
         let (key, side) = FlowKey::of(p);
         let (slot, created, flow_ref) = self.flow_slot(key, p.ts_ns);
-        let first_ns = self.flows.first_ns(self.flows.get(slot));
+        let first_ns = self.flows.first_ns(self.flows.get(slot), p.ts_ns);
         let src_mac = self.macs.intern(&p.src_mac);
         let dst_mac = self.macs.intern(&p.dst_mac);
         let epoch = self.epoch;
@@ -435,11 +434,18 @@ impl Engine {
             match t.kind() {
                 TimerKind::Handshake => {
                     self.handshake_timeout(slot, t.deadline_ns);
+                    // Reported (or completed): the handshake's timing is no longer needed.
+                    if let Some(x) = self.side.get_mut(slot) {
+                        x.end_handshake();
+                    }
+                    if self.side.release_if_idle(slot) {
+                        self.flows.get_mut(slot).flags &= !conn_flags::HAS_SIDE;
+                    }
                     // The handshake is over one way or the other: from now on the flow only
                     // needs its expiry check.
                     let r = self.flows.get(slot);
                     let limit = if r.state.is_closed() { self.cfg.closed_timeout_ns } else { self.cfg.idle_timeout_ns };
-                    let deadline = self.flows.last_ns(r).saturating_add(limit).max(t.deadline_ns);
+                    let deadline = self.flows.last_ns(r, now).saturating_add(limit).max(t.deadline_ns);
                     self.arm_expiry(slot, deadline);
                 }
                 TimerKind::Expiry { gen } => {
@@ -448,7 +454,7 @@ impl Engine {
                         continue;
                     }
                     let limit = if r.state.is_closed() { self.cfg.closed_timeout_ns } else { self.cfg.idle_timeout_ns };
-                    let deadline = self.flows.last_ns(r).saturating_add(limit);
+                    let deadline = self.flows.last_ns(r, now).saturating_add(limit);
                     if deadline <= now {
                         self.flows.remove(slot);
                         self.flows.count_expired();
@@ -503,7 +509,7 @@ impl Engine {
 
     fn handshake_timeout(&mut self, slot: Slot, now: u64) {
         let flow_ref = self.flows.flow_ref(slot);
-        let first_ns = self.flows.first_ns(self.flows.get(slot));
+        let first_ns = self.flows.first_ns(self.flows.get(slot), now);
         let rec = self.flows.get_mut(slot);
         if !rec.state.is_half_open() || rec.flags & conn_flags::HANDSHAKE_REPORTED != 0 {
             return;

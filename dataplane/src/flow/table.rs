@@ -60,8 +60,12 @@ pub struct FlowTable {
     len: usize,
     capacity: usize,
     seed: u64,
-    /// Packet time the records' `first_ms` counts from (the first flow's).
+    /// Packet time the records' `first_ms` counts from (the first flow's). `first_ms` wraps
+    /// (every 49.7 days) and is read back against a reference time, so neither a long run nor
+    /// a first timestamp of 0 exhausts it.
     base_ns: Option<u64>,
+    /// The newest time a flow was inserted at (the reference for eviction's idle order).
+    latest_ns: u64,
     /// Flows that became closed / half-open, oldest first; checked against the flow's state
     /// when popped (any flow in that state is a fair victim, so a reused slot is no harm).
     closed_fifo: std::collections::VecDeque<Slot>,
@@ -110,6 +114,7 @@ impl FlowTable {
             capacity,
             seed,
             base_ns: None,
+            latest_ns: 0,
             closed_fifo: Default::default(),
             half_open_fifo: Default::default(),
             hand: 0,
@@ -215,7 +220,9 @@ impl FlowTable {
     pub fn insert(&mut self, k: FlowKey, h: u64, now_ns: u64, epoch: u8) -> Slot {
         assert!(self.len < self.capacity, "FlowTable::insert on a full table");
         let base = *self.base_ns.get_or_insert(now_ns);
-        let first_ms = (now_ns.saturating_sub(base) / 1_000_000).min(u32::MAX as u64) as u32;
+        // Wrapping on purpose: see `first_ns`.
+        let first_ms = (now_ns.saturating_sub(base) / 1_000_000) as u32;
+        self.latest_ns = self.latest_ns.max(now_ns);
         let rec = FlowRecord::new(k, first_ms, epoch);
         let slot = if self.free != FREE_END {
             let s = self.free;
@@ -356,6 +363,7 @@ impl FlowTable {
             return None;
         }
         let n = self.slab.len();
+        let reference = self.latest_ns;
         let mut best: Option<(u64, Slot)> = None;
         let mut seen = 0;
         let mut i = self.hand % n;
@@ -363,7 +371,7 @@ impl FlowTable {
         while seen < IDLE_SAMPLE && steps < n {
             if self.is_live(i as Slot) {
                 let r = &self.slab[i];
-                let last = r.first_ms as u64 * 1000 + r.last_us() as u64;
+                let last = self.last_ns(r, reference);
                 if best.is_none_or(|(b, _)| last < b) {
                     best = Some((last, i as Slot));
                 }
@@ -384,15 +392,21 @@ impl FlowTable {
         self.evicted[EvictReason::Expired as usize] += 1;
     }
 
-    /// When the flow in `rec` began (exact to the millisecond).
+    /// When the flow in `rec` began (to the millisecond of the table's base), read against
+    /// `reference_ns`, a time within ±24 days of it (the packet being processed, the timer
+    /// firing): the stored milliseconds wrap, their distance from the reference does not.
     #[inline]
-    pub fn first_ns(&self, rec: &FlowRecord) -> u64 {
-        self.base_ns.unwrap_or(0) + rec.first_ms as u64 * 1_000_000
+    pub fn first_ns(&self, rec: &FlowRecord, reference_ns: u64) -> u64 {
+        let base = self.base_ns.unwrap_or(0);
+        let ref_ms = reference_ns.saturating_sub(base) / 1_000_000;
+        let age_ms = (ref_ms as u32).wrapping_sub(rec.first_ms) as i32 as i64;
+        let first_ms = (ref_ms as i64).saturating_sub(age_ms).max(0) as u64;
+        base.saturating_add(first_ms.saturating_mul(1_000_000))
     }
 
-    /// The flow's newest packet time.
-    pub fn last_ns(&self, rec: &FlowRecord) -> u64 {
-        self.first_ns(rec) + rec.last_us() as u64 * 1000
+    /// The flow's newest packet time (see [`first_ns`](Self::first_ns) for `reference_ns`).
+    pub fn last_ns(&self, rec: &FlowRecord, reference_ns: u64) -> u64 {
+        self.first_ns(rec, reference_ns).saturating_add(rec.last_us() as u64 * 1000)
     }
 
     /// Live flows, in slab order.
@@ -488,6 +502,22 @@ mod tests {
         let (_, r, why) = t.evict_one().unwrap();
         assert_eq!(why, EvictReason::Idle);
         assert_ne!(r.key, k);
+    }
+
+    /// A first timestamp of 0 (a pcapng simple packet block) followed by real ones, and flows
+    /// begun 60 days after the table's first: their start times still read back exactly.
+    #[test]
+    fn flow_start_times_survive_a_zero_base_and_months_of_uptime() {
+        let mut t = FlowTable::new(16);
+        let k0 = key(1);
+        t.insert(k0, t.hash(&k0), 0, 0);
+        for (i, ts) in [1_700_000_000_123_000_000u64, 1_700_000_000_123_000_000 + 60 * 86_400 * 1_000_000_000].into_iter().enumerate() {
+            let k = key(10 + i as u16);
+            let s = t.insert(k, t.hash(&k), ts, 0);
+            assert_eq!(t.first_ns(t.get(s), ts + 5_000_000_000), ts, "flow {i}");
+            // A packet slightly out of order (before the flow's first) reads the same start.
+            assert_eq!(t.first_ns(t.get(s), ts - 2_000_000), ts, "flow {i}, time going back");
+        }
     }
 
     #[test]

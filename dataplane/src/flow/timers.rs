@@ -113,24 +113,38 @@ impl TimerWheel {
         }
     }
 
-    /// Moves the cursor to the next bucket that holds a timer for its revolution (at most to
-    /// `target`), sorting that bucket's due timers into `current`.
+    /// Moves the cursor toward `target`, sorting due timers into `current`: bucket by bucket up
+    /// to the first that holds timers due in this revolution, or — when time jumped a whole
+    /// revolution or more — every bucket once, taking all timers due by `target`.
     fn advance(&mut self, target: u64) {
-        // A jump longer than a revolution visits every bucket once.
-        let last = target.min(self.cursor + BUCKETS as u64);
-        while self.cursor < last {
+        let long_jump = target >= self.cursor + BUCKETS as u64;
+        if long_jump {
+            let current = &mut self.current;
+            for bucket in &mut self.buckets {
+                bucket.retain(|t| {
+                    let due = t.deadline_ns >> BUCKET_SHIFT <= target;
+                    if due {
+                        current.push_back(*t);
+                    }
+                    !due
+                });
+            }
+            // Timers stay in arming order within a bucket and the sort is stable; across
+            // buckets the deadline orders them.
+            self.current.make_contiguous().sort_by_key(|t| t.deadline_ns);
+            self.cursor = target;
+            return;
+        }
+        while self.cursor < target {
             self.cursor += 1;
             let b = (self.cursor as usize) % BUCKETS;
             if self.buckets[b].is_empty() {
                 continue;
             }
-            let limit = if target > self.cursor + BUCKETS as u64 - 1 { target } else { self.cursor };
-            // Timers stay in arming order within a bucket, and the sort is stable: ties fire
-            // in the order they were armed.
-            let bucket = &mut self.buckets[b];
-            let before = self.current.len();
+            let limit = self.cursor;
             let current = &mut self.current;
-            bucket.retain(|t| {
+            let before = current.len();
+            self.buckets[b].retain(|t| {
                 let due = t.deadline_ns >> BUCKET_SHIFT <= limit;
                 if due {
                     current.push_back(*t);
@@ -139,16 +153,8 @@ impl TimerWheel {
             });
             if self.current.len() > before {
                 self.current.make_contiguous().sort_by_key(|t| t.deadline_ns);
-                if limit > self.cursor {
-                    // Long jump: everything up to `target` is in `current` once every bucket
-                    // was visited; keep collecting.
-                    continue;
-                }
                 return;
             }
-        }
-        if target > self.cursor {
-            self.cursor = target;
         }
     }
 }
@@ -194,10 +200,17 @@ mod tests {
                     2 => now += next() % 50_000_000,
                     _ => now += next() % 40_000_000_000,
                 }
+                let mut last = 0;
                 while let Some(t) = w.pop_due(now) {
                     assert!(t.deadline_ns <= now);
+                    assert!(t.deadline_ns >= last, "fired out of deadline order");
+                    last = t.deadline_ns;
                     fired.push((t.deadline_ns, t.flow().slot as u64));
                 }
+                // Nothing due may be left behind once pop_due says None.
+                let fired_set: std::collections::HashSet<u64> = fired.iter().map(|f| f.1).collect();
+                let overdue = model.iter().filter(|(d, s)| *d <= now && !fired_set.contains(s)).count();
+                assert_eq!(overdue, 0, "timers due by {now} still pending");
             }
             now += 1 << 40;
             while let Some(t) = w.pop_due(now) {
@@ -209,6 +222,24 @@ mod tests {
             assert_eq!(got, model, "every timer fires exactly once");
             assert!(w.is_empty());
         }
+    }
+
+    /// A jump of more than one revolution but less than two (17–34 s): every timer due by
+    /// then fires, in order (a bucket-by-bucket walk once stopped half-way).
+    #[test]
+    fn a_jump_between_one_and_two_revolutions_fires_everything_due() {
+        let mut w = TimerWheel::new();
+        w.arm(0, r(0), TimerKind::Handshake);
+        assert_eq!(w.pop_due(1).map(|t| t.flow().slot), Some(0));
+        for (i, d) in [477u64 << 24, 500 << 24, (1500 << 24) + 1000].into_iter().enumerate() {
+            w.arm(d, r(i as u32 + 1), TimerKind::Handshake);
+        }
+        let mut order = Vec::new();
+        while let Some(t) = w.pop_due((1500 << 24) + 10) {
+            order.push(t.flow().slot);
+        }
+        assert_eq!(order, vec![1, 2]);
+        assert_eq!(w.pop_due((1500 << 24) + 1000).map(|t| t.flow().slot), Some(3));
     }
 
     #[test]
