@@ -317,6 +317,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     let mut packets = 0;
     let mut undecodable = 0u64;
     let (mut written, mut failed, mut suppressed) = (0, 0, 0);
+    let mut limits = EngineLimits::default();
     for r in &results {
         for (i, c) in r.stats.anomalies.iter().enumerate() {
             counters[i] += c;
@@ -326,6 +327,9 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         written += r.evidence_written;
         failed += r.evidence_failed;
         suppressed += r.stats.evidence_suppressed;
+        limits.side_state_refused += r.stats.side_exhausted;
+        limits.side_state_reclaimed += r.stats.side_reclaimed;
+        limits.macs_overflowed += r.stats.macs_overflowed;
     }
     if let Some(path) = &args.verdicts {
         let mut all: Vec<(u16, u64, u32)> = results.iter_mut().flat_map(|r| std::mem::take(&mut r.verdicts)).collect();
@@ -336,7 +340,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         }
         out.flush()?;
     }
-    let summary = Summary { files: &names, packets, undecodable, counters: &counters, event_counts: &order.per_kind, examples: &order.examples, evidence_written: written, evidence_failed: failed, evidence_suppressed: suppressed };
+    let summary = Summary { limits, files: &names, packets, undecodable, counters: &counters, event_counts: &order.per_kind, examples: &order.examples, evidence_written: written, evidence_failed: failed, evidence_suppressed: suppressed };
     match args.format {
         Format::Table => summary.print_table(),
         Format::Json => println!("{}", serde_json::to_string_pretty(&summary.json())?),
@@ -366,7 +370,19 @@ pub fn verdict_names(v: u32) -> Vec<&'static str> {
     .collect()
 }
 
+/// Where the engine ran out of room and detectors went without (never silently).
+#[derive(Default, serde::Serialize)]
+struct EngineLimits {
+    /// A detector could not arm: its side-state pool was full.
+    side_state_refused: u64,
+    /// Handshake timing given up so another flow's detector could arm.
+    side_state_reclaimed: u64,
+    /// MAC addresses past the per-worker MAC table, treated as unknown.
+    macs_overflowed: u64,
+}
+
 struct Summary<'a> {
+    limits: EngineLimits,
     files: &'a [String],
     packets: u64,
     undecodable: u64,
@@ -407,6 +423,13 @@ impl Summary<'_> {
         if !any {
             println!("\nno anomalies");
         }
+        let l = &self.limits;
+        if l.side_state_refused + l.side_state_reclaimed + l.macs_overflowed > 0 {
+            println!(
+                "\nengine limits: {} detector arms refused (side-state pool full), {} handshake timings reclaimed, {} MACs past the MAC table",
+                l.side_state_refused, l.side_state_reclaimed, l.macs_overflowed
+            );
+        }
         if self.evidence_written + self.evidence_failed + self.evidence_suppressed > 0 {
             println!(
                 "\nevidence files: {} written, {} suppressed by the rate limit, {} failed",
@@ -438,6 +461,7 @@ impl Summary<'_> {
             "undecodable": self.undecodable,
             "kinds": kinds,
             "evidence": {"written": self.evidence_written, "suppressed": self.evidence_suppressed, "failed": self.evidence_failed},
+            "engine_limits": self.limits,
         })
     }
 }

@@ -42,6 +42,11 @@ pub struct SharedStats {
     pub flows_created: AtomicU64,
     pub flows_evicted: [AtomicU64; 4],
     pub evidence_suppressed: AtomicU64,
+    /// Detector side state refused (pool full) and reclaimed from handshakes.
+    pub side_exhausted: AtomicU64,
+    pub side_reclaimed: AtomicU64,
+    /// MAC addresses seen after the engine's MAC table filled (treated as unknown).
+    pub macs_overflowed: AtomicU64,
 }
 
 pub struct EngineSink {
@@ -80,6 +85,9 @@ impl EngineSink {
             self.stats.flows_evicted[i].store(*c, Relaxed);
         }
         self.stats.evidence_suppressed.store(s.evidence_suppressed, Relaxed);
+        self.stats.side_exhausted.store(s.side_exhausted, Relaxed);
+        self.stats.side_reclaimed.store(s.side_reclaimed, Relaxed);
+        self.stats.macs_overflowed.store(s.macs_overflowed, Relaxed);
         let (rtts, zero_windows) = self.engine.drain_samples();
         for r in rtts {
             metrics::histogram!(crate::metrics::HANDSHAKE_RTT).record(r as f64 / 1e9);

@@ -24,6 +24,11 @@ pub const EVIDENCE_SUPPRESSED: &str = "wirewatch_evidence_files_suppressed_total
 pub const EVIDENCE_FAILED: &str = "wirewatch_evidence_files_failed_total";
 pub const EVIDENCE_REMOVED: &str = "wirewatch_evidence_files_removed_total";
 pub const HANDOFF: &str = "wirewatch_handoff_packets_total";
+/// Detector side state the engine could not give (`reason="pool_full"`) or took from a
+/// handshake for another detector (`reason="reclaimed"`).
+pub const SIDE_STATE: &str = "wirewatch_detector_state_total";
+/// MAC addresses past the engine's MAC table, treated as unknown by the detectors.
+pub const MACS_OVERFLOWED: &str = "wirewatch_mac_table_overflow_total";
 pub const HANDSHAKE_RTT: &str = "wirewatch_handshake_rtt_seconds";
 pub const ZERO_WINDOW_DURATION: &str = "wirewatch_zero_window_duration_seconds";
 pub const BUILD_INFO: &str = "wirewatch_build_info";
@@ -40,8 +45,11 @@ pub fn install() -> Result<PrometheusHandle> {
     for k in Kind::ALL {
         counter!(ANOMALIES, "kind" => k.name()).absolute(0);
     }
-    for c in [EVIDENCE_WRITTEN, EVIDENCE_SUPPRESSED, EVIDENCE_FAILED, EVIDENCE_REMOVED, FLOWS_CREATED] {
+    for c in [EVIDENCE_WRITTEN, EVIDENCE_SUPPRESSED, EVIDENCE_FAILED, EVIDENCE_REMOVED, FLOWS_CREATED, MACS_OVERFLOWED] {
         counter!(c).absolute(0);
+    }
+    for r in ["pool_full", "reclaimed"] {
+        counter!(SIDE_STATE, "reason" => r).absolute(0);
     }
     Ok(h)
 }

@@ -262,6 +262,9 @@ fn export_metrics(queues: &[QueueInfo], programs: &[(String, XdpProgram)], worke
     let evicted: [u64; 4] = std::array::from_fn(|i| sum(&|w| w.flows_evicted[i].load(Relaxed)));
     crate::metrics::flows(sum(&|w| w.flows_active.load(Relaxed)), sum(&|w| w.flows_created.load(Relaxed)), &evicted);
     metrics::counter!(crate::metrics::EVIDENCE_SUPPRESSED).absolute(sum(&|w| w.evidence_suppressed.load(Relaxed)));
+    metrics::counter!(crate::metrics::SIDE_STATE, "reason" => "pool_full").absolute(sum(&|w| w.side_exhausted.load(Relaxed)));
+    metrics::counter!(crate::metrics::SIDE_STATE, "reason" => "reclaimed").absolute(sum(&|w| w.side_reclaimed.load(Relaxed)));
+    metrics::counter!(crate::metrics::MACS_OVERFLOWED).absolute(sum(&|w| w.macs_overflowed.load(Relaxed)));
     metrics::counter!(crate::metrics::HANDOFF, "reason" => "handed_off").absolute(sum(&|w| w.handed_off.load(Relaxed)));
     metrics::counter!(crate::metrics::HANDOFF, "reason" => "dropped").absolute(sum(&|w| w.handoff_dropped.load(Relaxed)));
 }

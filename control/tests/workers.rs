@@ -222,3 +222,38 @@ fn losses_between_vantages_do_not_depend_on_workers() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// More simultaneous handshakes than the side-state pool holds: the summary says how many
+/// handshake timings were given up, instead of dropping them silently.
+#[test]
+fn running_out_of_side_state_is_reported() {
+    use dataplane::{craft::TcpSegment, pcapng::PcapngWriter};
+    use dataplane_common::tcp_flags::SYN;
+    let dir = std::env::temp_dir().join(format!("ww-workers-limits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pcap = dir.join("syns.pcapng");
+    let mut w = PcapngWriter::new(std::fs::File::create(&pcap).unwrap()).unwrap();
+    w.interface("tap0", 128).unwrap();
+    let t0 = 1_700_000_000_000_000_000u64;
+    let syns = 20_000u32;
+    for i in 0..syns {
+        let client = std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a40_0000 | i));
+        let mut g = TcpSegment::new(client, 40000, "10.9.9.9".parse().unwrap(), 443);
+        g.flags = SYN;
+        let f = g.frame();
+        w.packet(0, t0 + i as u64 * 10_000, &f, f.len() as u32, None).unwrap();
+    }
+    drop(w);
+    let o = Command::new(env!("CARGO_BIN_EXE_wirewatch"))
+        .args(["analyze", "--format", "json", "--workers", "1"])
+        .arg(&pcap)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // 20,000 handshakes open within 0.2 s, 16,384 pool entries: the rest reclaim the oldest.
+    assert_eq!(s["engine_limits"]["side_state_reclaimed"], (syns - (1 << 14)) as u64, "{}", s["engine_limits"]);
+    assert_eq!(s["engine_limits"]["side_state_refused"], 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
