@@ -191,7 +191,19 @@ fn live_capture_matches_tcpdump(mode: &str) {
         }
     }
     let stats = format!("{}\n{}", lab.b.run("ip -s link show sp0").unwrap(), lab.mon.run("ethtool -S sp1").unwrap());
-    assert!(missing.is_empty(), "{stats}\nwirewatch missed {} of {total} frames, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    // The one place a frame may be lost before wirewatch sees it: the sending veth, when the
+    // receiving side's 256-frame XDP ring is full (drivers/net/veth.c; counted as sp0's TX
+    // drops, the span's own counter, which tcpdump on sp0 saw go out). Every missed frame must
+    // be accounted for there (the veth is new, so its counter is this test's).
+    let tx_dropped: u64 = serde_json::from_str::<serde_json::Value>(&lab.b.run("ip -s -j link show sp0").unwrap())
+        .ok()
+        .and_then(|v| v[0]["stats64"]["tx"]["dropped"].as_u64())
+        .unwrap_or(0);
+    let missed: u64 = missing.iter().map(|(_, n)| *n as u64).sum();
+    assert!(missed <= tx_dropped, "{stats}\nwirewatch missed {missed} of {total} frames ({} distinct, e.g. {:?}) but the span dropped only {tx_dropped}", missing.len(), &missing[..missing.len().min(5)]);
+    if missed > 0 {
+        eprintln!("{missed} of {total} frames dropped by the sending veth (sp0 TX dropped {tx_dropped}) before XDP ran");
+    }
     // Both directions of v4 and v6 arrived.
     for (src, dst) in [("10.77.0.1", "10.77.0.2"), ("10.77.0.2", "10.77.0.1"), ("fd77::1", "fd77::2"), ("fd77::2", "fd77::1")] {
         let (src, dst): (IpAddr, IpAddr) = (src.parse().unwrap(), dst.parse().unwrap());
