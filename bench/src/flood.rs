@@ -38,17 +38,7 @@ pub struct FloodCapture {
     pub duration_ns: u64,
 }
 
-/// xorshift64* (the same generator as the main capture model).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
+use bench::gen::Rng;
 
 /// The real connection's frames, in time order, starting at `t0`.
 fn real_connection(t0: u64) -> Vec<(u64, Vec<u8>)> {
