@@ -16,7 +16,12 @@ fn main() {
     let packets = a.get(1).copied().unwrap_or(1_000_000);
     let dir = std::env::temp_dir().join("ww-replay-cpu");
     std::fs::create_dir_all(&dir).unwrap();
-    let cap = gen::generate(&gen::Model { flows, packets, seed: 7, duration_ns: 10_000_000_000 }, &dir.join("c.pcap"), 128).unwrap();
+    let cap = gen::generate(
+        &gen::Model { flows, packets, seed: 7, duration_ns: 10_000_000_000 },
+        &dir.join("c.pcap"),
+        128,
+    )
+    .unwrap();
     for round in 0..3 {
         let mut e = Engine::new(EngineConfig { flow_capacity: 1 << 21, ..Default::default() }, 0);
         let t = thread_cpu_ns();
@@ -26,6 +31,11 @@ fn main() {
         }
         e.finish();
         let ns = thread_cpu_ns() - t;
-        println!("round {round}: {:.0} ns/packet CPU, {:.2} Mpps per CPU-second ({} events)", ns as f64 / cap.frames.len() as f64, cap.frames.len() as f64 / ns as f64 * 1e3, e.drain_events().len());
+        println!(
+            "round {round}: {:.0} ns/packet CPU, {:.2} Mpps per CPU-second ({} events)",
+            ns as f64 / cap.frames.len() as f64,
+            cap.frames.len() as f64 / ns as f64 * 1e3,
+            e.drain_events().len()
+        );
     }
 }

@@ -1,10 +1,8 @@
 //! Just enough of the bpf(2) syscall for the benchmarks: load a two-instruction XDP program
 //! (the bare baseline, and the XDP_TX traffic generator) and run BPF_PROG_TEST_RUN on any
 //! program fd, optionally with live frames (include/uapi/linux/bpf.h, union bpf_attr).
-use std::{
-    io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
-};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
@@ -69,7 +67,13 @@ pub fn constant_program(action: i32, name: &str) -> io::Result<OwnedFd> {
     insns[0] = 0xb7 | ((action as u32 as u64) << 32);
     insns[1] = 0x95;
     let license = b"GPL\0";
-    let mut attr = ProgLoadAttr { prog_type: BPF_PROG_TYPE_XDP, insn_cnt: 2, insns: insns.as_ptr() as u64, license: license.as_ptr() as u64, ..Default::default() };
+    let mut attr = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_XDP,
+        insn_cnt: 2,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        ..Default::default()
+    };
     for (d, s) in attr.prog_name.iter_mut().zip(name.bytes().take(15)) {
         *d = s;
     }
@@ -95,7 +99,13 @@ pub struct RunResult {
 
 /// BPF_PROG_TEST_RUN of `prog` over `frame`, `repeat` times. With `live`, frames really leave
 /// through `ifindex` (XDP_TX / redirect) in batches of 64.
-pub fn test_run(prog: &impl AsRawFd, frame: &[u8], repeat: u32, ifindex: u32, live: bool) -> io::Result<RunResult> {
+pub fn test_run(
+    prog: &impl AsRawFd,
+    frame: &[u8],
+    repeat: u32,
+    ifindex: u32,
+    live: bool,
+) -> io::Result<RunResult> {
     let ctx = xdp_md(frame.len(), ifindex);
     let mut out = vec![0u8; if live { 0 } else { frame.len() + 256 }];
     let mut attr = TestRunAttr {

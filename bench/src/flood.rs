@@ -10,10 +10,8 @@
 //!   advertises a zero window for 1.2 s while the server sends two one-byte zero-window probes
 //!   (200 ms and 600 ms in); the client's window update ends the episode (a `zero_window` event,
 //!   being ≥ 0.5 s), the server sends one more segment and both sides close with FIN.
-use std::{
-    net::{IpAddr, Ipv4Addr},
-    path::Path,
-};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
 
 use dataplane::craft::TcpSegment;
 use dataplane_common::tcp_flags::{ACK, FIN, PSH, SYN};
@@ -46,24 +44,29 @@ fn real_connection(t0: u64) -> Vec<(u64, Vec<u8>)> {
     let (c, s) = (IpAddr::V4(REAL_CLIENT), IpAddr::V4(SERVER));
     let (c_isn, s_isn) = (0x1000_0000u32, 0x2000_0000u32);
     let mut out = Vec::new();
-    let mut push = |t: u64, from_client: bool, flags: u8, seq: u32, ack: u32, win: u16, len: usize| {
-        let mut seg = if from_client { TcpSegment::new(c, REAL_CLIENT_PORT, s, SERVER_PORT) } else { TcpSegment::new(s, SERVER_PORT, c, REAL_CLIENT_PORT) };
-        if !from_client {
-            std::mem::swap(&mut seg.src_mac, &mut seg.dst_mac);
-        }
-        seg.flags = flags;
-        seg.seq = seq;
-        seg.ack = ack;
-        seg.window = win;
-        seg.payload_len = len;
-        seg.ip_id = (t / MS) as u16;
-        if flags & SYN != 0 {
-            seg.mss = Some(1460);
-            seg.sack_permitted = true;
-            seg.wscale = Some(7);
-        }
-        out.push((t, seg.frame()));
-    };
+    let mut push =
+        |t: u64, from_client: bool, flags: u8, seq: u32, ack: u32, win: u16, len: usize| {
+            let mut seg = if from_client {
+                TcpSegment::new(c, REAL_CLIENT_PORT, s, SERVER_PORT)
+            } else {
+                TcpSegment::new(s, SERVER_PORT, c, REAL_CLIENT_PORT)
+            };
+            if !from_client {
+                std::mem::swap(&mut seg.src_mac, &mut seg.dst_mac);
+            }
+            seg.flags = flags;
+            seg.seq = seq;
+            seg.ack = ack;
+            seg.window = win;
+            seg.payload_len = len;
+            seg.ip_id = (t / MS) as u16;
+            if flags & SYN != 0 {
+                seg.mss = Some(1460);
+                seg.sack_permitted = true;
+                seg.wscale = Some(7);
+            }
+            out.push((t, seg.frame()));
+        };
     let mut cs = c_isn.wrapping_add(1);
     let mut ss = s_isn.wrapping_add(1);
     push(t0, true, SYN, c_isn, 0, 64240, 0);

@@ -11,12 +11,10 @@
 //!
 //! RTT per flow is 0.2–20 ms. Frames are full size (payload zeros) with valid checksums so
 //! every tool reads the same file; the engine gets the first 128 bytes, as from the XDP program.
-use std::{
-    fs::File,
-    io::{BufWriter, Write},
-    net::{IpAddr, Ipv4Addr},
-    path::Path,
-};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
 
 use dataplane::craft::TcpSegment;
 use dataplane_common::tcp_flags::{ACK, FIN, PSH, RST, SYN};
@@ -81,7 +79,14 @@ fn flow_packets(m: &Model, rng: &mut Rng, flow: u32, out: &mut Vec<Pkt>) {
     let start = rng.below(m.duration_ns);
     let rtt = 200_000 + rng.below(19_800_000);
     let mut t = start;
-    let push = |out: &mut Vec<Pkt>, t: u64, from_client: bool, flags: u8, seq: u32, ack: u32, win: u16, len: u16| {
+    let push = |out: &mut Vec<Pkt>,
+                t: u64,
+                from_client: bool,
+                flags: u8,
+                seq: u32,
+                ack: u32,
+                win: u16,
+                len: u16| {
         out.push(Pkt { ts: t, flow, from_client, flags, seq, ack, win, len });
     };
     let (c_isn, s_isn) = (rng.next() as u32, rng.next() as u32);
@@ -161,12 +166,18 @@ fn flow_packets(m: &Model, rng: &mut Rng, flow: u32, out: &mut Vec<Pkt>) {
 fn endpoints(flow: u32) -> (IpAddr, u16, IpAddr, u16) {
     let c = Ipv4Addr::new(10, (flow >> 16) as u8 & 0x7f, (flow >> 8) as u8, flow as u8);
     let s = Ipv4Addr::new(10, 200, (flow % 200) as u8, 1);
-    (IpAddr::V4(c), 1024 + (flow % 60000) as u16, IpAddr::V4(s), if flow % 3 == 0 { 443 } else { 80 })
+    (
+        IpAddr::V4(c),
+        1024 + (flow % 60000) as u16,
+        IpAddr::V4(s),
+        if flow % 3 == 0 { 443 } else { 80 },
+    )
 }
 
 fn frame(p: &Pkt) -> Vec<u8> {
     let (c, cp, s, sp) = endpoints(p.flow);
-    let mut seg = if p.from_client { TcpSegment::new(c, cp, s, sp) } else { TcpSegment::new(s, sp, c, cp) };
+    let mut seg =
+        if p.from_client { TcpSegment::new(c, cp, s, sp) } else { TcpSegment::new(s, sp, c, cp) };
     if !p.from_client {
         std::mem::swap(&mut seg.src_mac, &mut seg.dst_mac);
     }
@@ -201,7 +212,11 @@ pub fn generate(m: &Model, pcap: &Path, snap: usize) -> std::io::Result<Capture>
     w.write_all(&[0u8; 8])?;
     w.write_all(&65535u32.to_le_bytes())?;
     w.write_all(&1u32.to_le_bytes())?;
-    let mut cap = Capture { data: Vec::with_capacity(pkts.len() * snap), frames: Vec::with_capacity(pkts.len()), flows: m.flows };
+    let mut cap = Capture {
+        data: Vec::with_capacity(pkts.len() * snap),
+        frames: Vec::with_capacity(pkts.len()),
+        flows: m.flows,
+    };
     for p in &pkts {
         let f = frame(p);
         w.write_all(&((p.ts / 1_000_000_000) as u32).to_le_bytes())?;

@@ -2,20 +2,16 @@
 //! the same run on the same data. It prints the table and rewrites the one in RESULTS.md.
 //!
 //! Run it with `sudo bash scripts/bench.sh` (installs the baselines, builds, runs everything).
-use std::{
-    fmt::Write as _,
-    io::BufRead as _,
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::fmt::Write as _;
+use std::io::BufRead as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
-use dataplane::{
-    engine::{Engine, EngineConfig},
-    packet::decode,
-};
+use dataplane::engine::{Engine, EngineConfig};
+use dataplane::packet::decode;
 
 mod bpf;
 mod flood;
@@ -28,7 +24,9 @@ use usage::{thread_cpu, wait_usage, Usage};
 const BENCHES: [&str; 6] = ["engine", "baselines", "xdp", "live", "memory", "flood"];
 
 #[derive(Parser)]
-#[command(about = "wirewatch benchmarks: engine replay (CPU time), analyze against Suricata/tshark/tcptrace (CPU seconds), XDP program cost, live path, memory per flow, SYN-flood memory — each against a baseline in the same run")]
+#[command(
+    about = "wirewatch benchmarks: engine replay (CPU time), analyze against Suricata/tshark/tcptrace (CPU seconds), XDP program cost, live path, memory per flow, SYN-flood memory — each against a baseline in the same run"
+)]
 struct Args {
     /// Flows in the generated capture (the full model is 1,000,000)
     #[arg(long, default_value_t = 100_000)]
@@ -86,8 +84,19 @@ struct Row {
     met: Option<bool>,
 }
 
-fn row(rows: &mut Vec<Row>, bench: &str, ours: String, baseline: String, ratio: String, target: &str, met: Option<bool>) {
-    println!("{bench:<38} {ours:<26} {baseline:<34} {ratio:<10} {target}  {}", met.map_or("-", |m| if m { "met" } else { "MISSED" }));
+fn row(
+    rows: &mut Vec<Row>,
+    bench: &str,
+    ours: String,
+    baseline: String,
+    ratio: String,
+    target: &str,
+    met: Option<bool>,
+) {
+    println!(
+        "{bench:<38} {ours:<26} {baseline:<34} {ratio:<10} {target}  {}",
+        met.map_or("-", |m| if m { "met" } else { "MISSED" })
+    );
     rows.push(Row { bench: bench.into(), ours, baseline, ratio, target: target.into(), met });
 }
 
@@ -159,14 +168,33 @@ impl Tool {
             Tool::Suricata => {
                 let log = work.join("suricata-log");
                 let _ = std::fs::remove_dir_all(&log);
-                std::fs::create_dir_all(&log).with_context(|| format!("creating {}", log.display()))?;
+                std::fs::create_dir_all(&log)
+                    .with_context(|| format!("creating {}", log.display()))?;
                 let mut c = Command::new("suricata");
-                c.args(["--runmode", "single", "-k", "none", "-S", "/etc/suricata/rules/stream-events.rules", "-r"]).arg(file).arg("-l").arg(&log);
+                c.args([
+                    "--runmode",
+                    "single",
+                    "-k",
+                    "none",
+                    "-S",
+                    "/etc/suricata/rules/stream-events.rules",
+                    "-r",
+                ])
+                .arg(file)
+                .arg("-l")
+                .arg(&log);
                 c
             }
             Tool::Tshark => {
                 let mut c = Command::new("tshark");
-                c.arg("-r").arg(file).args(["-Y", "tcp.analysis.flags", "-T", "fields", "-e", "frame.number"]);
+                c.arg("-r").arg(file).args([
+                    "-Y",
+                    "tcp.analysis.flags",
+                    "-T",
+                    "fields",
+                    "-e",
+                    "frame.number",
+                ]);
                 c
             }
             Tool::Tcptrace => {
@@ -201,21 +229,45 @@ fn work_cpu(tool: Tool, args: &Args, file: &Path, startup: Duration) -> Result<D
     let total = tool_cpu(tool, args, file)?;
     let work = total.saturating_sub(startup);
     if work < total / 5 {
-        bail!("the capture is too small: {:.2} of {:.2} CPU-s was start-up; use more --packets", startup.as_secs_f64(), total.as_secs_f64());
+        bail!(
+            "the capture is too small: {:.2} of {:.2} CPU-s was start-up; use more --packets",
+            startup.as_secs_f64(),
+            total.as_secs_f64()
+        );
     }
     Ok(work)
 }
 
 /// One analyze-vs-tool row: both tools' work CPU on `file`, the ratio theirs / ours.
-fn versus(rows: &mut Vec<Row>, label: &str, ours: &Result<Duration>, tool: Tool, theirs: Result<Duration>, target: f64) {
+fn versus(
+    rows: &mut Vec<Row>,
+    label: &str,
+    ours: &Result<Duration>,
+    tool: Tool,
+    theirs: Result<Duration>,
+    target: f64,
+) {
     let tgt = if target > 0.0 { format!("≥ {target:.0}× fewer CPU-s") } else { "—".into() };
     match (ours, theirs) {
         (Ok(o), Ok(t)) => {
             let ratio = t.as_secs_f64() / o.as_secs_f64().max(1e-9);
-            row(rows, label, format!("{:.2} CPU-s", o.as_secs_f64()), format!("{} {:.2} CPU-s", tool.name(), t.as_secs_f64()), format!("{ratio:.1}×"), &tgt, (target > 0.0).then_some(ratio >= target));
+            row(
+                rows,
+                label,
+                format!("{:.2} CPU-s", o.as_secs_f64()),
+                format!("{} {:.2} CPU-s", tool.name(), t.as_secs_f64()),
+                format!("{ratio:.1}×"),
+                &tgt,
+                (target > 0.0).then_some(ratio >= target),
+            );
         }
         (o, t) => {
-            let e = o.as_ref().err().map(|e| format!("wirewatch: {e:#}")).or(t.err().map(|e| format!("{}: {e:#}", tool.name()))).unwrap_or_default();
+            let e = o
+                .as_ref()
+                .err()
+                .map(|e| format!("wirewatch: {e:#}"))
+                .or(t.err().map(|e| format!("{}: {e:#}", tool.name())))
+                .unwrap_or_default();
             row(rows, label, "not run".into(), format!("not run: {e}"), "—".into(), &tgt, None);
         }
     }
@@ -240,8 +292,15 @@ struct FloodResult {
 /// One `wirewatch analyze --workers 1 --max-flows N [extra…] FILE` on the flood capture.
 fn flood_analyze(args: &Args, file: &Path, extra: &[&std::ffi::OsStr], tag: &str) -> Result<Usage> {
     let mut cmd = Command::new(&args.wirewatch);
-    cmd.args(["analyze", "--workers", "1", "--max-flows"]).arg(args.flood_max_flows.to_string()).args(extra).arg(file);
-    usage::run_measured(cmd, &args.workdir.join(format!("{tag}.out")), &args.workdir.join(format!("{tag}.err")))
+    cmd.args(["analyze", "--workers", "1", "--max-flows"])
+        .arg(args.flood_max_flows.to_string())
+        .args(extra)
+        .arg(file);
+    usage::run_measured(
+        cmd,
+        &args.workdir.join(format!("{tag}.out")),
+        &args.workdir.join(format!("{tag}.err")),
+    )
 }
 
 /// The SYN-flood run: `wirewatch analyze --workers 1 --max-flows N --events OUT FILE` on the
@@ -249,14 +308,24 @@ fn flood_analyze(args: &Args, file: &Path, extra: &[&std::ffi::OsStr], tag: &str
 fn syn_flood(args: &Args) -> Result<FloodResult> {
     let file = args.workdir.join("synflood.pcap");
     let model = flood::FloodModel { syns: args.flood_syns, rate: args.flood_rate, seed: args.seed };
-    println!("generating the SYN flood: {} SYNs at {}/s (seed {}) …", model.syns, model.rate, model.seed);
+    println!(
+        "generating the SYN flood: {} SYNs at {}/s (seed {}) …",
+        model.syns, model.rate, model.seed
+    );
     let cap = flood::generate(&model, &file)?;
-    println!("flood capture: {} frames over {:.1} s at {}", cap.frames, cap.duration_ns as f64 / 1e9, file.display());
+    println!(
+        "flood capture: {} frames over {:.1} s at {}",
+        cap.frames,
+        cap.duration_ns as f64 / 1e9,
+        file.display()
+    );
     let events_path = args.workdir.join("synflood-events.jsonl");
-    let usage = flood_analyze(args, &file, &["--events".as_ref(), events_path.as_os_str()], "synflood")?;
+    let usage =
+        flood_analyze(args, &file, &["--events".as_ref(), events_path.as_os_str()], "synflood")?;
     let mut events = 0u64;
     let mut found = false;
-    let f = std::fs::File::open(&events_path).with_context(|| format!("opening {}", events_path.display()))?;
+    let f = std::fs::File::open(&events_path)
+        .with_context(|| format!("opening {}", events_path.display()))?;
     let (client, port) = (flood::REAL_CLIENT.to_string(), flood::REAL_CLIENT_PORT);
     for line in std::io::BufReader::with_capacity(1 << 20, f).lines() {
         let line = line?;
@@ -266,11 +335,20 @@ fn syn_flood(args: &Args) -> Result<FloodResult> {
         }
         let v: serde_json::Value = serde_json::from_str(&line)?;
         let fl = &v["flow"];
-        let ends = [(fl["src"].as_str(), fl["sport"].as_u64()), (fl["dst"].as_str(), fl["dport"].as_u64())];
-        found = v["kind"] == "zero_window" && ends.contains(&(Some(client.as_str()), Some(u64::from(port))));
+        let ends = [
+            (fl["src"].as_str(), fl["sport"].as_u64()),
+            (fl["dst"].as_str(), fl["dport"].as_u64()),
+        ];
+        found = v["kind"] == "zero_window"
+            && ends.contains(&(Some(client.as_str()), Some(u64::from(port))));
     }
     let _ = std::fs::remove_file(&events_path);
-    let quiet = flood_analyze(args, &file, &["--handshake-timeout".as_ref(), "300".as_ref()], "synflood-quiet");
+    let quiet = flood_analyze(
+        args,
+        &file,
+        &["--handshake-timeout".as_ref(), "300".as_ref()],
+        "synflood-quiet",
+    );
     // The flood capture is large and regenerated each run.
     let _ = std::fs::remove_file(&file);
     Ok(FloodResult { usage, frames: cap.frames, events, found, quiet })
@@ -283,8 +361,20 @@ fn rss_bytes() -> u64 {
 
 /// Bytes per tracked flow: RSS growth while one engine learns `n` new flows (one SYN each).
 fn memory(n: u32) -> (f64, usize) {
-    let mut e = Engine::new(EngineConfig { flow_capacity: n as usize + 1024, history_bytes: 1 << 20, ..Default::default() }, 0);
-    let mut seg = dataplane::craft::TcpSegment::new("10.0.0.1".parse().unwrap(), 1, "10.200.0.1".parse().unwrap(), 80);
+    let mut e = Engine::new(
+        EngineConfig {
+            flow_capacity: n as usize + 1024,
+            history_bytes: 1 << 20,
+            ..Default::default()
+        },
+        0,
+    );
+    let mut seg = dataplane::craft::TcpSegment::new(
+        "10.0.0.1".parse().unwrap(),
+        1,
+        "10.200.0.1".parse().unwrap(),
+        80,
+    );
     seg.flags = dataplane_common::tcp_flags::SYN;
     let mut f = seg.frame();
     // Warm the engine (and its history) before measuring.
@@ -304,14 +394,20 @@ fn memory(n: u32) -> (f64, usize) {
 fn fixture_frames() -> Vec<(&'static str, Vec<u8>)> {
     use dataplane::craft::TcpSegment;
     let v4 = TcpSegment::new("10.1.0.1".parse().unwrap(), 40000, "10.1.0.2".parse().unwrap(), 80);
-    let mut v6 = TcpSegment::new("fd00::1".parse().unwrap(), 40000, "fd00::2".parse().unwrap(), 443);
+    let mut v6 =
+        TcpSegment::new("fd00::1".parse().unwrap(), 40000, "fd00::2".parse().unwrap(), 443);
     v6.timestamp = Some((1, 2));
     let mut vlan = v4.clone();
     vlan.vlans = vec![100, 200];
     vlan.payload_len = 1400;
     let mut udp = v4.frame();
     udp[23] = 17; // IPv4 protocol: UDP
-    vec![("IPv4 TCP", v4.frame()), ("IPv6 TCP + timestamps", v6.frame()), ("QinQ IPv4 TCP 1400 B", vlan.frame()), ("IPv4 UDP (non-TCP)", udp)]
+    vec![
+        ("IPv4 TCP", v4.frame()),
+        ("IPv6 TCP + timestamps", v6.frame()),
+        ("QinQ IPv4 TCP 1400 B", vlan.frame()),
+        ("IPv4 UDP (non-TCP)", udp),
+    ]
 }
 
 fn is_root() -> bool {
@@ -322,7 +418,12 @@ fn is_root() -> bool {
 /// System-wide softirq time so far (/proc/stat, USER_HZ ticks).
 fn softirq() -> Duration {
     let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let ticks: u64 = s.lines().next().and_then(|l| l.split_whitespace().nth(7)).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let ticks: u64 = s
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(7))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     // Safety: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Duration::from_nanos(ticks * 1_000_000_000 / hz)
@@ -342,9 +443,13 @@ struct LiveResult {
 /// Pushes the capture's frames into `gen0` for `secs` with live-frame BPF_PROG_TEST_RUN from
 /// inside the namespace; returns frames sent.
 fn generate_live(ns: &str, cap: &gen::Capture, secs: f64) -> Result<u64> {
-    let idx: u32 = dataplane::netns::sh(&format!("ip netns exec {ns} cat /sys/class/net/gen0/ifindex"))?.trim().parse()?;
+    let idx: u32 =
+        dataplane::netns::sh(&format!("ip netns exec {ns} cat /sys/class/net/gen0/ifindex"))?
+            .trim()
+            .parse()?;
     let ns = ns.to_string();
-    let frames: Vec<Vec<u8>> = (0..cap.frames.len().min(200_000)).map(|i| cap.frame(i).0.to_vec()).collect();
+    let frames: Vec<Vec<u8>> =
+        (0..cap.frames.len().min(200_000)).map(|i| cap.frame(i).0.to_vec()).collect();
     std::thread::scope(|s| {
         s.spawn(|| -> Result<u64> {
             dataplane::netns::enter_current_thread(&ns)?;
@@ -363,7 +468,10 @@ fn generate_live(ns: &str, cap: &gen::Capture, secs: f64) -> Result<u64> {
                     }
                 }
             }
-            println!("  generator: {sent} frames in {:.2} s", (Instant::now() + Duration::from_secs_f64(secs) - end).as_secs_f64());
+            println!(
+                "  generator: {sent} frames in {:.2} s",
+                (Instant::now() + Duration::from_secs_f64(secs) - end).as_secs_f64()
+            );
             Ok(sent)
         })
         .join()
@@ -381,13 +489,28 @@ fn live(tool: &str, args: &Args, cap: &gen::Capture) -> Result<LiveResult> {
     std::fs::create_dir_all(&work)?;
     let summary = work.join("summary.json");
     let mut child = if tool == "wirewatch" {
-        let mut c = ns.command(&args.wirewatch.canonicalize().context("the wirewatch binary (build it with cargo build --release)")?.to_string_lossy());
-        c.args(["run", "--iface", "mon0", "--xdp-mode", "native", "--metrics", "127.0.0.1:0", "--duration"])
-            .arg(format!("{}", args.live_secs + 4.0))
-            .arg("--evidence-dir")
-            .arg(work.join("evidence"))
-            .arg("--summary-json")
-            .arg(&summary);
+        let mut c = ns.command(
+            &args
+                .wirewatch
+                .canonicalize()
+                .context("the wirewatch binary (build it with cargo build --release)")?
+                .to_string_lossy(),
+        );
+        c.args([
+            "run",
+            "--iface",
+            "mon0",
+            "--xdp-mode",
+            "native",
+            "--metrics",
+            "127.0.0.1:0",
+            "--duration",
+        ])
+        .arg(format!("{}", args.live_secs + 4.0))
+        .arg("--evidence-dir")
+        .arg(work.join("evidence"))
+        .arg("--summary-json")
+        .arg(&summary);
         c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?
     } else {
         // Without an XDP program the veth peer needs NAPI (GRO on) to take XDP_TX frames.
@@ -397,7 +520,12 @@ fn live(tool: &str, args: &Args, cap: &gen::Capture) -> Result<LiveResult> {
         c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?
     };
     std::thread::sleep(Duration::from_millis(2500));
-    let rx = || -> u64 { ns.run("cat /sys/class/net/mon0/statistics/rx_packets").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0) };
+    let rx = || -> u64 {
+        ns.run("cat /sys/class/net/mon0/statistics/rx_packets")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
     let rx0 = rx();
     let soft0 = softirq();
     let sent = generate_live(&ns.name, cap, args.live_secs)?;
@@ -416,7 +544,9 @@ fn live(tool: &str, args: &Args, cap: &gen::Capture) -> Result<LiveResult> {
         }
         let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary)?)?;
         let q = &s["queues"];
-        let sum = |k: &str| q.as_array().map_or(0, |a| a.iter().map(|x| x[k].as_u64().unwrap_or(0)).sum::<u64>());
+        let sum = |k: &str| {
+            q.as_array().map_or(0, |a| a.iter().map(|x| x[k].as_u64().unwrap_or(0)).sum::<u64>())
+        };
         (sum("packets"), sum("rx_dropped") + sum("rx_ring_full"), cpu)
     } else {
         // Safety: signalling our own child.
@@ -427,13 +557,24 @@ fn live(tool: &str, args: &Args, cap: &gen::Capture) -> Result<LiveResult> {
             use std::io::Read;
             let _ = e.read_to_string(&mut err);
         }
-        let num = |what: &str| err.lines().find(|l| l.contains(what)).and_then(|l| l.split_whitespace().next()).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        let num = |what: &str| {
+            err.lines()
+                .find(|l| l.contains(what))
+                .and_then(|l| l.split_whitespace().next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         (num("packets captured"), num("dropped by kernel"), cpu)
     };
     let cpu_total = cpu + soft;
-    Ok(LiveResult { arrived, sent, received, dropped, cpu_per_pkt_ns: cpu_total.as_nanos() as f64 / received.max(1) as f64 })
+    Ok(LiveResult {
+        arrived,
+        sent,
+        received,
+        dropped,
+        cpu_per_pkt_ns: cpu_total.as_nanos() as f64 / received.max(1) as f64,
+    })
 }
-
 
 fn main() -> Result<()> {
     let args = Args::parse();
@@ -447,11 +588,29 @@ fn main() -> Result<()> {
     let tiny = args.workdir.join("tiny.pcap");
     // The capture model (bench/src/gen.rs) feeds the engine, baselines and live rows.
     let cap = if ["engine", "baselines", "live"].iter().any(|b| args.runs(b)) {
-        println!("generating {} flows / ~{} packets (seed {}) …", args.flows, args.packets, args.seed);
-        let model = gen::Model { flows: args.flows, packets: args.packets, seed: args.seed, duration_ns: 10_000_000_000 };
+        println!(
+            "generating {} flows / ~{} packets (seed {}) …",
+            args.flows, args.packets, args.seed
+        );
+        let model = gen::Model {
+            flows: args.flows,
+            packets: args.packets,
+            seed: args.seed,
+            duration_ns: 10_000_000_000,
+        };
         let cap = gen::generate(&model, &pcap, 128)?;
-        gen::generate(&gen::Model { flows: 1, packets: 10, seed: 1, duration_ns: 1_000_000 }, &tiny, 128)?;
-        println!("capture: {} packets, {} flows, {:.0} MB at {}", cap.frames.len(), cap.flows, std::fs::metadata(&pcap)?.len() as f64 / 1e6, pcap.display());
+        gen::generate(
+            &gen::Model { flows: 1, packets: 10, seed: 1, duration_ns: 1_000_000 },
+            &tiny,
+            128,
+        )?;
+        println!(
+            "capture: {} packets, {} flows, {:.0} MB at {}",
+            cap.frames.len(),
+            cap.flows,
+            std::fs::metadata(&pcap)?.len() as f64 / 1e6,
+            pcap.display()
+        );
         cap
     } else {
         gen::Capture { data: Vec::new(), frames: Vec::new(), flows: 0 }
@@ -467,7 +626,9 @@ fn main() -> Result<()> {
         let mut shards = [Vec::new(), Vec::new()];
         for i in 0..n as u32 {
             let (data, orig, ts) = cap.frame(i as usize);
-            let w = decode(data, orig, ts, 0).map(|p| dataplane::pipeline::shard_of(&p, 2)).unwrap_or(0);
+            let w = decode(data, orig, ts, 0)
+                .map(|p| dataplane::pipeline::shard_of(&p, 2))
+                .unwrap_or(0);
             shards[w].push(i);
         }
         let cap_ref = &cap;
@@ -478,8 +639,14 @@ fn main() -> Result<()> {
         for _ in 0..args.replays.max(1) {
             let one = replay(&cap, &all, 0);
             let two = std::thread::scope(|s| {
-                let hs: Vec<_> = shards.iter().enumerate().map(|(w, idx)| s.spawn(move || replay(cap_ref, idx, w))).collect();
-                hs.into_iter().map(|h| h.join().expect("a replay thread panicked")).fold((Duration::ZERO, Duration::ZERO), |(c, w), r| (c + r.cpu, w.max(r.wall)))
+                let hs: Vec<_> = shards
+                    .iter()
+                    .enumerate()
+                    .map(|(w, idx)| s.spawn(move || replay(cap_ref, idx, w)))
+                    .collect();
+                hs.into_iter()
+                    .map(|h| h.join().expect("a replay thread panicked"))
+                    .fold((Duration::ZERO, Duration::ZERO), |(c, w), r| (c + r.cpu, w.max(r.wall)))
             });
             // Mpps per CPU-second at 2 workers ÷ at 1 worker = CPU(1) / CPU(2), same packets.
             ratios.push(one.cpu.as_secs_f64() / two.0.as_secs_f64().max(1e-9));
@@ -491,7 +658,12 @@ fn main() -> Result<()> {
         row(
             &mut rows,
             "engine replay, 1 worker (CPU time)",
-            format!("{one_rate:.2} Mpps per CPU-s, {:.0} ns/pkt ({} events; wall {:.2} Mpps)", one.cpu.as_nanos() as f64 / n as f64, one.events, mpps(n, one.wall)),
+            format!(
+                "{one_rate:.2} Mpps per CPU-s, {:.0} ns/pkt ({} events; wall {:.2} Mpps)",
+                one.cpu.as_nanos() as f64 / n as f64,
+                one.events,
+                mpps(n, one.wall)
+            ),
             "—".into(),
             "—".into(),
             "≥ 10 Mpps",
@@ -517,32 +689,89 @@ fn main() -> Result<()> {
         pcap::write_capture(&cap, &snapped, 128)?;
         let start = |tool| startup_cpu(tool, &args, &tiny);
         let ww_start = start(Tool::Wirewatch);
-        let ours = |file: &Path| ww_start.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(|s| work_cpu(Tool::Wirewatch, &args, file, *s));
+        let ours = |file: &Path| {
+            ww_start
+                .as_ref()
+                .map_err(|e| anyhow::anyhow!("{e:#}"))
+                .and_then(|s| work_cpu(Tool::Wirewatch, &args, file, *s))
+        };
         let theirs = |tool, file: &Path| start(tool).and_then(|s| work_cpu(tool, &args, file, s));
         let (ww_full, ww_snap) = (ours(&pcap), ours(&snapped));
         let suricata_start = start(Tool::Suricata);
-        let sur = |file: &Path| suricata_start.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(|s| work_cpu(Tool::Suricata, &args, file, *s));
-        versus(&mut rows, "analyze vs suricata, full frames", &ww_full, Tool::Suricata, sur(&pcap), 10.0);
-        versus(&mut rows, "analyze vs suricata, 128 B snap", &ww_snap, Tool::Suricata, sur(&snapped), 10.0);
-        versus(&mut rows, "analyze vs tshark, full frames", &ww_full, Tool::Tshark, theirs(Tool::Tshark, &pcap), 100.0);
-        versus(&mut rows, "analyze vs tcptrace, full frames", &ww_full, Tool::Tcptrace, theirs(Tool::Tcptrace, &pcap), 0.0);
+        let sur = |file: &Path| {
+            suricata_start
+                .as_ref()
+                .map_err(|e| anyhow::anyhow!("{e:#}"))
+                .and_then(|s| work_cpu(Tool::Suricata, &args, file, *s))
+        };
+        versus(
+            &mut rows,
+            "analyze vs suricata, full frames",
+            &ww_full,
+            Tool::Suricata,
+            sur(&pcap),
+            10.0,
+        );
+        versus(
+            &mut rows,
+            "analyze vs suricata, 128 B snap",
+            &ww_snap,
+            Tool::Suricata,
+            sur(&snapped),
+            10.0,
+        );
+        versus(
+            &mut rows,
+            "analyze vs tshark, full frames",
+            &ww_full,
+            Tool::Tshark,
+            theirs(Tool::Tshark, &pcap),
+            100.0,
+        );
+        versus(
+            &mut rows,
+            "analyze vs tcptrace, full frames",
+            &ww_full,
+            Tool::Tcptrace,
+            theirs(Tool::Tcptrace, &pcap),
+            0.0,
+        );
         let _ = std::fs::remove_file(&snapped);
     }
 
     // 4. XDP program cost.
     if !args.runs("xdp") {
     } else if is_root() {
-        let mut prog = dataplane::loader::XdpProgram::load(dataplane_common::XdpConfig { snaplen: 128, non_tcp_drop: 0 })?;
+        let mut prog = dataplane::loader::XdpProgram::load(dataplane_common::XdpConfig {
+            snaplen: 128,
+            non_tcp_drop: 0,
+        })?;
         let bare = bpf::constant_program(bpf::XDP_PASS, "ww_bench_pass")?;
         for (name, frame) in fixture_frames() {
             let fd = prog.program().fd()?.as_fd().try_clone_to_owned()?;
             let ours = bpf::test_run(&fd, &frame, args.xdp_repeat, 1, false)?;
             let base = bpf::test_run(&bare, &frame, args.xdp_repeat, 1, false)?;
             let ratio = ours.ns_per_run as f64 / base.ns_per_run.max(1) as f64;
-            row(&mut rows, &format!("XDP program, {name}"), format!("{} ns/pkt (verdict {})", ours.ns_per_run, ours.retval), format!("bare XDP_PASS {} ns", base.ns_per_run), format!("{ratio:.2}×"), "≤ 1.5×", Some(ratio <= 1.5));
+            row(
+                &mut rows,
+                &format!("XDP program, {name}"),
+                format!("{} ns/pkt (verdict {})", ours.ns_per_run, ours.retval),
+                format!("bare XDP_PASS {} ns", base.ns_per_run),
+                format!("{ratio:.2}×"),
+                "≤ 1.5×",
+                Some(ratio <= 1.5),
+            );
         }
     } else {
-        row(&mut rows, "XDP program", "not run: needs root".into(), "—".into(), "—".into(), "≤ 1.5×", None);
+        row(
+            &mut rows,
+            "XDP program",
+            "not run: needs root".into(),
+            "—".into(),
+            "—".into(),
+            "≤ 1.5×",
+            None,
+        );
     }
 
     // 5. Live path.
@@ -567,17 +796,41 @@ fn main() -> Result<()> {
             }
             (w, t) => {
                 let e = w.err().or(t.err()).map(|e| e.to_string()).unwrap_or_default();
-                row(&mut rows, "live path", format!("not run: {e}"), "—".into(), "—".into(), "—", None);
+                row(
+                    &mut rows,
+                    "live path",
+                    format!("not run: {e}"),
+                    "—".into(),
+                    "—".into(),
+                    "—",
+                    None,
+                );
             }
         }
     } else {
-        row(&mut rows, "live path", "not run: needs root".into(), "—".into(), "—".into(), "—", None);
+        row(
+            &mut rows,
+            "live path",
+            "not run: needs root".into(),
+            "—".into(),
+            "—".into(),
+            "—",
+            None,
+        );
     }
 
     // 6. Memory per flow.
     if args.runs("memory") {
         let (per_flow, flows) = memory(1_000_000);
-        row(&mut rows, "memory per tracked flow", format!("{per_flow:.0} B ({flows} flows)"), "FlowRecord 128 B".into(), format!("{:.2}×", per_flow / 128.0), "≤ 160 B", Some(per_flow <= 160.0));
+        row(
+            &mut rows,
+            "memory per tracked flow",
+            format!("{per_flow:.0} B ({flows} flows)"),
+            "FlowRecord 128 B".into(),
+            format!("{:.2}×", per_flow / 128.0),
+            "≤ 160 B",
+            Some(per_flow <= 160.0),
+        );
     }
 
     // 7. SYN flood: peak memory of analyze under 2M spoofed SYNs, and the real flow's event.
@@ -609,16 +862,30 @@ fn main() -> Result<()> {
                     Ok(q) => row(
                         &mut rows,
                         info,
-                        format!("{:.0} MB peak RSS, {:.1} CPU-s", q.max_rss as f64 / 1e6, q.cpu.as_secs_f64()),
+                        format!(
+                            "{:.0} MB peak RSS, {:.1} CPU-s",
+                            q.max_rss as f64 / 1e6,
+                            q.cpu.as_secs_f64()
+                        ),
                         format!("budget {:.0} MB", budget as f64 / 1e6),
                         format!("{:.2}×", q.max_rss as f64 / budget as f64),
                         "— (where the memory goes)",
                         None,
                     ),
-                    Err(e) => row(&mut rows, info, format!("not run: {e:#}"), "—".into(), "—".into(), "—", None),
+                    Err(e) => row(
+                        &mut rows,
+                        info,
+                        format!("not run: {e:#}"),
+                        "—".into(),
+                        "—".into(),
+                        "—",
+                        None,
+                    ),
                 }
             }
-            Err(e) => row(&mut rows, label, format!("not run: {e:#}"), "—".into(), "—".into(), tgt, None),
+            Err(e) => {
+                row(&mut rows, label, format!("not run: {e:#}"), "—".into(), "—".into(), tgt, None)
+            }
         }
     }
 
@@ -630,9 +897,24 @@ fn main() -> Result<()> {
 }
 
 fn write_results(args: &Args, rows: &[Row], packets: usize, file_mb: f64) -> Result<()> {
-    let commit = Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())).unwrap_or_default();
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut t = String::new();
     let _ = writeln!(
@@ -643,7 +925,16 @@ fn write_results(args: &Args, rows: &[Row], packets: usize, file_mb: f64) -> Res
     let _ = writeln!(t, "| benchmark | wirewatch | baseline (same run) | ratio | target | |");
     let _ = writeln!(t, "|---|---|---|---|---|---|");
     for r in rows {
-        let _ = writeln!(t, "| {} | {} | {} | {} | {} | {} |", r.bench, r.ours, r.baseline, r.ratio, r.target, r.met.map_or("—", |m| if m { "met" } else { "**missed**" }));
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} | {} |",
+            r.bench,
+            r.ours,
+            r.baseline,
+            r.ratio,
+            r.target,
+            r.met.map_or("—", |m| if m { "met" } else { "**missed**" })
+        );
     }
     let text = std::fs::read_to_string(&args.results).unwrap_or_default();
     let (begin, end) = ("<!-- results:begin -->", "<!-- results:end -->");

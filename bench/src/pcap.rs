@@ -3,11 +3,9 @@
 //!
 //! Format: the pcap file format (draft-ietf-opsawg-pcap, §4 file header with magic 0xA1B23C4D
 //! for nanosecond timestamps, §5 packet record with CapLen ≤ SnapLen and OriginalLen).
-use std::{
-    fs::File,
-    io::{BufWriter, Write},
-    path::Path,
-};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
 
 /// LINKTYPE_ETHERNET (draft-ietf-opsawg-pcaplinktype).
 const LINKTYPE_ETHERNET: u32 = 1;

@@ -1,11 +1,9 @@
 //! CPU time and peak memory, from the kernel's own accounting: getrusage(2) for the calling
 //! thread, wait4(2) for a finished child (user + system; ru_maxrss in KiB on Linux).
-use std::{
-    os::unix::process::ExitStatusExt as _,
-    path::Path,
-    process::{Child, Command, ExitStatus, Stdio},
-    time::Duration,
-};
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 
@@ -47,13 +45,21 @@ pub fn wait_usage(child: &mut Child) -> Result<(ExitStatus, Usage)> {
 /// Runs `cmd` to completion (stdout to `stdout`, stderr to `stderr`, no stdin) and returns its
 /// usage; an unsuccessful exit is an error quoting the last line it wrote to stderr.
 pub fn run_measured(mut cmd: Command, stdout: &Path, stderr: &Path) -> Result<Usage> {
-    let out = std::fs::File::create(stdout).with_context(|| format!("creating {}", stdout.display()))?;
-    let err = std::fs::File::create(stderr).with_context(|| format!("creating {}", stderr.display()))?;
-    let mut child = cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().with_context(|| format!("starting {cmd:?} (is it installed? scripts/bench.sh installs the baselines)"))?;
+    let out =
+        std::fs::File::create(stdout).with_context(|| format!("creating {}", stdout.display()))?;
+    let err =
+        std::fs::File::create(stderr).with_context(|| format!("creating {}", stderr.display()))?;
+    let mut child =
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().with_context(|| {
+            format!("starting {cmd:?} (is it installed? scripts/bench.sh installs the baselines)")
+        })?;
     let (status, usage) = wait_usage(&mut child)?;
     if !status.success() {
         let text = std::fs::read_to_string(stderr).unwrap_or_default();
-        bail!("{cmd:?} failed ({status}): {}", text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or(""));
+        bail!(
+            "{cmd:?} failed ({status}): {}",
+            text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("")
+        );
     }
     Ok(usage)
 }

@@ -11,7 +11,8 @@ use dataplane::engine::{Engine, EngineConfig};
 fn replay_text() -> String {
     let dir = std::env::temp_dir().join(format!("ww-golden-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let model = gen::Model { flows: 20_000, packets: 200_000, seed: 7, duration_ns: 10_000_000_000 };
+    let model =
+        gen::Model { flows: 20_000, packets: 200_000, seed: 7, duration_ns: 10_000_000_000 };
     let cap = gen::generate(&model, &dir.join("golden.pcap"), 128).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     let mut e = Engine::new(EngineConfig { record_verdicts: true, ..Default::default() }, 0);
@@ -26,7 +27,8 @@ fn replay_text() -> String {
     for (n, v) in verdicts.iter().filter(|(_, v)| *v != 0) {
         out.push_str(&format!("frame {n} {v:#x}\n"));
     }
-    let mut events: Vec<String> = e.drain_events().iter().map(|ev| serde_json::to_string(ev).unwrap()).collect();
+    let mut events: Vec<String> =
+        e.drain_events().iter().map(|ev| serde_json::to_string(ev).unwrap()).collect();
     events.sort();
     for ev in events {
         out.push_str(&ev);
@@ -45,9 +47,14 @@ fn replay_matches_the_golden_file() {
         std::fs::write(&path, &got).unwrap();
         return;
     }
-    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (generate it with WIREWATCH_BLESS=1)", path.display()));
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (generate it with WIREWATCH_BLESS=1)", path.display()));
     if got != want {
-        let first = got.lines().zip(want.lines()).position(|(a, b)| a != b).unwrap_or(got.lines().count().min(want.lines().count()));
+        let first = got
+            .lines()
+            .zip(want.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(got.lines().count().min(want.lines().count()));
         panic!(
             "the replay differs from {} at line {}:\n  got:  {}\n  want: {}\n({} vs {} lines)",
             path.display(),

@@ -3,10 +3,9 @@
 //! strings, its event) and in the bounded structures' growth steps, never per packet: a
 //! second replay through the same engine, of traffic it has already grown for, allocates only
 //! for its events.
-use std::{
-    alloc::{GlobalAlloc, Layout, System},
-    sync::atomic::{AtomicUsize, Ordering::Relaxed},
-};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
 
 use bench::gen;
 use dataplane::engine::{Engine, EngineConfig};
@@ -38,7 +37,12 @@ static A: Counting = Counting;
 fn a_replay_allocates_per_event_not_per_packet() {
     let dir = std::env::temp_dir().join(format!("ww-noalloc-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let cap = gen::generate(&gen::Model { flows: 20_000, packets: 200_000, seed: 3, duration_ns: 10_000_000_000 }, &dir.join("c.pcap"), 128).unwrap();
+    let cap = gen::generate(
+        &gen::Model { flows: 20_000, packets: 200_000, seed: 3, duration_ns: 10_000_000_000 },
+        &dir.join("c.pcap"),
+        128,
+    )
+    .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     let mut e = Engine::new(EngineConfig::default(), 0);
     let replay = |e: &mut Engine, offset_ns: u64| -> (usize, usize) {
@@ -61,5 +65,8 @@ fn a_replay_allocates_per_event_not_per_packet() {
     // allocations. Per packet it would be ≥ 200,000.
     let per_event = second as f64 / ev2 as f64;
     assert!(per_event < 64.0, "{second} allocations for {ev2} events ({per_event:.1} each)");
-    assert!(second < packets / 4, "{second} allocations for {packets} packets: something allocates per packet");
+    assert!(
+        second < packets / 4,
+        "{second} allocations for {packets} packets: something allocates per packet"
+    );
 }

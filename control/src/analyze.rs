@@ -1,22 +1,18 @@
 //! `wirewatch analyze`: the live engine over capture files. Each file is a vantage; frames are
 //! merged by timestamp, sharded by flow over worker threads, and the packets' own timestamps
 //! are the clock.
-use std::{
-    collections::BinaryHeap,
-    io::{IsTerminal, Write},
-    path::PathBuf,
-};
+use std::collections::BinaryHeap;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use clap::{Args, ValueEnum};
 use crossbeam_channel::bounded;
-use dataplane::{
-    anomaly::{Event, Kind, KIND_COUNT},
-    capture::{CaptureError, CaptureReader},
-    engine::{Engine, EngineConfig, EngineStats},
-    packet::decode,
-    pipeline::shard_of,
-};
+use dataplane::anomaly::{Event, Kind, KIND_COUNT};
+use dataplane::capture::{CaptureError, CaptureReader};
+use dataplane::engine::{Engine, EngineConfig, EngineStats};
+use dataplane::packet::decode;
+use dataplane::pipeline::shard_of;
 
 #[derive(Args, Debug, Clone)]
 pub struct AnalyzeArgs {
@@ -123,14 +119,25 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
             dataplane::flow::MAX_VANTAGES
         );
     }
-    let names: Vec<String> = args.files.iter().map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string())).collect();
+    let names: Vec<String> = args
+        .files
+        .iter()
+        .map(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| p.display().to_string())
+        })
+        .collect();
     let mut readers = Vec::new();
     let mut total_bytes = 0u64;
     for p in &args.files {
         total_bytes += std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         readers.push(CaptureReader::open(p).map_err(BadInput)?);
     }
-    let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).clamp(1, 64);
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        .clamp(1, 64);
     let cfg = EngineConfig {
         evidence_dir: args.evidence_dir.clone(),
         vantage_names: names.clone(),
@@ -142,7 +149,8 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     // One evidence budget for all workers: the files written do not depend on --workers.
     cfg.evidence_budget = Some(dataplane::evidence::EvidenceBudget::new(cfg.evidence_per_sec));
     if let Some(d) = &args.evidence_dir {
-        std::fs::create_dir_all(d).with_context(|| format!("creating the evidence directory {}", d.display()))?;
+        std::fs::create_dir_all(d)
+            .with_context(|| format!("creating the evidence directory {}", d.display()))?;
     }
 
     // The whole input's last packet time: every worker's clock ends there, so deadlines after
@@ -155,14 +163,18 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         None => None,
         Some(path) if path.as_os_str() == "-" => Some(Box::new(std::io::stdout())),
         Some(path) => Some(Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path).with_context(|| format!("creating the events file {}", path.display()))?,
+            std::fs::File::create(path)
+                .with_context(|| format!("creating the events file {}", path.display()))?,
         ))),
     };
     let (to_sink, sink_rx) = bounded::<SinkMsg>(workers * 64);
     // With one vantage no event can precede its worker's watermark; across vantages a packet
     // is reported missing only when its wait (the vantage window) ends, checked every 10 ms.
-    let lateness = if names.len() > 1 { cfg.vantage_window_ns.saturating_add(50_000_000) } else { 0 };
-    let sink = std::thread::Builder::new().name("ww-analyze-events".into()).spawn(move || EventOrder::new(workers, lateness, events_out).run(sink_rx))?;
+    let lateness =
+        if names.len() > 1 { cfg.vantage_window_ns.saturating_add(50_000_000) } else { 0 };
+    let sink = std::thread::Builder::new()
+        .name("ww-analyze-events".into())
+        .spawn(move || EventOrder::new(workers, lateness, events_out).run(sink_rx))?;
     let mut senders = Vec::new();
     let mut handles = Vec::new();
     for w in 0..workers {
@@ -173,65 +185,90 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         senders.push(tx);
         let cfg = cfg.clone();
         let names = names.clone();
-        handles.push(std::thread::Builder::new().name(format!("ww-analyze-{w}")).spawn(move || {
-            let mut e = Engine::new(cfg, w);
-            let mut verdicts = Vec::new();
-            let (mut written, mut failed) = (0, 0);
-            let mut last_ts = 0;
-            let mut flush = |e: &mut Engine, watermark: u64, verdicts: &mut Vec<(u16, u64, u32)>, frames_vantage: &dyn Fn(u64) -> u16| {
-                // Events leave as they happen, with the time no later event of this worker can
-                // precede (see EventOrder).
-                let _ = to_sink.send(SinkMsg::Events { worker: w, watermark, events: e.drain_events() });
-                verdicts.extend(e.drain_verdicts().into_iter().map(|(n, v)| (frames_vantage(n), n & 0xffff_ffff_ffff, v)));
-                for job in e.drain_evidence() {
-                    match job.write(&names) {
-                        Ok(()) => written += 1,
-                        Err(err) => {
-                            failed += 1;
-                            log::warn!("evidence {}: {err}", job.path.display());
+        handles.push(std::thread::Builder::new().name(format!("ww-analyze-{w}")).spawn(
+            move || {
+                let mut e = Engine::new(cfg, w);
+                let mut verdicts = Vec::new();
+                let (mut written, mut failed) = (0, 0);
+                let mut last_ts = 0;
+                let mut flush =
+                    |e: &mut Engine,
+                     watermark: u64,
+                     verdicts: &mut Vec<(u16, u64, u32)>,
+                     frames_vantage: &dyn Fn(u64) -> u16| {
+                        // Events leave as they happen, with the time no later event of this worker can
+                        // precede (see EventOrder).
+                        let _ = to_sink.send(SinkMsg::Events {
+                            worker: w,
+                            watermark,
+                            events: e.drain_events(),
+                        });
+                        verdicts.extend(
+                            e.drain_verdicts()
+                                .into_iter()
+                                .map(|(n, v)| (frames_vantage(n), n & 0xffff_ffff_ffff, v)),
+                        );
+                        for job in e.drain_evidence() {
+                            match job.write(&names) {
+                                Ok(()) => written += 1,
+                                Err(err) => {
+                                    failed += 1;
+                                    log::warn!("evidence {}: {err}", job.path.display());
+                                }
+                            }
+                        }
+                    };
+                // Frame numbers carry the vantage in their top 16 bits inside the engine.
+                let vantage_of = |n: u64| (n >> 48) as u16;
+                for mut batch in rx {
+                    for f in &batch.frames {
+                        if f.frame_no == WATERMARK_ONLY {
+                            continue;
+                        }
+                        let no = (f.vantage as u64) << 48 | f.frame_no;
+                        match &f.pkt {
+                            Ok(p) => {
+                                last_ts = p.ts_ns;
+                                e.process_expecting(
+                                    p,
+                                    &batch.bytes[f.start as usize..(f.start + f.len) as usize],
+                                    no,
+                                    f.expected,
+                                );
+                            }
+                            Err(o) => e.undecodable(*o),
                         }
                     }
-                }
-            };
-            // Frame numbers carry the vantage in their top 16 bits inside the engine.
-            let vantage_of = |n: u64| (n >> 48) as u16;
-            for mut batch in rx {
-                for f in &batch.frames {
-                    if f.frame_no == WATERMARK_ONLY {
-                        continue;
+                    // The merged input's time: deadlines before it fire now (one below it, so a
+                    // packet at exactly that time, still on its way, counts first).
+                    if batch.watermark_ns > 0 {
+                        e.tick(batch.watermark_ns - 1);
+                        last_ts = last_ts.max(batch.watermark_ns - 1);
                     }
-                    let no = (f.vantage as u64) << 48 | f.frame_no;
-                    match &f.pkt {
-                        Ok(p) => {
-                            last_ts = p.ts_ns;
-                            e.process_expecting(p, &batch.bytes[f.start as usize..(f.start + f.len) as usize], no, f.expected);
-                        }
-                        Err(o) => e.undecodable(*o),
-                    }
+                    flush(&mut e, last_ts, &mut verdicts, &vantage_of);
+                    batch.bytes.clear();
+                    batch.frames.clear();
+                    let _ = free_tx.try_send(batch);
                 }
-                // The merged input's time: deadlines before it fire now (one below it, so a
-                // packet at exactly that time, still on its way, counts first).
-                if batch.watermark_ns > 0 {
-                    e.tick(batch.watermark_ns - 1);
-                    last_ts = last_ts.max(batch.watermark_ns - 1);
+                e.tick(last_ts.max(end_ns.load(std::sync::atomic::Ordering::Acquire)));
+                e.finish();
+                flush(&mut e, u64::MAX, &mut verdicts, &vantage_of);
+                WorkerResult {
+                    verdicts,
+                    stats: e.stats(),
+                    evidence_written: written,
+                    evidence_failed: failed,
                 }
-                flush(&mut e, last_ts, &mut verdicts, &vantage_of);
-                batch.bytes.clear();
-                batch.frames.clear();
-                let _ = free_tx.try_send(batch);
-            }
-            e.tick(last_ts.max(end_ns.load(std::sync::atomic::Ordering::Acquire)));
-            e.finish();
-            flush(&mut e, u64::MAX, &mut verdicts, &vantage_of);
-            WorkerResult { verdicts, stats: e.stats(), evidence_written: written, evidence_failed: failed }
-        })?);
+            },
+        )?);
     }
 
     // Read and merge; shard by flow. Each file's next frame waits in its slot.
     drop(free_tx);
     let mut heap = BinaryHeap::new();
     let mut counts = vec![0u64; readers.len()];
-    let mut slots: Vec<dataplane::capture::CapturedFrame> = (0..readers.len()).map(|_| Default::default()).collect();
+    let mut slots: Vec<dataplane::capture::CapturedFrame> =
+        (0..readers.len()).map(|_| Default::default()).collect();
     for (v, r) in readers.iter_mut().enumerate() {
         if r.next_frame_into(&mut slots[v]).map_err(BadInput)? {
             counts[v] += 1;
@@ -240,7 +277,11 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     }
     let progress = std::io::stderr().is_terminal() && total_bytes > 64 << 20;
     let new_batch = |free: &crossbeam_channel::Receiver<Batch>| {
-        let mut b = free.try_recv().unwrap_or_else(|_| Batch { bytes: Vec::with_capacity(BATCH * KEEP), frames: Vec::with_capacity(BATCH), watermark_ns: 0 });
+        let mut b = free.try_recv().unwrap_or_else(|_| Batch {
+            bytes: Vec::with_capacity(BATCH * KEEP),
+            frames: Vec::with_capacity(BATCH),
+            watermark_ns: 0,
+        });
         b.watermark_ns = 0;
         b
     };
@@ -266,11 +307,20 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
             let keep = f.data.len().min(KEEP);
             let start = b.bytes.len() as u32;
             b.bytes.extend_from_slice(&f.data[..keep]);
-            b.frames.push(BatchFrame { pkt, start, len: keep as u32, vantage, frame_no: counts[v], expected });
+            b.frames.push(BatchFrame {
+                pkt,
+                start,
+                len: keep as u32,
+                vantage,
+                frame_no: counts[v],
+                expected,
+            });
             if b.frames.len() == BATCH {
                 b.watermark_ns = last_ns;
                 let full = std::mem::replace(b, new_batch(&free_rx));
-                senders[shard].send(full).map_err(|_| anyhow::anyhow!("an analysis worker stopped early"))?;
+                senders[shard]
+                    .send(full)
+                    .map_err(|_| anyhow::anyhow!("an analysis worker stopped early"))?;
             }
         }
         if readers[v].next_frame_into(&mut slots[v]).map_err(BadInput)? {
@@ -282,16 +332,28 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
             // Every worker learns the merged input's time, also one that gets no frames.
             for (shard, b) in batches.iter_mut().enumerate() {
                 if b.frames.is_empty() {
-                    b.frames.push(BatchFrame { pkt: Err(dataplane_common::Outcome::NonTcpPassed), start: 0, len: 0, vantage: 0, frame_no: WATERMARK_ONLY, expected: 0 });
+                    b.frames.push(BatchFrame {
+                        pkt: Err(dataplane_common::Outcome::NonTcpPassed),
+                        start: 0,
+                        len: 0,
+                        vantage: 0,
+                        frame_no: WATERMARK_ONLY,
+                        expected: 0,
+                    });
                 }
                 b.watermark_ns = last_ns;
                 let full = std::mem::replace(b, new_batch(&free_rx));
-                senders[shard].send(full).map_err(|_| anyhow::anyhow!("an analysis worker stopped early"))?;
+                senders[shard]
+                    .send(full)
+                    .map_err(|_| anyhow::anyhow!("an analysis worker stopped early"))?;
             }
         }
         if progress && read_frames % 200_000 == 0 {
             let done: u64 = readers.iter().map(|r| r.offset()).sum();
-            eprint!("\r  {:5.1}%  {read_frames} frames", done as f64 * 100.0 / total_bytes.max(1) as f64);
+            eprint!(
+                "\r  {:5.1}%  {read_frames} frames",
+                done as f64 * 100.0 / total_bytes.max(1) as f64
+            );
         }
     }
     if progress {
@@ -311,7 +373,10 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     drop(to_sink);
     let order = sink.join().map_err(|_| anyhow::anyhow!("the events writer panicked"))?;
     if let Some(e) = order.error {
-        return Err(anyhow::anyhow!(e).context(format!("writing the events to {}", args.events.as_ref().map(|p| p.display().to_string()).unwrap_or_default())));
+        return Err(anyhow::anyhow!(e).context(format!(
+            "writing the events to {}",
+            args.events.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+        )));
     }
     let mut counters = [0u64; KIND_COUNT];
     let mut packets = 0;
@@ -332,15 +397,29 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         limits.macs_overflowed += r.stats.macs_overflowed;
     }
     if let Some(path) = &args.verdicts {
-        let mut all: Vec<(u16, u64, u32)> = results.iter_mut().flat_map(|r| std::mem::take(&mut r.verdicts)).collect();
+        let mut all: Vec<(u16, u64, u32)> =
+            results.iter_mut().flat_map(|r| std::mem::take(&mut r.verdicts)).collect();
         all.sort_unstable();
-        let mut out = std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?);
+        let mut out = std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        );
         for (v, n, flags) in all {
             writeln!(out, "{v}\t{n}\t{}", verdict_names(flags).join(","))?;
         }
         out.flush()?;
     }
-    let summary = Summary { limits, files: &names, packets, undecodable, counters: &counters, event_counts: &order.per_kind, examples: &order.examples, evidence_written: written, evidence_failed: failed, evidence_suppressed: suppressed };
+    let summary = Summary {
+        limits,
+        files: &names,
+        packets,
+        undecodable,
+        counters: &counters,
+        event_counts: &order.per_kind,
+        examples: &order.examples,
+        evidence_written: written,
+        evidence_failed: failed,
+        evidence_suppressed: suppressed,
+    };
     match args.format {
         Format::Table => summary.print_table(),
         Format::Json => println!("{}", serde_json::to_string_pretty(&summary.json())?),
@@ -401,7 +480,12 @@ impl Summary<'_> {
     }
 
     fn print_table(&self) {
-        println!("wirewatch analyze: {} TCP packets from {} ({} undecodable)", self.packets, self.files.join(", "), self.undecodable);
+        println!(
+            "wirewatch analyze: {} TCP packets from {} ({} undecodable)",
+            self.packets,
+            self.files.join(", "),
+            self.undecodable
+        );
         let mut any = false;
         for k in Kind::ALL {
             let n = self.counters[*k as usize];
@@ -413,10 +497,17 @@ impl Summary<'_> {
             let health = if k.is_sensor_health() { "  (sensor health)" } else { "" };
             println!("\n{:<24} {n:>8}{health}", k.name());
             if let Some(e) = self.example(*k) {
-                println!("  e.g. {}:{} → {}:{} at {} [{}]", e.flow.src, e.flow.sport, e.flow.dst, e.flow.dport, e.time_last, e.vantage);
+                println!(
+                    "  e.g. {}:{} → {}:{} at {} [{}]",
+                    e.flow.src, e.flow.sport, e.flow.dst, e.flow.dport, e.time_last, e.vantage
+                );
                 println!("  {}", e.explanation);
                 if let Some(ev) = &e.evidence {
-                    println!("  evidence: {} (packet {})", ev.path, ev.packets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", "));
+                    println!(
+                        "  evidence: {} (packet {})",
+                        ev.path,
+                        ev.packets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+                    );
                 }
             }
         }
@@ -527,10 +618,14 @@ impl EventOrder {
             let SinkMsg::Events { worker, watermark, events } = msg;
             for event in events {
                 self.seq += 1;
-                self.pending.push(std::cmp::Reverse(Pending { key: (event.time_last_ns, event.kind.name(), worker, self.seq), event }));
+                self.pending.push(std::cmp::Reverse(Pending {
+                    key: (event.time_last_ns, event.kind.name(), worker, self.seq),
+                    event,
+                }));
             }
             self.watermarks[worker] = self.watermarks[worker].max(watermark);
-            let safe = self.watermarks.iter().copied().min().unwrap_or(0).saturating_sub(self.lateness);
+            let safe =
+                self.watermarks.iter().copied().min().unwrap_or(0).saturating_sub(self.lateness);
             self.release(safe);
         }
         self.release(u64::MAX);
@@ -549,7 +644,9 @@ impl EventOrder {
             let e = p.event;
             self.per_kind[e.kind as usize] += 1;
             if let (Some(out), None) = (self.out.as_mut(), self.error.as_ref()) {
-                let r = serde_json::to_writer(&mut *out, &e).map_err(std::io::Error::from).and_then(|()| out.write_all(b"\n"));
+                let r = serde_json::to_writer(&mut *out, &e)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| out.write_all(b"\n"));
                 if let Err(err) = r {
                     self.error = Some(err);
                 }

@@ -1,12 +1,10 @@
 //! The HTTP endpoint: `/metrics` for Prometheus, `/healthz`, and a small read-only API over the
 //! recent events and the evidence files. Loopback by default; a bearer token protects
 //! everything but `/healthz`, and a non-loopback address without a token is refused.
-use std::{
-    collections::{HashMap, VecDeque},
-    net::SocketAddr,
-    path::PathBuf,
-    sync::{Arc, Mutex},
-};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context as _, Result};
 use dataplane::anomaly::{Event, Kind};
@@ -53,7 +51,11 @@ pub fn check_bind(cfg: &ApiConfig) -> Result<()> {
     Ok(())
 }
 
-pub fn serve(cfg: ApiConfig, prom: PrometheusHandle, store: Arc<EventStore>) -> Result<std::thread::JoinHandle<()>> {
+pub fn serve(
+    cfg: ApiConfig,
+    prom: PrometheusHandle,
+    store: Arc<EventStore>,
+) -> Result<std::thread::JoinHandle<()>> {
     check_bind(&cfg)?;
     let server = Server::http(cfg.addr).map_err(|e| {
         anyhow::anyhow!("cannot listen on {} (--metrics): {e}; is another wirewatch running? choose another address with --metrics", cfg.addr)
@@ -79,7 +81,12 @@ fn json(v: &serde_json::Value) -> Resp {
     text(200, v.to_string(), "application/json")
 }
 
-fn handle(cfg: &ApiConfig, prom: &PrometheusHandle, store: &EventStore, req: &tiny_http::Request) -> Resp {
+fn handle(
+    cfg: &ApiConfig,
+    prom: &PrometheusHandle,
+    store: &EventStore,
+    req: &tiny_http::Request,
+) -> Resp {
     let url = req.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     if *req.method() != Method::Get {
@@ -163,9 +170,18 @@ fn parse_since(s: &str) -> Result<u64> {
         return Ok((secs * 1e9) as u64);
     }
     let s = s.trim_end_matches('Z');
-    let (date, time) = s.split_once('T').context("since: expected Unix seconds or YYYY-MM-DDTHH:MM:SSZ")?;
-    let d: Vec<i64> = date.split('-').map(|x| x.parse()).collect::<std::result::Result<_, _>>().context("since: bad date")?;
-    let t: Vec<f64> = time.split(':').map(|x| x.parse()).collect::<std::result::Result<_, _>>().context("since: bad time")?;
+    let (date, time) =
+        s.split_once('T').context("since: expected Unix seconds or YYYY-MM-DDTHH:MM:SSZ")?;
+    let d: Vec<i64> = date
+        .split('-')
+        .map(|x| x.parse())
+        .collect::<std::result::Result<_, _>>()
+        .context("since: bad date")?;
+    let t: Vec<f64> = time
+        .split(':')
+        .map(|x| x.parse())
+        .collect::<std::result::Result<_, _>>()
+        .context("since: bad time")?;
     if d.len() != 3 || t.len() != 3 {
         bail!("since: expected YYYY-MM-DDTHH:MM:SSZ");
     }

@@ -6,7 +6,9 @@
 //! The file may be read through sudo, so it is handled as untrusted: only a regular file of at
 //! most 1 MiB is read (a FIFO or a device is refused before a byte is read), and errors name
 //! the file, the line and the key but never quote the file's text.
-use std::{collections::BTreeMap, ffi::OsString, path::Path};
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::Path;
 
 use anyhow::{bail, Context as _, Result};
 use clap::FromArgMatches as _;
@@ -22,7 +24,9 @@ const NOT_IN_FILE: [&str; 2] = ["config", "help"];
 /// the file may not be a config file at all.
 fn shown(key: &str) -> String {
     let option_like = (1..=32).contains(&key.len())
-        && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
     if option_like {
         format!("`{key}`")
     } else {
@@ -33,7 +37,11 @@ fn shown(key: &str) -> String {
 /// The 1-based line of a byte offset; the end of the file counts as its last line (as toml
 /// reports it: an unclosed `[` is on the line that opened it, not after the final newline).
 fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len().saturating_sub(1))].iter().filter(|b| **b == b'\n').count() + 1
+    text.as_bytes()[..offset.min(text.len().saturating_sub(1))]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
 }
 
 /// Expands `run --config FILE` in `argv` into the file's settings. Other commands pass through.
@@ -63,19 +71,25 @@ pub fn expand(argv: Vec<OsString>, run_cmd: &clap::Command) -> Result<Vec<OsStri
     let bytes = crate::options::read_regular_file(Path::new(&path), MAX_CONFIG_BYTES)
         .map_err(|e| anyhow::anyhow!("config {path_s}: {e}"))?;
     let text = String::from_utf8(bytes).map_err(|e| {
-        let line = e.as_bytes()[..e.utf8_error().valid_up_to()].iter().filter(|b| **b == b'\n').count() + 1;
+        let line =
+            e.as_bytes()[..e.utf8_error().valid_up_to()].iter().filter(|b| **b == b'\n').count()
+                + 1;
         anyhow::anyhow!("config {path_s}: line {line} is not UTF-8 text")
     })?;
     // toml's Display of a parse error quotes the offending line; its message alone does not
     // (it says what was expected, naming at most a key).
-    let table: BTreeMap<Spanned<String>, toml::Value> = toml::from_str(&text).map_err(|e: toml::de::Error| {
-        let at = e.span().map(|s| format!(" line {}", line_of(&text, s.start))).unwrap_or_default();
-        let what = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
-        anyhow::anyhow!("config {path_s}{at}: TOML parse error ({what})")
-    })?;
+    let table: BTreeMap<Spanned<String>, toml::Value> =
+        toml::from_str(&text).map_err(|e: toml::de::Error| {
+            let at =
+                e.span().map(|s| format!(" line {}", line_of(&text, s.start))).unwrap_or_default();
+            let what = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+            anyhow::anyhow!("config {path_s}{at}: TOML parse error ({what})")
+        })?;
     let mut entries: Vec<_> = table.into_iter().collect();
     entries.sort_by_key(|(k, _)| k.span().start);
-    let cli_has_iface = rest.iter().any(|a| a == "--iface" || a == "-i" || a.to_string_lossy().starts_with("--iface="));
+    let cli_has_iface = rest
+        .iter()
+        .any(|a| a == "--iface" || a == "-i" || a.to_string_lossy().starts_with("--iface="));
     let mut from_file = Vec::new();
     for (key, value) in &entries {
         let (line, key) = (line_of(&text, key.span().start), key.get_ref().as_str());
@@ -141,7 +155,8 @@ pub fn expand(argv: Vec<OsString>, run_cmd: &clap::Command) -> Result<Vec<OsStri
         .no_binary_name(true)
         .try_get_matches_from(&probe)
         .map_err(|e| anyhow::anyhow!("config {path_s}: {}", crate::options::one_line(&e)))?;
-    let file_args = crate::run::RunArgs::from_arg_matches(&matches).map_err(|e| anyhow::anyhow!("config {path_s}: {}", crate::options::one_line(&e)))?;
+    let file_args = crate::run::RunArgs::from_arg_matches(&matches)
+        .map_err(|e| anyhow::anyhow!("config {path_s}: {}", crate::options::one_line(&e)))?;
     file_args.check().map_err(|e| anyhow::anyhow!("config {path_s}: {e}"))?;
     let mut out: Vec<OsString> = argv[..2].to_vec();
     out.extend(from_file);

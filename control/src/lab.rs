@@ -1,26 +1,21 @@
 //! `wirewatch lab`: the incidents of ../shared/INCIDENTS.md rebuilt in network namespaces with
 //! real kernel TCP, real nftables/conntrack, and wirewatch watching live through XDP/AF_XDP on
 //! span ports. Every namespace is torn down on exit, failure or Ctrl-C (unless --keep).
-use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::{Child, Stdio},
-    sync::{
-        atomic::{AtomicBool, Ordering::Relaxed},
-        Arc, Mutex,
-    },
-    time::{Duration, Instant},
-};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, ValueEnum};
-use dataplane::{
-    craft::TcpSegment,
-    netns::{enter_current_thread, span, veth, Netns},
-    packet::decode,
-    traffic::{connect_from, pace, serve_once},
-};
+use dataplane::craft::TcpSegment;
+use dataplane::netns::{enter_current_thread, span, veth, Netns};
+use dataplane::packet::decode;
+use dataplane::traffic::{connect_from, pace, serve_once};
 use dataplane_common::tcp_flags::{ACK, PSH, SYN};
 use serde_json::Value;
 
@@ -97,14 +92,25 @@ struct Monitor {
 }
 
 impl Monitor {
-    fn start(ns: &Netns, ifaces: &[&str], evidence_dir: &Path, tag: &'static str, events_file: Option<PathBuf>, record: Option<PathBuf>, metrics: std::net::SocketAddr) -> Result<Self> {
+    fn start(
+        ns: &Netns,
+        ifaces: &[&str],
+        evidence_dir: &Path,
+        tag: &'static str,
+        events_file: Option<PathBuf>,
+        record: Option<PathBuf>,
+        metrics: std::net::SocketAddr,
+    ) -> Result<Self> {
         let exe = std::env::current_exe().context("locating the wirewatch binary")?;
         let mut cmd = ns.command(exe.to_str().context("non-UTF-8 path to wirewatch")?);
         cmd.arg("run");
         for i in ifaces {
             cmd.args(["--iface", i]);
         }
-        cmd.args(["--events", "-", "--evidence-dir"]).arg(evidence_dir).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(["--events", "-", "--evidence-dir"])
+            .arg(evidence_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         cmd.arg("--metrics").arg(metrics.to_string());
         if let Some(dir) = record {
             std::fs::create_dir_all(&dir)?;
@@ -116,7 +122,8 @@ impl Monitor {
         let stdout = child.stdout.take().context("monitor stdout")?;
         let ev = events.clone();
         let reader = std::thread::spawn(move || {
-            let mut file = events_file.and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok());
+            let mut file = events_file
+                .and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok());
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Ok(v) = serde_json::from_str::<Value>(&line) {
                     if let Some(f) = file.as_mut() {
@@ -139,7 +146,9 @@ impl Monitor {
         // Wait for the attach message (or an early exit).
         let t0 = Instant::now();
         loop {
-            if log.lock().unwrap().contains("XDP attached") || t0.elapsed() > Duration::from_secs(10) {
+            if log.lock().unwrap().contains("XDP attached")
+                || t0.elapsed() > Duration::from_secs(10)
+            {
                 break;
             }
             if let Some(status) = child.try_wait()? {
@@ -154,7 +163,12 @@ impl Monitor {
     }
 
     fn kinds(&self) -> Vec<String> {
-        self.events.lock().unwrap().iter().filter_map(|e| e["kind"].as_str().map(String::from)).collect()
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["kind"].as_str().map(String::from))
+            .collect()
     }
 
     /// Waits until every kind in `want` was reported, or `timeout`.
@@ -303,7 +317,15 @@ impl Lab<'_> {
         Ok(())
     }
     fn monitor(&self, mon: &str, ifaces: &[&str], tag: &'static str) -> Result<Monitor> {
-        Monitor::start(self.get(mon), ifaces, &self.evidence, tag, self.args.events.clone(), self.args.record.clone(), self.args.metrics)
+        Monitor::start(
+            self.get(mon),
+            ifaces,
+            &self.evidence,
+            tag,
+            self.args.events.clone(),
+            self.args.record.clone(),
+            self.args.metrics,
+        )
     }
 }
 
@@ -349,12 +371,17 @@ pub fn lab(args: LabArgs) -> Result<()> {
         };
         let o = r.with_context(|| format!("incident {}", inc.name()))?;
         println!("   {}", o.note);
-        let counts: Vec<String> = o.expected.iter().map(|k| format!("{k}={}", o.metric(k))).collect();
+        let counts: Vec<String> =
+            o.expected.iter().map(|k| format!("{k}={}", o.metric(k))).collect();
         println!("   metrics: wirewatch_anomalies_total {}\n", counts.join(" "));
         outcomes.push(o);
         drop(lab); // tears the namespaces down
     }
-    println!("{:<20} {:<50} result", "incident", if args.control { "kinds that must stay silent" } else { "expected kinds" });
+    println!(
+        "{:<20} {:<50} result",
+        "incident",
+        if args.control { "kinds that must stay silent" } else { "expected kinds" }
+    );
     let mut all_ok = true;
     for o in &outcomes {
         let ok = o.passed(args.control);
@@ -409,7 +436,11 @@ impl PacketSocket {
             if ifindex == 0 {
                 bail!("no interface {dev}");
             }
-            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (libc::ETH_P_ALL as u16).to_be() as i32);
+            let fd = libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW,
+                (libc::ETH_P_ALL as u16).to_be() as i32,
+            );
             if fd < 0 {
                 bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
             }
@@ -417,18 +448,30 @@ impl PacketSocket {
             sll.sll_family = libc::AF_PACKET as u16;
             sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
             sll.sll_ifindex = ifindex;
-            if libc::bind(fd, &sll as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_ll>() as u32) != 0 {
+            if libc::bind(
+                fd,
+                &sll as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            ) != 0
+            {
                 libc::close(fd);
                 bail!("binding AF_PACKET to {dev}: {}", std::io::Error::last_os_error());
             }
             let tv = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
-            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv as *const _ as *const libc::c_void, std::mem::size_of::<libc::timeval>() as u32);
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
             Ok(Self { fd })
         }
     }
     fn send(&self, frame: &[u8]) -> Result<()> {
         // SAFETY: valid fd and buffer.
-        let n = unsafe { libc::send(self.fd, frame.as_ptr() as *const libc::c_void, frame.len(), 0) };
+        let n =
+            unsafe { libc::send(self.fd, frame.as_ptr() as *const libc::c_void, frame.len(), 0) };
         if n < 0 {
             bail!("sending a crafted frame: {}", std::io::Error::last_os_error());
         }
@@ -451,7 +494,8 @@ impl Drop for PacketSocket {
 /// Incident D: a late segment outside the window is INVALID for conntrack, skips NAT, and the
 /// NAT host's own stack resets the connection; the container keeps sending.
 fn conntrack_invalid(lab: &mut Lab<'_>) -> Result<Outcome> {
-    let (ctr, host, srv, mon) = (lab.ns("ctr")?, lab.ns("nathost")?, lab.ns("server-d")?, lab.ns("mon-d")?);
+    let (ctr, host, srv, mon) =
+        (lab.ns("ctr")?, lab.ns("nathost")?, lab.ns("server-d")?, lab.ns("mon-d")?);
     lab.run(&host, "ip link add br0 type bridge")?;
     lab.run(&host, "ip link set br0 up")?;
     lab.run(&host, "ip addr add 10.81.1.1/24 dev br0")?;
@@ -585,14 +629,24 @@ fn keepalive_race(lab: &mut Lab<'_>) -> Result<Outcome> {
     let _ = srv_h.join();
     let metrics = m.anomaly_counts(&mon, lab.args.metrics);
     let events = m.stop()?;
-    let note = if control { "control run: the client closed its idle connection first".to_string() } else { "the client reused its idle connection 1.1 s after the request; the server's idle timeout is 1 s".to_string() };
+    let note = if control {
+        "control run: the client closed its idle connection first".to_string()
+    } else {
+        "the client reused its idle connection 1.1 s after the request; the server's idle timeout is 1 s".to_string()
+    };
     Ok(Outcome { incident: Incident::KeepaliveRace, expected, events, note, metrics })
 }
 
 /// Incident B: a full proxy's SYNs to the server die silently in a firewall for a fraction of
 /// connections (a set of black-holed tuples, so retransmitted SYNs die too).
 fn syn_blackhole(lab: &mut Lab<'_>) -> Result<Outcome> {
-    let (cli, proxy, fw, srv, mon) = (lab.ns("client-b")?, lab.ns("proxy-b")?, lab.ns("firewall")?, lab.ns("server-b")?, lab.ns("mon-b")?);
+    let (cli, proxy, fw, srv, mon) = (
+        lab.ns("client-b")?,
+        lab.ns("proxy-b")?,
+        lab.ns("firewall")?,
+        lab.ns("server-b")?,
+        lab.ns("mon-b")?,
+    );
     lab.link(&cli, "eth0", &proxy, "front")?;
     lab.link(&proxy, "back", &fw, "fw-in")?;
     lab.link(&fw, "fw-out", &srv, "eth0")?;
@@ -645,11 +699,12 @@ fn syn_blackhole(lab: &mut Lab<'_>) -> Result<Outcome> {
     let proxy_ns = proxy.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::result::Result<(), String>>();
     let proxy_h = std::thread::spawn(move || -> Result<()> {
-        let listener = enter_current_thread(&proxy_ns).map_err(anyhow::Error::from).and_then(|_| {
-            let l = std::net::TcpListener::bind(front)?;
-            l.set_nonblocking(true)?;
-            Ok(l)
-        });
+        let listener =
+            enter_current_thread(&proxy_ns).map_err(anyhow::Error::from).and_then(|_| {
+                let l = std::net::TcpListener::bind(front)?;
+                l.set_nonblocking(true)?;
+                Ok(l)
+            });
         let l = match listener {
             Ok(l) => {
                 let _ = ready_tx.send(Ok(()));
@@ -694,7 +749,10 @@ fn syn_blackhole(lab: &mut Lab<'_>) -> Result<Outcome> {
         }
         Ok(())
     });
-    ready_rx.recv().map_err(|_| anyhow::anyhow!("proxy thread died"))?.map_err(|e| anyhow::anyhow!("proxy: {e}"))?;
+    ready_rx
+        .recv()
+        .map_err(|_| anyhow::anyhow!("proxy thread died"))?
+        .map_err(|e| anyhow::anyhow!("proxy: {e}"))?;
     let mut failures = 0;
     let mut clients = Vec::new();
     for i in 0..requests {
@@ -724,7 +782,13 @@ fn syn_blackhole(lab: &mut Lab<'_>) -> Result<Outcome> {
 /// Incident A: a router forwards most of a flow to backend 1 but sprays some mid-flow segments
 /// to backend 2 (nftables numgen + fwmark + policy route), which answers with RST.
 fn ecmp_split(lab: &mut Lab<'_>) -> Result<Outcome> {
-    let (proxy, router, b1, b2, mon) = (lab.ns("proxy-a")?, lab.ns("router")?, lab.ns("backend1")?, lab.ns("backend2")?, lab.ns("mon-a")?);
+    let (proxy, router, b1, b2, mon) = (
+        lab.ns("proxy-a")?,
+        lab.ns("router")?,
+        lab.ns("backend1")?,
+        lab.ns("backend2")?,
+        lab.ns("mon-a")?,
+    );
     lab.link(&proxy, "eth0", &router, "front")?;
     lab.link(&router, "to-b1", &b1, "eth0")?;
     lab.link(&router, "to-b2", &b2, "eth0")?;
@@ -748,7 +812,10 @@ fn ecmp_split(lab: &mut Lab<'_>) -> Result<Outcome> {
     lab.run(&router, "ip rule add fwmark 2 table 102")?;
     if !lab.args.control {
         lab.run(&router, "nft add table ip ecmp")?;
-        lab.run(&router, "nft add chain ip ecmp pre { type filter hook prerouting priority -150 ; }")?;
+        lab.run(
+            &router,
+            "nft add chain ip ecmp pre { type filter hook prerouting priority -150 ; }",
+        )?;
         // The faulty per-packet hash, made deterministic: of the flow's full-sized data segments
         // (not SYN/FIN/RST, not the small request headers), the second goes to backend 2, as in
         // the post-mortem ("the second MSS-sized segment of one POST").
@@ -817,7 +884,8 @@ fn ecmp_split(lab: &mut Lab<'_>) -> Result<Outcome> {
 /// SNAT to the app's address and that same port, as LVS full-NAT with TOA did): two
 /// connections on one 4-tuple at the server.
 fn tuple_collision(lab: &mut Lab<'_>) -> Result<Outcome> {
-    let (app, r1, lvs, db, mon) = (lab.ns("app")?, lab.ns("router-c")?, lab.ns("lvs")?, lab.ns("mysql")?, lab.ns("mon-c")?);
+    let (app, r1, lvs, db, mon) =
+        (lab.ns("app")?, lab.ns("router-c")?, lab.ns("lvs")?, lab.ns("mysql")?, lab.ns("mon-c")?);
     lab.link(&app, "eth0", &r1, "to-app")?;
     lab.link(&r1, "to-db", &db, "direct")?;
     lab.link(&r1, "to-lvs", &lvs, "front")?;
@@ -847,15 +915,27 @@ fn tuple_collision(lab: &mut Lab<'_>) -> Result<Outcome> {
         // the port its direct connection uses.
         lab.run(&lvs, "nft add table ip fullnat")?;
         lab.run(&lvs, "nft add chain ip fullnat pre { type nat hook prerouting priority -100 ; }")?;
-        lab.run(&lvs, "nft add chain ip fullnat post { type nat hook postrouting priority 100 ; }")?;
-        lab.run(&lvs, "nft add rule ip fullnat pre ip daddr 10.85.9.9 tcp dport 3306 dnat to 10.85.0.2:3269")?;
+        lab.run(
+            &lvs,
+            "nft add chain ip fullnat post { type nat hook postrouting priority 100 ; }",
+        )?;
+        lab.run(
+            &lvs,
+            "nft add rule ip fullnat pre ip daddr 10.85.9.9 tcp dport 3306 dnat to 10.85.0.2:3269",
+        )?;
         lab.run(&lvs, "nft add rule ip fullnat post ip daddr 10.85.0.2 tcp dport 3269 snat to 10.85.1.2:61902")?;
     } else {
         // The control: the same VIP, translated to a source port of its own.
         lab.run(&lvs, "nft add table ip fullnat")?;
         lab.run(&lvs, "nft add chain ip fullnat pre { type nat hook prerouting priority -100 ; }")?;
-        lab.run(&lvs, "nft add chain ip fullnat post { type nat hook postrouting priority 100 ; }")?;
-        lab.run(&lvs, "nft add rule ip fullnat pre ip daddr 10.85.9.9 tcp dport 3306 dnat to 10.85.0.2:3269")?;
+        lab.run(
+            &lvs,
+            "nft add chain ip fullnat post { type nat hook postrouting priority 100 ; }",
+        )?;
+        lab.run(
+            &lvs,
+            "nft add rule ip fullnat pre ip daddr 10.85.9.9 tcp dport 3306 dnat to 10.85.0.2:3269",
+        )?;
         lab.run(&lvs, "nft add rule ip fullnat post ip daddr 10.85.0.2 tcp dport 3269 snat to 10.85.3.1:40000")?;
     }
     // The sensor sees both of the server's links.
@@ -893,7 +973,12 @@ fn tuple_collision(lab: &mut Lab<'_>) -> Result<Outcome> {
         Ok(())
     });
     std::thread::sleep(Duration::from_millis(200));
-    let direct = dataplane::traffic::connect_bound(&app, "10.85.1.2:61902".parse()?, "10.85.0.2:3269".parse()?).context("the app's direct connection")?;
+    let direct = dataplane::traffic::connect_bound(
+        &app,
+        "10.85.1.2:61902".parse()?,
+        "10.85.0.2:3269".parse()?,
+    )
+    .context("the app's direct connection")?;
     let mut d = direct;
     for _ in 0..3 {
         d.write_all(b"SELECT 1")?;
@@ -906,7 +991,10 @@ fn tuple_collision(lab: &mut Lab<'_>) -> Result<Outcome> {
         if enter_current_thread(&app_ns).is_err() {
             return false;
         }
-        match std::net::TcpStream::connect_timeout(&"10.85.9.9:3306".parse().unwrap(), Duration::from_secs(2)) {
+        match std::net::TcpStream::connect_timeout(
+            &"10.85.9.9:3306".parse().unwrap(),
+            Duration::from_secs(2),
+        ) {
             Ok(mut s) => {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
                 let _ = s.write_all(b"SELECT 2");

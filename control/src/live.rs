@@ -1,22 +1,17 @@
 //! The engine behind the live workers: flow ownership across workers, and the control thread
 //! that prints events, writes them as JSON lines and writes evidence files.
-use std::{
-    io::Write,
-    path::PathBuf,
-    sync::{
-        atomic::{AtomicU64, Ordering::Relaxed},
-        Arc,
-    },
-};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use dataplane::{
-    anomaly::{Event, KIND_COUNT},
-    engine::{Engine, EngineStats},
-    evidence::EvidenceJob,
-    packet::decode,
-    worker::{FrameSink, RawFrame},
-};
+use dataplane::anomaly::{Event, KIND_COUNT};
+use dataplane::engine::{Engine, EngineStats};
+use dataplane::evidence::EvidenceJob;
+use dataplane::packet::decode;
+use dataplane::worker::{FrameSink, RawFrame};
 
 /// A frame handed to the worker that owns its flow: the decoded packet and the header bytes
 /// the evidence history keeps, by value (no allocation, no second decode).
@@ -63,7 +58,6 @@ pub struct EngineSink {
 }
 
 impl EngineSink {
-
     fn publish(&mut self) {
         for e in self.engine.drain_events() {
             if self.out.try_send(Output::Event(Box::new(e))).is_err() {
@@ -101,7 +95,12 @@ impl EngineSink {
 impl FrameSink for EngineSink {
     fn frame(&mut self, f: &RawFrame<'_>) {
         if let Some(tx) = &self.record {
-            let r = crate::run::RecordFrame { vantage: f.vantage, ts_ns: f.ts_ns, orig_len: f.orig_len, data: f.data.to_vec() };
+            let r = crate::run::RecordFrame {
+                vantage: f.vantage,
+                ts_ns: f.ts_ns,
+                orig_len: f.orig_len,
+                data: f.data.to_vec(),
+            };
             if let Err(TrySendError::Full(_)) = tx.try_send(r) {
                 self.record_dropped += 1;
             }
@@ -189,7 +188,11 @@ impl EventsFile {
             if self.keep > 0 {
                 std::fs::rename(&self.path, self.rotated(1))?;
             }
-            let f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(&self.path)?;
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .open(&self.path)?;
             self.out = std::io::BufWriter::new(f);
             self.size = 0;
         }
@@ -207,12 +210,21 @@ impl EventsFile {
 }
 
 /// Runs until every sender is gone; returns (events, evidence written, evidence failed).
-pub fn event_loop(rx: Receiver<Output>, mut cfg: EventOutput, seen: Arc<crate::api::EventStore>) -> (u64, u64, u64) {
-    let mut file = cfg.events_file.as_ref().and_then(|p| match EventsFile::open(p.clone(), cfg.rotate_bytes, cfg.rotate_keep) {
-        Ok(f) => Some(f),
-        Err(e) => {
-            log::error!("cannot open {} for events: {e}; events go to the terminal only", p.display());
-            None
+pub fn event_loop(
+    rx: Receiver<Output>,
+    mut cfg: EventOutput,
+    seen: Arc<crate::api::EventStore>,
+) -> (u64, u64, u64) {
+    let mut file = cfg.events_file.as_ref().and_then(|p| {
+        match EventsFile::open(p.clone(), cfg.rotate_bytes, cfg.rotate_keep) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                log::error!(
+                    "cannot open {} for events: {e}; events go to the terminal only",
+                    p.display()
+                );
+                None
+            }
         }
     });
     let (mut events, mut written, mut failed) = (0u64, 0u64, 0u64);
@@ -229,7 +241,8 @@ pub fn event_loop(rx: Receiver<Output>, mut cfg: EventOutput, seen: Arc<crate::a
                 }
                 if cfg.json_stdout {
                     println!("{}", serde_json::to_string(&*e).unwrap_or_default());
-                } else if !e.kind.is_sensor_health() || e.kind == dataplane::anomaly::Kind::OneSided {
+                } else if !e.kind.is_sensor_health() || e.kind == dataplane::anomaly::Kind::OneSided
+                {
                     print_event(&e);
                 }
                 seen.push(*e);
@@ -267,7 +280,12 @@ pub fn print_event(e: &Event) {
         e.explanation
     );
     if let Some(ev) = &e.evidence {
-        let _ = writeln!(out, "    evidence: {} (packet {})", ev.path, ev.packets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","));
+        let _ = writeln!(
+            out,
+            "    evidence: {} (packet {})",
+            ev.path,
+            ev.packets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",")
+        );
     }
     let _ = out.flush();
 }

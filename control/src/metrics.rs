@@ -4,7 +4,9 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use anyhow::Result;
-use dataplane::{anomaly::Kind, flow::EvictReason, worker::QueueCounters};
+use dataplane::anomaly::Kind;
+use dataplane::flow::EvictReason;
+use dataplane::worker::QueueCounters;
 use metrics::{counter, gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -37,15 +39,28 @@ pub const XDP_MODE: &str = "wirewatch_xdp_attached";
 /// Installs the recorder; the handle renders the scrape page.
 pub fn install() -> Result<PrometheusHandle> {
     let h = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full(HANDSHAKE_RTT.into()), &[1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0])?
-        .set_buckets_for_metric(Matcher::Full(ZERO_WINDOW_DURATION.into()), &[0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0])?
+        .set_buckets_for_metric(
+            Matcher::Full(HANDSHAKE_RTT.into()),
+            &[1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(ZERO_WINDOW_DURATION.into()),
+            &[0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0],
+        )?
         .install_recorder()?;
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     // Every series a dashboard or alert uses exists from the start, at 0.
     for k in Kind::ALL {
         counter!(ANOMALIES, "kind" => k.name()).absolute(0);
     }
-    for c in [EVIDENCE_WRITTEN, EVIDENCE_SUPPRESSED, EVIDENCE_FAILED, EVIDENCE_REMOVED, FLOWS_CREATED, MACS_OVERFLOWED] {
+    for c in [
+        EVIDENCE_WRITTEN,
+        EVIDENCE_SUPPRESSED,
+        EVIDENCE_FAILED,
+        EVIDENCE_REMOVED,
+        FLOWS_CREATED,
+        MACS_OVERFLOWED,
+    ] {
         counter!(c).absolute(0);
     }
     for r in ["pool_full", "reclaimed"] {

@@ -3,14 +3,12 @@
 //! range, lists are bounded before they are expanded, files are small regular files. Each
 //! error is one line naming the option, the value and what is allowed; nothing has been
 //! attached, bound or written when it is printed, and the exit status is 2.
-use std::{
-    fmt,
-    fs::{FileType, OpenOptions},
-    io::Read as _,
-    os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _},
-    path::Path,
-    time::Duration,
-};
+use std::fmt;
+use std::fs::{FileType, OpenOptions};
+use std::io::Read as _;
+use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+use std::path::Path;
+use std::time::Duration;
 
 /// The inclusive range a number option accepts, and what it counts.
 #[derive(Clone, Copy, Debug)]
@@ -36,25 +34,36 @@ impl Bounds {
     /// A clap value parser for a time span given in `unit`s of `unit_secs` seconds each.
     /// Bounded and finite, so the conversion to a `Duration` (and later to nanoseconds)
     /// cannot panic or wrap.
-    pub fn duration(self, unit_secs: f64) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    pub fn duration(
+        self,
+        unit_secs: f64,
+    ) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
         let number = self.number();
         move |s| {
             let v = number(s)?;
-            Duration::try_from_secs_f64(v * unit_secs).map_err(|e| format!("{e}; allowed: {}..={} {}", self.min, self.max, self.unit))
+            Duration::try_from_secs_f64(v * unit_secs)
+                .map_err(|e| format!("{e}; allowed: {}..={} {}", self.min, self.max, self.unit))
         }
     }
 }
 
 /// A clap value parser for a whole number in `min..=max`. Unlike clap's ranged parsers it
 /// states the range for every bad value (`nan`, `1e300`, `-1`), not only for numbers outside it.
-pub fn whole<T>(min: i128, max: i128, unit: &'static str) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
+pub fn whole<T>(
+    min: i128,
+    max: i128,
+    unit: &'static str,
+) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
 where
     T: TryFrom<i128> + Clone + Send + Sync + 'static,
 {
     move |s| {
-        let allowed = || format!("allowed: {min}..={max}{}{unit}", if unit.is_empty() { "" } else { " " });
+        let allowed =
+            || format!("allowed: {min}..={max}{}{unit}", if unit.is_empty() { "" } else { " " });
         match s.trim().parse::<i128>() {
-            Ok(v) if (min..=max).contains(&v) => T::try_from(v).map_err(|_| format!("out of range; {}", allowed())),
+            Ok(v) if (min..=max).contains(&v) => {
+                T::try_from(v).map_err(|_| format!("out of range; {}", allowed()))
+            }
             Ok(_) => Err(format!("out of range; {}", allowed())),
             Err(_) => Err(format!("not a whole number; {}", allowed())),
         }
@@ -82,7 +91,11 @@ pub fn parse_cpu_list(s: &str, max: usize) -> Result<Vec<usize>, String> {
     let mut cpus = Vec::new();
     let mut seen = vec![false; max + 1];
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let number = |x: &str| x.trim().parse::<usize>().map_err(|_| format!("`{part}` is not a CPU number or range (e.g. `2`, `4-7`)"));
+        let number = |x: &str| {
+            x.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("`{part}` is not a CPU number or range (e.g. `2`, `4-7`)"))
+        };
         let (first, last) = match part.split_once('-') {
             Some((a, b)) => (number(a)?, number(b)?),
             None => (number(part)?, number(part)?),
@@ -121,7 +134,8 @@ fn online_cpus() -> (String, Vec<usize>) {
 /// `run --cpus`: workers are pinned to these, so each must be online and fit a `cpu_set_t`.
 pub fn pinnable_cpu_list(s: &str) -> Result<CpuList, String> {
     let (online_text, online) = online_cpus();
-    let cpus = parse_cpu_list(s, MAX_PINNABLE_CPU).map_err(|e| format!("{e}; online CPUs here: {online_text}"))?;
+    let cpus = parse_cpu_list(s, MAX_PINNABLE_CPU)
+        .map_err(|e| format!("{e}; online CPUs here: {online_text}"))?;
     if let Some(cpu) = cpus.iter().find(|c| !online.contains(c)) {
         return Err(format!("CPU {cpu} is not online; online CPUs here: {online_text}"));
     }
@@ -221,7 +235,8 @@ pub const MAX_TOKEN_FILE_BYTES: u64 = 4096;
 /// break is removed. Errors never quote the file's content.
 pub fn api_token_file(s: &str) -> Result<ApiToken, String> {
     let bytes = read_regular_file(Path::new(s), MAX_TOKEN_FILE_BYTES)?;
-    let text = String::from_utf8(bytes).map_err(|_| "is not text (a bearer token is visible ASCII)".to_string())?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| "is not text (a bearer token is visible ASCII)".to_string())?;
     let line = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
     if line.is_empty() {
         return Err("is empty; write the token on its first line".into());
@@ -280,7 +295,9 @@ pub fn one_line(e: &clap::Error) -> String {
     let parts: Vec<&str> = text
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
+        })
         .map(|l| l.strip_prefix("error: ").unwrap_or(l))
         .collect();
     parts.join(" ")
@@ -325,7 +342,16 @@ mod tests {
     fn whole_numbers_state_their_range_for_any_bad_value() {
         let p = whole::<u32>(2, 1000, "");
         assert_eq!(p("5"), Ok(5));
-        for bad in ["1", "1001", "-1", "nan", "1e300", "1.5", "99999999999999999999999999999999999999999", ""] {
+        for bad in [
+            "1",
+            "1001",
+            "-1",
+            "nan",
+            "1e300",
+            "1.5",
+            "99999999999999999999999999999999999999999",
+            "",
+        ] {
             let e = p(bad).unwrap_err();
             assert!(e.ends_with("allowed: 2..=1000"), "{bad}: {e}");
         }

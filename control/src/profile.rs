@@ -1,18 +1,14 @@
 //! `wirewatch profile …`: list, show, detect and apply the NIC tuning profiles of `hw-profiles/`,
 //! and the same application for `wirewatch run --profile`.
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
-use hw_profiles::{
-    plan::{dry_run, plan, Action, PlanContext},
-    sysfs::{best, device_info, kernel_release, DeviceInfo},
-    KernelVersion, MatchQuality, Profile,
-};
+use hw_profiles::plan::{dry_run, plan, Action, PlanContext};
+use hw_profiles::sysfs::{best, device_info, kernel_release, DeviceInfo};
+use hw_profiles::{KernelVersion, MatchQuality, Profile};
 
 /// Where operators keep their own profiles; read when it exists.
 pub const DEFAULT_PROFILE_DIR: &str = "/etc/wirewatch/hw-profiles";
@@ -75,12 +71,19 @@ pub fn load_all(dir: Option<&Path>) -> Result<Vec<Profile>> {
 
 fn by_name<'a>(profiles: &'a [Profile], name: &str) -> Result<&'a Profile> {
     profiles.iter().find(|p| p.name == name).with_context(|| {
-        format!("no profile named `{name}`; the known ones are: {}", profiles.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "))
+        format!(
+            "no profile named `{name}`; the known ones are: {}",
+            profiles.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+        )
     })
 }
 
 /// The profile for `iface`: by name, or `auto` from the driver and PCI id. Logs a guess.
-pub fn resolve<'a>(profiles: &'a [Profile], name: &str, iface: &str) -> Result<(&'a Profile, Option<DeviceInfo>)> {
+pub fn resolve<'a>(
+    profiles: &'a [Profile],
+    name: &str,
+    iface: &str,
+) -> Result<(&'a Profile, Option<DeviceInfo>)> {
     if name != "auto" {
         let info = device_info(iface).ok();
         return Ok((by_name(profiles, name)?, info));
@@ -150,17 +153,27 @@ pub fn apply(p: &Profile, ctx: &PlanContext, report: &mut dyn FnMut(bool, &str, 
 fn perform(a: &Action) -> Result<()> {
     match a {
         Action::Run(argv) => {
-            let out = Command::new(&argv[0]).args(&argv[1..]).output().with_context(|| format!("cannot run {} (is it installed?)", argv[0]))?;
+            let out = Command::new(&argv[0])
+                .args(&argv[1..])
+                .output()
+                .with_context(|| format!("cannot run {} (is it installed?)", argv[0]))?;
             if out.status.success() {
                 return Ok(());
             }
             let err = String::from_utf8_lossy(&out.stderr);
             let msg = err.lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join(" / ");
-            bail!("exit {}: {}", out.status.code().unwrap_or(-1), if msg.is_empty() { "no message".into() } else { msg })
+            bail!(
+                "exit {}: {}",
+                out.status.code().unwrap_or(-1),
+                if msg.is_empty() { "no message".into() } else { msg }
+            )
         }
-        Action::Write { path, value } => fs::write(path, value).with_context(|| format!("writing {value} to {path}")),
+        Action::Write { path, value } => {
+            fs::write(path, value).with_context(|| format!("writing {value} to {path}"))
+        }
         Action::IrqAffinity { irq, cpu } => {
-            let table = fs::read_to_string("/proc/interrupts").context("reading /proc/interrupts")?;
+            let table =
+                fs::read_to_string("/proc/interrupts").context("reading /proc/interrupts")?;
             let n = table
                 .lines()
                 .find(|l| l.split_whitespace().last() == Some(irq.as_str()))
@@ -181,13 +194,20 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
             println!("{:<14} {:<12} {:<14} description", "name", "drivers", "speeds (Gb/s)");
             for p in &profiles {
                 let speeds = p.speeds_gbps.iter().map(u32::to_string).collect::<Vec<_>>().join("/");
-                println!("{:<14} {:<12} {:<14} {}", p.name, p.matches.drivers.join(","), speeds, p.description);
+                println!(
+                    "{:<14} {:<12} {:<14} {}",
+                    p.name,
+                    p.matches.drivers.join(","),
+                    speeds,
+                    p.description
+                );
             }
         }
         ProfileCmd::Show { name } => {
             let p = by_name(&profiles, &name)?;
             // The file it was loaded from: an operator's file replaces a built-in of that name.
-            let dir = args.profile_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_PROFILE_DIR));
+            let dir =
+                args.profile_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_PROFILE_DIR));
             let file = dir.join(format!("{}.toml", p.name));
             match hw_profiles::BUILTIN.iter().find(|(n, _)| *n == p.name) {
                 Some((_, text)) if !file.exists() => print!("{text}"),
@@ -219,10 +239,15 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
         ProfileCmd::Apply { iface, profile, cpus, dry_run: dry, kernel, device } => {
             let worker_cpus = cpu_list_or_all(cpus.as_ref());
             let kernel = match kernel {
-                Some(k) => KernelVersion::parse(&k).with_context(|| format!("--kernel {k}: expected a release like 6.8"))?,
+                Some(k) => KernelVersion::parse(&k)
+                    .with_context(|| format!("--kernel {k}: expected a release like 6.8"))?,
                 None => running_kernel()?,
             };
-            let (p, info) = if dry && profile != "auto" { (by_name(&profiles, &profile)?, device_info(&iface).ok()) } else { resolve(&profiles, &profile, &iface)? };
+            let (p, info) = if dry && profile != "auto" {
+                (by_name(&profiles, &profile)?, device_info(&iface).ok())
+            } else {
+                resolve(&profiles, &profile, &iface)?
+            };
             let device = device.or_else(|| info.and_then(|i| i.device));
             let ctx = PlanContext { iface: iface.clone(), worker_cpus, kernel, device };
             if dry {
@@ -238,7 +263,10 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
                 }
             });
             if r.failed > 0 {
-                bail!("{} of the steps failed on {iface} (listed above); the others were applied", r.failed);
+                bail!(
+                    "{} of the steps failed on {iface} (listed above); the others were applied",
+                    r.failed
+                );
             }
         }
     }

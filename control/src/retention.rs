@@ -1,10 +1,8 @@
 //! Evidence retention: a size and an age limit on the evidence directory, oldest files removed
 //! first, every removal counted. Failures are logged and counted, never fatal.
-use std::{
-    collections::VecDeque,
-    path::{Path, PathBuf},
-    time::{Duration, SystemTime},
-};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 pub struct Retention {
     max_bytes: u64,
@@ -39,7 +37,11 @@ impl Retention {
     pub fn added(&mut self, path: &Path) {
         if let Ok(m) = std::fs::metadata(path) {
             self.total += m.len();
-            self.files.push_back((path.to_path_buf(), m.len(), m.modified().unwrap_or_else(|_| SystemTime::now())));
+            self.files.push_back((
+                path.to_path_buf(),
+                m.len(),
+                m.modified().unwrap_or_else(|_| SystemTime::now()),
+            ));
         }
         self.enforce();
     }

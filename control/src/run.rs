@@ -1,35 +1,29 @@
 //! `wirewatch run`: attach the XDP program to each interface, bind one AF_XDP socket per
 //! queue, run one pinned worker per socket until SIGINT/SIGTERM, then detach and report.
-use std::{
-    ffi::CString,
-    fs::File,
-    io::BufWriter,
-    path::PathBuf,
-    sync::{
-        atomic::{AtomicBool, Ordering::Relaxed},
-        Arc,
-    },
-    time::{Duration, Instant},
-};
+use std::ffi::CString;
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use aya::programs::XdpMode;
 use clap::{Args, ValueEnum};
 use crossbeam_channel::bounded;
-use dataplane::{
-    loader::XdpProgram,
-    pcapng::PcapngWriter,
-    worker::{QueueCounters, Worker},
-    xsk::{XskOptions, XskQueue, ZeroCopyPolicy},
-};
-use dataplane::{anomaly::Kind, engine::{Engine, EngineConfig}};
+use dataplane::anomaly::Kind;
+use dataplane::engine::{Engine, EngineConfig};
+use dataplane::loader::XdpProgram;
+use dataplane::pcapng::PcapngWriter;
+use dataplane::worker::{QueueCounters, Worker};
+use dataplane::xsk::{XskOptions, XskQueue, ZeroCopyPolicy};
 use dataplane_common::XdpConfig;
-
-use crate::{
-    live::{event_loop, EngineSink, EventOutput, Output, OwnedFrame, SharedStats},
-    options::{self, ApiToken, Bounds, CpuList, Queues},
-};
 use serde::Serialize;
+
+use crate::live::{event_loop, EngineSink, EventOutput, Output, OwnedFrame, SharedStats};
+use crate::options::{self, ApiToken, Bounds, CpuList, Queues};
 
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
@@ -140,7 +134,10 @@ impl RunArgs {
     /// touched; the error is one line for the operator (exit status 2).
     pub fn check(&self) -> Result<(), String> {
         if self.ifaces.len() > MAX_IFACES {
-            return Err(format!("--iface given {} times; at most {MAX_IFACES} interfaces", self.ifaces.len()));
+            return Err(format!(
+                "--iface given {} times; at most {MAX_IFACES} interfaces",
+                self.ifaces.len()
+            ));
         }
         for (i, iface) in self.ifaces.iter().enumerate() {
             if self.ifaces[..i].contains(iface) {
@@ -148,7 +145,10 @@ impl RunArgs {
             }
         }
         if self.api_token.is_some() && self.api_token_file.is_some() {
-            return Err("--api-token (or WIREWATCH_API_TOKEN) and --api-token-file both given; use one".into());
+            return Err(
+                "--api-token (or WIREWATCH_API_TOKEN) and --api-token-file both given; use one"
+                    .into(),
+            );
         }
         if let Some(p) = self.api_token.as_ref().and_then(ApiToken::problem) {
             return Err(format!("--api-token (or WIREWATCH_API_TOKEN) {p}"));
@@ -207,7 +207,11 @@ fn ifindex(name: &str) -> Result<u32> {
 
 fn rx_queue_count(iface: &str) -> usize {
     std::fs::read_dir(format!("/sys/class/net/{iface}/queues"))
-        .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with("rx-")).count())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                .count()
+        })
         .unwrap_or(1)
         .max(1)
 }
@@ -227,8 +231,12 @@ fn attach(prog: &mut XdpProgram, iface: &str, idx: u32, mode: XdpModeArg) -> Res
         }
     };
     match mode {
-        XdpModeArg::Native => try_mode(prog, XdpMode::Driver).map(|_| "native").map_err(|e| explain(e, "native")),
-        XdpModeArg::Generic => try_mode(prog, XdpMode::Skb).map(|_| "generic").map_err(|e| explain(e, "generic")),
+        XdpModeArg::Native => {
+            try_mode(prog, XdpMode::Driver).map(|_| "native").map_err(|e| explain(e, "native"))
+        }
+        XdpModeArg::Generic => {
+            try_mode(prog, XdpMode::Skb).map(|_| "generic").map_err(|e| explain(e, "generic"))
+        }
         XdpModeArg::Auto => match try_mode(prog, XdpMode::Driver) {
             Ok(_) => Ok("native"),
             Err(e) => {
@@ -246,7 +254,11 @@ fn attach(prog: &mut XdpProgram, iface: &str, idx: u32, mode: XdpModeArg) -> Res
 type QueueInfo = (String, u16, u32, &'static str, &'static str, Option<String>, Arc<QueueCounters>);
 
 /// Publishes everything the workers and the XDP program count (bounded labels only).
-fn export_metrics(queues: &[QueueInfo], programs: &[(String, XdpProgram)], workers: &[Arc<SharedStats>]) {
+fn export_metrics(
+    queues: &[QueueInfo],
+    programs: &[(String, XdpProgram)],
+    workers: &[Arc<SharedStats>],
+) {
     for (iface, _, queue, xdp_mode, copy_mode, _, c) in queues {
         crate::metrics::queue(c, iface, *queue);
         metrics::gauge!(crate::metrics::XDP_MODE, "vantage" => iface.clone(), "mode" => *xdp_mode, "copy" => *copy_mode).set(1.0);
@@ -257,16 +269,27 @@ fn export_metrics(queues: &[QueueInfo], programs: &[(String, XdpProgram)], worke
         }
     }
     let sum = |f: &dyn Fn(&SharedStats) -> u64| workers.iter().map(|w| f(w)).sum::<u64>();
-    let per_kind: Vec<u64> = (0..Kind::ALL.len()).map(|i| sum(&|w| w.anomalies[i].load(Relaxed))).collect();
+    let per_kind: Vec<u64> =
+        (0..Kind::ALL.len()).map(|i| sum(&|w| w.anomalies[i].load(Relaxed))).collect();
     crate::metrics::anomalies(&per_kind);
     let evicted: [u64; 4] = std::array::from_fn(|i| sum(&|w| w.flows_evicted[i].load(Relaxed)));
-    crate::metrics::flows(sum(&|w| w.flows_active.load(Relaxed)), sum(&|w| w.flows_created.load(Relaxed)), &evicted);
-    metrics::counter!(crate::metrics::EVIDENCE_SUPPRESSED).absolute(sum(&|w| w.evidence_suppressed.load(Relaxed)));
-    metrics::counter!(crate::metrics::SIDE_STATE, "reason" => "pool_full").absolute(sum(&|w| w.side_exhausted.load(Relaxed)));
-    metrics::counter!(crate::metrics::SIDE_STATE, "reason" => "reclaimed").absolute(sum(&|w| w.side_reclaimed.load(Relaxed)));
-    metrics::counter!(crate::metrics::MACS_OVERFLOWED).absolute(sum(&|w| w.macs_overflowed.load(Relaxed)));
-    metrics::counter!(crate::metrics::HANDOFF, "reason" => "handed_off").absolute(sum(&|w| w.handed_off.load(Relaxed)));
-    metrics::counter!(crate::metrics::HANDOFF, "reason" => "dropped").absolute(sum(&|w| w.handoff_dropped.load(Relaxed)));
+    crate::metrics::flows(
+        sum(&|w| w.flows_active.load(Relaxed)),
+        sum(&|w| w.flows_created.load(Relaxed)),
+        &evicted,
+    );
+    metrics::counter!(crate::metrics::EVIDENCE_SUPPRESSED)
+        .absolute(sum(&|w| w.evidence_suppressed.load(Relaxed)));
+    metrics::counter!(crate::metrics::SIDE_STATE, "reason" => "pool_full")
+        .absolute(sum(&|w| w.side_exhausted.load(Relaxed)));
+    metrics::counter!(crate::metrics::SIDE_STATE, "reason" => "reclaimed")
+        .absolute(sum(&|w| w.side_reclaimed.load(Relaxed)));
+    metrics::counter!(crate::metrics::MACS_OVERFLOWED)
+        .absolute(sum(&|w| w.macs_overflowed.load(Relaxed)));
+    metrics::counter!(crate::metrics::HANDOFF, "reason" => "handed_off")
+        .absolute(sum(&|w| w.handed_off.load(Relaxed)));
+    metrics::counter!(crate::metrics::HANDOFF, "reason" => "dropped")
+        .absolute(sum(&|w| w.handoff_dropped.load(Relaxed)));
 }
 
 /// What the summary reports per queue.
@@ -323,10 +346,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         Some(list) => list.0.clone(),
         None => (0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).collect(),
     };
-    let config = XdpConfig {
-        snaplen: args.snaplen,
-        non_tcp_drop: (args.non_tcp == NonTcpArg::Drop) as u32,
-    };
+    let config =
+        XdpConfig { snaplen: args.snaplen, non_tcp_drop: (args.non_tcp == NonTcpArg::Drop) as u32 };
     // Resolve everything before touching any interface, so bad input leaves nothing behind.
     let mut ifindexes = Vec::new();
     for iface in &args.ifaces {
@@ -362,7 +383,8 @@ pub fn run(args: RunArgs) -> Result<()> {
             ZeroCopyArg::On => ZeroCopyPolicy::On,
             ZeroCopyArg::Off => ZeroCopyPolicy::Off,
         },
-        busy_poll: (args.busy_poll > 0).then_some(dataplane::xsk::BusyPoll { usecs: args.busy_poll, budget }),
+        busy_poll: (args.busy_poll > 0)
+            .then_some(dataplane::xsk::BusyPoll { usecs: args.busy_poll, budget }),
     };
     let mut plan = Vec::new();
     for (i, iface) in args.ifaces.iter().enumerate() {
@@ -388,10 +410,15 @@ pub fn run(args: RunArgs) -> Result<()> {
     // With one interface whose RSS is symmetric, both directions of a flow arrive on one queue:
     // its worker owns the flow and nothing is handed over. Otherwise the owner is a hash of the
     // flow and workers hand packets to it.
-    let queue_owned = args.ifaces.len() == 1 && tuning.as_ref().is_some_and(|t| t.rss_symmetric.iter().all(|s| *s));
+    let queue_owned = args.ifaces.len() == 1
+        && tuning.as_ref().is_some_and(|t| t.rss_symmetric.iter().all(|s| *s));
     log::info!(
         "flow ownership: {}",
-        if queue_owned { "by queue (symmetric RSS from the profile)" } else { "by flow hash, packets handed to the owning worker" }
+        if queue_owned {
+            "by queue (symmetric RSS from the profile)"
+        } else {
+            "by flow hash, packets handed to the owning worker"
+        }
     );
 
     let record_thread = args.record.as_ref().map(|path| {
@@ -422,12 +449,20 @@ pub fn run(args: RunArgs) -> Result<()> {
     // Engines: one per worker; flows are owned by hash, frames of another worker's flow are
     // handed over (no symmetric RSS needed).
     let nworkers: usize = plan.iter().map(|p| p.2.len()).sum();
-    let mut engine_cfg = EngineConfig { evidence_dir: Some(args.evidence_dir.clone()), vantage_names: args.ifaces.clone(), ..Default::default() };
+    let mut engine_cfg = EngineConfig {
+        evidence_dir: Some(args.evidence_dir.clone()),
+        vantage_names: args.ifaces.clone(),
+        ..Default::default()
+    };
     args.thresholds.apply(&mut engine_cfg);
     // Every worker draws evidence from one budget (files per second for the whole sensor).
-    engine_cfg.evidence_budget = Some(dataplane::evidence::EvidenceBudget::new(engine_cfg.evidence_per_sec));
+    engine_cfg.evidence_budget =
+        Some(dataplane::evidence::EvidenceBudget::new(engine_cfg.evidence_per_sec));
     if let Err(e) = std::fs::create_dir_all(&args.evidence_dir) {
-        log::warn!("evidence directory {}: {e}; detections continue without evidence files", args.evidence_dir.display());
+        log::warn!(
+            "evidence directory {}: {e}; detections continue without evidence files",
+            args.evidence_dir.display()
+        );
     }
     let api_cfg = crate::api::ApiConfig {
         addr: args.metrics,
@@ -438,7 +473,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     crate::api::check_bind(&api_cfg)?;
     let prom = crate::metrics::install()?;
     let (out_tx, out_rx) = bounded::<Output>(65536);
-    let worker_stats: Vec<Arc<SharedStats>> = (0..nworkers).map(|_| Arc::new(SharedStats::default())).collect();
+    let worker_stats: Vec<Arc<SharedStats>> =
+        (0..nworkers).map(|_| Arc::new(SharedStats::default())).collect();
     let seen = Arc::new(crate::api::EventStore::new(10_000));
     crate::api::serve(api_cfg, prom, seen.clone())?;
     let output_cfg = EventOutput {
@@ -454,15 +490,19 @@ pub fn run(args: RunArgs) -> Result<()> {
         ),
     };
     let seen2 = seen.clone();
-    let output_thread = std::thread::Builder::new().name("ww-events".into()).spawn(move || event_loop(out_rx, output_cfg, seen2))?;
-    let (inbox_tx, mut inbox_rx): (Vec<_>, Vec<_>) = (0..nworkers).map(|_| bounded::<OwnedFrame>(16384)).unzip();
+    let output_thread = std::thread::Builder::new()
+        .name("ww-events".into())
+        .spawn(move || event_loop(out_rx, output_cfg, seen2))?;
+    let (inbox_tx, mut inbox_rx): (Vec<_>, Vec<_>) =
+        (0..nworkers).map(|_| bounded::<OwnedFrame>(16384)).unzip();
     inbox_rx.reverse();
     let mut programs = Vec::new();
     let mut workers = Vec::new();
     let mut summaries = Vec::new();
     let mut worker_no = 0usize;
     for (vantage, (iface, idx, queue_ids)) in plan.iter().enumerate() {
-        let mut prog = XdpProgram::load(config).context("loading the XDP program (is the kernel ≥ 5.10 with BPF enabled?)")?;
+        let mut prog = XdpProgram::load(config)
+            .context("loading the XDP program (is the kernel ≥ 5.10 with BPF enabled?)")?;
         // Attach first: an interface owned by another XDP program is refused before any socket
         // is bound, and until the sockets are in the map the program passes frames (fail open).
         let xdp_mode = attach(&mut prog, iface, *idx, args.xdp_mode)?;
@@ -480,12 +520,23 @@ pub fn run(args: RunArgs) -> Result<()> {
             prog.bind_socket(q, &xsk.fd())?;
             queues.push(xsk);
         }
-        log::info!("{iface}: XDP attached in {xdp_mode} mode, queue(s) {queue_ids:?}, snaplen {}", args.snaplen);
+        log::info!(
+            "{iface}: XDP attached in {xdp_mode} mode, queue(s) {queue_ids:?}, snaplen {}",
+            args.snaplen
+        );
         for xsk in queues {
             let counters = Arc::new(QueueCounters::default());
             let cpu = cpus[worker_no % cpus.len()];
             worker_no += 1;
-            summaries.push((iface.clone(), vantage as u16, xsk.queue, xdp_mode, xsk.mode.name(), xsk.fallback_reason.clone(), counters.clone()));
+            summaries.push((
+                iface.clone(),
+                vantage as u16,
+                xsk.queue,
+                xdp_mode,
+                xsk.mode.name(),
+                xsk.fallback_reason.clone(),
+                counters.clone(),
+            ));
             let sink = EngineSink {
                 engine: Engine::new(engine_cfg.clone(), worker_no - 1),
                 id: worker_no - 1,
@@ -564,7 +615,15 @@ pub fn run(args: RunArgs) -> Result<()> {
         events,
         anomalies: Kind::ALL
             .iter()
-            .map(|k| (k.name(), worker_stats.iter().map(|w| w.anomalies[*k as usize].load(Relaxed)).sum::<u64>()))
+            .map(|k| {
+                (
+                    k.name(),
+                    worker_stats
+                        .iter()
+                        .map(|w| w.anomalies[*k as usize].load(Relaxed))
+                        .sum::<u64>(),
+                )
+            })
             .filter(|(_, n)| *n > 0)
             .collect(),
         evidence_written,
@@ -579,7 +638,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         );
     }
     if let Some(p) = &args.summary_json {
-        std::fs::write(p, serde_json::to_vec_pretty(&summary)?).with_context(|| format!("writing {}", p.display()))?;
+        std::fs::write(p, serde_json::to_vec_pretty(&summary)?)
+            .with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
 }
@@ -604,7 +664,12 @@ fn apply_profiles(args: &RunArgs, name: &str, cpus: &[usize]) -> Result<Tuning> 
     let mut rss_symmetric = Vec::new();
     for (iface, p, info) in &resolved {
         log::info!("{iface}: applying hw-profile {} ({})", p.name, p.description);
-        let ctx = hw_profiles::PlanContext { iface: iface.to_string(), worker_cpus: cpus.to_vec(), kernel, device: info.as_ref().and_then(|i| i.device.clone()) };
+        let ctx = hw_profiles::PlanContext {
+            iface: iface.to_string(),
+            worker_cpus: cpus.to_vec(),
+            kernel,
+            device: info.as_ref().and_then(|i| i.device.clone()),
+        };
         let r = crate::profile::apply(p, &ctx, &mut |ok, what, detail| {
             if ok {
                 log::info!("{iface}: {what}: {detail}");

@@ -1,13 +1,23 @@
 //! `wirewatch analyze` as a user runs it: events, evidence that tshark opens with the comment
 //! on the triggering packet, and corrupt input refused with exit status 3.
-use std::{path::Path, process::Command};
+use std::path::Path;
+use std::process::Command;
 
-use dataplane::{craft::TcpSegment, pcapng::PcapngWriter};
+use dataplane::craft::TcpSegment;
+use dataplane::pcapng::PcapngWriter;
 use dataplane_common::tcp_flags::{ACK, PSH, RST, SYN};
 
 fn ww(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_wirewatch")).args(args).env("RUST_LOG", "warn").output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_wirewatch"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A capture with two problems: a SYN sent three times and never answered, and a connection
@@ -31,12 +41,17 @@ fn write_capture(path: &Path) {
     // A healthy connection...
     let (mut cs, mut ss, mut cid, mut sid) = (5000u32, 9000u32, 10u16, 500u16);
     let mut seg = |from_client: bool, flags: u8, len: usize| {
-        let mut g = if from_client { TcpSegment::new(c, 40001, s, 80) } else { TcpSegment::new(s, 80, c, 40001) };
+        let mut g = if from_client {
+            TcpSegment::new(c, 40001, s, 80)
+        } else {
+            TcpSegment::new(s, 80, c, 40001)
+        };
         if !from_client {
             g.src_mac = [2, 0, 0, 0, 0, 2];
             g.dst_mac = [2, 0, 0, 0, 0, 1];
         }
-        let (seq, ack, id) = if from_client { (&mut cs, ss, &mut cid) } else { (&mut ss, cs, &mut sid) };
+        let (seq, ack, id) =
+            if from_client { (&mut cs, ss, &mut cid) } else { (&mut ss, cs, &mut sid) };
         g.seq = *seq;
         g.ack = ack;
         g.flags = flags;
@@ -84,18 +99,31 @@ fn evidence_opens_in_tshark_with_the_comment_on_the_trigger() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("syn_unanswered") && stdout.contains("rst_foreign_sender"), "{stdout}");
 
-    let lines: Vec<serde_json::Value> =
-        std::fs::read_to_string(&events).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let kinds: Vec<&str> = lines.iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["syn_unanswered", "rst_foreign_sender"], "{lines:#?}");
     // The threshold flags take effect: with a 0.5 s handshake timeout the SYN is reported
     // by the timer at 0.5 s, before its first retransmission.
-    let (code, stdout, _) = ww(&["analyze", cap.to_str().unwrap(), "--handshake-timeout", "0.5", "--format", "json"]);
+    let (code, stdout, _) =
+        ww(&["analyze", cap.to_str().unwrap(), "--handshake-timeout", "0.5", "--format", "json"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(v["kinds"]["syn_unanswered"]["example"]["count"], 1, "{v:#}");
     for e in &lines {
-        for field in ["time_first", "time_last", "kind", "flow", "count", "fingerprints", "explanation", "evidence"] {
+        for field in [
+            "time_first",
+            "time_last",
+            "kind",
+            "flow",
+            "count",
+            "fingerprints",
+            "explanation",
+            "evidence",
+        ] {
             assert!(e.get(field).is_some(), "event lacks {field}: {e}");
         }
         let path = e["evidence"]["path"].as_str().unwrap();
@@ -104,7 +132,11 @@ fn evidence_opens_in_tshark_with_the_comment_on_the_trigger() {
             .args(["-n", "-r", path, "-T", "fields", "-e", "frame.number", "-e", "frame.comment"])
             .output()
             .expect("tshark (run scripts/setup.sh)");
-        assert!(out.status.success(), "tshark cannot open {path}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "tshark cannot open {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8_lossy(&out.stdout);
         let commented: Vec<&str> = text.lines().filter(|l| l.contains("wirewatch ")).collect();
         let kind = e["kind"].as_str().unwrap();
@@ -113,8 +145,15 @@ fn evidence_opens_in_tshark_with_the_comment_on_the_trigger() {
             "packet {n} of {path} should carry the {kind} comment:\n{text}"
         );
         // Headers only.
-        let caplens = Command::new("tshark").args(["-n", "-r", path, "-T", "fields", "-e", "frame.cap_len"]).output().unwrap();
-        assert!(String::from_utf8_lossy(&caplens.stdout).lines().all(|l| l.trim().parse::<u32>().unwrap() <= 128));
+        let caplens = Command::new("tshark")
+            .args(["-n", "-r", path, "-T", "fields", "-e", "frame.cap_len"])
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&caplens.stdout).lines().all(|l| l
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+            <= 128));
     }
     let rst = &lines[1];
     let x = rst["explanation"].as_str().unwrap();
@@ -130,7 +169,9 @@ fn corrupt_inputs_exit_3_with_the_offset_and_never_panic() {
     write_capture(&good);
     let bytes = std::fs::read(&good).unwrap();
 
-    let mut pcap = vec![0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 1, 0, 0, 0];
+    let mut pcap = vec![
+        0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 1, 0, 0, 0,
+    ];
     let mut absurd = pcap.clone();
     absurd.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0x0f, 60, 0, 0, 0]);
     pcap.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 60, 0, 0, 0, 60, 0, 0, 0]);
@@ -156,8 +197,14 @@ fn corrupt_inputs_exit_3_with_the_offset_and_never_panic() {
     let (code, _, _) = ww(&["analyze", "--format", "xml", good.to_str().unwrap()]);
     assert_eq!(code, 2);
     // Hostile thresholds are refused with the flag named.
-    for (flag, value) in [("--handshake-timeout", "-1"), ("--storm-count", "1"), ("--pairing-window", "nan"), ("--max-flows", "0")] {
-        let (code, _, stderr) = ww(&["analyze", &format!("{flag}={value}"), good.to_str().unwrap()]);
+    for (flag, value) in [
+        ("--handshake-timeout", "-1"),
+        ("--storm-count", "1"),
+        ("--pairing-window", "nan"),
+        ("--max-flows", "0"),
+    ] {
+        let (code, _, stderr) =
+            ww(&["analyze", &format!("{flag}={value}"), good.to_str().unwrap()]);
         assert_eq!(code, 2, "{flag}={value}: {stderr}");
         assert!(stderr.contains(flag), "{stderr}");
     }

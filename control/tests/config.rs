@@ -2,9 +2,15 @@
 use std::process::Command;
 
 fn run_with(toml: &str, extra: &[&str]) -> (i32, String) {
-    let p = std::env::temp_dir().join(format!("ww-config-{}-{}.toml", std::process::id(), toml.len()));
+    let p =
+        std::env::temp_dir().join(format!("ww-config-{}-{}.toml", std::process::id(), toml.len()));
     std::fs::write(&p, toml).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_wirewatch")).args(["run", "--config"]).arg(&p).args(extra).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wirewatch"))
+        .args(["run", "--config"])
+        .arg(&p)
+        .args(extra)
+        .output()
+        .unwrap();
     let _ = std::fs::remove_file(&p);
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }

@@ -1,19 +1,15 @@
 //! The control plane against the real things: Debian's Prometheus scraping a running wirewatch
 //! that watches real traffic with anomalies (every PromQL expression of the shipped dashboard
 //! must return data), the HTTP API, the bearer token, and evidence that cannot be written.
-use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
-    path::Path,
-    process::{Child, Stdio},
-    sync::Mutex,
-    time::Duration,
-};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
 
-use dataplane::{
-    netns::{enter_current_thread, privileged_or_skip, span, veth, Netns},
-    traffic::{connect_from, serve_once},
-};
+use dataplane::netns::{enter_current_thread, privileged_or_skip, span, veth, Netns};
+use dataplane::traffic::{connect_from, serve_once};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -27,7 +23,8 @@ impl Drop for Kill {
 
 /// GET `path` on `addr` from inside namespace `ns`; (status, body).
 fn get(ns: &str, addr: &str, path: &str, token: Option<&str>) -> (u16, Vec<u8>) {
-    let (ns, addr, path, token) = (ns.to_string(), addr.to_string(), path.to_string(), token.map(String::from));
+    let (ns, addr, path, token) =
+        (ns.to_string(), addr.to_string(), path.to_string(), token.map(String::from));
     std::thread::spawn(move || {
         enter_current_thread(&ns).unwrap();
         let mut s = TcpStream::connect(&addr).unwrap();
@@ -48,7 +45,9 @@ fn get(ns: &str, addr: &str, path: &str, token: Option<&str>) -> (u16, Vec<u8>) 
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -86,7 +85,9 @@ fn traffic(t: &Topo) {
             s.read_to_end(&mut v).map(|_| v.len())
         })
         .unwrap();
-        connect_from(&t.a.name, srv(port), |s| s.unwrap().write_all(&[1u8; 200_000]).unwrap()).join().unwrap();
+        connect_from(&t.a.name, srv(port), |s| s.unwrap().write_all(&[1u8; 200_000]).unwrap())
+            .join()
+            .unwrap();
         h.join().unwrap().unwrap().unwrap();
     }
     assert!(connect_from(&t.a.name, srv(7009), |s| s.is_err()).join().unwrap());
@@ -102,7 +103,9 @@ fn traffic(t: &Topo) {
         }
     })
     .unwrap();
-    connect_from(&t.a.name, srv(7003), |s| s.unwrap().write_all(&[5u8; 60_000]).unwrap()).join().unwrap();
+    connect_from(&t.a.name, srv(7003), |s| s.unwrap().write_all(&[5u8; 60_000]).unwrap())
+        .join()
+        .unwrap();
     slow.join().unwrap().unwrap();
 }
 
@@ -140,20 +143,56 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     traffic(&t);
     std::thread::sleep(Duration::from_secs(6));
 
-    let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/grafana/wirewatch-dashboard.json")).unwrap()).unwrap();
-    let exprs: Vec<String> = dash["panels"].as_array().unwrap().iter().flat_map(|p| p["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap().to_string())).collect();
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/grafana/wirewatch-dashboard.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            p["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap().to_string())
+        })
+        .collect();
     assert!(exprs.len() >= 15);
     let mut empty = Vec::new();
     for e in &exprs {
-        let (code, body) = get(&t.mon.name, "127.0.0.1:9090", &format!("/api/v1/query?query={}", urlencode(e)), None);
+        let (code, body) = get(
+            &t.mon.name,
+            "127.0.0.1:9090",
+            &format!("/api/v1/query?query={}", urlencode(e)),
+            None,
+        );
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        if code != 200 || v["status"] != "success" || v["data"]["result"].as_array().is_none_or(|r| r.is_empty()) {
+        if code != 200
+            || v["status"] != "success"
+            || v["data"]["result"].as_array().is_none_or(|r| r.is_empty())
+        {
             empty.push(format!("{e} → {code} {}", String::from_utf8_lossy(&body)));
         }
     }
-    assert!(empty.is_empty(), "{} of {} dashboard queries returned nothing:\n{}", empty.len(), exprs.len(), empty.join("\n"));
+    assert!(
+        empty.is_empty(),
+        "{} of {} dashboard queries returned nothing:\n{}",
+        empty.len(),
+        exprs.len(),
+        empty.join("\n")
+    );
     // The anomalies are really there, by kind.
-    let (_, body) = get(&t.mon.name, "127.0.0.1:9090", &format!("/api/v1/query?query={}", urlencode("wirewatch_anomalies_total{kind=\"syn_rejected\"}")), None);
+    let (_, body) = get(
+        &t.mon.name,
+        "127.0.0.1:9090",
+        &format!(
+            "/api/v1/query?query={}",
+            urlencode("wirewatch_anomalies_total{kind=\"syn_rejected\"}")
+        ),
+        None,
+    );
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["data"]["result"][0]["value"][1], "1", "{v}");
 
@@ -163,9 +202,17 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let evs: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
     assert_eq!(evs.len(), 1, "{evs:?}");
     let t_ev = evs[0]["time_last_ns"].as_u64().unwrap();
-    let (_, body) = get(&t.mon.name, "127.0.0.1:9464", &format!("/api/events?since={:.3}", t_ev as f64 / 1e9 + 0.001), None);
+    let (_, body) = get(
+        &t.mon.name,
+        "127.0.0.1:9464",
+        &format!("/api/events?since={:.3}", t_ev as f64 / 1e9 + 0.001),
+        None,
+    );
     let later: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
-    assert!(later.iter().all(|e| e["time_last_ns"].as_u64().unwrap() > t_ev), "since filters by time");
+    assert!(
+        later.iter().all(|e| e["time_last_ns"].as_u64().unwrap() > t_ev),
+        "since filters by time"
+    );
     let (code, _) = get(&t.mon.name, "127.0.0.1:9464", "/api/events?kind=not_a_kind", None);
     assert_eq!(code, 400);
     let path = evs[0]["evidence"]["path"].as_str().unwrap().to_string();
@@ -174,7 +221,8 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let (code, bytes) = get(&t.mon.name, "127.0.0.1:9464", &format!("/api/evidence/{id}"), None);
     assert_eq!(code, 200);
     assert_eq!(bytes, std::fs::read(&path).unwrap(), "download is byte-identical to the file");
-    let (code, _) = get(&t.mon.name, "127.0.0.1:9464", "/api/evidence/..%2F..%2Fetc%2Fpasswd", None);
+    let (code, _) =
+        get(&t.mon.name, "127.0.0.1:9464", "/api/evidence/..%2F..%2Fetc%2Fpasswd", None);
     assert_eq!(code, 400);
     let (code, body) = get(&t.mon.name, "127.0.0.1:9464", "/api/flows/top", None);
     assert_eq!(code, 200);
@@ -192,9 +240,18 @@ fn token_non_loopback_and_unwritable_evidence() {
     std::fs::create_dir_all(&dir).unwrap();
     let t = topo("t");
     // Non-loopback without a token: refused at start.
-    let out = t.mon.command(env!("CARGO_BIN_EXE_wirewatch")).args(["run", "--iface", "tap0", "--metrics", "0.0.0.0:9464"]).output().unwrap();
+    let out = t
+        .mon
+        .command(env!("CARGO_BIN_EXE_wirewatch"))
+        .args(["run", "--iface", "tap0", "--metrics", "0.0.0.0:9464"])
+        .output()
+        .unwrap();
     assert_ne!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--api-token"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--api-token"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A token-protected instance whose evidence directory cannot be written.
     std::fs::write(dir.join("evidence"), b"a file, not a directory").unwrap();
@@ -206,12 +263,14 @@ fn token_non_loopback_and_unwritable_evidence() {
     let srv = SocketAddr::new("10.79.0.2".parse().unwrap(), 7009);
     assert!(connect_from(&t.a.name, srv, |s| s.is_err()).join().unwrap());
     std::thread::sleep(Duration::from_secs(4));
-    let (code, body) = get(&t.mon.name, "127.0.0.1:9464", "/api/events?kind=syn_rejected", Some("s3cret"));
+    let (code, body) =
+        get(&t.mon.name, "127.0.0.1:9464", "/api/events?kind=syn_rejected", Some("s3cret"));
     assert_eq!(code, 200);
     assert_eq!(serde_json::from_slice::<Vec<serde_json::Value>>(&body).unwrap().len(), 1);
     let (_, metrics) = get(&t.mon.name, "127.0.0.1:9464", "/metrics", Some("s3cret"));
     let m = String::from_utf8_lossy(&metrics);
-    let failed = m.lines().find(|l| l.starts_with("wirewatch_evidence_files_failed_total")).unwrap_or("");
+    let failed =
+        m.lines().find(|l| l.starts_with("wirewatch_evidence_files_failed_total")).unwrap_or("");
     assert!(failed.ends_with(" 1"), "{failed}\n{m}");
     let _ = std::fs::remove_dir_all(&dir);
 }

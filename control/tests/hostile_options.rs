@@ -4,13 +4,11 @@
 //!
 //! Needs no root: the interface named does not exist, and every case must fail before it is
 //! looked at (if validation let a case through, it would fail later with another status).
-use std::{
-    ffi::OsString,
-    io::Read as _,
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::ffi::OsString;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 const IFACE: &str = "wwhostile0";
 const SECRET: &str = "hunter2-S3CR3T-do-not-echo";
@@ -25,7 +23,12 @@ struct Case {
 }
 
 fn case(name: impl Into<String>, args: &[&str], wants: &[&str]) -> Case {
-    Case { name: name.into(), args: args.iter().map(OsString::from).collect(), env: Vec::new(), wants: wants.iter().map(|w| w.to_string()).collect() }
+    Case {
+        name: name.into(),
+        args: args.iter().map(OsString::from).collect(),
+        env: Vec::new(),
+        wants: wants.iter().map(|w| w.to_string()).collect(),
+    }
 }
 
 /// `run --iface IFACE` plus `extra`.
@@ -50,7 +53,8 @@ fn ww(args: &[OsString], env: &[(&str, &str)]) -> Outcome {
         cmd.env(k, v);
     }
     let started = Instant::now();
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break Some(s);
@@ -107,7 +111,10 @@ fn check(cases: Vec<Case>) {
             why.push(format!("exit status {:?}, want 2", o.code));
         }
         if lines.len() != 1 || !lines[0].starts_with("wirewatch: error: ") {
-            why.push(format!("want exactly one `wirewatch: error:` line on stderr, got {}", lines.len()));
+            why.push(format!(
+                "want exactly one `wirewatch: error:` line on stderr, got {}",
+                lines.len()
+            ));
         }
         if o.stderr.contains("panicked") {
             why.push("panicked".into());
@@ -127,11 +134,22 @@ fn check(cases: Vec<Case>) {
             }
         }
         if !why.is_empty() {
-            failures.push(format!("{}: {}\n    stderr: {}", c.name, why.join("; "), o.stderr.trim_end().replace('\n', "\n            ")));
+            failures.push(format!(
+                "{}: {}\n    stderr: {}",
+                c.name,
+                why.join("; "),
+                o.stderr.trim_end().replace('\n', "\n            ")
+            ));
         }
     }
     eprintln!("{} hostile cases, slowest {slowest:?}", cases.len());
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -152,7 +170,8 @@ fn hostile_numbers_are_refused_with_their_range() {
         }
         cases.push(run(format!("{flag} -1"), &[flag, "-1"], &[flag, allowed]));
     }
-    let bad_ints = ["nan", "inf", "-1", "1e300", "1.5", "99999999999999999999999999999999999999999", ""];
+    let bad_ints =
+        ["nan", "inf", "-1", "1e300", "1.5", "99999999999999999999999999999999999999999", ""];
     let ints = [
         ("--storm-count", "2..=1000", &["0", "1", "1001"][..]),
         ("--max-flows", "1024..=67108864", &["0", "1023", "67108865"][..]),
@@ -160,7 +179,11 @@ fn hostile_numbers_are_refused_with_their_range() {
         ("--busy-poll", "0..=1000000", &["1000001", "4294967296"][..]),
         ("--events-max-bytes", "1..=18446744073709551615", &["0", "18446744073709551616"][..]),
         ("--evidence-max-bytes", "0..=18446744073709551615", &["18446744073709551616"][..]),
-        ("--ring-size", "power of two in 64..=32768", &["0", "1000", "32", "65536", "2147483648"][..]),
+        (
+            "--ring-size",
+            "power of two in 64..=32768",
+            &["0", "1000", "32", "65536", "2147483648"][..],
+        ),
         ("--queues", "`all` or a number of queues in 1..=4096", &["0", "4097", "some"][..]),
     ];
     for (flag, allowed, extra) in ints {
@@ -169,8 +192,17 @@ fn hostile_numbers_are_refused_with_their_range() {
         }
     }
     // The thresholds are shared with analyze; its file is not opened before they are checked.
-    for (flag, v, allowed) in [("--handshake-timeout", "1e11", "0.001..=300"), ("--pairing-window", "nan", "1..=10000"), ("--workers", "0", "1..=64"), ("--workers", "1e300", "1..=64")] {
-        cases.push(case(format!("analyze {flag}={v}"), &["analyze", &format!("{flag}={v}"), "/nonexistent.pcap"], &[flag, allowed]));
+    for (flag, v, allowed) in [
+        ("--handshake-timeout", "1e11", "0.001..=300"),
+        ("--pairing-window", "nan", "1..=10000"),
+        ("--workers", "0", "1..=64"),
+        ("--workers", "1e300", "1..=64"),
+    ] {
+        cases.push(case(
+            format!("analyze {flag}={v}"),
+            &["analyze", &format!("{flag}={v}"), "/nonexistent.pcap"],
+            &[flag, allowed],
+        ));
     }
     check(cases);
 }
@@ -178,15 +210,37 @@ fn hostile_numbers_are_refused_with_their_range() {
 #[test]
 fn hostile_cpu_lists_and_interfaces_are_refused() {
     let mut cases = Vec::new();
-    for v in ["5000", "1024", "0-99999999999", "0-18446744073709551615", "99999999999999999999999", "", ",", "1,1", "0,0-1", "3-1", "-1", "x", "0-"] {
-        cases.push(run(format!("--cpus={v}"), &[&format!("--cpus={v}")], &["--cpus", "online CPUs here"]));
+    for v in [
+        "5000",
+        "1024",
+        "0-99999999999",
+        "0-18446744073709551615",
+        "99999999999999999999999",
+        "",
+        ",",
+        "1,1",
+        "0,0-1",
+        "3-1",
+        "-1",
+        "x",
+        "0-",
+    ] {
+        cases.push(run(
+            format!("--cpus={v}"),
+            &[&format!("--cpus={v}")],
+            &["--cpus", "online CPUs here"],
+        ));
     }
     // Fits a cpu_set_t but is not online (unless this machine has 1024 CPUs).
     if !Path::new("/sys/devices/system/cpu/cpu1023").exists() {
         cases.push(run("--cpus 1023", &["--cpus", "1023"], &["--cpus", "not online"]));
     }
     // profile plans for other hosts, so only the kernel's ceiling applies; still no 800 GB.
-    cases.push(case("profile --cpus huge", &["profile", "apply", "--iface", IFACE, "--dry-run", "--cpus", "0-99999999999"], &["--cpus", "8191"]));
+    cases.push(case(
+        "profile --cpus huge",
+        &["profile", "apply", "--iface", IFACE, "--dry-run", "--cpus", "0-99999999999"],
+        &["--cpus", "8191"],
+    ));
 
     cases.push(run("--iface twice", &["--iface", IFACE], &["--iface wwhostile0 is given twice"]));
     cases.push(run("-i twice", &["-i", IFACE], &["given twice"]));
@@ -203,9 +257,17 @@ fn hostile_cpu_lists_and_interfaces_are_refused() {
     let many: Vec<&str> = many.iter().map(String::as_str).collect();
     cases.push(case("300 interfaces", &many, &["--iface", "at most 128"]));
     for v in ["", "a/b", "a:b", "has space", ".", "..", "sixteen-bytes-xx"] {
-        cases.push(case(format!("--iface {v:?}"), &["run", "--iface", v], &["--iface", "not an interface name"]));
+        cases.push(case(
+            format!("--iface {v:?}"),
+            &["run", "--iface", v],
+            &["--iface", "not an interface name"],
+        ));
     }
-    cases.push(case("--metrics nonsense", &["run", "--iface", IFACE, "--metrics", "nonsense"], &["--metrics"]));
+    cases.push(case(
+        "--metrics nonsense",
+        &["run", "--iface", IFACE, "--metrics", "nonsense"],
+        &["--metrics"],
+    ));
     check(cases);
 }
 
@@ -225,23 +287,72 @@ fn hostile_tokens_are_refused_without_being_quoted() {
     let mut cases = vec![
         run("--api-token ''", &["--api-token", ""], &["--api-token", "is empty"]),
         run("--api-token=", &["--api-token="], &["--api-token", "is empty"]),
-        run("--api-token with a space", &["--api-token", &format!("{SECRET} x")], &["--api-token", "visible ASCII"]),
-        run("--api-token with a newline", &["--api-token", &format!("{SECRET}\n")], &["--api-token", "visible ASCII"]),
-        run("--api-token-file empty", &["--api-token-file", &empty], &["--api-token-file", "is empty"]),
-        run("--api-token-file newline only", &["--api-token-file", &newline], &["--api-token-file", "is empty"]),
-        run("--api-token-file two lines", &["--api-token-file", &two_lines], &["--api-token-file", "one line"]),
-        run("--api-token-file spaced", &["--api-token-file", &spaced], &["--api-token-file", "one line"]),
-        run("--api-token-file 5000 bytes", &["--api-token-file", &big], &["--api-token-file", "larger than 4096 bytes"]),
-        run("--api-token-file /dev/zero", &["--api-token-file", "/dev/zero"], &["--api-token-file", "character device"]),
+        run(
+            "--api-token with a space",
+            &["--api-token", &format!("{SECRET} x")],
+            &["--api-token", "visible ASCII"],
+        ),
+        run(
+            "--api-token with a newline",
+            &["--api-token", &format!("{SECRET}\n")],
+            &["--api-token", "visible ASCII"],
+        ),
+        run(
+            "--api-token-file empty",
+            &["--api-token-file", &empty],
+            &["--api-token-file", "is empty"],
+        ),
+        run(
+            "--api-token-file newline only",
+            &["--api-token-file", &newline],
+            &["--api-token-file", "is empty"],
+        ),
+        run(
+            "--api-token-file two lines",
+            &["--api-token-file", &two_lines],
+            &["--api-token-file", "one line"],
+        ),
+        run(
+            "--api-token-file spaced",
+            &["--api-token-file", &spaced],
+            &["--api-token-file", "one line"],
+        ),
+        run(
+            "--api-token-file 5000 bytes",
+            &["--api-token-file", &big],
+            &["--api-token-file", "larger than 4096 bytes"],
+        ),
+        run(
+            "--api-token-file /dev/zero",
+            &["--api-token-file", "/dev/zero"],
+            &["--api-token-file", "character device"],
+        ),
         run("--api-token-file FIFO", &["--api-token-file", fifo], &["--api-token-file", "a FIFO"]),
-        run("--api-token-file directory", &["--api-token-file", dirpath], &["--api-token-file", "a directory"]),
-        run("--api-token-file missing", &["--api-token-file", "/nonexistent/token"], &["--api-token-file", "cannot open"]),
-        run("token and token file", &["--api-token", "abc", "--api-token-file", &good], &["--api-token-file", "use one"]),
+        run(
+            "--api-token-file directory",
+            &["--api-token-file", dirpath],
+            &["--api-token-file", "a directory"],
+        ),
+        run(
+            "--api-token-file missing",
+            &["--api-token-file", "/nonexistent/token"],
+            &["--api-token-file", "cannot open"],
+        ),
+        run(
+            "token and token file",
+            &["--api-token", "abc", "--api-token-file", &good],
+            &["--api-token-file", "use one"],
+        ),
     ];
-    let mut env_empty = run("WIREWATCH_API_TOKEN=''", &["--metrics", "0.0.0.0:9464"], &["WIREWATCH_API_TOKEN", "is empty"]);
+    let mut env_empty = run(
+        "WIREWATCH_API_TOKEN=''",
+        &["--metrics", "0.0.0.0:9464"],
+        &["WIREWATCH_API_TOKEN", "is empty"],
+    );
     env_empty.env.push(("WIREWATCH_API_TOKEN", ""));
     cases.push(env_empty);
-    let mut env_and_file = run("WIREWATCH_API_TOKEN and a file", &["--api-token-file", &good], &["use one"]);
+    let mut env_and_file =
+        run("WIREWATCH_API_TOKEN and a file", &["--api-token-file", &good], &["use one"]);
     env_and_file.env.push(("WIREWATCH_API_TOKEN", "abc"));
     cases.push(env_and_file);
     check(cases);
@@ -254,12 +365,16 @@ fn hostile_config_files_are_refused_without_being_quoted() {
     mkfifo(&fifo);
     let big = dir.0.join("big.toml");
     std::fs::File::create(&big).unwrap().set_len(2 << 20).unwrap();
-    let shadow = dir.file("shadow", format!("root:$6${SECRET}:19000:0:99999:7:::\nbin:*:19000:0:99999:7:::\n").as_bytes());
+    let shadow = dir.file(
+        "shadow",
+        format!("root:$6${SECRET}:19000:0:99999:7:::\nbin:*:19000:0:99999:7:::\n").as_bytes(),
+    );
     let secret_key = dir.file("secret-key.toml", format!("\"{SECRET}\" = 1\n").as_bytes());
     let secret_string = dir.file("secret-string.toml", format!("{SECRET}\n").as_bytes());
     let not_utf8 = dir.file("latin1.toml", b"iface = \"x\"\n# caf\xe9\n");
     let with = |name: &str, text: &str| dir.file(name, text.as_bytes());
-    let cfg = |name: &str, path: &str, wants: &[&str]| case(name, &["run", "--config", path], wants);
+    let cfg =
+        |name: &str, path: &str, wants: &[&str]| case(name, &["run", "--config", path], wants);
     let mut cases = vec![
         cfg("/dev/zero", "/dev/zero", &["/dev/zero", "character device"]),
         cfg("FIFO", fifo.to_str().unwrap(), &["a FIFO"]),
@@ -270,20 +385,72 @@ fn hostile_config_files_are_refused_without_being_quoted() {
         cfg("secret as a key", &secret_key, &["line 1", "unknown key"]),
         cfg("secret as a line", &secret_string, &["line 1", "TOML parse error"]),
         cfg("not UTF-8", &not_utf8, &["line 2", "not UTF-8"]),
-        cfg("[run] table", &with("section.toml", "iface = \"x\"\n[run]\nsnaplen = 128\n"), &["line 2", "`run` is a table"]),
-        cfg("dotted key", &with("dotted.toml", "iface = \"x\"\nthresholds.handshake_timeout = 3\n"), &["line 2", "`thresholds` is a table"]),
-        cfg("inline table", &with("inline.toml", "iface = \"x\"\nmetrics = { addr = \"0.0.0.0:1\" }\n"), &["line 2", "`metrics` is a table"]),
+        cfg(
+            "[run] table",
+            &with("section.toml", "iface = \"x\"\n[run]\nsnaplen = 128\n"),
+            &["line 2", "`run` is a table"],
+        ),
+        cfg(
+            "dotted key",
+            &with("dotted.toml", "iface = \"x\"\nthresholds.handshake_timeout = 3\n"),
+            &["line 2", "`thresholds` is a table"],
+        ),
+        cfg(
+            "inline table",
+            &with("inline.toml", "iface = \"x\"\nmetrics = { addr = \"0.0.0.0:1\" }\n"),
+            &["line 2", "`metrics` is a table"],
+        ),
         cfg("[[iface]]", &with("aot.toml", "[[iface]]\nname = \"x\"\n"), &["line 1", "`iface`"]),
-        cfg("nested config key", &with("nested.toml", "iface = \"x\"\nconfig = \"/etc/other.toml\"\n"), &["line 2", "`config` cannot be set"]),
-        cfg("help key", &with("help.toml", "iface = \"x\"\nhelp = true\n"), &["line 2", "`help` cannot be set"]),
-        cfg("duplicate key", &with("dup.toml", "iface = \"x\"\nsnaplen = 128\nsnaplen = 256\n"), &["line 3", "duplicate key"]),
-        cfg("duplicate iface", &with("dupif.toml", "iface = [\"x\", \"x\"]\n"), &["--iface x is given twice"]),
-        cfg("duration nan", &with("nan.toml", "iface = \"x\"\nduration = nan\n"), &["--duration", "0.001..=31536000"]),
-        cfg("handshake 1e300", &with("huge.toml", "iface = \"x\"\nhandshake_timeout = 1e300\n"), &["--handshake-timeout", "0.001..=300"]),
-        cfg("age -inf", &with("age.toml", "iface = \"x\"\nevidence_max_age_days = -inf\n"), &["--evidence-max-age-days", "0.001..=3650"]),
-        cfg("cpus huge", &with("cpus.toml", "iface = \"x\"\ncpus = \"0-99999999999\"\n"), &["--cpus"]),
-        cfg("empty token", &with("token.toml", "iface = \"x\"\napi_token = \"\"\n"), &["--api-token", "is empty"]),
-        case("--config twice", &["run", "--config", "/dev/null", "--config", "/dev/null"], &["--config is given twice"]),
+        cfg(
+            "nested config key",
+            &with("nested.toml", "iface = \"x\"\nconfig = \"/etc/other.toml\"\n"),
+            &["line 2", "`config` cannot be set"],
+        ),
+        cfg(
+            "help key",
+            &with("help.toml", "iface = \"x\"\nhelp = true\n"),
+            &["line 2", "`help` cannot be set"],
+        ),
+        cfg(
+            "duplicate key",
+            &with("dup.toml", "iface = \"x\"\nsnaplen = 128\nsnaplen = 256\n"),
+            &["line 3", "duplicate key"],
+        ),
+        cfg(
+            "duplicate iface",
+            &with("dupif.toml", "iface = [\"x\", \"x\"]\n"),
+            &["--iface x is given twice"],
+        ),
+        cfg(
+            "duration nan",
+            &with("nan.toml", "iface = \"x\"\nduration = nan\n"),
+            &["--duration", "0.001..=31536000"],
+        ),
+        cfg(
+            "handshake 1e300",
+            &with("huge.toml", "iface = \"x\"\nhandshake_timeout = 1e300\n"),
+            &["--handshake-timeout", "0.001..=300"],
+        ),
+        cfg(
+            "age -inf",
+            &with("age.toml", "iface = \"x\"\nevidence_max_age_days = -inf\n"),
+            &["--evidence-max-age-days", "0.001..=3650"],
+        ),
+        cfg(
+            "cpus huge",
+            &with("cpus.toml", "iface = \"x\"\ncpus = \"0-99999999999\"\n"),
+            &["--cpus"],
+        ),
+        cfg(
+            "empty token",
+            &with("token.toml", "iface = \"x\"\napi_token = \"\"\n"),
+            &["--api-token", "is empty"],
+        ),
+        case(
+            "--config twice",
+            &["run", "--config", "/dev/null", "--config", "/dev/null"],
+            &["--config is given twice"],
+        ),
     ];
     // The file's own error names the file, not a line of the file.
     for c in &mut cases {

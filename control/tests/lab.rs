@@ -1,6 +1,8 @@
 //! The incident lab as a user runs it: each incident diagnosed live, with the culprit named and
 //! commented evidence tshark opens; and the same topology with the fault off stays quiet.
-use std::{path::Path, process::Command, sync::Mutex};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
 
 use dataplane::netns::privileged_or_skip;
 use serde_json::Value;
@@ -10,7 +12,8 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn run_lab(incident: &str, control: bool) -> (bool, String, Vec<Value>) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = std::env::temp_dir().join(format!("ww-labtest-{incident}-{control}-{}", std::process::id()));
+    let dir = std::env::temp_dir()
+        .join(format!("ww-labtest-{incident}-{control}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let events = dir.join("events.jsonl");
@@ -18,12 +21,16 @@ fn run_lab(incident: &str, control: bool) -> (bool, String, Vec<Value>) {
     // tears down on it), then SIGKILL.
     let mut cmd = Command::new("timeout");
     cmd.args(["--signal=INT", "--kill-after=20", "240", env!("CARGO_BIN_EXE_wirewatch")]);
-    cmd.args(["lab", "--incident", incident, "--events"]).arg(&events).arg("--evidence-dir").arg(dir.join("evidence"));
+    cmd.args(["lab", "--incident", incident, "--events"])
+        .arg(&events)
+        .arg("--evidence-dir")
+        .arg(dir.join("evidence"));
     if control {
         cmd.arg("--control");
     }
     let out = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let stdout =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     let evs = std::fs::read_to_string(&events)
         .unwrap_or_default()
         .lines()
@@ -45,12 +52,16 @@ fn assert_evidence(e: &Value) {
     let path = e["evidence"]["path"].as_str().expect("event has evidence");
     let n = e["evidence"]["packets"][0].as_u64().unwrap();
     assert!(Path::new(path).exists(), "{path}");
-    let out = Command::new("tshark").args(["-n", "-r", path, "-T", "fields", "-e", "frame.number", "-e", "frame.comment"]).output().unwrap();
+    let out = Command::new("tshark")
+        .args(["-n", "-r", path, "-T", "fields", "-e", "frame.number", "-e", "frame.comment"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "tshark cannot open {path}");
     let text = String::from_utf8_lossy(&out.stdout);
     let kind = e["kind"].as_str().unwrap();
     assert!(
-        text.lines().any(|l| l.starts_with(&format!("{n}\t")) && l.contains(&format!("wirewatch {kind}"))),
+        text.lines()
+            .any(|l| l.starts_with(&format!("{n}\t")) && l.contains(&format!("wirewatch {kind}"))),
         "packet {n} of {path} lacks the {kind} comment:\n{text}"
     );
 }
@@ -91,7 +102,13 @@ fn conntrack_invalid_names_the_nat_host() {
         let x = e["explanation"].as_str().unwrap();
         // The NAT host's address and MAC, and the mechanism.
         assert_eq!(e["flow"]["src"], "10.81.2.1");
-        assert!(x.contains("10.81.2.1") && x.contains("MAC") && x.contains("conntrack") && x.contains("be_liberal"), "{x}");
+        assert!(
+            x.contains("10.81.2.1")
+                && x.contains("MAC")
+                && x.contains("conntrack")
+                && x.contains("be_liberal"),
+            "{x}"
+        );
     });
 }
 
@@ -105,7 +122,10 @@ fn keepalive_race_reports_the_idle_time() {
         let idle = e["details"]["idle_s"].as_f64().unwrap();
         assert!((0.9..2.0).contains(&idle), "idle {idle}");
         assert!(e["explanation"].as_str().unwrap().contains("10.82.0.2:8080"));
-        assert!(!evs.iter().any(|e| e["kind"] == "rst_foreign_sender"), "the server's own RST is not foreign");
+        assert!(
+            !evs.iter().any(|e| e["kind"] == "rst_foreign_sender"),
+            "the server's own RST is not foreign"
+        );
     });
 }
 
@@ -118,7 +138,10 @@ fn syn_blackhole_names_both_sides_of_the_firewall() {
         let e = event(evs, "lost_between_sensors");
         assert_eq!(e["details"]["seen_at"], "upstream");
         assert_eq!(e["details"]["missing_at"][0], "downstream");
-        assert!(event(evs, "syn_unanswered")["explanation"].as_str().unwrap().contains("10.83.2.2:8080"));
+        assert!(event(evs, "syn_unanswered")["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("10.83.2.2:8080"));
     });
 }
 

@@ -2,21 +2,17 @@
 //! span copies both directions onto a veth pair into a monitor namespace, where `wirewatch run`
 //! watches through XDP + AF_XDP. tcpdump (AF_PACKET) on the span pair's sending end sees what
 //! enters the monitor's interface; every TCP frame it saw must have reached wirewatch.
-use std::{
-    collections::HashMap,
-    io::{Read, Write},
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
-    path::Path,
-    process::Stdio,
-    sync::Mutex,
-    time::Duration,
-};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::Duration;
 
-use dataplane::{
-    capture::CaptureReader,
-    netns::{enter_current_thread, privileged_or_skip, span, veth, Netns},
-    packet::decode,
-};
+use dataplane::capture::CaptureReader;
+use dataplane::netns::{enter_current_thread, privileged_or_skip, span, veth, Netns};
+use dataplane::packet::decode;
 
 const BYTES_PER_TRANSFER: usize = 4 << 20;
 /// Per-socket pacing (SO_MAX_PACING_RATE, bytes/s). veth's native-XDP receive ring holds 256
@@ -31,8 +27,13 @@ fn pace(s: &impl std::os::fd::AsRawFd) {
     let rate = PACING_BYTES_PER_SEC;
     // SAFETY: valid socket fd and a u64 option value.
     let r = unsafe {
-        libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_MAX_PACING_RATE,
-            &rate as *const u64 as *const libc::c_void, std::mem::size_of::<u64>() as libc::socklen_t)
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MAX_PACING_RATE,
+            &rate as *const u64 as *const libc::c_void,
+            std::mem::size_of::<u64>() as libc::socklen_t,
+        )
     };
     assert_eq!(r, 0, "SO_MAX_PACING_RATE");
 }
@@ -45,7 +46,8 @@ fn frames(path: &Path) -> HashMap<FrameKey, u32> {
     let mut m = HashMap::new();
     while let Some(f) = r.next_frame().unwrap() {
         if let Ok(p) = decode(&f.data, f.orig_len, f.ts_ns, 0) {
-            let k = (p.src, p.dst, p.sport, p.dport, p.seq.0, p.ack.0, p.flags, p.ip_id, p.payload_len);
+            let k =
+                (p.src, p.dst, p.sport, p.dport, p.seq.0, p.ack.0, p.flags, p.ip_id, p.payload_len);
             *m.entry(k).or_insert(0) += 1;
         }
     }
@@ -117,7 +119,11 @@ fn transfers(lab: &Lab, addrs: &[IpAddr]) -> Vec<(usize, usize)> {
             let a_name = a_name.clone();
             std::thread::spawn(move || {
                 enter_current_thread(&a_name).unwrap();
-                let mut s = TcpStream::connect_timeout(&SocketAddr::new(addr, port), Duration::from_secs(5)).unwrap();
+                let mut s = TcpStream::connect_timeout(
+                    &SocketAddr::new(addr, port),
+                    Duration::from_secs(5),
+                )
+                .unwrap();
                 pace(&s);
                 s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
                 s.write_all(&vec![1u8; BYTES_PER_TRANSFER]).unwrap();
@@ -140,32 +146,46 @@ fn live_capture_matches_tcpdump(mode: &str) {
     let dump = dir.join("tcpdump.pcap");
     let summary = dir.join("summary.json");
 
-    let tcpdump = KillOnDrop(lab
-        .b
-        .command("tcpdump")
-        .args(["-i", "sp0", "-s", "256", "-B", "65536", "-U", "-w"])
-        .arg(&dump)
-        .arg("tcp")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tcpdump (run scripts/setup.sh)"));
-    let ww = KillOnDrop(lab
-        .mon
-        .command(env!("CARGO_BIN_EXE_wirewatch"))
-        .args(["run", "--iface", "sp1", "--xdp-mode", mode, "--record"])
-        .arg(&rec)
-        .arg("--summary-json")
-        .arg(&summary)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap());
+    let tcpdump = KillOnDrop(
+        lab.b
+            .command("tcpdump")
+            .args(["-i", "sp0", "-s", "256", "-B", "65536", "-U", "-w"])
+            .arg(&dump)
+            .arg("tcp")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tcpdump (run scripts/setup.sh)"),
+    );
+    let ww = KillOnDrop(
+        lab.mon
+            .command(env!("CARGO_BIN_EXE_wirewatch"))
+            .args(["run", "--iface", "sp1", "--xdp-mode", mode, "--record"])
+            .arg(&rec)
+            .arg("--summary-json")
+            .arg(&summary)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     // Wait until both capture (tcpdump's file appears; wirewatch logs the attach).
     std::thread::sleep(Duration::from_millis(1500));
 
-    let results = transfers(&lab, &["10.77.0.2".parse().unwrap(), "10.77.0.2".parse().unwrap(), "fd77::2".parse().unwrap(), "fd77::2".parse().unwrap()]);
+    let results = transfers(
+        &lab,
+        &[
+            "10.77.0.2".parse().unwrap(),
+            "10.77.0.2".parse().unwrap(),
+            "fd77::2".parse().unwrap(),
+            "fd77::2".parse().unwrap(),
+        ],
+    );
     for (up, down) in &results {
-        assert_eq!((*up, *down), (BYTES_PER_TRANSFER, BYTES_PER_TRANSFER), "monitored traffic was affected");
+        assert_eq!(
+            (*up, *down),
+            (BYTES_PER_TRANSFER, BYTES_PER_TRANSFER),
+            "monitored traffic was affected"
+        );
     }
     std::thread::sleep(Duration::from_millis(500));
     let (status, log) = ww.interrupt_and_collect();
@@ -190,24 +210,37 @@ fn live_capture_matches_tcpdump(mode: &str) {
             missing.push((k, n - got));
         }
     }
-    let stats = format!("{}\n{}", lab.b.run("ip -s link show sp0").unwrap(), lab.mon.run("ethtool -S sp1").unwrap());
+    let stats = format!(
+        "{}\n{}",
+        lab.b.run("ip -s link show sp0").unwrap(),
+        lab.mon.run("ethtool -S sp1").unwrap()
+    );
     // The one place a frame may be lost before wirewatch sees it: the sending veth, when the
     // receiving side's 256-frame XDP ring is full (drivers/net/veth.c; counted as sp0's TX
     // drops, the span's own counter, which tcpdump on sp0 saw go out). Every missed frame must
     // be accounted for there (the veth is new, so its counter is this test's).
-    let tx_dropped: u64 = serde_json::from_str::<serde_json::Value>(&lab.b.run("ip -s -j link show sp0").unwrap())
-        .ok()
-        .and_then(|v| v[0]["stats64"]["tx"]["dropped"].as_u64())
-        .unwrap_or(0);
+    let tx_dropped: u64 =
+        serde_json::from_str::<serde_json::Value>(&lab.b.run("ip -s -j link show sp0").unwrap())
+            .ok()
+            .and_then(|v| v[0]["stats64"]["tx"]["dropped"].as_u64())
+            .unwrap_or(0);
     let missed: u64 = missing.iter().map(|(_, n)| *n as u64).sum();
     assert!(missed <= tx_dropped, "{stats}\nwirewatch missed {missed} of {total} frames ({} distinct, e.g. {:?}) but the span dropped only {tx_dropped}", missing.len(), &missing[..missing.len().min(5)]);
     if missed > 0 {
         eprintln!("{missed} of {total} frames dropped by the sending veth (sp0 TX dropped {tx_dropped}) before XDP ran");
     }
     // Both directions of v4 and v6 arrived.
-    for (src, dst) in [("10.77.0.1", "10.77.0.2"), ("10.77.0.2", "10.77.0.1"), ("fd77::1", "fd77::2"), ("fd77::2", "fd77::1")] {
+    for (src, dst) in [
+        ("10.77.0.1", "10.77.0.2"),
+        ("10.77.0.2", "10.77.0.1"),
+        ("fd77::1", "fd77::2"),
+        ("fd77::2", "fd77::1"),
+    ] {
         let (src, dst): (IpAddr, IpAddr) = (src.parse().unwrap(), dst.parse().unwrap());
-        assert!(seen_by_wirewatch.keys().any(|k| k.0 == src && k.1 == dst), "no frames {src} → {dst}");
+        assert!(
+            seen_by_wirewatch.keys().any(|k| k.0 == src && k.1 == dst),
+            "no frames {src} → {dst}"
+        );
     }
     // Detached on exit.
     let link = lab.mon.run("ip -d link show sp1").unwrap();
@@ -271,7 +304,13 @@ fn operator_errors_are_one_line_and_leave_nothing_attached() {
     let ww = |args: &[&str], as_nobody: bool| {
         let mut c = if as_nobody {
             let mut c = ns.command("setpriv");
-            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", env!("CARGO_BIN_EXE_wirewatch")]);
+            c.args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+                env!("CARGO_BIN_EXE_wirewatch"),
+            ]);
             c
         } else {
             ns.command(env!("CARGO_BIN_EXE_wirewatch"))
@@ -279,15 +318,22 @@ fn operator_errors_are_one_line_and_leave_nothing_attached() {
         let out = c.args(args).env("RUST_LOG", "error").output().unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stderr).trim().to_string())
     };
-    let one_error_line = |stderr: &str| stderr.lines().filter(|l| l.starts_with("wirewatch: error:")).count() == 1;
+    let one_error_line =
+        |stderr: &str| stderr.lines().filter(|l| l.starts_with("wirewatch: error:")).count() == 1;
 
     let (code, err) = ww(&["run", "--iface", "nosuch0"], false);
     assert_ne!(code, Some(0));
-    assert!(one_error_line(&err) && err.contains("does not exist") && err.contains("ip link"), "{err}");
+    assert!(
+        one_error_line(&err) && err.contains("does not exist") && err.contains("ip link"),
+        "{err}"
+    );
 
     let (code, err) = ww(&["run", "--iface", "e0", "--queues", "4"], false);
     assert_ne!(code, Some(0));
-    assert!(one_error_line(&err) && err.contains("has 1 RX queue") && err.contains("ethtool -L"), "{err}");
+    assert!(
+        one_error_line(&err) && err.contains("has 1 RX queue") && err.contains("ethtool -L"),
+        "{err}"
+    );
 
     // An interface that already carries another XDP program (here: another wirewatch).
     let mut first = KillOnDrop(
@@ -308,9 +354,15 @@ fn operator_errors_are_one_line_and_leave_nothing_attached() {
     assert!(attached, "the first instance never attached");
     for mode in ["generic", "native", "auto"] {
         // Its own metrics port, so that the XDP check is what stops it.
-        let (code, err) = ww(&["run", "--iface", "e0", "--xdp-mode", mode, "--metrics", "127.0.0.1:9465"], false);
+        let (code, err) =
+            ww(&["run", "--iface", "e0", "--xdp-mode", mode, "--metrics", "127.0.0.1:9465"], false);
         assert_ne!(code, Some(0));
-        assert!(one_error_line(&err) && err.contains("already has an XDP program") && err.contains("xdp off"), "{mode}: {err}");
+        assert!(
+            one_error_line(&err)
+                && err.contains("already has an XDP program")
+                && err.contains("xdp off"),
+            "{mode}: {err}"
+        );
     }
     // SAFETY: signalling our own child.
     unsafe { libc::kill(first.0.id() as i32, libc::SIGTERM) };
@@ -318,7 +370,10 @@ fn operator_errors_are_one_line_and_leave_nothing_attached() {
 
     let (code, err) = ww(&["run", "--iface", "e0"], true);
     assert_ne!(code, Some(0));
-    assert!(one_error_line(&err) && err.contains("missing capabilities") && err.contains("CAP_BPF"), "{err}");
+    assert!(
+        one_error_line(&err) && err.contains("missing capabilities") && err.contains("CAP_BPF"),
+        "{err}"
+    );
 
     let link = ns.run("ip -d link show e0").unwrap();
     assert!(!link.contains("prog/xdp"), "something left attached: {link}");

@@ -2,19 +2,15 @@
 //! real kernel TCP made here: bulk transfers with loss induced by nftables `numgen` drops
 //! (data and ACKs), a slow reader causing zero windows, a refused connection and an abortive
 //! close, and capture loss (a capture filter that misses some segments). Per flag, the packets wirewatch flags and the packets tshark flags must agree.
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    io::{Read, Write},
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use dataplane::{
-    netns::{privileged_or_skip, veth, Netns},
-    traffic::{abort_on_close, connect_from, serve_once},
-};
+use dataplane::netns::{privileged_or_skip, veth, Netns};
+use dataplane::traffic::{abort_on_close, connect_from, serve_once};
 
 /// The flags compared, with the tshark filter that defines each.
 const FLAGS: &[(&str, &str)] = &[
@@ -28,7 +24,9 @@ const MIN_AGREEMENT: f64 = 0.98;
 
 fn ours(flag: &str, names: &str) -> bool {
     match flag {
-        "retransmission" => names.split(',').any(|n| matches!(n, "retransmission" | "fast_retransmission" | "spurious_retransmission")),
+        "retransmission" => names.split(',').any(|n| {
+            matches!(n, "retransmission" | "fast_retransmission" | "spurious_retransmission")
+        }),
         f => names.split(',').any(|n| n == f),
     }
 }
@@ -82,7 +80,8 @@ fn capture(dir: &Path) -> PathBuf {
     assert_eq!(up.join().unwrap().unwrap().unwrap(), 3 << 20);
 
     // Download with loss.
-    let down = serve_once(&b.name, srv(6002), None, |mut s| s.write_all(&vec![4u8; 3 << 20])).unwrap();
+    let down =
+        serve_once(&b.name, srv(6002), None, |mut s| s.write_all(&vec![4u8; 3 << 20])).unwrap();
     let c = connect_from(&a.name, srv(6002), |s| {
         let mut buf = Vec::new();
         s.unwrap().read_to_end(&mut buf).map(|_| buf.len())
@@ -188,7 +187,22 @@ fn acks_behind(cap: &Path) -> BTreeSet<u64> {
     let out = Command::new("tshark")
         .args(["-n", "-r"])
         .arg(cap)
-        .args(["-Y", "tcp.flags.ack == 1", "-T", "fields", "-E", "separator=/t", "-e", "frame.number", "-e", "tcp.stream", "-e", "tcp.srcport", "-e", "tcp.ack_raw"])
+        .args([
+            "-Y",
+            "tcp.flags.ack == 1",
+            "-T",
+            "fields",
+            "-E",
+            "separator=/t",
+            "-e",
+            "frame.number",
+            "-e",
+            "tcp.stream",
+            "-e",
+            "tcp.srcport",
+            "-e",
+            "tcp.ack_raw",
+        ])
         .output()
         .expect("tshark (run scripts/setup.sh)");
     let mut highest: BTreeMap<(u64, u64), u32> = BTreeMap::new();
@@ -230,12 +244,20 @@ fn per_packet_verdicts_agree_with_tshark() {
     let mut by_frame: BTreeMap<u64, String> = BTreeMap::new();
     for l in text.lines() {
         let mut it = l.split('\t');
-        let (_v, n, flags) = (it.next().unwrap(), it.next().unwrap().parse::<u64>().unwrap(), it.next().unwrap_or(""));
+        let (_v, n, flags) = (
+            it.next().unwrap(),
+            it.next().unwrap().parse::<u64>().unwrap(),
+            it.next().unwrap_or(""),
+        );
         by_frame.insert(n, flags.to_string());
     }
     let tcp_packets = tshark_frames(&cap, "tcp").len();
     assert!(tcp_packets > 3000, "capture too small: {tcp_packets}");
-    assert_eq!(by_frame.len(), tcp_packets, "wirewatch must give a verdict for every TCP packet tshark decodes");
+    assert_eq!(
+        by_frame.len(),
+        tcp_packets,
+        "wirewatch must give a verdict for every TCP packet tshark decodes"
+    );
 
     let behind = acks_behind(&cap);
     let mut report = Vec::new();
@@ -243,7 +265,8 @@ fn per_packet_verdicts_agree_with_tshark() {
     let mut unexplained = Vec::new();
     for (flag, filter) in FLAGS {
         let theirs = tshark_frames(&cap, filter);
-        let mine: BTreeSet<u64> = by_frame.iter().filter(|(_, f)| ours(flag, f)).map(|(n, _)| *n).collect();
+        let mine: BTreeSet<u64> =
+            by_frame.iter().filter(|(_, f)| ours(flag, f)).map(|(n, _)| *n).collect();
         let both = mine.intersection(&theirs).count();
         let union = mine.union(&theirs).count();
         let agreement = if union == 0 { 1.0 } else { both as f64 / union as f64 };
@@ -260,9 +283,17 @@ fn per_packet_verdicts_agree_with_tshark() {
             };
             classes.entry(class).or_default().push(*n);
         }
-        report.push(format!("{flag:<18} tshark {:>5}  wirewatch {:>5}  both {both:>5}  agreement {agreement:.4}", theirs.len(), mine.len()));
+        report.push(format!(
+            "{flag:<18} tshark {:>5}  wirewatch {:>5}  both {both:>5}  agreement {agreement:.4}",
+            theirs.len(),
+            mine.len()
+        ));
         for (class, frames) in &classes {
-            report.push(format!("    {} frame(s) {:?}: {class}", frames.len(), &frames[..frames.len().min(8)]));
+            report.push(format!(
+                "    {} frame(s) {:?}: {class}",
+                frames.len(),
+                &frames[..frames.len().min(8)]
+            ));
         }
         if agreement < MIN_AGREEMENT {
             failed.push(*flag);
@@ -273,7 +304,17 @@ fn per_packet_verdicts_agree_with_tshark() {
         }
     }
     eprintln!("{}", report.join("\n"));
-    assert!(unexplained.is_empty(), "disagreements of no known class:\n{}\n{}", unexplained.join("\n"), report.join("\n"));
-    assert!(failed.is_empty(), "below {MIN_AGREEMENT}: {failed:?}\n{}\ncapture kept at {}", report.join("\n"), cap.display());
+    assert!(
+        unexplained.is_empty(),
+        "disagreements of no known class:\n{}\n{}",
+        unexplained.join("\n"),
+        report.join("\n")
+    );
+    assert!(
+        failed.is_empty(),
+        "below {MIN_AGREEMENT}: {failed:?}\n{}\ncapture kept at {}",
+        report.join("\n"),
+        cap.display()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

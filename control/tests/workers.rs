@@ -3,7 +3,11 @@
 //! 2, 4 and 16 workers gives the same events, field for field, and the same counts.
 use std::process::Command;
 
-fn analyze(pcap: &std::path::Path, workers: usize, out: &std::path::Path) -> (Vec<serde_json::Value>, serde_json::Value) {
+fn analyze(
+    pcap: &std::path::Path,
+    workers: usize,
+    out: &std::path::Path,
+) -> (Vec<serde_json::Value>, serde_json::Value) {
     let events = out.join(format!("events-{workers}.jsonl"));
     let o = Command::new(env!("CARGO_BIN_EXE_wirewatch"))
         .args(["analyze", "--format", "json", "--workers", &workers.to_string(), "--events"])
@@ -12,7 +16,11 @@ fn analyze(pcap: &std::path::Path, workers: usize, out: &std::path::Path) -> (Ve
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
-    assert!(o.status.success(), "analyze --workers {workers}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "analyze --workers {workers}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let mut evs: Vec<serde_json::Value> = std::fs::read_to_string(&events)
         .unwrap()
@@ -33,12 +41,28 @@ fn events_and_counts_are_the_same_at_1_2_4_and_16_workers() {
     let dir = std::env::temp_dir().join(format!("ww-workers-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let pcap = dir.join("model.pcap");
-    bench::gen::generate(&bench::gen::Model { flows: 20_000, packets: 200_000, seed: 11, duration_ns: 10_000_000_000 }, &pcap, 128).unwrap();
+    bench::gen::generate(
+        &bench::gen::Model {
+            flows: 20_000,
+            packets: 200_000,
+            seed: 11,
+            duration_ns: 10_000_000_000,
+        },
+        &pcap,
+        128,
+    )
+    .unwrap();
     let (one, one_kinds) = analyze(&pcap, 1, &dir);
     assert!(one.len() > 100, "the capture yields events ({} here)", one.len());
     for w in [2, 4, 16] {
         let (got, kinds) = analyze(&pcap, w, &dir);
-        assert_eq!(got.len(), one.len(), "{w} workers: {} events, 1 worker: {}", got.len(), one.len());
+        assert_eq!(
+            got.len(),
+            one.len(),
+            "{w} workers: {} events, 1 worker: {}",
+            got.len(),
+            one.len()
+        );
         for (a, b) in one.iter().zip(&got) {
             assert_eq!(a, b, "{w} workers differ from 1");
         }
@@ -59,7 +83,10 @@ fn events_and_counts_are_the_same_at_1_2_4_and_16_workers() {
 /// end of the input still times out: every worker's clock ends at the input's last packet.
 #[test]
 fn a_deadline_after_a_workers_last_packet_still_fires() {
-    use dataplane::{craft::TcpSegment, packet::decode, pcapng::PcapngWriter, pipeline::shard_of};
+    use dataplane::craft::TcpSegment;
+    use dataplane::packet::decode;
+    use dataplane::pcapng::PcapngWriter;
+    use dataplane::pipeline::shard_of;
     use dataplane_common::tcp_flags::{ACK, SYN};
     let dir = std::env::temp_dir().join(format!("ww-workers-end-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -71,7 +98,12 @@ fn a_deadline_after_a_workers_last_packet_still_fires() {
     };
     // A chatty flow that the 2-worker run puts on the other worker.
     let lone_worker = shard_of(&decode(&lone.frame(), 74, 0, 0).unwrap(), 2);
-    let port = (41000u16..).find(|p| shard_of(&decode(&TcpSegment::new(c, *p, s, 80).frame(), 54, 0, 0).unwrap(), 2) != lone_worker).unwrap();
+    let port = (41000u16..)
+        .find(|p| {
+            shard_of(&decode(&TcpSegment::new(c, *p, s, 80).frame(), 54, 0, 0).unwrap(), 2)
+                != lone_worker
+        })
+        .unwrap();
     let pcap = dir.join("end.pcapng");
     let mut w = PcapngWriter::new(std::fs::File::create(&pcap).unwrap()).unwrap();
     w.interface("tap0", 128).unwrap();
@@ -102,12 +134,29 @@ fn the_evidence_budget_does_not_grow_with_workers() {
     let dir = std::env::temp_dir().join(format!("ww-workers-ev-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let pcap = dir.join("model.pcap");
-    bench::gen::generate(&bench::gen::Model { flows: 20_000, packets: 200_000, seed: 5, duration_ns: 10_000_000_000 }, &pcap, 128).unwrap();
+    bench::gen::generate(
+        &bench::gen::Model {
+            flows: 20_000,
+            packets: 200_000,
+            seed: 5,
+            duration_ns: 10_000_000_000,
+        },
+        &pcap,
+        128,
+    )
+    .unwrap();
     let mut files = Vec::new();
     for workers in [1, 4] {
         let ev = dir.join(format!("ev{workers}"));
         let o = Command::new(env!("CARGO_BIN_EXE_wirewatch"))
-            .args(["analyze", "--format", "json", "--workers", &workers.to_string(), "--evidence-dir"])
+            .args([
+                "analyze",
+                "--format",
+                "json",
+                "--workers",
+                &workers.to_string(),
+                "--evidence-dir",
+            ])
             .arg(&ev)
             .arg(&pcap)
             .env("RUST_LOG", "warn")
@@ -118,7 +167,12 @@ fn the_evidence_budget_does_not_grow_with_workers() {
     }
     // ~10 s of traffic at 10 files a second, plus the burst: about 110 files either way.
     assert!(files[0] > 50, "{files:?}");
-    assert!(files[1] <= files[0] + 10, "1 worker wrote {} evidence files, 4 workers {}", files[0], files[1]);
+    assert!(
+        files[1] <= files[0] + 10,
+        "1 worker wrote {} evidence files, 4 workers {}",
+        files[0],
+        files[1]
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -127,7 +181,8 @@ fn the_evidence_budget_does_not_grow_with_workers() {
 /// the two flows landed on. Learning from every packet, not per worker, makes it so.
 #[test]
 fn losses_between_vantages_do_not_depend_on_workers() {
-    use dataplane::{craft::TcpSegment, pcapng::PcapngWriter};
+    use dataplane::craft::TcpSegment;
+    use dataplane::pcapng::PcapngWriter;
     use dataplane_common::tcp_flags::{ACK, PSH, SYN};
     let dir = std::env::temp_dir().join(format!("ww-workers-vantage-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -180,7 +235,8 @@ fn losses_between_vantages_do_not_depend_on_workers() {
     }
     // Traffic after the last SYN so every wait ends inside the capture.
     for k in 0..5u64 {
-        let mut g = TcpSegment::new("10.3.0.1".parse().unwrap(), 5000, "10.3.0.2".parse().unwrap(), 22);
+        let mut g =
+            TcpSegment::new("10.3.0.1".parse().unwrap(), 5000, "10.3.0.2".parse().unwrap(), 22);
         g.flags = ACK;
         g.seq = k as u32;
         let f = g.frame();
@@ -214,10 +270,17 @@ fn losses_between_vantages_do_not_depend_on_workers() {
     };
     let one = run(1);
     assert_eq!(one.len(), servers as usize, "one loss per server's second SYN: {one:?}");
-    assert!(one.iter().all(|e| e["details"]["seen_at"] == "outside.pcapng" && e["details"]["missing_at"][0] == "inside.pcapng"));
+    assert!(one.iter().all(|e| e["details"]["seen_at"] == "outside.pcapng"
+        && e["details"]["missing_at"][0] == "inside.pcapng"));
     for workers in [2, 4, 16] {
         let got = run(workers);
-        assert_eq!(got.len(), one.len(), "{workers} workers: {} losses between the vantages, 1 worker: {}", got.len(), one.len());
+        assert_eq!(
+            got.len(),
+            one.len(),
+            "{workers} workers: {} losses between the vantages, 1 worker: {}",
+            got.len(),
+            one.len()
+        );
         assert!(got == one, "{workers} workers: the losses differ from 1 worker's");
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -227,7 +290,8 @@ fn losses_between_vantages_do_not_depend_on_workers() {
 /// handshake timings were given up, instead of dropping them silently.
 #[test]
 fn running_out_of_side_state_is_reported() {
-    use dataplane::{craft::TcpSegment, pcapng::PcapngWriter};
+    use dataplane::craft::TcpSegment;
+    use dataplane::pcapng::PcapngWriter;
     use dataplane_common::tcp_flags::SYN;
     let dir = std::env::temp_dir().join(format!("ww-workers-limits-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -253,7 +317,12 @@ fn running_out_of_side_state_is_reported() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     // 20,000 handshakes open within 0.2 s, 16,384 pool entries: the rest reclaim the oldest.
-    assert_eq!(s["engine_limits"]["side_state_reclaimed"], (syns - (1 << 14)) as u64, "{}", s["engine_limits"]);
+    assert_eq!(
+        s["engine_limits"]["side_state_reclaimed"],
+        (syns - (1 << 14)) as u64,
+        "{}",
+        s["engine_limits"]
+    );
     assert_eq!(s["engine_limits"]["side_state_refused"], 0);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -4,13 +4,11 @@
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{
-    bindings::xdp_action,
-    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_meta, bpf_xdp_adjust_tail},
-    macros::{map, xdp},
-    maps::{PerCpuArray, XskMap},
-    programs::XdpContext,
-};
+use aya_ebpf::bindings::xdp_action;
+use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_meta, bpf_xdp_adjust_tail};
+use aya_ebpf::macros::{map, xdp};
+use aya_ebpf::maps::{PerCpuArray, XskMap};
+use aya_ebpf::programs::XdpContext;
 use dataplane_common::{
     classify, Bytes, Outcome, XdpConfig, XdpMeta, MAX_QUEUES, META_F_TRUNCATED, META_MAGIC,
     OUTCOME_COUNT, XDP_META_LEN,

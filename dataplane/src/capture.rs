@@ -14,7 +14,9 @@ pub enum CaptureError {
     BadMagic { path: String, magic: u32 },
     #[error("{path}: corrupt at offset {offset}: {what}")]
     Corrupt { path: String, offset: u64, what: String },
-    #[error("{path}: link type {linktype} is not supported (Ethernet, Linux SLL/SLL2 and raw IP are)")]
+    #[error(
+        "{path}: link type {linktype} is not supported (Ethernet, Linux SLL/SLL2 and raw IP are)"
+    )]
     LinkType { path: String, linktype: u32 },
 }
 
@@ -66,14 +68,21 @@ const LINKTYPE_SLL2: u32 = 276;
 fn supported(lt: u32) -> bool {
     matches!(
         lt,
-        LINKTYPE_ETHERNET | LINKTYPE_RAW | LINKTYPE_RAW_ALT | LINKTYPE_IPV4 | LINKTYPE_IPV6 | LINKTYPE_SLL | LINKTYPE_SLL2
+        LINKTYPE_ETHERNET
+            | LINKTYPE_RAW
+            | LINKTYPE_RAW_ALT
+            | LINKTYPE_IPV4
+            | LINKTYPE_IPV6
+            | LINKTYPE_SLL
+            | LINKTYPE_SLL2
     )
 }
 
 impl CaptureReader<io::BufReader<std::fs::File>> {
     pub fn open(path: &std::path::Path) -> Result<Self, CaptureError> {
         let p = path.display().to_string();
-        let f = std::fs::File::open(path).map_err(|source| CaptureError::Io { path: p.clone(), source })?;
+        let f = std::fs::File::open(path)
+            .map_err(|source| CaptureError::Io { path: p.clone(), source })?;
         Self::new(p, io::BufReader::with_capacity(1 << 20, f))
     }
 }
@@ -81,7 +90,8 @@ impl CaptureReader<io::BufReader<std::fs::File>> {
 impl<R: Read> CaptureReader<R> {
     pub fn new(path: String, mut r: R) -> Result<Self, CaptureError> {
         let mut magic = [0u8; 4];
-        let n = read_full(&mut r, &mut magic).map_err(|source| CaptureError::Io { path: path.clone(), source })?;
+        let n = read_full(&mut r, &mut magic)
+            .map_err(|source| CaptureError::Io { path: path.clone(), source })?;
         if n == 0 {
             return Err(CaptureError::Empty { path });
         }
@@ -138,11 +148,8 @@ impl<R: Read> CaptureReader<R> {
             0x4d3c2b1a => true,
             x => return Err(self.corrupt(at + 8, format!("bad byte-order magic {x:#x}"))),
         };
-        let len = if big_endian {
-            u32::from_be_bytes(raw_len)
-        } else {
-            u32::from_le_bytes(raw_len)
-        };
+        let len =
+            if big_endian { u32::from_be_bytes(raw_len) } else { u32::from_le_bytes(raw_len) };
         if len < 28 || len % 4 != 0 || len > 1 << 20 {
             return Err(self.corrupt(at + 4, format!("section header length {len}")));
         }
@@ -158,11 +165,7 @@ impl<R: Read> CaptureReader<R> {
     }
 
     fn corrupt(&self, offset: u64, what: String) -> CaptureError {
-        CaptureError::Corrupt {
-            path: self.path.clone(),
-            offset,
-            what,
-        }
+        CaptureError::Corrupt { path: self.path.clone(), offset, what }
     }
 
     fn u32(&self, b: &[u8], big: bool) -> u32 {
@@ -184,13 +187,12 @@ impl<R: Read> CaptureReader<R> {
 
     fn read_exact_at(&mut self, buf: &mut [u8], what: &str) -> Result<(), CaptureError> {
         let at = self.offset;
-        let n = read_full(&mut self.r, buf).map_err(|source| CaptureError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+        let n = read_full(&mut self.r, buf)
+            .map_err(|source| CaptureError::Io { path: self.path.clone(), source })?;
         self.offset += n as u64;
         if n < buf.len() {
-            return Err(self.corrupt(at, format!("file ends inside the {what} ({n} of {} bytes)", buf.len())));
+            return Err(self
+                .corrupt(at, format!("file ends inside the {what} ({n} of {} bytes)", buf.len())));
         }
         Ok(())
     }
@@ -209,23 +211,27 @@ impl<R: Read> CaptureReader<R> {
             match self.format {
                 Format::Pcap { big_endian, nanos, linktype } => {
                     let mut h = [0u8; 16];
-                    let n = read_full(&mut self.r, &mut h).map_err(|source| CaptureError::Io {
-                        path: self.path.clone(),
-                        source,
-                    })?;
+                    let n = read_full(&mut self.r, &mut h)
+                        .map_err(|source| CaptureError::Io { path: self.path.clone(), source })?;
                     self.offset += n as u64;
                     if n == 0 {
                         return Ok(false);
                     }
                     if n < 16 {
-                        return Err(self.corrupt(at, format!("file ends inside a record header ({n} of 16 bytes)")));
+                        return Err(self.corrupt(
+                            at,
+                            format!("file ends inside a record header ({n} of 16 bytes)"),
+                        ));
                     }
                     let sec = self.u32(&h[0..4], big_endian) as u64;
                     let frac = self.u32(&h[4..8], big_endian) as u64;
                     let caplen = self.u32(&h[8..12], big_endian);
                     let origlen = self.u32(&h[12..16], big_endian);
                     if caplen > MAX_CAPLEN {
-                        return Err(self.corrupt(at, format!("record claims {caplen} captured bytes (max {MAX_CAPLEN})")));
+                        return Err(self.corrupt(
+                            at,
+                            format!("record claims {caplen} captured bytes (max {MAX_CAPLEN})"),
+                        ));
                     }
                     let mut data = std::mem::take(&mut self.scratch);
                     data.resize(caplen as usize, 0);
@@ -238,7 +244,11 @@ impl<R: Read> CaptureReader<R> {
                         },
                         e => e,
                     });
-                    let ts_ns = sec.saturating_mul(1_000_000_000).saturating_add(if nanos { frac } else { frac * 1000 });
+                    let ts_ns = sec.saturating_mul(1_000_000_000).saturating_add(if nanos {
+                        frac
+                    } else {
+                        frac * 1000
+                    });
                     let ok = read.is_ok()
                         && if linktype == LINKTYPE_ETHERNET {
                             // The record is the frame: hand over the buffer, take the old one back.
@@ -258,16 +268,17 @@ impl<R: Read> CaptureReader<R> {
                 }
                 Format::Pcapng { big_endian } => {
                     let mut h = [0u8; 8];
-                    let n = read_full(&mut self.r, &mut h).map_err(|source| CaptureError::Io {
-                        path: self.path.clone(),
-                        source,
-                    })?;
+                    let n = read_full(&mut self.r, &mut h)
+                        .map_err(|source| CaptureError::Io { path: self.path.clone(), source })?;
                     self.offset += n as u64;
                     if n == 0 {
                         return Ok(false);
                     }
                     if n < 8 {
-                        return Err(self.corrupt(at, format!("file ends inside a block header ({n} of 8 bytes)")));
+                        return Err(self.corrupt(
+                            at,
+                            format!("file ends inside a block header ({n} of 8 bytes)"),
+                        ));
                     }
                     let kind = self.u32(&h[0..4], big_endian);
                     let len = self.u32(&h[4..8], big_endian);
@@ -284,7 +295,9 @@ impl<R: Read> CaptureReader<R> {
                     block.resize(len as usize - 8, 0);
                     let read = self.read_exact_at(&mut block, "block");
                     let found = match read {
-                        Ok(()) => self.pcapng_block(kind, &block[..block.len() - 4], big_endian, at, out),
+                        Ok(()) => {
+                            self.pcapng_block(kind, &block[..block.len() - 4], big_endian, at, out)
+                        }
                         Err(e) => Err(e),
                     };
                     self.scratch = block;
@@ -298,14 +311,23 @@ impl<R: Read> CaptureReader<R> {
 
     /// One pcapng block's body (without its trailing length): true if it held a frame, now in
     /// `out`.
-    fn pcapng_block(&mut self, kind: u32, body: &[u8], big_endian: bool, at: u64, out: &mut CapturedFrame) -> Result<bool, CaptureError> {
+    fn pcapng_block(
+        &mut self,
+        kind: u32,
+        body: &[u8],
+        big_endian: bool,
+        at: u64,
+        out: &mut CapturedFrame,
+    ) -> Result<bool, CaptureError> {
         match kind {
             1 => {
                 if body.len() < 8 {
                     return Err(self.corrupt(at, "interface block too short".into()));
                 }
                 let linktype = self.u16(&body[0..2], big_endian) as u32;
-                let tsresol = find_option(body, 8, 9, big_endian).and_then(|v| v.first().copied()).unwrap_or(6);
+                let tsresol = find_option(body, 8, 9, big_endian)
+                    .and_then(|v| v.first().copied())
+                    .unwrap_or(6);
                 self.ifaces.push(Iface { linktype, tsresol });
             }
             6 => {
@@ -316,11 +338,15 @@ impl<R: Read> CaptureReader<R> {
                 let Some(iface) = self.ifaces.get(ifid).copied() else {
                     return Err(self.corrupt(at, format!("packet on undeclared interface {ifid}")));
                 };
-                let ts = ((self.u32(&body[4..8], big_endian) as u64) << 32) | self.u32(&body[8..12], big_endian) as u64;
+                let ts = ((self.u32(&body[4..8], big_endian) as u64) << 32)
+                    | self.u32(&body[8..12], big_endian) as u64;
                 let caplen = self.u32(&body[12..16], big_endian);
                 let origlen = self.u32(&body[16..20], big_endian);
                 if caplen as usize > body.len() - 20 {
-                    return Err(self.corrupt(at, format!("packet claims {caplen} bytes, block holds {}", body.len() - 20)));
+                    return Err(self.corrupt(
+                        at,
+                        format!("packet claims {caplen} bytes, block holds {}", body.len() - 20),
+                    ));
                 }
                 if !supported(iface.linktype) {
                     return Err(CaptureError::LinkType {
@@ -329,7 +355,14 @@ impl<R: Read> CaptureReader<R> {
                     });
                 }
                 let data = &body[20..20 + caplen as usize];
-                return Ok(to_ethernet(iface.linktype, data, origlen.max(caplen), ts_to_ns(ts, iface.tsresol), at, out));
+                return Ok(to_ethernet(
+                    iface.linktype,
+                    data,
+                    origlen.max(caplen),
+                    ts_to_ns(ts, iface.tsresol),
+                    at,
+                    out,
+                ));
             }
             3 => {
                 // Simple packet block: no timestamp, first interface.
@@ -390,7 +423,14 @@ fn ts_to_ns(ts: u64, tsresol: u8) -> u64 {
 
 /// Turns a frame of any supported link type into an Ethernet frame in `out` (its buffer
 /// reused). False for frames that cannot be IP (skipped: they carry no TCP).
-fn to_ethernet(linktype: u32, data: &[u8], orig_len: u32, ts_ns: u64, offset: u64, out: &mut CapturedFrame) -> bool {
+fn to_ethernet(
+    linktype: u32,
+    data: &[u8],
+    orig_len: u32,
+    ts_ns: u64,
+    offset: u64,
+    out: &mut CapturedFrame,
+) -> bool {
     out.ts_ns = ts_ns;
     out.offset = offset;
     let mut synth = |src_mac: [u8; 6], ethertype: u16, payload: &[u8], wire_payload: u32| {
@@ -499,7 +539,10 @@ mod tests {
         w.interface("b", 128).unwrap();
         w.packet(1, 1_700_000_000_123_456_789, &[9u8; 70], 1500, Some("hi")).unwrap();
         let f = read_all(&w.into_inner()).unwrap();
-        assert_eq!((f[0].ts_ns, f[0].orig_len, f[0].data.len()), (1_700_000_000_123_456_789, 1500, 70));
+        assert_eq!(
+            (f[0].ts_ns, f[0].orig_len, f[0].data.len()),
+            (1_700_000_000_123_456_789, 1500, 70)
+        );
     }
 
     fn pcap_linktype(linktype: u32, records: &[&[u8]]) -> Vec<u8> {
@@ -532,15 +575,24 @@ mod tests {
                 (want.src, want.dst, want.sport, want.dport, want.seq),
                 "linktype {lt}"
             );
-            assert_eq!(p.src_mac[5], mac, "linktype {lt}: the cooked header's address is the source MAC");
+            assert_eq!(
+                p.src_mac[5], mac,
+                "linktype {lt}: the cooked header's address is the source MAC"
+            );
         }
-        assert!(matches!(read_all(&pcap_linktype(147, &[])), Err(CaptureError::LinkType { linktype: 147, .. })));
+        assert!(matches!(
+            read_all(&pcap_linktype(147, &[])),
+            Err(CaptureError::LinkType { linktype: 147, .. })
+        ));
     }
 
     #[test]
     fn corrupt_inputs_are_errors_with_offsets() {
         assert!(matches!(read_all(&[]), Err(CaptureError::Empty { .. })));
-        assert!(matches!(read_all(b"GIF89a.........................."), Err(CaptureError::BadMagic { .. })));
+        assert!(matches!(
+            read_all(b"GIF89a.........................."),
+            Err(CaptureError::BadMagic { .. })
+        ));
         let mut absurd = pcap(false, &[]);
         absurd.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0]);
         match read_all(&absurd) {

@@ -157,7 +157,8 @@ impl TcpSegment {
         f.extend_from_slice(&self.src_mac);
         // Each tag is TPID + TCI; a double-tagged frame has an 802.1ad outer tag.
         for (i, v) in self.vlans.iter().enumerate() {
-            let tpid = if i == 0 && self.vlans.len() == 2 { ETHERTYPE_QINQ } else { ETHERTYPE_VLAN };
+            let tpid =
+                if i == 0 && self.vlans.len() == 2 { ETHERTYPE_QINQ } else { ETHERTYPE_VLAN };
             f.extend_from_slice(&tpid.to_be_bytes());
             f.extend_from_slice(&(v & 0x0fff).to_be_bytes());
         }
@@ -222,12 +223,14 @@ pub fn describe(flags: u8) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use dataplane_common::classify;
+
+    use super::*;
 
     #[test]
     fn crafted_frames_parse_back() {
-        let mut s = TcpSegment::new("10.0.0.1".parse().unwrap(), 1234, "10.0.0.2".parse().unwrap(), 80);
+        let mut s =
+            TcpSegment::new("10.0.0.1".parse().unwrap(), 1234, "10.0.0.2".parse().unwrap(), 80);
         s.mss = Some(1460);
         s.timestamp = Some((7, 0));
         s.vlans = vec![10, 20];

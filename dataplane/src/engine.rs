@@ -1,27 +1,28 @@
 //! The flow engine one worker owns: de-duplicate, track both directions, run the detectors,
 //! keep evidence. The same engine runs behind AF_XDP workers and behind `analyze`; its clock
 //! is the packets' timestamps.
-use std::{collections::HashMap, hash::BuildHasherDefault, path::PathBuf};
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+use std::path::PathBuf;
 
-use dataplane_common::{
-    tcp_flags::{ACK, FIN, RST, SYN},
-    Outcome, OUTCOME_COUNT,
-};
+use dataplane_common::tcp_flags::{ACK, FIN, RST, SYN};
+use dataplane_common::{Outcome, OUTCOME_COUNT};
 
-use crate::{
-    anomaly::{self, health::MirrorDedup, loss, paths::VantageMatcher, rfc3339, Ctx, Detection, Event, EvidenceRef, FlowExtra, FlowRef, Kind, KIND_COUNT},
-    evidence::{evidence_path, EvidenceBudget, EvidenceJob, History},
-    flow::{
-        conn_flags, dir_flags,
-        side::{SidePool, SideState, SlotHasher},
-        table::{FlowRef as TableRef, Slot},
-        timers::{TimerKind, TimerWheel},
-        FlowKey, FlowRecord, FlowTable, IpIdModel, MacId, MacTable,
-    },
-    packet::{decode, TcpPacket},
-    seq::SeqNumber,
-    tcp::{transition, Segment},
+use crate::anomaly::health::MirrorDedup;
+use crate::anomaly::paths::VantageMatcher;
+use crate::anomaly::{
+    self, loss, rfc3339, Ctx, Detection, Event, EvidenceRef, FlowExtra, FlowRef, Kind, KIND_COUNT,
 };
+use crate::evidence::{evidence_path, EvidenceBudget, EvidenceJob, History};
+use crate::flow::side::{SidePool, SideState, SlotHasher};
+use crate::flow::table::{FlowRef as TableRef, Slot};
+use crate::flow::timers::{TimerKind, TimerWheel};
+use crate::flow::{
+    conn_flags, dir_flags, FlowKey, FlowRecord, FlowTable, IpIdModel, MacId, MacTable,
+};
+use crate::packet::{decode, TcpPacket};
+use crate::seq::SeqNumber;
+use crate::tcp::{transition, Segment};
 
 /// Every threshold of the catalog, with its default.
 #[derive(Clone, Debug)]
@@ -161,7 +162,10 @@ impl Engine {
             dedup: MirrorDedup::new(1 << 14, cfg.mirror_window_ns),
             matcher: VantageMatcher::default(),
             history: History::with_memory(cfg.history_bytes),
-            rate: cfg.evidence_budget.clone().unwrap_or_else(|| EvidenceBudget::new(cfg.evidence_per_sec)),
+            rate: cfg
+                .evidence_budget
+                .clone()
+                .unwrap_or_else(|| EvidenceBudget::new(cfg.evidence_per_sec)),
             evidence_suppressed: 0,
             jobs: HashMap::default(),
             finished: Vec::new(),
@@ -225,7 +229,14 @@ impl Engine {
     }
 
     /// Feeds one Ethernet frame. `frame_no` numbers it in its source (for verdicts).
-    pub fn process_frame(&mut self, data: &[u8], orig_len: u32, ts_ns: u64, vantage: u16, frame_no: u64) {
+    pub fn process_frame(
+        &mut self,
+        data: &[u8],
+        orig_len: u32,
+        ts_ns: u64,
+        vantage: u16,
+        frame_no: u64,
+    ) {
         match decode(data, orig_len, ts_ns, vantage) {
             Ok(p) => self.process(&p, data, frame_no),
             Err(o) => self.undecodable(o),
@@ -271,7 +282,13 @@ impl Engine {
     /// [`process`](Self::process) with the vantages expected to see this packet, learned by
     /// the caller from the whole input (see `anomaly::paths::VantageLearning`); 0: the engine
     /// learns from its own flows.
-    pub fn process_expecting(&mut self, p: &TcpPacket, raw: &[u8], frame_no: u64, expected_vantages: u128) {
+    pub fn process_expecting(
+        &mut self,
+        p: &TcpPacket,
+        raw: &[u8],
+        frame_no: u64,
+        expected_vantages: u128,
+    ) {
         // Deadlines that passed before this packet fire first, on the state they saw (a
         // deadline equal to the packet's time lets the packet count).
         self.run_timers(p.ts_ns.saturating_sub(1));
@@ -374,7 +391,11 @@ impl Engine {
         }
         let evidence_pending = rec.flags & conn_flags::EVIDENCE_PENDING != 0;
         if now_state.is_half_open() && !was.is_half_open() {
-            self.timers.arm(p.ts_ns.saturating_add(self.cfg.handshake_timeout_ns), flow_ref, TimerKind::Handshake);
+            self.timers.arm(
+                p.ts_ns.saturating_add(self.cfg.handshake_timeout_ns),
+                flow_ref,
+                TimerKind::Handshake,
+            );
             self.flows.note_half_open(slot);
         } else if created {
             self.arm_expiry(slot, p.ts_ns.saturating_add(self.cfg.idle_timeout_ns));
@@ -444,8 +465,13 @@ impl Engine {
                     // The handshake is over one way or the other: from now on the flow only
                     // needs its expiry check.
                     let r = self.flows.get(slot);
-                    let limit = if r.state.is_closed() { self.cfg.closed_timeout_ns } else { self.cfg.idle_timeout_ns };
-                    let deadline = self.flows.last_ns(r, now).saturating_add(limit).max(t.deadline_ns);
+                    let limit = if r.state.is_closed() {
+                        self.cfg.closed_timeout_ns
+                    } else {
+                        self.cfg.idle_timeout_ns
+                    };
+                    let deadline =
+                        self.flows.last_ns(r, now).saturating_add(limit).max(t.deadline_ns);
                     self.arm_expiry(slot, deadline);
                 }
                 TimerKind::Expiry { gen } => {
@@ -453,7 +479,11 @@ impl Engine {
                     if (r.flags & conn_flags::EXPIRY_GEN != 0) != gen {
                         continue;
                     }
-                    let limit = if r.state.is_closed() { self.cfg.closed_timeout_ns } else { self.cfg.idle_timeout_ns };
+                    let limit = if r.state.is_closed() {
+                        self.cfg.closed_timeout_ns
+                    } else {
+                        self.cfg.idle_timeout_ns
+                    };
                     let deadline = self.flows.last_ns(r, now).saturating_add(limit);
                     if deadline <= now {
                         self.flows.remove(slot);
@@ -471,7 +501,8 @@ impl Engine {
         }
         self.last_housekeeping_ns = now;
         if self.cfg.vantage_names.len() > 1 {
-            let missing = self.matcher.expire(now, self.cfg.vantage_window_ns, self.cfg.vantage_names.len());
+            let missing =
+                self.matcher.expire(now, self.cfg.vantage_window_ns, self.cfg.vantage_names.len());
             for m in missing {
                 self.counters[Kind::LostBetweenSensors as usize] += 1;
                 let d = anomaly::paths::lost_detection(&m, &self.cfg.vantage_names);
@@ -485,7 +516,9 @@ impl Engine {
             }
         }
         let mut done = std::mem::take(&mut self.scratch_slots);
-        done.extend(self.jobs.iter().filter(|(_, (_, j))| j.after_until_ns <= now).map(|(s, _)| *s));
+        done.extend(
+            self.jobs.iter().filter(|(_, (_, j))| j.after_until_ns <= now).map(|(s, _)| *s),
+        );
         done.sort_unstable();
         for s in done.drain(..) {
             self.finish_job(s);
@@ -591,10 +624,24 @@ impl Engine {
         };
         let (src, sport) = key.endpoint(side);
         let (dst, dport) = key.endpoint(1 - side);
-        let vantage = self.cfg.vantage_names.get(p.vantage as usize).cloned().unwrap_or_else(|| format!("vantage{}", p.vantage));
+        let vantage = self
+            .cfg
+            .vantage_names
+            .get(p.vantage as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("vantage{}", p.vantage));
         let first = d.first_ns.unwrap_or(p.ts_ns).min(p.ts_ns);
         // Count detections that are not per-packet counters already.
-        if !matches!(d.kind, Kind::RetransmissionStorm | Kind::SplitPath | Kind::OneSided | Kind::LostBetweenSensors | Kind::RstForeignSender | Kind::DataAfterRst | Kind::ZeroWindow) {
+        if !matches!(
+            d.kind,
+            Kind::RetransmissionStorm
+                | Kind::SplitPath
+                | Kind::OneSided
+                | Kind::LostBetweenSensors
+                | Kind::RstForeignSender
+                | Kind::DataAfterRst
+                | Kind::ZeroWindow
+        ) {
             self.counters[d.kind as usize] += 1;
         }
         let comment = format!("wirewatch {}: {}", d.kind.name(), d.explanation);
@@ -616,7 +663,14 @@ impl Engine {
         });
     }
 
-    fn attach_evidence(&mut self, slot: Slot, hist_id: u32, comment: &str, now: u64, kind: Kind) -> Option<EvidenceRef> {
+    fn attach_evidence(
+        &mut self,
+        slot: Slot,
+        hist_id: u32,
+        comment: &str,
+        now: u64,
+        kind: Kind,
+    ) -> Option<EvidenceRef> {
         let dir = self.cfg.evidence_dir.clone()?;
         if let Some((_, job)) = self.jobs.get_mut(&slot) {
             let n = job.comment(hist_id, comment)?;
@@ -627,10 +681,19 @@ impl Engine {
             return None;
         }
         let last = self.flows.get(slot).last_hist;
-        let packets = self.history.flow_before(last, self.cfg.evidence_before_packets, now.saturating_sub(self.cfg.evidence_before_ns));
+        let packets = self.history.flow_before(
+            last,
+            self.cfg.evidence_before_packets,
+            now.saturating_sub(self.cfg.evidence_before_ns),
+        );
         self.evidence_seq += 1;
         let path = evidence_path(&dir, now, kind.name(), self.evidence_seq, self.worker);
-        let mut job = EvidenceJob { path, packets, after_left: self.cfg.evidence_after_packets, after_until_ns: now.saturating_add(self.cfg.evidence_after_ns) };
+        let mut job = EvidenceJob {
+            path,
+            packets,
+            after_left: self.cfg.evidence_after_packets,
+            after_until_ns: now.saturating_add(self.cfg.evidence_after_ns),
+        };
         let n = job.comment(hist_id, comment)?;
         let r = EvidenceRef { path: job.path.display().to_string(), packets: vec![n] };
         let fr = self.flows.flow_ref(slot);
@@ -657,13 +720,23 @@ fn segment_of(p: &TcpPacket, f: &FlowRecord, side: usize) -> Segment {
         Segment::Fin { other_fin: f.dirs[1 - side].flags & dir_flags::FIN != 0 }
     } else {
         let o = &f.dirs[1 - side];
-        let acks_all = o.flags & dir_flags::FIN != 0 && p.has(ACK) && p.ack >= o.next_seq && f.dirs[side].flags & dir_flags::FIN != 0;
+        let acks_all = o.flags & dir_flags::FIN != 0
+            && p.has(ACK)
+            && p.ack >= o.next_seq
+            && f.dirs[side].flags & dir_flags::FIN != 0;
         Segment::Other { acks_all_fins: acks_all }
     }
 }
 
 /// Updates what the sender looks like (after the detectors compared against the old model).
-fn learn_sender(f: &mut FlowRecord, p: &TcpPacket, side: usize, first_ns: u64, src_mac: MacId, dst_mac: MacId) {
+fn learn_sender(
+    f: &mut FlowRecord,
+    p: &TcpPacket,
+    side: usize,
+    first_ns: u64,
+    src_mac: MacId,
+    dst_mac: MacId,
+) {
     let now_us = rel_us(first_ns, p.ts_ns);
     let d = &mut f.dirs[side];
     let packets = d.packets();
@@ -671,10 +744,18 @@ fn learn_sender(f: &mut FlowRecord, p: &TcpPacket, side: usize, first_ns: u64, s
         let step = p.ip_id.wrapping_sub(d.ip_id);
         let model = d.ip_id_model();
         let next = match (model, p.ip_id) {
-            (IpIdModel::Unknown | IpIdModel::Zero, 0) if packets == 0 || model == IpIdModel::Zero => IpIdModel::Zero,
+            (IpIdModel::Unknown | IpIdModel::Zero, 0)
+                if packets == 0 || model == IpIdModel::Zero =>
+            {
+                IpIdModel::Zero
+            }
             _ if packets == 0 => IpIdModel::Unknown,
             (m, _) if (1..=2048).contains(&step) => {
-                if m == IpIdModel::Random { IpIdModel::Random } else { IpIdModel::Counter }
+                if m == IpIdModel::Random {
+                    IpIdModel::Random
+                } else {
+                    IpIdModel::Counter
+                }
             }
             (IpIdModel::Counter, _) if p.has(RST) => IpIdModel::Counter,
             _ => IpIdModel::Random,

@@ -2,10 +2,8 @@
 //! a detection can collect the flow's packets before it in O(packets); the packets after it
 //! are gathered as they arrive. A finished slice becomes one pcapng file whose triggering
 //! packets carry a comment naming the kind and the explanation.
-use std::{
-    io::BufWriter,
-    path::{Path, PathBuf},
-};
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
 
 use crate::pcapng::PcapngWriter;
 
@@ -60,7 +58,15 @@ impl History {
             e.len = len as u16;
             e.data[..len].copy_from_slice(&data[..len]);
         } else {
-            let mut e = HistEntry { ts_ns, id, prev, orig_len, vantage, len: len as u16, data: [0; HIST_SNAP] };
+            let mut e = HistEntry {
+                ts_ns,
+                id,
+                prev,
+                orig_len,
+                vantage,
+                len: len as u16,
+                data: [0; HIST_SNAP],
+            };
             e.data[..len].copy_from_slice(&data[..len]);
             self.ring.push(e);
         }
@@ -117,7 +123,14 @@ pub struct EvidencePacket {
 
 impl EvidencePacket {
     fn from_entry(e: &HistEntry) -> Self {
-        Self { id: e.id, ts_ns: e.ts_ns, vantage: e.vantage, orig_len: e.orig_len, data: e.data[..e.len as usize].to_vec(), comment: None }
+        Self {
+            id: e.id,
+            ts_ns: e.ts_ns,
+            vantage: e.vantage,
+            orig_len: e.orig_len,
+            data: e.data[..e.len as usize].to_vec(),
+            comment: None,
+        }
     }
 }
 

@@ -2,18 +2,17 @@
 //! its maps (XSKMAP, outcome counters).
 use std::os::fd::AsRawFd;
 
-use aya::{
-    maps::{MapData, PerCpuArray, XskMap},
-    programs::{Xdp, XdpMode},
-    Ebpf, EbpfLoader,
-};
+use aya::maps::{MapData, PerCpuArray, XskMap};
+use aya::programs::{Xdp, XdpMode};
+use aya::{Ebpf, EbpfLoader};
 use dataplane_common::{
     Outcome, XdpConfig, CONFIG_GLOBAL_NAME, COUNTERS_MAP_NAME, OUTCOME_COUNT, XDP_PROGRAM_NAME,
     XSK_MAP_NAME,
 };
 
 /// The XDP object built by build.rs.
-pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wirewatch-xdp"));
+pub static XDP_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wirewatch-xdp"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -36,7 +35,9 @@ pub struct XdpProgram {
 impl XdpProgram {
     /// Loads and verifies the program with `config` baked into `.rodata`.
     pub fn load(config: XdpConfig) -> Result<Self, LoadError> {
-        let mut ebpf = EbpfLoader::new().override_global(CONFIG_GLOBAL_NAME, &config, true).load(XDP_OBJECT)?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(CONFIG_GLOBAL_NAME, &config, true)
+            .load(XDP_OBJECT)?;
         let prog: &mut Xdp = ebpf
             .program_mut(XDP_PROGRAM_NAME)
             .ok_or(LoadError::Missing("XDP program"))?
@@ -54,7 +55,11 @@ impl XdpProgram {
     }
 
     /// Attaches to `ifindex` in `mode`. The link detaches when `self` is dropped.
-    pub fn attach(&mut self, ifindex: u32, mode: XdpMode) -> Result<(), aya::programs::ProgramError> {
+    pub fn attach(
+        &mut self,
+        ifindex: u32,
+        mode: XdpMode,
+    ) -> Result<(), aya::programs::ProgramError> {
         self.program().attach_to_if_index(ifindex, mode).map(|_| ())
     }
 
@@ -88,6 +93,10 @@ impl OutcomeCounters {
     }
     /// Non-zero counters by name.
     pub fn nonzero(&self) -> Vec<(&'static str, u64)> {
-        Outcome::ALL.iter().filter(|o| self.get(**o) > 0).map(|o| (o.name(), self.get(*o))).collect()
+        Outcome::ALL
+            .iter()
+            .filter(|o| self.get(**o) > 0)
+            .map(|o| (o.name(), self.get(*o)))
+            .collect()
     }
 }

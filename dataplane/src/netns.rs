@@ -1,11 +1,9 @@
 //! Network-namespace plumbing for the lab and the privileged tests: namespaces that delete
 //! themselves, commands run inside them, and entering one from a thread.
-use std::{
-    fs::File,
-    io,
-    os::fd::AsRawFd,
-    process::{Command, Output},
-};
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::process::{Command, Output};
 
 /// A network namespace created with `ip netns add`; deleted (with everything in it) on drop.
 #[derive(Debug)]
@@ -96,7 +94,10 @@ pub fn enter_current_thread(name: &str) -> io::Result<()> {
 
 /// Creates a veth pair `a` (in `ns_a`) ↔ `b` (in `ns_b`), both up.
 pub fn veth(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str) -> Result<(), NetnsError> {
-    sh(&format!("ip link add {a} netns {} type veth peer name {b} netns {}", ns_a.name, ns_b.name))?;
+    sh(&format!(
+        "ip link add {a} netns {} type veth peer name {b} netns {}",
+        ns_a.name, ns_b.name
+    ))?;
     ns_a.run(&format!("ip link set {a} up"))?;
     ns_b.run(&format!("ip link set {b} up"))?;
     Ok(())

@@ -3,7 +3,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use dataplane_common::{classify, parse_tcp_options, tcp_flags, Outcome, TcpOptions, TCP_MIN_HLEN};
 
-use crate::{flow::FlowKey, seq::SeqNumber};
+use crate::flow::FlowKey;
+use crate::seq::SeqNumber;
 
 #[derive(Clone, Debug)]
 pub struct TcpPacket {

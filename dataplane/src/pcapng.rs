@@ -69,7 +69,14 @@ impl<W: Write> PcapngWriter<W> {
 
     /// Writes one packet: `data` as captured, `orig_len` on the wire, time in ns since the
     /// Unix epoch, and an optional comment.
-    pub fn packet(&mut self, iface: u32, ts_ns: u64, data: &[u8], orig_len: u32, comment: Option<&str>) -> io::Result<()> {
+    pub fn packet(
+        &mut self,
+        iface: u32,
+        ts_ns: u64,
+        data: &[u8],
+        orig_len: u32,
+        comment: Option<&str>,
+    ) -> io::Result<()> {
         let mut b = Vec::with_capacity(32 + pad4(data.len()) + comment.map_or(0, |c| c.len() + 8));
         b.extend_from_slice(&iface.to_le_bytes());
         b.extend_from_slice(&((ts_ns >> 32) as u32).to_le_bytes());

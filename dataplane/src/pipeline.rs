@@ -1,6 +1,7 @@
 //! What every path through the engine shares — live workers, `analyze` and the benchmarks:
 //! the rule that shards flows over workers, written once.
-use crate::{flow::FlowKey, packet::TcpPacket};
+use crate::flow::FlowKey;
+use crate::packet::TcpPacket;
 
 /// The worker (of `workers`) that owns the flow of `p`: the same for both directions and for
 /// every vantage, so all views of a flow meet on one engine, whatever path the packet took.
@@ -22,14 +23,19 @@ pub fn shard_of_key(k: &FlowKey, workers: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{craft::TcpSegment, packet::decode};
+    use crate::craft::TcpSegment;
+    use crate::packet::decode;
 
     #[test]
     fn both_directions_and_every_vantage_land_on_one_worker() {
         let mut counts = [0usize; 4];
         for port in 1000..3000u16 {
-            let a = TcpSegment::new("10.0.0.1".parse().unwrap(), port, "10.0.0.2".parse().unwrap(), 80).frame();
-            let b = TcpSegment::new("10.0.0.2".parse().unwrap(), 80, "10.0.0.1".parse().unwrap(), port).frame();
+            let a =
+                TcpSegment::new("10.0.0.1".parse().unwrap(), port, "10.0.0.2".parse().unwrap(), 80)
+                    .frame();
+            let b =
+                TcpSegment::new("10.0.0.2".parse().unwrap(), 80, "10.0.0.1".parse().unwrap(), port)
+                    .frame();
             let pa = decode(&a, a.len() as u32, 0, 0).unwrap();
             let pb = decode(&b, b.len() as u32, 0, 3).unwrap();
             let w = shard_of(&pa, 4);
@@ -38,6 +44,27 @@ mod tests {
         }
         // Spread: no worker gets less than a fifth or more than a third of 2,000 flows.
         assert!(counts.iter().all(|&c| (400..=666).contains(&c)), "{counts:?}");
-        assert_eq!(shard_of_key(&FlowKey::of(&decode(&TcpSegment::new("10.0.0.1".parse().unwrap(), 1, "10.0.0.2".parse().unwrap(), 2).frame(), 54, 0, 0).unwrap()).0, 1), 0);
+        assert_eq!(
+            shard_of_key(
+                &FlowKey::of(
+                    &decode(
+                        &TcpSegment::new(
+                            "10.0.0.1".parse().unwrap(),
+                            1,
+                            "10.0.0.2".parse().unwrap(),
+                            2
+                        )
+                        .frame(),
+                        54,
+                        0,
+                        0
+                    )
+                    .unwrap()
+                )
+                .0,
+                1
+            ),
+            0
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! TCP sequence numbers with wrap-around comparison (RFC 9293 §3.4). All seq/ack arithmetic in
 //! wirewatch goes through this type; raw `u32` comparisons on sequence space are a bug.
-use std::{cmp::Ordering, fmt, ops};
+use std::cmp::Ordering;
+use std::{fmt, ops};
 
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct SeqNumber(pub u32);
@@ -13,7 +14,11 @@ impl SeqNumber {
     }
     #[inline]
     pub fn max(self, other: SeqNumber) -> SeqNumber {
-        if self > other { self } else { other }
+        if self > other {
+            self
+        } else {
+            other
+        }
     }
     /// Whether `self` lies in `[start, start + len)`.
     #[inline]

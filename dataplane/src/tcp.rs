@@ -33,7 +33,13 @@ impl ConnState {
     }
     /// Open in the sense of RFC 9293: neither both FINs nor a RST.
     pub fn is_open(self) -> bool {
-        matches!(self, ConnState::SynSent | ConnState::SynReceived | ConnState::Established | ConnState::HalfClosed)
+        matches!(
+            self,
+            ConnState::SynSent
+                | ConnState::SynReceived
+                | ConnState::Established
+                | ConnState::HalfClosed
+        )
     }
 }
 
@@ -44,9 +50,13 @@ pub enum Segment {
     SynAck,
     Rst,
     /// FIN from a side that had not sent one; `other_fin` says whether the peer had.
-    Fin { other_fin: bool },
+    Fin {
+        other_fin: bool,
+    },
     /// Anything else (ACK, data); `acks_all_fins` when it acknowledges every FIN sent.
-    Other { acks_all_fins: bool },
+    Other {
+        acks_all_fins: bool,
+    },
 }
 
 /// One arm per transition, each with its rule.
@@ -81,7 +91,9 @@ pub fn transition(state: ConnState, seg: Segment) -> ConnState {
 
 #[cfg(test)]
 mod tests {
-    use super::{transition as t, ConnState::*, Segment::*};
+    use super::transition as t;
+    use super::ConnState::*;
+    use super::Segment::*;
 
     #[test]
     fn handshake_close_and_reset() {

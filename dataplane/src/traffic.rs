@@ -1,20 +1,30 @@
 //! Real kernel TCP between network namespaces, for the lab and the privileged tests: servers
 //! and clients on threads that enter a namespace, with pacing and small buffers on demand.
-use std::{
-    io,
-    net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
-    sync::mpsc,
-    thread::JoinHandle,
-    time::Duration,
-};
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::netns::enter_current_thread;
 
 fn setsockopt<T>(s: &impl AsRawFd, level: i32, opt: i32, v: T) -> io::Result<()> {
     // SAFETY: valid fd; `v` lives for the call and its size is passed.
-    let r = unsafe { libc::setsockopt(s.as_raw_fd(), level, opt, &v as *const T as *const libc::c_void, std::mem::size_of::<T>() as libc::socklen_t) };
-    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            opt,
+            &v as *const T as *const libc::c_void,
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Caps the socket's sending rate (TCP internal pacing), bytes per second.
@@ -63,10 +73,18 @@ pub fn serve_once<T: Send + 'static>(
         let s = loop {
             match l.accept() {
                 Ok((s, _)) => break s,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        && std::time::Instant::now() < deadline =>
+                {
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(io::Error::new(io::ErrorKind::TimedOut, "no client connected within 20 s")),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no client connected within 20 s",
+                    ))
+                }
                 Err(e) => return Err(e),
             }
         };
@@ -169,7 +187,8 @@ pub fn connect_from<T: Send + 'static>(
 ) -> JoinHandle<T> {
     let ns = ns.to_string();
     std::thread::spawn(move || {
-        let s = enter_current_thread(&ns).and_then(|_| TcpStream::connect_timeout(&to, Duration::from_secs(5)));
+        let s = enter_current_thread(&ns)
+            .and_then(|_| TcpStream::connect_timeout(&to, Duration::from_secs(5)));
         if let Ok(s) = &s {
             let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
         }

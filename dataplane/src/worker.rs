@@ -1,14 +1,11 @@
 //! Pinned worker threads: one per (interface, queue), each owning its AF_XDP socket and its
 //! sink outright. Nothing on this path takes a lock; counters are atomics the control plane
 //! reads.
-use std::{
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
-        Arc,
-    },
-    thread::JoinHandle,
-    time::{Duration, Instant},
-};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::xsk::{SocketStats, XskQueue};
 
@@ -71,7 +68,10 @@ pub fn monotonic_to_realtime_offset() -> u64 {
 }
 
 pub fn realtime_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 /// Pins the calling thread to `cpu`. A CPU a `cpu_set_t` cannot hold (≥ CPU_SETSIZE) is an
@@ -106,7 +106,11 @@ pub struct Worker {
 
 impl Worker {
     /// Runs until `stop` is set; returns the sink so the caller can flush and report it.
-    pub fn spawn<S: FrameSink>(self, mut sink: S, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<S>> {
+    pub fn spawn<S: FrameSink>(
+        self,
+        mut sink: S,
+        stop: Arc<AtomicBool>,
+    ) -> std::io::Result<JoinHandle<S>> {
         let name = format!("ww-{}-q{}", self.xsk.iface, self.xsk.queue);
         std::thread::Builder::new().name(name).spawn(move || {
             let Worker { mut xsk, vantage, cpu, counters } = self;

@@ -1,12 +1,15 @@
 //! One AF_XDP socket per (interface, queue): UMEM, fill ring kept topped up, batch receive,
 //! socket statistics. The XDP program is ours (libxdp's own program load is inhibited).
-use std::{io, num::NonZeroU32, os::fd::RawFd, str::FromStr};
+use std::io;
+use std::num::NonZeroU32;
+use std::os::fd::RawFd;
+use std::str::FromStr;
 
 use dataplane_common::{XdpMeta, XDP_META_LEN};
-use xsk_rs::{
-    config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig},
-    CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem,
+use xsk_rs::config::{
+    BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig,
 };
+use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
 /// How the socket was bound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,7 +127,12 @@ impl XskQueue {
         }
     }
 
-    fn open_mode(iface: &str, queue: u32, opts: &XskOptions, mode: CopyMode) -> Result<Self, XskError> {
+    fn open_mode(
+        iface: &str,
+        queue: u32,
+        opts: &XskOptions,
+        mode: CopyMode,
+    ) -> Result<Self, XskError> {
         let cfg_err = |e: &dyn std::fmt::Display| XskError::Config(e.to_string());
         let ring = QueueSize::new(opts.ring_size).map_err(|e| cfg_err(&e))?;
         let umem_cfg = UmemConfig::builder()
@@ -153,13 +161,14 @@ impl XskQueue {
             .build();
         let name = Interface::from_str(iface).map_err(|e| cfg_err(&e))?;
         // SAFETY: the UMEM is new and not shared, so no other socket is bound with it.
-        let (tx, rx, rings) = unsafe { Socket::new(sock_cfg, &umem, &name, queue) }.map_err(|e| {
-            let source = std::error::Error::source(&e)
-                .and_then(|s| s.downcast_ref::<io::Error>())
-                .map(|s| io::Error::from_raw_os_error(s.raw_os_error().unwrap_or(libc::EINVAL)))
-                .unwrap_or_else(|| io::Error::other(e.to_string()));
-            XskError::Bind { iface: iface.into(), queue, mode: mode.name(), source }
-        })?;
+        let (tx, rx, rings) =
+            unsafe { Socket::new(sock_cfg, &umem, &name, queue) }.map_err(|e| {
+                let source = std::error::Error::source(&e)
+                    .and_then(|s| s.downcast_ref::<io::Error>())
+                    .map(|s| io::Error::from_raw_os_error(s.raw_os_error().unwrap_or(libc::EINVAL)))
+                    .unwrap_or_else(|| io::Error::other(e.to_string()));
+                XskError::Bind { iface: iface.into(), queue, mode: mode.name(), source }
+            })?;
         let (mut fq, cq) = rings.ok_or_else(|| cfg_err(&"UMEM already bound"))?;
         let mut free = descs;
         let initial = free.split_off(free.len() - opts.ring_size as usize);
@@ -191,9 +200,11 @@ impl XskQueue {
     fn set_busy_poll(&self, bp: BusyPoll) -> Result<(), XskError> {
         const SO_PREFER_BUSY_POLL: libc::c_int = 69;
         const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
-        for (opt, val) in
-            [(SO_PREFER_BUSY_POLL, 1), (libc::SO_BUSY_POLL, bp.usecs as i32), (SO_BUSY_POLL_BUDGET, bp.budget as i32)]
-        {
+        for (opt, val) in [
+            (SO_PREFER_BUSY_POLL, 1),
+            (libc::SO_BUSY_POLL, bp.usecs as i32),
+            (SO_BUSY_POLL_BUDGET, bp.budget as i32),
+        ] {
             // SAFETY: valid fd and a c_int option value.
             let r = unsafe {
                 libc::setsockopt(
@@ -221,7 +232,11 @@ impl XskQueue {
 
     /// Waits up to `timeout_ms` for frames, hands each to `f`, and returns the frames to the
     /// fill ring. Returns how many frames were received.
-    pub fn recv_batch(&mut self, timeout_ms: i32, mut f: impl FnMut(RxFrame<'_>)) -> io::Result<usize> {
+    pub fn recv_batch(
+        &mut self,
+        timeout_ms: i32,
+        mut f: impl FnMut(RxFrame<'_>),
+    ) -> io::Result<usize> {
         // SAFETY: the batch descriptors belong to this UMEM and are user-owned.
         let n = unsafe { self.rx.poll_and_consume(&mut self.batch, timeout_ms)? };
         for desc in &self.batch[..n] {
@@ -232,7 +247,9 @@ impl XskQueue {
             // The metadata sits right before the packet, inside XDP_PACKET_HEADROOM of the
             // same UMEM frame, so the read stays within the mapping.
             let meta = if desc.addr() >= XDP_META_LEN {
-                let m = unsafe { std::slice::from_raw_parts(bytes.as_ptr().sub(XDP_META_LEN), XDP_META_LEN) };
+                let m = unsafe {
+                    std::slice::from_raw_parts(bytes.as_ptr().sub(XDP_META_LEN), XDP_META_LEN)
+                };
                 XdpMeta::from_bytes(m)
             } else {
                 None

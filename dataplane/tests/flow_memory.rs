@@ -2,16 +2,13 @@
 //! (one SYN each, so each is half-open with a handshake timer and wants side state) cost their
 //! 128-byte record, their share of the index, their timer and eviction-queue entry, and the
 //! bounded pools — at most 160 bytes — and nothing is allocated per flow.
-use std::{
-    alloc::{GlobalAlloc, Layout, System},
-    sync::atomic::{AtomicIsize, AtomicUsize, Ordering::Relaxed},
-};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicIsize, AtomicUsize};
 
-use dataplane::{
-    craft::TcpSegment,
-    engine::{Engine, EngineConfig},
-    flow::FlowRecord,
-};
+use dataplane::craft::TcpSegment;
+use dataplane::engine::{Engine, EngineConfig};
+use dataplane::flow::FlowRecord;
 use dataplane_common::tcp_flags::SYN;
 
 struct Counting;
@@ -44,13 +41,21 @@ static A: Counting = Counting;
 #[test]
 fn a_million_half_open_flows_cost_at_most_160_bytes_each() {
     const FLOWS: u32 = 1_000_000;
-    let mut seg = TcpSegment::new("10.0.0.1".parse().unwrap(), 1, "10.200.0.1".parse().unwrap(), 80);
+    let mut seg =
+        TcpSegment::new("10.0.0.1".parse().unwrap(), 1, "10.200.0.1".parse().unwrap(), 80);
     seg.flags = SYN;
     let mut f = seg.frame();
     let rss_before = rss_bytes();
     let before = LIVE.load(Relaxed);
     let allocs_before = ALLOCS.load(Relaxed);
-    let mut e = Engine::new(EngineConfig { flow_capacity: FLOWS as usize, history_bytes: 1 << 20, ..Default::default() }, 0);
+    let mut e = Engine::new(
+        EngineConfig {
+            flow_capacity: FLOWS as usize,
+            history_bytes: 1 << 20,
+            ..Default::default()
+        },
+        0,
+    );
     let fixed = (LIVE.load(Relaxed) - before) as usize;
     for i in 0..FLOWS {
         // A new client address and port per frame, edited in place.
@@ -81,7 +86,10 @@ fn a_million_half_open_flows_cost_at_most_160_bytes_each() {
     assert_eq!(std::mem::size_of::<FlowRecord>(), 128);
     assert!(per_flow <= 160.0, "{per_flow:.1} B of RSS per flow (target ≤ 160)");
     // Growth steps of the timer buckets and the side pool, not one allocation per flow.
-    assert!(allocs < 40_000, "{allocs} allocations for {FLOWS} flows: something allocates per flow");
+    assert!(
+        allocs < 40_000,
+        "{allocs} allocations for {FLOWS} flows: something allocates per flow"
+    );
 }
 
 fn rss_bytes() -> u64 {

@@ -3,12 +3,10 @@
 use std::net::IpAddr;
 
 use aya::programs::{TestRun, TestRunOptions};
-use dataplane::{
-    craft::TcpSegment,
-    loader::XdpProgram,
-    netns::{privileged_or_skip, Netns},
-    xsk::{CopyMode, XskOptions, XskQueue, ZeroCopyPolicy},
-};
+use dataplane::craft::TcpSegment;
+use dataplane::loader::XdpProgram;
+use dataplane::netns::{privileged_or_skip, Netns};
+use dataplane::xsk::{CopyMode, XskOptions, XskQueue, ZeroCopyPolicy};
 use dataplane_common::{
     tcp_flags, Outcome, XdpConfig, XdpMeta, META_F_TRUNCATED, META_MAGIC, XDP_META_LEN,
 };
@@ -61,7 +59,13 @@ fn fixtures() -> Vec<Fixture> {
     let mut opt = syn_v4();
     opt.ipv4_options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL: IHL 6
     add("ipv4 with IP options", opt.frame(), 0, XDP_REDIRECT, Outcome::TcpRedirected);
-    add("ipv6 data, no extension headers", data_v6(&[]).frame(), 0, XDP_REDIRECT, Outcome::TcpRedirected);
+    add(
+        "ipv6 data, no extension headers",
+        data_v6(&[]).frame(),
+        0,
+        XDP_REDIRECT,
+        Outcome::TcpRedirected,
+    );
     add(
         "ipv6 with hop-by-hop, routing, dstopts, fragment",
         data_v6(&[0, 43, 60, 44]).frame(),
@@ -81,7 +85,13 @@ fn fixtures() -> Vec<Fixture> {
     add("one VLAN tag", one.frame(), 0, XDP_REDIRECT, Outcome::TcpRedirected);
     let mut two = data_v6(&[]);
     two.vlans = vec![100, 200];
-    add("two VLAN tags (802.1ad + 802.1Q) over ipv6", two.frame(), 0, XDP_REDIRECT, Outcome::TcpRedirected);
+    add(
+        "two VLAN tags (802.1ad + 802.1Q) over ipv6",
+        two.frame(),
+        0,
+        XDP_REDIRECT,
+        Outcome::TcpRedirected,
+    );
     add("TCP on a queue with no socket", syn.clone(), 1, XDP_PASS, Outcome::RedirectFailed);
 
     let mut udp = syn.clone();
@@ -199,8 +209,10 @@ fn xdp_program_fixture_table() {
     let ns_name = ns.name.clone();
     let failures = std::thread::spawn(move || {
         dataplane::netns::enter_current_thread(&ns_name).unwrap();
-        let mut prog = XdpProgram::load(XdpConfig::default()).expect("verifier accepts the program");
-        let opts = XskOptions { zero_copy: ZeroCopyPolicy::Off, ring_size: 64, ..Default::default() };
+        let mut prog =
+            XdpProgram::load(XdpConfig::default()).expect("verifier accepts the program");
+        let opts =
+            XskOptions { zero_copy: ZeroCopyPolicy::Off, ring_size: 64, ..Default::default() };
         let xsk = XskQueue::open("fx0", 0, &opts).expect("AF_XDP socket on fx0 queue 0");
         assert_eq!(xsk.mode, CopyMode::Copy);
         prog.bind_socket(0, &xsk.fd()).unwrap();
@@ -214,8 +226,11 @@ fn xdp_program_fixture_table() {
             if r.verdict != fx.verdict {
                 problems.push(format!("verdict {} (want {})", r.verdict, fx.verdict));
             }
-            let bumped: Vec<_> =
-                Outcome::ALL.iter().filter(|o| after.get(**o) != before.get(**o)).copied().collect();
+            let bumped: Vec<_> = Outcome::ALL
+                .iter()
+                .filter(|o| after.get(**o) != before.get(**o))
+                .copied()
+                .collect();
             if bumped != [fx.outcome] {
                 problems.push(format!("counters bumped {bumped:?} (want [{:?}])", fx.outcome));
             }
@@ -228,19 +243,28 @@ fn xdp_program_fixture_table() {
                     let m = XdpMeta::from_bytes(&r.out[..XDP_META_LEN]);
                     match m {
                         Some(m) => {
-                            if m.magic != META_MAGIC || m.orig_len as usize != fx.frame.len() || m.rx_ns == 0 {
+                            if m.magic != META_MAGIC
+                                || m.orig_len as usize != fx.frame.len()
+                                || m.rx_ns == 0
+                            {
                                 problems.push(format!("metadata {m:?}"));
                             }
                             let want_trunc = fx.frame.len() > snap;
                             if (m.flags & META_F_TRUNCATED != 0) != want_trunc {
-                                problems.push(format!("truncated flag {} (want {want_trunc})", m.flags));
+                                problems.push(format!(
+                                    "truncated flag {} (want {want_trunc})",
+                                    m.flags
+                                ));
                             }
                         }
                         None => problems.push("metadata magic missing".into()),
                     }
                 }
                 if r.out.len() != XDP_META_LEN + kept || r.out[XDP_META_LEN..] != fx.frame[..kept] {
-                    problems.push(format!("frame out {} B (want the first {kept} B)", r.out.len() - XDP_META_LEN));
+                    problems.push(format!(
+                        "frame out {} B (want the first {kept} B)",
+                        r.out.len() - XDP_META_LEN
+                    ));
                 }
             } else if r.meta_len != 0 || r.out != fx.frame {
                 problems.push("a passed frame was modified".into());
@@ -253,13 +277,18 @@ fn xdp_program_fixture_table() {
         // Dedicated tap: non-TCP dropped, TCP still redirected.
         drop(xsk);
         drop(prog);
-        let mut tap = XdpProgram::load(XdpConfig { non_tcp_drop: 1, ..Default::default() }).unwrap();
+        let mut tap =
+            XdpProgram::load(XdpConfig { non_tcp_drop: 1, ..Default::default() }).unwrap();
         let mut udp = syn_v4().frame();
         udp[14 + 9] = 17;
         let r = run(&mut tap, &udp, idx, 0);
         let c = tap.counters().unwrap();
         if r.verdict != XDP_DROP || c.get(Outcome::NonTcpDropped) != 1 {
-            failures.push(format!("non-tcp drop mode: verdict {} counters {:?}", r.verdict, c.nonzero()));
+            failures.push(format!(
+                "non-tcp drop mode: verdict {} counters {:?}",
+                r.verdict,
+                c.nonzero()
+            ));
         }
         failures
     })

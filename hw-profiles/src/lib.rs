@@ -2,7 +2,8 @@
 //! `profiles/`), their schema and validation, matching a profile to an interface, and the plan of
 //! ethtool / ip / sysfs steps that applies one. Executing the plan is the binary's job; this crate
 //! only reads sysfs (for detection) and builds commands, so everything here is testable anywhere.
-use std::{fmt, path::Path};
+use std::fmt;
+use std::path::Path;
 
 use serde::Deserialize;
 
@@ -206,23 +207,36 @@ impl Profile {
 
     pub fn load(path: &Path) -> Result<Self, ProfileError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ProfileError { file: file.clone(), key: "-".into(), problem: format!("cannot read: {e}") })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ProfileError {
+            file: file.clone(),
+            key: "-".into(),
+            problem: format!("cannot read: {e}"),
+        })?;
         Self::parse(&file, &text)
     }
 
     fn validate(&self, file: &str) -> Result<(), ProfileError> {
-        let bad = |key: &str, problem: String| Err(ProfileError { file: file.to_string(), key: key.to_string(), problem });
+        let bad = |key: &str, problem: String| {
+            Err(ProfileError { file: file.to_string(), key: key.to_string(), problem })
+        };
         let stem = Path::new(file).file_stem().and_then(|s| s.to_str()).unwrap_or_default();
         if self.name != stem {
             return bad("name", format!("\"{}\" differs from the file name \"{stem}\"", self.name));
         }
-        if self.name.is_empty() || !self.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        if self.name.is_empty()
+            || !self.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
             return bad("name", "must be lower-case letters, digits and '-'".into());
         }
         if self.speeds_gbps.is_empty() || self.speeds_gbps.iter().any(|&s| s == 0 || s > 800) {
-            return bad("speeds_gbps", "list the link speeds (1..=800 Gb/s) this class is tuned for".into());
+            return bad(
+                "speeds_gbps",
+                "list the link speeds (1..=800 Gb/s) this class is tuned for".into(),
+            );
         }
-        if self.matches.drivers.is_empty() || self.matches.drivers.iter().any(|d| d.is_empty() || d.contains(char::is_whitespace)) {
+        if self.matches.drivers.is_empty()
+            || self.matches.drivers.iter().any(|d| d.is_empty() || d.contains(char::is_whitespace))
+        {
             return bad("match.drivers", "list at least one kernel driver name".into());
         }
         for id in &self.matches.pci_ids {
@@ -238,11 +252,21 @@ impl Profile {
         if let Some(ring) = self.queues.rx_ring {
             let max = self.queues.rx_ring_max.unwrap_or(65536);
             if ring < 64 || ring > max || ring % 32 != 0 {
-                return bad("queues.rx_ring", format!("{ring} must be a multiple of 32 from 64 to rx_ring_max ({max})"));
+                return bad(
+                    "queues.rx_ring",
+                    format!("{ring} must be a multiple of 32 from 64 to rx_ring_max ({max})"),
+                );
             }
         }
-        if !self.xdp.frame_size.is_power_of_two() || !(2048..=65536).contains(&self.xdp.frame_size) {
-            return bad("xdp.frame_size", format!("{} must be a power of two from 2048 to 65536 (AF_XDP aligned chunks)", self.xdp.frame_size));
+        if !self.xdp.frame_size.is_power_of_two() || !(2048..=65536).contains(&self.xdp.frame_size)
+        {
+            return bad(
+                "xdp.frame_size",
+                format!(
+                    "{} must be a power of two from 2048 to 65536 (AF_XDP aligned chunks)",
+                    self.xdp.frame_size
+                ),
+            );
         }
         let bp = &self.busy_poll;
         if bp.napi_defer_hard_irqs > 1000 {
@@ -252,7 +276,10 @@ impl Profile {
             return bad("busy_poll.gro_flush_timeout_ns", format!("{} ns is above 10 ms: a missed busy-poll round would stall the queue that long", bp.gro_flush_timeout_ns));
         }
         if bp.enabled && (bp.budget == 0 || bp.budget > 1024) {
-            return bad("busy_poll.budget", format!("{} must be 1..=1024 packets per round", bp.budget));
+            return bad(
+                "busy_poll.budget",
+                format!("{} must be 1..=1024 packets per round", bp.budget),
+            );
         }
         if bp.enabled && (bp.usecs == 0 || bp.usecs > 1000) {
             return bad("busy_poll.usecs", format!("{} must be 1..=1000 µs", bp.usecs));
@@ -271,18 +298,29 @@ impl Profile {
             seen.push(*m);
         }
         for f in &self.offloads.disable {
-            if f.is_empty() || !f.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            if f.is_empty()
+                || !f.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
                 return bad("offloads.disable", format!("\"{f}\" is not an ethtool feature name"));
             }
         }
         match (self.irq.affinity, &self.irq.name) {
-            (IrqAffinity::QueueToWorker, None) => return bad("irq.name", "queue-to-worker needs the interrupt name pattern".into()),
-            (IrqAffinity::QueueToWorker, Some(n)) if !n.contains("{queue}") => return bad("irq.name", format!("\"{n}\" lacks {{queue}}")),
+            (IrqAffinity::QueueToWorker, None) => {
+                return bad("irq.name", "queue-to-worker needs the interrupt name pattern".into())
+            }
+            (IrqAffinity::QueueToWorker, Some(n)) if !n.contains("{queue}") => {
+                return bad("irq.name", format!("\"{n}\" lacks {{queue}}"))
+            }
             _ => {}
         }
         for (i, pf) in self.private_flags.iter().enumerate() {
-            if pf.flag.is_empty() || !pf.flag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-                return bad(&format!("private_flags[{i}].flag"), format!("\"{}\" is not a private flag name", pf.flag));
+            if pf.flag.is_empty()
+                || !pf.flag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return bad(
+                    &format!("private_flags[{i}].flag"),
+                    format!("\"{}\" is not a private flag name", pf.flag),
+                );
             }
         }
         Ok(())
@@ -320,7 +358,9 @@ pub enum MatchQuality {
 /// `"15b3:101d"` → (0x15b3, 0x101d); lower-case only, so ids compare as strings.
 pub fn parse_pci_id(s: &str) -> Option<(u16, u16)> {
     let (v, d) = s.split_once(':')?;
-    let ok = |x: &str| x.len() == 4 && x.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let ok = |x: &str| {
+        x.len() == 4 && x.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
     if !ok(v) || !ok(d) {
         return None;
     }
@@ -380,8 +420,15 @@ pub fn all(dir: Option<&Path>) -> Result<Vec<Profile>, ProfileError> {
         out.push(Profile::parse(&format!("{name}.toml"), text)?);
     }
     if let Some(dir) = dir {
-        let entries = std::fs::read_dir(dir).map_err(|e| ProfileError { file: dir.display().to_string(), key: "-".into(), problem: format!("cannot list the profile directory: {e}") })?;
-        let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect();
+        let entries = std::fs::read_dir(dir).map_err(|e| ProfileError {
+            file: dir.display().to_string(),
+            key: "-".into(),
+            problem: format!("cannot list the profile directory: {e}"),
+        })?;
+        let mut paths: Vec<_> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
         paths.sort();
         for path in paths {
             let p = Profile::load(&path)?;
@@ -414,7 +461,11 @@ impl fmt::Display for KernelVersion {
 /// The XSK queue ids to bind for RX queues `0..channels` under this profile and kernel.
 pub fn xsk_queue_ids(p: &Profile, kernel: KernelVersion, channels: u32) -> Vec<u32> {
     match p.xdp.xsk_queue_ids {
-        XskQueueIds::Mlx5OffsetBefore61 if kernel < KernelVersion(6, 1) && p.xdp.zero_copy == ZeroCopy::Try => (channels..2 * channels).collect(),
+        XskQueueIds::Mlx5OffsetBefore61
+            if kernel < KernelVersion(6, 1) && p.xdp.zero_copy == ZeroCopy::Try =>
+        {
+            (channels..2 * channels).collect()
+        }
         _ => (0..channels).collect(),
     }
 }

@@ -87,20 +87,32 @@ pub fn plan(p: &Profile, ctx: &PlanContext) -> Vec<Step> {
     let n_s = n.to_string();
     let mut steps = Vec::new();
     if p.link.promiscuous {
-        steps.push(Step::one("promiscuous: a span port's frames are addressed to other hosts", run(&["ip", "link", "set", "dev", ifc, "promisc", "on"])));
+        steps.push(Step::one(
+            "promiscuous: a span port's frames are addressed to other hosts",
+            run(&["ip", "link", "set", "dev", ifc, "promisc", "on"]),
+        ));
     }
     if p.queues.policy == QueuePolicy::PerWorker {
         steps.push(Step::one(format!("{n} combined channels, one per worker core: an unbound queue's packets are never analysed"), run(&["ethtool", "-L", ifc, "combined", &n_s])));
     }
     if let Some(ring) = p.queues.rx_ring {
-        steps.push(Step::one(format!("{ring} RX descriptors per queue: absorb bursts while a worker is busy"), run(&["ethtool", "-G", ifc, "rx", &ring.to_string()])));
+        steps.push(Step::one(
+            format!("{ring} RX descriptors per queue: absorb bursts while a worker is busy"),
+            run(&["ethtool", "-G", ifc, "rx", &ring.to_string()]),
+        ));
     }
     for f in &p.offloads.disable {
-        steps.push(Step::one(format!("{f} off: the sensor must see frames as they were on the wire"), run(&["ethtool", "-K", ifc, f, "off"])));
+        steps.push(Step::one(
+            format!("{f} off: the sensor must see frames as they were on the wire"),
+            run(&["ethtool", "-K", ifc, f, "off"]),
+        ));
     }
     for pf in &p.private_flags {
         let v = if pf.on { "on" } else { "off" };
-        steps.push(Step::one(format!("driver private flag {} {v}", pf.flag), run(&["ethtool", "--set-priv-flags", ifc, &pf.flag, v])));
+        steps.push(Step::one(
+            format!("driver private flag {} {v}", pf.flag),
+            run(&["ethtool", "--set-priv-flags", ifc, &pf.flag, v]),
+        ));
     }
     if !p.rss.methods.is_empty() {
         let alternatives = p
@@ -108,22 +120,48 @@ pub fn plan(p: &Profile, ctx: &PlanContext) -> Vec<Step> {
             .methods
             .iter()
             .map(|m| match m {
-                RssMethod::SymmetricXor => run(&["ethtool", "-X", ifc, "hfunc", "toeplitz", "symmetric-xor"]),
-                RssMethod::ToeplitzKey => run(&["ethtool", "-X", ifc, "hfunc", "toeplitz", "hkey", &symmetric_toeplitz_key(p.rss.key_bytes.unwrap_or(40))]),
-                RssMethod::DriverDefault => Action::Nothing("the driver's Toeplitz hash is symmetric already".into()),
+                RssMethod::SymmetricXor => {
+                    run(&["ethtool", "-X", ifc, "hfunc", "toeplitz", "symmetric-xor"])
+                }
+                RssMethod::ToeplitzKey => run(&[
+                    "ethtool",
+                    "-X",
+                    ifc,
+                    "hfunc",
+                    "toeplitz",
+                    "hkey",
+                    &symmetric_toeplitz_key(p.rss.key_bytes.unwrap_or(40)),
+                ]),
+                RssMethod::DriverDefault => {
+                    Action::Nothing("the driver's Toeplitz hash is symmetric already".into())
+                }
             })
             .collect();
-        steps.push(Step { what: "symmetric RSS: both directions of a flow on one queue, so one worker owns it".into(), alternatives, rss_symmetry: true });
+        steps.push(Step {
+            what: "symmetric RSS: both directions of a flow on one queue, so one worker owns it"
+                .into(),
+            alternatives,
+            rss_symmetry: true,
+        });
         if p.rss.hash_tcp_ports {
             for proto in ["tcp4", "tcp6"] {
-                steps.push(Step::one(format!("{proto} hashed on addresses and ports: flows spread over all queues"), run(&["ethtool", "-N", ifc, "rx-flow-hash", proto, "sdfn"])));
+                steps.push(Step::one(
+                    format!("{proto} hashed on addresses and ports: flows spread over all queues"),
+                    run(&["ethtool", "-N", ifc, "rx-flow-hash", proto, "sdfn"]),
+                ));
             }
         }
     }
-    let offset_xsk = p.xdp.xsk_queue_ids == XskQueueIds::Mlx5OffsetBefore61 && ctx.kernel < KernelVersion(6, 1) && p.xdp.zero_copy == ZeroCopy::Try;
+    let offset_xsk = p.xdp.xsk_queue_ids == XskQueueIds::Mlx5OffsetBefore61
+        && ctx.kernel < KernelVersion(6, 1)
+        && p.xdp.zero_copy == ZeroCopy::Try;
     if offset_xsk {
         steps.push(Step::one(
-            format!("kernel {} < 6.1: mlx5 XSK queues are {n}..{}; spread RSS over them", ctx.kernel, 2 * n),
+            format!(
+                "kernel {} < 6.1: mlx5 XSK queues are {n}..{}; spread RSS over them",
+                ctx.kernel,
+                2 * n
+            ),
             run(&["ethtool", "-X", ifc, "equal", &n_s, "start", &n_s]),
         ));
     }
@@ -131,8 +169,14 @@ pub fn plan(p: &Profile, ctx: &PlanContext) -> Vec<Step> {
     if bp.enabled {
         let base = format!("/sys/class/net/{ifc}");
         steps.push(Step::one(
-            format!("napi_defer_hard_irqs {}: keep interrupts off while the worker busy-polls", bp.napi_defer_hard_irqs),
-            Action::Write { path: format!("{base}/napi_defer_hard_irqs"), value: bp.napi_defer_hard_irqs.to_string() },
+            format!(
+                "napi_defer_hard_irqs {}: keep interrupts off while the worker busy-polls",
+                bp.napi_defer_hard_irqs
+            ),
+            Action::Write {
+                path: format!("{base}/napi_defer_hard_irqs"),
+                value: bp.napi_defer_hard_irqs.to_string(),
+            },
         ));
         steps.push(Step::one(
             format!("gro_flush_timeout {} ns: the safety timer that re-arms interrupts if polling stops", bp.gro_flush_timeout_ns),
@@ -141,8 +185,14 @@ pub fn plan(p: &Profile, ctx: &PlanContext) -> Vec<Step> {
     }
     if let (IrqAffinity::QueueToWorker, Some(pattern)) = (p.irq.affinity, &p.irq.name) {
         for (q, &cpu) in ctx.worker_cpus.iter().enumerate() {
-            let irq = pattern.replace("{iface}", ifc).replace("{queue}", &q.to_string()).replace("{device}", ctx.device.as_deref().unwrap_or("DEVICE"));
-            steps.push(Step::one(format!("queue {q}'s interrupt on worker core {cpu}"), Action::IrqAffinity { irq, cpu }));
+            let irq = pattern
+                .replace("{iface}", ifc)
+                .replace("{queue}", &q.to_string())
+                .replace("{device}", ctx.device.as_deref().unwrap_or("DEVICE"));
+            steps.push(Step::one(
+                format!("queue {q}'s interrupt on worker core {cpu}"),
+                Action::IrqAffinity { irq, cpu },
+            ));
         }
     }
     steps
@@ -151,7 +201,15 @@ pub fn plan(p: &Profile, ctx: &PlanContext) -> Vec<Step> {
 /// The plan as a shell script (`profile apply --dry-run`).
 pub fn dry_run(p: &Profile, ctx: &PlanContext) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "# wirewatch hw-profile {} for {} (kernel {}, {} worker core(s): {:?})", p.name, ctx.iface, ctx.kernel, ctx.worker_cpus.len(), ctx.worker_cpus);
+    let _ = writeln!(
+        out,
+        "# wirewatch hw-profile {} for {} (kernel {}, {} worker core(s): {:?})",
+        p.name,
+        ctx.iface,
+        ctx.kernel,
+        ctx.worker_cpus.len(),
+        ctx.worker_cpus
+    );
     for s in plan(p, ctx) {
         let _ = writeln!(out, "# {}", s.what);
         let _ = writeln!(out, "{}", s.shell());

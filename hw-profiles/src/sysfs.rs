@@ -1,7 +1,9 @@
 //! What the kernel says about an interface: driver, PCI id, device name. Read from
 //! `/sys/class/net/IF` (Documentation/ABI/testing/sysfs-class-net), with `ethtool -i` for
 //! virtual devices that have no `device` link (veth).
-use std::{fs, path::Path, process::Command};
+use std::fs;
+use std::path::Path;
+use std::process::Command;
 
 use crate::{MatchQuality, Profile};
 
@@ -48,8 +50,12 @@ pub fn device_info_at(sys: &Path, iface: &str) -> Result<DeviceInfo, DetectError
         return Err(DetectError::NoSuchInterface(iface.to_string()));
     }
     let dev = base.join("device");
-    let device = fs::canonicalize(&dev).ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()));
-    let mut driver = fs::read_link(dev.join("driver")).ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()));
+    let device = fs::canonicalize(&dev)
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()));
+    let mut driver = fs::read_link(dev.join("driver"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()));
     let mut firmware = None;
     // ethtool -i works for every driver, including those without a sysfs device (veth).
     match Command::new("ethtool").arg("-i").arg(iface).output() {
@@ -64,14 +70,23 @@ pub fn device_info_at(sys: &Path, iface: &str) -> Result<DeviceInfo, DetectError
             }
         }
         Ok(out) if driver.is_none() => {
-            return Err(DetectError::NoDriver { iface: iface.into(), why: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+            return Err(DetectError::NoDriver {
+                iface: iface.into(),
+                why: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
         }
-        Err(e) if driver.is_none() => return Err(DetectError::NoDriver { iface: iface.into(), why: e.to_string() }),
+        Err(e) if driver.is_none() => {
+            return Err(DetectError::NoDriver { iface: iface.into(), why: e.to_string() })
+        }
         _ => {}
     }
-    let driver = driver.ok_or_else(|| DetectError::NoDriver { iface: iface.into(), why: "no driver reported".into() })?;
+    let driver = driver.ok_or_else(|| DetectError::NoDriver {
+        iface: iface.into(),
+        why: "no driver reported".into(),
+    })?;
     // virtio devices sit on a PCI transport one level up; the PCI id is the parent's.
-    let on_virtio = fs::read_link(dev.join("subsystem")).ok().is_some_and(|p| p.ends_with("virtio"));
+    let on_virtio =
+        fs::read_link(dev.join("subsystem")).ok().is_some_and(|p| p.ends_with("virtio"));
     let id_dir = if on_virtio { dev.join("..") } else { dev.clone() };
     let pci_id = match (hex_id(&id_dir.join("vendor")), hex_id(&id_dir.join("device"))) {
         (Some(v), Some(d)) => Some(format!("{v}:{d}")),
@@ -82,7 +97,10 @@ pub fn device_info_at(sys: &Path, iface: &str) -> Result<DeviceInfo, DetectError
 
 /// The best profile for a device: a PCI id match beats a driver-wide profile, which beats a
 /// profile of the same driver for other devices (used, but reported as a guess).
-pub fn best<'a>(profiles: &'a [Profile], info: &DeviceInfo) -> Result<(&'a Profile, MatchQuality), DetectError> {
+pub fn best<'a>(
+    profiles: &'a [Profile],
+    info: &DeviceInfo,
+) -> Result<(&'a Profile, MatchQuality), DetectError> {
     profiles
         .iter()
         .map(|p| (p, p.matches(&info.driver, info.pci_id.as_deref())))

@@ -76,7 +76,13 @@ impl XdpMeta {
         }
         let mut ns = [0u8; 8];
         ns.copy_from_slice(&b[16..24]);
-        Some(Self { magic, flags: u32_at(4), orig_len: u32_at(8), _pad: 0, rx_ns: u64::from_ne_bytes(ns) })
+        Some(Self {
+            magic,
+            flags: u32_at(4),
+            orig_len: u32_at(8),
+            _pad: 0,
+            rx_ns: u64::from_ne_bytes(ns),
+        })
     }
 }
 

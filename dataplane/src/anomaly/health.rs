@@ -18,7 +18,10 @@ impl MirrorDedup {
         let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut mix = |v: u64| h = (h ^ v).wrapping_mul(0xbf58_476d_1ce4_e5b9).rotate_left(31);
         mix(p.seq.0 as u64 | (p.ack.0 as u64) << 32);
-        mix(p.ip_id as u64 | (p.flags as u64) << 16 | (p.window as u64) << 24 | (p.vantage as u64) << 40);
+        mix(p.ip_id as u64
+            | (p.flags as u64) << 16
+            | (p.window as u64) << 24
+            | (p.vantage as u64) << 40);
         mix(p.payload_len as u64 | (p.sport as u64) << 32 | (p.dport as u64) << 48);
         if let Some((v, e)) = p.opts.timestamp {
             mix(v as u64 | (e as u64) << 32);

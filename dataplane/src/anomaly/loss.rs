@@ -75,7 +75,10 @@ pub fn on_packet(c: &mut Ctx<'_>) -> u32 {
         if p.ack.diff(od.next_seq) as i64 > max_window(&od) as i64 {
             v |= ACK_OUT_OF_WINDOW;
         }
-    } else if acking && d.flags & dir_flags::DATA_OR_ACK != 0 && d.last_ack.diff(p.ack) as i64 > max_window(&d) as i64 {
+    } else if acking
+        && d.flags & dir_flags::DATA_OR_ACK != 0
+        && d.last_ack.diff(p.ack) as i64 > max_window(&d) as i64
+    {
         // Far below the highest ACK already sent: an ACK from the past.
         v |= ACK_OUT_OF_WINDOW;
     }

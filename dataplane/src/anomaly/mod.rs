@@ -4,17 +4,12 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::{
-    engine::EngineConfig,
-    flow::{
-        conn_flags,
-        side::{SidePool, SideState},
-        table::FlowRef as TableRef,
-        FlowKey, FlowRecord, IpIdModel, MacId, MacTable,
-    },
-    packet::TcpPacket,
-    seq::SeqNumber,
-};
+use crate::engine::EngineConfig;
+use crate::flow::side::{SidePool, SideState};
+use crate::flow::table::FlowRef as TableRef;
+use crate::flow::{conn_flags, FlowKey, FlowRecord, IpIdModel, MacId, MacTable};
+use crate::packet::TcpPacket;
+use crate::seq::SeqNumber;
 
 pub mod health;
 pub mod loss;
@@ -117,7 +112,13 @@ impl Fingerprint {
     }
 
     /// The model learned for `side` of a flow.
-    pub fn of_side(role: &str, key: &FlowKey, f: &FlowRecord, side: usize, macs: &MacTable) -> Self {
+    pub fn of_side(
+        role: &str,
+        key: &FlowKey,
+        f: &FlowRecord,
+        side: usize,
+        macs: &MacTable,
+    ) -> Self {
         let d = &f.dirs[side];
         let (addr, port) = key.endpoint(side);
         Fingerprint {
@@ -191,7 +192,15 @@ pub struct Detection {
 
 impl Detection {
     pub fn new(kind: Kind, explanation: String) -> Self {
-        Self { kind, sub_kind: None, explanation, fingerprints: Vec::new(), details: Default::default(), first_ns: None, count: 1 }
+        Self {
+            kind,
+            sub_kind: None,
+            explanation,
+            fingerprints: Vec::new(),
+            details: Default::default(),
+            first_ns: None,
+            count: 1,
+        }
     }
     pub fn detail(mut self, k: &str, v: impl Into<serde_json::Value>) -> Self {
         self.details.insert(k.into(), v.into());
@@ -291,7 +300,10 @@ impl FlowExtra {
 
 impl SideState for FlowExtra {
     fn is_idle(&self) -> bool {
-        self.handshake_only() && self.syn_ns.is_none() && self.syn_first_ns.is_none() && self.synack_first_ns.is_none()
+        self.handshake_only()
+            && self.syn_ns.is_none()
+            && self.syn_first_ns.is_none()
+            && self.synack_first_ns.is_none()
     }
     fn is_reclaimable(&self) -> bool {
         self.handshake_only()
@@ -416,7 +428,12 @@ pub fn rfc3339(ns: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z", sod / 3600, sod % 3600 / 60, sod % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
 }
 
 #[cfg(test)]

@@ -3,10 +3,8 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 
 use super::{mac_str, Ctx, Detection, Kind};
-use crate::{
-    flow::{conn_flags, dir_flags},
-    packet::TcpPacket,
-};
+use crate::flow::{conn_flags, dir_flags};
+use crate::packet::TcpPacket;
 
 /// Next-hop changes: runs before the sender's model is updated with this packet.
 pub fn on_packet(c: &mut Ctx<'_>) {
@@ -144,14 +142,33 @@ impl VantageMatcher {
         if expected == 0 {
             self.servers.learn(p);
         }
-        let sig = Sig { src: p.src, dst: p.dst, sport: p.sport, dport: p.dport, ip_id: p.ip_id, seq: p.seq.0, ack: p.ack.0, flags: p.flags, len: p.payload_len };
+        let sig = Sig {
+            src: p.src,
+            dst: p.dst,
+            sport: p.sport,
+            dport: p.dport,
+            ip_id: p.ip_id,
+            seq: p.seq.0,
+            ack: p.ack.0,
+            flags: p.flags,
+            len: p.payload_len,
+        };
         match self.pending.get_mut(&sig) {
             Some(s) => {
                 s.vantages |= bit;
                 s.expected |= expected;
             }
             None => {
-                self.pending.insert(sig, Seen { vantages: bit, expected, first_vantage: p.vantage, hist_id, pkt: p.clone() });
+                self.pending.insert(
+                    sig,
+                    Seen {
+                        vantages: bit,
+                        expected,
+                        first_vantage: p.vantage,
+                        hist_id,
+                        pkt: p.clone(),
+                    },
+                );
                 self.order.push_back((p.ts_ns, sig));
             }
         }
@@ -168,11 +185,17 @@ impl VantageMatcher {
             self.order.pop_front();
             let Some(seen) = self.pending.remove(&sig) else { continue };
             // Expected at the vantages that carry traffic for this destination.
-            let learned = if seen.expected != 0 { seen.expected } else { self.servers.expected(&sig.dst) };
+            let learned =
+                if seen.expected != 0 { seen.expected } else { self.servers.expected(&sig.dst) };
             let missing = learned & all & !seen.vantages;
             if missing != 0 {
                 let missing_at = (0..128u16).filter(|v| missing & (1 << v) != 0).collect();
-                out.push(Missing { pkt: seen.pkt, seen_at: seen.first_vantage, missing_at, hist_id: seen.hist_id });
+                out.push(Missing {
+                    pkt: seen.pkt,
+                    seen_at: seen.first_vantage,
+                    missing_at,
+                    hist_id: seen.hist_id,
+                });
             }
         }
         out
@@ -183,7 +206,11 @@ pub fn lost_detection(m: &Missing, names: &[String]) -> Detection {
     let name = |v: u16| names.get(v as usize).cloned().unwrap_or_else(|| format!("vantage {v}"));
     let missing: Vec<String> = m.missing_at.iter().map(|v| name(*v)).collect();
     let p = &m.pkt;
-    let what = if p.has(dataplane_common::tcp_flags::SYN) { "SYN".to_string() } else { format!("segment SEQ {} ({} bytes)", p.seq, p.payload_len) };
+    let what = if p.has(dataplane_common::tcp_flags::SYN) {
+        "SYN".to_string()
+    } else {
+        format!("segment SEQ {} ({} bytes)", p.seq, p.payload_len)
+    };
     Detection::new(
         Kind::LostBetweenSensors,
         format!(

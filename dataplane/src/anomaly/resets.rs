@@ -2,7 +2,6 @@
 //! request_after_fin, data_after_rst.
 use dataplane_common::tcp_flags::{ACK, FIN, RST, SYN};
 
-
 use super::{mac_str, Ctx, Detection, Fingerprint, Kind, PairWait, TriggerInfo, TriggerWhy};
 use crate::flow::{conn_flags, dir_flags, IpIdModel};
 
@@ -39,32 +38,55 @@ pub fn fingerprint_breaks(c: &Ctx<'_>) -> Vec<(String, Evidence)> {
     // A direction already sprayed over several next hops is forwarded by several routers'
     // interfaces: its source MAC says nothing about who originated it. (An unknown MAC, id 0,
     // is the all-zero address of a capture without Ethernet, or one past the MAC table.)
-    if d.src_mac() != c.src_mac && d.src_mac().is_known() && c.src_mac.is_known() && c.before.mac_switches() == 0 {
-        out.push((format!("source MAC {} differs from the sender's {}", mac_str(&p.src_mac), mac_str(&c.macs.get(d.src_mac()))), OtherHost));
+    if d.src_mac() != c.src_mac
+        && d.src_mac().is_known()
+        && c.src_mac.is_known()
+        && c.before.mac_switches() == 0
+    {
+        out.push((
+            format!(
+                "source MAC {} differs from the sender's {}",
+                mac_str(&p.src_mac),
+                mac_str(&c.macs.get(d.src_mac()))
+            ),
+            OtherHost,
+        ));
     }
     if (p.ttl as i16 - d.ttl() as i16).abs() > 1 {
         out.push((format!("TTL {} differs from the sender's {}", p.ttl, d.ttl()), OtherHost));
     }
     match d.ip_id_model() {
-        IpIdModel::Counter if p.ip_id == 0 => out.push((format!("IP-ID 0 where the sender counts ({})", d.ip_id), NoSocket)),
+        IpIdModel::Counter if p.ip_id == 0 => {
+            out.push((format!("IP-ID 0 where the sender counts ({})", d.ip_id), NoSocket))
+        }
         IpIdModel::Counter => {
             let step = p.ip_id.wrapping_sub(d.ip_id);
             if step == 0 || step > IP_ID_MAX_STEP {
-                out.push((format!("breaks the sender's IP-ID sequence ({} → {})", d.ip_id, p.ip_id), OtherHost));
+                out.push((
+                    format!("breaks the sender's IP-ID sequence ({} → {})", d.ip_id, p.ip_id),
+                    OtherHost,
+                ));
             }
         }
-        IpIdModel::Zero if p.ip_id != 0 => out.push((format!("IP-ID {} where the sender always uses 0", p.ip_id), OtherHost)),
+        IpIdModel::Zero if p.ip_id != 0 => {
+            out.push((format!("IP-ID {} where the sender always uses 0", p.ip_id), OtherHost))
+        }
         _ => {}
     }
     let negotiated = d.flags & dir_flags::TS_OK != 0 && od.flags & dir_flags::TS_OK != 0;
     match p.opts.timestamp {
-        None if negotiated && !p.opts.truncated => out.push(("lacks the timestamp option the flow negotiated".into(), NoSocket)),
+        None if negotiated && !p.opts.truncated => {
+            out.push(("lacks the timestamp option the flow negotiated".into(), NoSocket))
+        }
         Some((tsval, _)) if negotiated && d.ts_val != 0 => {
             let back = d.ts_val.wrapping_sub(tsval) as i32;
             let elapsed_ms = (c.now_us.wrapping_sub(d.last_us) as u64) / 1000 + 1;
             let fwd = tsval.wrapping_sub(d.ts_val) as u64;
             if back > 0 || fwd > elapsed_ms * TS_MAX_TICKS_PER_MS + 1000 {
-                out.push((format!("TSval {tsval} is off the sender's clock (last {})", d.ts_val), OtherHost));
+                out.push((
+                    format!("TSval {tsval} is off the sender's clock (last {})", d.ts_val),
+                    OtherHost,
+                ));
             }
         }
         _ => {}
@@ -111,7 +133,7 @@ pub fn on_packet(c: &mut Ctx<'_>) {
                             )
                         };
                         let mut d = Detection::new(Kind::DataAfterRst, explanation)
-                        .detail("rst_from", rst_from);
+                            .detail("rst_from", rst_from);
                         d.first_ns = Some(rst_ns);
                         d.count = n;
                         c.found.push(d);
@@ -127,7 +149,13 @@ pub fn on_packet(c: &mut Ctx<'_>) {
     if let Some(why) = stale_reason(c) {
         let trig = trigger(c, 0, why);
         if let Some(x) = c.extra() {
-            x.wait = Some(PairWait { kind: Kind::RstAfterStaleSegment, since_ns: now, from_side: o, rst_seq: p.ack.0, trigger: trig });
+            x.wait = Some(PairWait {
+                kind: Kind::RstAfterStaleSegment,
+                since_ns: now,
+                from_side: o,
+                rst_seq: p.ack.0,
+                trigger: trig,
+            });
         }
         return;
     }
@@ -135,13 +163,23 @@ pub fn on_packet(c: &mut Ctx<'_>) {
         return;
     }
     // Data toward a receiver that may have no connection for it.
-    let midstream = c.flow.flags & conn_flags::MIDSTREAM != 0 && c.flow.dirs[s].flags & dir_flags::SYN == 0;
+    let midstream =
+        c.flow.flags & conn_flags::MIDSTREAM != 0 && c.flow.dirs[s].flags & dir_flags::SYN == 0;
     let syn_hop = c.flow.syn_dst_mac();
-    let split_hop = syn_hop.is_known() && c.dst_mac.is_known() && c.flow.client_side() == Some(s) && syn_hop != c.dst_mac;
+    let split_hop = syn_hop.is_known()
+        && c.dst_mac.is_known()
+        && c.flow.client_side() == Some(s)
+        && syn_hop != c.dst_mac;
     if midstream || split_hop {
         let trig = trigger(c, 0, if split_hop { TriggerWhy::SplitHop } else { TriggerWhy::Plain });
         if let Some(x) = c.extra() {
-            x.wait = Some(PairWait { kind: Kind::MidstreamRst, since_ns: now, from_side: o, rst_seq: p.ack.0, trigger: trig });
+            x.wait = Some(PairWait {
+                kind: Kind::MidstreamRst,
+                since_ns: now,
+                from_side: o,
+                rst_seq: p.ack.0,
+                trigger: trig,
+            });
         }
         return;
     }
@@ -151,7 +189,13 @@ pub fn on_packet(c: &mut Ctx<'_>) {
         let idle = now.saturating_sub(c.first_ns + c.before.next_seq_us as u64 * 1000);
         let trig = trigger(c, idle, TriggerWhy::Plain);
         if let Some(x) = c.extra() {
-            x.wait = Some(PairWait { kind: Kind::RequestAfterFin, since_ns: now, from_side: o, rst_seq: p.ack.0, trigger: trig });
+            x.wait = Some(PairWait {
+                kind: Kind::RequestAfterFin,
+                since_ns: now,
+                from_side: o,
+                rst_seq: p.ack.0,
+                trigger: trig,
+            });
         }
     }
 }
@@ -169,7 +213,10 @@ fn stale_reason(c: &Ctx<'_>) -> Option<TriggerWhy> {
     if p.flags & (SYN | FIN) != 0 || !p.has(ACK) {
         return None;
     }
-    if d.flags & dir_flags::DATA_OR_ACK == 0 || od.flags & dir_flags::DATA_OR_ACK == 0 || d.packets() < MODEL_MIN_PACKETS {
+    if d.flags & dir_flags::DATA_OR_ACK == 0
+        || od.flags & dir_flags::DATA_OR_ACK == 0
+        || d.packets() < MODEL_MIN_PACKETS
+    {
         return None;
     }
     let rwin = ((od.window as u32) << od.wscale().min(14)).max(1);
@@ -192,7 +239,8 @@ fn on_rst(c: &mut Ctx<'_>) {
     let mut paired = false;
     if let Some(w) = wait {
         let in_time = now.saturating_sub(w.since_ns) <= pairing;
-        let seq_ok = p.seq.0 == w.rst_seq || (w.kind == Kind::RequestAfterFin && p.seq == c.flow.dirs[s].next_seq);
+        let seq_ok = p.seq.0 == w.rst_seq
+            || (w.kind == Kind::RequestAfterFin && p.seq == c.flow.dirs[s].next_seq);
         if w.from_side == s && in_time && seq_ok {
             paired = true;
             c.found.push(paired_detection(c, &w, &breaks));
@@ -235,7 +283,10 @@ fn paired_detection(c: &Ctx<'_>, w: &PairWait, breaks: &[(String, Evidence)]) ->
     let sender_desc = if breaks.is_empty() {
         String::new()
     } else if breaks.iter().all(|(_, e)| *e == Evidence::NoSocket) {
-        format!(" The RST {}: sent by a stack with no socket for this connection.", describe(breaks))
+        format!(
+            " The RST {}: sent by a stack with no socket for this connection.",
+            describe(breaks)
+        )
     } else {
         format!(" The RST {}.", describe(breaks))
     };
@@ -268,7 +319,10 @@ fn paired_detection(c: &Ctx<'_>, w: &PairWait, breaks: &[(String, Evidence)]) ->
         )
         .detail("idle_s", w.trigger.idle_ns as f64 / 1e9),
     };
-    let mut d = d.fingerprint(Fingerprint::of_packet("the RST", p)).detail("trigger_seq", w.trigger.seq).detail("trigger_ack", w.trigger.ack);
+    let mut d = d
+        .fingerprint(Fingerprint::of_packet("the RST", p))
+        .detail("trigger_seq", w.trigger.seq)
+        .detail("trigger_ack", w.trigger.ack);
     d.first_ns = Some(w.since_ns);
     d
 }

@@ -16,11 +16,19 @@ pub fn on_packet(c: &mut Ctx<'_>) {
         let d = &c.flow.dirs[s];
         let had_syn = d.flags & dir_flags::SYN != 0;
         let same_isn = had_syn && d.isn == p.seq;
-        if had_syn && !same_isn && c.flow.state.is_open() && c.flow.state != crate::tcp::ConnState::SynSent {
+        if had_syn
+            && !same_isn
+            && c.flow.state.is_open()
+            && c.flow.state != crate::tcp::ConnState::SynSent
+        {
             tuple_reuse(c);
             return;
         }
-        if c.flow.state.is_open() && !had_syn && c.flow.flags & conn_flags::MIDSTREAM != 0 && c.flow.dirs[s].flags & dir_flags::SEEN != 0 {
+        if c.flow.state.is_open()
+            && !had_syn
+            && c.flow.flags & conn_flags::MIDSTREAM != 0
+            && c.flow.dirs[s].flags & dir_flags::SEEN != 0
+        {
             // A SYN on a flow we picked up mid-stream with data already flowing from this side.
             tuple_reuse(c);
             return;
@@ -30,7 +38,11 @@ pub fn on_packet(c: &mut Ctx<'_>) {
             c.flow.set_syns(1);
             c.flow.set_synacks(0);
             c.flow.flags &= !(conn_flags::HANDSHAKE_REPORTED | conn_flags::SYNACK_SEEN);
-            c.flow.flags = if s == 1 { c.flow.flags | conn_flags::CLIENT_IS_HI } else { c.flow.flags & !conn_flags::CLIENT_IS_HI };
+            c.flow.flags = if s == 1 {
+                c.flow.flags | conn_flags::CLIENT_IS_HI
+            } else {
+                c.flow.flags & !conn_flags::CLIENT_IS_HI
+            };
             c.flow.set_syn_dst_mac(c.dst_mac);
             c.flow.set_rtt_ns(None);
             if let Some(x) = c.extra() {
@@ -49,7 +61,9 @@ pub fn on_packet(c: &mut Ctx<'_>) {
         d.flags |= dir_flags::SYN;
         d.isn = p.seq;
         // Rule: the SYN and at least two retransmissions, never answered.
-        if c.flow.syns() >= 3 && c.flow.flags & (conn_flags::SYNACK_SEEN | conn_flags::HANDSHAKE_REPORTED) == 0 {
+        if c.flow.syns() >= 3
+            && c.flow.flags & (conn_flags::SYNACK_SEEN | conn_flags::HANDSHAKE_REPORTED) == 0
+        {
             c.flow.flags |= conn_flags::HANDSHAKE_REPORTED;
             let first = c.extra_ref().and_then(|x| x.syn_first_ns).unwrap_or(c.first_ns);
             c.found.push(syn_unanswered(c, first, c.flow.syns() as u64));
@@ -57,7 +71,10 @@ pub fn on_packet(c: &mut Ctx<'_>) {
     } else if synack {
         if c.flow.flags & conn_flags::SYNACK_SEEN != 0 && c.flow.dirs[s].isn == p.seq {
             c.flow.set_synacks(c.flow.synacks().saturating_add(1));
-            if c.flow.synacks() == 2 && c.flow.state == crate::tcp::ConnState::SynReceived && c.flow.flags & conn_flags::HANDSHAKE_REPORTED == 0 {
+            if c.flow.synacks() == 2
+                && c.flow.state == crate::tcp::ConnState::SynReceived
+                && c.flow.flags & conn_flags::HANDSHAKE_REPORTED == 0
+            {
                 c.flow.flags |= conn_flags::HANDSHAKE_REPORTED;
                 let first = c.extra_ref().and_then(|x| x.synack_first_ns).unwrap_or(now);
                 c.found.push(synack_unacked(c, first, "was retransmitted"));
@@ -72,7 +89,10 @@ pub fn on_packet(c: &mut Ctx<'_>) {
         let d = &mut c.flow.dirs[s];
         d.flags |= dir_flags::SYN;
         d.isn = p.seq;
-    } else if p.has(RST) && c.flow.state == crate::tcp::ConnState::SynSent && c.flow.client_side() == Some(c.other()) {
+    } else if p.has(RST)
+        && c.flow.state == crate::tcp::ConnState::SynSent
+        && c.flow.client_side() == Some(c.other())
+    {
         // The server side answered the SYN with RST.
         let client = c.endpoint(c.other());
         let server = c.endpoint(s);
@@ -84,7 +104,10 @@ pub fn on_packet(c: &mut Ctx<'_>) {
             )
             .fingerprint(Fingerprint::of_packet("the RST", p)),
         );
-    } else if c.flow.state == crate::tcp::ConnState::SynReceived && p.has(ACK) && c.flow.client_side() == Some(s) {
+    } else if c.flow.state == crate::tcp::ConnState::SynReceived
+        && p.has(ACK)
+        && c.flow.client_side() == Some(s)
+    {
         // The third segment: Wireshark's first RTT is SYN → this ACK.
         if c.flow.rtt_ns().is_none() {
             if let Some(t) = c.extra_ref().and_then(|x| x.syn_ns) {
@@ -142,7 +165,11 @@ fn tuple_reuse(c: &mut Ctx<'_>) {
     if old.ttl != new.ttl {
         diffs.push(format!("TTL {} vs {}", old.ttl, new.ttl));
     }
-    let who = if diffs.is_empty() { "possibly the same host".to_string() } else { format!("a different sender ({})", diffs.join(", ")) };
+    let who = if diffs.is_empty() {
+        "possibly the same host".to_string()
+    } else {
+        format!("a different sender ({})", diffs.join(", "))
+    };
     let explanation = format!(
         "A SYN with ISN {} arrived on {} ↔ {} while the connection {} is still open: two connections collide on one 4-tuple — {who}. Typical cause: two independent NAT/load-balancer paths mapping different clients onto the same source address and port.",
         p.seq,
@@ -150,7 +177,10 @@ fn tuple_reuse(c: &mut Ctx<'_>) {
         c.endpoint(c.other()),
         if had_isn { format!("with ISN {old_isn}") } else { "picked up mid-stream".to_string() },
     );
-    let mut d = Detection::new(Kind::TupleReuse, explanation).fingerprint(old).fingerprint(new).detail("new_isn", p.seq.0);
+    let mut d = Detection::new(Kind::TupleReuse, explanation)
+        .fingerprint(old)
+        .fingerprint(new)
+        .detail("new_isn", p.seq.0);
     if had_isn {
         d = d.detail("old_isn", old_isn.0);
     }

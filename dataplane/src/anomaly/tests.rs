@@ -3,12 +3,11 @@ use std::net::IpAddr;
 
 use dataplane_common::tcp_flags::{ACK, FIN, PSH, RST, SYN};
 
-use super::{loss::verdict, Kind};
-use crate::{
-    craft::TcpSegment,
-    engine::{Engine, EngineConfig},
-    packet::decode,
-};
+use super::loss::verdict;
+use super::Kind;
+use crate::craft::TcpSegment;
+use crate::engine::{Engine, EngineConfig};
+use crate::packet::decode;
 
 const MS: u64 = 1_000_000;
 
@@ -55,13 +54,22 @@ impl Conv {
             tsval: m as u32 * 100_000,
             window: 502,
         };
-        Self { e: Engine::new(cfg, 0), t: 1_700_000_000_000_000_000, frame: 0, c: side("10.0.0.1", 40000, 1, 1000), s: side("10.0.0.2", 80, 2, 5000), vantage: 0, ts: true }
+        Self {
+            e: Engine::new(cfg, 0),
+            t: 1_700_000_000_000_000_000,
+            frame: 0,
+            c: side("10.0.0.1", 40000, 1, 1000),
+            s: side("10.0.0.2", 80, 2, 5000),
+            vantage: 0,
+            ts: true,
+        }
     }
 
     /// Builds the next segment from the client (`true`) or server, advancing its sequence.
     fn seg(&mut self, from_client: bool, flags: u8, len: usize) -> TcpSegment {
         let ts = self.ts;
-        let (me, peer) = if from_client { (&mut self.c, &mut self.s) } else { (&mut self.s, &mut self.c) };
+        let (me, peer) =
+            if from_client { (&mut self.c, &mut self.s) } else { (&mut self.s, &mut self.c) };
         let mut g = TcpSegment::new(me.addr, me.port, peer.addr, peer.port);
         g.src_mac = me.mac;
         g.dst_mac = me.next_hop;
@@ -431,7 +439,10 @@ fn split_path_vs_one_time_route_change() {
 
 #[test]
 fn lost_between_sensors_vs_seen_at_both() {
-    let cfg = EngineConfig { vantage_names: vec!["upstream".into(), "downstream".into()], ..Default::default() };
+    let cfg = EngineConfig {
+        vantage_names: vec!["upstream".into(), "downstream".into()],
+        ..Default::default()
+    };
     let mut c = Conv::with(cfg);
     // A first connection is seen at both sensors: they share the server.
     for from_client in [true, false, true] {
@@ -453,7 +464,11 @@ fn lost_between_sensors_vs_seen_at_both() {
     c.tick(200.0);
     let ev = c.e.drain_events();
     assert_eq!(ev.iter().map(|e| e.kind).collect::<Vec<_>>(), [Kind::LostBetweenSensors]);
-    assert!(ev[0].explanation.contains("seen at upstream but never at downstream"), "{}", ev[0].explanation);
+    assert!(
+        ev[0].explanation.contains("seen at upstream but never at downstream"),
+        "{}",
+        ev[0].explanation
+    );
 }
 
 #[test]

@@ -38,7 +38,12 @@ impl MacTable {
     const SLOTS: usize = 1 << 13;
 
     pub fn new() -> Self {
-        Self { macs: vec![[0; 6]], slots: vec![0u16; Self::SLOTS].into_boxed_slice(), overflowed: 0, recent: [0; 2] }
+        Self {
+            macs: vec![[0; 6]],
+            slots: vec![0u16; Self::SLOTS].into_boxed_slice(),
+            overflowed: 0,
+            recent: [0; 2],
+        }
     }
 
     #[inline]

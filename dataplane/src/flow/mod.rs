@@ -4,7 +4,9 @@
 //! and the bounded pool of side state that detectors take while they are armed (`side`).
 use std::net::IpAddr;
 
-use crate::{packet::TcpPacket, seq::SeqNumber, tcp::ConnState};
+use crate::packet::TcpPacket;
+use crate::seq::SeqNumber;
+use crate::tcp::ConnState;
 
 pub mod macs;
 pub mod side;
@@ -65,7 +67,15 @@ impl FlowKey {
     /// The key of a packet from `s:sport` to `d:dport` (addresses as 16 bytes, IPv4-mapped)
     /// and the packet's side.
     #[inline]
-    pub fn from_endpoints(s: [u8; 16], sport: u16, d: [u8; 16], dport: u16, vlan: u16, v6: bool, vantage: u16) -> (FlowKey, usize) {
+    pub fn from_endpoints(
+        s: [u8; 16],
+        sport: u16,
+        d: [u8; 16],
+        dport: u16,
+        vlan: u16,
+        v6: bool,
+        vantage: u16,
+    ) -> (FlowKey, usize) {
         let meta = if v6 { META_V6 } else { 0 } | (vantage.min(MAX_VANTAGES as u16 - 1) as u8);
         // Byte-wise order of the addresses is the order of their big-endian values.
         if (u128::from_be_bytes(s), sport) <= (u128::from_be_bytes(d), dport) {
@@ -76,19 +86,34 @@ impl FlowKey {
     }
 
     /// [`from_endpoints`](Self::from_endpoints) for addresses as `IpAddr`.
-    pub fn from_addrs(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, vlan: u16, vantage: u16) -> (FlowKey, usize) {
+    pub fn from_addrs(
+        src: IpAddr,
+        sport: u16,
+        dst: IpAddr,
+        dport: u16,
+        vlan: u16,
+        vantage: u16,
+    ) -> (FlowKey, usize) {
         Self::from_endpoints(addr16(src), sport, addr16(dst), dport, vlan, src.is_ipv6(), vantage)
     }
 
     /// The 16-byte address of `side`.
     #[inline]
     pub fn addr_bytes(&self, side: usize) -> [u8; 16] {
-        if side == 0 { self.lo } else { self.hi }
+        if side == 0 {
+            self.lo
+        } else {
+            self.hi
+        }
     }
 
     /// 4 or 6.
     pub fn family(&self) -> u8 {
-        if self.meta & META_V6 != 0 { 6 } else { 4 }
+        if self.meta & META_V6 != 0 {
+            6
+        } else {
+            4
+        }
     }
 
     /// The sensor this view belongs to.
@@ -127,9 +152,13 @@ impl FlowKey {
     /// The key as five little-endian words (the table's hash input).
     #[inline]
     pub(crate) fn words(&self) -> [u64; 5] {
-        let w = |b: &[u8; 16], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        let w =
+            |b: &[u8; 16], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
         let (lo, hi) = (self.lo, self.hi);
-        let tail = self.lo_port as u64 | (self.hi_port as u64) << 16 | (self.vlan as u64) << 32 | (self.meta as u64) << 48;
+        let tail = self.lo_port as u64
+            | (self.hi_port as u64) << 16
+            | (self.vlan as u64) << 32
+            | (self.meta as u64) << 48;
         [w(&lo, 0), w(&lo, 8), w(&hi, 0), w(&hi, 8), tail]
     }
 }
@@ -315,7 +344,8 @@ pub struct FlowRecord {
     /// SYNs (4 bits) | SYN-ACKs (4 bits) seen with the current ISN, saturating at 15.
     syn_counts: u8,
 }
-const _: () = assert!(std::mem::size_of::<FlowRecord>() == 128, "a flow record must stay within 128 bytes");
+const _: () =
+    assert!(std::mem::size_of::<FlowRecord>() == 128, "a flow record must stay within 128 bytes");
 
 /// The largest handshake RTT a record holds (20 bits of µs, ~1.05 s); longer ones saturate.
 pub const RTT_MAX_US: u32 = (1 << 20) - 1;
@@ -337,7 +367,10 @@ impl FlowRecord {
 
     /// Which side (0/1) is the client, when a SYN told us.
     pub fn client_side(&self) -> Option<usize> {
-        if self.flags & conn_flags::MIDSTREAM != 0 && self.dirs[0].flags & dir_flags::SYN == 0 && self.dirs[1].flags & dir_flags::SYN == 0 {
+        if self.flags & conn_flags::MIDSTREAM != 0
+            && self.dirs[0].flags & dir_flags::SYN == 0
+            && self.dirs[1].flags & dir_flags::SYN == 0
+        {
             return None;
         }
         Some((self.flags & conn_flags::CLIENT_IS_HI != 0) as usize)
@@ -416,7 +449,10 @@ mod tests {
             d.count_packet();
             d.count_mac_switch();
         }
-        assert_eq!((d.src_mac(), d.dst_mac(), d.ttl(), d.wscale()), (MacId(4095), MacId(17), 255, 14));
+        assert_eq!(
+            (d.src_mac(), d.dst_mac(), d.ttl(), d.wscale()),
+            (MacId(4095), MacId(17), 255, 14)
+        );
         assert_eq!((d.ip_id_model(), d.packets(), d.mac_switches()), (IpIdModel::Random, 15, 15));
         let (k, _) = FlowKey::of(&pkt("10.0.0.1", 1, "10.0.0.2", 2));
         let mut r = FlowRecord::new(k, 0, 0);

@@ -5,10 +5,8 @@
 //! its detectors are done with it. When the pool is full, an entry that only times a handshake
 //! (the cheapest to lose: the detectors fall back to the flow's first packet) is taken from its
 //! flow; failing that, the new request is refused. Both are counted.
-use std::{
-    collections::HashMap,
-    hash::{BuildHasherDefault, Hasher},
-};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use super::table::{FlowRef, Slot};
 
@@ -104,7 +102,9 @@ impl<T: SideState> SidePool<T> {
             (self.entries.len() - 1) as u32
         } else {
             let n = self.entries.len();
-            let found = (0..RECLAIM_SCAN.min(n)).map(|k| (self.hand + k) % n).find(|&j| self.entries[j].is_reclaimable());
+            let found = (0..RECLAIM_SCAN.min(n))
+                .map(|k| (self.hand + k) % n)
+                .find(|&j| self.entries[j].is_reclaimable());
             self.hand = (self.hand + RECLAIM_SCAN) % n;
             let Some(j) = found else {
                 self.exhausted += 1;

@@ -17,7 +17,8 @@ pub enum EvictReason {
 }
 
 impl EvictReason {
-    pub const ALL: [EvictReason; 4] = [EvictReason::Closed, EvictReason::HalfOpen, EvictReason::Idle, EvictReason::Expired];
+    pub const ALL: [EvictReason; 4] =
+        [EvictReason::Closed, EvictReason::HalfOpen, EvictReason::Idle, EvictReason::Expired];
     pub fn name(self) -> &'static str {
         match self {
             EvictReason::Closed => "closed",
@@ -159,7 +160,11 @@ impl FlowTable {
 
     #[inline]
     fn next(&self, i: usize) -> usize {
-        if i + 1 == self.index.len() { 0 } else { i + 1 }
+        if i + 1 == self.index.len() {
+            0
+        } else {
+            i + 1
+        }
     }
 
     #[inline]
@@ -173,7 +178,11 @@ impl FlowTable {
 
     #[inline]
     fn pos_mask(&self) -> u32 {
-        if self.pos_bits >= 32 { u32::MAX } else { (1u32 << self.pos_bits) - 1 }
+        if self.pos_bits >= 32 {
+            u32::MAX
+        } else {
+            (1u32 << self.pos_bits) - 1
+        }
     }
 
     #[inline]
@@ -211,7 +220,11 @@ impl FlowTable {
         {
             let p = self.index.as_ptr().wrapping_add(self.home(h));
             // Safety: prefetching is a hint and never faults, whatever the address.
-            unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p as *const i8) };
+            unsafe {
+                core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                    p as *const i8,
+                )
+            };
         }
     }
 
@@ -262,7 +275,9 @@ impl FlowTable {
 
     /// The slot of `r` if the same flow still lives there.
     pub fn resolve(&self, r: FlowRef) -> Option<Slot> {
-        (self.is_live(r.slot) && self.hash(&self.slab[r.slot as usize].key) as u32 & TAG_MASK == r.tag & TAG_MASK).then_some(r.slot)
+        (self.is_live(r.slot)
+            && self.hash(&self.slab[r.slot as usize].key) as u32 & TAG_MASK == r.tag & TAG_MASK)
+            .then_some(r.slot)
     }
 
     /// Removes the flow in `slot` and returns its record.
@@ -332,14 +347,22 @@ impl FlowTable {
             let q = if closed { &self.closed_fifo } else { &self.half_open_fifo };
             match q.front() {
                 Some(&r) if self.still(r, closed).is_none() => {
-                    if closed { self.closed_fifo.pop_front() } else { self.half_open_fifo.pop_front() };
+                    if closed {
+                        self.closed_fifo.pop_front()
+                    } else {
+                        self.half_open_fifo.pop_front()
+                    };
                 }
                 _ => break,
             }
         }
         let qlen = if closed { self.closed_fifo.len() } else { self.half_open_fifo.len() };
         if qlen > 2 * self.capacity.max(1024) {
-            let mut q = std::mem::take(if closed { &mut self.closed_fifo } else { &mut self.half_open_fifo });
+            let mut q = std::mem::take(if closed {
+                &mut self.closed_fifo
+            } else {
+                &mut self.half_open_fifo
+            });
             q.retain(|r| self.still(*r, closed).is_some());
             *(if closed { &mut self.closed_fifo } else { &mut self.half_open_fifo }) = q;
         }
@@ -350,7 +373,11 @@ impl FlowTable {
     pub fn evict_one(&mut self) -> Option<(Slot, FlowRecord, EvictReason)> {
         for (closed, reason) in [(true, EvictReason::Closed), (false, EvictReason::HalfOpen)] {
             loop {
-                let front = if closed { self.closed_fifo.pop_front() } else { self.half_open_fifo.pop_front() };
+                let front = if closed {
+                    self.closed_fifo.pop_front()
+                } else {
+                    self.half_open_fifo.pop_front()
+                };
                 let Some(r) = front else { break };
                 if let Some(s) = self.still(r, closed) {
                     let rec = self.remove(s);
@@ -411,17 +438,24 @@ impl FlowTable {
 
     /// Live flows, in slab order.
     pub fn iter(&self) -> impl Iterator<Item = (Slot, &FlowRecord)> {
-        self.slab.iter().enumerate().filter(|(i, _)| self.is_live(*i as Slot)).map(|(i, r)| (i as Slot, r))
+        self.slab
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.is_live(*i as Slot))
+            .map(|(i, r)| (i as Slot, r))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{craft::TcpSegment, packet::decode, tcp::ConnState};
+    use crate::craft::TcpSegment;
+    use crate::packet::decode;
+    use crate::tcp::ConnState;
 
     fn key(port: u16) -> FlowKey {
-        let f = TcpSegment::new("10.0.0.1".parse().unwrap(), port, "10.0.0.2".parse().unwrap(), 80).frame();
+        let f = TcpSegment::new("10.0.0.1".parse().unwrap(), port, "10.0.0.2".parse().unwrap(), 80)
+            .frame();
         FlowKey::of(&decode(&f, f.len() as u32, 0, 0).unwrap()).0
     }
 
@@ -511,7 +545,11 @@ mod tests {
         let mut t = FlowTable::new(16);
         let k0 = key(1);
         t.insert(k0, t.hash(&k0), 0, 0);
-        for (i, ts) in [1_700_000_000_123_000_000u64, 1_700_000_000_123_000_000 + 60 * 86_400 * 1_000_000_000].into_iter().enumerate() {
+        for (i, ts) in
+            [1_700_000_000_123_000_000u64, 1_700_000_000_123_000_000 + 60 * 86_400 * 1_000_000_000]
+                .into_iter()
+                .enumerate()
+        {
             let k = key(10 + i as u16);
             let s = t.insert(k, t.hash(&k), ts, 0);
             assert_eq!(t.first_ns(t.get(s), ts + 5_000_000_000), ts, "flow {i}");

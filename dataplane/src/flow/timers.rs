@@ -38,7 +38,11 @@ impl Timer {
         FlowRef { slot: self.slot, tag: self.bits & TAG_MASK }
     }
     pub fn kind(&self) -> TimerKind {
-        if self.bits & EXPIRY_BIT == 0 { TimerKind::Handshake } else { TimerKind::Expiry { gen: self.bits & GEN_BIT != 0 } }
+        if self.bits & EXPIRY_BIT == 0 {
+            TimerKind::Handshake
+        } else {
+            TimerKind::Expiry { gen: self.bits & GEN_BIT != 0 }
+        }
     }
 }
 
@@ -60,7 +64,13 @@ impl Default for TimerWheel {
 
 impl TimerWheel {
     pub fn new() -> Self {
-        Self { buckets: (0..BUCKETS).map(|_| Vec::new()).collect(), current: VecDeque::new(), cursor: 0, started: false, len: 0 }
+        Self {
+            buckets: (0..BUCKETS).map(|_| Vec::new()).collect(),
+            current: VecDeque::new(),
+            cursor: 0,
+            started: false,
+            len: 0,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -209,7 +219,8 @@ mod tests {
                 }
                 // Nothing due may be left behind once pop_due says None.
                 let fired_set: std::collections::HashSet<u64> = fired.iter().map(|f| f.1).collect();
-                let overdue = model.iter().filter(|(d, s)| *d <= now && !fired_set.contains(s)).count();
+                let overdue =
+                    model.iter().filter(|(d, s)| *d <= now && !fired_set.contains(s)).count();
                 assert_eq!(overdue, 0, "timers due by {now} still pending");
             }
             now += 1 << 40;
