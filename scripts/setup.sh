@@ -44,6 +44,15 @@ if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'
     log "adding rust-src to nightly"
     rustup component add rust-src --toolchain nightly
 fi
+# The lint policy: rustfmt from nightly (grouped imports are a nightly option), clippy stable.
+if ! rustup component list --toolchain nightly --installed | grep -q '^rustfmt'; then
+    log "adding rustfmt to nightly"
+    rustup component add rustfmt --toolchain nightly
+fi
+if ! rustup component list --installed | grep -q '^clippy'; then
+    log "adding clippy"
+    rustup component add clippy
+fi
 
 # bpf-linker links the eBPF object; built against Debian's LLVM 22.
 if ! command -v bpf-linker >/dev/null 2>&1 || ! bpf-linker --version 2>/dev/null | grep -q '0.13.0'; then

@@ -13,6 +13,12 @@ export PATH="$HOME/.cargo/bin:$PATH"
 export WIREWATCH_REQUIRE_PRIVILEGED=1
 export RUST_BACKTRACE=1
 
+# The lint policy (rustfmt.toml, [workspace.lints] in Cargo.toml) holds before any test runs.
+cargo +nightly fmt --all --check || { echo "FAIL: cargo fmt: run 'cargo +nightly fmt --all'" >&2; exit 1; }
+cargo clippy --release --all-targets -- -D warnings || { echo "FAIL: clippy findings (see above)" >&2; exit 1; }
+
+# Namespaces that exist before the suite are not ours; any new one left after it is a bug.
+netns_before=$(ip netns list | awk '{print $1}' | sort)
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # Release build: the live tests watch real traffic at rate, as the product would.
@@ -42,10 +48,10 @@ if [ "$passed" -eq 0 ]; then
     echo "FAIL: no test ran" >&2
     exit 1
 fi
-# Leftovers from our tests would be a bug: namespaces are named ww*.
-if ip netns list | grep -q '^ww'; then
+leftover=$(comm -13 <(echo "$netns_before") <(ip netns list | awk '{print $1}' | sort))
+if [ -n "$leftover" ]; then
     echo "FAIL: tests left network namespaces behind:" >&2
-    ip netns list | grep '^ww' >&2
+    echo "$leftover" >&2
     exit 1
 fi
 echo "all tests passed ($passed)"

@@ -52,7 +52,8 @@ struct TestRunAttr {
 
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // Safety: attr is a valid, zero-padded bpf_attr prefix of the size passed.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
+    let r =
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut::<T>(attr), size_of::<T>()) };
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {

@@ -114,12 +114,12 @@ pub fn generate(m: &FloodModel, path: &Path) -> std::io::Result<FloodCapture> {
             frames += 1;
         }
         let src = loop {
-            let a = Ipv4Addr::from(rng.next() as u32);
+            let a = Ipv4Addr::from(rng.next_u64() as u32);
             if a != REAL_CLIENT && a != SERVER {
                 break a;
             }
         };
-        let (a, b) = (rng.next(), rng.next());
+        let (a, b) = (rng.next_u64(), rng.next_u64());
         seg.src = IpAddr::V4(src);
         seg.sport = 1024 + (a % 64512) as u16;
         seg.seq = b as u32;

@@ -44,7 +44,7 @@ struct Pkt {
 pub struct Rng(pub u64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         // xorshift64*
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -52,7 +52,7 @@ impl Rng {
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
     pub fn chance(&mut self, per_mille: u64) -> bool {
         self.below(1000) < per_mille
@@ -89,7 +89,7 @@ fn flow_packets(m: &Model, rng: &mut Rng, flow: u32, out: &mut Vec<Pkt>) {
                 len: u16| {
         out.push(Pkt { ts: t, flow, from_client, flags, seq, ack, win, len });
     };
-    let (c_isn, s_isn) = (rng.next() as u32, rng.next() as u32);
+    let (c_isn, s_isn) = (rng.next_u64() as u32, rng.next_u64() as u32);
     if rng.chance(20) {
         for back in [0, 1_000_000_000, 3_000_000_000] {
             push(out, t + back, true, SYN, c_isn, 0, 64240, 0);
@@ -170,7 +170,7 @@ fn endpoints(flow: u32) -> (IpAddr, u16, IpAddr, u16) {
         IpAddr::V4(c),
         1024 + (flow % 60000) as u16,
         IpAddr::V4(s),
-        if flow % 3 == 0 { 443 } else { 80 },
+        if flow.is_multiple_of(3) { 443 } else { 80 },
     )
 }
 

@@ -626,9 +626,7 @@ fn main() -> Result<()> {
         let mut shards = [Vec::new(), Vec::new()];
         for i in 0..n as u32 {
             let (data, orig, ts) = cap.frame(i as usize);
-            let w = decode(data, orig, ts, 0)
-                .map(|p| dataplane::pipeline::shard_of(&p, 2))
-                .unwrap_or(0);
+            let w = decode(data, orig, ts, 0).map_or(0, |p| dataplane::pipeline::shard_of(&p, 2));
             shards[w].push(i);
         }
         let cap_ref = &cap;
@@ -884,7 +882,7 @@ fn main() -> Result<()> {
                 }
             }
             Err(e) => {
-                row(&mut rows, label, format!("not run: {e:#}"), "—".into(), "—".into(), tgt, None)
+                row(&mut rows, label, format!("not run: {e:#}"), "—".into(), "—".into(), tgt, None);
             }
         }
     }
@@ -915,7 +913,7 @@ fn write_results(args: &Args, rows: &[Row], packets: usize, file_mb: f64) -> Res
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
         })
         .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let mut t = String::new();
     let _ = writeln!(
         t,

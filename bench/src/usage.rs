@@ -15,7 +15,8 @@ fn tv(t: libc::timeval) -> Duration {
 pub fn thread_cpu() -> Duration {
     // Safety: rusage is plain data that getrusage fills; RUSAGE_THREAD names the calling thread.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    // Safety: `ru` is a valid, writable rusage for the call.
+    let r = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &raw mut ru) };
     debug_assert_eq!(r, 0, "getrusage(RUSAGE_THREAD) cannot fail with a valid pointer");
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
@@ -34,7 +35,8 @@ pub fn wait_usage(child: &mut Child) -> Result<(ExitStatus, Usage)> {
     let mut status = 0;
     // Safety: rusage is plain data that wait4 fills; the pid is our own unreaped child.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
+    // Safety: `status` and `ru` are valid, writable locals for the call.
+    let r = unsafe { libc::wait4(child.id() as i32, &raw mut status, 0, &raw mut ru) };
     if r < 0 {
         bail!("wait4: {}", std::io::Error::last_os_error());
     }

@@ -3,6 +3,7 @@
 //! A change to the flow table, the pipeline or the timers must not change what is detected;
 //! a change that means to (a detector fix) regenerates the file with WIREWATCH_BLESS=1 and
 //! says why in its commit.
+use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use bench::gen;
@@ -25,7 +26,7 @@ fn replay_text() -> String {
     let mut verdicts = e.drain_verdicts();
     verdicts.sort_unstable();
     for (n, v) in verdicts.iter().filter(|(_, v)| *v != 0) {
-        out.push_str(&format!("frame {n} {v:#x}\n"));
+        writeln!(out, "frame {n} {v:#x}").unwrap();
     }
     let mut events: Vec<String> =
         e.drain_events().iter().map(|ev| serde_json::to_string(ev).unwrap()).collect();
@@ -35,7 +36,7 @@ fn replay_text() -> String {
         out.push('\n');
     }
     let s = e.stats();
-    out.push_str(&format!("packets {} anomalies {:?}\n", s.packets, s.anomalies));
+    writeln!(out, "packets {} anomalies {:?}", s.packets, s.anomalies).unwrap();
     out
 }
 

@@ -13,6 +13,8 @@ use dataplane::engine::{Engine, EngineConfig};
 struct Counting;
 static ALLOCS: AtomicUsize = AtomicUsize::new(0);
 
+// Safety: every call is forwarded unchanged to the system allocator, which upholds
+// GlobalAlloc's contract; the counters are atomics.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         ALLOCS.fetch_add(1, Relaxed);

@@ -111,6 +111,7 @@ struct WorkerResult {
     evidence_failed: u64,
 }
 
+#[expect(clippy::needless_pass_by_value, reason = "the command owns its parsed arguments")]
 pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     if args.files.len() > dataplane::flow::MAX_VANTAGES {
         anyhow::bail!(
@@ -136,7 +137,9 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     }
     let workers = args
         .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism().map(std::num::NonZero::get).unwrap_or(1)
+        })
         .clamp(1, 64);
     let cfg = EngineConfig {
         evidence_dir: args.evidence_dir.clone(),
@@ -328,7 +331,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
             heap.push(Head { ts_ns: slots[v].ts_ns, vantage });
         }
         read_frames += 1;
-        if read_frames % WATERMARK_EVERY == 0 {
+        if read_frames.is_multiple_of(WATERMARK_EVERY) {
             // Every worker learns the merged input's time, also one that gets no frames.
             for (shard, b) in batches.iter_mut().enumerate() {
                 if b.frames.is_empty() {
@@ -348,8 +351,8 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
                     .map_err(|_| anyhow::anyhow!("an analysis worker stopped early"))?;
             }
         }
-        if progress && read_frames % 200_000 == 0 {
-            let done: u64 = readers.iter().map(|r| r.offset()).sum();
+        if progress && read_frames.is_multiple_of(200_000) {
+            let done: u64 = readers.iter().map(CaptureReader::offset).sum();
             eprint!(
                 "\r  {:5.1}%  {read_frames} frames",
                 done as f64 * 100.0 / total_bytes.max(1) as f64
@@ -429,7 +432,10 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
 
 /// Verdict bit names, as tshark names its tcp.analysis fields.
 pub fn verdict_names(v: u32) -> Vec<&'static str> {
-    use dataplane::anomaly::loss::verdict::*;
+    use dataplane::anomaly::loss::verdict::{
+        ACK_UNSEEN, DUP_ACK, FAST_RETRANSMISSION, KEEP_ALIVE, MIRROR_DUPLICATE, OUT_OF_ORDER,
+        RETRANSMISSION, SPURIOUS_RETRANSMISSION, WINDOW_UPDATE, ZERO_WINDOW, ZERO_WINDOW_PROBE,
+    };
     [
         (RETRANSMISSION, "retransmission"),
         (FAST_RETRANSMISSION, "fast_retransmission"),
@@ -506,7 +512,7 @@ impl Summary<'_> {
                     println!(
                         "  evidence: {} (packet {})",
                         ev.path,
-                        ev.packets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+                        ev.packets.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
                     );
                 }
             }

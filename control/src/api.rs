@@ -22,14 +22,19 @@ impl EventStore {
         Self { events: Mutex::new(VecDeque::new()), cap }
     }
     pub fn push(&self, e: Event) {
-        let mut q = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        let mut q = self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if q.len() == self.cap {
             q.pop_front();
         }
         q.push_back(e);
     }
     fn snapshot(&self) -> Vec<Event> {
-        self.events.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+        self.events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
     }
 }
 
@@ -174,12 +179,12 @@ fn parse_since(s: &str) -> Result<u64> {
         s.split_once('T').context("since: expected Unix seconds or YYYY-MM-DDTHH:MM:SSZ")?;
     let d: Vec<i64> = date
         .split('-')
-        .map(|x| x.parse())
+        .map(str::parse)
         .collect::<std::result::Result<_, _>>()
         .context("since: bad date")?;
     let t: Vec<f64> = time
         .split(':')
-        .map(|x| x.parse())
+        .map(str::parse)
         .collect::<std::result::Result<_, _>>()
         .context("since: bad time")?;
     if d.len() != 3 || t.len() != 3 {

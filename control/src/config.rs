@@ -135,7 +135,7 @@ pub fn expand(argv: Vec<OsString>, run_cmd: &clap::Command) -> Result<Vec<OsStri
                 if key == "iface" && cli_has_iface {
                     continue;
                 }
-                push(s.clone())
+                push(s.clone());
             }
             toml::Value::Integer(i) if takes_value => push(i.to_string()),
             toml::Value::Float(f) if takes_value => push(f.to_string()),

@@ -37,7 +37,7 @@ pub struct LabArgs {
     /// Serve each monitor's Prometheus metrics and API here, inside the monitor's namespace
     /// (`ip netns exec wwl-mon-… curl 127.0.0.1:9464/metrics` while it runs with --keep).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
-    pub metrics: std::net::SocketAddr,
+    pub metrics: SocketAddr,
     /// Also keep everything each monitor received (headers only) as DIR/INCIDENT.pcapng.
     #[arg(long, value_name = "DIR")]
     pub record: Option<PathBuf>,
@@ -99,7 +99,7 @@ impl Monitor {
         tag: &'static str,
         events_file: Option<PathBuf>,
         record: Option<PathBuf>,
-        metrics: std::net::SocketAddr,
+        metrics: SocketAddr,
     ) -> Result<Self> {
         let exe = std::env::current_exe().context("locating the wirewatch binary")?;
         let mut cmd = ns.command(exe.to_str().context("non-UTF-8 path to wirewatch")?);
@@ -186,7 +186,7 @@ impl Monitor {
     }
 
     /// The monitor's anomaly counters as Prometheus exposes them (`kind` → count).
-    fn anomaly_counts(&self, ns: &str, addr: std::net::SocketAddr) -> Vec<(String, u64)> {
+    fn anomaly_counts(ns: &str, addr: SocketAddr) -> Vec<(String, u64)> {
         // The monitor exports its counters every 500 ms: let the last detections reach them.
         std::thread::sleep(Duration::from_millis(1200));
         let ns = ns.to_string();
@@ -329,7 +329,9 @@ impl Lab<'_> {
     }
 }
 
+#[expect(clippy::needless_pass_by_value, reason = "the command owns its parsed arguments")]
 pub fn lab(args: LabArgs) -> Result<()> {
+    // Safety: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the lab creates network namespaces and attaches XDP: run it as root (sudo)");
     }
@@ -450,8 +452,8 @@ impl PacketSocket {
             sll.sll_ifindex = ifindex;
             if libc::bind(
                 fd,
-                &sll as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                (&raw const sll).cast::<libc::sockaddr>(),
+                size_of::<libc::sockaddr_ll>() as u32,
             ) != 0
             {
                 libc::close(fd);
@@ -462,8 +464,8 @@ impl PacketSocket {
                 fd,
                 libc::SOL_SOCKET,
                 libc::SO_RCVTIMEO,
-                &tv as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as u32,
+                (&raw const tv).cast::<libc::c_void>(),
+                size_of::<libc::timeval>() as u32,
             );
             Ok(Self { fd })
         }
@@ -471,7 +473,7 @@ impl PacketSocket {
     fn send(&self, frame: &[u8]) -> Result<()> {
         // SAFETY: valid fd and buffer.
         let n =
-            unsafe { libc::send(self.fd, frame.as_ptr() as *const libc::c_void, frame.len(), 0) };
+            unsafe { libc::send(self.fd, frame.as_ptr().cast::<libc::c_void>(), frame.len(), 0) };
         if n < 0 {
             bail!("sending a crafted frame: {}", std::io::Error::last_os_error());
         }
@@ -479,7 +481,8 @@ impl PacketSocket {
     }
     fn recv(&self, buf: &mut [u8]) -> Option<usize> {
         // SAFETY: valid fd and buffer.
-        let n = unsafe { libc::recv(self.fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+        let n =
+            unsafe { libc::recv(self.fd, buf.as_mut_ptr().cast::<libc::c_void>(), buf.len(), 0) };
         (n > 0).then_some(n as usize)
     }
 }
@@ -582,7 +585,7 @@ fn conntrack_invalid(lab: &mut Lab<'_>) -> Result<Outcome> {
     m.wait_for(&expected, Duration::from_secs(6))?;
     let _ = client.join();
     let _ = upload.join();
-    let metrics = m.anomaly_counts(&mon, lab.args.metrics);
+    let metrics = Monitor::anomaly_counts(&mon, lab.args.metrics);
     let events = m.stop()?;
     Ok(Outcome { incident: Incident::ConntrackInvalid, expected, events, note, metrics })
 }
@@ -604,7 +607,7 @@ fn keepalive_race(lab: &mut Lab<'_>) -> Result<Outcome> {
         let mut req = [0u8; 64];
         let _ = s.read(&mut req);
         let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
-        std::thread::sleep(Duration::from_millis(1000));
+        std::thread::sleep(Duration::from_secs(1));
         drop(s); // FIN: idle timeout
         std::thread::sleep(Duration::from_millis(500));
     })?;
@@ -627,7 +630,7 @@ fn keepalive_race(lab: &mut Lab<'_>) -> Result<Outcome> {
     m.wait_for(&expected, Duration::from_secs(4))?;
     let _ = cli_h.join();
     let _ = srv_h.join();
-    let metrics = m.anomaly_counts(&mon, lab.args.metrics);
+    let metrics = Monitor::anomaly_counts(&mon, lab.args.metrics);
     let events = m.stop()?;
     let note = if control {
         "control run: the client closed its idle connection first".to_string()
@@ -700,7 +703,7 @@ fn syn_blackhole(lab: &mut Lab<'_>) -> Result<Outcome> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::result::Result<(), String>>();
     let proxy_h = std::thread::spawn(move || -> Result<()> {
         let listener =
-            enter_current_thread(&proxy_ns).map_err(anyhow::Error::from).and_then(|_| {
+            enter_current_thread(&proxy_ns).map_err(anyhow::Error::from).and_then(|()| {
                 let l = std::net::TcpListener::bind(front)?;
                 l.set_nonblocking(true)?;
                 Ok(l)
@@ -718,12 +721,9 @@ fn syn_blackhole(lab: &mut Lab<'_>) -> Result<Outcome> {
         let mut handles = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(15);
         while handles.len() < requests && Instant::now() < deadline {
-            let mut c = match l.accept() {
-                Ok((c, _)) => c,
-                Err(_) => {
-                    std::thread::sleep(Duration::from_millis(10));
-                    continue;
-                }
+            let Ok((mut c, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
             };
             c.set_nonblocking(false)?;
             c.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -773,7 +773,7 @@ fn syn_blackhole(lab: &mut Lab<'_>) -> Result<Outcome> {
     m.wait_for(&expected, Duration::from_secs(3))?;
     let _ = proxy_h.join();
     let _ = srv_h.join();
-    let metrics = m.anomaly_counts(&mon, lab.args.metrics);
+    let metrics = Monitor::anomaly_counts(&mon, lab.args.metrics);
     let events = m.stop()?;
     let note = format!("{failures} of {requests} client requests failed (reset by the proxy after its connect timeout)");
     Ok(Outcome { incident: Incident::SynBlackhole, expected, events, note, metrics })
@@ -870,7 +870,7 @@ fn ecmp_split(lab: &mut Lab<'_>) -> Result<Outcome> {
     m.wait_for(&expected, Duration::from_secs(5))?;
     let proxy_result = cli_h.join().map_err(|_| anyhow::anyhow!("proxy thread panicked"))?;
     let _ = srv_h.join();
-    let metrics = m.anomaly_counts(&mon, lab.args.metrics);
+    let metrics = Monitor::anomaly_counts(&mon, lab.args.metrics);
     let events = m.stop()?;
     let note = match proxy_result {
         Ok(()) => "the proxy's POST went through".to_string(),
@@ -910,7 +910,20 @@ fn tuple_collision(lab: &mut Lab<'_>) -> Result<Outcome> {
     for k in ["all", "default", "direct", "via-lvs"] {
         lab.run(&db, &format!("sysctl -qw net.ipv4.conf.{k}.rp_filter=0"))?;
     }
-    if !lab.args.control {
+    if lab.args.control {
+        // The control: the same VIP, translated to a source port of its own.
+        lab.run(&lvs, "nft add table ip fullnat")?;
+        lab.run(&lvs, "nft add chain ip fullnat pre { type nat hook prerouting priority -100 ; }")?;
+        lab.run(
+            &lvs,
+            "nft add chain ip fullnat post { type nat hook postrouting priority 100 ; }",
+        )?;
+        lab.run(
+            &lvs,
+            "nft add rule ip fullnat pre ip daddr 10.85.9.9 tcp dport 3306 dnat to 10.85.0.2:3269",
+        )?;
+        lab.run(&lvs, "nft add rule ip fullnat post ip daddr 10.85.0.2 tcp dport 3269 snat to 10.85.3.1:40000")?;
+    } else {
         // Full NAT: VIP:3306 → real server :3269, source rewritten to the app's own address and
         // the port its direct connection uses.
         lab.run(&lvs, "nft add table ip fullnat")?;
@@ -924,19 +937,6 @@ fn tuple_collision(lab: &mut Lab<'_>) -> Result<Outcome> {
             "nft add rule ip fullnat pre ip daddr 10.85.9.9 tcp dport 3306 dnat to 10.85.0.2:3269",
         )?;
         lab.run(&lvs, "nft add rule ip fullnat post ip daddr 10.85.0.2 tcp dport 3269 snat to 10.85.1.2:61902")?;
-    } else {
-        // The control: the same VIP, translated to a source port of its own.
-        lab.run(&lvs, "nft add table ip fullnat")?;
-        lab.run(&lvs, "nft add chain ip fullnat pre { type nat hook prerouting priority -100 ; }")?;
-        lab.run(
-            &lvs,
-            "nft add chain ip fullnat post { type nat hook postrouting priority 100 ; }",
-        )?;
-        lab.run(
-            &lvs,
-            "nft add rule ip fullnat pre ip daddr 10.85.9.9 tcp dport 3306 dnat to 10.85.0.2:3269",
-        )?;
-        lab.run(&lvs, "nft add rule ip fullnat post ip daddr 10.85.0.2 tcp dport 3269 snat to 10.85.3.1:40000")?;
     }
     // The sensor sees both of the server's links.
     lab.span(&db, "direct", "span-db", &mon, "server")?;
@@ -1013,7 +1013,7 @@ fn tuple_collision(lab: &mut Lab<'_>) -> Result<Outcome> {
     let via_ok = via.join().unwrap_or(false);
     let expected = vec!["tuple_reuse"];
     m.wait_for(&expected, Duration::from_secs(3))?;
-    let metrics = m.anomaly_counts(&mon, lab.args.metrics);
+    let metrics = Monitor::anomaly_counts(&mon, lab.args.metrics);
     let events = m.stop()?;
     drop(d);
     let _ = srv.join();

@@ -110,9 +110,8 @@ impl FrameSink for EngineSink {
             return;
         }
         // Decoded once: the flow key picks the owner, and the owner's engine gets the packet.
-        let p = match decode(f.data, f.orig_len, f.ts_ns, f.vantage) {
-            Ok(p) => p,
-            Err(_) => return self.engine.process_frame(f.data, f.orig_len, f.ts_ns, f.vantage, 0),
+        let Ok(p) = decode(f.data, f.orig_len, f.ts_ns, f.vantage) else {
+            return self.engine.process_frame(f.data, f.orig_len, f.ts_ns, f.vantage, 0);
         };
         let owner = dataplane::pipeline::shard_of(&p, self.peers.len());
         if owner == self.id {
@@ -213,7 +212,7 @@ impl EventsFile {
 pub fn event_loop(
     rx: Receiver<Output>,
     mut cfg: EventOutput,
-    seen: Arc<crate::api::EventStore>,
+    seen: &crate::api::EventStore,
 ) -> (u64, u64, u64) {
     let mut file = cfg.events_file.as_ref().and_then(|p| {
         match EventsFile::open(p.clone(), cfg.rotate_bytes, cfg.rotate_keep) {
@@ -284,7 +283,7 @@ pub fn print_event(e: &Event) {
             out,
             "    evidence: {} (packet {})",
             ev.path,
-            ev.packets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",")
+            ev.packets.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
         );
     }
     let _ = out.flush();

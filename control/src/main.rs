@@ -35,6 +35,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[expect(clippy::large_enum_variant, reason = "parsed once at start; boxing would only move it")]
 enum Command {
     /// Watch live traffic on one or more interfaces (needs CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW).
     #[command(args_override_self = true)]
@@ -95,7 +96,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line the operator can act on: the cause chain, outermost first.
             let mut msg = String::new();
-            for cause in e.chain().map(|c| c.to_string()) {
+            for cause in e.chain().map(ToString::to_string) {
                 if !msg.contains(&cause) {
                     if !msg.is_empty() {
                         msg.push_str(": ");

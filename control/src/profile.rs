@@ -104,7 +104,8 @@ pub fn resolve<'a>(
 pub fn cpu_list_or_all(cpus: Option<&crate::options::CpuList>) -> Vec<usize> {
     match cpus {
         Some(list) => list.0.clone(),
-        None => (0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).collect(),
+        None => (0..std::thread::available_parallelism().map(std::num::NonZero::get).unwrap_or(1))
+            .collect(),
     }
 }
 

@@ -19,7 +19,7 @@ impl Retention {
         let mut files: Vec<(PathBuf, u64, SystemTime)> = std::fs::read_dir(dir)
             .into_iter()
             .flatten()
-            .filter_map(|e| e.ok())
+            .filter_map(Result::ok)
             .filter(|e| e.path().extension().is_some_and(|x| x == "pcapng"))
             .filter_map(|e| {
                 let m = e.metadata().ok()?;
@@ -76,7 +76,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ww-retention-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut r = Retention::new(&dir, 2500, Duration::from_secs(3600));
+        let mut r = Retention::new(&dir, 2500, Duration::from_hours(1));
         let mut paths = Vec::new();
         for i in 0..5 {
             let p = dir.join(format!("{i}.pcapng"));

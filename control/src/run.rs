@@ -208,7 +208,7 @@ fn ifindex(name: &str) -> Result<u32> {
 fn rx_queue_count(iface: &str) -> usize {
     std::fs::read_dir(format!("/sys/class/net/{iface}/queues"))
         .map(|d| {
-            d.filter_map(|e| e.ok())
+            d.filter_map(std::result::Result::ok)
                 .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
                 .count()
         })
@@ -220,7 +220,7 @@ fn attach(prog: &mut XdpProgram, iface: &str, idx: u32, mode: XdpModeArg) -> Res
     let try_mode = |prog: &mut XdpProgram, m: XdpMode| prog.attach(idx, m);
     let explain = |e: aya::programs::ProgramError, what: &str| -> anyhow::Error {
         let busy = matches!(&e, aya::programs::ProgramError::SyscallError(s)
-            if matches!(s.io_error.raw_os_error(), Some(libc::EBUSY) | Some(libc::EEXIST)));
+            if matches!(s.io_error.raw_os_error(), Some(libc::EBUSY | libc::EEXIST)));
         if busy {
             anyhow::anyhow!(
                 "interface {iface} already has an XDP program attached; remove it with \
@@ -232,20 +232,20 @@ fn attach(prog: &mut XdpProgram, iface: &str, idx: u32, mode: XdpModeArg) -> Res
     };
     match mode {
         XdpModeArg::Native => {
-            try_mode(prog, XdpMode::Driver).map(|_| "native").map_err(|e| explain(e, "native"))
+            try_mode(prog, XdpMode::Driver).map(|()| "native").map_err(|e| explain(e, "native"))
         }
         XdpModeArg::Generic => {
-            try_mode(prog, XdpMode::Skb).map(|_| "generic").map_err(|e| explain(e, "generic"))
+            try_mode(prog, XdpMode::Skb).map(|()| "generic").map_err(|e| explain(e, "generic"))
         }
         XdpModeArg::Auto => match try_mode(prog, XdpMode::Driver) {
-            Ok(_) => Ok("native"),
+            Ok(()) => Ok("native"),
             Err(e) => {
                 let e = explain(e, "native");
                 if e.to_string().contains("already has an XDP program") {
                     return Err(e);
                 }
                 log::warn!("{iface}: native XDP refused ({e:#}); falling back to generic XDP");
-                try_mode(prog, XdpMode::Skb).map(|_| "generic").map_err(|e| explain(e, "generic"))
+                try_mode(prog, XdpMode::Skb).map(|()| "generic").map_err(|e| explain(e, "generic"))
             }
         },
     }
@@ -344,7 +344,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     let cpus = match &args.cpus {
         Some(list) => list.0.clone(),
-        None => (0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).collect(),
+        None => (0..std::thread::available_parallelism().map(std::num::NonZero::get).unwrap_or(1))
+            .collect(),
     };
     let config =
         XdpConfig { snaplen: args.snaplen, non_tcp_drop: (args.non_tcp == NonTcpArg::Drop) as u32 };
@@ -492,7 +493,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let seen2 = seen.clone();
     let output_thread = std::thread::Builder::new()
         .name("ww-events".into())
-        .spawn(move || event_loop(out_rx, output_cfg, seen2))?;
+        .spawn(move || event_loop(out_rx, output_cfg, &seen2))?;
     let (inbox_tx, mut inbox_rx): (Vec<_>, Vec<_>) =
         (0..nworkers).map(|_| bounded::<OwnedFrame>(16384)).unzip();
     inbox_rx.reverse();
@@ -555,7 +556,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
 
     let started = Instant::now();
-    let mut last_export = Instant::now() - Duration::from_secs(1);
+    let mut last_export = Instant::now().checked_sub(Duration::from_secs(1)).unwrap();
     while !STOP.load(Relaxed) {
         if args.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
@@ -665,7 +666,7 @@ fn apply_profiles(args: &RunArgs, name: &str, cpus: &[usize]) -> Result<Tuning> 
     for (iface, p, info) in &resolved {
         log::info!("{iface}: applying hw-profile {} ({})", p.name, p.description);
         let ctx = hw_profiles::PlanContext {
-            iface: iface.to_string(),
+            iface: (*iface).clone(),
             worker_cpus: cpus.to_vec(),
             kernel,
             device: info.as_ref().and_then(|i| i.device.clone()),

@@ -85,7 +85,7 @@ fn traffic(t: &Topo) {
             s.read_to_end(&mut v).map(|_| v.len())
         })
         .unwrap();
-        connect_from(&t.a.name, srv(port), |s| s.unwrap().write_all(&[1u8; 200_000]).unwrap())
+        connect_from(&t.a.name, srv(port), |s| s.unwrap().write_all(&vec![1u8; 200_000]).unwrap())
             .join()
             .unwrap();
         h.join().unwrap().unwrap().unwrap();
@@ -103,7 +103,7 @@ fn traffic(t: &Topo) {
         }
     })
     .unwrap();
-    connect_from(&t.a.name, srv(7003), |s| s.unwrap().write_all(&[5u8; 60_000]).unwrap())
+    connect_from(&t.a.name, srv(7003), |s| s.unwrap().write_all(&vec![5u8; 60_000]).unwrap())
         .join()
         .unwrap();
     slow.join().unwrap().unwrap();
@@ -122,7 +122,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     if !privileged_or_skip("every_dashboard_query_returns_data_from_a_real_prometheus") {
         return;
     }
-    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _s = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = std::env::temp_dir().join(format!("ww-prom-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("tsdb")).unwrap();
     let t = topo("p");
@@ -171,7 +171,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         if code != 200
             || v["status"] != "success"
-            || v["data"]["result"].as_array().is_none_or(|r| r.is_empty())
+            || v["data"]["result"].as_array().is_none_or(Vec::is_empty)
         {
             empty.push(format!("{e} → {code} {}", String::from_utf8_lossy(&body)));
         }
@@ -235,7 +235,7 @@ fn token_non_loopback_and_unwritable_evidence() {
     if !privileged_or_skip("token_non_loopback_and_unwritable_evidence") {
         return;
     }
-    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _s = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = std::env::temp_dir().join(format!("ww-api-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let t = topo("t");

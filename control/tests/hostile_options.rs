@@ -27,7 +27,7 @@ fn case(name: impl Into<String>, args: &[&str], wants: &[&str]) -> Case {
         name: name.into(),
         args: args.iter().map(OsString::from).collect(),
         env: Vec::new(),
-        wants: wants.iter().map(|w| w.to_string()).collect(),
+        wants: wants.iter().map(ToString::to_string).collect(),
     }
 }
 
@@ -99,10 +99,10 @@ fn mkfifo(p: &Path) {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo {}", p.display());
 }
 
-fn check(cases: Vec<Case>) {
+fn check(cases: &[Case]) {
     let mut failures = Vec::new();
     let mut slowest = Duration::ZERO;
-    for c in &cases {
+    for c in cases {
         let o = ww(&c.args, &c.env);
         slowest = slowest.max(o.took);
         let lines: Vec<&str> = o.stderr.lines().collect();
@@ -204,7 +204,7 @@ fn hostile_numbers_are_refused_with_their_range() {
             &[flag, allowed],
         ));
     }
-    check(cases);
+    check(&cases);
 }
 
 #[test]
@@ -268,7 +268,7 @@ fn hostile_cpu_lists_and_interfaces_are_refused() {
         &["run", "--iface", IFACE, "--metrics", "nonsense"],
         &["--metrics"],
     ));
-    check(cases);
+    check(&cases);
 }
 
 #[test]
@@ -355,7 +355,7 @@ fn hostile_tokens_are_refused_without_being_quoted() {
         run("WIREWATCH_API_TOKEN and a file", &["--api-token-file", &good], &["use one"]);
     env_and_file.env.push(("WIREWATCH_API_TOKEN", "abc"));
     cases.push(env_and_file);
-    check(cases);
+    check(&cases);
 }
 
 #[test]
@@ -456,7 +456,7 @@ fn hostile_config_files_are_refused_without_being_quoted() {
     for c in &mut cases {
         c.wants.push("config".into());
     }
-    check(cases);
+    check(&cases);
 }
 
 /// Nothing is removed before the options are checked: a hostile age limit used to delete every

@@ -11,7 +11,7 @@ use serde_json::Value;
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn run_lab(incident: &str, control: bool) -> (bool, String, Vec<Value>) {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = std::env::temp_dir()
         .join(format!("ww-labtest-{incident}-{control}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

@@ -31,8 +31,8 @@ fn pace(s: &impl std::os::fd::AsRawFd) {
             s.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_MAX_PACING_RATE,
-            &rate as *const u64 as *const libc::c_void,
-            std::mem::size_of::<u64>() as libc::socklen_t,
+            (&raw const rate).cast::<libc::c_void>(),
+            size_of::<u64>() as libc::socklen_t,
         )
     };
     assert_eq!(r, 0, "SO_MAX_PACING_RATE");
@@ -139,7 +139,7 @@ fn transfers(lab: &Lab, addrs: &[IpAddr]) -> Vec<(usize, usize)> {
 }
 
 fn live_capture_matches_tcpdump(mode: &str) {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let lab = lab(&mode[..1]);
     let dir = tempdir(mode);
     let rec = dir.join("wirewatch.pcapng");
@@ -296,7 +296,7 @@ fn operator_errors_are_one_line_and_leave_nothing_attached() {
     if !privileged_or_skip("operator_errors_are_one_line_and_leave_nothing_attached") {
         return;
     }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let ns = Netns::create(&format!("wwe{}", std::process::id())).unwrap();
     ns.run("ip link add e0 type veth peer name e1").unwrap();
     ns.run("ip link set e0 up").unwrap();

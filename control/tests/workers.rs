@@ -32,7 +32,7 @@ fn analyze(
             v
         })
         .collect();
-    evs.sort_by_key(|v| v.to_string());
+    evs.sort_by_key(ToString::to_string);
     (evs, summary["kinds"].clone())
 }
 
@@ -98,7 +98,7 @@ fn a_deadline_after_a_workers_last_packet_still_fires() {
     };
     // A chatty flow that the 2-worker run puts on the other worker.
     let lone_worker = shard_of(&decode(&lone.frame(), 74, 0, 0).unwrap(), 2);
-    let port = (41000u16..)
+    let port = (41000u16..=u16::MAX)
         .find(|p| {
             shard_of(&decode(&TcpSegment::new(c, *p, s, 80).frame(), 54, 0, 0).unwrap(), 2)
                 != lone_worker
@@ -265,7 +265,7 @@ fn losses_between_vantages_do_not_depend_on_workers() {
             })
             .filter(|v| v["kind"] == "lost_between_sensors")
             .collect();
-        v.sort_by_key(|v| v.to_string());
+        v.sort_by_key(ToString::to_string);
         v
     };
     let one = run(1);

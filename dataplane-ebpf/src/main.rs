@@ -39,6 +39,8 @@ impl Bytes for Frame {
         if p + core::hint::black_box(1) > self.end {
             return None;
         }
+        // Safety: p + 1 <= data_end was checked just above, and data <= p (off is unsigned),
+        // so the byte lies inside the frame the kernel handed us.
         Some(unsafe { *(p as *const u8) })
     }
     #[inline(always)]
@@ -47,6 +49,7 @@ impl Bytes for Frame {
         if p + 2 > self.end {
             return None;
         }
+        // Safety: p + 2 <= data_end was checked just above; the read is unaligned-safe.
         Some(u16::from_be(unsafe { core::ptr::read_unaligned(p as *const u16) }))
     }
 }
@@ -54,6 +57,8 @@ impl Bytes for Frame {
 #[inline(always)]
 fn count(outcome: Outcome) {
     if let Some(c) = COUNTERS.get_ptr_mut(outcome as u32) {
+        // Safety: the map lookup returned a valid pointer to this CPU's slot of a per-CPU
+        // array; nothing else writes it while this program runs on this CPU.
         unsafe { *c += 1 };
     }
 }
@@ -67,6 +72,8 @@ pub fn wirewatch_xdp(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn try_wirewatch_xdp(ctx: &XdpContext) -> (Outcome, u32) {
+    // Safety: CONFIG is a plain-data static in .rodata, set by the loader before attach; the
+    // volatile read keeps LLVM from folding the compile-time default into the code.
     let cfg = unsafe { core::ptr::read_volatile(&CONFIG) };
     let frame = Frame { start: ctx.data(), end: ctx.data_end() };
     let wire_len = frame.end - frame.start;
@@ -79,6 +86,7 @@ fn try_wirewatch_xdp(ctx: &XdpContext) -> (Outcome, u32) {
     }
 
     // Without a socket on this queue the frame goes to the stack untouched.
+    // Safety: ctx.ctx is the kernel's xdp_md for this invocation, valid for the whole call.
     let queue = unsafe { (*ctx.ctx).rx_queue_index };
     if XSKS.get(queue).is_none() {
         return (Outcome::RedirectFailed, xdp_action::XDP_PASS);
@@ -88,6 +96,8 @@ fn try_wirewatch_xdp(ctx: &XdpContext) -> (Outcome, u32) {
     let mut flags = 0;
     if cfg.snaplen != 0 && wire_len > cfg.snaplen as usize {
         let delta = cfg.snaplen as i32 - wire_len as i32;
+        // Safety: a helper call on this invocation's xdp_md; the kernel checks delta, and no
+        // packet pointer taken before it is used after it.
         if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
             // Never hand payload to user space: let the stack have the frame instead.
             return (Outcome::TruncateFailed, xdp_action::XDP_PASS);
@@ -96,6 +106,7 @@ fn try_wirewatch_xdp(ctx: &XdpContext) -> (Outcome, u32) {
     }
 
     let mut meta_outcome = None;
+    // Safety: as for adjust_tail; data/data_meta are re-read from ctx after the call.
     if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(XDP_META_LEN as i32)) } == 0 {
         let meta = ctx.metadata();
         if meta + XDP_META_LEN <= ctx.data() {
@@ -104,8 +115,11 @@ fn try_wirewatch_xdp(ctx: &XdpContext) -> (Outcome, u32) {
                 flags,
                 orig_len: wire_len as u32,
                 _pad: 0,
+                // Safety: bpf_ktime_get_ns takes no arguments and cannot fail.
                 rx_ns: unsafe { bpf_ktime_get_ns() },
             };
+            // Safety: meta + XDP_META_LEN <= data was checked just above, so the whole
+            // XdpMeta lies in the metadata area adjust_meta reserved.
             unsafe { core::ptr::write_unaligned(meta as *mut XdpMeta, m) };
         } else {
             meta_outcome = Some(Outcome::MetaFailed);

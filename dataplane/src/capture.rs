@@ -117,7 +117,7 @@ impl<R: Read> CaptureReader<R> {
                 let nanos = matches!(le, 0xa1b23c4d | 0x4d3cb2a1);
                 let mut h = [0u8; 20];
                 me.read_exact_at(&mut h, "pcap file header")?;
-                let linktype = me.u32(&h[16..20], big_endian) & 0x0fff_ffff;
+                let linktype = read_u32(&h[16..20], big_endian) & 0x0fff_ffff;
                 if !supported(linktype) {
                     return Err(CaptureError::LinkType { path: me.path, linktype });
                 }
@@ -168,23 +168,6 @@ impl<R: Read> CaptureReader<R> {
         CaptureError::Corrupt { path: self.path.clone(), offset, what }
     }
 
-    fn u32(&self, b: &[u8], big: bool) -> u32 {
-        let a = [b[0], b[1], b[2], b[3]];
-        if big {
-            u32::from_be_bytes(a)
-        } else {
-            u32::from_le_bytes(a)
-        }
-    }
-
-    fn u16(&self, b: &[u8], big: bool) -> u16 {
-        if big {
-            u16::from_be_bytes([b[0], b[1]])
-        } else {
-            u16::from_le_bytes([b[0], b[1]])
-        }
-    }
-
     fn read_exact_at(&mut self, buf: &mut [u8], what: &str) -> Result<(), CaptureError> {
         let at = self.offset;
         let n = read_full(&mut self.r, buf)
@@ -223,10 +206,10 @@ impl<R: Read> CaptureReader<R> {
                             format!("file ends inside a record header ({n} of 16 bytes)"),
                         ));
                     }
-                    let sec = self.u32(&h[0..4], big_endian) as u64;
-                    let frac = self.u32(&h[4..8], big_endian) as u64;
-                    let caplen = self.u32(&h[8..12], big_endian);
-                    let origlen = self.u32(&h[12..16], big_endian);
+                    let sec = read_u32(&h[0..4], big_endian) as u64;
+                    let frac = read_u32(&h[4..8], big_endian) as u64;
+                    let caplen = read_u32(&h[8..12], big_endian);
+                    let origlen = read_u32(&h[12..16], big_endian);
                     if caplen > MAX_CAPLEN {
                         return Err(self.corrupt(
                             at,
@@ -280,15 +263,15 @@ impl<R: Read> CaptureReader<R> {
                             format!("file ends inside a block header ({n} of 8 bytes)"),
                         ));
                     }
-                    let kind = self.u32(&h[0..4], big_endian);
-                    let len = self.u32(&h[4..8], big_endian);
+                    let kind = read_u32(&h[0..4], big_endian);
+                    let len = read_u32(&h[4..8], big_endian);
                     if kind == 0x0a0d0d0a {
                         // A new section: byte order may change and interfaces restart.
                         self.read_section_header(at, [h[4], h[5], h[6], h[7]])?;
                         self.ifaces.clear();
                         continue;
                     }
-                    if len < 12 || len % 4 != 0 || len > MAX_CAPLEN + 4096 {
+                    if len < 12 || !len.is_multiple_of(4) || len > MAX_CAPLEN + 4096 {
                         return Err(self.corrupt(at, format!("block length {len}")));
                     }
                     let mut block = std::mem::take(&mut self.scratch);
@@ -324,7 +307,7 @@ impl<R: Read> CaptureReader<R> {
                 if body.len() < 8 {
                     return Err(self.corrupt(at, "interface block too short".into()));
                 }
-                let linktype = self.u16(&body[0..2], big_endian) as u32;
+                let linktype = read_u16(&body[0..2], big_endian) as u32;
                 let tsresol = find_option(body, 8, 9, big_endian)
                     .and_then(|v| v.first().copied())
                     .unwrap_or(6);
@@ -334,14 +317,14 @@ impl<R: Read> CaptureReader<R> {
                 if body.len() < 20 {
                     return Err(self.corrupt(at, "packet block too short".into()));
                 }
-                let ifid = self.u32(&body[0..4], big_endian) as usize;
+                let ifid = read_u32(&body[0..4], big_endian) as usize;
                 let Some(iface) = self.ifaces.get(ifid).copied() else {
                     return Err(self.corrupt(at, format!("packet on undeclared interface {ifid}")));
                 };
-                let ts = ((self.u32(&body[4..8], big_endian) as u64) << 32)
-                    | self.u32(&body[8..12], big_endian) as u64;
-                let caplen = self.u32(&body[12..16], big_endian);
-                let origlen = self.u32(&body[16..20], big_endian);
+                let ts = ((read_u32(&body[4..8], big_endian) as u64) << 32)
+                    | read_u32(&body[8..12], big_endian) as u64;
+                let caplen = read_u32(&body[12..16], big_endian);
+                let origlen = read_u32(&body[16..20], big_endian);
                 if caplen as usize > body.len() - 20 {
                     return Err(self.corrupt(
                         at,
@@ -369,7 +352,7 @@ impl<R: Read> CaptureReader<R> {
                 if body.len() < 4 || self.ifaces.is_empty() {
                     return Err(self.corrupt(at, "simple packet block without an interface".into()));
                 }
-                let origlen = self.u32(&body[0..4], big_endian);
+                let origlen = read_u32(&body[0..4], big_endian);
                 let data = &body[4..4 + (origlen as usize).min(body.len() - 4)];
                 let lt = self.ifaces[0].linktype;
                 return Ok(to_ethernet(lt, data, origlen, 0, at, out));
@@ -492,6 +475,23 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(n)
+}
+
+fn read_u32(b: &[u8], big: bool) -> u32 {
+    let a = [b[0], b[1], b[2], b[3]];
+    if big {
+        u32::from_be_bytes(a)
+    } else {
+        u32::from_le_bytes(a)
+    }
+}
+
+fn read_u16(b: &[u8], big: bool) -> u16 {
+    if big {
+        u16::from_be_bytes([b[0], b[1]])
+    } else {
+        u16::from_le_bytes([b[0], b[1]])
+    }
 }
 
 #[cfg(test)]

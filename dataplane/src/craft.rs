@@ -108,7 +108,7 @@ impl TcpSegment {
         match (self.src, self.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 let mut opts = self.ipv4_options.clone();
-                while opts.len() % 4 != 0 {
+                while !opts.len().is_multiple_of(4) {
                     opts.push(0);
                 }
                 let ihl = 20 + opts.len();

@@ -306,8 +306,8 @@ impl Engine {
         let (key, side) = FlowKey::of(p);
         let (slot, created, flow_ref) = self.flow_slot(key, p.ts_ns);
         let first_ns = self.flows.first_ns(self.flows.get(slot), p.ts_ns);
-        let src_mac = self.macs.intern(&p.src_mac);
-        let dst_mac = self.macs.intern(&p.dst_mac);
+        let src_mac = self.macs.intern(p.src_mac);
+        let dst_mac = self.macs.intern(p.dst_mac);
         let epoch = self.epoch;
         let rec = self.flows.get_mut(slot);
         let hist_id = self.history.push(raw, p.orig_len, p.ts_ns, p.vantage, rec.last_hist);
@@ -413,7 +413,7 @@ impl Engine {
         }
         for d in found.drain(..) {
             if d.kind == Kind::ZeroWindow && self.zero_window_samples.len() < MAX_SAMPLES {
-                if let Some(dur) = d.details.get("duration_s").and_then(|v| v.as_f64()) {
+                if let Some(dur) = d.details.get("duration_s").and_then(serde_json::Value::as_f64) {
                     self.zero_window_samples.push((dur * 1e9) as u64);
                 }
             }

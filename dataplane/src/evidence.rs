@@ -31,7 +31,7 @@ pub struct History {
 }
 
 impl History {
-    pub const ENTRY_BYTES: usize = std::mem::size_of::<HistEntry>();
+    pub const ENTRY_BYTES: usize = size_of::<HistEntry>();
 
     pub fn with_memory(bytes: usize) -> Self {
         let n = (bytes / Self::ENTRY_BYTES).max(64);
@@ -194,7 +194,7 @@ impl EvidenceBudget {
     /// Whether one more evidence file may be written at packet time `now_ns`.
     pub fn allow(&self, now_ns: u64) -> bool {
         // A worker that panicked while holding the lock left a valid bucket behind.
-        let mut r = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         r.allow(now_ns)
     }
 }

@@ -27,10 +27,10 @@ pub fn sh(cmdline: &str) -> Result<String, NetnsError> {
         .args(&parts[1..])
         .output()
         .map_err(|source| NetnsError::Spawn { cmd: cmdline.into(), source })?;
-    check(cmdline, out)
+    check(cmdline, &out)
 }
 
-fn check(cmd: &str, out: Output) -> Result<String, NetnsError> {
+fn check(cmd: &str, out: &Output) -> Result<String, NetnsError> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -123,9 +123,10 @@ pub fn privileged_or_skip(test: &str) -> bool {
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    if std::env::var("WIREWATCH_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-        panic!("{test}: needs root, and WIREWATCH_REQUIRE_PRIVILEGED=1 forbids skipping it");
-    }
+    assert!(
+        std::env::var("WIREWATCH_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
+        "{test}: needs root, and WIREWATCH_REQUIRE_PRIVILEGED=1 forbids skipping it"
+    );
     eprintln!("SKIPPED {test}: needs root (run the suite with sudo)");
     false
 }

@@ -17,7 +17,7 @@ pub fn shard_of_key(k: &FlowKey, workers: usize) -> usize {
         return 0;
     }
     // Multiply-shift maps the hash onto 0..workers without the bias or the cost of `%`.
-    ((k.shard_hash() >> 32) * workers as u64 >> 32) as usize
+    (((k.shard_hash() >> 32) * workers as u64) >> 32) as usize
 }
 
 #[cfg(test)]

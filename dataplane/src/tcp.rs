@@ -61,8 +61,10 @@ pub enum Segment {
 
 /// One arm per transition, each with its rule.
 pub fn transition(state: ConnState, seg: Segment) -> ConnState {
-    use ConnState::*;
-    use Segment::*;
+    use ConnState::{
+        Closed, Closing, Established, HalfClosed, Reset, SynReceived, SynSent, Unknown,
+    };
+    use Segment::{Fin, Other, Rst, Syn, SynAck};
     match (state, seg) {
         // §3.5.2: a RST in any state aborts the connection.
         (_, Rst) => Reset,

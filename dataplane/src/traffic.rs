@@ -9,15 +9,15 @@ use std::time::Duration;
 
 use crate::netns::enter_current_thread;
 
-fn setsockopt<T>(s: &impl AsRawFd, level: i32, opt: i32, v: T) -> io::Result<()> {
+fn setsockopt<T>(s: &impl AsRawFd, level: i32, opt: i32, v: &T) -> io::Result<()> {
     // SAFETY: valid fd; `v` lives for the call and its size is passed.
     let r = unsafe {
         libc::setsockopt(
             s.as_raw_fd(),
             level,
             opt,
-            &v as *const T as *const libc::c_void,
-            std::mem::size_of::<T>() as libc::socklen_t,
+            std::ptr::from_ref(v).cast::<libc::c_void>(),
+            size_of::<T>() as libc::socklen_t,
         )
     };
     if r == 0 {
@@ -29,17 +29,17 @@ fn setsockopt<T>(s: &impl AsRawFd, level: i32, opt: i32, v: T) -> io::Result<()>
 
 /// Caps the socket's sending rate (TCP internal pacing), bytes per second.
 pub fn pace(s: &TcpStream, bytes_per_sec: u64) -> io::Result<()> {
-    setsockopt(s, libc::SOL_SOCKET, libc::SO_MAX_PACING_RATE, bytes_per_sec)
+    setsockopt(s, libc::SOL_SOCKET, libc::SO_MAX_PACING_RATE, &bytes_per_sec)
 }
 
 /// Shrinks the receive buffer (a slow reader then advertises a zero window sooner).
 pub fn small_rcvbuf(s: &impl AsRawFd, bytes: i32) -> io::Result<()> {
-    setsockopt(s, libc::SOL_SOCKET, libc::SO_RCVBUF, bytes)
+    setsockopt(s, libc::SOL_SOCKET, libc::SO_RCVBUF, &bytes)
 }
 
 /// Closing will send RST instead of FIN (SO_LINGER with timeout 0).
 pub fn abort_on_close(s: &TcpStream) -> io::Result<()> {
-    setsockopt(s, libc::SOL_SOCKET, libc::SO_LINGER, libc::linger { l_onoff: 1, l_linger: 0 })
+    setsockopt(s, libc::SOL_SOCKET, libc::SO_LINGER, &libc::linger { l_onoff: 1, l_linger: 0 })
 }
 
 /// Listens on `addr` inside namespace `ns` and runs `f` on the first accepted connection.
@@ -107,13 +107,13 @@ fn bound_socket(addr: SocketAddr, rcvbuf: Option<i32>) -> io::Result<std::os::fd
     }
     // SAFETY: we own the fresh fd.
     let s = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    setsockopt(&s, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1i32)?;
+    setsockopt(&s, libc::SOL_SOCKET, libc::SO_REUSEADDR, &1i32)?;
     if let Some(b) = rcvbuf {
         small_rcvbuf(&s, b)?;
     }
     let (sa, len) = sockaddr(addr);
     // SAFETY: sa is a valid sockaddr of `len` bytes.
-    if unsafe { libc::bind(fd, &sa as *const _ as *const libc::sockaddr, len) } != 0 {
+    if unsafe { libc::bind(fd, (&raw const sa).cast::<libc::sockaddr>(), len) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(s)
@@ -141,8 +141,8 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
                 sin_zero: [0; 8],
             };
             // SAFETY: sockaddr_in fits in sockaddr_storage.
-            unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in, sin) };
-            (ss, std::mem::size_of::<libc::sockaddr_in>() as u32)
+            unsafe { std::ptr::write((&raw mut ss).cast::<libc::sockaddr_in>(), sin) };
+            (ss, size_of::<libc::sockaddr_in>() as u32)
         }
         SocketAddr::V6(a) => {
             let sin6 = libc::sockaddr_in6 {
@@ -153,8 +153,8 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
                 sin6_scope_id: 0,
             };
             // SAFETY: sockaddr_in6 fits in sockaddr_storage.
-            unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in6, sin6) };
-            (ss, std::mem::size_of::<libc::sockaddr_in6>() as u32)
+            unsafe { std::ptr::write((&raw mut ss).cast::<libc::sockaddr_in6>(), sin6) };
+            (ss, size_of::<libc::sockaddr_in6>() as u32)
         }
     }
 }
@@ -169,7 +169,7 @@ pub fn connect_bound(ns: &str, local: SocketAddr, to: SocketAddr) -> io::Result<
         let s = TcpStream::from(s);
         let (sa, len) = sockaddr(to);
         // SAFETY: valid sockaddr; a blocking connect.
-        if unsafe { libc::connect(fd, &sa as *const _ as *const libc::sockaddr, len) } != 0 {
+        if unsafe { libc::connect(fd, (&raw const sa).cast::<libc::sockaddr>(), len) } != 0 {
             return Err(io::Error::last_os_error());
         }
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -188,7 +188,7 @@ pub fn connect_from<T: Send + 'static>(
     let ns = ns.to_string();
     std::thread::spawn(move || {
         let s = enter_current_thread(&ns)
-            .and_then(|_| TcpStream::connect_timeout(&to, Duration::from_secs(5)));
+            .and_then(|()| TcpStream::connect_timeout(&to, Duration::from_secs(5)));
         if let Ok(s) = &s {
             let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
         }

@@ -61,7 +61,7 @@ pub fn monotonic_to_realtime_offset() -> u64 {
     let now = |clock| {
         let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
         // SAFETY: valid clock id and out-pointer.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
+        unsafe { libc::clock_gettime(clock, &raw mut ts) };
         ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
     };
     now(libc::CLOCK_REALTIME).wrapping_sub(now(libc::CLOCK_MONOTONIC))
@@ -70,8 +70,7 @@ pub fn monotonic_to_realtime_offset() -> u64 {
 pub fn realtime_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Pins the calling thread to `cpu`. A CPU a `cpu_set_t` cannot hold (≥ CPU_SETSIZE) is an
@@ -90,7 +89,7 @@ pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) != 0 {
             return Err(std::io::Error::last_os_error());
         }
     }
@@ -127,12 +126,11 @@ impl Worker {
                 // After stop, drain what is already in the ring, then leave.
                 let timeout = if stopping { 0 } else { 100 };
                 let got = xsk.recv_batch(timeout, |rx| {
-                    let (ts_ns, orig_len) = match rx.meta {
-                        Some(m) => (m.rx_ns.wrapping_add(offset), m.orig_len),
-                        None => {
-                            counters.no_meta.fetch_add(1, Relaxed);
-                            (realtime_ns(), rx.data.len() as u32)
-                        }
+                    let (ts_ns, orig_len) = if let Some(m) = rx.meta {
+                        (m.rx_ns.wrapping_add(offset), m.orig_len)
+                    } else {
+                        counters.no_meta.fetch_add(1, Relaxed);
+                        (realtime_ns(), rx.data.len() as u32)
                     };
                     counters.packets.fetch_add(1, Relaxed);
                     counters.bytes.fetch_add(orig_len as u64, Relaxed);

@@ -165,8 +165,10 @@ impl XskQueue {
             unsafe { Socket::new(sock_cfg, &umem, &name, queue) }.map_err(|e| {
                 let source = std::error::Error::source(&e)
                     .and_then(|s| s.downcast_ref::<io::Error>())
-                    .map(|s| io::Error::from_raw_os_error(s.raw_os_error().unwrap_or(libc::EINVAL)))
-                    .unwrap_or_else(|| io::Error::other(e.to_string()));
+                    .map_or_else(
+                        || io::Error::other(e.to_string()),
+                        |s| io::Error::from_raw_os_error(s.raw_os_error().unwrap_or(libc::EINVAL)),
+                    );
                 XskError::Bind { iface: iface.into(), queue, mode: mode.name(), source }
             })?;
         let (mut fq, cq) = rings.ok_or_else(|| cfg_err(&"UMEM already bound"))?;
@@ -198,6 +200,8 @@ impl XskQueue {
     }
 
     fn set_busy_poll(&self, bp: BusyPoll) -> Result<(), XskError> {
+        // include/uapi/asm-generic/socket.h, since Linux 5.11 ("net: introduce preferred
+        // busy-polling", "net: add SO_BUSY_POLL_BUDGET socket option"); libc lacks them.
         const SO_PREFER_BUSY_POLL: libc::c_int = 69;
         const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
         for (opt, val) in [
@@ -211,8 +215,8 @@ impl XskQueue {
                     self.fd(),
                     libc::SOL_SOCKET,
                     opt,
-                    &val as *const i32 as *const libc::c_void,
-                    std::mem::size_of::<i32>() as libc::socklen_t,
+                    (&raw const val).cast::<libc::c_void>(),
+                    size_of::<i32>() as libc::socklen_t,
                 )
             };
             if r != 0 {
@@ -247,6 +251,8 @@ impl XskQueue {
             // The metadata sits right before the packet, inside XDP_PACKET_HEADROOM of the
             // same UMEM frame, so the read stays within the mapping.
             let meta = if desc.addr() >= XDP_META_LEN {
+                // SAFETY: as the comment above says, the XDP_META_LEN bytes before the packet
+                // lie inside this frame's headroom (desc.addr() >= XDP_META_LEN), in our UMEM.
                 let m = unsafe {
                     std::slice::from_raw_parts(bytes.as_ptr().sub(XDP_META_LEN), XDP_META_LEN)
                 };

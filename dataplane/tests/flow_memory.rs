@@ -15,6 +15,8 @@ struct Counting;
 static LIVE: AtomicIsize = AtomicIsize::new(0);
 static ALLOCS: AtomicUsize = AtomicUsize::new(0);
 
+// Safety: every call is forwarded unchanged to the system allocator, which upholds
+// GlobalAlloc's contract; the counters are atomics.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         LIVE.fetch_add(l.size() as isize, Relaxed);
@@ -77,13 +79,13 @@ fn a_million_half_open_flows_cost_at_most_160_bytes_each() {
         "1M half-open flows: {per_flow:.1} B/flow of RSS, {:.1} B/flow allocated ({} B record; {:.1} MB reserved at start), \
          {allocs} allocations, side state {} in use ({} reclaimed, {} refused)",
         used as f64 / FLOWS as f64,
-        std::mem::size_of::<FlowRecord>(),
+        size_of::<FlowRecord>(),
         fixed as f64 / 1e6,
         e.side_in_use(),
         s.side_reclaimed,
         s.side_exhausted,
     );
-    assert_eq!(std::mem::size_of::<FlowRecord>(), 128);
+    assert_eq!(size_of::<FlowRecord>(), 128);
     assert!(per_flow <= 160.0, "{per_flow:.1} B of RSS per flow (target ≤ 160)");
     // Growth steps of the timer buckets and the side pool, not one allocation per flow.
     assert!(

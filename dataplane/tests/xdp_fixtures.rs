@@ -48,7 +48,7 @@ fn data_v6(ext: &[u8]) -> TcpSegment {
 fn fixtures() -> Vec<Fixture> {
     let mut f = Vec::new();
     let mut add = |name: &str, frame: Vec<u8>, queue: u32, verdict: u32, outcome: Outcome| {
-        f.push(Fixture { name: name.into(), frame, queue, verdict, outcome })
+        f.push(Fixture { name: name.into(), frame, queue, verdict, outcome });
     };
     let syn = syn_v4().frame();
     add("ipv4 SYN with MSS/SACK/TS/wscale", syn.clone(), 0, XDP_REDIRECT, Outcome::TcpRedirected);
@@ -237,9 +237,7 @@ fn xdp_program_fixture_table() {
             if fx.verdict == XDP_REDIRECT {
                 let snap = XdpConfig::DEFAULT_SNAPLEN as usize;
                 let kept = fx.frame.len().min(snap);
-                if r.meta_len as usize != XDP_META_LEN {
-                    problems.push(format!("metadata length {} (want {XDP_META_LEN})", r.meta_len));
-                } else {
+                if r.meta_len as usize == XDP_META_LEN {
                     let m = XdpMeta::from_bytes(&r.out[..XDP_META_LEN]);
                     match m {
                         Some(m) => {
@@ -259,6 +257,8 @@ fn xdp_program_fixture_table() {
                         }
                         None => problems.push("metadata magic missing".into()),
                     }
+                } else {
+                    problems.push(format!("metadata length {} (want {XDP_META_LEN})", r.meta_len));
                 }
                 if r.out.len() != XDP_META_LEN + kept || r.out[XDP_META_LEN..] != fx.frame[..kept] {
                     problems.push(format!(

@@ -371,7 +371,7 @@ pub fn parse_pci_id(s: &str) -> Option<(u16, u16)> {
 /// table header above it and the key on its line).
 fn de_error(file: &str, text: &str, e: &toml::de::Error) -> ProfileError {
     let problem = e.message().trim().to_string();
-    let key = e.span().map(|span| key_at(text, span.start)).unwrap_or_else(|| "-".into());
+    let key = e.span().map_or_else(|| "-".into(), |span| key_at(text, span.start));
     // toml reports a missing field at the table's span; name the field from the message.
     let key = match problem.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
         Some(field) if key == "-" || !key.ends_with(field) => join_key(&key, field),

@@ -49,7 +49,7 @@ impl Step {
 }
 
 fn run(args: &[&str]) -> Action {
-    Action::Run(args.iter().map(|s| s.to_string()).collect())
+    Action::Run(args.iter().map(ToString::to_string).collect())
 }
 
 impl Action {

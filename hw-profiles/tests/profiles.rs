@@ -137,10 +137,12 @@ fn golden(name: &str, got: &str) {
         std::fs::write(&path, got).unwrap();
     }
     let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{path:?}: {e} (WIREWATCH_BLESS=1 writes it)"));
+        .unwrap_or_else(|e| panic!("{}: {e} (WIREWATCH_BLESS=1 writes it)", path.display()));
     assert_eq!(
-        got, want,
-        "dry-run differs from {path:?}; review and re-bless with WIREWATCH_BLESS=1"
+        got,
+        want,
+        "dry-run differs from {}; review and re-bless with WIREWATCH_BLESS=1",
+        path.display()
     );
 }
 

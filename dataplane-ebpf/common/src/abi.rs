@@ -22,7 +22,7 @@ pub struct XdpConfig {
     /// 1: drop frames that are not TCP (dedicated tap); 0: pass them to the stack.
     pub non_tcp_drop: u32,
 }
-const _: () = assert!(core::mem::size_of::<XdpConfig>() == 8);
+const _: () = assert!(size_of::<XdpConfig>() == 8);
 
 impl XdpConfig {
     pub const DEFAULT_SNAPLEN: u32 = 128;
@@ -59,8 +59,8 @@ pub struct XdpMeta {
 }
 /// The kernel allows at most 32 bytes of metadata, in multiples of 4.
 pub const XDP_META_LEN: usize = 24;
-const _: () = assert!(core::mem::size_of::<XdpMeta>() == XDP_META_LEN);
-const _: () = assert!(XDP_META_LEN % 4 == 0 && XDP_META_LEN <= 32);
+const _: () = assert!(size_of::<XdpMeta>() == XDP_META_LEN);
+const _: () = assert!(XDP_META_LEN.is_multiple_of(4) && XDP_META_LEN <= 32);
 
 impl XdpMeta {
     /// Decodes metadata from the `XDP_META_LEN` bytes in front of a frame (host byte order,
@@ -166,5 +166,6 @@ impl Outcome {
 mod pod {
     // SAFETY: both are repr(C), Copy, and have no padding (size asserted above).
     unsafe impl aya::Pod for super::XdpConfig {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::XdpMeta {}
 }

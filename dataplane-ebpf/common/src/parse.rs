@@ -22,10 +22,7 @@ impl Bytes for [u8] {
     }
     #[inline(always)]
     fn be16_at(&self, off: usize) -> Option<u16> {
-        match self.get(off..off.checked_add(2)?) {
-            Some(b) => Some(u16::from_be_bytes([b[0], b[1]])),
-            None => None,
-        }
+        self.get(off..off.checked_add(2)?).map(|b| u16::from_be_bytes([b[0], b[1]]))
     }
 }
 
@@ -318,7 +315,7 @@ mod tests {
         f[12..14].copy_from_slice(&ETHERTYPE_QINQ.to_be_bytes());
         f[14..16].copy_from_slice(&100u16.to_be_bytes());
         f[16..18].copy_from_slice(&ETHERTYPE_VLAN.to_be_bytes());
-        f[18..20].copy_from_slice(&(0x2000u16 | 200).to_be_bytes());
+        f[18..20].copy_from_slice(&(0x2000u16 | 0x00c8).to_be_bytes());
         f[20..22].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
         f[22..62].copy_from_slice(&inner[14..54]);
         let o = classify(&f[..62], 62).unwrap();

@@ -25,7 +25,10 @@ pub mod verdict {
     /// Suppressed as a span/tap duplicate before any detector saw it.
     pub const MIRROR_DUPLICATE: u32 = 1 << 11;
 }
-use verdict::*;
+use verdict::{
+    ACK_OUT_OF_WINDOW, ACK_UNSEEN, DUP_ACK, FAST_RETRANSMISSION, KEEP_ALIVE, OUT_OF_ORDER,
+    RETRANSMISSION, SPURIOUS_RETRANSMISSION, WINDOW_UPDATE, ZERO_WINDOW, ZERO_WINDOW_PROBE,
+};
 
 /// Wireshark's fast-retransmission horizon after the last duplicate ACK.
 const FAST_RETX_NS: u64 = 20_000_000;

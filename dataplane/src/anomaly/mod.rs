@@ -354,7 +354,7 @@ impl Ctx<'_> {
                 self.flow.flags |= conn_flags::HAS_SIDE;
                 Some(x)
             }
-            Err(()) => None,
+            Err(crate::flow::side::PoolFull) => None,
         }
     }
     /// The flow's side state, if it holds some.
@@ -399,7 +399,7 @@ impl Ctx<'_> {
     }
     /// The RST pairing window: min(RTT/2, cap), at least the floor (local processing time).
     pub fn pairing_window_ns(&self) -> u64 {
-        let half_rtt = self.flow.rtt_ns().map(|r| r / 2).unwrap_or(u64::MAX);
+        let half_rtt = self.flow.rtt_ns().map_or(u64::MAX, |r| r / 2);
         half_rtt.min(self.cfg.pairing_window_max_ns).max(self.cfg.pairing_window_floor_ns)
     }
     pub fn role(&self, side: usize) -> &'static str {

@@ -153,24 +153,15 @@ impl VantageMatcher {
             flags: p.flags,
             len: p.payload_len,
         };
-        match self.pending.get_mut(&sig) {
-            Some(s) => {
-                s.vantages |= bit;
-                s.expected |= expected;
-            }
-            None => {
-                self.pending.insert(
-                    sig,
-                    Seen {
-                        vantages: bit,
-                        expected,
-                        first_vantage: p.vantage,
-                        hist_id,
-                        pkt: p.clone(),
-                    },
-                );
-                self.order.push_back((p.ts_ns, sig));
-            }
+        if let Some(s) = self.pending.get_mut(&sig) {
+            s.vantages |= bit;
+            s.expected |= expected;
+        } else {
+            self.pending.insert(
+                sig,
+                Seen { vantages: bit, expected, first_vantage: p.vantage, hist_id, pkt: p.clone() },
+            );
+            self.order.push_back((p.ts_ns, sig));
         }
     }
 

@@ -27,6 +27,7 @@ pub enum Evidence {
 
 /// Features of a packet that break its sender's established fingerprint.
 pub fn fingerprint_breaks(c: &Ctx<'_>) -> Vec<(String, Evidence)> {
+    use Evidence::{NoSocket, OtherHost};
     let p = c.pkt;
     let d = &c.flow.dirs[c.side];
     let od = &c.flow.dirs[c.other()];
@@ -34,7 +35,6 @@ pub fn fingerprint_breaks(c: &Ctx<'_>) -> Vec<(String, Evidence)> {
     if d.packets() < MODEL_MIN_PACKETS {
         return out;
     }
-    use Evidence::*;
     // A direction already sprayed over several next hops is forwarded by several routers'
     // interfaces: its source MAC says nothing about who originated it. (An unknown MAC, id 0,
     // is the all-zero address of a capture without Ethernet, or one past the MAC table.)
@@ -57,7 +57,7 @@ pub fn fingerprint_breaks(c: &Ctx<'_>) -> Vec<(String, Evidence)> {
     }
     match d.ip_id_model() {
         IpIdModel::Counter if p.ip_id == 0 => {
-            out.push((format!("IP-ID 0 where the sender counts ({})", d.ip_id), NoSocket))
+            out.push((format!("IP-ID 0 where the sender counts ({})", d.ip_id), NoSocket));
         }
         IpIdModel::Counter => {
             let step = p.ip_id.wrapping_sub(d.ip_id);
@@ -69,14 +69,14 @@ pub fn fingerprint_breaks(c: &Ctx<'_>) -> Vec<(String, Evidence)> {
             }
         }
         IpIdModel::Zero if p.ip_id != 0 => {
-            out.push((format!("IP-ID {} where the sender always uses 0", p.ip_id), OtherHost))
+            out.push((format!("IP-ID {} where the sender always uses 0", p.ip_id), OtherHost));
         }
         _ => {}
     }
     let negotiated = d.flags & dir_flags::TS_OK != 0 && od.flags & dir_flags::TS_OK != 0;
     match p.opts.timestamp {
         None if negotiated && !p.opts.truncated => {
-            out.push(("lacks the timestamp option the flow negotiated".into(), NoSocket))
+            out.push(("lacks the timestamp option the flow negotiated".into(), NoSocket));
         }
         Some((tsval, _)) if negotiated && d.ts_val != 0 => {
             let back = d.ts_val.wrapping_sub(tsval) as i32;

@@ -102,7 +102,7 @@ impl Conv {
         self.frame += 1;
         let p = decode(&f, f.len() as u32, self.t, self.vantage).unwrap();
         self.e.process(&p, &f, self.frame);
-        self.e.drain_verdicts().last().map(|v| v.1).unwrap_or(0)
+        self.e.drain_verdicts().last().map_or(0, |v| v.1)
     }
 
     fn send(&mut self, from_client: bool, flags: u8, len: usize, dt_ms: f64) -> u32 {

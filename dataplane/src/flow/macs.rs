@@ -47,20 +47,20 @@ impl MacTable {
     }
 
     #[inline]
-    fn slot_of(mac: &[u8; 6]) -> usize {
+    fn slot_of(mac: [u8; 6]) -> usize {
         let v = u64::from_le_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0]);
         (v.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 51) as usize & (Self::SLOTS - 1)
     }
 
     /// The id of `mac`, assigned on first sight.
     #[inline]
-    pub fn intern(&mut self, mac: &[u8; 6]) -> MacId {
-        if *mac == [0; 6] {
+    pub fn intern(&mut self, mac: [u8; 6]) -> MacId {
+        if mac == [0; 6] {
             return MacId::UNKNOWN;
         }
         // A span carries few MACs, mostly the same two: check the last two ids first.
         for id in self.recent {
-            if self.macs[id as usize] == *mac && id != 0 {
+            if self.macs[id as usize] == mac && id != 0 {
                 return MacId(id);
             }
         }
@@ -71,14 +71,14 @@ impl MacTable {
         id
     }
 
-    fn intern_slow(&mut self, mac: &[u8; 6]) -> MacId {
+    fn intern_slow(&mut self, mac: [u8; 6]) -> MacId {
         let mut i = Self::slot_of(mac);
         loop {
             let id = self.slots[i];
             if id == 0 {
                 break;
             }
-            if self.macs[id as usize] == *mac {
+            if self.macs[id as usize] == mac {
                 return MacId(id);
             }
             i = (i + 1) & (Self::SLOTS - 1);
@@ -88,7 +88,7 @@ impl MacTable {
             return MacId::UNKNOWN;
         }
         let id = self.macs.len() as u16;
-        self.macs.push(*mac);
+        self.macs.push(mac);
         self.slots[i] = id;
         MacId(id)
     }
@@ -114,18 +114,18 @@ mod tests {
     #[test]
     fn ids_are_stable_and_overflow_is_unknown_and_counted() {
         let mut t = MacTable::new();
-        assert_eq!(t.intern(&[0; 6]), MacId::UNKNOWN);
-        let a = t.intern(&[2, 0, 0, 0, 0, 1]);
-        let b = t.intern(&[2, 0, 0, 0, 0, 2]);
+        assert_eq!(t.intern([0; 6]), MacId::UNKNOWN);
+        let a = t.intern([2, 0, 0, 0, 0, 1]);
+        let b = t.intern([2, 0, 0, 0, 0, 2]);
         assert_ne!(a, b);
-        assert_eq!(t.intern(&[2, 0, 0, 0, 0, 1]), a);
+        assert_eq!(t.intern([2, 0, 0, 0, 0, 1]), a);
         assert_eq!(t.get(b), [2, 0, 0, 0, 0, 2]);
         for i in 0..5000u32 {
             let m = i.to_be_bytes();
-            t.intern(&[4, 0, m[0], m[1], m[2], m[3]]);
+            t.intern([4, 0, m[0], m[1], m[2], m[3]]);
         }
         assert_eq!(t.len(), MacTable::CAPACITY);
         assert_eq!(t.overflowed, 5000 - (MacTable::CAPACITY as u64 - 2));
-        assert_eq!(t.intern(&[2, 0, 0, 0, 0, 2]), b, "known addresses keep their ids when full");
+        assert_eq!(t.intern([2, 0, 0, 0, 0, 2]), b, "known addresses keep their ids when full");
     }
 }

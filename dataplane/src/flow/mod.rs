@@ -37,7 +37,7 @@ pub struct FlowKey {
     /// Bit 7: IPv6. Bits 0–6: the sensor (interface or file) this view belongs to.
     meta: u8,
 }
-const _: () = assert!(std::mem::size_of::<FlowKey>() == 39);
+const _: () = assert!(size_of::<FlowKey>() == 39);
 
 const META_V6: u8 = 0x80;
 
@@ -221,7 +221,7 @@ pub struct DirState {
     /// MAC switches (4 bits, saturating).
     counts: u8,
 }
-const _: () = assert!(std::mem::size_of::<DirState>() == 36);
+const _: () = assert!(size_of::<DirState>() == 36);
 
 impl DirState {
     #[inline]
@@ -344,8 +344,7 @@ pub struct FlowRecord {
     /// SYNs (4 bits) | SYN-ACKs (4 bits) seen with the current ISN, saturating at 15.
     syn_counts: u8,
 }
-const _: () =
-    assert!(std::mem::size_of::<FlowRecord>() == 128, "a flow record must stay within 128 bytes");
+const _: () = assert!(size_of::<FlowRecord>() == 128, "a flow record must stay within 128 bytes");
 
 /// The largest handshake RTT a record holds (20 bits of µs, ~1.05 s); longer ones saturate.
 pub const RTT_MAX_US: u32 = (1 << 20) - 1;

@@ -37,6 +37,10 @@ impl Hasher for SlotHasher {
     }
 }
 
+/// The side-state pool is full and no entry could be reclaimed (counted as `exhausted`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolFull;
+
 /// Entries inspected to find one to reclaim.
 const RECLAIM_SCAN: usize = 16;
 
@@ -86,10 +90,10 @@ impl<T: SideState> SidePool<T> {
         self.by_slot.get(&slot).map(|&i| &mut self.entries[i as usize])
     }
 
-    /// The entry of `flow`, taken from the pool if it has none. `Err(None)`: the pool is full.
+    /// The entry of `flow`, taken from the pool if it has none. `Err(PoolFull)`: the pool is full and nothing could be reclaimed.
     /// `Ok((entry, Some(victim)))`: the entry was reclaimed from `victim`, whose `HAS_SIDE`
     /// flag the caller clears.
-    pub fn take(&mut self, flow: FlowRef) -> Result<(&mut T, Option<FlowRef>), ()> {
+    pub fn take(&mut self, flow: FlowRef) -> Result<(&mut T, Option<FlowRef>), PoolFull> {
         if let Some(&i) = self.by_slot.get(&flow.slot) {
             return Ok((&mut self.entries[i as usize], None));
         }
@@ -108,7 +112,7 @@ impl<T: SideState> SidePool<T> {
             self.hand = (self.hand + RECLAIM_SCAN) % n;
             let Some(j) = found else {
                 self.exhausted += 1;
-                return Err(());
+                return Err(PoolFull);
             };
             let old = self.owner[j];
             self.by_slot.remove(&old.slot);
@@ -196,7 +200,7 @@ mod tests {
         assert!(p.take(r(4)).is_ok());
         let mut seen = Vec::new();
         p.for_each_in_use(|s, _| seen.push(s));
-        seen.sort();
+        seen.sort_unstable();
         assert_eq!(seen, vec![3, 4]);
     }
 }

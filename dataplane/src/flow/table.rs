@@ -88,7 +88,7 @@ fn fold_mul(a: u64, b: u64) -> u64 {
 fn process_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0x5157_7761_7463_68);
+    h.write_u64(0x0051_5777_6174_6368);
     h.finish() | 1
 }
 
@@ -222,8 +222,8 @@ impl FlowTable {
             // Safety: prefetching is a hint and never faults, whatever the address.
             unsafe {
                 core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
-                    p as *const i8,
-                )
+                    p.cast::<i8>(),
+                );
             };
         }
     }
@@ -237,14 +237,14 @@ impl FlowTable {
         let first_ms = (now_ns.saturating_sub(base) / 1_000_000) as u32;
         self.latest_ns = self.latest_ns.max(now_ns);
         let rec = FlowRecord::new(k, first_ms, epoch);
-        let slot = if self.free != FREE_END {
+        let slot = if self.free == FREE_END {
+            self.slab.push(rec);
+            (self.slab.len() - 1) as Slot
+        } else {
             let s = self.free;
             self.free = self.slab[s as usize].last_hist;
             self.slab[s as usize] = rec;
             s
-        } else {
-            self.slab.push(rec);
-            (self.slab.len() - 1) as Slot
         };
         self.live[slot as usize / 64] |= 1 << (slot % 64);
         let mut i = self.home(h);

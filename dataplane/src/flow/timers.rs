@@ -28,7 +28,7 @@ pub struct Timer {
     /// The flow's 30-bit tag | kind (bit 30: expiry) | expiry generation (bit 31).
     bits: u32,
 }
-const _: () = assert!(std::mem::size_of::<Timer>() == 16);
+const _: () = assert!(size_of::<Timer>() == 16);
 
 const EXPIRY_BIT: u32 = 1 << 30;
 const GEN_BIT: u32 = 1 << 31;
@@ -227,9 +227,9 @@ mod tests {
             while let Some(t) = w.pop_due(now) {
                 fired.push((t.deadline_ns, t.flow().slot as u64));
             }
-            model.sort();
+            model.sort_unstable();
             let mut got = fired.clone();
-            got.sort();
+            got.sort_unstable();
             assert_eq!(got, model, "every timer fires exactly once");
             assert!(w.is_empty());
         }
