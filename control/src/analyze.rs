@@ -39,6 +39,13 @@ pub struct AnalyzeArgs {
     /// tshark's tcp.analysis.* fields.
     #[arg(long, value_name = "OUT.tsv")]
     pub verdicts: Option<PathBuf>,
+    /// Two vantages (file names, as the summary shows them) that are serial: one link behind
+    /// the other, such as either side of a firewall, so a packet seen at one and never at the
+    /// other was lost between them. Repeatable. Without it, pairs are judged from the traffic:
+    /// serial when ≥ 90 % of the packets of connections both carry reach both; parallel (two
+    /// backends of one VIP) otherwise, and then no loss is inferred between them.
+    #[arg(long = "serial", value_name = "A,B", value_parser = crate::vantages::serial_pair)]
+    pub serial: Vec<(String, String)>,
     #[command(flatten)]
     pub thresholds: crate::thresholds::Thresholds,
 }
@@ -149,6 +156,18 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     };
     let mut cfg = cfg;
     args.thresholds.apply(&mut cfg);
+    if names.len() > 1 {
+        let serial = crate::vantages::serial_indices(&args.serial, &names)?;
+        let first = crate::vantages::first_pass(&args.files, &serial, cfg.vantage_window_ns)
+            .map_err(BadInput)?;
+        cfg.vantage_relations = first.relations;
+        // Learned from the whole input: every worker judges with the same answer. Otherwise
+        // the rest of the input may still judge pairs the start left undecided.
+        cfg.learn_vantage_relations = !first.complete;
+    } else if !args.serial.is_empty() {
+        anyhow::bail!("--serial relates two capture files; only one was given");
+    }
+    let relations_cfg = cfg.vantage_relations.clone();
     // One evidence budget for all workers: the files written do not depend on --workers.
     cfg.evidence_budget = Some(dataplane::evidence::EvidenceBudget::new(cfg.evidence_per_sec));
     if let Some(d) = &args.evidence_dir {
@@ -172,9 +191,15 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     };
     let (to_sink, sink_rx) = bounded::<SinkMsg>(workers * 64);
     // With one vantage no event can precede its worker's watermark; across vantages a packet
-    // is reported missing only when its wait (the vantage window) ends, checked every 10 ms.
-    let lateness =
-        if names.len() > 1 { cfg.vantage_window_ns.saturating_add(50_000_000) } else { 0 };
+    // is reported missing only when its wait (the vantage window, and for an opening SYN the
+    // wait for an answer) ends, checked every 10 ms.
+    let lateness = if names.len() > 1 {
+        cfg.vantage_window_ns
+            .saturating_add(dataplane::anomaly::paths::OPENING_WAIT_NS)
+            .saturating_add(50_000_000)
+    } else {
+        0
+    };
     let sink = std::thread::Builder::new()
         .name("ww-analyze-events".into())
         .spawn(move || EventOrder::new(workers, lateness, events_out).run(sink_rx))?;
@@ -413,6 +438,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     }
     let summary = Summary {
         limits,
+        vantage_pairs: crate::vantages::describe(&relations_cfg, &names),
         files: &names,
         packets,
         undecodable,
@@ -468,6 +494,8 @@ struct EngineLimits {
 
 struct Summary<'a> {
     limits: EngineLimits,
+    /// How each pair of vantages was judged (serial, parallel, unknown), with the evidence.
+    vantage_pairs: Vec<serde_json::Value>,
     files: &'a [String],
     packets: u64,
     undecodable: u64,
@@ -520,6 +548,16 @@ impl Summary<'_> {
         if !any {
             println!("\nno anomalies");
         }
+        for p in &self.vantage_pairs {
+            println!(
+                "\nvantages {} and {}: {} ({} of {} packets of the connections both carry seen at both)",
+                p["vantages"][0].as_str().unwrap_or("?"),
+                p["vantages"][1].as_str().unwrap_or("?"),
+                p["relation"].as_str().unwrap_or("?"),
+                p["seen_at_both"],
+                p["shared_packets"],
+            );
+        }
         let l = &self.limits;
         if l.side_state_refused + l.side_state_reclaimed + l.macs_overflowed > 0 {
             println!(
@@ -559,6 +597,7 @@ impl Summary<'_> {
             "kinds": kinds,
             "evidence": {"written": self.evidence_written, "suppressed": self.evidence_suppressed, "failed": self.evidence_failed},
             "engine_limits": self.limits,
+            "vantage_pairs": self.vantage_pairs,
         })
     }
 }

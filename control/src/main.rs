@@ -15,6 +15,7 @@ mod profile;
 mod retention;
 mod run;
 mod thresholds;
+mod vantages;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -115,6 +115,13 @@ pub struct RunArgs {
     /// Write a JSON summary of what was received and dropped here on exit.
     #[arg(long, value_name = "FILE")]
     pub summary_json: Option<PathBuf>,
+    /// Two interfaces (as given to --iface) that are serial: one link behind the other, such
+    /// as either side of a firewall, so a packet seen at one and never at the other was lost
+    /// between them. Repeatable. Without it, pairs are judged from the traffic: serial when
+    /// ≥ 90 % of the packets of connections both carry reach both; until a pair is judged
+    /// its losses wait (bounded), and between parallel vantages none is inferred.
+    #[arg(long = "serial", value_name = "A,B", value_parser = crate::vantages::serial_pair)]
+    pub serial: Vec<(String, String)>,
     #[command(flatten)]
     pub thresholds: crate::thresholds::Thresholds,
 }
@@ -143,6 +150,9 @@ impl RunArgs {
             if self.ifaces[..i].contains(iface) {
                 return Err(format!("--iface {iface} is given twice; name each interface once"));
             }
+        }
+        if let Err(e) = crate::vantages::serial_indices(&self.serial, &self.ifaces) {
+            return Err(e.to_string());
         }
         if self.api_token.is_some() && self.api_token_file.is_some() {
             return Err(
@@ -456,6 +466,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         ..Default::default()
     };
     args.thresholds.apply(&mut engine_cfg);
+    for (a, b) in crate::vantages::serial_indices(&args.serial, &args.ifaces)? {
+        engine_cfg.vantage_relations.force_serial(a, b);
+    }
     // Every worker draws evidence from one budget (files per second for the whole sensor).
     engine_cfg.evidence_budget =
         Some(dataplane::evidence::EvidenceBudget::new(engine_cfg.evidence_per_sec));

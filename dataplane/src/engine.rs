@@ -9,7 +9,7 @@ use dataplane_common::tcp_flags::{ACK, FIN, RST, SYN};
 use dataplane_common::{Outcome, OUTCOME_COUNT};
 
 use crate::anomaly::health::MirrorDedup;
-use crate::anomaly::paths::VantageMatcher;
+use crate::anomaly::paths::{Expired, MatcherStats, VantageMatcher, VantageRelations};
 use crate::anomaly::{
     self, loss, rfc3339, Ctx, Detection, Event, EvidenceRef, FlowExtra, FlowRef, Kind, KIND_COUNT,
 };
@@ -53,6 +53,10 @@ pub struct EngineConfig {
     pub evidence_budget: Option<EvidenceBudget>,
     /// Names of the vantages (interfaces or files), by index.
     pub vantage_names: Vec<String>,
+    /// How vantage pairs relate (serial or parallel): pairs the operator named serial, and
+    /// what a first pass learned. `learn_vantage_relations` keeps learning from the traffic.
+    pub vantage_relations: VantageRelations,
+    pub learn_vantage_relations: bool,
     /// Record a per-packet verdict (for `analyze --verdicts`).
     pub record_verdicts: bool,
 }
@@ -80,6 +84,8 @@ impl Default for EngineConfig {
             evidence_per_sec: 10.0,
             evidence_budget: None,
             vantage_names: Vec::new(),
+            vantage_relations: VantageRelations::default(),
+            learn_vantage_relations: true,
             record_verdicts: false,
         }
     }
@@ -106,6 +112,8 @@ pub struct EngineStats {
     pub side_reclaimed: u64,
     /// MAC addresses seen after the per-engine MAC table filled (treated as unknown).
     pub macs_overflowed: u64,
+    /// Cross-vantage matches that were not losses: toward a parallel vantage, or never judged.
+    pub cross_vantage: MatcherStats,
 }
 
 /// Cross-vantage matching and evidence deadlines run at most this often (of packet time).
@@ -160,7 +168,10 @@ impl Engine {
             packets: 0,
             capture_lost: 0,
             dedup: MirrorDedup::new(1 << 14, cfg.mirror_window_ns),
-            matcher: VantageMatcher::default(),
+            matcher: VantageMatcher::with_relations(
+                cfg.vantage_relations.clone(),
+                cfg.learn_vantage_relations,
+            ),
             history: History::with_memory(cfg.history_bytes),
             rate: cfg
                 .evidence_budget
@@ -197,7 +208,13 @@ impl Engine {
             side_exhausted: self.side.exhausted,
             side_reclaimed: self.side.reclaimed,
             macs_overflowed: self.macs.overflowed,
+            cross_vantage: self.matcher.stats,
         }
+    }
+
+    /// How the vantage pairs relate, as this engine judges them now.
+    pub fn vantage_relations(&self) -> &VantageRelations {
+        &self.matcher.relations
     }
 
     pub fn drain_events(&mut self) -> Vec<Event> {
@@ -501,19 +518,9 @@ impl Engine {
         }
         self.last_housekeeping_ns = now;
         if self.cfg.vantage_names.len() > 1 {
-            let missing =
+            let found =
                 self.matcher.expire(now, self.cfg.vantage_window_ns, self.cfg.vantage_names.len());
-            for m in missing {
-                self.counters[Kind::LostBetweenSensors as usize] += 1;
-                let d = anomaly::paths::lost_detection(&m, &self.cfg.vantage_names);
-                let (key, side) = FlowKey::of(&m.pkt);
-                let Some(slot) = self.flows.find(&key, self.flows.hash(&key)) else { continue };
-                let f = self.flows.get_mut(slot);
-                if f.flags & conn_flags::LOST_BETWEEN_REPORTED == 0 {
-                    f.flags |= conn_flags::LOST_BETWEEN_REPORTED;
-                    self.emit(d, slot, side, &m.pkt, m.hist_id);
-                }
-            }
+            self.report_cross_vantage(found);
         }
         let mut done = std::mem::take(&mut self.scratch_slots);
         done.extend(
@@ -584,10 +591,37 @@ impl Engine {
 
     /// Flushes pending evidence (end of input or shutdown).
     pub fn finish(&mut self) {
+        if self.cfg.vantage_names.len() > 1 {
+            let found = self.matcher.finish(self.cfg.vantage_names.len());
+            self.report_cross_vantage(found);
+        }
         let mut slots: Vec<Slot> = self.jobs.keys().copied().collect();
         slots.sort_unstable();
         for s in slots {
             self.finish_job(s);
+        }
+    }
+
+    /// Losses between serial vantages (once per flow, counted always) and splits over
+    /// parallel ones, on the flow of the vantage that saw the packet.
+    fn report_cross_vantage(&mut self, found: Expired) {
+        for m in found.lost {
+            self.counters[Kind::LostBetweenSensors as usize] += 1;
+            let d = anomaly::paths::lost_detection(&m, &self.cfg.vantage_names);
+            let (key, side) = FlowKey::of(&m.pkt);
+            let Some(slot) = self.flows.find(&key, self.flows.hash(&key)) else { continue };
+            let f = self.flows.get_mut(slot);
+            if f.flags & conn_flags::LOST_BETWEEN_REPORTED == 0 {
+                f.flags |= conn_flags::LOST_BETWEEN_REPORTED;
+                self.emit(d, slot, side, &m.pkt, m.hist_id);
+            }
+        }
+        for sp in found.splits {
+            self.counters[Kind::SplitPath as usize] += 1;
+            let d = anomaly::paths::split_detection(&sp, &self.cfg.vantage_names);
+            let (key, side) = FlowKey::of(&sp.pkt);
+            let Some(slot) = self.flows.find(&key, self.flows.hash(&key)) else { continue };
+            self.emit(d, slot, side, &sp.pkt, sp.hist_id);
         }
     }
 

@@ -84,6 +84,36 @@ struct Sig {
     len: u32,
 }
 
+/// A connection across vantages: its endpoints, lower one first (no vantage, no direction).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+struct Conn {
+    a: (IpAddr, u16),
+    b: (IpAddr, u16),
+}
+
+impl Conn {
+    /// The connection of `p`, and the direction of `p` in it (0: from `a`).
+    fn of(p: &TcpPacket) -> (Self, usize) {
+        let (s, d) = ((p.src, p.sport), (p.dst, p.dport));
+        if s <= d {
+            (Conn { a: s, b: d }, 0)
+        } else {
+            (Conn { a: d, b: s }, 1)
+        }
+    }
+}
+
+/// What the matcher remembers of a connection: the vantages that saw any of it, and per
+/// direction the vantages that saw a packet no other vantage saw.
+#[derive(Clone, Copy, Default)]
+struct ConnSeen {
+    vantages: u128,
+    /// Per direction, the vantages that saw it.
+    dirs: [u128; 2],
+    alone: [u128; 2],
+    split_reported: bool,
+}
+
 struct Seen {
     vantages: u128,
     /// The vantages expected to see it, when the caller knew (see [`VantageMatcher::observe`]).
@@ -94,14 +124,166 @@ struct Seen {
     pkt: TcpPacket,
 }
 
-/// Matches packets between vantages: a packet seen at one sensor and not at another sensor
-/// that carries traffic for the same server within `vantage_window` was dropped between them.
+/// How two vantages relate, learned from the connections both of them carry.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Relation {
+    /// Not enough shared traffic yet to tell.
+    Unknown,
+    /// One link behind the other (either side of a firewall): what one sees, the other sees,
+    /// so a packet seen at one and not at the other was dropped between them.
+    Serial,
+    /// Side by side (two backends of one VIP, two members of a LAG): each carries its own
+    /// share of the traffic; a packet at one only is not a loss.
+    Parallel,
+}
+
+/// Shared packets needed before a pair is judged serial or parallel.
+pub const RELATION_MIN_SHARED: u32 = 32;
+/// Serial: at least this share (in percent) of the shared connections' packets reach both.
+pub const SERIAL_MIN_PERCENT: u32 = 90;
+/// Losses waiting for their pair to be judged; past this, the oldest are dropped (counted).
+const HELD_MAX: usize = 4096;
+/// A held loss whose pair is still unjudged after this long (packet time) is dropped.
+const HELD_MAX_NS: u64 = 60_000_000_000;
+/// An opening SYN missing somewhere waits this long (packet time) for an answer: answered,
+/// it took another path; unanswered, a filter between the vantages may have eaten it.
+pub const OPENING_WAIT_NS: u64 = 3_000_000_000;
+/// Connections remembered: two generations of this many, or of this long (packet time).
+const CONN_GENERATION: usize = 1 << 20;
+const CONN_GENERATION_NS: u64 = 30_000_000_000;
+
+#[derive(Clone, Copy, Default, Debug)]
+struct PairStat {
+    /// Packets of connections both vantages carry, whose matching window closed.
+    shared: u32,
+    /// Those seen at both.
+    both: u32,
+}
+
+/// Vantage pairs: serial or parallel, learned from the packets of connections both carry
+/// (≥ [`RELATION_MIN_SHARED`] of them, ≥ [`SERIAL_MIN_PERCENT`] % seen at both: serial), or
+/// named by the operator (`--serial A,B`).
+#[derive(Clone, Default, Debug)]
+pub struct VantageRelations {
+    stats: HashMap<(u16, u16), PairStat>,
+    forced_serial: Vec<(u16, u16)>,
+}
+
+fn pair(a: u16, b: u16) -> (u16, u16) {
+    if a <= b {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
+impl VantageRelations {
+    /// Declares `a` and `b` serial whatever the traffic says.
+    pub fn force_serial(&mut self, a: u16, b: u16) {
+        self.forced_serial.push(pair(a, b));
+    }
+
+    pub fn relation(&self, a: u16, b: u16) -> Relation {
+        let k = pair(a, b);
+        if self.forced_serial.contains(&k) {
+            return Relation::Serial;
+        }
+        match self.stats.get(&k) {
+            Some(s) if s.shared >= RELATION_MIN_SHARED => {
+                if u64::from(s.both) * 100 >= u64::from(s.shared) * u64::from(SERIAL_MIN_PERCENT) {
+                    Relation::Serial
+                } else {
+                    Relation::Parallel
+                }
+            }
+            _ => Relation::Unknown,
+        }
+    }
+
+    /// The pairs judged so far, with the evidence: (a, b, relation, shared, both).
+    pub fn judged(&self) -> Vec<(u16, u16, Relation, u32, u32)> {
+        let mut v: Vec<_> = self
+            .stats
+            .iter()
+            .map(|(&(a, b), s)| (a, b, self.relation(a, b), s.shared, s.both))
+            .chain(
+                self.forced_serial
+                    .iter()
+                    .filter(|k| !self.stats.contains_key(k))
+                    .map(|&(a, b)| (a, b, Relation::Serial, 0, 0)),
+            )
+            .collect();
+        v.sort_unstable_by_key(|t| (t.0, t.1));
+        v
+    }
+
+    /// One packet of a connection carried by the vantages `conn`, seen at `seen`.
+    fn learn(&mut self, conn: u128, seen: u128) {
+        // Few vantages share a connection; bound the pairs looked at anyway.
+        let mut vs = [0u16; 16];
+        let mut n = 0;
+        let mut m = conn;
+        while m != 0 && n < vs.len() {
+            vs[n] = m.trailing_zeros() as u16;
+            m &= m - 1;
+            n += 1;
+        }
+        for i in 0..n {
+            for j in i + 1..n {
+                let st = self.stats.entry((vs[i], vs[j])).or_default();
+                st.shared = st.shared.saturating_add(1);
+                if seen & (1 << vs[i]) != 0 && seen & (1 << vs[j]) != 0 {
+                    st.both = st.both.saturating_add(1);
+                }
+            }
+        }
+    }
+
+    /// The strongest relation between `v` and any vantage in `set`.
+    fn best(&self, v: u16, set: u128) -> Relation {
+        let mut best = Relation::Parallel;
+        let mut m = set;
+        while m != 0 {
+            let u = m.trailing_zeros() as u16;
+            m &= m - 1;
+            match self.relation(v, u) {
+                Relation::Serial => return Relation::Serial,
+                Relation::Unknown => best = Relation::Unknown,
+                Relation::Parallel => {}
+            }
+        }
+        best
+    }
+}
+
+/// Matches packets between vantages. A packet seen at one sensor and, within
+/// `vantage_window`, not at another that carries traffic for the same address was dropped
+/// between them — if the two are serial (see [`VantageRelations`]); a loss toward a vantage
+/// not yet judged waits (bounded) until the pair is. One direction of a connection whose
+/// packets reach parallel vantages one each is a split.
 #[derive(Default)]
 pub struct VantageMatcher {
     pending: HashMap<Sig, Seen>,
     order: VecDeque<(u64, Sig)>,
     /// Which vantages have carried traffic for an address: they are expected to see it.
     servers: VantageLearning,
+    conns: HashMap<Conn, ConnSeen>,
+    conns_old: HashMap<Conn, ConnSeen>,
+    conns_since_ns: u64,
+    /// Learned here, unless fixed by the caller (`analyze` learns them in a first pass).
+    pub relations: VantageRelations,
+    relations_fixed: bool,
+    held: VecDeque<Held>,
+    pub stats: MatcherStats,
+}
+
+/// What the matcher could not conclude, for the summary.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct MatcherStats {
+    /// Losses toward a vantage judged parallel to where the packet was seen: not losses.
+    pub parallel_ignored: u64,
+    /// Losses dropped because their pair was never judged (too little shared traffic).
+    pub unjudged_dropped: u64,
 }
 
 /// Which vantages have carried traffic for each address (bit per vantage, up to 128). One
@@ -134,13 +316,49 @@ pub struct Missing {
     pub hist_id: u32,
 }
 
+/// One direction of a connection reached two parallel vantages, a packet at each.
+pub struct Split {
+    pub pkt: TcpPacket,
+    pub hist_id: u32,
+    pub vantages: [u16; 2],
+}
+
+/// What closed windows revealed.
+#[derive(Default)]
+pub struct Expired {
+    pub lost: Vec<Missing>,
+    pub splits: Vec<Split>,
+}
+
 impl VantageMatcher {
+    /// A matcher that starts from `relations` (pairs named serial, what a first pass
+    /// learned) and, if `learn`, keeps learning from the packets it matches.
+    pub fn with_relations(relations: VantageRelations, learn: bool) -> Self {
+        VantageMatcher { relations, relations_fixed: !learn, ..Default::default() }
+    }
+
     /// Records a sighting of a packet at its vantage. `expected`: the vantages expected to see
     /// it, as learned by the caller from every packet (0: learn here, from this engine's).
     pub fn observe(&mut self, p: &TcpPacket, hist_id: u32, expected: u128) {
         let bit = 1u128 << p.vantage.min(127);
         if expected == 0 {
             self.servers.learn(p);
+        }
+        if p.ts_ns.saturating_sub(self.conns_since_ns) > CONN_GENERATION_NS
+            || self.conns.len() >= CONN_GENERATION
+        {
+            self.conns_old = std::mem::take(&mut self.conns);
+            self.conns_since_ns = p.ts_ns;
+        }
+        let (conn, dir) = Conn::of(p);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.vantages |= bit;
+            c.dirs[dir] |= bit;
+        } else {
+            let mut c = self.conns_old.remove(&conn).unwrap_or_default();
+            c.vantages |= bit;
+            c.dirs[dir] |= bit;
+            self.conns.insert(conn, c);
         }
         let sig = Sig {
             src: p.src,
@@ -165,32 +383,184 @@ impl VantageMatcher {
         }
     }
 
-    /// Packets whose window closed without reaching every vantage expected to see them.
-    pub fn expire(&mut self, now_ns: u64, window_ns: u64, vantage_count: usize) -> Vec<Missing> {
-        let mut out = Vec::new();
-        let all: u128 = if vantage_count >= 128 { u128::MAX } else { (1u128 << vantage_count) - 1 };
-        while let Some(&(t, sig)) = self.order.front() {
+    /// Closes the windows older than `window_ns`: losses between serial vantages, splits over
+    /// parallel ones, and the held losses whose pair has been judged since.
+    pub fn expire(&mut self, now_ns: u64, window_ns: u64, vantage_count: usize) -> Expired {
+        let mut out = Expired::default();
+        while let Some(&(t, _)) = self.order.front() {
             if now_ns.saturating_sub(t) <= window_ns {
                 break;
             }
-            self.order.pop_front();
-            let Some(seen) = self.pending.remove(&sig) else { continue };
-            // Expected at the vantages that carry traffic for this destination.
-            let learned =
-                if seen.expected != 0 { seen.expected } else { self.servers.expected(&sig.dst) };
-            let missing = learned & all & !seen.vantages;
-            if missing != 0 {
-                let missing_at = (0..128u16).filter(|v| missing & (1 << v) != 0).collect();
-                out.push(Missing {
-                    pkt: seen.pkt,
-                    seen_at: seen.first_vantage,
-                    missing_at,
-                    hist_id: seen.hist_id,
-                });
-            }
+            self.close_window(now_ns, vantage_count, true, &mut out);
         }
+        self.release_held(now_ns, &mut out.lost);
         out
     }
+
+    /// End of input: every held loss is decided as the relations stand, and the windows still
+    /// open are closed for splits only — a packet in the input's last `vantage_window` may be
+    /// missing elsewhere only because another capture ended first.
+    pub fn finish(&mut self, vantage_count: usize) -> Expired {
+        let mut out = Expired::default();
+        while !self.order.is_empty() {
+            self.close_window(u64::MAX, vantage_count, false, &mut out);
+        }
+        self.release_held(u64::MAX, &mut out.lost);
+        out
+    }
+
+    /// Closes the oldest open window: learns the pair relations from it, notes a split, and
+    /// (if `losses`) judges where the packet is missing.
+    fn close_window(&mut self, now_ns: u64, vantage_count: usize, losses: bool, out: &mut Expired) {
+        let all: u128 = if vantage_count >= 128 { u128::MAX } else { (1u128 << vantage_count) - 1 };
+        let Some((t, sig)) = self.order.pop_front() else { return };
+        let Some(seen) = self.pending.remove(&sig) else { return };
+        let (conn, dir) = Conn::of(&seen.pkt);
+        let c = self.conns.get(&conn).or_else(|| self.conns_old.get(&conn)).copied();
+        let carried = c.map_or(seen.vantages, |c| c.vantages);
+        let answered = c.is_some_and(|c| c.dirs[1 - dir] != 0);
+        if !self.relations_fixed {
+            self.relations.learn(carried, seen.vantages);
+        }
+        if seen.vantages.is_power_of_two() && carried.count_ones() > 1 {
+            self.note_alone(conn, dir, &seen, &mut out.splits);
+        }
+        if !losses {
+            return;
+        }
+        // Expected at the vantages that carry this connection, and, for a connection's
+        // opening SYN that nobody saw answered, at those that carry traffic for its
+        // destination: a filter that eats SYNs leaves no other trace (incident B). A SYN
+        // answered elsewhere took another path (another backend of the same VIP).
+        let learned =
+            if seen.expected != 0 { seen.expected } else { self.servers.expected(&sig.dst) };
+        let opening = seen.pkt.has(dataplane_common::tcp_flags::SYN)
+            && !seen.pkt.has(dataplane_common::tcp_flags::ACK)
+            && !answered;
+        let expected = if opening { learned } else { learned & carried };
+        let missing = expected & all & !seen.vantages;
+        if missing != 0 {
+            let m = Missing {
+                pkt: seen.pkt,
+                seen_at: seen.first_vantage,
+                missing_at: Vec::new(),
+                hist_id: seen.hist_id,
+            };
+            let opening_until = if opening { t.saturating_add(OPENING_WAIT_NS).max(1) } else { 0 };
+            let h = Held { t, m, seen: seen.vantages, unknown: missing, conn, dir, opening_until };
+            self.judge(h, now_ns, &mut out.lost);
+        }
+    }
+
+    /// Judges a missing packet now if it can; otherwise holds it (bounded) until its
+    /// connection is answered or its vantage pair is judged.
+    fn judge(&mut self, h: Held, now_ns: u64, out: &mut Vec<Missing>) {
+        if let Some(h) = self.decide(h, now_ns, out) {
+            if self.held.len() >= HELD_MAX {
+                self.held.pop_front();
+                self.stats.unjudged_dropped += 1;
+            }
+            self.held.push_back(h);
+        }
+    }
+
+    /// `Some(h)`: still undecided, keep it.
+    fn decide(&mut self, mut h: Held, now_ns: u64, out: &mut Vec<Missing>) -> Option<Held> {
+        let end = now_ns == u64::MAX;
+        if h.opening_until != 0 {
+            // An opening SYN: if anyone saw it answered, only the vantages on the path it
+            // took could have missed it; unanswered by its deadline, all of them could.
+            let c = self.conns.get(&h.conn).or_else(|| self.conns_old.get(&h.conn));
+            if let Some(c) = c.filter(|c| c.dirs[1 - h.dir] != 0) {
+                h.unknown &= c.vantages;
+                h.opening_until = 0;
+            } else if !end && now_ns < h.opening_until {
+                return Some(h);
+            } else {
+                h.opening_until = 0;
+            }
+        }
+        let mut rest = h.unknown;
+        while rest != 0 {
+            let v = rest.trailing_zeros() as u16;
+            rest &= rest - 1;
+            match self.relations.best(v, h.seen) {
+                Relation::Serial => {
+                    h.m.missing_at.push(v);
+                    h.unknown &= !(1 << v);
+                }
+                Relation::Parallel => {
+                    self.stats.parallel_ignored += 1;
+                    h.unknown &= !(1 << v);
+                }
+                Relation::Unknown => {}
+            }
+        }
+        let too_old = end || now_ns.saturating_sub(h.t) > HELD_MAX_NS;
+        if !h.m.missing_at.is_empty() {
+            out.push(h.m);
+            return None;
+        }
+        if h.unknown == 0 {
+            return None;
+        }
+        if too_old {
+            self.stats.unjudged_dropped += 1;
+            return None;
+        }
+        Some(h)
+    }
+
+    /// Held losses whose connection was answered or whose pair was judged since leave
+    /// (serial) or are forgotten (parallel); at `now_ns == u64::MAX` every one is decided.
+    fn release_held(&mut self, now_ns: u64, out: &mut Vec<Missing>) {
+        if self.held.is_empty() {
+            return;
+        }
+        let held = std::mem::take(&mut self.held);
+        for h in held {
+            if let Some(h) = self.decide(h, now_ns, out) {
+                self.held.push_back(h);
+            }
+        }
+    }
+
+    /// A packet of `conn` that only one vantage saw, while others carry the connection: two
+    /// such packets of one direction at two vantages not known to be serial are a split.
+    fn note_alone(&mut self, conn: Conn, dir: usize, seen: &Seen, out: &mut Vec<Split>) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        c.alone[dir] |= seen.vantages;
+        if c.split_reported || c.alone[dir].count_ones() < 2 {
+            return;
+        }
+        let v = seen.first_vantage;
+        let mut others = c.alone[dir] & !(1 << v);
+        while others != 0 {
+            let u = others.trailing_zeros() as u16;
+            others &= others - 1;
+            if self.relations.relation(v, u) != Relation::Serial {
+                c.split_reported = true;
+                out.push(Split {
+                    pkt: seen.pkt.clone(),
+                    hist_id: seen.hist_id,
+                    vantages: [u.min(v), u.max(v)],
+                });
+                return;
+            }
+        }
+    }
+}
+
+struct Held {
+    t: u64,
+    m: Missing,
+    /// The vantages that saw it, and those that may have missed it (not yet decided).
+    seen: u128,
+    unknown: u128,
+    conn: Conn,
+    dir: usize,
+    /// An opening SYN not yet answered: undecided until then (0: not one).
+    opening_until: u64,
 }
 
 pub fn lost_detection(m: &Missing, names: &[String]) -> Detection {
@@ -216,4 +586,18 @@ pub fn lost_detection(m: &Missing, names: &[String]) -> Detection {
     )
     .detail("seen_at", name(m.seen_at))
     .detail("missing_at", missing)
+}
+
+pub fn split_detection(s: &Split, names: &[String]) -> Detection {
+    let name = |v: u16| names.get(v as usize).cloned().unwrap_or_else(|| format!("vantage {v}"));
+    let p = &s.pkt;
+    let (a, b) = (name(s.vantages[0]), name(s.vantages[1]));
+    Detection::new(
+        Kind::SplitPath,
+        format!(
+            "Packets from {}:{} to {}:{} reach both {a} and {b}, some only one and some only the other: one direction of the flow is split over two parallel paths or backends (ECMP/LAG hashing per packet, or a load balancer without flow affinity).",
+            p.src, p.sport, p.dst, p.dport
+        ),
+    )
+    .detail("vantages", vec![a, b])
 }

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use dataplane_common::tcp_flags::{ACK, FIN, PSH, RST, SYN};
 
 use super::loss::verdict;
-use super::Kind;
+use super::{Event, Kind};
 use crate::craft::TcpSegment;
 use crate::engine::{Engine, EngineConfig};
 use crate::packet::decode;
@@ -439,36 +439,92 @@ fn split_path_vs_one_time_route_change() {
 
 #[test]
 fn lost_between_sensors_vs_seen_at_both() {
-    let cfg = EngineConfig {
-        vantage_names: vec!["upstream".into(), "downstream".into()],
-        ..Default::default()
-    };
-    let mut c = Conv::with(cfg);
-    // A first connection is seen at both sensors: they share the server.
-    for from_client in [true, false, true] {
-        let flags = if from_client { SYN } else { SYN | ACK };
-        let g = c.seg(from_client, if from_client && c.c.seq != 1000 { ACK } else { flags }, 0);
+    // Two sensors share `shared` packets of a first connection, then a second connection's
+    // SYN is seen upstream only and never answered.
+    let run = |shared: usize, serial_named: bool| -> Vec<Event> {
+        let mut cfg = EngineConfig {
+            vantage_names: vec!["upstream".into(), "downstream".into()],
+            ..Default::default()
+        };
+        if serial_named {
+            cfg.vantage_relations.force_serial(0, 1);
+        }
+        let mut c = Conv::with(cfg);
+        for i in 0..shared {
+            let from_client = i % 2 == 0;
+            let flags = match i {
+                0 => SYN,
+                1 => SYN | ACK,
+                _ => ACK,
+            };
+            let g = c.seg(from_client, flags, if i > 2 { 100 } else { 0 });
+            c.vantage = 0;
+            c.feed(&g, 0.1);
+            c.vantage = 1;
+            c.feed(&g, 0.05);
+        }
+        c.tick(500.0);
+        let first = c.e.drain_events();
+        assert!(first.is_empty(), "{first:#?}");
+        c.c.port = 40001;
+        c.c.seq = 9000;
         c.vantage = 0;
-        c.feed(&g, 0.1);
-        c.vantage = 1;
-        c.feed(&g, 0.05);
-    }
-    c.tick(500.0);
-    let first = c.e.drain_events();
-    assert!(first.is_empty(), "{first:#?}");
-    // A second connection's SYN is seen upstream only.
-    c.c.port = 40001;
-    c.c.seq = 9000;
-    c.vantage = 0;
-    c.send(true, SYN, 0, 1.0);
-    c.tick(200.0);
-    let ev = c.e.drain_events();
+        c.send(true, SYN, 0, 1.0);
+        // An opening SYN waits for an answer (3 s) before it is judged.
+        c.tick(1000.0);
+        let early = c.e.drain_events();
+        assert!(early.is_empty(), "judged before its wait for an answer ended: {early:#?}");
+        c.tick(2500.0);
+        // (The SYN's own syn_unanswered is not this test's business.)
+        c.e.drain_events().into_iter().filter(|e| e.kind != Kind::SynUnanswered).collect()
+    };
+    // Enough shared traffic, all of it seen at both: serial, so the SYN was lost between.
+    let ev = run(40, false);
     assert_eq!(ev.iter().map(|e| e.kind).collect::<Vec<_>>(), [Kind::LostBetweenSensors]);
     assert!(
         ev[0].explanation.contains("seen at upstream but never at downstream"),
         "{}",
         ev[0].explanation
     );
+    assert_eq!(ev[0].vantage, "upstream");
+    // Three shared packets tell nothing about the pair: no loss is inferred...
+    assert!(run(3, false).is_empty());
+    // ...unless the operator named the pair serial.
+    assert_eq!(run(3, true).iter().map(|e| e.kind).collect::<Vec<_>>(), [Kind::LostBetweenSensors]);
+}
+
+/// Two backends of one VIP, each with its own connections, and one connection whose packets
+/// reach one backend each: a split naming both, and no loss between them.
+#[test]
+fn parallel_vantages_split_without_losses() {
+    let cfg = EngineConfig { vantage_names: vec!["b1".into(), "b2".into()], ..Default::default() };
+    let mut c = Conv::with(cfg);
+    // Connections on b1 only and on b2 only.
+    for (port, v) in [(41000, 0), (41001, 1), (41002, 0), (41003, 1)] {
+        c.c.port = port;
+        c.vantage = v;
+        c.handshake();
+        for _ in 0..5 {
+            c.exchange();
+        }
+    }
+    c.tick(500.0);
+    // One connection mostly on b1, its third data segment on b2.
+    c.c.port = 41010;
+    c.vantage = 0;
+    c.handshake();
+    for i in 0..6 {
+        c.vantage = u16::from(i == 2);
+        c.send(true, ACK | PSH, 100, 1.0);
+    }
+    c.vantage = 0;
+    c.tick(5000.0);
+    let ev = c.e.drain_events();
+    assert!(ev.iter().all(|e| e.kind != Kind::LostBetweenSensors), "{ev:#?}");
+    let split: Vec<_> = ev.iter().filter(|e| e.kind == Kind::SplitPath).collect();
+    assert_eq!(split.len(), 1, "{ev:#?}");
+    assert_eq!(split[0].details["vantages"], serde_json::json!(["b1", "b2"]));
+    assert!(split[0].flow.sport == 41010 || split[0].flow.dport == 41010, "{:?}", split[0].flow);
 }
 
 #[test]
