@@ -41,6 +41,8 @@ pub struct AnalyzeArgs {
     pub verdicts: Option<PathBuf>,
     #[command(flatten)]
     pub thresholds: crate::thresholds::Thresholds,
+    #[command(flatten)]
+    pub event_fields: crate::event_fields::EventFields,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,6 +151,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     };
     let mut cfg = cfg;
     args.thresholds.apply(&mut cfg);
+    args.event_fields.apply(&mut cfg);
     // One evidence budget for all workers: the files written do not depend on --workers.
     cfg.evidence_budget = Some(dataplane::evidence::EvidenceBudget::new(cfg.evidence_per_sec));
     if let Some(d) = &args.evidence_dir {

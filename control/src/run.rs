@@ -117,6 +117,8 @@ pub struct RunArgs {
     pub summary_json: Option<PathBuf>,
     #[command(flatten)]
     pub thresholds: crate::thresholds::Thresholds,
+    #[command(flatten)]
+    pub event_fields: crate::event_fields::EventFields,
 }
 
 /// A year: longer runs need no --duration.
@@ -456,6 +458,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         ..Default::default()
     };
     args.thresholds.apply(&mut engine_cfg);
+    args.event_fields.apply(&mut engine_cfg);
     // Every worker draws evidence from one budget (files per second for the whole sensor).
     engine_cfg.evidence_budget =
         Some(dataplane::evidence::EvidenceBudget::new(engine_cfg.evidence_per_sec));

@@ -55,6 +55,10 @@ pub struct EngineConfig {
     pub vantage_names: Vec<String>,
     /// Record a per-packet verdict (for `analyze --verdicts`).
     pub record_verdicts: bool,
+    /// The seed of the events' Community ID (0 unless the other tools use another).
+    pub community_id_seed: u16,
+    /// The sensor's name in events (default: the host name).
+    pub host: String,
 }
 
 impl Default for EngineConfig {
@@ -81,6 +85,8 @@ impl Default for EngineConfig {
             evidence_budget: None,
             vantage_names: Vec::new(),
             record_verdicts: false,
+            community_id_seed: 0,
+            host: host_name(),
         }
     }
 }
@@ -624,6 +630,10 @@ impl Engine {
         };
         let (src, sport) = key.endpoint(side);
         let (dst, dport) = key.endpoint(1 - side);
+        let (origin, orientation) = flow.originator();
+        let (src_ip, src_port) = key.endpoint(origin);
+        let (dest_ip, dest_port) = key.endpoint(1 - origin);
+        let flow_first_ns = self.flows.first_ns(&flow, p.ts_ns);
         let vantage = self
             .cfg
             .vantage_names
@@ -647,12 +657,23 @@ impl Engine {
         let comment = format!("wirewatch {}: {}", d.kind.name(), d.explanation);
         let evidence = self.attach_evidence(slot, hist_id, &comment, p.ts_ns, d.kind);
         self.events.push(Event {
+            schema_version: anomaly::SCHEMA_VERSION,
             kind: d.kind,
             sub_kind: d.sub_kind,
             time_first: rfc3339(first),
             time_last: rfc3339(p.ts_ns),
             time_first_ns: first,
             time_last_ns: p.ts_ns,
+            host: self.cfg.host.clone(),
+            flow_id: flow_id(&key, flow_first_ns),
+            community_id: crate::flow::community_id(&key, self.cfg.community_id_seed),
+            src_ip,
+            src_port,
+            dest_ip,
+            dest_port,
+            proto: "tcp",
+            orientation: orientation.name(),
+            packet_direction: if side == origin { "to_server" } else { "to_client" },
             flow: FlowRef { src, sport, dst, dport, vlan: key.vlan, direction },
             vantage,
             count: d.count,
@@ -701,6 +722,33 @@ impl Engine {
         self.flows.get_mut(slot).flags |= conn_flags::EVIDENCE_PENDING;
         Some(r)
     }
+}
+
+/// The events' `flow_id`: a hash of the flow's key (vantage included) and the time its record
+/// began, so every event of one record carries it and a later record of the same 4-tuple does
+/// not. 53 bits: JSON readers that hold numbers as doubles keep it exact.
+fn flow_id(key: &FlowKey, first_ns: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let words = key.words();
+    for w in words.iter().chain(std::iter::once(&first_ns)) {
+        for b in w.to_le_bytes() {
+            h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    // A final mix so the low bits kept depend on every input byte.
+    h ^= h >> 31;
+    h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^= h >> 29;
+    h & ((1 << 53) - 1)
+}
+
+/// The host name (uname's node name), or "unknown" if the kernel gives none.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// µs from `first_ns` to `ts_ns` (wraps after ~71 minutes; compared with wrapping_sub).
