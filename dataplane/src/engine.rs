@@ -18,7 +18,7 @@ use crate::flow::side::{SidePool, SideState, SlotHasher};
 use crate::flow::table::{FlowRef as TableRef, Slot};
 use crate::flow::timers::{TimerKind, TimerWheel};
 use crate::flow::{
-    conn_flags, dir_flags, FlowKey, FlowRecord, FlowTable, IpIdModel, MacId, MacTable,
+    conn_flags, dir_flags, FlowKey, FlowRecord, FlowTable, IpIdModel, MacId, MacTable, Orientation,
 };
 use crate::packet::{decode, TcpPacket};
 use crate::seq::SeqNumber;
@@ -633,7 +633,13 @@ impl Engine {
         let (origin, orientation) = flow.originator();
         let (src_ip, src_port) = key.endpoint(origin);
         let (dest_ip, dest_port) = key.endpoint(1 - origin);
-        let flow_first_ns = self.flows.first_ns(&flow, p.ts_ns);
+        // The handshake's ISN tells one connection on this 4-tuple from the next (the record's
+        // start time would not: it depends on which packet the worker saw first).
+        let isn = match orientation {
+            Orientation::Syn => flow.dirs[origin].isn.0,
+            Orientation::SynAck => flow.dirs[1 - origin].isn.0,
+            Orientation::Guessed => 0,
+        };
         let vantage = self
             .cfg
             .vantage_names
@@ -665,7 +671,7 @@ impl Engine {
             time_first_ns: first,
             time_last_ns: p.ts_ns,
             host: self.cfg.host.clone(),
-            flow_id: flow_id(&key, flow_first_ns),
+            flow_id: flow_id(&key, orientation, isn),
             community_id: crate::flow::community_id(&key, self.cfg.community_id_seed),
             src_ip,
             src_port,
@@ -724,13 +730,15 @@ impl Engine {
     }
 }
 
-/// The events' `flow_id`: a hash of the flow's key (vantage included) and the time its record
-/// began, so every event of one record carries it and a later record of the same 4-tuple does
-/// not. 53 bits: JSON readers that hold numbers as doubles keep it exact.
-fn flow_id(key: &FlowKey, first_ns: u64) -> u64 {
+/// The events' `flow_id`: a hash of the flow's key (vantage included) and the ISN of the
+/// handshake that opened it, so every event of one connection carries it, a later connection
+/// on the same 4-tuple gets another, and the number depends neither on the worker nor on when
+/// its table began. 53 bits: JSON readers that hold numbers as doubles keep it exact.
+fn flow_id(key: &FlowKey, orientation: Orientation, isn: u32) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let words = key.words();
-    for w in words.iter().chain(std::iter::once(&first_ns)) {
+    let tail = (orientation as u64) << 32 | isn as u64;
+    for w in words.iter().chain(std::iter::once(&tail)) {
         for b in w.to_le_bytes() {
             h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
         }

@@ -172,8 +172,8 @@ pub struct Event {
     pub time_last_ns: u64,
     /// The sensor's host name.
     pub host: String,
-    /// The same number in every event of one flow record (one connection as one vantage saw
-    /// it), below 2^53 so that every JSON reader keeps it exact.
+    /// The same number in every event of one connection as one vantage saw it, below 2^53 so
+    /// that every JSON reader keeps it exact.
     pub flow_id: u64,
     /// Community ID v1 of the flow (the same at every vantage and in Zeek, Suricata, tshark).
     pub community_id: String,
