@@ -261,11 +261,18 @@ fn export_metrics(
     programs: &[(String, XdpProgram)],
     workers: &[Arc<SharedStats>],
 ) {
-    for (iface, _, queue, xdp_mode, copy_mode, _, c) in queues {
+    // Workers were made in the order of `queues`: worker i reads queue i.
+    for ((iface, _, queue, xdp_mode, copy_mode, _, c), w) in queues.iter().zip(workers) {
         crate::metrics::queue(c, iface, *queue);
         metrics::gauge!(crate::metrics::XDP_MODE, "vantage" => iface.clone(), "mode" => *xdp_mode, "copy" => *copy_mode).set(1.0);
+        let beat = w.heartbeat_ns.load(Relaxed);
+        if beat > 0 {
+            metrics::gauge!(crate::metrics::WORKER_HEARTBEAT, "vantage" => iface.clone(), "queue" => queue.to_string())
+                .set(beat as f64 / 1e9);
+        }
     }
     for (iface, p) in programs {
+        crate::metrics::interface_drops(iface);
         if let Ok(c) = p.counters() {
             crate::metrics::xdp(iface, &c.nonzero());
         }
@@ -292,6 +299,8 @@ fn export_metrics(
         .absolute(sum(&|w| w.handed_off.load(Relaxed)));
     metrics::counter!(crate::metrics::HANDOFF, "reason" => "dropped")
         .absolute(sum(&|w| w.handoff_dropped.load(Relaxed)));
+    metrics::counter!(crate::metrics::OUTPUT_DROPPED)
+        .absolute(sum(&|w| w.output_dropped.load(Relaxed)));
 }
 
 /// What the summary reports per queue.
