@@ -49,7 +49,7 @@ fn describe() {
     describe_counter!(
         ANOMALIES,
         Unit::Count,
-        "Anomalies detected, by kind (../shared/DETECTIONS.md); sensor-health kinds included."
+        "Anomalies detected, by kind (the detection catalog); sensor-health kinds included."
     );
     describe_counter!(
         PACKETS,
