@@ -16,7 +16,9 @@ fn replay_text() -> String {
         gen::Model { flows: 20_000, packets: 200_000, seed: 7, duration_ns: 10_000_000_000 };
     let cap = gen::generate(&model, &dir.join("golden.pcap"), 128).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
-    let mut e = Engine::new(EngineConfig { record_verdicts: true, ..Default::default() }, 0);
+    // A fixed sensor name: the golden file does not depend on the machine it is made on.
+    let cfg = EngineConfig { record_verdicts: true, host: "golden".into(), ..Default::default() };
+    let mut e = Engine::new(cfg, 0);
     for i in 0..cap.frames.len() {
         let (data, orig, ts) = cap.frame(i);
         e.process_frame(data, orig, ts, 0, i as u64 + 1);
@@ -28,8 +30,12 @@ fn replay_text() -> String {
     for (n, v) in verdicts.iter().filter(|(_, v)| *v != 0) {
         writeln!(out, "frame {n} {v:#x}").unwrap();
     }
+    let drained = e.drain_events();
+    let json: Vec<serde_json::Value> =
+        drained.iter().map(|ev| serde_json::to_value(ev).unwrap()).collect();
+    dataplane::schema::validate_events(&json).unwrap();
     let mut events: Vec<String> =
-        e.drain_events().iter().map(|ev| serde_json::to_string(ev).unwrap()).collect();
+        drained.iter().map(|ev| serde_json::to_string(ev).unwrap()).collect();
     events.sort();
     for ev in events {
         out.push_str(&ev);

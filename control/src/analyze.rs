@@ -48,6 +48,8 @@ pub struct AnalyzeArgs {
     pub serial: Vec<(String, String)>,
     #[command(flatten)]
     pub thresholds: crate::thresholds::Thresholds,
+    #[command(flatten)]
+    pub event_fields: crate::event_fields::EventFields,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,6 +170,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         anyhow::bail!("--serial relates two capture files; only one was given");
     }
     let relations_cfg = cfg.vantage_relations.clone();
+    args.event_fields.apply(&mut cfg);
     // One evidence budget for all workers: the files written do not depend on --workers.
     cfg.evidence_budget = Some(dataplane::evidence::EvidenceBudget::new(cfg.evidence_per_sec));
     if let Some(d) = &args.evidence_dir {

@@ -113,7 +113,7 @@ fn handle(
     match path {
         "/metrics" => {
             prom.run_upkeep();
-            text(200, prom.render(), "text/plain; version=0.0.4")
+            text(200, prom.render() + &crate::metrics::process_text(), "text/plain; version=0.0.4")
         }
         "/api/events" => {
             let kind = match q.get("kind") {

@@ -42,6 +42,9 @@ pub struct SharedStats {
     pub side_reclaimed: AtomicU64,
     /// MAC addresses seen after the engine's MAC table filled (treated as unknown).
     pub macs_overflowed: AtomicU64,
+    /// When the worker last published (Unix ns): it does so after every receive batch and
+    /// every tick, so a worker that died or hangs stops moving it.
+    pub heartbeat_ns: AtomicU64,
 }
 
 pub struct EngineSink {
@@ -82,6 +85,10 @@ impl EngineSink {
         self.stats.side_exhausted.store(s.side_exhausted, Relaxed);
         self.stats.side_reclaimed.store(s.side_reclaimed, Relaxed);
         self.stats.macs_overflowed.store(s.macs_overflowed, Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        self.stats.heartbeat_ns.store(now, Relaxed);
         let (rtts, zero_windows) = self.engine.drain_samples();
         for r in rtts {
             metrics::histogram!(crate::metrics::HANDSHAKE_RTT).record(r as f64 / 1e9);

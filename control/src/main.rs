@@ -7,6 +7,7 @@ mod analyze;
 mod api;
 mod caps;
 mod config;
+mod event_fields;
 mod lab;
 mod live;
 mod metrics;

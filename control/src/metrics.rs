@@ -34,7 +34,104 @@ pub const MACS_OVERFLOWED: &str = "wirewatch_mac_table_overflow_total";
 pub const HANDSHAKE_RTT: &str = "wirewatch_handshake_rtt_seconds";
 pub const ZERO_WINDOW_DURATION: &str = "wirewatch_zero_window_duration_seconds";
 pub const BUILD_INFO: &str = "wirewatch_build_info";
-pub const XDP_MODE: &str = "wirewatch_xdp_attached";
+/// Info-style: 1 per interface, its XDP attach mode and AF_XDP copy mode as labels.
+pub const XDP_MODE: &str = "wirewatch_xdp_attached_info";
+/// When each worker last went round its loop (a dead or wedged worker stops moving it).
+pub const WORKER_HEARTBEAT: &str = "wirewatch_worker_heartbeat_timestamp_seconds";
+/// Events and evidence jobs the output thread's queue had no room for.
+pub const OUTPUT_DROPPED: &str = "wirewatch_output_dropped_total";
+/// The interface's own receive drops (driver, NIC FIFO, missed), from its sysfs statistics.
+pub const IFACE_RX_DROPPED: &str = "wirewatch_interface_rx_dropped_total";
+
+/// HELP text and unit of every metric above: one place, so none is exported without.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        ANOMALIES,
+        Unit::Count,
+        "Anomalies detected, by kind (the detection catalog); sensor-health kinds included."
+    );
+    describe_counter!(
+        PACKETS,
+        Unit::Count,
+        "Frames received from the AF_XDP socket, by interface and queue."
+    );
+    describe_counter!(
+        BYTES,
+        Unit::Bytes,
+        "Bytes on the wire of the frames received, by interface and queue."
+    );
+    describe_counter!(
+        XDP_PACKETS,
+        Unit::Count,
+        "Frames the XDP program handled, by interface and outcome (reason)."
+    );
+    describe_counter!(
+        XSK_DROPPED,
+        Unit::Count,
+        "Frames the kernel dropped because the AF_XDP socket had no buffer (our own capture loss)."
+    );
+    describe_counter!(
+        XSK_RING_FULL,
+        Unit::Count,
+        "Frames dropped because the AF_XDP RX ring was full (our own capture loss)."
+    );
+    describe_counter!(XSK_INVALID, Unit::Count, "Invalid descriptors the AF_XDP RX path met.");
+    describe_counter!(
+        XSK_FILL_EMPTY,
+        Unit::Count,
+        "Times the AF_XDP fill ring was empty when the kernel needed a buffer."
+    );
+    describe_gauge!(FLOWS_ACTIVE, Unit::Count, "Flows tracked now, all workers.");
+    describe_counter!(FLOWS_CREATED, Unit::Count, "Flows created in the flow tables.");
+    describe_counter!(FLOWS_EVICTED, Unit::Count, "Flows removed from the flow tables, by reason.");
+    describe_counter!(EVIDENCE_WRITTEN, Unit::Count, "Evidence pcapng files written.");
+    describe_counter!(
+        EVIDENCE_SUPPRESSED,
+        Unit::Count,
+        "Evidence files not written because of the files-per-second limit."
+    );
+    describe_counter!(
+        EVIDENCE_FAILED,
+        Unit::Count,
+        "Evidence files that could not be written (disk full, permissions)."
+    );
+    describe_counter!(
+        EVIDENCE_REMOVED,
+        Unit::Count,
+        "Evidence files removed by the size and age retention."
+    );
+    describe_counter!(HANDOFF, Unit::Count, "Frames handed to the worker owning their flow (reason=handed_off) or dropped because its inbox was full (reason=dropped).");
+    describe_counter!(SIDE_STATE, Unit::Count, "Detector side state refused because the pool was full (reason=pool_full) or reclaimed from a handshake (reason=reclaimed).");
+    describe_counter!(
+        MACS_OVERFLOWED,
+        Unit::Count,
+        "MAC addresses seen after the MAC table filled (treated as unknown by the detectors)."
+    );
+    describe_histogram!(
+        HANDSHAKE_RTT,
+        Unit::Seconds,
+        "Handshake round-trip time, SYN to the client's ACK of the SYN-ACK, as seen at the sensor."
+    );
+    describe_histogram!(
+        ZERO_WINDOW_DURATION,
+        Unit::Seconds,
+        "How long receivers advertised a zero window."
+    );
+    describe_gauge!(BUILD_INFO, "Always 1; the wirewatch version as a label.");
+    describe_gauge!(XDP_MODE, "Always 1 per interface; XDP attach mode (native, generic) and AF_XDP mode (zero-copy, copy) as labels.");
+    describe_gauge!(
+        WORKER_HEARTBEAT,
+        Unit::Seconds,
+        "Unix time at which each worker (by interface and queue) last went round its receive loop."
+    );
+    describe_counter!(
+        OUTPUT_DROPPED,
+        Unit::Count,
+        "Events and evidence jobs dropped because the output thread fell behind."
+    );
+    describe_counter!(IFACE_RX_DROPPED, Unit::Count, "Receive drops the interface itself counts (sysfs statistics): reason=dropped, missed (rx_missed_errors), fifo (rx_fifo_errors).");
+}
 
 /// Installs the recorder; the handle renders the scrape page.
 pub fn install() -> Result<PrometheusHandle> {
@@ -48,6 +145,7 @@ pub fn install() -> Result<PrometheusHandle> {
             &[0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0],
         )?
         .install_recorder()?;
+    describe();
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     // Every series a dashboard or alert uses exists from the start, at 0.
     for k in Kind::ALL {
@@ -60,6 +158,7 @@ pub fn install() -> Result<PrometheusHandle> {
         EVIDENCE_REMOVED,
         FLOWS_CREATED,
         MACS_OVERFLOWED,
+        OUTPUT_DROPPED,
     ] {
         counter!(c).absolute(0);
     }
@@ -98,4 +197,94 @@ pub fn flows(active: u64, created: u64, evicted: &[u64; 4]) {
     for r in EvictReason::ALL {
         counter!(FLOWS_EVICTED, "reason" => r.name()).absolute(evicted[r as usize]);
     }
+}
+
+/// The interface's receive drops from /sys/class/net/IF/statistics (absent files are skipped:
+/// not every driver counts every one).
+pub fn interface_drops(vantage: &str) {
+    for (reason, file) in
+        [("dropped", "rx_dropped"), ("missed", "rx_missed_errors"), ("fifo", "rx_fifo_errors")]
+    {
+        let path = format!("/sys/class/net/{vantage}/statistics/{file}");
+        if let Some(n) = std::fs::read_to_string(path).ok().and_then(|t| t.trim().parse().ok()) {
+            counter!(IFACE_RX_DROPPED, "vantage" => vantage.to_string(), "reason" => reason)
+                .absolute(n);
+        }
+    }
+}
+
+/// The standard `process_*` metrics (as the Prometheus client libraries name them), read from
+/// /proc/self (proc(5): `stat`, `fd/`) at scrape time and rendered as exposition text: the
+/// `metrics` crate's counters are integers, and CPU seconds are not.
+pub fn process_text() -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let mut put = |name: &str, kind: &str, help: &str, v: f64| {
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n");
+    };
+    // SAFETY: sysconf and getrlimit have no preconditions; `lim` is a valid out-pointer.
+    let (ticks, page, max_fds) = unsafe {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) == 0 {
+            Some(lim.rlim_cur as f64)
+        } else {
+            None
+        };
+        (libc::sysconf(libc::_SC_CLK_TCK) as f64, libc::sysconf(libc::_SC_PAGESIZE) as f64, max)
+    };
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may contain spaces; the
+    // first one after it is field 3 (state).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok());
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|v| v.trim().parse::<f64>().ok())
+    });
+    if let (Some(utime), Some(stime)) = (field(14), field(15)) {
+        put(
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time spent, in seconds.",
+            (utime + stime) / ticks,
+        );
+    }
+    if let (Some(start), Some(boot)) = (field(22), boot) {
+        put(
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since the Unix epoch, in seconds.",
+            boot + start / ticks,
+        );
+    }
+    if let Some(v) = field(23) {
+        put("process_virtual_memory_bytes", "gauge", "Virtual memory size, in bytes.", v);
+    }
+    if let Some(rss) = field(24) {
+        put(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size, in bytes.",
+            rss * page,
+        );
+    }
+    if let Some(n) = field(20) {
+        put("process_threads", "gauge", "Threads in the process.", n);
+    }
+    if let Ok(d) = std::fs::read_dir("/proc/self/fd") {
+        // The directory handle being read is one of the descriptors; it is not counted.
+        let n = d.count().saturating_sub(1);
+        put("process_open_fds", "gauge", "Open file descriptors.", n as f64);
+    }
+    if let Some(m) = max_fds {
+        put(
+            "process_max_fds",
+            "gauge",
+            "The limit of open file descriptors (RLIMIT_NOFILE, soft).",
+            m,
+        );
+    }
+    out
 }

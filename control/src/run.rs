@@ -124,6 +124,8 @@ pub struct RunArgs {
     pub serial: Vec<(String, String)>,
     #[command(flatten)]
     pub thresholds: crate::thresholds::Thresholds,
+    #[command(flatten)]
+    pub event_fields: crate::event_fields::EventFields,
 }
 
 /// A year: longer runs need no --duration.
@@ -269,11 +271,18 @@ fn export_metrics(
     programs: &[(String, XdpProgram)],
     workers: &[Arc<SharedStats>],
 ) {
-    for (iface, _, queue, xdp_mode, copy_mode, _, c) in queues {
+    // Workers were made in the order of `queues`: worker i reads queue i.
+    for ((iface, _, queue, xdp_mode, copy_mode, _, c), w) in queues.iter().zip(workers) {
         crate::metrics::queue(c, iface, *queue);
         metrics::gauge!(crate::metrics::XDP_MODE, "vantage" => iface.clone(), "mode" => *xdp_mode, "copy" => *copy_mode).set(1.0);
+        let beat = w.heartbeat_ns.load(Relaxed);
+        if beat > 0 {
+            metrics::gauge!(crate::metrics::WORKER_HEARTBEAT, "vantage" => iface.clone(), "queue" => queue.to_string())
+                .set(beat as f64 / 1e9);
+        }
     }
     for (iface, p) in programs {
+        crate::metrics::interface_drops(iface);
         if let Ok(c) = p.counters() {
             crate::metrics::xdp(iface, &c.nonzero());
         }
@@ -300,6 +309,8 @@ fn export_metrics(
         .absolute(sum(&|w| w.handed_off.load(Relaxed)));
     metrics::counter!(crate::metrics::HANDOFF, "reason" => "dropped")
         .absolute(sum(&|w| w.handoff_dropped.load(Relaxed)));
+    metrics::counter!(crate::metrics::OUTPUT_DROPPED)
+        .absolute(sum(&|w| w.output_dropped.load(Relaxed)));
 }
 
 /// What the summary reports per queue.
@@ -469,6 +480,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     for (a, b) in crate::vantages::serial_indices(&args.serial, &args.ifaces)? {
         engine_cfg.vantage_relations.force_serial(a, b);
     }
+    args.event_fields.apply(&mut engine_cfg);
     // Every worker draws evidence from one budget (files per second for the whole sensor).
     engine_cfg.evidence_budget =
         Some(dataplane::evidence::EvidenceBudget::new(engine_cfg.evidence_per_sec));

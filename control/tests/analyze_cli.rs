@@ -104,6 +104,7 @@ fn evidence_opens_in_tshark_with_the_comment_on_the_trigger() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    dataplane::schema::validate_events(&lines).unwrap();
     let kinds: Vec<&str> = lines.iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["syn_unanswered", "rst_foreign_sender"], "{lines:#?}");
     // The threshold flags take effect: with a 0.5 s handshake timeout the SYN is reported

@@ -24,6 +24,8 @@ fn each_mistake_is_one_clear_error() {
         ("iface = \"x\"\napi_insecure = \"yes\"\n", &["`api_insecure`", "true or false"][..]),
         ("iface = \"x\"\nxdp_mode = \"turbo\"\n", &["'turbo'", "native"][..]),
         ("iface = [\"x\"\n", &["TOML parse error", "line 1"][..]),
+        ("iface = \"x\"\ncommunity_id_seed = 70000\n", &["'70000'", "0..=65535"][..]),
+        ("iface = \"x\"\nhost_name = \"a b\"\n", &["--host-name", "1 to 253 letters"][..]),
     ];
     for (toml, wants) in cases {
         let (code, err) = run_with(toml, &[]);

@@ -13,6 +13,24 @@ use dataplane::traffic::{connect_from, serve_once};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
+const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+
+/// The value of the first sample of `name` (without labels or with) on a metrics page.
+fn sample(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with([' ', '{'])))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A literal for a PromQL regular expression (`=~`), as Grafana quotes a variable's value.
+fn regex_quote(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| if ".+*?()[]{}|^$\\".contains(c) { vec!['\\', '\\', c] } else { vec![c] })
+        .collect()
+}
+
 struct Kill(Child);
 impl Drop for Kill {
     fn drop(&mut self) {
@@ -128,7 +146,15 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let t = topo("p");
     let _ww = start_wirewatch(&t.mon, &dir, &["--metrics", "127.0.0.1:9464"]);
     let cfg = dir.join("prometheus.yml");
-    std::fs::write(&cfg, "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: wirewatch\n    static_configs:\n      - targets: ['127.0.0.1:9464']\n").unwrap();
+    // The shipped alert rules are loaded too: they must evaluate on a live sensor's series.
+    std::fs::write(
+        &cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: wirewatch\n    static_configs:\n      - targets: ['127.0.0.1:9464']\n",
+            Path::new(DEPLOY).join("prometheus/wirewatch-alerts.yml").display()
+        ),
+    )
+    .unwrap();
     let _prom = Kill(
         t.mon
             .command("prometheus")
@@ -141,48 +167,147 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
             .expect("prometheus (run scripts/setup.sh)"),
     );
     traffic(&t);
-    std::thread::sleep(Duration::from_secs(6));
+
+    // The live page passes promtool's checks (HELP and TYPE for every metric, naming lints).
+    let (code, page) = get(&t.mon.name, "127.0.0.1:9464", "/metrics", None);
+    assert_eq!(code, 200);
+    let mut check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (run scripts/setup.sh)");
+    check.stdin.take().unwrap().write_all(&page).unwrap();
+    let out = check.wait_with_output().unwrap();
+    let page = String::from_utf8_lossy(&page);
+    assert!(
+        out.status.success() && out.stdout.is_empty(),
+        "promtool check metrics:\n{}{}\n{page}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
+        "process_open_fds",
+        "process_max_fds",
+        "wirewatch_xdp_attached_info",
+        "wirewatch_worker_heartbeat_timestamp_seconds",
+    ] {
+        let v: f64 = sample(&page, name).unwrap_or_else(|| panic!("no {name} in\n{page}"));
+        assert!(v > 0.0, "{name} = {v}");
+    }
+    assert!(!page.contains("wirewatch_xdp_attached{"), "the old name is gone");
 
     let dash: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../deploy/grafana/wirewatch-dashboard.json"
-        ))
-        .unwrap(),
+        &std::fs::read_to_string(Path::new(DEPLOY).join("grafana/wirewatch-dashboard.json"))
+            .unwrap(),
     )
     .unwrap();
-    let exprs: Vec<String> = dash["panels"]
+    let vars: Vec<&str> = dash["templating"]["list"]
         .as_array()
         .unwrap()
         .iter()
-        .flat_map(|p| {
-            p["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap().to_string())
-        })
+        .map(|v| v["name"].as_str().unwrap())
         .collect();
-    assert!(exprs.len() >= 15);
-    let mut empty = Vec::new();
-    for e in &exprs {
+    assert!(vars.contains(&"job") && vars.contains(&"instance"), "{vars:?}");
+    let mut exprs = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        let title = p["title"].as_str().unwrap();
+        let unit = p["fieldConfig"]["defaults"]["unit"].as_str().unwrap_or("");
+        assert!(!unit.is_empty(), "panel {title} sets no unit");
+        if p["type"] == "timeseries" || p["type"] == "bargauge" {
+            assert_eq!(p["options"]["legend"]["showLegend"], true, "panel {title}: no legend");
+        }
+        for t in p["targets"].as_array().unwrap() {
+            let legend = t["legendFormat"].as_str().unwrap_or("");
+            assert!(!legend.is_empty(), "panel {title}: a query without legendFormat");
+            let e = t["expr"].as_str().unwrap().to_string();
+            // Every selector of every metric is filtered by both variables.
+            for (i, _) in e.match_indices("wirewatch_").chain(e.match_indices("process_")) {
+                let rest = &e[i..];
+                let sel = rest.find(['{', ')', ' ', '[']).map_or("", |j| &rest[j..]);
+                assert!(
+                    sel.starts_with("{job=~\"$job\", instance=~\"$instance\""),
+                    "panel {title}: {e} does not filter every selector by job and instance"
+                );
+            }
+            exprs.push(e);
+        }
+    }
+    assert!(exprs.len() >= 20);
+    let query = |e: &str| -> (u16, serde_json::Value) {
         let (code, body) = get(
             &t.mon.name,
             "127.0.0.1:9090",
             &format!("/api/v1/query?query={}", urlencode(e)),
             None,
         );
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        if code != 200
-            || v["status"] != "success"
-            || v["data"]["result"].as_array().is_none_or(Vec::is_empty)
-        {
-            empty.push(format!("{e} → {code} {}", String::from_utf8_lossy(&body)));
+        (code, serde_json::from_slice(&body).unwrap_or_default())
+    };
+    let with = |e: &str, instance: &str| {
+        e.replace("$job", "wirewatch").replace("$instance", &regex_quote(instance))
+    };
+    let empty_ones = |instance: &str| -> Vec<String> {
+        exprs
+            .iter()
+            .filter_map(|e| {
+                let (code, v) = query(&with(e, instance));
+                let empty = code != 200
+                    || v["status"] != "success"
+                    || v["data"]["result"].as_array().is_none_or(Vec::is_empty);
+                empty.then(|| format!("{e} → {code} {v}"))
+            })
+            .collect()
+    };
+    // Prometheus needs a few scrapes before rates exist: poll, up to a minute.
+    let mut empty = empty_ones("127.0.0.1:9464");
+    for _ in 0..60 {
+        if empty.is_empty() {
+            break;
         }
+        std::thread::sleep(Duration::from_secs(1));
+        empty = empty_ones("127.0.0.1:9464");
     }
     assert!(
         empty.is_empty(),
-        "{} of {} dashboard queries returned nothing:\n{}",
+        "{} of {} dashboard queries returned nothing for this sensor:\n{}",
         empty.len(),
         exprs.len(),
         empty.join("\n")
     );
+    // ...and nothing for another sensor: the filter applies to every query.
+    let other = empty_ones("192.0.2.1:9464");
+    assert_eq!(other.len(), exprs.len(), "queries that ignore $instance: {exprs:#?}");
+    // The variables' own queries (label_values) list this sensor.
+    let (_, body) = get(
+        &t.mon.name,
+        "127.0.0.1:9090",
+        &format!(
+            "/api/v1/label/instance/values?match[]={}",
+            urlencode("wirewatch_build_info{job=~\"wirewatch\"}")
+        ),
+        None,
+    );
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["data"], serde_json::json!(["127.0.0.1:9464"]), "{v}");
+    // The shipped rules evaluate without error on the live series.
+    let (_, body) = get(&t.mon.name, "127.0.0.1:9090", "/api/v1/rules", None);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let rules = v["data"]["groups"][0]["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 7, "{v}");
+    for r in rules {
+        assert_eq!(r["health"], "ok", "{r}");
+    }
+
+    // Every event the sensor reported validates against the schema.
+    let (code, body) = get(&t.mon.name, "127.0.0.1:9464", "/api/events", None);
+    assert_eq!(code, 200);
+    let all: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+    assert!(!all.is_empty());
+    dataplane::schema::validate_events(&all).unwrap();
     // The anomalies are really there, by kind.
     let (_, body) = get(
         &t.mon.name,
@@ -273,4 +398,27 @@ fn token_non_loopback_and_unwritable_evidence() {
         m.lines().find(|l| l.starts_with("wirewatch_evidence_files_failed_total")).unwrap_or("");
     assert!(failed.ends_with(" 1"), "{failed}\n{m}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn alert_rules_pass_promtool_check_and_their_unit_tests() {
+    let dir = Path::new(DEPLOY).join("prometheus");
+    for args in [
+        &["check", "rules", "wirewatch-alerts.yml"][..],
+        &["test", "rules", "wirewatch-alerts.test.yml"][..],
+        &["check", "config", "prometheus.yml"][..],
+    ] {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool (run scripts/setup.sh)");
+        assert!(
+            out.status.success(),
+            "promtool {}:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

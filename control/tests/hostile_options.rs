@@ -185,6 +185,7 @@ fn hostile_numbers_are_refused_with_their_range() {
             &["0", "1000", "32", "65536", "2147483648"][..],
         ),
         ("--queues", "`all` or a number of queues in 1..=4096", &["0", "4097", "some"][..]),
+        ("--community-id-seed", "0..=65535", &["65536", "4294967296"][..]),
     ];
     for (flag, allowed, extra) in ints {
         for v in bad_ints.iter().chain(extra) {
@@ -197,6 +198,12 @@ fn hostile_numbers_are_refused_with_their_range() {
         ("--pairing-window", "nan", "1..=10000"),
         ("--workers", "0", "1..=64"),
         ("--workers", "1e300", "1..=64"),
+        ("--community-id-seed", "65536", "0..=65535"),
+        ("--host-name", "", "1 to 253 letters"),
+        ("--host-name", "two words", "1 to 253 letters"),
+        ("--host-name", "line\nbreak", "1 to 253 letters"),
+        ("--host-name", "\u{1b}[31mred", "1 to 253 letters"),
+        ("--host-name", &"h".repeat(254), "1 to 253 letters"),
     ] {
         cases.push(case(
             format!("analyze {flag}={v}"),

@@ -31,11 +31,12 @@ fn run_lab(incident: &str, control: bool) -> (bool, String, Vec<Value>) {
     let out = cmd.output().unwrap();
     let stdout =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let evs = std::fs::read_to_string(&events)
+    let evs: Vec<Value> = std::fs::read_to_string(&events)
         .unwrap_or_default()
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
+    dataplane::schema::validate_events(&evs).unwrap();
     // Nothing left behind.
     let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
     let left = String::from_utf8_lossy(&left.stdout);

@@ -201,7 +201,8 @@ fn analyze(dir: &Path, tag: &str, files: &[&Path]) -> Run {
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+        .collect::<Vec<serde_json::Value>>();
+    dataplane::schema::validate_events(&events).unwrap_or_else(|e| panic!("{tag}: {e}"));
     Run { events, summary }
 }
 

@@ -27,6 +27,7 @@ fn analyze(
         .lines()
         .map(|l| {
             let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            dataplane::schema::validate_events([&v]).unwrap();
             // Evidence file names carry the worker number; nothing else may differ.
             v.as_object_mut().unwrap().remove("evidence");
             v
@@ -260,6 +261,7 @@ fn losses_between_vantages_do_not_depend_on_workers() {
             .lines()
             .map(|l| {
                 let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                dataplane::schema::validate_events([&v]).unwrap();
                 v.as_object_mut().unwrap().remove("evidence");
                 v
             })

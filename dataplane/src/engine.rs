@@ -18,7 +18,7 @@ use crate::flow::side::{SidePool, SideState, SlotHasher};
 use crate::flow::table::{FlowRef as TableRef, Slot};
 use crate::flow::timers::{TimerKind, TimerWheel};
 use crate::flow::{
-    conn_flags, dir_flags, FlowKey, FlowRecord, FlowTable, IpIdModel, MacId, MacTable,
+    conn_flags, dir_flags, FlowKey, FlowRecord, FlowTable, IpIdModel, MacId, MacTable, Orientation,
 };
 use crate::packet::{decode, TcpPacket};
 use crate::seq::SeqNumber;
@@ -59,6 +59,10 @@ pub struct EngineConfig {
     pub learn_vantage_relations: bool,
     /// Record a per-packet verdict (for `analyze --verdicts`).
     pub record_verdicts: bool,
+    /// The seed of the events' Community ID (0 unless the other tools use another).
+    pub community_id_seed: u16,
+    /// The sensor's name in events (default: the host name).
+    pub host: String,
 }
 
 impl Default for EngineConfig {
@@ -87,6 +91,8 @@ impl Default for EngineConfig {
             vantage_relations: VantageRelations::default(),
             learn_vantage_relations: true,
             record_verdicts: false,
+            community_id_seed: 0,
+            host: host_name(),
         }
     }
 }
@@ -658,6 +664,16 @@ impl Engine {
         };
         let (src, sport) = key.endpoint(side);
         let (dst, dport) = key.endpoint(1 - side);
+        let (origin, orientation) = flow.originator();
+        let (src_ip, src_port) = key.endpoint(origin);
+        let (dest_ip, dest_port) = key.endpoint(1 - origin);
+        // The handshake's ISN tells one connection on this 4-tuple from the next (the record's
+        // start time would not: it depends on which packet the worker saw first).
+        let isn = match orientation {
+            Orientation::Syn => flow.dirs[origin].isn.0,
+            Orientation::SynAck => flow.dirs[1 - origin].isn.0,
+            Orientation::Guessed => 0,
+        };
         let vantage = self
             .cfg
             .vantage_names
@@ -681,12 +697,23 @@ impl Engine {
         let comment = format!("wirewatch {}: {}", d.kind.name(), d.explanation);
         let evidence = self.attach_evidence(slot, hist_id, &comment, p.ts_ns, d.kind);
         self.events.push(Event {
+            schema_version: anomaly::SCHEMA_VERSION,
             kind: d.kind,
             sub_kind: d.sub_kind,
             time_first: rfc3339(first),
             time_last: rfc3339(p.ts_ns),
             time_first_ns: first,
             time_last_ns: p.ts_ns,
+            host: self.cfg.host.clone(),
+            flow_id: flow_id(&key, orientation, isn),
+            community_id: crate::flow::community_id(&key, self.cfg.community_id_seed),
+            src_ip,
+            src_port,
+            dest_ip,
+            dest_port,
+            proto: "tcp",
+            orientation: orientation.name(),
+            packet_direction: if side == origin { "to_server" } else { "to_client" },
             flow: FlowRef { src, sport, dst, dport, vlan: key.vlan, direction },
             vantage,
             count: d.count,
@@ -735,6 +762,35 @@ impl Engine {
         self.flows.get_mut(slot).flags |= conn_flags::EVIDENCE_PENDING;
         Some(r)
     }
+}
+
+/// The events' `flow_id`: a hash of the flow's key (vantage included) and the ISN of the
+/// handshake that opened it, so every event of one connection carries it, a later connection
+/// on the same 4-tuple gets another, and the number depends neither on the worker nor on when
+/// its table began. 53 bits: JSON readers that hold numbers as doubles keep it exact.
+fn flow_id(key: &FlowKey, orientation: Orientation, isn: u32) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let words = key.words();
+    let tail = (orientation as u64) << 32 | isn as u64;
+    for w in words.iter().chain(std::iter::once(&tail)) {
+        for b in w.to_le_bytes() {
+            h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    // A final mix so the low bits kept depend on every input byte.
+    h ^= h >> 31;
+    h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^= h >> 29;
+    h & ((1 << 53) - 1)
+}
+
+/// The host name (uname's node name), or "unknown" if the kernel gives none.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// µs from `first_ns` to `ts_ns` (wraps after ~71 minutes; compared with wrapping_sub).

@@ -11,6 +11,7 @@ pub mod netns;
 pub mod packet;
 pub mod pcapng;
 pub mod pipeline;
+pub mod schema;
 pub mod seq;
 pub mod tcp;
 pub mod traffic;

@@ -155,9 +155,14 @@ pub struct EvidenceRef {
     pub packets: Vec<u32>,
 }
 
-/// One detection, as written to the events stream.
+/// The version of the event schema (docs/events.schema.json): raised when a field is removed
+/// or changes meaning; new fields do not change it.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One detection, as written to the events stream (docs/events.md, docs/events.schema.json).
 #[derive(Clone, Debug, Serialize)]
 pub struct Event {
+    pub schema_version: u32,
     pub kind: Kind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sub_kind: Option<&'static str>,
@@ -165,6 +170,26 @@ pub struct Event {
     pub time_last: String,
     pub time_first_ns: u64,
     pub time_last_ns: u64,
+    /// The sensor's host name.
+    pub host: String,
+    /// The same number in every event of one connection as one vantage saw it, below 2^53 so
+    /// that every JSON reader keeps it exact.
+    pub flow_id: u64,
+    /// Community ID v1 of the flow (the same at every vantage and in Zeek, Suricata, tshark).
+    pub community_id: String,
+    /// The connection's originator (the SYN's sender) and its responder; see `orientation`.
+    pub src_ip: IpAddr,
+    pub src_port: u16,
+    pub dest_ip: IpAddr,
+    pub dest_port: u16,
+    /// Always "tcp".
+    pub proto: &'static str,
+    /// How src/dest were told apart: "syn", "syn_ack" (only the SYN-ACK was seen) or
+    /// "guessed" (no handshake seen: the lower port is taken for the server's).
+    pub orientation: &'static str,
+    /// The triggering packet went "to_server" (sent by src) or "to_client" (sent by dest).
+    pub packet_direction: &'static str,
+    /// The triggering packet's endpoints (the fields above the flat ones predate them).
     pub flow: FlowRef,
     /// The sensor (interface or file) that saw the triggering packet.
     pub vantage: String,

@@ -38,6 +38,7 @@ pub fn on_packet(c: &mut Ctx<'_>) {
             c.flow.set_syns(1);
             c.flow.set_synacks(0);
             c.flow.flags &= !(conn_flags::HANDSHAKE_REPORTED | conn_flags::SYNACK_SEEN);
+            c.flow.flags |= conn_flags::SYN_SEEN;
             c.flow.flags = if s == 1 {
                 c.flow.flags | conn_flags::CLIENT_IS_HI
             } else {

@@ -129,8 +129,17 @@ impl Conv {
         self.e.tick(self.t);
     }
 
+    /// The events so far, each checked against docs/events.schema.json.
+    fn events(&mut self) -> Vec<Event> {
+        let ev = self.e.drain_events();
+        let json: Vec<serde_json::Value> =
+            ev.iter().map(|e| serde_json::to_value(e).unwrap()).collect();
+        crate::schema::validate_events(&json).unwrap();
+        ev
+    }
+
     fn kinds(&mut self) -> Vec<Kind> {
-        self.e.drain_events().into_iter().map(|e| e.kind).collect()
+        self.events().into_iter().map(|e| e.kind).collect()
     }
 
     fn count(&self, k: Kind) -> u64 {
@@ -226,7 +235,7 @@ fn zero_window_event_only_when_long() {
     c.send(true, ACK, 1, 400.0); // second probe, same byte
     c.s.window = 502;
     c.send(false, ACK, 0, 500.0);
-    let ev = c.e.drain_events();
+    let ev = c.events();
     assert_eq!(ev.len(), 1);
     assert_eq!(ev[0].kind, Kind::ZeroWindow);
     assert_eq!(ev[0].details["probes"], 2);
@@ -240,7 +249,7 @@ fn syn_unanswered_by_retransmissions_or_timeout_vs_answered() {
     c.feed(&syn, 1000.0);
     assert!(c.kinds().is_empty());
     c.feed(&syn, 2000.0);
-    let ev = c.e.drain_events();
+    let ev = c.events();
     assert_eq!(ev.iter().map(|e| e.kind).collect::<Vec<_>>(), [Kind::SynUnanswered]);
     assert!(ev[0].explanation.contains("drops it silently"), "{}", ev[0].explanation);
     assert_eq!(ev[0].count, 3);
@@ -261,7 +270,70 @@ fn syn_rejected() {
     let mut c = Conv::new();
     c.send(true, SYN, 0, 0.0);
     c.send(false, RST | ACK, 0, 0.1);
-    assert_eq!(c.kinds(), [Kind::SynRejected]);
+    let ev = c.events();
+    assert_eq!(ev.iter().map(|e| e.kind).collect::<Vec<_>>(), [Kind::SynRejected]);
+    // The RST came from the server; the flat fields still start at the SYN's sender.
+    let e = &ev[0];
+    assert_eq!((e.flow.src, e.flow.sport), (c.s.addr, 80));
+    assert_eq!((e.src_ip, e.src_port, e.dest_ip, e.dest_port), (c.c.addr, 40000, c.s.addr, 80));
+    assert_eq!((e.orientation, e.packet_direction), ("syn", "to_client"));
+}
+
+#[test]
+fn a_flow_seen_from_its_syn_ack_is_oriented_by_it_and_one_without_handshake_by_its_ports() {
+    // The SYN was missed: the SYN-ACK's receiver opened the connection.
+    let mut c = Conv::new();
+    let _ = c.seg(true, SYN, 0);
+    c.send(false, SYN | ACK, 0, 0.0);
+    c.tick(5_000.0);
+    let ev = c.events();
+    assert_eq!(ev.iter().map(|e| e.kind).collect::<Vec<_>>(), [Kind::SynackUnacked]);
+    assert_eq!((ev[0].src_ip, ev[0].src_port, ev[0].dest_port), (c.c.addr, 40000, 80));
+    assert_eq!(ev[0].orientation, "syn_ack");
+
+    // No handshake, and the client's port below the server's: the guess takes the lower port
+    // for the server's, and says it guessed.
+    let mut c = Conv::new();
+    c.c.port = 22;
+    c.s.port = 50000;
+    c.ts = false;
+    let data = c.seg(false, ACK | PSH, 1448);
+    c.feed(&data, 0.0);
+    let mut rst = c.seg(true, RST, 0);
+    rst.seq = data.ack;
+    c.feed(&rst, 0.2);
+    let ev = c.events();
+    assert_eq!(ev.iter().map(|e| e.kind).collect::<Vec<_>>(), [Kind::MidstreamRst]);
+    let e = &ev[0];
+    assert_eq!((e.src_ip, e.src_port, e.dest_ip, e.dest_port), (c.s.addr, 50000, c.c.addr, 22));
+    assert_eq!((e.orientation, e.packet_direction), ("guessed", "to_client"));
+}
+
+#[test]
+fn every_event_of_a_flow_carries_its_flow_id_and_the_next_flow_another() {
+    let mut c = established();
+    c.s.window = 0;
+    c.send(false, ACK, 0, 1.0);
+    c.send(true, ACK, 1, 200.0);
+    c.c.seq -= 1;
+    c.send(true, ACK, 1, 400.0);
+    c.s.window = 502;
+    c.send(false, ACK, 0, 500.0);
+    c.send(false, RST | ACK, 0, 1.0);
+    for _ in 0..3 {
+        c.send(true, ACK | PSH, 1000, 500.0);
+    }
+    let ev = c.events();
+    let kinds: Vec<Kind> = ev.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [Kind::ZeroWindow, Kind::DataAfterRst]);
+    assert!(ev.iter().all(|e| e.flow_id == ev[0].flow_id && e.community_id == ev[0].community_id));
+    let mut other = Conv::new();
+    other.c.port = 40001;
+    other.send(true, SYN, 0, 0.0);
+    other.send(false, RST | ACK, 0, 0.1);
+    let o = other.events();
+    assert_ne!(o[0].flow_id, ev[0].flow_id);
+    assert_ne!(o[0].community_id, ev[0].community_id);
 }
 
 #[test]
@@ -285,7 +357,7 @@ fn tuple_reuse_vs_new_connection_after_close() {
     c.c.seq = 777_777;
     c.c.mac = [2, 0, 0, 0, 0, 9];
     c.send(true, SYN, 0, 5.0);
-    let ev = c.e.drain_events();
+    let ev = c.events();
     assert_eq!(ev.iter().map(|e| e.kind).collect::<Vec<_>>(), [Kind::TupleReuse]);
     assert_eq!(ev[0].details["old_isn"], old_isn);
     assert_eq!(ev[0].details["new_isn"], 777_777);
@@ -327,7 +399,7 @@ fn rst_foreign_sender_vs_the_servers_own_rst() {
     c.s.ip_id = 42888; // the next segment carries 42889
     c.ts = false;
     c.send(false, RST, 0, 1.0);
-    let ev = c.e.drain_events();
+    let ev = c.events();
     assert_eq!(ev.iter().map(|e| e.kind).collect::<Vec<_>>(), [Kind::RstForeignSender]);
     let x = &ev[0].explanation;
     assert!(x.contains("IP-ID") && x.contains("42889") && x.contains("timestamp option"), "{x}");
@@ -393,7 +465,7 @@ fn request_after_fin_vs_normal_close() {
     let mut rst = c.seg(false, RST, 0);
     rst.seq = req.ack;
     c.feed(&rst, 0.2);
-    let ev = c.e.drain_events();
+    let ev = c.events();
     assert_eq!(ev.iter().map(|e| e.kind).collect::<Vec<_>>(), [Kind::RequestAfterFin]);
     let idle = ev[0].details["idle_s"].as_f64().unwrap();
     assert!((4.9..5.1).contains(&idle), "{idle}");
@@ -414,7 +486,7 @@ fn data_after_rst_vs_normal_close() {
     for _ in 0..3 {
         c.send(true, ACK | PSH, 1000, 500.0);
     }
-    let ev = c.e.drain_events();
+    let ev = c.events();
     assert_eq!(ev.iter().map(|e| e.kind).collect::<Vec<_>>(), [Kind::DataAfterRst]);
     assert_eq!(c.count(Kind::DataAfterRst), 3);
 }
@@ -464,7 +536,7 @@ fn lost_between_sensors_vs_seen_at_both() {
             c.feed(&g, 0.05);
         }
         c.tick(500.0);
-        let first = c.e.drain_events();
+        let first = c.events();
         assert!(first.is_empty(), "{first:#?}");
         c.c.port = 40001;
         c.c.seq = 9000;
@@ -472,11 +544,11 @@ fn lost_between_sensors_vs_seen_at_both() {
         c.send(true, SYN, 0, 1.0);
         // An opening SYN waits for an answer (3 s) before it is judged.
         c.tick(1000.0);
-        let early = c.e.drain_events();
+        let early = c.events();
         assert!(early.is_empty(), "judged before its wait for an answer ended: {early:#?}");
         c.tick(2500.0);
         // (The SYN's own syn_unanswered is not this test's business.)
-        c.e.drain_events().into_iter().filter(|e| e.kind != Kind::SynUnanswered).collect()
+        c.events().into_iter().filter(|e| e.kind != Kind::SynUnanswered).collect()
     };
     // Enough shared traffic, all of it seen at both: serial, so the SYN was lost between.
     let ev = run(40, false);
@@ -519,7 +591,7 @@ fn parallel_vantages_split_without_losses() {
     }
     c.vantage = 0;
     c.tick(5000.0);
-    let ev = c.e.drain_events();
+    let ev = c.events();
     assert!(ev.iter().all(|e| e.kind != Kind::LostBetweenSensors), "{ev:#?}");
     let split: Vec<_> = ev.iter().filter(|e| e.kind == Kind::SplitPath).collect();
     assert_eq!(split.len(), 1, "{ev:#?}");

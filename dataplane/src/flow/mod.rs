@@ -8,11 +8,13 @@ use crate::packet::TcpPacket;
 use crate::seq::SeqNumber;
 use crate::tcp::ConnState;
 
+pub mod community_id;
 pub mod macs;
 pub mod side;
 pub mod table;
 pub mod timers;
 
+pub use community_id::community_id;
 pub use macs::{MacId, MacTable};
 pub use table::{EvictReason, FlowTable};
 
@@ -316,11 +318,33 @@ pub mod conn_flags {
     pub const GAP_SEEN_HI: u16 = 1 << 11;
     /// The generation of the flow's newest expiry timer (older ones are stale).
     pub const EXPIRY_GEN: u16 = 1 << 12;
-    // Bit 13 is free.
+    /// A SYN without ACK opened the current connection: `CLIENT_IS_HI` names its sender.
+    pub const SYN_SEEN: u16 = 1 << 13;
     /// lost_between_sensors was reported for this flow (later losses are counted only).
     pub const LOST_BETWEEN_REPORTED: u16 = 1 << 14;
     /// The flow is in the closed-flow eviction queue.
     pub const QUEUED_CLOSED: u16 = 1 << 15;
+}
+
+/// How an event's originator-oriented fields were oriented.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Orientation {
+    /// The originator's SYN was seen.
+    Syn,
+    /// Only the SYN-ACK was seen; its receiver is the originator.
+    SynAck,
+    /// No handshake was seen: the endpoint with the lower port is taken for the server.
+    Guessed,
+}
+
+impl Orientation {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Orientation::Syn => "syn",
+            Orientation::SynAck => "syn_ack",
+            Orientation::Guessed => "guessed",
+        }
+    }
 }
 
 /// One flow, both directions, with its key: a sensor tracks millions, so this is kept at
@@ -373,6 +397,22 @@ impl FlowRecord {
             return None;
         }
         Some((self.flags & conn_flags::CLIENT_IS_HI != 0) as usize)
+    }
+
+    /// The side that opened the connection (the originator, "client"), and how it is known.
+    pub fn originator(&self) -> (usize, Orientation) {
+        if self.flags & conn_flags::SYN_SEEN != 0 {
+            return ((self.flags & conn_flags::CLIENT_IS_HI != 0) as usize, Orientation::Syn);
+        }
+        let synack_from = |s: usize| self.dirs[s].flags & dir_flags::SYN != 0;
+        if self.flags & conn_flags::SYNACK_SEEN != 0 && synack_from(0) != synack_from(1) {
+            // Only the SYN-ACK was seen: its receiver sent the SYN.
+            return (synack_from(0) as usize, Orientation::SynAck);
+        }
+        // No handshake seen: the lower port is taken for the server's (well-known and
+        // registered ports sit below the ephemeral range); equal ports: side lo opened it.
+        let (lo_port, hi_port) = (self.key.lo_port, self.key.hi_port);
+        ((lo_port < hi_port) as usize, Orientation::Guessed)
     }
 
     /// The newest packet of either side, in µs since the flow's first packet.
