@@ -14,29 +14,42 @@ pub struct ExplainArgs {
 /// Prints the kind's rule, meaning and next checks, or lists every kind. An unknown kind is
 /// bad usage: Err carries the one-line message (exit status 2), naming close matches.
 pub fn explain(args: &ExplainArgs) -> Result<(), String> {
-    let Some(name) = args.kind.as_deref() else {
-        println!("Detections (`wirewatch explain KIND` for the rule and what to check next):\n");
+    let text = text(args.kind.as_deref())?;
+    // `wirewatch explain | head` closes the pipe early: that is not an error.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
+    Ok(())
+}
+
+/// What `explain` prints for `kind` (every kind when None).
+fn text(kind: Option<&str>) -> Result<String, String> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let Some(name) = kind else {
+        let _ = writeln!(
+            out,
+            "Detections (`wirewatch explain KIND` for the rule and what to check next):\n"
+        );
         for k in Kind::ALL {
             let tag = if k.is_sensor_health() { "  [sensor health]" } else { "" };
-            println!("  {:<24}{}{tag}", k.name(), first_sentence(k.meaning()));
+            let _ = writeln!(out, "  {:<24}{}{tag}", k.name(), first_sentence(k.meaning()));
         }
-        println!("\nIn the catalog, not detected by this version:");
+        let _ = writeln!(out, "\nIn the catalog, not detected by this version:");
         for (n, _) in NOT_DETECTED {
-            println!("  {n}");
+            let _ = writeln!(out, "  {n}");
         }
-        return Ok(());
+        return Ok(out);
     };
     if let Some(k) = Kind::from_name(name) {
-        println!("{}  ({})\n", k.name(), class(k));
-        println!("Rule\n{}\n", indent(k.rule()));
-        println!("What it means\n{}\n", indent(k.meaning()));
-        println!("What to check next\n{}", indent(k.next_checks()));
-        return Ok(());
+        let _ = writeln!(out, "{}  ({})\n", k.name(), class(k));
+        let _ = writeln!(out, "Rule\n{}\n", indent(k.rule()));
+        let _ = writeln!(out, "What it means\n{}\n", indent(k.meaning()));
+        let _ = writeln!(out, "What to check next\n{}", indent(k.next_checks()));
+        return Ok(out);
     }
     if let Some((n, rule)) = NOT_DETECTED.iter().find(|(n, _)| *n == name) {
-        println!("{n}  (in the catalog, not detected by this version)\n");
-        println!("Rule\n{}", indent(rule));
-        return Ok(());
+        let _ = writeln!(out, "{n}  (in the catalog, not detected by this version)\n");
+        let _ = writeln!(out, "Rule\n{}", indent(rule));
+        return Ok(out);
     }
     let names = Kind::ALL.iter().map(|k| k.name()).chain(NOT_DETECTED.iter().map(|(n, _)| *n));
     let close = close_matches(name, names);
