@@ -38,8 +38,13 @@ version=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,
 deb_version=$(head -1 deploy/debian/changelog | sed -n 's/^wirewatch (\([^)]*\)).*/\1/p')
 [ "${deb_version%-*}" = "$version" ] || fail "deploy/debian/changelog's top entry is $deb_version but the workspace version is $version: add a changelog entry for $version-1"
 
-# The release build the tests already made (no-op then); man pages and completions from it.
-cargo build --release -p control --bin wirewatch --quiet
+# The release binary: scripts/test.sh has just built it (`cargo test --release` builds the
+# binary the integration tests run) and says so; alone, this script builds it. (A `cargo build
+# -p control` after the workspace's `cargo test` may resolve dependency features differently
+# and relink the whole binary.) Then the man pages and completions from it.
+if [ "${WIREWATCH_RELEASE_BUILT:-0}" != 1 ] || [ ! -x "$target/release/wirewatch" ]; then
+    cargo build --release -p control --bin wirewatch --quiet
+fi
 assets="$target/release/wirewatch-package"
 rm -rf "$assets"
 "$target/release/wirewatch" generate man "$assets/man"
