@@ -33,7 +33,7 @@ fi
 
 target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 version=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"] == "control"))')
-# The version scheme (README "Packaging"): tag vX.Y.Z = workspace version X.Y.Z = the top
+# The version scheme (README, "The Debian package"): tag vX.Y.Z = workspace version X.Y.Z = the top
 # entry of deploy/debian/changelog, X.Y.Z-N (N counts packaging-only revisions).
 deb_version=$(head -1 deploy/debian/changelog | sed -n 's/^wirewatch (\([^)]*\)).*/\1/p')
 [ "${deb_version%-*}" = "$version" ] || fail "deploy/debian/changelog's top entry is $deb_version but the workspace version is $version: add a changelog entry for $version-1"
@@ -52,7 +52,7 @@ rm -rf "$assets"
 gzip -9n "$assets"/man/*.1
 
 rm -rf "$target/debian"
-# --strip: the release profile keeps line tables for backtraces; the package ships stripped.
+# --strip: the release profile keeps debug info (debug = 1); the package ships stripped.
 # --fast: lighter xz, a larger .deb in less time.
 cargo deb -p control --no-build --strip --fast --deb-version "$deb_version" --output "$target/debian/" --quiet
 deb=$(ls "$target"/debian/wirewatch_"$deb_version"_*.deb)
@@ -92,6 +92,8 @@ words=$(bash -c 'source /usr/share/bash-completion/completions/wirewatch
     _wirewatch wirewatch ex wirewatch; echo "${COMPREPLY[*]}"')
 [ "$words" = explain ] || fail "bash completion of 'wirewatch ex' gave '$words', expected 'explain'"
 grep -q '#compdef wirewatch' /usr/share/zsh/vendor-completions/_wirewatch || fail "zsh completion missing"
+! grep -q generate /usr/share/bash-completion/completions/wirewatch /usr/share/zsh/vendor-completions/_wirewatch /usr/share/fish/vendor_completions.d/wirewatch.fish \
+    || fail "the completions offer the hidden generate subcommand"
 grep -q 'complete -c wirewatch' /usr/share/fish/vendor_completions.d/wirewatch.fish || fail "fish completion missing"
 # The unit and its hardening.
 unit=/usr/lib/systemd/system/wirewatch.service

@@ -32,7 +32,10 @@ pub fn generate(args: &GenerateArgs, cmd: clap::Command) -> Result<()> {
         What::Man => clap_mangen::generate_to(cmd, dir)
             .with_context(|| format!("writing man pages to {}", dir.display()))?,
         What::Completions => {
-            let mut cmd = cmd;
+            // clap_complete offers hidden subcommands too: complete only the visible ones.
+            let mut cmd = clap::Command::new("wirewatch")
+                .version(env!("CARGO_PKG_VERSION"))
+                .subcommands(cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned());
             for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
                 clap_complete::generate_to(shell, &mut cmd, "wirewatch", dir)
                     .with_context(|| format!("writing {shell} completions to {}", dir.display()))?;
