@@ -34,6 +34,9 @@ fi
 if [ "$status" -ne 0 ]; then
     exit "$status"
 fi
+# The .deb an operator installs, from the release build above: lintian, dpkg -i, what it
+# installs (man pages, completions, unit hardening score <= 3, explain), then purged.
+WIREWATCH_RELEASE_BUILT=1 bash scripts/package.sh || { echo "FAIL: the package check (above)" >&2; exit 1; }
 # Fuzzing, bounded: the header parser, the capture reader and the whole engine on arbitrary
 # input. Any crash fails the suite (libFuzzer exits non-zero and keeps the reproducer in
 # fuzz/artifacts/).

@@ -145,6 +145,10 @@ pub fn expand(argv: Vec<OsString>, run_cmd: &clap::Command) -> Result<Vec<OsStri
             }
         }
     }
+    let file_has_iface = from_file.iter().any(|a| a.to_string_lossy().starts_with("--iface="));
+    if !file_has_iface && !cli_has_iface {
+        bail!("config {path_s} sets no interface and none is given with --iface: add a line such as iface = [\"eth1\"] to it");
+    }
     // Check the file on its own, so its mistakes are reported as the file's.
     let mut probe: Vec<OsString> = from_file.clone();
     if !from_file.iter().any(|a| a.to_string_lossy().starts_with("--iface=")) {

@@ -2,8 +2,8 @@
 //! that prints events, writes them as JSON lines and writes evidence files.
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -169,6 +169,10 @@ pub struct EventOutput {
     pub rotate_keep: u32,
 }
 
+/// Set on SIGHUP (by `run`): the events file is reopened at its path before the next event is
+/// written, so it can be moved away (logrotate, an operator) without losing events.
+pub static REOPEN_EVENTS: AtomicBool = AtomicBool::new(false);
+
 /// The events file, rotated by size.
 struct EventsFile {
     path: PathBuf,
@@ -208,6 +212,12 @@ impl EventsFile {
         Ok(())
     }
 
+    /// Opens the file at its path again (a new one if it was moved away).
+    fn reopen(&mut self) -> std::io::Result<()> {
+        *self = Self::open(self.path.clone(), self.max, self.keep)?;
+        Ok(())
+    }
+
     fn rotated(&self, i: u32) -> PathBuf {
         let mut p = self.path.clone().into_os_string();
         p.push(format!(".{i}"));
@@ -239,6 +249,12 @@ pub fn event_loop(
             Output::Event(e) => {
                 events += 1;
                 if let Some(f) = file.as_mut() {
+                    if REOPEN_EVENTS.swap(false, Relaxed) {
+                        match f.reopen() {
+                            Ok(()) => log::info!("events file {} reopened", f.path.display()),
+                            Err(err) => log::warn!("reopening {}: {err}", f.path.display()),
+                        }
+                    }
                     let mut line = serde_json::to_vec(&*e).unwrap_or_default();
                     line.push(b'\n');
                     if let Err(err) = f.write(&line) {
@@ -316,6 +332,22 @@ mod tests {
         assert_eq!(std::fs::read(dir.join("events.jsonl.1")).unwrap().len(), 200);
         assert_eq!(std::fs::read(dir.join("events.jsonl.2")).unwrap()[0], b'2');
         assert!(!dir.join("events.jsonl.3").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_reopened_events_file_follows_its_path() {
+        let dir = std::env::temp_dir().join(format!("ww-reopen-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("events.jsonl");
+        let mut f = EventsFile::open(p.clone(), 1 << 20, 2).unwrap();
+        f.write(b"before\n").unwrap();
+        std::fs::rename(&p, dir.join("moved")).unwrap();
+        f.reopen().unwrap();
+        f.write(b"after\n").unwrap();
+        assert_eq!(std::fs::read(dir.join("moved")).unwrap(), b"before\n");
+        assert_eq!(std::fs::read(&p).unwrap(), b"after\n");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

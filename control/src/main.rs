@@ -8,6 +8,8 @@ mod api;
 mod caps;
 mod config;
 mod event_fields;
+mod explain;
+mod generate;
 mod lab;
 mod live;
 mod metrics;
@@ -54,6 +56,14 @@ enum Command {
     ///
     /// Example: sudo wirewatch profile detect --iface ens1f0np0
     Profile(profile::ProfileArgs),
+    /// What a detection kind means: its rule, the likely cause and what to check next (the
+    /// catalog, docs/detections.md). Without a kind, lists every kind.
+    ///
+    /// Example: wirewatch explain rst_after_stale_segment
+    Explain(explain::ExplainArgs),
+    /// Write the man pages or shell completions (for packaging).
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 /// Bad usage: one line on stderr, exit status 2, before anything is attached or written.
@@ -83,6 +93,18 @@ fn main() -> ExitCode {
             return usage_error(msg);
         }
     }
+    match &cli.command {
+        Command::Explain(args) => {
+            return explain::explain(args).map_or_else(usage_error, |()| ExitCode::SUCCESS);
+        }
+        Command::Generate(args) => {
+            return match generate::generate(args, Cli::command()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => usage_error(format_args!("{e:#}")),
+            };
+        }
+        _ => {}
+    }
     // Only now: nothing is logged until every option has been checked.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
@@ -92,6 +114,7 @@ fn main() -> ExitCode {
         Command::Analyze(args) => analyze::analyze(args),
         Command::Lab(args) => lab::lab(args),
         Command::Profile(args) => profile::profile(args),
+        Command::Explain(_) | Command::Generate(_) => unreachable!("handled above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -77,7 +77,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
     /// Write every event as one JSON object per line to this file; `-` prints JSON lines on
-    /// stdout instead of the human-readable lines.
+    /// stdout instead of the human-readable lines. SIGHUP (`systemctl reload wirewatch`) makes
+    /// run reopen the file at this path, e.g. after it was moved away.
     #[arg(long, value_name = "FILE|-")]
     pub events: Option<PathBuf>,
     /// Rotate the --events file when it passes this size (FILE.1 … FILE.5 are kept).
@@ -195,13 +196,21 @@ pub enum NonTcpArg {
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
+static HANGUP: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Relaxed);
+extern "C" fn on_signal(sig: libc::c_int) {
+    if sig == libc::SIGHUP {
+        // Here, not in the main loop: an event written after the signal goes to the new file.
+        crate::live::REOPEN_EVENTS.store(true, Relaxed);
+        HANGUP.store(true, Relaxed);
+    } else {
+        STOP.store(true, Relaxed);
+    }
 }
 
+/// SIGINT/SIGTERM stop; SIGHUP (`systemctl reload`) reopens the events file.
 fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
     }
@@ -583,6 +592,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     let started = Instant::now();
     let mut last_export = Instant::now().checked_sub(Duration::from_secs(1)).unwrap();
     while !STOP.load(Relaxed) {
+        if HANGUP.swap(false, Relaxed) {
+            log::info!(
+                "SIGHUP: the events file is reopened before the next event; other settings take effect on restart"
+            );
+        }
         if args.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
         }

@@ -26,6 +26,7 @@ fn each_mistake_is_one_clear_error() {
         ("iface = [\"x\"\n", &["TOML parse error", "line 1"][..]),
         ("iface = \"x\"\ncommunity_id_seed = 70000\n", &["'70000'", "0..=65535"][..]),
         ("iface = \"x\"\nhost_name = \"a b\"\n", &["--host-name", "1 to 253 letters"][..]),
+        ("snaplen = 256\n", &["sets no interface", "iface = [\"eth1\"]"][..]),
     ];
     for (toml, wants) in cases {
         let (code, err) = run_with(toml, &[]);
@@ -48,4 +49,17 @@ fn flags_override_the_file() {
     let (code, err) = run_with(file, &["--iface", "wwcfgflag0"]);
     assert_ne!(code, 0);
     assert!(!err.contains("wwcfgfile0"), "the flag's interface replaces the file's: {err}");
+}
+
+#[test]
+fn the_shipped_config_is_valid_and_asks_for_an_interface() {
+    // deploy/wirewatch.toml is /etc/wirewatch/wirewatch.toml in the .deb, read by the unit.
+    let shipped = include_str!("../../deploy/wirewatch.toml");
+    let (code, err) = run_with(shipped, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("sets no interface") && err.contains("iface = ["), "{err}");
+    // With an interface every other setting passes validation, up to the interface check.
+    let (code, err) = run_with(shipped, &["--iface", "wwcfgnone0"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("wwcfgnone0") || err.contains("missing capabilities"), "{err}");
 }

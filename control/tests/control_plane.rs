@@ -422,3 +422,47 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
         );
     }
 }
+
+/// `systemctl reload` sends SIGHUP: the monitor keeps running and writes the next events to a
+/// new file at the --events path once the old one was moved away.
+#[test]
+fn sighup_reopens_the_events_file_and_keeps_running() {
+    if !privileged_or_skip("sighup_reopens_the_events_file_and_keeps_running") {
+        return;
+    }
+    let _s = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = std::env::temp_dir().join(format!("ww-hup-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let t = topo("h");
+    let events = dir.join("events.jsonl");
+    let mut ww = start_wirewatch(&t.mon, &dir, &["--events", events.to_str().unwrap()]);
+    let refused = |port| {
+        let srv = SocketAddr::new("10.79.0.2".parse().unwrap(), port);
+        assert!(connect_from(&t.a.name, srv, |s| s.is_err()).join().unwrap());
+    };
+    // Polls until `path` holds a syn_rejected event (the event thread writes asynchronously).
+    let wait_for_event = |path: &Path| {
+        for _ in 0..100 {
+            if std::fs::read_to_string(path).is_ok_and(|s| s.contains("\"syn_rejected\"")) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no syn_rejected event in {}", path.display());
+    };
+    refused(7011);
+    wait_for_event(&events);
+    std::fs::rename(&events, dir.join("events.jsonl.moved")).unwrap();
+    // SAFETY: signalling our own child, which is still running (it is waited for only on drop).
+    assert_eq!(unsafe { libc::kill(ww.0.id() as i32, libc::SIGHUP) }, 0);
+    refused(7012);
+    wait_for_event(&events);
+    assert!(ww.0.try_wait().unwrap().is_none(), "wirewatch exited on SIGHUP");
+    let moved = std::fs::read_to_string(dir.join("events.jsonl.moved")).unwrap();
+    assert_eq!(moved.lines().count(), 1, "{moved}");
+    let new = std::fs::read_to_string(&events).unwrap();
+    assert_eq!(new.lines().count(), 1, "{new}");
+    assert!(new.contains("7012") && moved.contains("7011"), "{moved}\n{new}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

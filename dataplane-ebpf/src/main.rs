@@ -140,6 +140,9 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+// The kernel reads this string to decide whether GPL-only helpers may be called
+// (`bpf_prog_load`, kernel/bpf/syscall.c, via `license_is_gpl_compatible` in
+// include/linux/license.h, which lists "Dual MIT/GPL"); it matches the crate's `MIT OR GPL-2.0`.
 #[link_section = "license"]
 #[no_mangle]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
