@@ -409,7 +409,8 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
             args.events.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
         )));
     }
-    let mut counters = [0u64; KIND_COUNT];
+    // Aggregates (syn_flood, port_scan) are made from the events, after the engines.
+    let mut counters = order.aggregator.reported;
     let mut packets = 0;
     let mut undecodable = 0u64;
     let (mut written, mut failed, mut suppressed) = (0, 0, 0);
@@ -617,6 +618,8 @@ enum SinkMsg {
 /// `lateness` covers that with a margin (and is 0 with one vantage).
 struct EventOrder {
     out: Option<Box<dyn Write + Send>>,
+    aggregator: dataplane::anomaly::aggregate::Aggregator,
+    ready: Vec<Event>,
     pending: BinaryHeap<std::cmp::Reverse<Pending>>,
     watermarks: Vec<u64>,
     lateness: u64,
@@ -651,6 +654,8 @@ impl EventOrder {
     fn new(workers: usize, lateness: u64, out: Option<Box<dyn Write + Send>>) -> Self {
         Self {
             out,
+            aggregator: dataplane::anomaly::aggregate::Aggregator::holding_all(),
+            ready: Vec::new(),
             pending: BinaryHeap::new(),
             watermarks: vec![0; workers],
             lateness,
@@ -685,11 +690,26 @@ impl EventOrder {
         self
     }
 
-    /// Writes every pending event earlier than `before` (all of them for u64::MAX).
+    /// Writes every pending event earlier than `before` (all of them for u64::MAX), through
+    /// the aggregator (floods and scans become one event each).
     fn release(&mut self, before: u64) {
+        let mut ready = std::mem::take(&mut self.ready);
         while self.pending.peek().is_some_and(|p| before == u64::MAX || p.0.key.0 < before) {
             let Some(std::cmp::Reverse(p)) = self.pending.pop() else { break };
-            let e = p.event;
+            self.aggregator.push(p.event, &mut ready);
+            self.write(&mut ready);
+        }
+        if before == u64::MAX {
+            self.aggregator.finish(&mut ready);
+        } else {
+            self.aggregator.advance(before, &mut ready);
+        }
+        self.write(&mut ready);
+        self.ready = ready;
+    }
+
+    fn write(&mut self, ready: &mut Vec<Event>) {
+        for e in ready.drain(..) {
             self.per_kind[e.kind as usize] += 1;
             if let (Some(out), None) = (self.out.as_mut(), self.error.as_ref()) {
                 let r = serde_json::to_writer(&mut *out, &e)

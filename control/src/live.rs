@@ -227,7 +227,7 @@ impl EventsFile {
 
 /// Runs until every sender is gone; returns (events, evidence written, evidence failed).
 pub fn event_loop(
-    rx: Receiver<Output>,
+    rx: &Receiver<Output>,
     mut cfg: EventOutput,
     seen: &crate::api::EventStore,
 ) -> (u64, u64, u64) {
@@ -244,30 +244,55 @@ pub fn event_loop(
         }
     });
     let (mut events, mut written, mut failed) = (0u64, 0u64, 0u64);
-    for o in rx {
+    // Floods and scans become one event each: handshake failures wait up to the aggregate
+    // window; the rest leave at once.
+    let mut aggregator = dataplane::anomaly::aggregate::Aggregator::default();
+    let mut ready: Vec<Event> = Vec::new();
+    let mut last_event: Option<(u64, std::time::Instant)> = None;
+    let mut write_event = |e: Event| {
+        events += 1;
+        if let Some(f) = file.as_mut() {
+            if REOPEN_EVENTS.swap(false, Relaxed) {
+                match f.reopen() {
+                    Ok(()) => log::info!("events file {} reopened", f.path.display()),
+                    Err(err) => log::warn!("reopening {}: {err}", f.path.display()),
+                }
+            }
+            let mut line = serde_json::to_vec(&e).unwrap_or_default();
+            line.push(b'\n');
+            if let Err(err) = f.write(&line) {
+                log::warn!("events file {}: {err}", f.path.display());
+            }
+        }
+        if cfg.json_stdout {
+            println!("{}", serde_json::to_string(&e).unwrap_or_default());
+        } else if !e.kind.is_sensor_health() || e.kind == dataplane::anomaly::Kind::OneSided {
+            print_event(&e);
+        }
+        if e.kind.is_aggregate() {
+            metrics::counter!(crate::metrics::ANOMALIES, "kind" => e.kind.name()).increment(1);
+        }
+        seen.push(e);
+    };
+    loop {
+        let o = match rx.recv_timeout(std::time::Duration::from_millis(500)) {
+            Ok(o) => o,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                // Packet time moves on while no event comes: what has waited long enough leaves.
+                if let Some((t, at)) = last_event {
+                    let now = t.saturating_add(at.elapsed().as_nanos() as u64);
+                    aggregator.advance(now, &mut ready);
+                    ready.drain(..).for_each(&mut write_event);
+                }
+                continue;
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        };
         match o {
             Output::Event(e) => {
-                events += 1;
-                if let Some(f) = file.as_mut() {
-                    if REOPEN_EVENTS.swap(false, Relaxed) {
-                        match f.reopen() {
-                            Ok(()) => log::info!("events file {} reopened", f.path.display()),
-                            Err(err) => log::warn!("reopening {}: {err}", f.path.display()),
-                        }
-                    }
-                    let mut line = serde_json::to_vec(&*e).unwrap_or_default();
-                    line.push(b'\n');
-                    if let Err(err) = f.write(&line) {
-                        log::warn!("events file {}: {err}", f.path.display());
-                    }
-                }
-                if cfg.json_stdout {
-                    println!("{}", serde_json::to_string(&*e).unwrap_or_default());
-                } else if !e.kind.is_sensor_health() || e.kind == dataplane::anomaly::Kind::OneSided
-                {
-                    print_event(&e);
-                }
-                seen.push(*e);
+                last_event = Some((e.time_last_ns, std::time::Instant::now()));
+                aggregator.push(*e, &mut ready);
+                ready.drain(..).for_each(&mut write_event);
             }
             Output::Evidence(job) => match job.write(&cfg.vantage_names) {
                 Ok(()) => {
@@ -284,6 +309,8 @@ pub fn event_loop(
             },
         }
     }
+    aggregator.finish(&mut ready);
+    ready.drain(..).for_each(&mut write_event);
     (events, written, failed)
 }
 

@@ -186,7 +186,8 @@ pub fn xdp(vantage: &str, outcomes: &[(&'static str, u64)]) {
 }
 
 pub fn anomalies(per_kind: &[u64]) {
-    for (k, n) in Kind::ALL.iter().zip(per_kind) {
+    // Aggregates are counted where they are made (the events thread), not by the engines.
+    for (k, n) in Kind::ALL.iter().zip(per_kind).filter(|(k, _)| !k.is_aggregate()) {
         counter!(ANOMALIES, "kind" => k.name()).absolute(*n);
     }
 }

@@ -527,7 +527,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let seen2 = seen.clone();
     let output_thread = std::thread::Builder::new()
         .name("ww-events".into())
-        .spawn(move || event_loop(out_rx, output_cfg, &seen2))?;
+        .spawn(move || event_loop(&out_rx, output_cfg, &seen2))?;
     let (inbox_tx, mut inbox_rx): (Vec<_>, Vec<_>) =
         (0..nworkers).map(|_| bounded::<OwnedFrame>(16384)).unzip();
     inbox_rx.reverse();

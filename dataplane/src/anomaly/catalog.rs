@@ -9,8 +9,6 @@ use super::Kind;
 /// catalog's rule. A kind moves from here into `kinds!` when its detector lands (the catalog
 /// test fails while it is in both).
 pub const NOT_DETECTED: &[(&str, &str)] = &[
-    ("syn_flood", "Within 10 s, 100 or more distinct sources send unanswered SYNs to one service or prefix: a flood, spoofed when the sources never complete a handshake. One aggregate event per cause."),
-    ("port_scan", "One source's SYNs to 50 or more distinct ports or hosts within 10 s, answered by RST or nothing."),
     ("service_blackhole", "Three or more clients' SYNs to one service go unanswered within 10 s while other services on the same path answer: the service, or a filter in front of it, drops silently."),
     ("capture_loss", "Per vantage, the share of acknowledged bytes never seen: the input itself is lossy (a capture file's own drops, a span port over its budget)."),
     ("time_jump", "Packet time moves backwards (merged or concatenated captures, a clock step): to be treated as a capture gap, never as duplication."),

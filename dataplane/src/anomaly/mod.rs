@@ -11,6 +11,7 @@ use crate::flow::{conn_flags, FlowKey, FlowRecord, IpIdModel, MacId, MacTable};
 use crate::packet::TcpPacket;
 use crate::seq::SeqNumber;
 
+pub mod aggregate;
 pub mod catalog;
 pub mod health;
 pub mod loss;
@@ -128,9 +129,24 @@ kinds! {
         rule: "Our own ring or AF_XDP drops, or runs of ack_unseen_segment: the flows touched are put in a gap state and their inferences suppressed until they resynchronise.",
         means: "The sensor itself lost packets: detections on the touched flows are held back rather than guessed.",
         next: "Check the queue drop counters in the metrics and the summary (ring full, fill ring empty): raise --ring-size, add queues and --cpus, apply the NIC's profile (`wirewatch profile detect --iface IF`), and check the span port's own drops.";
+    SynFlood => "syn_flood", false,
+        rule: "Within 10 s, 100 or more distinct sources send SYNs to one service (address:port) that go unanswered or are refused. One aggregate event per flood, reported when it has been quiet for 10 s: counts, first/last, top sources and source ports, sample flows; the per-connection syn_unanswered/syn_rejected events are folded into it (their counters still count each).",
+        means: "A SYN flood against the service: spoofed when the sources never complete a handshake, or a client fleet retrying against a service that cannot answer.",
+        next: "Are the top sources real clients (do any complete handshakes elsewhere)? Check the server's SYN backlog and SYN cookies (`nstat -az TcpExtListenOverflows TcpExtSyncookiesSent`), and rate limits or scrubbing upstream.";
+    PortScan => "port_scan", false,
+        rule: "One source sends SYNs to 50 or more distinct services (address:port) within 10 s, answered by RST or nothing. One aggregate event per scan, reported when it has been quiet for 10 s, with the ports tried; the per-connection events are folded into it.",
+        means: "A port or host scan from that source: a security scanner, a misconfigured health checker, or an attacker mapping the network.",
+        next: "Who owns the source address? If it is not an approved scanner, block it where it enters and look for what it reached (connections from it that completed).";
 }
 
 pub const KIND_COUNT: usize = Kind::ALL.len();
+
+impl Kind {
+    /// Made from other events (one per flood or scan), not by a detector on packets.
+    pub const fn is_aggregate(self) -> bool {
+        matches!(self, Kind::SynFlood | Kind::PortScan)
+    }
+}
 
 impl Serialize for Kind {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -551,7 +567,7 @@ mod vocab_tests {
             assert!(k.name().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
             assert_eq!(super::Kind::from_name(k.name()), Some(*k));
         }
-        assert_eq!(seen.len(), 21);
+        assert_eq!(seen.len(), super::KIND_COUNT);
     }
 }
 

@@ -1,0 +1,193 @@
+//! Floods and scans give one event per cause (issue 12 item 6), on crafted captures (a
+//! spoofed flood cannot come from the kernel's own TCP): per family, a spoofed SYN flood of
+//! 3,000 sources to one service, a SYN scan of 120 ports from one source (half refused, half
+//! unanswered), and, as controls, three clients whose SYNs to another service go unanswered
+//! (below every threshold: reported one by one) and a healthy connection.
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::Command;
+
+use dataplane::craft::TcpSegment;
+use dataplane::pcapng::PcapngWriter;
+use dataplane_common::tcp_flags::{ACK, RST, SYN};
+
+struct Family {
+    flooded: IpAddr,
+    scanned: IpAddr,
+    scanner: IpAddr,
+    quiet_service: IpAddr,
+    spoofed: fn(u32) -> IpAddr,
+    client: fn(u32) -> IpAddr,
+}
+
+fn families() -> [Family; 2] {
+    [
+        Family {
+            flooded: "10.99.0.1".parse().unwrap(),
+            scanned: "10.99.0.2".parse().unwrap(),
+            scanner: "10.98.0.5".parse().unwrap(),
+            quiet_service: "10.99.0.3".parse().unwrap(),
+            spoofed: |i| IpAddr::V4(std::net::Ipv4Addr::from(0x2c00_0000 + i * 7919)),
+            client: |i| IpAddr::V4(std::net::Ipv4Addr::from(0x0a61_0000 + i)),
+        },
+        Family {
+            flooded: "fd99::1".parse().unwrap(),
+            scanned: "fd99::2".parse().unwrap(),
+            scanner: "fd98::5".parse().unwrap(),
+            quiet_service: "fd99::3".parse().unwrap(),
+            spoofed: |i| {
+                IpAddr::V6(std::net::Ipv6Addr::from(
+                    (0x2001_0db8_u128 << 96) | (u128::from(i) * 7919),
+                ))
+            },
+            client: |i| IpAddr::V6(std::net::Ipv6Addr::from((0xfd97_u128 << 112) | u128::from(i))),
+        },
+    ]
+}
+
+fn write_capture(path: &Path) {
+    let mut w = PcapngWriter::new(std::fs::File::create(path).unwrap()).unwrap();
+    w.interface("tap0", 128).unwrap();
+    let mut t = 1_700_000_000_000_000_000u64;
+    let mut put = |g: &TcpSegment, t: u64| {
+        let f = g.frame();
+        w.packet(0, t, &f, f.len() as u32, None).unwrap();
+    };
+    for f in families() {
+        // Flood: 3,000 spoofed SYNs over 3 s, one per source, never answered.
+        for i in 0..3000u32 {
+            let mut g = TcpSegment::new((f.spoofed)(i), 1024 + (i % 60000) as u16, f.flooded, 80);
+            g.flags = SYN;
+            g.seq = i.wrapping_mul(2_654_435_761);
+            t += 1_000_000;
+            put(&g, t);
+        }
+        // Scan: 120 ports, even ones refused, odd ones unanswered.
+        for port in 1..=120u16 {
+            let mut g = TcpSegment::new(f.scanner, 55000, f.scanned, port);
+            g.flags = SYN;
+            g.seq = 77;
+            t += 2_000_000;
+            put(&g, t);
+            if port % 2 == 0 {
+                let mut r = TcpSegment::new(f.scanned, port, f.scanner, 55000);
+                r.flags = RST | ACK;
+                r.ack = 78;
+                put(&r, t + 50_000);
+            }
+        }
+        // Controls: three clients' SYNs to another service unanswered; a healthy handshake.
+        for i in 0..3u32 {
+            let mut g = TcpSegment::new((f.client)(i), 40000, f.quiet_service, 443);
+            g.flags = SYN;
+            g.seq = 5000 + i;
+            t += 100_000_000;
+            put(&g, t);
+        }
+        let (c, s) = ((f.client)(9), f.flooded);
+        let mut g = TcpSegment::new(c, 41000, s, 80);
+        g.flags = SYN;
+        g.seq = 1;
+        t += 10_000_000;
+        put(&g, t);
+        let mut g = TcpSegment::new(s, 80, c, 41000);
+        g.flags = SYN | ACK;
+        g.seq = 100;
+        g.ack = 2;
+        put(&g, t + 100_000);
+        let mut g = TcpSegment::new(c, 41000, s, 80);
+        g.flags = ACK;
+        g.seq = 2;
+        g.ack = 101;
+        put(&g, t + 200_000);
+        // Quiet time after each family, longer than the aggregate window.
+        t += 15_000_000_000;
+    }
+    // Something at the end so every deadline falls inside the capture.
+    let mut g = TcpSegment::new("10.1.1.1".parse().unwrap(), 5000, "10.1.1.2".parse().unwrap(), 22);
+    g.flags = ACK;
+    put(&g, t);
+}
+
+#[test]
+fn a_flood_and_a_scan_are_one_event_each() {
+    let dir = std::env::temp_dir().join(format!("ww-aggregates-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cap = dir.join("flood.pcapng");
+    write_capture(&cap);
+    for workers in ["1", "2"] {
+        let events = dir.join(format!("events-{workers}.jsonl"));
+        let o = Command::new(env!("CARGO_BIN_EXE_wirewatch"))
+            .args(["analyze", "--format", "json", "--workers", workers, "--events"])
+            .arg(&events)
+            .arg(&cap)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let ev: Vec<serde_json::Value> = std::fs::read_to_string(&events)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        dataplane::schema::validate_events(&ev).unwrap();
+        // Time order holds for everything but the aggregates (reported when they end).
+        let times: Vec<u64> = ev
+            .iter()
+            .filter(|e| e["kind"] != "syn_flood" && e["kind"] != "port_scan")
+            .map(|e| e["time_last_ns"].as_u64().unwrap())
+            .collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "events out of time order");
+        let first = dataplane::anomaly::aggregate::HOLD_FROM - 1;
+        for f in families() {
+            let floods: Vec<_> = ev
+                .iter()
+                .filter(|e| e["kind"] == "syn_flood" && e["dest_ip"] == f.flooded.to_string())
+                .collect();
+            assert_eq!(floods.len(), 1, "{workers} workers, {}: {floods:?}", f.flooded);
+            let fl = floods[0];
+            assert_eq!(fl["dest_port"], 80, "{fl}");
+            let absorbed = 3000 - first as u64;
+            assert_eq!(fl["count"], absorbed, "{fl}");
+            assert_eq!(fl["details"]["distinct_sources"], absorbed, "{fl}");
+            assert_eq!(fl["details"]["unanswered"], absorbed, "{fl}");
+            assert_eq!(fl["details"]["sample_flows"].as_array().unwrap().len(), 5, "{fl}");
+            let scans: Vec<_> = ev
+                .iter()
+                .filter(|e| e["kind"] == "port_scan" && e["src_ip"] == f.scanner.to_string())
+                .collect();
+            assert_eq!(scans.len(), 1, "{workers} workers, {}: {scans:?}", f.scanner);
+            assert_eq!(scans[0]["count"], 120 - first as u64, "{}", scans[0]);
+            let (refused, unanswered) = (
+                scans[0]["details"]["refused"].as_u64().unwrap(),
+                scans[0]["details"]["unanswered"].as_u64().unwrap(),
+            );
+            assert_eq!(refused + unanswered, 120 - first as u64, "{}", scans[0]);
+            assert!(refused >= 56 && unanswered >= 56, "{}", scans[0]);
+            // The controls are reported one by one.
+            let quiet = ev
+                .iter()
+                .filter(|e| {
+                    e["kind"] == "syn_unanswered" && e["dest_ip"] == f.quiet_service.to_string()
+                })
+                .count();
+            assert_eq!(quiet, 3, "{}", f.quiet_service);
+        }
+        // Of the flood and the scan only the first few (before a cause could be seen) are
+        // reported one by one.
+        let handshake_failures = ev
+            .iter()
+            .filter(|e| e["kind"] == "syn_unanswered" || e["kind"] == "syn_rejected")
+            .count();
+        assert_eq!(handshake_failures, 2 * (3 + 2 * first), "{workers} workers");
+        assert!(ev.len() <= 2 * (2 + 3 + 10), "{} events: {ev:?}", ev.len());
+        // The counters still count every occurrence.
+        let count = |k: &str| summary["kinds"][k]["count"].as_u64().unwrap_or(0);
+        assert!(count("syn_unanswered") >= 2 * (3000 + 60 + 3), "{}", summary["kinds"]);
+        assert_eq!(count("syn_rejected"), 2 * 60, "{}", summary["kinds"]);
+        assert_eq!(count("syn_flood"), 2);
+        assert_eq!(count("port_scan"), 2);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

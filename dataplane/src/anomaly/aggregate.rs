@@ -1,0 +1,334 @@
+//! Aggregates: one event per cause when handshake failures come in floods and scans
+//! (../shared/DETECTIONS.md, Aggregates). `syn_unanswered` and `syn_rejected` events wait up to
+//! `aggregate_window` in a bounded pool; when they are released, those a `syn_flood` (≥ 100
+//! distinct sources to one service within the window) or a `port_scan` (one source to ≥ 50
+//! distinct services within the window) absorbed are folded into it, the others go out as
+//! they are. An aggregate is reported once, when it has been quiet for a window (or at the end
+//! of input), with its counts, first and last times, top sources and ports and sample flows.
+//! The engines' counters still count every occurrence; this only shapes the event stream.
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+
+use super::{Event, Kind};
+
+/// Distinct sources to one service within the window that make a flood.
+pub const FLOOD_SOURCES: usize = 100;
+/// Distinct services one source tries within the window that make a scan.
+pub const SCAN_PORTS: usize = 50;
+/// The window, nanoseconds (10 s).
+pub const AGGREGATE_WINDOW_NS: u64 = 10_000_000_000;
+/// The first handshake failures of a service or source within the window leave at once (a
+/// flood's first few are reported one by one, an isolated one is not delayed); from this
+/// many on they wait to see whether an aggregate takes them.
+pub const HOLD_FROM: usize = 5;
+/// Handshake-failure events held at once; past it, new ones are dropped (counted: the
+/// engines' counters still have them).
+const HELD_MAX: usize = 1 << 16;
+/// Services and sources tracked at once; past it, new ones are not tracked (counted).
+const TRACKED_MAX: usize = 1 << 16;
+/// Recent events remembered per service or source (for the distinct count in the window).
+const RECENT_MAX: usize = 512;
+/// Top entries and sample flows an aggregate event lists.
+const TOP: usize = 5;
+const TOP_TRACKED: usize = 4096;
+
+type Service = (IpAddr, u16);
+
+struct Recent<T: Copy + Eq + std::hash::Hash> {
+    events: VecDeque<(u64, T)>,
+    distinct: HashMap<T, u32>,
+}
+
+impl<T: Copy + Eq + std::hash::Hash> Default for Recent<T> {
+    fn default() -> Self {
+        Recent { events: VecDeque::new(), distinct: HashMap::new() }
+    }
+}
+
+impl<T: Copy + Eq + std::hash::Hash> Recent<T> {
+    /// Adds one sighting at `t` and returns the distinct values within the window.
+    fn add(&mut self, t: u64, v: T) -> usize {
+        while let Some(&(old, x)) = self.events.front() {
+            if t.saturating_sub(old) <= AGGREGATE_WINDOW_NS && self.events.len() < RECENT_MAX {
+                break;
+            }
+            self.events.pop_front();
+            if let Some(n) = self.distinct.get_mut(&x) {
+                *n -= 1;
+                if *n == 0 {
+                    self.distinct.remove(&x);
+                }
+            }
+        }
+        self.events.push_back((t, v));
+        *self.distinct.entry(v).or_default() += 1;
+        self.distinct.len()
+    }
+    fn last(&self) -> u64 {
+        self.events.back().map_or(0, |e| e.0)
+    }
+}
+
+/// One flood or scan in progress.
+struct Aggregate {
+    kind: Kind,
+    first: Event,
+    last_ns: u64,
+    count: u64,
+    by_kind: [u64; 2],
+    sources: HashMap<IpAddr, u64>,
+    ports: HashMap<u16, u64>,
+    samples: Vec<serde_json::Value>,
+}
+
+impl Aggregate {
+    fn new(kind: Kind, first: &Event) -> Self {
+        Aggregate {
+            kind,
+            first: first.clone(),
+            last_ns: first.time_last_ns,
+            count: 0,
+            by_kind: [0; 2],
+            sources: HashMap::new(),
+            ports: HashMap::new(),
+            samples: Vec::new(),
+        }
+    }
+
+    fn absorb(&mut self, e: &Event) {
+        self.count += 1;
+        self.last_ns = self.last_ns.max(e.time_last_ns);
+        self.by_kind[usize::from(e.kind == Kind::SynRejected)] += 1;
+        if self.sources.len() < TOP_TRACKED || self.sources.contains_key(&e.src_ip) {
+            *self.sources.entry(e.src_ip).or_default() += 1;
+        }
+        let port = if self.kind == Kind::PortScan { e.dest_port } else { e.src_port };
+        if self.ports.len() < TOP_TRACKED || self.ports.contains_key(&port) {
+            *self.ports.entry(port).or_default() += 1;
+        }
+        if self.samples.len() < TOP {
+            self.samples.push(serde_json::json!({
+                "src_ip": e.src_ip, "src_port": e.src_port,
+                "dest_ip": e.dest_ip, "dest_port": e.dest_port,
+                "kind": e.kind.name(), "community_id": e.community_id,
+            }));
+        }
+    }
+
+    fn top<K: Copy + Ord + serde::Serialize>(m: &HashMap<K, u64>) -> serde_json::Value {
+        let mut v: Vec<(K, u64)> = m.iter().map(|(k, n)| (*k, *n)).collect();
+        v.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.truncate(TOP);
+        v.into_iter().map(|(k, n)| serde_json::json!({"value": k, "count": n})).collect()
+    }
+
+    fn into_event(self) -> Event {
+        let mut e = self.first;
+        let unanswered = self.by_kind[0];
+        let rejected = self.by_kind[1];
+        e.kind = self.kind;
+        e.sub_kind = None;
+        e.time_last_ns = self.last_ns;
+        e.time_last = super::rfc3339(self.last_ns);
+        e.count = self.count;
+        e.fingerprints.clear();
+        e.evidence = None;
+        let distinct = self.sources.len();
+        e.explanation = match self.kind {
+            Kind::SynFlood => format!(
+                "{} SYNs from {}{distinct} sources to {}:{} went unanswered ({unanswered}) or were refused ({rejected}) between {} and {}: a SYN flood{}. The per-connection events are folded into this one.",
+                self.count,
+                if distinct >= TOP_TRACKED { "at least " } else { "" },
+                e.dest_ip,
+                e.dest_port,
+                e.time_first,
+                e.time_last,
+                if rejected == 0 { ", spoofed if none of the sources ever completes a handshake" } else { "" },
+            ),
+            _ => format!(
+                "{} tried {} services ({} distinct ports) between {} and {}: {unanswered} unanswered, {rejected} refused: a port scan. The per-connection events are folded into this one.",
+                e.src_ip,
+                self.count,
+                self.ports.len(),
+                e.time_first,
+                e.time_last,
+            ),
+        };
+        let mut d = serde_json::Map::new();
+        d.insert("unanswered".into(), unanswered.into());
+        d.insert("refused".into(), rejected.into());
+        d.insert("distinct_sources".into(), distinct.into());
+        d.insert("top_sources".into(), Self::top(&self.sources));
+        d.insert(
+            if self.kind == Kind::PortScan { "top_dest_ports" } else { "top_src_ports" }.into(),
+            Self::top(&self.ports),
+        );
+        d.insert("sample_flows".into(), self.samples.into());
+        e.details = d;
+        e
+    }
+}
+
+/// What the aggregator did, for the summary.
+#[derive(Clone, Copy, Default, Debug, serde::Serialize)]
+pub struct AggregateStats {
+    /// Handshake-failure events folded into an aggregate.
+    pub absorbed: u64,
+    /// Held events dropped because the pool was full.
+    pub held_overflow: u64,
+    /// Services or sources not tracked because the tables were full.
+    pub untracked: u64,
+}
+
+/// Folds floods and scans into one event each; everything else passes through in order.
+#[derive(Default)]
+pub struct Aggregator {
+    /// Events waiting, and whether an aggregate may absorb them.
+    held: VecDeque<(Event, bool)>,
+    services: HashMap<Service, Recent<IpAddr>>,
+    sources: HashMap<IpAddr, Recent<Service>>,
+    floods: HashMap<Service, Aggregate>,
+    scans: HashMap<IpAddr, Aggregate>,
+    now_ns: u64,
+    /// Every event waits the window, not only handshake failures: the output stays in time
+    /// order (`analyze`). Live, other events leave at once.
+    hold_all: bool,
+    pub stats: AggregateStats,
+    /// Aggregate events reported, by kind.
+    pub reported: [u64; super::KIND_COUNT],
+}
+
+fn held_kind(k: Kind) -> bool {
+    matches!(k, Kind::SynUnanswered | Kind::SynRejected)
+}
+
+impl Aggregator {
+    /// An aggregator that keeps the output in time order (every event waits the window).
+    pub fn holding_all() -> Self {
+        Aggregator { hold_all: true, ..Default::default() }
+    }
+
+    /// Takes one event (in time order, roughly) and appends what may leave now to `out`.
+    pub fn push(&mut self, e: Event, out: &mut Vec<Event>) {
+        self.now_ns = self.now_ns.max(e.time_last_ns);
+        if held_kind(e.kind) {
+            let absorbable = self.learn(&e) >= HOLD_FROM;
+            if !absorbable && !self.hold_all {
+                out.push(e);
+            } else if self.held.len() >= HELD_MAX {
+                self.stats.held_overflow += 1;
+            } else {
+                self.held.push_back((e, absorbable));
+            }
+        } else if self.hold_all && self.held.len() < HELD_MAX {
+            self.held.push_back((e, false));
+        } else {
+            out.push(e);
+        }
+        self.release(self.now_ns, out);
+    }
+
+    /// Packet time moved to `now_ns` without an event.
+    pub fn advance(&mut self, now_ns: u64, out: &mut Vec<Event>) {
+        self.now_ns = self.now_ns.max(now_ns);
+        self.release(self.now_ns, out);
+    }
+
+    /// End of input: everything held and every open aggregate leaves.
+    pub fn finish(&mut self, out: &mut Vec<Event>) {
+        self.release(u64::MAX, out);
+    }
+
+    /// Counts `e` toward its service's and its source's recent failures; returns the larger
+    /// count (this one included).
+    fn learn(&mut self, e: &Event) -> usize {
+        let t = e.time_last_ns;
+        let mut recent = 0;
+        let service = (e.dest_ip, e.dest_port);
+        if self.services.len() < TRACKED_MAX || self.services.contains_key(&service) {
+            let r = self.services.entry(service).or_default();
+            let n = r.add(t, e.src_ip);
+            recent = recent.max(r.events.len());
+            if n >= FLOOD_SOURCES && !self.floods.contains_key(&service) {
+                self.floods.insert(service, Aggregate::new(Kind::SynFlood, e));
+            }
+        } else {
+            self.stats.untracked += 1;
+        }
+        if self.sources.len() < TRACKED_MAX || self.sources.contains_key(&e.src_ip) {
+            let r = self.sources.entry(e.src_ip).or_default();
+            let n = r.add(t, service);
+            recent = recent.max(r.events.len());
+            if n >= SCAN_PORTS && !self.scans.contains_key(&e.src_ip) {
+                self.scans.insert(e.src_ip, Aggregate::new(Kind::PortScan, e));
+            }
+        } else {
+            self.stats.untracked += 1;
+        }
+        recent
+    }
+
+    fn release(&mut self, now_ns: u64, out: &mut Vec<Event>) {
+        while let Some((e, _)) = self.held.front() {
+            if now_ns != u64::MAX && now_ns.saturating_sub(e.time_last_ns) < AGGREGATE_WINDOW_NS {
+                break;
+            }
+            let (e, absorbable) = self.held.pop_front().expect("front exists");
+            if !absorbable {
+                out.push(e);
+                continue;
+            }
+            let service = (e.dest_ip, e.dest_port);
+            if let Some(a) = self.floods.get_mut(&service) {
+                a.absorb(&e);
+                self.stats.absorbed += 1;
+            } else if let Some(a) = self.scans.get_mut(&e.src_ip) {
+                a.absorb(&e);
+                self.stats.absorbed += 1;
+            } else {
+                out.push(e);
+            }
+        }
+        // Aggregates quiet for a window, with nothing of theirs still held, are reported.
+        let oldest_held = self.held.front().map_or(u64::MAX, |e| e.0.time_last_ns);
+        let quiet = |last: u64| {
+            now_ns == u64::MAX
+                || (now_ns.saturating_sub(last) >= AGGREGATE_WINDOW_NS && oldest_held > last)
+        };
+        let services = &self.services;
+        let done: Vec<Service> = self
+            .floods
+            .iter()
+            .filter(|(s, a)| quiet(a.last_ns.max(services.get(*s).map_or(0, Recent::last))))
+            .map(|(s, _)| *s)
+            .collect();
+        for s in done {
+            let a = self.floods.remove(&s).expect("listed");
+            if a.count > 0 {
+                self.reported[a.kind as usize] += 1;
+                out.push(a.into_event());
+            }
+        }
+        let sources = &self.sources;
+        let done: Vec<IpAddr> = self
+            .scans
+            .iter()
+            .filter(|(s, a)| quiet(a.last_ns.max(sources.get(*s).map_or(0, Recent::last))))
+            .map(|(s, _)| *s)
+            .collect();
+        for s in done {
+            let a = self.scans.remove(&s).expect("listed");
+            if a.count > 0 {
+                self.reported[a.kind as usize] += 1;
+                out.push(a.into_event());
+            }
+        }
+        // Forget services and sources that have been quiet for a window.
+        if now_ns == u64::MAX || self.services.len() + self.sources.len() > TRACKED_MAX {
+            let keep =
+                |last: u64| now_ns != u64::MAX && now_ns.saturating_sub(last) < AGGREGATE_WINDOW_NS;
+            self.services.retain(|_, r| keep(r.last()));
+            self.sources.retain(|_, r| keep(r.last()));
+        }
+    }
+}
