@@ -679,7 +679,9 @@ fn syn_blackhole(lab: &mut Lab<'_>) -> Result<Outcome> {
     // 3.5 s timeout; on timeout it resets the client (as the F5 did).
     let server: SocketAddr = "10.83.2.2:8080".parse()?;
     let front: SocketAddr = "10.83.0.2:8000".parse()?;
-    let requests = 6;
+    // Enough healthy connections for the monitor to judge its two sensors serial from the
+    // traffic (what one sees the other sees); every third one is black-holed.
+    let requests = 16;
     let srv_ns = srv.clone();
     let srv_h = std::thread::spawn(move || -> Result<()> {
         enter_current_thread(&srv_ns)?;
@@ -770,7 +772,8 @@ fn syn_blackhole(lab: &mut Lab<'_>) -> Result<Outcome> {
         }
     }
     let expected = vec!["syn_unanswered", "lost_between_sensors"];
-    m.wait_for(&expected, Duration::from_secs(3))?;
+    // An unanswered opening SYN is judged lost only after its 3 s wait for an answer.
+    m.wait_for(&expected, Duration::from_secs(8))?;
     let _ = proxy_h.join();
     let _ = srv_h.join();
     let metrics = Monitor::anomaly_counts(&mon, lab.args.metrics);
