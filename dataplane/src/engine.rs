@@ -251,6 +251,27 @@ impl Engine {
         self.epoch = self.epoch.wrapping_add(1);
     }
 
+    /// The input of `vantage` went back in time from `from_ns` to `to_ns` (a time jump:
+    /// concatenated or merged captures, a clock step). Like a capture gap, nothing is inferred
+    /// across it: deadlines up to `from_ns` fire first, then the vantage's flows end (their
+    /// sequence state belongs to the other timeline, and evidence pending for them is
+    /// written), every other flow enters the gap state, and the clock follows time back.
+    pub fn time_jump(&mut self, vantage: u16, from_ns: u64, to_ns: u64) {
+        self.tick(from_ns);
+        self.counters[Kind::TimeJump as usize] += 1;
+        self.epoch = self.epoch.wrapping_add(1);
+        let gone: Vec<Slot> =
+            self.flows.iter().filter(|(_, r)| r.key.vantage() == vantage).map(|(s, _)| s).collect();
+        for s in gone {
+            self.flows.remove(s);
+            self.forget(s);
+        }
+        self.dedup.clear();
+        self.now_ns = to_ns;
+        self.last_housekeeping_ns = to_ns;
+        self.last_side_expiry_ns = to_ns;
+    }
+
     /// Feeds one Ethernet frame. `frame_no` numbers it in its source (for verdicts).
     pub fn process_frame(
         &mut self,
