@@ -82,6 +82,11 @@ fn evidence_rate(s: &str) -> Result<f64, String> {
 #[error(transparent)]
 pub struct BadInput(#[from] pub CaptureError);
 
+/// Bad usage found once the arguments were parsed (exit status 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
 /// Every input was analysed, but at least one ended inside a record (exit status 4): the
 /// summary covers the complete records before each cut, which the warnings name.
 #[derive(Debug, thiserror::Error)]
@@ -177,7 +182,10 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         })
         .collect();
     if args.files.iter().filter(|p| p.as_os_str() == "-").count() > 1 {
-        anyhow::bail!("`-` (standard input) given more than once: it can be read only once");
+        return Err(Usage(
+            "`-` (standard input) given more than once: it can be read only once".into(),
+        )
+        .into());
     }
     let mut sources = Vec::new();
     for (v, p) in args.files.iter().enumerate() {
@@ -310,7 +318,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
                             Mark::Frame => {}
                             Mark::Watermark => continue,
                             Mark::TimeJump { from_ns, to_ns } => {
-                                e.time_jump(f.vantage, from_ns, to_ns);
+                                e.time_jump(f.vantage, from_ns, to_ns, w == 0);
                                 last_ts = to_ns;
                                 continue;
                             }
@@ -1012,5 +1020,20 @@ impl EventOrder {
                 *slot = Some(e);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress_line;
+
+    #[test]
+    fn progress_shows_rate_and_eta() {
+        // 100 MB of 400 MB in 10 s, 1M frames: 25 %, 100k frames/s, 10 MB/s, 30 s left.
+        let l = progress_line(100_000_000, Some(400_000_000), 1_000_000, 10.0);
+        assert_eq!(l, "   25.0%  1000000 frames  100000 frames/s  10.0 MB/s  ETA 0:30");
+        // Standard input: no size, so no share and no ETA, but the rate.
+        let l = progress_line(5_000_000, None, 20_000, 2.0);
+        assert_eq!(l, "  20000 frames  10000 frames/s  2.5 MB/s");
     }
 }

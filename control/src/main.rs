@@ -123,6 +123,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // The warnings naming each cut were printed with the results.
         Err(e) if e.downcast_ref::<analyze::Damaged>().is_some() => ExitCode::from(4),
+        Err(e) if e.downcast_ref::<analyze::Usage>().is_some() => usage_error(e),
         Err(e) => {
             // One line the operator can act on: the cause chain, outermost first.
             let mut msg = String::new();

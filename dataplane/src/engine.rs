@@ -256,9 +256,13 @@ impl Engine {
     /// across it: deadlines up to `from_ns` fire first, then the vantage's flows end (their
     /// sequence state belongs to the other timeline, and evidence pending for them is
     /// written), every other flow enters the gap state, and the clock follows time back.
-    pub fn time_jump(&mut self, vantage: u16, from_ns: u64, to_ns: u64) {
+    /// `count`: whether this engine counts the jump (one of several sharing the vantage's
+    /// flows does).
+    pub fn time_jump(&mut self, vantage: u16, from_ns: u64, to_ns: u64, count: bool) {
         self.tick(from_ns);
-        self.counters[Kind::TimeJump as usize] += 1;
+        if count {
+            self.counters[Kind::TimeJump as usize] += 1;
+        }
         self.epoch = self.epoch.wrapping_add(1);
         let gone: Vec<Slot> =
             self.flows.iter().filter(|(_, r)| r.key.vantage() == vantage).map(|(s, _)| s).collect();
