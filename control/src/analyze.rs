@@ -529,7 +529,17 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
             );
         }
     }
-    let inputs: Vec<InputHealth> = sources.iter().map(|s| s.health.clone()).collect();
+    let mut inputs: Vec<InputHealth> = sources.iter().map(|s| s.health.clone()).collect();
+    for r in &results {
+        for (v, c) in r.stats.capture.iter().enumerate() {
+            if let Some(h) = inputs.get_mut(v) {
+                h.capture_loss.add(c);
+            }
+        }
+    }
+    for h in &mut inputs {
+        h.capture_loss_percent = h.capture_loss.loss_percent();
+    }
     let summary = Summary {
         limits,
         vantage_pairs: crate::vantages::describe(&relations_cfg, &names),
@@ -734,6 +744,21 @@ impl Summary<'_> {
                     writeln!(out, "    no TCP could be read: {}", unread_advice(h))?;
                 }
             }
+            let c = &h.capture_loss;
+            writeln!(
+                out,
+                "    capture loss: {:.2}% ({} of {} ACKs acknowledged data this file never showed, about {} of {} bytes){}",
+                h.capture_loss_percent,
+                c.gap_events,
+                c.ack_events,
+                c.gap_bytes,
+                c.ack_bytes,
+                if c.gap_events > 0 {
+                    "; the capture itself is lossy: verdicts on the affected flows say so"
+                } else {
+                    ""
+                }
+            )?;
             writeln!(
                 out,
                 "    time: {} jumps back (over 1 s; each handled as a capture gap), {} frames re-sorted{}",

@@ -80,6 +80,10 @@ pub struct InputHealth {
     pub last_ns: Option<u64>,
     /// Where the file was cut, when it was.
     pub cut_at: Option<u64>,
+    /// ACKs of data this file never showed (filled in from the engines at the end).
+    pub capture_loss: dataplane::engine::VantageCapture,
+    /// `capture_loss` as Zeek's percent_lost: the share of ACKs that acknowledged unseen data.
+    pub capture_loss_percent: f64,
 }
 
 impl InputHealth {

@@ -597,3 +597,67 @@ fn the_summary_is_for_humans_and_stays_out_of_the_events() {
     let (_, help, _) = ww(&["analyze", "--help"]);
     assert!(help.contains("4 analysed but an input was cut short"), "{help}");
 }
+
+#[test]
+fn a_capture_that_missed_segments_reports_its_capture_loss() {
+    let Some(rec) = recording() else { return };
+    let dir = rec.dir.join("loss");
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = read_pcap(&rec.lo);
+    let base = summary(&[rec.lo.to_str().unwrap()], 0);
+    assert_eq!(base["inputs"][0]["capture_loss"]["gap_events"], 0, "{base:#}");
+    assert!(base["inputs"][0]["capture_loss"]["ack_events"].as_u64().unwrap() > 50);
+    // The sensor misses every 25th data segment of the 300 kB upload (the receiver got them:
+    // its ACKs cover them), as a capture that dropped packets does.
+    let ipv4_tcp_payload = |d: &[u8]| -> Option<(u16, usize)> {
+        if u16::from_be_bytes([d[12], d[13]]) != 0x0800 {
+            return None;
+        }
+        let ihl = (d[14] & 0x0f) as usize * 4;
+        let total = u16::from_be_bytes([d[16], d[17]]) as usize;
+        let l4 = 14 + ihl;
+        let doff = (d[l4 + 12] >> 4) as usize * 4;
+        Some((u16::from_be_bytes([d[l4 + 2], d[l4 + 3]]), total - ihl - doff))
+    };
+    let mut seen = 0;
+    let mut missed = 0;
+    let records: Vec<([u8; 16], Vec<u8>)> = src
+        .records
+        .iter()
+        .filter(|(_, d)| match ipv4_tcp_payload(d) {
+            Some((7101, n)) if n > 0 => {
+                seen += 1;
+                let drop = seen % 25 == 0;
+                missed += u64::from(drop);
+                !drop
+            }
+            _ => true,
+        })
+        .cloned()
+        .collect();
+    assert!(missed >= 4, "{missed} segments missed");
+    let lossy = dir.join("lossy.pcap");
+    write_pcap(&lossy, &src.header, &records);
+    let got = summary(&[lossy.to_str().unwrap()], 0);
+    let c = &got["inputs"][0]["capture_loss"];
+    let gaps = c["gap_events"].as_u64().unwrap();
+    assert!(gaps >= 1 && gaps <= missed, "{missed} missed, {gaps} gap ACKs: {got:#}");
+    assert!(got["inputs"][0]["capture_loss_percent"].as_f64().unwrap() > 0.0);
+    assert!(c["gap_bytes"].as_u64().unwrap() >= gaps, "{got:#}");
+    assert_eq!(got["kinds"]["capture_loss"]["count"], gaps);
+    // Wireshark flags the same ACKs ("ACKed segment that wasn't captured").
+    let out = Command::new("tshark")
+        .args(["-n", "-r", lossy.to_str().unwrap(), "-Y", "tcp.analysis.ack_lost_segment"])
+        .output()
+        .unwrap();
+    let tshark = String::from_utf8_lossy(&out.stdout).lines().count() as u64;
+    assert_eq!(gaps, tshark, "tshark flags {tshark} ACKs of unseen segments");
+    let (_, table, _) = ww(&["analyze", lossy.to_str().unwrap()]);
+    assert!(
+        table.contains(&format!(
+            "capture loss: {:.2}%",
+            got["inputs"][0]["capture_loss_percent"].as_f64().unwrap()
+        )) && table.contains("the capture itself is lossy"),
+        "{table}"
+    );
+}

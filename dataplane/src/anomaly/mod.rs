@@ -402,6 +402,9 @@ pub struct FlowExtra {
     /// the highest SEQ its peer may ACK without acking unseen bytes (Wireshark's
     /// maxseqtobeacked).
     pub lost_mark: Option<(SeqNumber, u8)>,
+    /// An ACK on this flow covered bytes the vantage never saw: its view is incomplete
+    /// (capture loss), and later verdicts on it say so. Keeps the entry armed.
+    pub capture_loss: bool,
 }
 
 impl FlowExtra {
@@ -417,6 +420,7 @@ impl FlowExtra {
             && self.zero_window.iter().all(Option::is_none)
             && self.retx.iter().all(Option::is_none)
             && self.lost_mark.is_none()
+            && !self.capture_loss
             && self.data_after_rst == 0
     }
 }
