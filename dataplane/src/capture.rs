@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {source} (check the path and that it is readable)")]
     Io { path: String, source: io::Error },
-    #[error("{path}: empty file, not a capture")]
+    #[error("{path}: empty file, not a capture (was the capture started, or is it still being written?)")]
     Empty { path: String },
     #[error(
         "{path}: not a pcap or pcapng file{after} (magic {magic:#010x} at offset 0): give a capture written by tcpdump, dumpcap or Wireshark"
