@@ -163,7 +163,7 @@ pub fn install() -> Result<PrometheusHandle> {
     metrics::describe_counter!(
         CAPTURE_GAP_BYTES,
         metrics::Unit::Bytes,
-        "Bytes acknowledged that the vantage never saw (an estimate from above)"
+        "Bytes acknowledged that the vantage never saw (the holes in what it captured)"
     );
     // Every series a dashboard or alert uses exists from the start, at 0.
     for k in Kind::ALL {

@@ -103,8 +103,7 @@ const GAP_SEEN: [u16; 2] = [conn_flags::GAP_SEEN_LO, conn_flags::GAP_SEEN_HI];
 /// How complete one vantage's view is, as Zeek's capture_loss measures it: ACKs that moved
 /// the acknowledged point forward, and those of them that acknowledged bytes the vantage
 /// never saw (the receiver got them, the capture did not). `capture_loss` is the share of
-/// such ACKs; the bytes are an estimate from above (an ACK past a hole is counted from the
-/// hole's start).
+/// such ACKs; the bytes are the holes' sizes (and any acknowledged beyond the last byte seen).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct VantageCapture {
     pub ack_events: u64,
@@ -466,6 +465,11 @@ impl Engine {
                 0
             };
             let ackable = c.ackable(other);
+            // Bytes unseen below the ACK: the holes' sizes when a hole is open, else whatever
+            // it acknowledges beyond what was seen.
+            let hole_bytes = c.extra_ref().and_then(|x| {
+                x.lost_mark.filter(|(_, s)| *s as usize == other).map(|_| x.lost_bytes)
+            });
             verdict = loss::on_packet(&mut c);
             if advance > 0 && !in_gap {
                 let v = p.vantage as usize;
@@ -478,7 +482,9 @@ impl Engine {
                     vc.ack_bytes += advance;
                     if verdict & loss::verdict::ACK_UNSEEN != 0 {
                         vc.gap_events += 1;
-                        vc.gap_bytes += (p.ack.diff(ackable).max(0) as u64).min(advance);
+                        let beyond = p.ack.diff(c.flow.dirs[other].next_seq).max(0) as u64;
+                        let unseen = hole_bytes.map_or(0, u64::from) + beyond;
+                        vc.gap_bytes += unseen.min(p.ack.diff(ackable).max(0) as u64).min(advance);
                         if let Some(x) = c.extra() {
                             x.capture_loss = true;
                         }

@@ -111,9 +111,15 @@ pub fn on_packet(c: &mut Ctx<'_>) -> u32 {
     // A segment beyond next_seq skipped bytes this sensor never saw (capture gap): ACKs up to
     // the old next_seq are fine, beyond it they ack unseen bytes. Otherwise all is ackable.
     if have_next && p.seq > d.next_seq && !p.has(RST) {
+        let skipped = p.seq.diff(d.next_seq) as u32;
         if c.extra_ref().is_none_or(|x| x.lost_mark.is_none()) {
             if let Some(x) = c.extra() {
                 x.lost_mark = Some((d.next_seq, s as u8));
+                x.lost_bytes = skipped;
+            }
+        } else if let Some(x) = c.extra_mut() {
+            if x.lost_mark.is_some_and(|(_, side)| side as usize == s) {
+                x.lost_bytes = x.lost_bytes.saturating_add(skipped);
             }
         }
     } else if seglen > 0 || p.flags & (SYN | FIN) != 0 {

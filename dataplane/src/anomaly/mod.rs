@@ -402,6 +402,8 @@ pub struct FlowExtra {
     /// the highest SEQ its peer may ACK without acking unseen bytes (Wireshark's
     /// maxseqtobeacked).
     pub lost_mark: Option<(SeqNumber, u8)>,
+    /// Bytes the holes after `lost_mark` skipped (what an ACK past them acknowledges unseen).
+    pub lost_bytes: u32,
     /// An ACK on this flow covered bytes the vantage never saw: its view is incomplete
     /// (capture loss), and later verdicts on it say so. Keeps the entry armed.
     pub capture_loss: bool,
@@ -510,6 +512,7 @@ impl Ctx<'_> {
         if let Some(x) = self.extra_mut() {
             if x.lost_mark.is_some_and(|(_, s)| s as usize == side) {
                 x.lost_mark = None;
+                x.lost_bytes = 0;
             }
         }
     }
