@@ -188,7 +188,11 @@ fn corrupt_inputs_exit_3_with_the_offset_and_never_panic() {
         ("empty.pcap", vec![], "empty file"),
         ("wrong-magic.pcap", b"this is not a capture file at all".to_vec(), "not a pcap or pcapng"),
         ("absurd-caplen.pcap", absurd, "offset 24"),
-        ("unsupported-linktype.pcap", linktype_105(), "link type 105 (IEEE802_11 (Wi-Fi))"),
+        (
+            "unsupported-linktype.pcap",
+            linktype_105(),
+            "link type 105 (IEEE802_11 (Wi-Fi), at offset 20)",
+        ),
     ];
     for (name, data, want) in cases {
         let p = dir.join(name);

@@ -29,9 +29,9 @@ pub enum CaptureError {
     )]
     Truncated { path: String, offset: u64, of: &'static str, what: String },
     #[error(
-        "{path}: link type {linktype} ({name}) is not supported; Ethernet, Linux cooked (SLL, SLL2), raw IP and BSD loopback (NULL, LOOP) are: capture on such an interface (e.g. `tcpdump -i any`)"
+        "{path}: link type {linktype} ({name}, at offset {offset}) is not supported; Ethernet, Linux cooked (SLL, SLL2), raw IP and BSD loopback (NULL, LOOP) are: capture on such an interface (e.g. `tcpdump -i any`)"
     )]
-    LinkType { path: String, linktype: u32, name: &'static str },
+    LinkType { path: String, linktype: u32, name: &'static str, offset: u64 },
 }
 
 /// The largest frame a record may claim; anything larger is corruption, not a jumbo frame.
@@ -57,6 +57,8 @@ enum Format {
 #[derive(Clone, Copy, Debug)]
 struct Iface {
     linktype: u32,
+    /// Where its interface description block starts.
+    offset: u64,
     /// ns per timestamp unit, or the divisor flag (see ts_to_ns).
     tsresol: u8,
 }
@@ -274,6 +276,7 @@ impl<R: Read> CaptureReader<R> {
                         path: me.path,
                         linktype,
                         name: linktype_name(linktype),
+                        offset: 20,
                     });
                 }
                 me.format = Format::Pcap { big_endian, nanos, linktype };
@@ -513,7 +516,7 @@ impl<R: Read> CaptureReader<R> {
                 let tsresol = find_option(body, 8, 9, big_endian)
                     .and_then(|v| v.first().copied())
                     .unwrap_or(6);
-                self.ifaces.push(Iface { linktype, tsresol });
+                self.ifaces.push(Iface { linktype, offset: at, tsresol });
             }
             6 => {
                 if body.len() < 20 {
@@ -538,6 +541,7 @@ impl<R: Read> CaptureReader<R> {
                         path: self.path.clone(),
                         linktype: iface.linktype,
                         name: linktype_name(iface.linktype),
+                        offset: iface.offset,
                     });
                 }
                 let data = &body[20..20 + caplen as usize];
