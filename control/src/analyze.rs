@@ -9,28 +9,36 @@ use anyhow::{Context as _, Result};
 use clap::{Args, ValueEnum};
 use crossbeam_channel::bounded;
 use dataplane::anomaly::{Event, Kind, KIND_COUNT};
-use dataplane::capture::{CaptureError, CaptureReader};
+use dataplane::capture::CaptureError;
 use dataplane::engine::{Engine, EngineConfig, EngineStats};
-use dataplane::packet::decode;
 use dataplane::pipeline::shard_of;
+
+use crate::sources::{InputHealth, Ready, Source, KEEP};
 
 #[derive(Args, Debug, Clone)]
 pub struct AnalyzeArgs {
-    /// pcap or pcapng files. Several files are several vantage points of the same traffic
-    /// (e.g. both sides of a firewall): packets are matched across them.
+    /// pcap or pcapng files, plain or compressed with gzip or zstd (told by their first
+    /// bytes); `-` reads standard input. Several files are several vantage points of the same
+    /// traffic (e.g. both sides of a firewall): packets are matched across them.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
     /// Worker threads, 1 to 64; flows are sharded over them (default: one per CPU, at most 64).
     #[arg(long, value_name = "N", allow_negative_numbers = true,
           value_parser = crate::options::whole::<usize>(1, 64, "workers"))]
     pub workers: Option<usize>,
-    /// Write every event as one JSON object per line here (`-` for stdout).
+    /// Write every event as one JSON object per line here (`-` for stdout; the summary then
+    /// goes to stderr).
     #[arg(long, value_name = "OUT.jsonl")]
     pub events: Option<PathBuf>,
     /// Keep evidence: a pcapng slice per detection, headers only, with the triggering packet
     /// commented (open it in Wireshark).
     #[arg(long, value_name = "DIR")]
     pub evidence_dir: Option<PathBuf>,
+    /// Evidence files written per second of capture time at most, 0.1 to 100000, or
+    /// `unlimited` (offline, every detection can keep its evidence).
+    #[arg(long, value_name = "N|unlimited", default_value = "10",
+          value_parser = evidence_rate)]
+    pub evidence_rate: f64,
     /// Summary format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
@@ -58,10 +66,34 @@ pub enum Format {
     Json,
 }
 
+/// `--evidence-rate`: a bounded rate, or `unlimited`.
+fn evidence_rate(s: &str) -> Result<f64, String> {
+    if s.eq_ignore_ascii_case("unlimited") {
+        return Ok(f64::INFINITY);
+    }
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=100_000.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?}: give evidence files per second, 0.1 to 100000, or unlimited")),
+    }
+}
+
 /// Analysis failed because an input is unreadable or corrupt (exit status 3).
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]
 pub struct BadInput(#[from] pub CaptureError);
+
+/// Bad usage found once the arguments were parsed (exit status 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
+/// Every input was analysed, but at least one ended inside a record (exit status 4): the
+/// summary covers the complete records before each cut, which the warnings name.
+#[derive(Debug, thiserror::Error)]
+#[error("{files} input file(s) cut short: the results cover every complete record before the cut")]
+pub struct Damaged {
+    pub files: usize,
+}
 
 /// Frames for one worker: their first bytes back to back (the engine keeps headers only) and
 /// what the reader decoded. Batches go back to the reader once processed, so reading
@@ -74,12 +106,25 @@ struct Batch {
     watermark_ns: u64,
 }
 
-/// A batch entry that only carries the watermark.
-const WATERMARK_ONLY: u64 = u64::MAX;
 /// Frames read between two watermarks sent to every worker.
 const WATERMARK_EVERY: u64 = 1 << 16;
 
+/// What a batch entry is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    Frame,
+    /// Only carries the watermark.
+    Watermark,
+    /// The vantage's time went back to `to_ns` (a time jump): flows of that vantage start
+    /// over, in the capture-gap state.
+    TimeJump {
+        from_ns: u64,
+        to_ns: u64,
+    },
+}
+
 struct BatchFrame {
+    mark: Mark,
     /// Decoded by the reader (it needs the flow key to shard), or why not.
     pkt: Result<dataplane::packet::TcpPacket, dataplane_common::Outcome>,
     start: u32,
@@ -92,8 +137,6 @@ struct BatchFrame {
 
 /// Frames a batch holds before it is sent.
 const BATCH: usize = 256;
-/// Bytes of each frame a batch keeps: what the evidence history stores.
-const KEEP: usize = dataplane::evidence::HIST_SNAP;
 
 /// The next frame of a file, ordered by time (then by file) for the k-way merge; the frame
 /// itself waits in that file's slot.
@@ -138,11 +181,15 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
                 .unwrap_or_else(|| p.display().to_string())
         })
         .collect();
-    let mut readers = Vec::new();
-    let mut total_bytes = 0u64;
-    for p in &args.files {
-        total_bytes += std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-        readers.push(CaptureReader::open(p).map_err(BadInput)?);
+    if args.files.iter().filter(|p| p.as_os_str() == "-").count() > 1 {
+        return Err(Usage(
+            "`-` (standard input) given more than once: it can be read only once".into(),
+        )
+        .into());
+    }
+    let mut sources = Vec::new();
+    for (v, p) in args.files.iter().enumerate() {
+        sources.push(Source::open(p, names[v].clone(), v as u16).map_err(BadInput)?);
     }
     let workers = args
         .workers
@@ -160,18 +207,30 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     args.thresholds.apply(&mut cfg);
     if names.len() > 1 {
         let serial = crate::vantages::serial_indices(&args.serial, &names)?;
-        let first = crate::vantages::first_pass(&args.files, &serial, cfg.vantage_window_ns)
-            .map_err(BadInput)?;
-        cfg.vantage_relations = first.relations;
-        // Learned from the whole input: every worker judges with the same answer. Otherwise
-        // the rest of the input may still judge pairs the start left undecided.
-        cfg.learn_vantage_relations = !first.complete;
+        if args.files.iter().any(|p| p.as_os_str() == "-") {
+            // Standard input can be read once: the relations are learned as it is analysed
+            // (the --serial pairs are given).
+            let mut relations = dataplane::anomaly::paths::VantageRelations::default();
+            for &(a, b) in &serial {
+                relations.force_serial(a, b);
+            }
+            cfg.vantage_relations = relations;
+            cfg.learn_vantage_relations = true;
+        } else {
+            let first = crate::vantages::first_pass(&args.files, &serial, cfg.vantage_window_ns)
+                .map_err(BadInput)?;
+            cfg.vantage_relations = first.relations;
+            // Learned from the whole input: every worker judges with the same answer.
+            // Otherwise the rest of the input may still judge pairs the start left undecided.
+            cfg.learn_vantage_relations = !first.complete;
+        }
     } else if !args.serial.is_empty() {
         anyhow::bail!("--serial relates two capture files; only one was given");
     }
     let relations_cfg = cfg.vantage_relations.clone();
     args.event_fields.apply(&mut cfg);
     // One evidence budget for all workers: the files written do not depend on --workers.
+    cfg.evidence_per_sec = args.evidence_rate;
     cfg.evidence_budget = Some(dataplane::evidence::EvidenceBudget::new(cfg.evidence_per_sec));
     if let Some(d) = &args.evidence_dir {
         std::fs::create_dir_all(d)
@@ -186,7 +245,9 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     // be overtaken wait (bounded by the lateness below), never the whole run's.
     let events_out: Option<Box<dyn Write + Send>> = match &args.events {
         None => None,
-        Some(path) if path.as_os_str() == "-" => Some(Box::new(std::io::stdout())),
+        Some(path) if path.as_os_str() == "-" => {
+            Some(Box::new(std::io::BufWriter::new(std::io::stdout())))
+        }
         Some(path) => Some(Box::new(std::io::BufWriter::new(
             std::fs::File::create(path)
                 .with_context(|| format!("creating the events file {}", path.display()))?,
@@ -253,8 +314,14 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
                 let vantage_of = |n: u64| (n >> 48) as u16;
                 for mut batch in rx {
                     for f in &batch.frames {
-                        if f.frame_no == WATERMARK_ONLY {
-                            continue;
+                        match f.mark {
+                            Mark::Frame => {}
+                            Mark::Watermark => continue,
+                            Mark::TimeJump { from_ns, to_ns } => {
+                                e.time_jump(f.vantage, from_ns, to_ns, w == 0);
+                                last_ts = to_ns;
+                                continue;
+                            }
                         }
                         let no = (f.vantage as u64) << 48 | f.frame_no;
                         match &f.pkt {
@@ -297,16 +364,15 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     // Read and merge; shard by flow. Each file's next frame waits in its slot.
     drop(free_tx);
     let mut heap = BinaryHeap::new();
-    let mut counts = vec![0u64; readers.len()];
-    let mut slots: Vec<dataplane::capture::CapturedFrame> =
-        (0..readers.len()).map(|_| Default::default()).collect();
-    for (v, r) in readers.iter_mut().enumerate() {
-        if r.next_frame_into(&mut slots[v]).map_err(BadInput)? {
-            counts[v] += 1;
-            heap.push(Head { ts_ns: slots[v].ts_ns, vantage: v as u16 });
+    let mut slots: Vec<Option<Box<Ready>>> = (0..sources.len()).map(|_| None).collect();
+    for (v, src) in sources.iter_mut().enumerate() {
+        if let Some(r) = src.next().map_err(BadInput)? {
+            heap.push(Head { ts_ns: r.ts_ns, vantage: v as u16 });
+            slots[v] = Some(r);
         }
     }
-    let progress = std::io::stderr().is_terminal() && total_bytes > 64 << 20;
+    let progress_on = std::io::stderr().is_terminal();
+    let mut progress = Progress::new(sources.iter().map(|s| s.size).sum());
     let new_batch = |free: &crossbeam_channel::Receiver<Batch>| {
         let mut b = free.try_recv().unwrap_or_else(|_| Batch {
             bytes: Vec::with_capacity(BATCH * KEEP),
@@ -322,73 +388,86 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     // Which vantages carry traffic for each address, learned here from every packet in time
     // order (not per worker), so lost_between_sensors does not depend on --workers.
     let mut learning = dataplane::anomaly::paths::VantageLearning::default();
+    let send = |batches: &mut Vec<Batch>, shard: usize, watermark: u64| -> Result<()> {
+        let b = &mut batches[shard];
+        b.watermark_ns = watermark;
+        let full = std::mem::replace(b, new_batch(&free_rx));
+        senders[shard].send(full).map_err(|_| anyhow::anyhow!("an analysis worker stopped early"))
+    };
     while let Some(Head { vantage, .. }) = heap.pop() {
         let v = vantage as usize;
+        let Some(f) = slots[v].take() else { continue };
+        if let Some(from_ns) = f.jump_from_ns {
+            // Every worker closes this vantage's flows before any frame of the new timeline;
+            // the watermark follows time back.
+            last_ns = f.ts_ns;
+            for shard in 0..workers {
+                batches[shard].frames.push(BatchFrame {
+                    mark: Mark::TimeJump { from_ns, to_ns: f.ts_ns },
+                    pkt: Err(dataplane_common::Outcome::NonTcpPassed),
+                    start: 0,
+                    len: 0,
+                    vantage,
+                    frame_no: 0,
+                    expected: 0,
+                });
+                send(&mut batches, shard, 0)?;
+            }
+        }
         {
-            let f = &slots[v];
-            let pkt = decode(&f.data, f.orig_len, f.ts_ns, vantage);
             // Frames that are not TCP go to worker 0, whose engine counts the undecodable ones.
-            let shard = pkt.as_ref().map_or(0, |p| shard_of(p, workers));
-            let expected = match (&pkt, names.len() > 1) {
+            let shard = f.pkt.as_ref().map_or(0, |p| shard_of(p, workers));
+            let expected = match (&f.pkt, names.len() > 1) {
                 (Ok(p), true) => learning.learn(p),
                 _ => 0,
             };
             last_ns = last_ns.max(f.ts_ns);
             let b = &mut batches[shard];
-            let keep = f.data.len().min(KEEP);
             let start = b.bytes.len() as u32;
-            b.bytes.extend_from_slice(&f.data[..keep]);
+            b.bytes.extend_from_slice(&f.bytes[..f.len as usize]);
             b.frames.push(BatchFrame {
-                pkt,
+                mark: Mark::Frame,
+                pkt: f.pkt.clone(),
                 start,
-                len: keep as u32,
+                len: f.len as u32,
                 vantage,
-                frame_no: counts[v],
+                frame_no: f.frame_no,
                 expected,
             });
             if b.frames.len() == BATCH {
-                b.watermark_ns = last_ns;
-                let full = std::mem::replace(b, new_batch(&free_rx));
-                senders[shard]
-                    .send(full)
-                    .map_err(|_| anyhow::anyhow!("an analysis worker stopped early"))?;
+                send(&mut batches, shard, last_ns)?;
             }
         }
-        if readers[v].next_frame_into(&mut slots[v]).map_err(BadInput)? {
-            counts[v] += 1;
-            heap.push(Head { ts_ns: slots[v].ts_ns, vantage });
+        let src = &mut sources[v];
+        src.recycle(f);
+        if let Some(r) = src.next().map_err(BadInput)? {
+            heap.push(Head { ts_ns: r.ts_ns, vantage });
+            slots[v] = Some(r);
         }
         read_frames += 1;
         if read_frames.is_multiple_of(WATERMARK_EVERY) {
             // Every worker learns the merged input's time, also one that gets no frames.
-            for (shard, b) in batches.iter_mut().enumerate() {
-                if b.frames.is_empty() {
-                    b.frames.push(BatchFrame {
+            for shard in 0..workers {
+                if batches[shard].frames.is_empty() {
+                    batches[shard].frames.push(BatchFrame {
+                        mark: Mark::Watermark,
                         pkt: Err(dataplane_common::Outcome::NonTcpPassed),
                         start: 0,
                         len: 0,
                         vantage: 0,
-                        frame_no: WATERMARK_ONLY,
+                        frame_no: 0,
                         expected: 0,
                     });
                 }
-                b.watermark_ns = last_ns;
-                let full = std::mem::replace(b, new_batch(&free_rx));
-                senders[shard]
-                    .send(full)
-                    .map_err(|_| anyhow::anyhow!("an analysis worker stopped early"))?;
+                send(&mut batches, shard, last_ns)?;
             }
         }
-        if progress && read_frames.is_multiple_of(200_000) {
-            let done: u64 = readers.iter().map(CaptureReader::offset).sum();
-            eprint!(
-                "\r  {:5.1}%  {read_frames} frames",
-                done as f64 * 100.0 / total_bytes.max(1) as f64
-            );
+        if progress_on && read_frames.is_multiple_of(4096) {
+            progress.show(sources.iter().map(Source::bytes_read).sum(), read_frames);
         }
     }
-    if progress {
-        eprintln!();
+    if progress_on {
+        progress.finish();
     }
     for (b, tx) in batches.into_iter().zip(&senders) {
         if !b.frames.is_empty() {
@@ -412,7 +491,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     // Aggregates (syn_flood, port_scan) are made from the events, after the engines.
     let mut counters = order.aggregator.reported;
     let mut packets = 0;
-    let mut undecodable = 0u64;
+    let mut flows = 0;
     let (mut written, mut failed, mut suppressed) = (0, 0, 0);
     let mut limits = EngineLimits::default();
     for r in &results {
@@ -420,7 +499,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
             counters[i] += c;
         }
         packets += r.stats.packets;
-        undecodable += r.stats.undecodable.iter().sum::<u64>();
+        flows += r.stats.flows_created;
         written += r.evidence_written;
         failed += r.evidence_failed;
         suppressed += r.stats.evidence_suppressed;
@@ -440,24 +519,107 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         }
         out.flush()?;
     }
+    let mut damaged = 0;
+    for src in &sources {
+        if let Some(e) = &src.damage {
+            damaged += 1;
+            eprintln!(
+                "wirewatch: warning: {e}; the results cover the {} complete records before it: for the rest, analyse a complete copy",
+                src.health.frames
+            );
+        }
+    }
+    let mut inputs: Vec<InputHealth> = sources.iter().map(|s| s.health.clone()).collect();
+    for r in &results {
+        for (v, c) in r.stats.capture.iter().enumerate() {
+            if let Some(h) = inputs.get_mut(v) {
+                h.capture_loss.add(c);
+            }
+        }
+    }
+    for h in &mut inputs {
+        h.capture_loss_percent = h.capture_loss.loss_percent();
+    }
     let summary = Summary {
         limits,
         vantage_pairs: crate::vantages::describe(&relations_cfg, &names),
-        files: &names,
+        inputs: &inputs,
         packets,
-        undecodable,
+        flows,
         counters: &counters,
         event_counts: &order.per_kind,
         examples: &order.examples,
+        endpoints: &order.endpoints,
         evidence_written: written,
         evidence_failed: failed,
         evidence_suppressed: suppressed,
     };
+    // With the events on stdout, the summary must not mix into them.
+    let mut out: Box<dyn Write> = if args.events.as_ref().is_some_and(|p| p.as_os_str() == "-") {
+        Box::new(std::io::stderr())
+    } else {
+        Box::new(std::io::stdout())
+    };
     match args.format {
-        Format::Table => summary.print_table(),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&summary.json())?),
+        Format::Table => summary.print_table(&mut out)?,
+        Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&summary.json())?)?,
+    }
+    out.flush()?;
+    if damaged > 0 {
+        return Err(Damaged { files: damaged }.into());
     }
     Ok(())
+}
+
+/// Progress on a terminal: how far, how fast, how long still.
+struct Progress {
+    started: std::time::Instant,
+    last: Option<std::time::Instant>,
+    total: Option<u64>,
+}
+
+impl Progress {
+    fn new(total: Option<u64>) -> Self {
+        Self { started: std::time::Instant::now(), last: None, total }
+    }
+
+    /// Redraws the line at most 4 times a second, from the first second on.
+    fn show(&mut self, done: u64, frames: u64) {
+        let now = std::time::Instant::now();
+        let elapsed = now.duration_since(self.started).as_secs_f64();
+        if elapsed < 1.0 || self.last.is_some_and(|l| now.duration_since(l).as_millis() < 250) {
+            return;
+        }
+        self.last = Some(now);
+        eprint!("\r{}\x1b[K", progress_line(done, self.total, frames, elapsed));
+    }
+
+    fn finish(&self) {
+        if self.last.is_some() {
+            eprintln!();
+        }
+    }
+}
+
+/// `  42.0%  1234567 frames  310000 frames/s  12.5 MB/s  ETA 0:12` (no share or ETA without
+/// a known size, e.g. on standard input).
+fn progress_line(done: u64, total: Option<u64>, frames: u64, elapsed_s: f64) -> String {
+    use std::fmt::Write as _;
+    let elapsed_s = elapsed_s.max(1e-3);
+    let rate = frames as f64 / elapsed_s;
+    let bytes_rate = done as f64 / elapsed_s;
+    let mut line = String::new();
+    if let Some(t) = total.filter(|t| *t > 0) {
+        let _ = write!(line, "  {:5.1}%", (done as f64 * 100.0 / t as f64).min(100.0));
+    }
+    let _ = write!(line, "  {frames} frames  {rate:.0} frames/s  {:.1} MB/s", bytes_rate / 1e6);
+    if let Some(t) = total.filter(|t| *t > 0) {
+        if bytes_rate > 0.0 {
+            let left = (t.saturating_sub(done) as f64 / bytes_rate).round() as u64;
+            let _ = write!(line, "  ETA {}:{:02}", left / 60, left % 60);
+        }
+    }
+    line
 }
 
 /// Verdict bit names, as tshark names its tcp.analysis fields.
@@ -500,16 +662,39 @@ struct Summary<'a> {
     limits: EngineLimits,
     /// How each pair of vantages was judged (serial, parallel, unknown), with the evidence.
     vantage_pairs: Vec<serde_json::Value>,
-    files: &'a [String],
+    inputs: &'a [InputHealth],
     packets: u64,
-    undecodable: u64,
+    flows: u64,
     counters: &'a [u64; KIND_COUNT],
     /// Events written per kind, and the first of each kind.
     event_counts: &'a [u64; KIND_COUNT],
     examples: &'a [Option<Event>],
+    endpoints: &'a [TopEndpoints],
     evidence_written: u64,
     evidence_failed: u64,
     evidence_suppressed: u64,
+}
+
+/// What to do about frames that carry no readable TCP, by their main cause.
+fn unread_advice(h: &InputHealth) -> &'static str {
+    let causes = [
+        (h.encapsulated, "the TCP is inside a tunnel or label stack wirewatch does not open (MPLS, PPPoE, GRE, VXLAN, IP-in-IP…): capture at the tunnel endpoint, or strip the encapsulation first"),
+        (h.cut_short, "the snap length cut the frames before the end of the TCP header: capture again with a larger one (tcpdump -s 128 or more)"),
+        (h.fragment, "the TCP was fragmented; only first fragments carry its header"),
+        (h.not_tcp + h.not_ip, "the capture holds no TCP: check the capture filter and the interface"),
+        (h.malformed, "the headers are inconsistent: the capture may be damaged"),
+    ];
+    causes.iter().max_by_key(|(n, _)| *n).map_or("", |(_, a)| a)
+}
+
+fn span(ns: u64) -> String {
+    let s = ns as f64 / 1e9;
+    if s < 120.0 {
+        format!("{s:.3} s")
+    } else {
+        let t = s.round() as u64;
+        format!("{}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60)
+    }
 }
 
 impl Summary<'_> {
@@ -517,13 +702,81 @@ impl Summary<'_> {
         self.examples[k as usize].as_ref()
     }
 
-    fn print_table(&self) {
-        println!(
-            "wirewatch analyze: {} TCP packets from {} ({} undecodable)",
+    fn time_span(&self) -> Option<(u64, u64)> {
+        let first = self.inputs.iter().filter_map(|h| h.first_ns).min()?;
+        let last = self.inputs.iter().filter_map(|h| h.last_ns).max()?;
+        Some((first, last))
+    }
+
+    fn print_table(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        let files: Vec<&str> = self.inputs.iter().map(|h| h.file.as_str()).collect();
+        writeln!(
+            out,
+            "wirewatch analyze: {} TCP packets in {} flows from {}",
             self.packets,
-            self.files.join(", "),
-            self.undecodable
-        );
+            self.flows,
+            files.join(", ")
+        )?;
+        if let Some((first, last)) = self.time_span() {
+            writeln!(
+                out,
+                "time span: {} to {} ({})",
+                dataplane::anomaly::rfc3339(first),
+                dataplane::anomaly::rfc3339(last),
+                span(last - first)
+            )?;
+        }
+        writeln!(out, "\ncapture health")?;
+        for h in self.inputs {
+            let compressed = if h.compression == "none" {
+                String::new()
+            } else {
+                format!(" ({})", h.compression)
+            };
+            writeln!(out, "  {}{compressed}: {} frames, {} TCP", h.file, h.frames, h.tcp)?;
+            if h.unread() > 0 {
+                writeln!(
+                    out,
+                    "    without readable TCP: {} not IP, {} not TCP, {} encapsulation not understood, {} fragments, {} cut short (snap length), {} malformed",
+                    h.not_ip, h.not_tcp, h.encapsulated, h.fragment, h.cut_short, h.malformed
+                )?;
+                if h.tcp == 0 {
+                    writeln!(out, "    no TCP could be read: {}", unread_advice(h))?;
+                }
+            }
+            let c = &h.capture_loss;
+            writeln!(
+                out,
+                "    capture loss: {:.2}% ({} of {} ACKs acknowledged data this file never showed, about {} of {} bytes){}",
+                h.capture_loss_percent,
+                c.gap_events,
+                c.ack_events,
+                c.gap_bytes,
+                c.ack_bytes,
+                if c.gap_events > 0 {
+                    "; the capture itself is lossy: verdicts on the affected flows say so"
+                } else {
+                    ""
+                }
+            )?;
+            writeln!(
+                out,
+                "    time: {} jumps back (over 1 s; each handled as a capture gap), {} frames re-sorted{}",
+                h.time_jumps,
+                h.resorted,
+                if h.resort_overflow > 0 {
+                    format!(", {} too late to re-sort", h.resort_overflow)
+                } else {
+                    String::new()
+                }
+            )?;
+            if let Some(at) = h.cut_at {
+                writeln!(
+                    out,
+                    "    cut short at offset {at}: only the records before it were read"
+                )?;
+            }
+        }
         let mut any = false;
         for k in Kind::ALL {
             let n = self.counters[*k as usize];
@@ -533,24 +786,31 @@ impl Summary<'_> {
             }
             any = true;
             let health = if k.is_sensor_health() { "  (sensor health)" } else { "" };
-            println!("\n{:<24} {n:>8}{health}", k.name());
+            writeln!(out, "\n{:<24} {n:>8}{health}", k.name())?;
             if let Some(e) = self.example(*k) {
-                println!(
+                writeln!(
+                    out,
                     "  e.g. {}:{} → {}:{} at {} [{}]",
                     e.flow.src, e.flow.sport, e.flow.dst, e.flow.dport, e.time_last, e.vantage
-                );
-                println!("  {}", e.explanation);
+                )?;
+                writeln!(out, "  {}", e.explanation)?;
                 if let Some(ev) = &e.evidence {
-                    println!(
+                    writeln!(
+                        out,
                         "  evidence: {} (packet {})",
                         ev.path,
                         ev.packets.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
-                    );
+                    )?;
                 }
+            }
+            let top = self.endpoints[*k as usize].top(3);
+            if !top.is_empty() {
+                let list: Vec<String> = top.iter().map(|(e, n)| format!("{e} ({n})")).collect();
+                writeln!(out, "  top endpoints: {}", list.join(", "))?;
             }
         }
         if !any {
-            println!("\nno anomalies");
+            writeln!(out, "\nno anomalies")?;
         }
         for p in &self.vantage_pairs {
             println!(
@@ -564,17 +824,20 @@ impl Summary<'_> {
         }
         let l = &self.limits;
         if l.side_state_refused + l.side_state_reclaimed + l.macs_overflowed > 0 {
-            println!(
+            writeln!(
+                out,
                 "\nengine limits: {} detector arms refused (side-state pool full), {} handshake timings reclaimed, {} MACs past the MAC table",
                 l.side_state_refused, l.side_state_reclaimed, l.macs_overflowed
-            );
+            )?;
         }
-        if self.evidence_written + self.evidence_failed + self.evidence_suppressed > 0 {
-            println!(
-                "\nevidence files: {} written, {} suppressed by the rate limit, {} failed",
-                self.evidence_written, self.evidence_suppressed, self.evidence_failed
-            );
-        }
+        writeln!(
+            out,
+            "\nevidence files: {} written, {} suppressed by the rate limit{}, {} failed",
+            self.evidence_written,
+            self.evidence_suppressed,
+            if self.evidence_suppressed > 0 { " (raise it with --evidence-rate)" } else { "" },
+            self.evidence_failed
+        )
     }
 
     fn json(&self) -> serde_json::Value {
@@ -583,6 +846,11 @@ impl Summary<'_> {
             .filter(|k| self.counters[**k as usize] > 0 || self.example(**k).is_some())
             .map(|k| {
                 let ex = self.example(*k);
+                let top: Vec<serde_json::Value> = self.endpoints[*k as usize]
+                    .top(3)
+                    .into_iter()
+                    .map(|(e, n)| serde_json::json!({"endpoint": e, "events": n}))
+                    .collect();
                 (
                     k.name().to_string(),
                     serde_json::json!({
@@ -590,19 +858,69 @@ impl Summary<'_> {
                         "events": self.event_counts[*k as usize],
                         "sensor_health": k.is_sensor_health(),
                         "example": ex,
+                        "top_endpoints": top,
                     }),
                 )
             })
             .collect();
+        let files: Vec<&str> = self.inputs.iter().map(|h| h.file.as_str()).collect();
+        let span = self.time_span().map(|(a, b)| {
+            serde_json::json!({
+                "first": dataplane::anomaly::rfc3339(a),
+                "last": dataplane::anomaly::rfc3339(b),
+                "seconds": (b - a) as f64 / 1e9,
+            })
+        });
+        let undecodable: u64 = self.inputs.iter().map(InputHealth::unread).sum();
         serde_json::json!({
-            "files": self.files,
+            "files": files,
             "packets": self.packets,
-            "undecodable": self.undecodable,
+            "flows": self.flows,
+            "time_span": span,
+            "undecodable": undecodable,
+            "inputs": self.inputs,
             "kinds": kinds,
             "evidence": {"written": self.evidence_written, "suppressed": self.evidence_suppressed, "failed": self.evidence_failed},
             "engine_limits": self.limits,
             "vantage_pairs": self.vantage_pairs,
         })
+    }
+}
+
+/// Events per endpoint for one kind: the side a detection points at (the server of a flow
+/// with a known direction, else its destination). Bounded: past `TOP_ENDPOINTS_TRACKED`
+/// distinct endpoints, new ones are only counted as `others`.
+#[derive(Default)]
+struct TopEndpoints {
+    counts: std::collections::HashMap<String, u64>,
+    others: u64,
+}
+
+const TOP_ENDPOINTS_TRACKED: usize = 4096;
+
+impl TopEndpoints {
+    fn add(&mut self, e: &Event) {
+        let (addr, port) = if e.flow.direction == "server_to_client" {
+            (e.flow.src, e.flow.sport)
+        } else {
+            (e.flow.dst, e.flow.dport)
+        };
+        let key = std::net::SocketAddr::new(addr, port).to_string();
+        if let Some(n) = self.counts.get_mut(&key) {
+            *n += 1;
+        } else if self.counts.len() < TOP_ENDPOINTS_TRACKED {
+            self.counts.insert(key, 1);
+        } else {
+            self.others += 1;
+        }
+    }
+
+    /// The `n` endpoints with the most events (ties by name).
+    fn top(&self, n: usize) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = self.counts.iter().map(|(k, c)| (k.clone(), *c)).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v.truncate(n);
+        v
     }
 }
 
@@ -626,6 +944,7 @@ struct EventOrder {
     seq: u64,
     per_kind: [u64; KIND_COUNT],
     examples: Vec<Option<Event>>,
+    endpoints: Vec<TopEndpoints>,
     error: Option<std::io::Error>,
 }
 
@@ -662,6 +981,7 @@ impl EventOrder {
             seq: 0,
             per_kind: [0; KIND_COUNT],
             examples: (0..KIND_COUNT).map(|_| None).collect(),
+            endpoints: (0..KIND_COUNT).map(|_| TopEndpoints::default()).collect(),
             error: None,
         }
     }
@@ -711,6 +1031,7 @@ impl EventOrder {
     fn write(&mut self, ready: &mut Vec<Event>) {
         for e in ready.drain(..) {
             self.per_kind[e.kind as usize] += 1;
+            self.endpoints[e.kind as usize].add(&e);
             if let (Some(out), None) = (self.out.as_mut(), self.error.as_ref()) {
                 let r = serde_json::to_writer(&mut *out, &e)
                     .map_err(std::io::Error::from)
@@ -724,5 +1045,20 @@ impl EventOrder {
                 *slot = Some(e);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress_line;
+
+    #[test]
+    fn progress_shows_rate_and_eta() {
+        // 100 MB of 400 MB in 10 s, 1M frames: 25 %, 100k frames/s, 10 MB/s, 30 s left.
+        let l = progress_line(100_000_000, Some(400_000_000), 1_000_000, 10.0);
+        assert_eq!(l, "   25.0%  1000000 frames  100000 frames/s  10.0 MB/s  ETA 0:30");
+        // Standard input: no size, so no share and no ETA, but the rate.
+        let l = progress_line(5_000_000, None, 20_000, 2.0);
+        assert_eq!(l, "  20000 frames  10000 frames/s  2.5 MB/s");
     }
 }

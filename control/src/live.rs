@@ -58,6 +58,8 @@ pub struct EngineSink {
     pub record_dropped: u64,
     /// Symmetric RSS put both directions of every flow on this worker's queue: no hand-off.
     pub queue_owned: bool,
+    /// Capture-completeness counters as last published (the metrics get the growth).
+    pub capture_published: Vec<dataplane::engine::VantageCapture>,
 }
 
 impl EngineSink {
@@ -89,6 +91,23 @@ impl EngineSink {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         self.stats.heartbeat_ns.store(now, Relaxed);
+        if self.capture_published.len() < s.capture.len() {
+            self.capture_published.resize(s.capture.len(), Default::default());
+        }
+        for (v, now) in s.capture.iter().enumerate() {
+            let was = self.capture_published[v];
+            if *now != was {
+                let delta = dataplane::engine::VantageCapture {
+                    ack_events: now.ack_events - was.ack_events,
+                    ack_bytes: now.ack_bytes - was.ack_bytes,
+                    gap_events: now.gap_events - was.gap_events,
+                    gap_bytes: now.gap_bytes - was.gap_bytes,
+                };
+                let name = self.engine.cfg.vantage_names.get(v).map_or("unknown", String::as_str);
+                crate::metrics::capture(name, &delta);
+                self.capture_published[v] = *now;
+            }
+        }
         let (rtts, zero_windows) = self.engine.drain_samples();
         for r in rtts {
             metrics::histogram!(crate::metrics::HANDSHAKE_RTT).record(r as f64 / 1e9);

@@ -17,6 +17,7 @@ mod options;
 mod profile;
 mod retention;
 mod run;
+mod sources;
 mod thresholds;
 mod vantages;
 
@@ -46,7 +47,9 @@ enum Command {
     Run(run::RunArgs),
     /// Analyse pcap/pcapng files with the same engine (several files = several vantage points).
     ///
-    /// Exit status: 0 success, 2 bad usage, 3 unreadable or corrupt input.
+    /// Exit status: 0 success, 2 bad usage, 3 unreadable or corrupt input (nothing analysed),
+    /// 4 analysed but an input was cut short (a warning names the file and the offset; the
+    /// results cover every complete record before it).
     Analyze(analyze::AnalyzeArgs),
     /// Rebuild the real incidents in network namespaces and watch wirewatch diagnose them live
     /// (needs root). Example: sudo wirewatch lab --incident all
@@ -118,6 +121,9 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The warnings naming each cut were printed with the results.
+        Err(e) if e.downcast_ref::<analyze::Damaged>().is_some() => ExitCode::from(4),
+        Err(e) if e.downcast_ref::<analyze::Usage>().is_some() => usage_error(e),
         Err(e) => {
             // One line the operator can act on: the cause chain, outermost first.
             let mut msg = String::new();

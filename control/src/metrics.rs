@@ -33,6 +33,11 @@ pub const SIDE_STATE: &str = "wirewatch_detector_state_total";
 pub const MACS_OVERFLOWED: &str = "wirewatch_mac_table_overflow_total";
 pub const HANDSHAKE_RTT: &str = "wirewatch_handshake_rtt_seconds";
 pub const ZERO_WINDOW_DURATION: &str = "wirewatch_zero_window_duration_seconds";
+/// Capture completeness per vantage (Zeek's capture_loss): ACKs that advanced, and those that
+/// acknowledged data the vantage never saw.
+pub const CAPTURE_ACKS: &str = "wirewatch_capture_acks_total";
+pub const CAPTURE_GAP_ACKS: &str = "wirewatch_capture_gap_acks_total";
+pub const CAPTURE_GAP_BYTES: &str = "wirewatch_capture_gap_bytes_total";
 pub const BUILD_INFO: &str = "wirewatch_build_info";
 /// Info-style: 1 per interface, its XDP attach mode and AF_XDP copy mode as labels.
 pub const XDP_MODE: &str = "wirewatch_xdp_attached_info";
@@ -147,6 +152,19 @@ pub fn install() -> Result<PrometheusHandle> {
         .install_recorder()?;
     describe();
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    metrics::describe_counter!(
+        CAPTURE_ACKS,
+        "ACKs that moved the acknowledged point forward, per vantage (the base of capture loss)"
+    );
+    metrics::describe_counter!(
+        CAPTURE_GAP_ACKS,
+        "ACKs that acknowledged data the vantage never saw: capture loss, as Zeek's capture_loss counts it (divide by wirewatch_capture_acks_total)"
+    );
+    metrics::describe_counter!(
+        CAPTURE_GAP_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes acknowledged that the vantage never saw (the holes in what it captured)"
+    );
     // Every series a dashboard or alert uses exists from the start, at 0.
     for k in Kind::ALL {
         counter!(ANOMALIES, "kind" => k.name()).absolute(0);
@@ -288,4 +306,12 @@ pub fn process_text() -> String {
         );
     }
     out
+}
+
+/// One worker's growth of the capture-completeness counters since its last report.
+pub fn capture(vantage: &str, delta: &dataplane::engine::VantageCapture) {
+    let v = vantage.to_string();
+    counter!(CAPTURE_ACKS, "vantage" => v.clone()).increment(delta.ack_events);
+    counter!(CAPTURE_GAP_ACKS, "vantage" => v.clone()).increment(delta.gap_events);
+    counter!(CAPTURE_GAP_BYTES, "vantage" => v).increment(delta.gap_bytes);
 }

@@ -582,6 +582,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 record: record_thread.as_ref().map(|(tx, _)| tx.clone()),
                 record_dropped: 0,
                 queue_owned,
+                capture_published: Vec::new(),
             };
             let w = Worker { xsk, vantage: vantage as u16, cpu: Some(cpu), counters };
             workers.push(w.spawn(sink, stop.clone())?);

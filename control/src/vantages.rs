@@ -66,9 +66,14 @@ pub fn first_pass(
         readers.push(CaptureReader::open(f)?);
     }
     let mut slots: Vec<Option<CapturedFrame>> = Vec::with_capacity(files.len());
+    // A file cut short ends at its cut here too (the analysis warns about it).
+    let next = |r: &mut CaptureReader<_>, f: &mut CapturedFrame| match r.next_frame_into(f) {
+        Err(CaptureError::Truncated { .. }) => Ok(false),
+        other => other,
+    };
     for r in &mut readers {
         let mut f = CapturedFrame::default();
-        slots.push(if r.next_frame_into(&mut f)? { Some(f) } else { None });
+        slots.push(if next(r, &mut f)? { Some(f) } else { None });
     }
     let mut read = 0u64;
     let mut last_expire = 0u64;
@@ -90,7 +95,7 @@ pub fn first_pass(
                 matcher.expire(p.ts_ns, window_ns, files.len());
             }
         }
-        if !readers[v].next_frame_into(f)? {
+        if !next(&mut readers[v], f)? {
             slots[v] = None;
         }
     }

@@ -162,6 +162,13 @@ fn evidence_opens_in_tshark_with_the_comment_on_the_trigger() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A pcap header of link type 105 (802.11), which wirewatch does not read.
+fn linktype_105() -> Vec<u8> {
+    let mut h = vec![0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0];
+    h.extend_from_slice(&105u32.to_le_bytes());
+    h
+}
+
 #[test]
 fn corrupt_inputs_exit_3_with_the_offset_and_never_panic() {
     let dir = std::env::temp_dir().join(format!("ww-corrupt-{}", std::process::id()));
@@ -181,8 +188,11 @@ fn corrupt_inputs_exit_3_with_the_offset_and_never_panic() {
         ("empty.pcap", vec![], "empty file"),
         ("wrong-magic.pcap", b"this is not a capture file at all".to_vec(), "not a pcap or pcapng"),
         ("absurd-caplen.pcap", absurd, "offset 24"),
-        ("truncated-record.pcap", pcap, "offset 24"),
-        ("truncated.pcapng", bytes[..bytes.len() - 37].to_vec(), "offset"),
+        (
+            "unsupported-linktype.pcap",
+            linktype_105(),
+            "link type 105 (IEEE802_11 (Wi-Fi), at offset 20)",
+        ),
     ];
     for (name, data, want) in cases {
         let p = dir.join(name);
@@ -190,6 +200,19 @@ fn corrupt_inputs_exit_3_with_the_offset_and_never_panic() {
         let (code, _, stderr) = ww(&["analyze", p.to_str().unwrap()]);
         assert_eq!(code, 3, "{name}: {stderr}");
         assert!(stderr.contains(want) && !stderr.contains("panicked"), "{name}: {stderr}");
+        assert!(stderr.contains(name), "the error names the file: {stderr}");
+    }
+    // Cut inside a record: analysed up to the cut, exit 4 (control/tests/capture_inputs.rs
+    // checks the results on real traffic).
+    for (name, data, want) in [
+        ("truncated-record.pcap", pcap, "cut short at offset 24"),
+        ("truncated.pcapng", bytes[..bytes.len() - 37].to_vec(), "cut short at offset"),
+    ] {
+        let p = dir.join(name);
+        std::fs::write(&p, data).unwrap();
+        let (code, _, stderr) = ww(&["analyze", p.to_str().unwrap()]);
+        assert_eq!(code, 4, "{name}: {stderr}");
+        assert!(stderr.contains(want) && stderr.contains(name), "{name}: {stderr}");
     }
     let (code, _, stderr) = ww(&["analyze", dir.join("missing.pcap").to_str().unwrap()]);
     assert_eq!(code, 3, "{stderr}");

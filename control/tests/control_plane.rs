@@ -320,6 +320,22 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     );
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["data"]["result"][0]["value"][1], "1", "{v}");
+    // Capture completeness per vantage, with its HELP: the transfers' ACKs are counted.
+    let (_, page) = get(&t.mon.name, "127.0.0.1:9464", "/metrics", None);
+    let page = String::from_utf8_lossy(&page);
+    for name in [
+        "wirewatch_capture_acks_total",
+        "wirewatch_capture_gap_acks_total",
+        "wirewatch_capture_gap_bytes_total",
+    ] {
+        assert!(page.contains(&format!("# HELP {name} ")), "{name} has no HELP:\n{page}");
+    }
+    let acks: f64 = page
+        .lines()
+        .find_map(|l| l.strip_prefix("wirewatch_capture_acks_total{vantage=\"tap0\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no capture acks for tap0:\n{page}"));
+    assert!(acks > 10.0, "{acks} ACKs counted");
 
     // The API on the same instance.
     let (code, body) = get(&t.mon.name, "127.0.0.1:9464", "/api/events?kind=syn_rejected", None);

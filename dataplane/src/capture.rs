@@ -1,23 +1,37 @@
 //! Reads pcap and pcapng files (either byte order; micro- or nanosecond timestamps, pcapng
-//! `if_tsresol`): Ethernet, Linux cooked SLL/SLL2 and raw IP link types. Every frame comes
-//! out as Ethernet (a synthetic header for the link types without one), so one parser serves
-//! live and offline input. Corrupt input is an error naming the byte offset — never a panic.
+//! `if_tsresol`), plain, gzip- or zstd-compressed (told by their magic bytes), from a file or
+//! standard input: Ethernet, Linux cooked SLL/SLL2, raw IP and BSD loopback (NULL, LOOP) link
+//! types. Every record comes out as an Ethernet frame (a synthetic header for the link types
+//! without one), so one parser serves live and offline input, and frame numbers stay those
+//! of tshark. Corrupt input is an error naming the byte offset — never a panic; a file that
+//! ends inside a record is [`CaptureError::Truncated`], after every complete record.
 use std::io::{self, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {source} (check the path and that it is readable)")]
     Io { path: String, source: io::Error },
-    #[error("{path}: empty file, not a capture")]
+    #[error("{path}: empty file, not a capture (was the capture started, or is it still being written?)")]
     Empty { path: String },
-    #[error("{path}: not a pcap or pcapng file (magic {magic:#010x} at offset 0)")]
-    BadMagic { path: String, magic: u32 },
-    #[error("{path}: corrupt at offset {offset}: {what}")]
-    Corrupt { path: String, offset: u64, what: String },
     #[error(
-        "{path}: link type {linktype} is not supported (Ethernet, Linux SLL/SLL2 and raw IP are)"
+        "{path}: not a pcap or pcapng file{after} (magic {magic:#010x} at offset 0): give a capture written by tcpdump, dumpcap or Wireshark"
     )]
-    LinkType { path: String, linktype: u32 },
+    BadMagic { path: String, magic: u32, after: &'static str },
+    #[error(
+        "{path}: corrupt at offset {offset}{of}: {what}; the file is damaged or not a capture (`capinfos` tells how much of it is readable)"
+    )]
+    Corrupt { path: String, offset: u64, of: &'static str, what: String },
+    /// The input ends inside a record or block: everything before `offset` was complete.
+    #[error(
+        "{path}: cut short at offset {offset}{of}: {what} (the capture was interrupted: tcpdump killed, disk full, or a copy still in progress)"
+    )]
+    Truncated { path: String, offset: u64, of: &'static str, what: String },
+    #[error(
+        "{path}: link type {linktype} ({name}, at offset {offset}) is not supported; Ethernet, Linux cooked (SLL, SLL2), raw IP and BSD loopback (NULL, LOOP) are: capture on such an interface (e.g. `tcpdump -i any`)"
+    )]
+    LinkType { path: String, linktype: u32, name: &'static str, offset: u64 },
 }
 
 /// The largest frame a record may claim; anything larger is corruption, not a jumbo frame.
@@ -30,7 +44,7 @@ pub struct CapturedFrame {
     /// Length on the wire (Ethernet, including the synthetic header where one was added).
     pub orig_len: u32,
     pub ts_ns: u64,
-    /// Byte offset of the record in the file.
+    /// Byte offset of the record in the file (in the decompressed data for a compressed one).
     pub offset: u64,
 }
 
@@ -43,8 +57,54 @@ enum Format {
 #[derive(Clone, Copy, Debug)]
 struct Iface {
     linktype: u32,
+    /// Where its interface description block starts.
+    offset: u64,
     /// ns per timestamp unit, or the divisor flag (see ts_to_ns).
     tsresol: u8,
+}
+
+/// How the capture bytes were packed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    /// Told by the first bytes (RFC 1952 §2.3.1; RFC 8878 §3.1.1), not by the file name.
+    pub fn of_magic(m: &[u8]) -> Self {
+        match m {
+            [0x1f, 0x8b, ..] => Self::Gzip,
+            [0x28, 0xb5, 0x2f, 0xfd, ..] => Self::Zstd,
+            _ => Self::None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Gzip => "gzip",
+            Self::Zstd => "zstd",
+        }
+    }
+}
+
+/// The largest zstd window accepted (2^27 = 128 MiB, zstd's own default limit): a frame
+/// asking for more is refused, so decompression memory stays bounded whatever the input.
+const ZSTD_WINDOW_LOG_MAX: u32 = 27;
+
+/// Counts the bytes read from the underlying file (before decompression), for progress.
+struct Counted<R> {
+    inner: R,
+    read: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
 }
 
 pub struct CaptureReader<R: Read> {
@@ -55,11 +115,18 @@ pub struct CaptureReader<R: Read> {
     ifaces: Vec<Iface>,
     /// Record bytes as read, reused for every record (no allocation per packet).
     scratch: Vec<u8>,
+    compression: Compression,
+    /// Bytes read from the file itself (compressed bytes for a compressed file).
+    raw_read: Arc<AtomicU64>,
 }
 
+const LINKTYPE_NULL: u32 = 0;
 const LINKTYPE_ETHERNET: u32 = 1;
 const LINKTYPE_RAW: u32 = 101;
 const LINKTYPE_RAW_ALT: u32 = 12;
+/// DLT_RAW as OpenBSD numbers it (libpcap pcap-common.c maps DLT 12 and 14 to LINKTYPE_RAW).
+const LINKTYPE_RAW_OPENBSD: u32 = 14;
+const LINKTYPE_LOOP: u32 = 108;
 const LINKTYPE_IPV4: u32 = 228;
 const LINKTYPE_IPV6: u32 = 229;
 const LINKTYPE_SLL: u32 = 113;
@@ -68,9 +135,12 @@ const LINKTYPE_SLL2: u32 = 276;
 fn supported(lt: u32) -> bool {
     matches!(
         lt,
-        LINKTYPE_ETHERNET
+        LINKTYPE_NULL
+            | LINKTYPE_ETHERNET
             | LINKTYPE_RAW
             | LINKTYPE_RAW_ALT
+            | LINKTYPE_RAW_OPENBSD
+            | LINKTYPE_LOOP
             | LINKTYPE_IPV4
             | LINKTYPE_IPV6
             | LINKTYPE_SLL
@@ -78,39 +148,122 @@ fn supported(lt: u32) -> bool {
     )
 }
 
-impl CaptureReader<io::BufReader<std::fs::File>> {
+/// The tcpdump.org name of a link type the reader refuses, for the error message.
+pub fn linktype_name(lt: u32) -> &'static str {
+    match lt {
+        3 => "AX25",
+        6 => "IEEE802_5 (Token Ring)",
+        9 => "PPP",
+        10 => "FDDI",
+        50 => "PPP_HDLC",
+        51 => "PPP_ETHER (PPPoE)",
+        104 => "C_HDLC (Cisco HDLC)",
+        105 => "IEEE802_11 (Wi-Fi)",
+        107 => "FRELAY",
+        119 => "PRISM_HEADER (Wi-Fi)",
+        127 => "IEEE802_11_RADIOTAP (Wi-Fi)",
+        143 => "DOCSIS",
+        147..=162 => "USER0..USER15 (private)",
+        163 => "IEEE802_11_AVS (Wi-Fi)",
+        189 => "USB_LINUX",
+        192 => "PPI",
+        195 => "IEEE802_15_4",
+        197 => "ERF",
+        201 => "BLUETOOTH_HCI_H4_WITH_PHDR",
+        220 => "USB_LINUX_MMAPPED",
+        227 => "CAN_SOCKETCAN",
+        249 => "USBPCAP",
+        253 => "NETLINK",
+        239 => "NFLOG",
+        _ => "unknown",
+    }
+}
+
+impl CaptureReader<Box<dyn Read>> {
+    /// Opens a capture file, or standard input for `-`, decompressing gzip and zstd.
     pub fn open(path: &std::path::Path) -> Result<Self, CaptureError> {
         let p = path.display().to_string();
-        let f = std::fs::File::open(path)
-            .map_err(|source| CaptureError::Io { path: p.clone(), source })?;
-        Self::new(p, io::BufReader::with_capacity(1 << 20, f))
+        let raw_read = Arc::new(AtomicU64::new(0));
+        let input: Box<dyn Read> = if path.as_os_str() == "-" {
+            Box::new(Counted { inner: io::stdin().lock(), read: raw_read.clone() })
+        } else {
+            let f = std::fs::File::open(path)
+                .map_err(|source| CaptureError::Io { path: p.clone(), source })?;
+            Box::new(Counted { inner: f, read: raw_read.clone() })
+        };
+        Self::decompressing(p, input, raw_read)
+    }
+
+    /// A reader over `input`, decompressed when its first bytes say it is gzip or zstd.
+    pub fn decompressing(
+        path: String,
+        mut input: Box<dyn Read>,
+        raw_read: Arc<AtomicU64>,
+    ) -> Result<Self, CaptureError> {
+        let mut magic = [0u8; 4];
+        let n = read_full(&mut input, &mut magic)
+            .map_err(|source| CaptureError::Io { path: path.clone(), source })?;
+        let compression = Compression::of_magic(&magic[..n]);
+        let input = io::Cursor::new(magic[..n].to_vec()).chain(input);
+        let decoded: Box<dyn Read> = match compression {
+            Compression::None => Box::new(io::BufReader::with_capacity(1 << 20, input)),
+            // Several gzip members back to back are one stream (RFC 1952 §2.2, as gzip -d).
+            Compression::Gzip => Box::new(io::BufReader::with_capacity(
+                1 << 20,
+                flate2::read::MultiGzDecoder::new(io::BufReader::new(input)),
+            )),
+            Compression::Zstd => {
+                let mut d = zstd::stream::read::Decoder::new(input)
+                    .map_err(|source| CaptureError::Io { path: path.clone(), source })?;
+                d.window_log_max(ZSTD_WINDOW_LOG_MAX)
+                    .map_err(|source| CaptureError::Io { path: path.clone(), source })?;
+                Box::new(io::BufReader::with_capacity(1 << 20, d))
+            }
+        };
+        let mut me = CaptureReader::start(path, decoded, compression).map_err(|e| match e {
+            CaptureError::BadMagic { path, magic, .. } if compression != Compression::None => {
+                CaptureError::BadMagic {
+                    path,
+                    magic,
+                    after: match compression {
+                        Compression::Gzip => " after gzip decompression",
+                        _ => " after zstd decompression",
+                    },
+                }
+            }
+            e => e,
+        })?;
+        me.raw_read = raw_read;
+        Ok(me)
     }
 }
 
 impl<R: Read> CaptureReader<R> {
-    pub fn new(path: String, mut r: R) -> Result<Self, CaptureError> {
-        let mut magic = [0u8; 4];
-        let n = read_full(&mut r, &mut magic)
-            .map_err(|source| CaptureError::Io { path: path.clone(), source })?;
-        if n == 0 {
-            return Err(CaptureError::Empty { path });
-        }
-        if n < 4 {
-            return Err(CaptureError::Corrupt {
-                path,
-                offset: 0,
-                what: "file ends inside the magic number".into(),
-            });
-        }
-        let le = u32::from_le_bytes(magic);
+    pub fn new(path: String, r: R) -> Result<Self, CaptureError> {
+        Self::start(path, r, Compression::None)
+    }
+
+    /// Reads the file header of `r`, whose bytes were decompressed as `compression` says.
+    fn start(path: String, r: R, compression: Compression) -> Result<Self, CaptureError> {
         let mut me = Self {
             path,
             r,
-            offset: 4,
+            offset: 0,
             format: Format::Pcapng { big_endian: false },
             ifaces: Vec::new(),
             scratch: Vec::new(),
+            compression,
+            raw_read: Arc::new(AtomicU64::new(0)),
         };
+        let mut magic = [0u8; 4];
+        let n = me.fill(&mut magic)?;
+        if n == 0 {
+            return Err(CaptureError::Empty { path: me.path });
+        }
+        if n < 4 {
+            return Err(me.truncated(0, "file ends inside the magic number".into()));
+        }
+        let le = u32::from_le_bytes(magic);
         match le {
             0xa1b2c3d4 | 0xa1b23c4d | 0xd4c3b2a1 | 0x4d3cb2a1 => {
                 let big_endian = matches!(le, 0xd4c3b2a1 | 0x4d3cb2a1);
@@ -119,7 +272,12 @@ impl<R: Read> CaptureReader<R> {
                 me.read_exact_at(&mut h, "pcap file header")?;
                 let linktype = read_u32(&h[16..20], big_endian) & 0x0fff_ffff;
                 if !supported(linktype) {
-                    return Err(CaptureError::LinkType { path: me.path, linktype });
+                    return Err(CaptureError::LinkType {
+                        path: me.path,
+                        linktype,
+                        name: linktype_name(linktype),
+                        offset: 20,
+                    });
                 }
                 me.format = Format::Pcap { big_endian, nanos, linktype };
             }
@@ -132,10 +290,22 @@ impl<R: Read> CaptureReader<R> {
                 return Err(CaptureError::BadMagic {
                     path: me.path,
                     magic: u32::from_be_bytes(magic.to_le_bytes()),
+                    after: "",
                 })
             }
         }
         Ok(me)
+    }
+
+    /// How the input was compressed.
+    pub fn compression(&self) -> Compression {
+        self.compression
+    }
+
+    /// Bytes read from the file itself so far (compressed bytes when it is compressed; 0 for
+    /// a reader made with [`CaptureReader::new`]).
+    pub fn raw_read(&self) -> u64 {
+        self.raw_read.load(Ordering::Relaxed)
     }
 
     /// The rest of a section header block whose type (at `at`) and raw length bytes were
@@ -164,18 +334,53 @@ impl<R: Read> CaptureReader<R> {
         self.offset
     }
 
+    /// Where offsets count from, for messages about a compressed file.
+    fn of(&self) -> &'static str {
+        match self.compression {
+            Compression::None => "",
+            Compression::Gzip => " of the gzip-decompressed data",
+            Compression::Zstd => " of the zstd-decompressed data",
+        }
+    }
+
     fn corrupt(&self, offset: u64, what: String) -> CaptureError {
-        CaptureError::Corrupt { path: self.path.clone(), offset, what }
+        CaptureError::Corrupt { path: self.path.clone(), offset, of: self.of(), what }
+    }
+
+    fn truncated(&self, offset: u64, what: String) -> CaptureError {
+        CaptureError::Truncated { path: self.path.clone(), offset, of: self.of(), what }
+    }
+
+    /// A read error at `at`: a compressed stream that ends early is a cut capture, one that
+    /// does not decompress is corrupt; anything else is the system's error.
+    fn io_error(&self, at: u64, source: io::Error) -> CaptureError {
+        match (self.compression, source.kind()) {
+            (_, io::ErrorKind::UnexpectedEof) => {
+                self.truncated(at, format!("the compressed stream ends early ({source})"))
+            }
+            (Compression::Gzip | Compression::Zstd, _) => {
+                self.corrupt(at, format!("the compressed data does not decompress ({source})"))
+            }
+            (Compression::None, _) => CaptureError::Io { path: self.path.clone(), source },
+        }
+    }
+
+    /// Fills `buf`; the number of bytes read (short only at the end of the input).
+    fn fill(&mut self, buf: &mut [u8]) -> Result<usize, CaptureError> {
+        let at = self.offset;
+        let n = read_full_counting(&mut self.r, buf, &mut self.offset)
+            .map_err(|source| self.io_error(at, source))?;
+        Ok(n)
     }
 
     fn read_exact_at(&mut self, buf: &mut [u8], what: &str) -> Result<(), CaptureError> {
         let at = self.offset;
-        let n = read_full(&mut self.r, buf)
-            .map_err(|source| CaptureError::Io { path: self.path.clone(), source })?;
-        self.offset += n as u64;
+        let n = self.fill(buf)?;
         if n < buf.len() {
-            return Err(self
-                .corrupt(at, format!("file ends inside the {what} ({n} of {} bytes)", buf.len())));
+            return Err(self.truncated(
+                at,
+                format!("file ends inside the {what} ({n} of {} bytes)", buf.len()),
+            ));
         }
         Ok(())
     }
@@ -194,14 +399,12 @@ impl<R: Read> CaptureReader<R> {
             match self.format {
                 Format::Pcap { big_endian, nanos, linktype } => {
                     let mut h = [0u8; 16];
-                    let n = read_full(&mut self.r, &mut h)
-                        .map_err(|source| CaptureError::Io { path: self.path.clone(), source })?;
-                    self.offset += n as u64;
+                    let n = self.fill(&mut h)?;
                     if n == 0 {
                         return Ok(false);
                     }
                     if n < 16 {
-                        return Err(self.corrupt(
+                        return Err(self.truncated(
                             at,
                             format!("file ends inside a record header ({n} of 16 bytes)"),
                         ));
@@ -220,9 +423,10 @@ impl<R: Read> CaptureReader<R> {
                     data.resize(caplen as usize, 0);
                     let read = self.read_exact_at(&mut data, "packet data").map_err(|e| match e {
                         // Name the record, not the middle of it.
-                        CaptureError::Corrupt { path, what, .. } => CaptureError::Corrupt {
+                        CaptureError::Truncated { path, what, of, .. } => CaptureError::Truncated {
                             path,
                             offset: at,
+                            of,
                             what: format!("record: {what}"),
                         },
                         e => e,
@@ -232,33 +436,29 @@ impl<R: Read> CaptureReader<R> {
                     } else {
                         frac * 1000
                     });
-                    let ok = read.is_ok()
-                        && if linktype == LINKTYPE_ETHERNET {
+                    if read.is_ok() {
+                        if linktype == LINKTYPE_ETHERNET {
                             // The record is the frame: hand over the buffer, take the old one back.
                             std::mem::swap(&mut data, &mut out.data);
                             out.orig_len = origlen.max(caplen);
                             out.ts_ns = ts_ns;
                             out.offset = at;
-                            true
                         } else {
-                            to_ethernet(linktype, &data, origlen.max(caplen), ts_ns, at, out)
-                        };
+                            to_ethernet(linktype, &data, origlen.max(caplen), ts_ns, at, out);
+                        }
+                    }
                     self.scratch = data;
                     read?;
-                    if ok {
-                        return Ok(true);
-                    }
+                    return Ok(true);
                 }
                 Format::Pcapng { big_endian } => {
                     let mut h = [0u8; 8];
-                    let n = read_full(&mut self.r, &mut h)
-                        .map_err(|source| CaptureError::Io { path: self.path.clone(), source })?;
-                    self.offset += n as u64;
+                    let n = self.fill(&mut h)?;
                     if n == 0 {
                         return Ok(false);
                     }
                     if n < 8 {
-                        return Err(self.corrupt(
+                        return Err(self.truncated(
                             at,
                             format!("file ends inside a block header ({n} of 8 bytes)"),
                         ));
@@ -276,7 +476,12 @@ impl<R: Read> CaptureReader<R> {
                     }
                     let mut block = std::mem::take(&mut self.scratch);
                     block.resize(len as usize - 8, 0);
-                    let read = self.read_exact_at(&mut block, "block");
+                    let read = self.read_exact_at(&mut block, "block").map_err(|e| match e {
+                        CaptureError::Truncated { path, what, of, .. } => {
+                            CaptureError::Truncated { path, offset: at, of, what }
+                        }
+                        e => e,
+                    });
                     let found = match read {
                         Ok(()) => {
                             self.pcapng_block(kind, &block[..block.len() - 4], big_endian, at, out)
@@ -311,7 +516,7 @@ impl<R: Read> CaptureReader<R> {
                 let tsresol = find_option(body, 8, 9, big_endian)
                     .and_then(|v| v.first().copied())
                     .unwrap_or(6);
-                self.ifaces.push(Iface { linktype, tsresol });
+                self.ifaces.push(Iface { linktype, offset: at, tsresol });
             }
             6 => {
                 if body.len() < 20 {
@@ -335,17 +540,20 @@ impl<R: Read> CaptureReader<R> {
                     return Err(CaptureError::LinkType {
                         path: self.path.clone(),
                         linktype: iface.linktype,
+                        name: linktype_name(iface.linktype),
+                        offset: iface.offset,
                     });
                 }
                 let data = &body[20..20 + caplen as usize];
-                return Ok(to_ethernet(
+                to_ethernet(
                     iface.linktype,
                     data,
                     origlen.max(caplen),
                     ts_to_ns(ts, iface.tsresol),
                     at,
                     out,
-                ));
+                );
+                return Ok(true);
             }
             3 => {
                 // Simple packet block: no timestamp, first interface.
@@ -355,7 +563,8 @@ impl<R: Read> CaptureReader<R> {
                 let origlen = read_u32(&body[0..4], big_endian);
                 let data = &body[4..4 + (origlen as usize).min(body.len() - 4)];
                 let lt = self.ifaces[0].linktype;
-                return Ok(to_ethernet(lt, data, origlen, 0, at, out));
+                to_ethernet(lt, data, origlen, 0, at, out);
+                return Ok(true);
             }
             _ => {} // statistics, name resolution, custom blocks: skipped
         }
@@ -404,8 +613,25 @@ fn ts_to_ns(ts: u64, tsresol: u8) -> u64 {
     }
 }
 
+/// EtherType 0 (reserved): the synthetic header of a record that is not IP, so the parser
+/// counts it as not IP and the record keeps its frame number.
+const ETHERTYPE_NOT_IP: u16 = 0;
+
+/// The BSD address family of a NULL/LOOP header as an EtherType. IPv6 is 24 (NetBSD,
+/// OpenBSD, BSD/OS), 28 (FreeBSD, DragonFly) or 30 (macOS), as Wireshark's packet-null.c
+/// lists them; 10 is Linux's AF_INET6, seen in captures that hand-wrote the header.
+fn bsd_af_ethertype(af: u32) -> u16 {
+    match af {
+        2 => 0x0800,
+        10 | 24 | 28 | 30 => 0x86dd,
+        _ => ETHERTYPE_NOT_IP,
+    }
+}
+
 /// Turns a frame of any supported link type into an Ethernet frame in `out` (its buffer
-/// reused). False for frames that cannot be IP (skipped: they carry no TCP).
+/// reused). A record that cannot be IP gets EtherType 0; one too short for its link header
+/// becomes an empty frame with its wire length (the parser counts it as cut short, or as
+/// malformed when it was that short on the wire too).
 fn to_ethernet(
     linktype: u32,
     data: &[u8],
@@ -413,7 +639,7 @@ fn to_ethernet(
     ts_ns: u64,
     offset: u64,
     out: &mut CapturedFrame,
-) -> bool {
+) {
     out.ts_ns = ts_ns;
     out.offset = offset;
     let mut synth = |src_mac: [u8; 6], ethertype: u16, payload: &[u8], wire_payload: u32| {
@@ -423,45 +649,78 @@ fn to_ethernet(
         out.data.extend_from_slice(&ethertype.to_be_bytes());
         out.data.extend_from_slice(payload);
         out.orig_len = 14u32.saturating_add(wire_payload);
-        true
     };
+    let ip_version = |b: &[u8]| match b.first().map(|b| b >> 4) {
+        Some(4) => 0x0800,
+        Some(6) => 0x86dd,
+        _ => ETHERTYPE_NOT_IP,
+    };
+    let link_header = |len: usize| data.len() >= len;
     match linktype {
         LINKTYPE_ETHERNET => {
             out.data.clear();
             out.data.extend_from_slice(data);
             out.orig_len = orig_len;
-            true
         }
-        LINKTYPE_RAW | LINKTYPE_RAW_ALT | LINKTYPE_IPV4 | LINKTYPE_IPV6 => {
-            let et = match data.first().map(|b| b >> 4) {
-                Some(4) => 0x0800,
-                Some(6) => 0x86dd,
-                _ => return false,
+        LINKTYPE_RAW | LINKTYPE_RAW_ALT | LINKTYPE_RAW_OPENBSD | LINKTYPE_IPV4 | LINKTYPE_IPV6 => {
+            synth([0; 6], ip_version(data), data, orig_len);
+        }
+        LINKTYPE_NULL | LINKTYPE_LOOP if link_header(4) => {
+            // NULL: the family in the capturing host's byte order, which the file does not
+            // record; families are small, so a value with high bits set is the other order
+            // (Wireshark's rule). LOOP: network byte order (OpenBSD).
+            let be = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+            let af = if linktype == LINKTYPE_LOOP || be & 0xffff_0000 == 0 {
+                be
+            } else {
+                be.swap_bytes()
             };
-            synth([0; 6], et, data, orig_len)
-        }
-        LINKTYPE_SLL => {
-            // pkttype(2) hatype(2) halen(2) addr(8) protocol(2)
-            if data.len() < 16 {
-                return false;
+            let mut et = bsd_af_ethertype(af);
+            // The family must agree with the IP header behind it.
+            if et != ip_version(&data[4..]) {
+                et = ETHERTYPE_NOT_IP;
             }
+            synth([0; 6], et, &data[4..], orig_len.saturating_sub(4));
+        }
+        LINKTYPE_SLL if link_header(16) => {
+            // pkttype(2) hatype(2) halen(2) addr(8) protocol(2)
             let mut mac = [0u8; 6];
             mac.copy_from_slice(&data[6..12]);
             let et = u16::from_be_bytes([data[14], data[15]]);
-            synth(mac, et, &data[16..], orig_len.saturating_sub(16))
+            synth(mac, et, &data[16..], orig_len.saturating_sub(16));
         }
-        LINKTYPE_SLL2 => {
+        LINKTYPE_SLL2 if link_header(20) => {
             // protocol(2) reserved(2) ifindex(4) hatype(2) pkttype(1) halen(1) addr(8)
-            if data.len() < 20 {
-                return false;
-            }
             let et = u16::from_be_bytes([data[0], data[1]]);
             let mut mac = [0u8; 6];
             mac.copy_from_slice(&data[12..18]);
-            synth(mac, et, &data[20..], orig_len.saturating_sub(20))
+            synth(mac, et, &data[20..], orig_len.saturating_sub(20));
         }
-        _ => false,
+        _ => {
+            // Shorter than its link header (or a link type `supported` let through by
+            // mistake): no Ethernet header can be made.
+            out.data.clear();
+            out.orig_len = orig_len;
+        }
     }
+}
+
+/// [`read_full`], adding each chunk to `offset` as it arrives (so an error names where it
+/// struck).
+fn read_full_counting(r: &mut impl Read, buf: &mut [u8], offset: &mut u64) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => {
+                n += k;
+                *offset += k as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
@@ -604,7 +863,7 @@ mod tests {
         }
         let mut cut = pcap(false, &[(&[1u8; 60], 60)]);
         cut.truncate(cut.len() - 10);
-        assert!(matches!(read_all(&cut), Err(CaptureError::Corrupt { offset: 24, .. })));
+        assert!(matches!(read_all(&cut), Err(CaptureError::Truncated { offset: 24, .. })));
         // every prefix of a valid pcapng either reads or fails cleanly
         let mut w = PcapngWriter::new(Vec::new()).unwrap();
         w.interface("a", 128).unwrap();
@@ -613,5 +872,115 @@ mod tests {
         for n in 0..full.len() {
             let _ = read_all(&full[..n]);
         }
+    }
+
+    fn open_bytes(bytes: Vec<u8>) -> Result<Vec<CapturedFrame>, CaptureError> {
+        let mut r = CaptureReader::decompressing(
+            "t".into(),
+            Box::new(io::Cursor::new(bytes)),
+            Arc::new(AtomicU64::new(0)),
+        )?;
+        let mut v = Vec::new();
+        while let Some(f) = r.next_frame()? {
+            v.push(f);
+        }
+        Ok(v)
+    }
+
+    #[test]
+    fn bsd_loopback_link_types_in_either_byte_order() {
+        use crate::craft::TcpSegment;
+        let v4 = TcpSegment::new("10.0.0.1".parse().unwrap(), 1, "10.0.0.2".parse().unwrap(), 2);
+        let v6 = TcpSegment::new("fd00::1".parse().unwrap(), 3, "fd00::2".parse().unwrap(), 4);
+        for (seg, lt, header, ok) in [
+            (&v4, 0u32, 2u32.to_le_bytes(), true), // NULL from a little-endian host
+            (&v4, 0, 2u32.to_be_bytes(), true),    // NULL from a big-endian host
+            (&v6, 0, 30u32.to_le_bytes(), true),   // macOS
+            (&v6, 0, 28u32.to_be_bytes(), true),   // FreeBSD, big-endian
+            (&v6, 0, 24u32.to_le_bytes(), true),   // NetBSD/OpenBSD
+            (&v4, 108, 2u32.to_be_bytes(), true),  // LOOP: network byte order
+            (&v6, 108, 24u32.to_be_bytes(), true),
+            (&v4, 0, 24u32.to_le_bytes(), false), // family says IPv6, header is IPv4
+            (&v4, 0, 7u32.to_le_bytes(), false),  // not an IP family
+        ] {
+            let mut rec = header.to_vec();
+            rec.extend_from_slice(&seg.ip_bytes());
+            let f = read_all(&pcap_linktype(lt, &[&rec])).unwrap();
+            let got = crate::packet::decode(&f[0].data, f[0].orig_len, 0, 0);
+            if ok {
+                let p = got.unwrap_or_else(|e| panic!("linktype {lt} {header:?}: {e:?}"));
+                assert_eq!((p.sport, p.dport, p.payload_len), (seg.sport, seg.dport, 0));
+            } else {
+                let e = got.unwrap_err();
+                assert_eq!(
+                    crate::packet::unread_cause(&f[0].data, f[0].orig_len, e),
+                    crate::packet::Unread::NotIp
+                );
+            }
+        }
+        // DLT_RAW as OpenBSD numbers it.
+        let f = read_all(&pcap_linktype(14, &[&v4.ip_bytes()])).unwrap();
+        assert!(crate::packet::decode(&f[0].data, f[0].orig_len, 0, 0).is_ok());
+        // A record shorter than its link header is still a frame (numbering stays tshark's).
+        let f = read_all(&pcap_linktype(0, &[&[2, 0]])).unwrap();
+        assert_eq!(f.len(), 1);
+    }
+
+    #[test]
+    fn gzip_and_zstd_are_told_by_their_magic() {
+        use std::io::Write as _;
+        let plain = pcap(false, &[(&[1u8; 60], 60), (&[2u8; 70], 70)]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&plain).unwrap();
+        let gz = gz.finish().unwrap();
+        let zst = zstd::stream::encode_all(&plain[..], 3).unwrap();
+        for bytes in [plain.clone(), gz.clone(), zst.clone()] {
+            let f = open_bytes(bytes).unwrap();
+            assert_eq!(f.iter().map(|f| f.data.len()).collect::<Vec<_>>(), [60, 70]);
+        }
+        // Two gzip members are one stream (as `cat a.gz b.gz` makes).
+        let mut two = gz.clone();
+        let mut more = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        more.write_all(&[5, 0, 0, 0, 7, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 9, 9, 9, 9]).unwrap();
+        two.extend_from_slice(&more.finish().unwrap());
+        assert_eq!(open_bytes(two).unwrap().len(), 3);
+        // A compressed stream cut short is a cut capture, after the records before the cut
+        // (zstd hands out whole blocks of up to 128 KiB: the capture spans several).
+        let records: Vec<Vec<u8>> = (0..3000u32).map(|i| i.to_le_bytes().repeat(25)).collect();
+        let big = pcap(false, &records.iter().map(|r| (&r[..], 100)).collect::<Vec<_>>());
+        let zst = zstd::stream::encode_all(&big[..], 1).unwrap();
+        let cut = &zst[..zst.len() - 20];
+        let mut r = CaptureReader::decompressing(
+            "t.zst".into(),
+            Box::new(io::Cursor::new(cut.to_vec())),
+            Arc::new(AtomicU64::new(0)),
+        )
+        .unwrap();
+        let mut frames = 0;
+        let err = loop {
+            match r.next_frame() {
+                Ok(Some(_)) => frames += 1,
+                Ok(None) => panic!("a cut zstd stream ended cleanly"),
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(err, CaptureError::Truncated { .. }), "{err} after {frames} frames");
+        assert!(frames > 1000 && frames < 3000, "{frames} frames before the cut");
+        // Garbage after a gzip header does not decompress: corrupt, named.
+        let mut bad = gz.clone();
+        for b in &mut bad[12..40] {
+            *b ^= 0x5a;
+        }
+        match open_bytes(bad) {
+            Err(CaptureError::Corrupt { what, .. } | CaptureError::Truncated { what, .. }) => {
+                assert!(what.contains("compressed"), "{what}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Compressed, but not a capture inside.
+        let junk = zstd::stream::encode_all(&b"hello, not a capture"[..], 3).unwrap();
+        assert!(
+            matches!(open_bytes(junk), Err(CaptureError::BadMagic { after, .. }) if after.contains("zstd"))
+        );
     }
 }

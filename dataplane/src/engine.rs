@@ -100,9 +100,40 @@ impl Default for EngineConfig {
 /// Flow flags private to the engine's gap handling.
 const GAP_SEEN: [u16; 2] = [conn_flags::GAP_SEEN_LO, conn_flags::GAP_SEEN_HI];
 
+/// How complete one vantage's view is, as Zeek's capture_loss measures it: ACKs that moved
+/// the acknowledged point forward, and those of them that acknowledged bytes the vantage
+/// never saw (the receiver got them, the capture did not). `capture_loss` is the share of
+/// such ACKs; the bytes are the holes' sizes (and any acknowledged beyond the last byte seen).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct VantageCapture {
+    pub ack_events: u64,
+    pub ack_bytes: u64,
+    pub gap_events: u64,
+    pub gap_bytes: u64,
+}
+
+impl VantageCapture {
+    /// Percent of the ACKs that acknowledged unseen data (Zeek's percent_lost).
+    pub fn loss_percent(&self) -> f64 {
+        if self.ack_events == 0 {
+            0.0
+        } else {
+            self.gap_events as f64 * 100.0 / self.ack_events as f64
+        }
+    }
+    pub fn add(&mut self, o: &Self) {
+        self.ack_events += o.ack_events;
+        self.ack_bytes += o.ack_bytes;
+        self.gap_events += o.gap_events;
+        self.gap_bytes += o.gap_bytes;
+    }
+}
+
 /// Counters the engine keeps (exported by the control plane).
 #[derive(Clone, Debug, Default)]
 pub struct EngineStats {
+    /// Capture completeness by vantage index.
+    pub capture: Vec<VantageCapture>,
     pub packets: u64,
     pub anomalies: [u64; KIND_COUNT],
     /// Frames the parser refused, by XDP outcome reason.
@@ -141,6 +172,8 @@ pub struct Engine {
     undecodable: [u64; OUTCOME_COUNT as usize],
     packets: u64,
     capture_lost: u64,
+    /// By vantage index (at most `flow::MAX_VANTAGES`), grown as vantages appear.
+    capture: Vec<VantageCapture>,
     dedup: MirrorDedup,
     matcher: VantageMatcher,
     history: History,
@@ -173,6 +206,7 @@ impl Engine {
             undecodable: [0; OUTCOME_COUNT as usize],
             packets: 0,
             capture_lost: 0,
+            capture: Vec::new(),
             dedup: MirrorDedup::new(1 << 14, cfg.mirror_window_ns),
             matcher: VantageMatcher::with_relations(
                 cfg.vantage_relations.clone(),
@@ -203,6 +237,7 @@ impl Engine {
 
     pub fn stats(&self) -> EngineStats {
         EngineStats {
+            capture: self.capture.clone(),
             packets: self.packets,
             anomalies: self.counters,
             undecodable: self.undecodable,
@@ -249,6 +284,31 @@ impl Engine {
         self.capture_lost += lost;
         self.counters[Kind::CaptureGap as usize] += 1;
         self.epoch = self.epoch.wrapping_add(1);
+    }
+
+    /// The input of `vantage` went back in time from `from_ns` to `to_ns` (a time jump:
+    /// concatenated or merged captures, a clock step). Like a capture gap, nothing is inferred
+    /// across it: deadlines up to `from_ns` fire first, then the vantage's flows end (their
+    /// sequence state belongs to the other timeline, and evidence pending for them is
+    /// written), every other flow enters the gap state, and the clock follows time back.
+    /// `count`: whether this engine counts the jump (one of several sharing the vantage's
+    /// flows does).
+    pub fn time_jump(&mut self, vantage: u16, from_ns: u64, to_ns: u64, count: bool) {
+        self.tick(from_ns);
+        if count {
+            self.counters[Kind::TimeJump as usize] += 1;
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        let gone: Vec<Slot> =
+            self.flows.iter().filter(|(_, r)| r.key.vantage() == vantage).map(|(s, _)| s).collect();
+        for s in gone {
+            self.flows.remove(s);
+            self.forget(s);
+        }
+        self.dedup.clear();
+        self.now_ns = to_ns;
+        self.last_housekeeping_ns = to_ns;
+        self.last_side_expiry_ns = to_ns;
     }
 
     /// Feeds one Ethernet frame. `frame_no` numbers it in its source (for verdicts).
@@ -392,7 +452,46 @@ impl Engine {
                 anomaly::paths::on_packet(&mut c);
             }
             anomaly::setup::on_packet(&mut c);
+            // Capture completeness (Zeek's capture_loss): what this ACK newly acknowledges, and
+            // how much of it the vantage never saw the other side send.
+            let other = 1 - side;
+            let advance = if p.has(ACK)
+                && !p.has(RST)
+                && before.flags & dir_flags::DATA_OR_ACK != 0
+                && p.ack > before.last_ack
+            {
+                p.ack.diff(before.last_ack) as u32 as u64
+            } else {
+                0
+            };
+            let ackable = c.ackable(other);
+            // Bytes unseen below the ACK: the holes' sizes when a hole is open, else whatever
+            // it acknowledges beyond what was seen.
+            let hole_bytes = c.extra_ref().and_then(|x| {
+                x.lost_mark.filter(|(_, s)| *s as usize == other).map(|_| x.lost_bytes)
+            });
             verdict = loss::on_packet(&mut c);
+            if advance > 0 && !in_gap {
+                let v = p.vantage as usize;
+                if v < crate::flow::MAX_VANTAGES {
+                    if self.capture.len() <= v {
+                        self.capture.resize(v + 1, VantageCapture::default());
+                    }
+                    let vc = &mut self.capture[v];
+                    vc.ack_events += 1;
+                    vc.ack_bytes += advance;
+                    if verdict & loss::verdict::ACK_UNSEEN != 0 {
+                        vc.gap_events += 1;
+                        let beyond = p.ack.diff(c.flow.dirs[other].next_seq).max(0) as u64;
+                        let unseen = hole_bytes.map_or(0, u64::from) + beyond;
+                        vc.gap_bytes += unseen.min(p.ack.diff(ackable).max(0) as u64).min(advance);
+                        if let Some(x) = c.extra() {
+                            x.capture_loss = true;
+                        }
+                        c.counters[Kind::CaptureLoss as usize] += 1;
+                    }
+                }
+            }
             anomaly::resets::on_packet(&mut c);
             if !in_gap {
                 anomaly::paths::check_one_sided(&mut c);
@@ -693,6 +792,16 @@ impl Engine {
                 | Kind::ZeroWindow
         ) {
             self.counters[d.kind as usize] += 1;
+        }
+        let mut d = d;
+        let lossy = flow.flags & conn_flags::HAS_SIDE != 0
+            && self.side.get(slot).is_some_and(|x| x.capture_loss);
+        if lossy && !d.kind.is_sensor_health() && d.kind != Kind::AckUnseenSegment {
+            // The verdict rests on a view with holes: say so where it is read.
+            d.explanation.push_str(
+                " Caution: this vantage missed data of this flow (bytes were acknowledged that it never saw), so part of the exchange is unknown.",
+            );
+            d.details.insert("capture_loss".into(), serde_json::Value::Bool(true));
         }
         let comment = format!("wirewatch {}: {}", d.kind.name(), d.explanation);
         let evidence = self.attach_evidence(slot, hist_id, &comment, p.ts_ns, d.kind);

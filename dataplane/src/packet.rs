@@ -114,3 +114,173 @@ pub fn decode(frame: &[u8], orig_len: u32, ts_ns: u64, vantage: u16) -> Result<T
         side: side as u8,
     })
 }
+
+/// Why a frame carries no TCP the engine can read: what the `analyze` summary counts, so a
+/// capture with nothing readable never reports a bare zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unread {
+    /// Not IPv4 or IPv6 (ARP, LLDP, STP…).
+    NotIp,
+    /// IP, but neither TCP nor a tunnel (UDP, ICMP…).
+    NotTcp,
+    /// TCP may be inside, but behind a header the parser does not open (MPLS, PPPoE, GRE,
+    /// IP-in-IP, VXLAN, Geneve, GTP-U, ESP…, or more VLAN tags than it reads).
+    Encapsulated,
+    /// An IP fragment after the first: no TCP header in it.
+    Fragment,
+    /// The capture kept too few bytes of the frame to reach the end of the TCP header (snap
+    /// length too small).
+    CutShort,
+    /// Headers inconsistent with themselves or with the frame's length on the wire.
+    Malformed,
+}
+
+impl Unread {
+    pub const ALL: [Unread; 6] = [
+        Unread::NotIp,
+        Unread::NotTcp,
+        Unread::Encapsulated,
+        Unread::Fragment,
+        Unread::CutShort,
+        Unread::Malformed,
+    ];
+    pub const fn name(self) -> &'static str {
+        match self {
+            Unread::NotIp => "not_ip",
+            Unread::NotTcp => "not_tcp",
+            Unread::Encapsulated => "encapsulated",
+            Unread::Fragment => "fragment",
+            Unread::CutShort => "cut_short",
+            Unread::Malformed => "malformed",
+        }
+    }
+}
+
+/// EtherTypes of encapsulations the parser does not open (IEEE registry): MPLS unicast and
+/// multicast, PPPoE session, transparent Ethernet bridging, MACsec, NSH.
+const ENCAP_ETHERTYPES: [u16; 6] = [0x8847, 0x8848, 0x8864, 0x6558, 0x88e5, 0x894f];
+/// IP protocols that carry other packets (IANA): IP-in-IP, IPv6-in-IP, GRE, ESP, AH, EtherIP,
+/// L2TPv3, MPLS-in-IP.
+const ENCAP_PROTOCOLS: [u8; 8] = [4, 41, 47, 50, 51, 97, 115, 137];
+/// UDP ports of tunnels (IANA): L2TP, GTP-U, VXLAN, VXLAN-GPE, Geneve, and Linux's
+/// pre-IANA VXLAN port.
+const ENCAP_UDP_PORTS: [u16; 6] = [1701, 2152, 4789, 4790, 6081, 8472];
+
+/// Why [`decode`] refused `frame` with `o`. Runs only for refused frames.
+pub fn unread_cause(frame: &[u8], orig_len: u32, o: Outcome) -> Unread {
+    match o {
+        Outcome::LaterFragment => return Unread::Fragment,
+        Outcome::NonTcpPassed | Outcome::NonTcpDropped => return not_tcp_cause(frame),
+        _ => {}
+    }
+    // Malformed: because the capture stopped early, or on the wire already? The same frame
+    // with its missing bytes zero-filled fails differently (or not at all) only in the first
+    // case. Headers end within the first 4 KiB (bounded extension chain).
+    let wire = (orig_len as usize).min(4096);
+    if frame.len() < wire {
+        let mut padded = frame.to_vec();
+        padded.resize(wire, 0);
+        if classify(&padded[..], orig_len as usize) != Err(o) {
+            return Unread::CutShort;
+        }
+    }
+    if matches!(o, Outcome::MalformedVlan) {
+        // More tags than the parser reads is a stack it does not open, not a broken frame.
+        return Unread::Encapsulated;
+    }
+    Unread::Malformed
+}
+
+fn not_tcp_cause(frame: &[u8]) -> Unread {
+    let mut off = 12;
+    let mut et = frame.get(off..off + 2).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+    off += 2;
+    while matches!(et, 0x8100 | 0x88a8) && frame.len() >= off + 4 {
+        et = u16::from_be_bytes([frame[off + 2], frame[off + 3]]);
+        off += 4;
+    }
+    if ENCAP_ETHERTYPES.contains(&et) {
+        return Unread::Encapsulated;
+    }
+    let (proto, l4) = match et {
+        0x0800 if frame.len() > off + 9 => {
+            (frame[off + 9], off + ((frame[off] & 0x0f) as usize) * 4)
+        }
+        0x86dd if frame.len() >= off + 40 => {
+            let (mut next, mut at) = (frame[off + 6], off + 40);
+            // Extension headers (RFC 8200 §4): hop-by-hop, routing, fragment, destination.
+            for _ in 0..8 {
+                if !matches!(next, 0 | 43 | 44 | 60) || frame.len() < at + 2 {
+                    break;
+                }
+                let len = if next == 44 { 8 } else { (frame[at + 1] as usize + 1) * 8 };
+                next = frame[at];
+                at += len;
+            }
+            (next, at)
+        }
+        0x0800 | 0x86dd => return Unread::CutShort,
+        _ => return Unread::NotIp,
+    };
+    if ENCAP_PROTOCOLS.contains(&proto) {
+        return Unread::Encapsulated;
+    }
+    if proto == 17 {
+        if let Some(p) = frame.get(l4..l4 + 4) {
+            let (s, d) = (u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]]));
+            if ENCAP_UDP_PORTS.contains(&s) || ENCAP_UDP_PORTS.contains(&d) {
+                return Unread::Encapsulated;
+            }
+        }
+    }
+    Unread::NotTcp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::craft::TcpSegment;
+
+    fn cause(frame: &[u8], orig_len: usize) -> Unread {
+        let e = decode(frame, orig_len as u32, 0, 0).unwrap_err();
+        unread_cause(frame, orig_len as u32, e)
+    }
+
+    /// An IPv4 frame of `seg` with protocol `proto` (checksums are not checked).
+    fn with_proto(seg: &TcpSegment, proto: u8) -> Vec<u8> {
+        let mut f = seg.frame();
+        f[14 + 9] = proto;
+        f
+    }
+
+    #[test]
+    fn every_refused_frame_has_a_cause() {
+        let seg = TcpSegment::new("10.0.0.1".parse().unwrap(), 1, "10.0.0.2".parse().unwrap(), 2);
+        let f = seg.frame();
+        assert!(decode(&f, f.len() as u32, 0, 0).is_ok());
+        let mut arp = f.clone();
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        assert_eq!(cause(&arp, arp.len()), Unread::NotIp);
+        let mut mpls = f.clone();
+        mpls[12..14].copy_from_slice(&0x8847u16.to_be_bytes());
+        assert_eq!(cause(&mpls, mpls.len()), Unread::Encapsulated);
+        for proto in [47, 4, 41, 50] {
+            assert_eq!(cause(&with_proto(&seg, proto), f.len()), Unread::Encapsulated, "{proto}");
+        }
+        assert_eq!(cause(&with_proto(&seg, 1), f.len()), Unread::NotTcp);
+        let mut udp = with_proto(&seg, 17);
+        assert_eq!(cause(&udp, f.len()), Unread::NotTcp);
+        udp[34 + 2..34 + 4].copy_from_slice(&4789u16.to_be_bytes()); // VXLAN
+        assert_eq!(cause(&udp, f.len()), Unread::Encapsulated);
+        let mut frag = f.clone();
+        frag[14 + 6..14 + 8].copy_from_slice(&185u16.to_be_bytes());
+        assert_eq!(cause(&frag, f.len()), Unread::Fragment);
+        // Snapped inside the TCP header: cut short; the same bytes on the wire: malformed.
+        assert_eq!(cause(&f[..40], f.len()), Unread::CutShort);
+        assert_eq!(cause(&f[..10], f.len()), Unread::CutShort);
+        let mut bad_ihl = f.clone();
+        bad_ihl[14] = 0x44;
+        assert_eq!(cause(&bad_ihl, f.len()), Unread::Malformed);
+        assert_eq!(cause(&f[..40], 40), Unread::Malformed);
+    }
+}

@@ -10,8 +10,6 @@ use super::Kind;
 /// test fails while it is in both).
 pub const NOT_DETECTED: &[(&str, &str)] = &[
     ("service_blackhole", "Three or more clients' SYNs to one service go unanswered within 10 s while other services on the same path answer: the service, or a filter in front of it, drops silently."),
-    ("capture_loss", "Per vantage, the share of acknowledged bytes never seen: the input itself is lossy (a capture file's own drops, a span port over its budget)."),
-    ("time_jump", "Packet time moves backwards (merged or concatenated captures, a clock step): to be treated as a capture gap, never as duplication."),
 ];
 
 /// What the kind is reported as.

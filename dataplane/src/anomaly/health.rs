@@ -14,6 +14,11 @@ impl MirrorDedup {
         Self { slots: vec![(0, 0); slots.next_power_of_two()], window_ns }
     }
 
+    /// Forgets every frame seen (time went back: they belong to another timeline).
+    pub fn clear(&mut self) {
+        self.slots.fill((0, 0));
+    }
+
     fn signature(p: &TcpPacket) -> u64 {
         let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut mix = |v: u64| h = (h ^ v).wrapping_mul(0xbf58_476d_1ce4_e5b9).rotate_left(31);
@@ -36,7 +41,9 @@ impl MirrorDedup {
         let sig = Self::signature(p);
         let i = (sig as usize) & (self.slots.len() - 1);
         let (s, t) = self.slots[i];
-        if s == sig && p.ts_ns.saturating_sub(t) <= self.window_ns {
+        // Either way in time: a frame earlier than its twin is no duplicate of a much later
+        // one (a capture whose time went back replays old frames, it does not mirror them).
+        if s == sig && p.ts_ns.abs_diff(t) <= self.window_ns {
             return true;
         }
         self.slots[i] = (sig, p.ts_ns);

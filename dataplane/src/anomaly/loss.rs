@@ -111,13 +111,29 @@ pub fn on_packet(c: &mut Ctx<'_>) -> u32 {
     // A segment beyond next_seq skipped bytes this sensor never saw (capture gap): ACKs up to
     // the old next_seq are fine, beyond it they ack unseen bytes. Otherwise all is ackable.
     if have_next && p.seq > d.next_seq && !p.has(RST) {
+        let skipped = p.seq.diff(d.next_seq) as u32;
         if c.extra_ref().is_none_or(|x| x.lost_mark.is_none()) {
             if let Some(x) = c.extra() {
                 x.lost_mark = Some((d.next_seq, s as u8));
+                x.lost_bytes = skipped;
+            }
+        } else if let Some(x) = c.extra_mut() {
+            if x.lost_mark.is_some_and(|(_, side)| side as usize == s) {
+                x.lost_bytes = x.lost_bytes.saturating_add(skipped);
             }
         }
     } else if seglen > 0 || p.flags & (SYN | FIN) != 0 {
-        c.clear_lost_mark(s);
+        // Only a segment covering the hole's start fills it (a retransmission). Segments in
+        // order after the hole leave it open until an ACK passes it, as Wireshark keeps
+        // maxseqtobeacked at the hole (packet-tcp.c, "ACKed segment that wasn't captured"):
+        // in a bulk transfer the next segment comes before the ACK of the missing one.
+        let fills = c
+            .extra_ref()
+            .and_then(|x| x.lost_mark)
+            .is_none_or(|(mark, side)| side as usize != s || (p.seq <= mark && end_of(p) > mark));
+        if fills {
+            c.clear_lost_mark(s);
+        }
     }
 
     // Update the sender's tracking (Wireshark: next_seq advances unless a zero-window probe).
@@ -155,6 +171,10 @@ pub fn on_packet(c: &mut Ctx<'_>) -> u32 {
     }
     count_and_report(c, v);
     v
+}
+
+fn end_of(p: &crate::packet::TcpPacket) -> crate::seq::SeqNumber {
+    p.seq + p.seq_len()
 }
 
 fn max_window(sender: &crate::flow::DirState) -> u32 {

@@ -137,6 +137,14 @@ kinds! {
         rule: "One source sends SYNs to 50 or more distinct services (address:port) within 10 s, answered by RST or nothing. One aggregate event per scan, reported when it has been quiet for 10 s, with the ports tried; the per-connection events are folded into it.",
         means: "A port or host scan from that source: a security scanner, a misconfigured health checker, or an attacker mapping the network.",
         next: "Who owns the source address? If it is not an approved scanner, block it where it enters and look for what it reached (connections from it that completed).";
+    TimeJump => "time_jump", true,
+        rule: "Packet time moves backwards by more than 1 s within one input (merged or concatenated captures, a clock step); smaller inversions are re-sorted within a bounded window and counted. The input's flows end, every other flow enters the gap state, and nothing is inferred across the jump.",
+        means: "The capture file itself is not one time-ordered recording: a sensor-health matter, never duplication or retransmission.",
+        next: "Check how the file was made (mergecap -a, cat of two captures, a clock step on the capturing host); merge by time (mergecap without -a) or analyse the parts separately.";
+    CaptureLoss => "capture_loss", true,
+        rule: "Per vantage, as Zeek's capture_loss: the share of ACKs that moved the acknowledged point forward and acknowledged data the vantage never saw (an ACK past a hole in what it captured); the bytes in those holes are counted too. Counted per such ACK.",
+        means: "The input itself is lossy (a capture file's own drops, tcpdump's buffer overrun, a span port over its budget): verdicts on the affected flows rest on an incomplete view, and their events say so.",
+        next: "Check the capture's own drop counts (tcpdump's 'dropped by kernel', capinfos, the span port's drops); capture with a larger buffer (tcpdump -B), a smaller snap length, or on a less loaded port.";
 }
 
 pub const KIND_COUNT: usize = Kind::ALL.len();
@@ -394,6 +402,11 @@ pub struct FlowExtra {
     /// the highest SEQ its peer may ACK without acking unseen bytes (Wireshark's
     /// maxseqtobeacked).
     pub lost_mark: Option<(SeqNumber, u8)>,
+    /// Bytes the holes after `lost_mark` skipped (what an ACK past them acknowledges unseen).
+    pub lost_bytes: u32,
+    /// An ACK on this flow covered bytes the vantage never saw: its view is incomplete
+    /// (capture loss), and later verdicts on it say so. Keeps the entry armed.
+    pub capture_loss: bool,
 }
 
 impl FlowExtra {
@@ -409,6 +422,7 @@ impl FlowExtra {
             && self.zero_window.iter().all(Option::is_none)
             && self.retx.iter().all(Option::is_none)
             && self.lost_mark.is_none()
+            && !self.capture_loss
             && self.data_after_rst == 0
     }
 }
@@ -498,6 +512,7 @@ impl Ctx<'_> {
         if let Some(x) = self.extra_mut() {
             if x.lost_mark.is_some_and(|(_, s)| s as usize == side) {
                 x.lost_mark = None;
+                x.lost_bytes = 0;
             }
         }
     }

@@ -687,3 +687,42 @@ fn closed_flows_expire_after_the_closed_timeout_idle_ones_stay() {
     c.tick(300_000.0);
     assert_eq!(c.e.flows().len(), 0);
 }
+
+#[test]
+fn an_ack_past_a_hole_is_capture_loss_and_qualifies_later_verdicts() {
+    // A bulk transfer whose capture missed one segment: the segments after the hole come
+    // before the receiver's ACK, which then acknowledges the missing bytes (Wireshark: "ACKed
+    // segment that wasn't captured").
+    let mut c = established();
+    c.send(true, ACK, 1000, 0.1);
+    let _missed = c.seg(true, ACK, 1000);
+    for _ in 0..3 {
+        c.send(true, ACK, 1000, 0.1);
+    }
+    assert_ne!(c.send(false, ACK, 0, 0.2) & verdict::ACK_UNSEEN, 0);
+    let cap = c.e.stats().capture[0];
+    assert_eq!((cap.gap_events, cap.gap_bytes), (1, 1000), "{cap:?}");
+    assert!(cap.ack_events >= 4 && cap.loss_percent() > 0.0, "{cap:?}");
+    assert_eq!(c.count(Kind::CaptureLoss), 1);
+    // A verdict on this flow says the view has a hole.
+    c.s.mac = [2, 0, 0, 0, 0, 0x77];
+    c.send(false, RST | ACK, 0, 1.0);
+    let ev = c.e.drain_events();
+    let rst = ev.iter().find(|e| e.kind == Kind::RstForeignSender).unwrap();
+    assert_eq!(rst.details["capture_loss"], true);
+    assert!(rst.explanation.contains("missed data of this flow"), "{}", rst.explanation);
+
+    // Near miss: the hole filled by a retransmission before the ACK is network loss the
+    // sensor saw recovered, not capture loss; and nothing is qualified.
+    let mut c = established();
+    c.send(true, ACK, 1000, 0.1);
+    let missed = c.seg(true, ACK, 1000);
+    c.send(true, ACK, 1000, 0.1);
+    c.feed(&missed, 0.2);
+    assert_eq!(c.send(false, ACK, 0, 0.2) & verdict::ACK_UNSEEN, 0);
+    assert_eq!(c.e.stats().capture[0].gap_events, 0);
+    c.s.mac = [2, 0, 0, 0, 0, 0x77];
+    c.send(false, RST | ACK, 0, 1.0);
+    let ev = c.e.drain_events();
+    assert!(ev.iter().all(|e| e.details.get("capture_loss").is_none()), "{ev:?}");
+}

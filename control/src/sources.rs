@@ -1,0 +1,266 @@
+//! The inputs of `wirewatch analyze`: one capture file (or standard input) each, read and
+//! decoded in time order, with what the summary reports about the file's health: frames that
+//! carry no readable TCP (by cause), timestamps re-sorted, time jumps, and where it was cut.
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::Read;
+use std::path::Path;
+
+use dataplane::capture::{CaptureError, CaptureReader, CapturedFrame, Compression};
+use dataplane::packet::{decode, unread_cause, TcpPacket, Unread};
+use dataplane_common::Outcome;
+
+/// Bytes of each frame kept after decoding: what the evidence history stores.
+pub const KEEP: usize = dataplane::evidence::HIST_SNAP;
+
+/// Time going backwards by more than this is a time jump (../shared/DETECTIONS.md
+/// `time_jump`): a concatenated or merged capture, a clock step. Less is an interleaving
+/// (multi-queue capture, several writers) that the re-sort window puts back in order.
+pub const TIME_JUMP_NS: u64 = 1_000_000_000;
+/// A frame leaves the re-sort window once a frame this much later was read...
+pub const RESORT_WINDOW_NS: u64 = 10_000_000;
+/// ...or once the window holds this many frames (which bounds its memory: a frame keeps at
+/// most `KEEP` bytes).
+pub const RESORT_MAX_FRAMES: usize = 4096;
+
+/// A decoded frame waiting in (or leaving) the re-sort window.
+pub struct Ready {
+    pub ts_ns: u64,
+    /// 1-based record number in its file (tshark's frame.number).
+    pub frame_no: u64,
+    pub pkt: Result<TcpPacket, Outcome>,
+    pub len: u16,
+    pub bytes: [u8; KEEP],
+    /// Time jumped back before this frame: everything before it belongs to another timeline.
+    pub jump_from_ns: Option<u64>,
+}
+
+impl PartialEq for Ready {
+    fn eq(&self, o: &Self) -> bool {
+        (self.ts_ns, self.frame_no) == (o.ts_ns, o.frame_no)
+    }
+}
+impl Eq for Ready {}
+impl PartialOrd for Ready {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Ready {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.ts_ns, self.frame_no).cmp(&(o.ts_ns, o.frame_no))
+    }
+}
+
+/// Health of one input, as the summary shows it.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct InputHealth {
+    pub file: String,
+    pub compression: &'static str,
+    /// Records read.
+    pub frames: u64,
+    /// Frames carrying TCP the engine read.
+    pub tcp: u64,
+    /// Frames without readable TCP, by cause (see `dataplane::packet::Unread`).
+    pub not_ip: u64,
+    pub not_tcp: u64,
+    pub encapsulated: u64,
+    pub fragment: u64,
+    pub cut_short: u64,
+    pub malformed: u64,
+    /// Frames that arrived before a frame read earlier (by at most `TIME_JUMP_NS`), put back
+    /// in time order by the re-sort window.
+    pub resorted: u64,
+    /// Such frames older than what the window had already released: analysed out of order.
+    pub resort_overflow: u64,
+    /// Times the clock went back by more than `TIME_JUMP_NS`.
+    pub time_jumps: u64,
+    /// First and last packet time, ns since the epoch.
+    pub first_ns: Option<u64>,
+    pub last_ns: Option<u64>,
+    /// Where the file was cut, when it was.
+    pub cut_at: Option<u64>,
+    /// ACKs of data this file never showed (filled in from the engines at the end).
+    pub capture_loss: dataplane::engine::VantageCapture,
+    /// `capture_loss` as Zeek's percent_lost: the share of ACKs that acknowledged unseen data.
+    pub capture_loss_percent: f64,
+}
+
+impl InputHealth {
+    fn count(&mut self, u: Unread) {
+        *match u {
+            Unread::NotIp => &mut self.not_ip,
+            Unread::NotTcp => &mut self.not_tcp,
+            Unread::Encapsulated => &mut self.encapsulated,
+            Unread::Fragment => &mut self.fragment,
+            Unread::CutShort => &mut self.cut_short,
+            Unread::Malformed => &mut self.malformed,
+        } += 1;
+    }
+
+    /// Frames without readable TCP.
+    pub fn unread(&self) -> u64 {
+        self.not_ip
+            + self.not_tcp
+            + self.encapsulated
+            + self.fragment
+            + self.cut_short
+            + self.malformed
+    }
+}
+
+pub struct Source {
+    reader: CaptureReader<Box<dyn Read>>,
+    vantage: u16,
+    slot: CapturedFrame,
+    window: BinaryHeap<Reverse<Box<Ready>>>,
+    /// Released frames' boxes, reused (no allocation per frame once the window filled).
+    #[expect(clippy::vec_box, reason = "the boxes move between the window and this pool")]
+    spare: Vec<Box<Ready>>,
+    /// The latest time read, and the latest released.
+    max_read_ns: Option<u64>,
+    released_ns: u64,
+    /// The first frame after a time jump, held until the old timeline has left the window.
+    held: Option<Box<Ready>>,
+    done: bool,
+    /// Size of the file (None for standard input), for progress.
+    pub size: Option<u64>,
+    pub health: InputHealth,
+    /// Set when the input ended inside a record.
+    pub damage: Option<CaptureError>,
+}
+
+impl Source {
+    pub fn open(path: &Path, file: String, vantage: u16) -> Result<Self, CaptureError> {
+        let reader = CaptureReader::open(path)?;
+        let size = if path.as_os_str() == "-" {
+            None
+        } else {
+            std::fs::metadata(path).ok().filter(std::fs::Metadata::is_file).map(|m| m.len())
+        };
+        let compression = match reader.compression() {
+            Compression::None => "none",
+            c => c.name(),
+        };
+        Ok(Self {
+            reader,
+            vantage,
+            slot: CapturedFrame::default(),
+            window: BinaryHeap::new(),
+            spare: Vec::new(),
+            max_read_ns: None,
+            released_ns: 0,
+            held: None,
+            done: false,
+            size,
+            health: InputHealth { file, compression, ..Default::default() },
+            damage: None,
+        })
+    }
+
+    /// Bytes of the file read so far (compressed bytes for a compressed file).
+    pub fn bytes_read(&self) -> u64 {
+        self.reader.raw_read()
+    }
+
+    /// The next frame in time order; `None` at the end of the input (or at the cut of a
+    /// damaged one, see `damage`). Corruption is an error.
+    pub fn next(&mut self) -> Result<Option<Box<Ready>>, CaptureError> {
+        loop {
+            if let Some(Reverse(first)) = self.window.peek() {
+                let full = self.window.len() >= RESORT_MAX_FRAMES;
+                let aged = self
+                    .max_read_ns
+                    .is_some_and(|m| m.saturating_sub(first.ts_ns) > RESORT_WINDOW_NS);
+                // A jump waits until the old timeline has left the window.
+                if self.done || full || aged || self.held.is_some() {
+                    let Some(Reverse(r)) = self.window.pop() else { unreachable!() };
+                    self.released_ns = self.released_ns.max(r.ts_ns);
+                    return Ok(Some(r));
+                }
+            } else if let Some(r) = self.held.take() {
+                // The old timeline is out: the new one starts with the frame after the jump.
+                self.released_ns = 0;
+                self.window.push(Reverse(r));
+                continue;
+            } else if self.done {
+                return Ok(None);
+            }
+            match self.reader.next_frame_into(&mut self.slot) {
+                Ok(true) => {
+                    let r = self.ingest();
+                    if r.jump_from_ns.is_some() {
+                        self.held = Some(r);
+                    } else {
+                        self.window.push(Reverse(r));
+                    }
+                }
+                Ok(false) => self.done = true,
+                Err(e @ CaptureError::Truncated { .. }) => {
+                    if let CaptureError::Truncated { offset, .. } = &e {
+                        self.health.cut_at = Some(*offset);
+                    }
+                    self.damage = Some(e);
+                    self.done = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Gives a released frame's box back for reuse.
+    pub fn recycle(&mut self, r: Box<Ready>) {
+        if self.spare.len() < RESORT_MAX_FRAMES {
+            self.spare.push(r);
+        }
+    }
+
+    /// Decodes the frame in the slot into a box for the window.
+    fn ingest(&mut self) -> Box<Ready> {
+        let f = &self.slot;
+        let h = &mut self.health;
+        h.frames += 1;
+        let ts = f.ts_ns;
+        h.first_ns = Some(h.first_ns.map_or(ts, |x| x.min(ts)));
+        h.last_ns = Some(h.last_ns.map_or(ts, |x| x.max(ts)));
+        let mut jump_from_ns = None;
+        match self.max_read_ns {
+            Some(m) if ts.saturating_add(TIME_JUMP_NS) < m => {
+                h.time_jumps += 1;
+                jump_from_ns = Some(m);
+                self.max_read_ns = Some(ts);
+            }
+            Some(m) if ts < m => {
+                if ts < self.released_ns {
+                    h.resort_overflow += 1;
+                } else {
+                    h.resorted += 1;
+                }
+            }
+            _ => self.max_read_ns = Some(ts),
+        }
+        let pkt = decode(&f.data, f.orig_len, ts, self.vantage);
+        match &pkt {
+            Ok(_) => h.tcp += 1,
+            Err(o) => h.count(unread_cause(&f.data, f.orig_len, *o)),
+        }
+        let mut r = self.spare.pop().unwrap_or_else(|| {
+            Box::new(Ready {
+                ts_ns: 0,
+                frame_no: 0,
+                pkt: Err(Outcome::NonTcpPassed),
+                len: 0,
+                bytes: [0; KEEP],
+                jump_from_ns: None,
+            })
+        });
+        let keep = f.data.len().min(KEEP);
+        r.ts_ns = ts;
+        r.frame_no = h.frames;
+        r.pkt = pkt;
+        r.len = keep as u16;
+        r.bytes[..keep].copy_from_slice(&f.data[..keep]);
+        r.jump_from_ns = jump_from_ns;
+        r
+    }
+}
