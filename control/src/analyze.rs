@@ -223,6 +223,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
             // Learned from the whole input: every worker judges with the same answer.
             // Otherwise the rest of the input may still judge pairs the start left undecided.
             cfg.learn_vantage_relations = !first.complete;
+            cfg.vantage_ranges = first.ranges;
         }
     } else if !args.serial.is_empty() {
         anyhow::bail!("--serial relates two capture files; only one was given");

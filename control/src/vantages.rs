@@ -7,8 +7,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use dataplane::anomaly::paths::{Relation, VantageMatcher, VantageRelations};
-use dataplane::capture::{CaptureError, CaptureReader, CapturedFrame};
-use dataplane::packet::decode;
+use dataplane::capture::CaptureError;
+
+use crate::sources::Source;
 
 /// The first pass reads at most this many frames (all files together).
 pub const FIRST_PASS_FRAMES: u64 = 2_000_000;
@@ -47,10 +48,14 @@ pub fn serial_indices(pairs: &[(String, String)], names: &[String]) -> Result<Ve
 pub struct FirstPass {
     pub relations: VantageRelations,
     pub complete: bool,
+    /// Each file's first and last packet time, when the pass read them whole.
+    pub ranges: Option<Vec<(u64, u64)>>,
 }
 
-/// Reads the start of every file in time order and matches packets across them, as the
-/// engine will, to judge each pair of vantages.
+/// Reads the start of every file in time order (as `analyze` will: re-sorted, cut files
+/// read up to the cut) and matches packets across them, as the engine will, to judge each
+/// pair of vantages. Standard input cannot be read twice: with it, pairs are judged as the
+/// engines go.
 pub fn first_pass(
     files: &[PathBuf],
     serial: &[(u16, u16)],
@@ -60,47 +65,47 @@ pub fn first_pass(
     for &(a, b) in serial {
         relations.force_serial(a, b);
     }
-    let mut matcher = VantageMatcher::with_relations(relations, true);
-    let mut readers = Vec::with_capacity(files.len());
-    for f in files {
-        readers.push(CaptureReader::open(f)?);
+    if files.iter().any(|f| f.as_os_str() == "-") {
+        return Ok(FirstPass { relations, complete: false, ranges: None });
     }
-    let mut slots: Vec<Option<CapturedFrame>> = Vec::with_capacity(files.len());
-    // A file cut short ends at its cut here too (the analysis warns about it).
-    let next = |r: &mut CaptureReader<_>, f: &mut CapturedFrame| match r.next_frame_into(f) {
-        Err(CaptureError::Truncated { .. }) => Ok(false),
-        other => other,
-    };
-    for r in &mut readers {
-        let mut f = CapturedFrame::default();
-        slots.push(if next(r, &mut f)? { Some(f) } else { None });
+    let mut matcher = VantageMatcher::with_relations(relations, true);
+    let mut sources = Vec::with_capacity(files.len());
+    for (v, f) in files.iter().enumerate() {
+        sources.push(Source::open(f, f.display().to_string(), v as u16)?);
+    }
+    let mut heads = Vec::with_capacity(files.len());
+    for s in &mut sources {
+        heads.push(s.next()?);
     }
     let mut read = 0u64;
     let mut last_expire = 0u64;
     // Few files: a linear scan for the earliest frame is cheaper than a heap.
-    while let Some(v) = (0..slots.len())
-        .filter(|&v| slots[v].is_some())
-        .min_by_key(|&v| slots[v].as_ref().map_or(u64::MAX, |f| f.ts_ns))
+    while let Some(v) = (0..heads.len())
+        .filter(|&v| heads[v].is_some())
+        .min_by_key(|&v| heads[v].as_ref().map_or(u64::MAX, |r| r.ts_ns))
     {
         if read >= FIRST_PASS_FRAMES {
             matcher.finish(files.len());
-            return Ok(FirstPass { relations: matcher.relations, complete: false });
+            return Ok(FirstPass { relations: matcher.relations, complete: false, ranges: None });
         }
         read += 1;
-        let f = slots[v].as_mut().expect("chosen because it holds a frame");
-        if let Ok(p) = decode(&f.data, f.orig_len, f.ts_ns, v as u16) {
-            matcher.observe(&p, 0, 0);
+        let r = heads[v].take().expect("chosen because it holds a frame");
+        if let Ok(p) = &r.pkt {
+            matcher.observe(p, 0, 0);
             if p.ts_ns.saturating_sub(last_expire) >= 10_000_000 {
                 last_expire = p.ts_ns;
                 matcher.expire(p.ts_ns, window_ns, files.len());
             }
         }
-        if !next(&mut readers[v], f)? {
-            slots[v] = None;
-        }
+        sources[v].recycle(r);
+        heads[v] = sources[v].next()?;
     }
     matcher.finish(files.len());
-    Ok(FirstPass { relations: matcher.relations, complete: true })
+    let ranges = sources
+        .iter()
+        .map(|s| (s.health.first_ns.unwrap_or(u64::MAX), s.health.last_ns.unwrap_or(0)))
+        .collect();
+    Ok(FirstPass { relations: matcher.relations, complete: true, ranges: Some(ranges) })
 }
 
 /// One line per judged pair, for the summary.

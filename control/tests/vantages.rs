@@ -150,7 +150,8 @@ fn serve(ns: &Netns, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>>
 
 fn tcpdump(ns: &Netns, dev: &str, file: &Path) -> Child {
     ns.command("tcpdump")
-        .args(["-i", dev, "-s", "128", "-U", "-w"])
+        // Immediate mode: without it the last buffer is lost when tcpdump is stopped.
+        .args(["-i", dev, "-s", "128", "--immediate-mode", "-U", "-w"])
         .arg(file)
         .arg("tcp port 8080")
         .stdout(Stdio::null())

@@ -57,6 +57,9 @@ pub struct EngineConfig {
     /// what a first pass learned. `learn_vantage_relations` keeps learning from the traffic.
     pub vantage_relations: VantageRelations,
     pub learn_vantage_relations: bool,
+    /// Each vantage's capture time range, when known (capture files): no loss is inferred at
+    /// a vantage outside its range.
+    pub vantage_ranges: Option<Vec<(u64, u64)>>,
     /// Record a per-packet verdict (for `analyze --verdicts`).
     pub record_verdicts: bool,
     /// The seed of the events' Community ID (0 unless the other tools use another).
@@ -90,6 +93,7 @@ impl Default for EngineConfig {
             vantage_names: Vec::new(),
             vantage_relations: VantageRelations::default(),
             learn_vantage_relations: true,
+            vantage_ranges: None,
             record_verdicts: false,
             community_id_seed: 0,
             host: host_name(),
@@ -208,10 +212,16 @@ impl Engine {
             capture_lost: 0,
             capture: Vec::new(),
             dedup: MirrorDedup::new(1 << 14, cfg.mirror_window_ns),
-            matcher: VantageMatcher::with_relations(
-                cfg.vantage_relations.clone(),
-                cfg.learn_vantage_relations,
-            ),
+            matcher: {
+                let mut m = VantageMatcher::with_relations(
+                    cfg.vantage_relations.clone(),
+                    cfg.learn_vantage_relations,
+                );
+                if let Some(r) = &cfg.vantage_ranges {
+                    m.set_ranges(r.clone());
+                }
+                m
+            },
             history: History::with_memory(cfg.history_bytes),
             rate: cfg
                 .evidence_budget

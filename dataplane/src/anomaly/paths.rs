@@ -274,6 +274,12 @@ pub struct VantageMatcher {
     pub relations: VantageRelations,
     relations_fixed: bool,
     held: VecDeque<Held>,
+    /// Each vantage's latest packet time: a vantage whose capture ended (or whose link went
+    /// quiet) before a packet can neither miss it nor vouch for a pair.
+    last_seen: Vec<u64>,
+    /// Each vantage's capture time range, when known in advance (`analyze`'s first pass): a
+    /// packet outside a vantage's range cannot be missing there.
+    ranges: Option<Vec<(u64, u64)>>,
     pub stats: MatcherStats,
 }
 
@@ -337,6 +343,11 @@ impl VantageMatcher {
         VantageMatcher { relations, relations_fixed: !learn, ..Default::default() }
     }
 
+    /// The time range each vantage captured (index: vantage).
+    pub fn set_ranges(&mut self, ranges: Vec<(u64, u64)>) {
+        self.ranges = Some(ranges);
+    }
+
     /// Records a sighting of a packet at its vantage. `expected`: the vantages expected to see
     /// it, as learned by the caller from every packet (0: learn here, from this engine's).
     pub fn observe(&mut self, p: &TcpPacket, hist_id: u32, expected: u128) {
@@ -344,6 +355,11 @@ impl VantageMatcher {
         if expected == 0 {
             self.servers.learn(p);
         }
+        let v = usize::from(p.vantage.min(127));
+        if self.last_seen.len() <= v {
+            self.last_seen.resize(v + 1, 0);
+        }
+        self.last_seen[v] = self.last_seen[v].max(p.ts_ns);
         if p.ts_ns.saturating_sub(self.conns_since_ns) > CONN_GENERATION_NS
             || self.conns.len() >= CONN_GENERATION
         {
@@ -418,9 +434,17 @@ impl VantageMatcher {
         let (conn, dir) = Conn::of(&seen.pkt);
         let c = self.conns.get(&conn).or_else(|| self.conns_old.get(&conn)).copied();
         let carried = c.map_or(seen.vantages, |c| c.vantages);
+        // Learning trusts only vantages known to be capturing at the packet's time (a later
+        // packet of theirs came): one capture ending before another is not a disagreement.
+        let capturing = self
+            .last_seen
+            .iter()
+            .enumerate()
+            .filter(|(_, &l)| l >= t)
+            .fold(seen.vantages, |m, (v, _)| m | (1 << v));
         let answered = c.is_some_and(|c| c.dirs[1 - dir] != 0);
         if !self.relations_fixed {
-            self.relations.learn(carried, seen.vantages);
+            self.relations.learn(carried & capturing, seen.vantages);
         }
         if seen.vantages.is_power_of_two() && carried.count_ones() > 1 {
             self.note_alone(conn, dir, &seen, &mut out.splits);
@@ -438,7 +462,15 @@ impl VantageMatcher {
             && !seen.pkt.has(dataplane_common::tcp_flags::ACK)
             && !answered;
         let expected = if opening { learned } else { learned & carried };
-        let missing = expected & all & !seen.vantages;
+        // A vantage can miss the packet only while it was capturing (known ranges; live
+        // interfaces always are).
+        let in_range = self.ranges.as_ref().map_or(u128::MAX, |r| {
+            r.iter()
+                .enumerate()
+                .filter(|(_, &(a, b))| a <= t && t <= b)
+                .fold(0u128, |m, (v, _)| m | (1 << v))
+        });
+        let missing = expected & all & in_range & !seen.vantages;
         if missing != 0 {
             let m = Missing {
                 pkt: seen.pkt,
