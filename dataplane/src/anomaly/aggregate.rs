@@ -136,7 +136,7 @@ impl Aggregate {
         let distinct = self.sources.len();
         e.explanation = match self.kind {
             Kind::SynFlood => format!(
-                "{} SYNs from {}{distinct} sources to {}:{} went unanswered ({unanswered}) or were refused ({rejected}) between {} and {}: a SYN flood{}. The per-connection events are folded into this one.",
+                "{} connection attempts from {}{distinct} sources to {}:{} went unanswered ({unanswered}) or were refused ({rejected}) between {} and {}: a SYN flood{}. The per-connection events are folded into this one.",
                 self.count,
                 if distinct >= TOP_TRACKED { "at least " } else { "" },
                 e.dest_ip,
@@ -193,6 +193,7 @@ pub struct Aggregator {
     /// Every event waits the window, not only handshake failures: the output stays in time
     /// order (`analyze`). Live, other events leave at once.
     hold_all: bool,
+    last_sweep_ns: u64,
     pub stats: AggregateStats,
     /// Aggregate events reported, by kind.
     pub reported: [u64; super::KIND_COUNT],
@@ -213,7 +214,9 @@ impl Aggregator {
         self.now_ns = self.now_ns.max(e.time_last_ns);
         if held_kind(e.kind) {
             let absorbable = self.learn(&e) >= HOLD_FROM;
-            if !absorbable && !self.hold_all {
+            if absorbable && self.absorb(&e) {
+                // Its aggregate already exists: nothing to wait for.
+            } else if !absorbable && !self.hold_all {
                 out.push(e);
             } else if self.held.len() >= HELD_MAX {
                 self.stats.held_overflow += 1;
@@ -268,24 +271,27 @@ impl Aggregator {
         recent
     }
 
+    /// Folds `e` into the flood on its service or the scan from its source, if one exists.
+    fn absorb(&mut self, e: &Event) -> bool {
+        let a = match self.floods.get_mut(&(e.dest_ip, e.dest_port)) {
+            Some(a) => a,
+            None => match self.scans.get_mut(&e.src_ip) {
+                Some(a) => a,
+                None => return false,
+            },
+        };
+        a.absorb(e);
+        self.stats.absorbed += 1;
+        true
+    }
+
     fn release(&mut self, now_ns: u64, out: &mut Vec<Event>) {
         while let Some((e, _)) = self.held.front() {
             if now_ns != u64::MAX && now_ns.saturating_sub(e.time_last_ns) < AGGREGATE_WINDOW_NS {
                 break;
             }
             let (e, absorbable) = self.held.pop_front().expect("front exists");
-            if !absorbable {
-                out.push(e);
-                continue;
-            }
-            let service = (e.dest_ip, e.dest_port);
-            if let Some(a) = self.floods.get_mut(&service) {
-                a.absorb(&e);
-                self.stats.absorbed += 1;
-            } else if let Some(a) = self.scans.get_mut(&e.src_ip) {
-                a.absorb(&e);
-                self.stats.absorbed += 1;
-            } else {
+            if !absorbable || !self.absorb(&e) {
                 out.push(e);
             }
         }
@@ -323,8 +329,10 @@ impl Aggregator {
                 out.push(a.into_event());
             }
         }
-        // Forget services and sources that have been quiet for a window.
-        if now_ns == u64::MAX || self.services.len() + self.sources.len() > TRACKED_MAX {
+        // Forget services and sources that have been quiet for a window (swept once a window:
+        // a full table waits for the sweep, counting what it could not track).
+        if now_ns == u64::MAX || now_ns.saturating_sub(self.last_sweep_ns) >= AGGREGATE_WINDOW_NS {
+            self.last_sweep_ns = now_ns;
             let keep =
                 |last: u64| now_ns != u64::MAX && now_ns.saturating_sub(last) < AGGREGATE_WINDOW_NS;
             self.services.retain(|_, r| keep(r.last()));
