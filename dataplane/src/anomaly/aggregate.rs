@@ -301,33 +301,13 @@ impl Aggregator {
             now_ns == u64::MAX
                 || (now_ns.saturating_sub(last) >= AGGREGATE_WINDOW_NS && oldest_held > last)
         };
-        let services = &self.services;
-        let done: Vec<Service> = self
-            .floods
-            .iter()
-            .filter(|(s, a)| quiet(a.last_ns.max(services.get(*s).map_or(0, Recent::last))))
-            .map(|(s, _)| *s)
-            .collect();
-        for s in done {
-            let a = self.floods.remove(&s).expect("listed");
-            if a.count > 0 {
-                self.reported[a.kind as usize] += 1;
-                out.push(a.into_event());
-            }
-        }
-        let sources = &self.sources;
-        let done: Vec<IpAddr> = self
-            .scans
-            .iter()
-            .filter(|(s, a)| quiet(a.last_ns.max(sources.get(*s).map_or(0, Recent::last))))
-            .map(|(s, _)| *s)
-            .collect();
-        for s in done {
-            let a = self.scans.remove(&s).expect("listed");
-            if a.count > 0 {
-                self.reported[a.kind as usize] += 1;
-                out.push(a.into_event());
-            }
+        let mut ended = take_quiet(&mut self.floods, &self.services, &quiet);
+        ended.extend(take_quiet(&mut self.scans, &self.sources, &quiet));
+        // In time order, the same from run to run (the maps' order is not).
+        ended.sort_by_key(|a| (a.last_ns, a.kind as usize, a.first.time_first_ns));
+        for a in ended.into_iter().filter(|a| a.count > 0) {
+            self.reported[a.kind as usize] += 1;
+            out.push(a.into_event());
         }
         // Forget services and sources that have been quiet for a window (swept once a window:
         // a full table waits for the sweep, counting what it could not track).
@@ -339,4 +319,23 @@ impl Aggregator {
             self.sources.retain(|_, r| keep(r.last()));
         }
     }
+}
+
+/// Removes and returns the aggregates whose last event (absorbed, or seen on their key) is
+/// `quiet`.
+fn take_quiet<K, T>(
+    aggregates: &mut HashMap<K, Aggregate>,
+    recent: &HashMap<K, Recent<T>>,
+    quiet: &dyn Fn(u64) -> bool,
+) -> Vec<Aggregate>
+where
+    K: Copy + Eq + std::hash::Hash,
+    T: Copy + Eq + std::hash::Hash,
+{
+    let done: Vec<K> = aggregates
+        .iter()
+        .filter(|(k, a)| quiet(a.last_ns.max(recent.get(*k).map_or(0, Recent::last))))
+        .map(|(k, _)| *k)
+        .collect();
+    done.into_iter().filter_map(|k| aggregates.remove(&k)).collect()
 }
