@@ -16,6 +16,11 @@ export DEBIAN_FRONTEND=noninteractive
 
 # Tools: lintian from Debian, cargo-deb pinned.
 CARGO_DEB_VERSION=3.8.0
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+    log "installing systemd (for systemd-analyze)"
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends systemd >/dev/null
+fi
 if ! command -v lintian >/dev/null 2>&1; then
     log "installing lintian"
     apt-get update -qq
