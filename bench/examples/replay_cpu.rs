@@ -10,6 +10,15 @@ fn thread_cpu_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+#[inline(never)]
+fn replay_once(e: &mut Engine, cap: &gen::Capture) {
+    for i in 0..cap.frames.len() {
+        let (d, o, ts) = cap.frame(i);
+        e.process_frame(d, o, ts, 0, 0);
+    }
+    e.finish();
+}
+
 fn main() {
     let a: Vec<u64> = std::env::args().skip(1).filter_map(|s| s.parse().ok()).collect();
     let flows = a.first().copied().unwrap_or(100_000) as u32;
@@ -22,14 +31,13 @@ fn main() {
         128,
     )
     .unwrap();
-    for round in 0..3 {
+    // REPLAY_ROUNDS=1 under `valgrind --tool=callgrind --toggle-collect=*replay_once*`
+    // counts the engine's instructions alone.
+    let rounds = std::env::var("REPLAY_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    for round in 0..rounds {
         let mut e = Engine::new(EngineConfig { flow_capacity: 1 << 21, ..Default::default() }, 0);
         let t = thread_cpu_ns();
-        for i in 0..cap.frames.len() {
-            let (d, o, ts) = cap.frame(i);
-            e.process_frame(d, o, ts, 0, 0);
-        }
-        e.finish();
+        replay_once(&mut e, &cap);
         let ns = thread_cpu_ns() - t;
         println!(
             "round {round}: {:.0} ns/packet CPU, {:.2} Mpps per CPU-second ({} events)",

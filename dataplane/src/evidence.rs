@@ -35,7 +35,9 @@ impl History {
 
     pub fn with_memory(bytes: usize) -> Self {
         let n = (bytes / Self::ENTRY_BYTES).max(64);
-        Self { ring: Vec::with_capacity(n), next: 0, pos: 0 }
+        let ring = Vec::with_capacity(n);
+        crate::mem::advise_huge(ring.as_ptr(), n);
+        Self { ring, next: 0, pos: 0 }
     }
 
     fn cap(&self) -> usize {

@@ -105,11 +105,15 @@ impl FlowTable {
         // multiply-shift of the hash.
         let slots = (capacity * 4 / 3).max(64).next_multiple_of(16);
         let pos_bits = usize::BITS - capacity.leading_zeros();
+        let slab = Vec::with_capacity(capacity);
+        let index = vec![0u32; slots].into_boxed_slice();
+        crate::mem::advise_huge(slab.as_ptr(), capacity);
+        crate::mem::advise_huge(index.as_ptr(), slots);
         Self {
-            slab: Vec::with_capacity(capacity),
+            slab,
             live: vec![0; capacity.div_ceil(64)],
             free: FREE_END,
-            index: vec![0u32; slots].into_boxed_slice(),
+            index,
             pos_bits,
             len: 0,
             capacity,
