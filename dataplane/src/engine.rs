@@ -161,6 +161,8 @@ pub struct EngineStats {
 const HOUSEKEEPING_NS: u64 = 10_000_000;
 /// Armed side state (RST pairing waits) is expired this often.
 const SIDE_EXPIRY_NS: u64 = 1_000_000_000;
+/// The wheel is never swept below this many timers (a sweep then costs nothing worth saving).
+const MIN_TIMER_SWEEP: usize = 1 << 16;
 /// Handshake RTT samples kept between two drains (the live path drains every batch).
 const MAX_SAMPLES: usize = 4096;
 
@@ -171,6 +173,8 @@ pub struct Engine {
     side: SidePool<FlowExtra>,
     macs: MacTable,
     timers: TimerWheel,
+    /// Timer count at which stale timers are swept out (see `arm_timer`).
+    timers_sweep_at: usize,
     epoch: u8,
     counters: [u64; KIND_COUNT],
     undecodable: [u64; OUTCOME_COUNT as usize],
@@ -205,6 +209,7 @@ impl Engine {
             side: SidePool::new(cfg.side_capacity),
             macs: MacTable::new(),
             timers: TimerWheel::new(),
+            timers_sweep_at: MIN_TIMER_SWEEP,
             epoch: 0,
             counters: [0; KIND_COUNT],
             undecodable: [0; OUTCOME_COUNT as usize],
@@ -523,7 +528,7 @@ impl Engine {
         }
         let evidence_pending = rec.flags & conn_flags::EVIDENCE_PENDING != 0;
         if now_state.is_half_open() && !was.is_half_open() {
-            self.timers.arm(
+            self.arm_timer(
                 p.ts_ns.saturating_add(self.cfg.handshake_timeout_ns),
                 flow_ref,
                 TimerKind::Handshake,
@@ -565,7 +570,29 @@ impl Engine {
         r.flags ^= conn_flags::EXPIRY_GEN;
         let gen = r.flags & conn_flags::EXPIRY_GEN != 0;
         let fr = self.flows.flow_ref(slot);
-        self.timers.arm(deadline_ns, fr, TimerKind::Expiry { gen });
+        self.arm_timer(deadline_ns, fr, TimerKind::Expiry { gen });
+    }
+
+    /// Arms a timer; when the wheel holds half again as many timers as there are flows (a live
+    /// flow has one timer pending, rarely two), sweeps out the stale ones (of evicted flows,
+    /// superseded expiry checks) first. Under a SYN flood every evicted flow leaves its timer
+    /// behind; this keeps the wheel near one timer per flow at an amortized O(1) per arm.
+    fn arm_timer(&mut self, deadline_ns: u64, flow: TableRef, kind: TimerKind) {
+        if self.timers.len() >= self.timers_sweep_at {
+            let flows = &self.flows;
+            self.timers.retain(|t| {
+                flows.resolve(t.flow()).is_some_and(|s| match t.kind() {
+                    // Still due to end the handshake and arm the flow's expiry.
+                    TimerKind::Handshake => true,
+                    TimerKind::Expiry { gen } => {
+                        (flows.get(s).flags & conn_flags::EXPIRY_GEN != 0) == gen
+                    }
+                })
+            });
+            let live = self.timers.len().max(self.flows.len());
+            self.timers_sweep_at = (live + live / 2).max(MIN_TIMER_SWEEP);
+        }
+        self.timers.arm(deadline_ns, flow, kind);
     }
 
     /// Handshake RTTs and zero-window durations (ns) measured since the last call.

@@ -36,7 +36,6 @@ impl History {
     pub fn with_memory(bytes: usize) -> Self {
         let n = (bytes / Self::ENTRY_BYTES).max(64);
         let ring = Vec::with_capacity(n);
-        crate::mem::advise_huge(ring.as_ptr(), n);
         Self { ring, next: 0, pos: 0 }
     }
 

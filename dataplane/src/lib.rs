@@ -7,7 +7,6 @@ pub mod engine;
 pub mod evidence;
 pub mod flow;
 pub mod loader;
-pub mod mem;
 pub mod netns;
 pub mod packet;
 pub mod pcapng;

@@ -107,8 +107,6 @@ impl FlowTable {
         let pos_bits = usize::BITS - capacity.leading_zeros();
         let slab = Vec::with_capacity(capacity);
         let index = vec![0u32; slots].into_boxed_slice();
-        crate::mem::advise_huge(slab.as_ptr(), capacity);
-        crate::mem::advise_huge(index.as_ptr(), slots);
         Self {
             slab,
             live: vec![0; capacity.div_ceil(64)],

@@ -102,6 +102,26 @@ impl TimerWheel {
         }
     }
 
+    /// Drops every timer `keep` refuses (timers of flows that have gone, expiry checks a newer
+    /// one superseded), keeping the others in their order, and hands the buckets' spare room
+    /// back. Timers are never cancelled one by one (a flow's timers are not findable), so the
+    /// owner calls this when stale timers pile up — under a SYN flood every evicted flow
+    /// leaves one behind — at a size that amortizes the sweep over the arms that made them.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Timer) -> bool) {
+        let mut kept = 0;
+        for bucket in &mut self.buckets {
+            bucket.retain(&mut keep);
+            if bucket.capacity() > 2 * bucket.len() + 16 {
+                bucket.shrink_to(bucket.len() + bucket.len() / 4);
+            }
+            kept += bucket.len();
+        }
+        self.current.retain(&mut keep);
+        self.current.shrink_to(self.current.len() + self.current.len() / 4);
+        kept += self.current.len();
+        self.len = kept;
+    }
+
     /// The next timer with a deadline ≤ `now_ns`, in deadline order.
     #[inline]
     pub fn pop_due(&mut self, now_ns: u64) -> Option<Timer> {
@@ -175,6 +195,32 @@ mod tests {
 
     fn r(i: u32) -> FlowRef {
         FlowRef { slot: i, tag: i }
+    }
+
+    /// Dropping timers keeps the rest firing in (deadline, arming order) and counted.
+    #[test]
+    fn retain_keeps_the_order_of_the_rest() {
+        let mut w = TimerWheel::new();
+        let mut want = Vec::new();
+        for i in 0..5000u32 {
+            // Deadlines spread over two revolutions, many ties.
+            let d = 1_000_000_000 + u64::from(i % 97) * 400_000_000;
+            w.arm(d, r(i), TimerKind::Handshake);
+            if i % 3 != 0 {
+                want.push((d, i));
+            }
+        }
+        // Some of them in `current` already.
+        assert!(w.pop_due(1_000_000_000).is_some_and(|t| t.flow().slot == 0));
+        w.retain(|t| t.flow().slot % 3 != 0);
+        assert_eq!(w.len(), want.len());
+        want.sort_by_key(|&(d, i)| (d, i));
+        let mut got = Vec::new();
+        while let Some(t) = w.pop_due(u64::MAX) {
+            got.push((t.deadline_ns, t.flow().slot));
+        }
+        assert_eq!(got, want);
+        assert!(w.is_empty());
     }
 
     /// The wheel against a trivially correct model: every timer fires exactly once, in
