@@ -1,8 +1,7 @@
 //! The inputs of `wirewatch analyze`: one capture file (or standard input) each, read and
 //! decoded in time order, with what the summary reports about the file's health: frames that
 //! carry no readable TCP (by cause), timestamps re-sorted, time jumps, and where it was cut.
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::VecDeque;
 use std::io::Read;
 use std::path::Path;
 
@@ -113,7 +112,10 @@ pub struct Source {
     reader: CaptureReader<Box<dyn Read>>,
     vantage: u16,
     slot: CapturedFrame,
-    window: BinaryHeap<Reverse<Box<Ready>>>,
+    /// Frames read and not yet released, in time order (then record number). Captures are
+    /// nearly always in order already: a frame goes on the back in O(1), and only one that
+    /// arrived early is inserted in place.
+    window: VecDeque<Box<Ready>>,
     /// Released frames' boxes, reused (no allocation per frame once the window filled).
     #[expect(clippy::vec_box, reason = "the boxes move between the window and this pool")]
     spare: Vec<Box<Ready>>,
@@ -146,7 +148,7 @@ impl Source {
             reader,
             vantage,
             slot: CapturedFrame::default(),
-            window: BinaryHeap::new(),
+            window: VecDeque::new(),
             spare: Vec::new(),
             max_read_ns: None,
             released_ns: 0,
@@ -167,21 +169,21 @@ impl Source {
     /// damaged one, see `damage`). Corruption is an error.
     pub fn next(&mut self) -> Result<Option<Box<Ready>>, CaptureError> {
         loop {
-            if let Some(Reverse(first)) = self.window.peek() {
+            if let Some(first) = self.window.front() {
                 let full = self.window.len() >= RESORT_MAX_FRAMES;
                 let aged = self
                     .max_read_ns
                     .is_some_and(|m| m.saturating_sub(first.ts_ns) > RESORT_WINDOW_NS);
                 // A jump waits until the old timeline has left the window.
                 if self.done || full || aged || self.held.is_some() {
-                    let Some(Reverse(r)) = self.window.pop() else { unreachable!() };
+                    let Some(r) = self.window.pop_front() else { unreachable!() };
                     self.released_ns = self.released_ns.max(r.ts_ns);
                     return Ok(Some(r));
                 }
             } else if let Some(r) = self.held.take() {
                 // The old timeline is out: the new one starts with the frame after the jump.
                 self.released_ns = 0;
-                self.window.push(Reverse(r));
+                self.window.push_back(r);
                 continue;
             } else if self.done {
                 return Ok(None);
@@ -192,7 +194,7 @@ impl Source {
                     if r.jump_from_ns.is_some() {
                         self.held = Some(r);
                     } else {
-                        self.window.push(Reverse(r));
+                        self.enqueue(r);
                     }
                 }
                 Ok(false) => self.done = true,
@@ -205,6 +207,16 @@ impl Source {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Puts a frame in the window at its place in time order.
+    fn enqueue(&mut self, r: Box<Ready>) {
+        if self.window.back().is_none_or(|last| **last <= *r) {
+            self.window.push_back(r);
+        } else {
+            let at = self.window.partition_point(|x| **x <= *r);
+            self.window.insert(at, r);
         }
     }
 
