@@ -35,37 +35,80 @@ const TOP_TRACKED: usize = 4096;
 type Service = (IpAddr, u16);
 
 struct Recent<T: Copy + Eq + std::hash::Hash> {
+    /// The only sighting, while there is one: a spoofed flood brings tens of thousands of
+    /// sources seen once each, which then cost no allocation (~40 B instead of ~450 B).
+    one: Option<(u64, T)>,
+    /// From the second sighting on.
+    many: Option<Box<Sightings<T>>>,
+}
+
+struct Sightings<T: Copy + Eq + std::hash::Hash> {
     events: VecDeque<(u64, T)>,
     distinct: HashMap<T, u32>,
 }
 
 impl<T: Copy + Eq + std::hash::Hash> Default for Recent<T> {
     fn default() -> Self {
-        Recent { events: VecDeque::new(), distinct: HashMap::new() }
+        Recent { one: None, many: None }
     }
 }
 
 impl<T: Copy + Eq + std::hash::Hash> Recent<T> {
     /// Adds one sighting at `t` and returns the distinct values within the window.
     fn add(&mut self, t: u64, v: T) -> usize {
-        while let Some(&(old, x)) = self.events.front() {
-            if t.saturating_sub(old) <= AGGREGATE_WINDOW_NS && self.events.len() < RECENT_MAX {
-                break;
-            }
-            self.events.pop_front();
-            if let Some(n) = self.distinct.get_mut(&x) {
-                *n -= 1;
-                if *n == 0 {
-                    self.distinct.remove(&x);
+        if self.many.is_none() {
+            match self.one {
+                // The first sighting has left the window: this one replaces it.
+                None => {
+                    self.one = Some((t, v));
+                    return 1;
+                }
+                Some((old, _)) if t.saturating_sub(old) > AGGREGATE_WINDOW_NS => {
+                    self.one = Some((t, v));
+                    return 1;
+                }
+                Some(first) => {
+                    let mut m = Sightings { events: VecDeque::new(), distinct: HashMap::new() };
+                    m.push(first.0, first.1);
+                    self.many = Some(Box::new(m));
+                    self.one = None;
                 }
             }
         }
+        let m = self.many.as_mut().expect("set above");
+        while let Some(&(old, x)) = m.events.front() {
+            if t.saturating_sub(old) <= AGGREGATE_WINDOW_NS && m.events.len() < RECENT_MAX {
+                break;
+            }
+            m.events.pop_front();
+            if let Some(n) = m.distinct.get_mut(&x) {
+                *n -= 1;
+                if *n == 0 {
+                    m.distinct.remove(&x);
+                }
+            }
+        }
+        m.push(t, v);
+        m.distinct.len()
+    }
+
+    /// Sightings remembered.
+    fn len(&self) -> usize {
+        self.many.as_ref().map_or(usize::from(self.one.is_some()), |m| m.events.len())
+    }
+
+    fn last(&self) -> u64 {
+        match &self.many {
+            Some(m) => m.events.back().map_or(0, |e| e.0),
+            None => self.one.map_or(0, |e| e.0),
+        }
+    }
+}
+
+impl<T: Copy + Eq + std::hash::Hash> Sightings<T> {
+    fn push(&mut self, t: u64, v: T) {
         self.events.push_back((t, v));
         *self.distinct.entry(v).or_default() += 1;
-        self.distinct.len()
-    }
-    fn last(&self) -> u64 {
-        self.events.back().map_or(0, |e| e.0)
     }
 }
 
@@ -251,7 +294,7 @@ impl Aggregator {
         if self.services.len() < TRACKED_MAX || self.services.contains_key(&service) {
             let r = self.services.entry(service).or_default();
             let n = r.add(t, e.src_ip);
-            recent = recent.max(r.events.len());
+            recent = recent.max(r.len());
             if n >= FLOOD_SOURCES && !self.floods.contains_key(&service) {
                 self.floods.insert(service, Aggregate::new(Kind::SynFlood, e));
             }
@@ -261,7 +304,7 @@ impl Aggregator {
         if self.sources.len() < TRACKED_MAX || self.sources.contains_key(&e.src_ip) {
             let r = self.sources.entry(e.src_ip).or_default();
             let n = r.add(t, service);
-            recent = recent.max(r.events.len());
+            recent = recent.max(r.len());
             if n >= SCAN_PORTS && !self.scans.contains_key(&e.src_ip) {
                 self.scans.insert(e.src_ip, Aggregate::new(Kind::PortScan, e));
             }
