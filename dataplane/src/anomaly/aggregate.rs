@@ -382,3 +382,28 @@ where
         .collect();
     done.into_iter().filter_map(|k| aggregates.remove(&k)).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Recent, AGGREGATE_WINDOW_NS};
+
+    /// The inline first sighting counts like the queue it replaces: distinct values within
+    /// the window, a sighting that left the window forgotten, repeats not counted twice.
+    #[test]
+    fn recent_counts_distinct_values_within_the_window() {
+        let w = AGGREGATE_WINDOW_NS;
+        let mut r: Recent<u16> = Recent::default();
+        assert_eq!(r.add(0, 1), 1);
+        assert_eq!((r.len(), r.last()), (1, 0));
+        // The first left the window: the second replaces it.
+        assert_eq!(r.add(w + 1, 2), 1);
+        assert_eq!((r.len(), r.last()), (1, w + 1));
+        // Within the window: two distinct, then a repeat.
+        assert_eq!(r.add(w + 2, 3), 2);
+        assert_eq!(r.add(w + 3, 3), 2);
+        assert_eq!(r.len(), 3);
+        // Much later: everything before has left the window.
+        assert_eq!(r.add(3 * w + 10, 4), 1);
+        assert_eq!((r.len(), r.last()), (1, 3 * w + 10));
+    }
+}
