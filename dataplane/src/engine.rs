@@ -837,6 +837,7 @@ impl Engine {
             vantage,
             count: d.count,
             fingerprints: d.fingerprints,
+            culprit: d.culprit,
             explanation: d.explanation,
             details: d.details,
             evidence,

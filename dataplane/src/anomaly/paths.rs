@@ -2,7 +2,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 
-use super::{mac_str, Ctx, Detection, Kind};
+use super::{mac_str, Ctx, Culprit, Detection, Kind, Role};
 use crate::flow::{conn_flags, dir_flags};
 use crate::packet::TcpPacket;
 
@@ -20,19 +20,27 @@ pub fn on_packet(c: &mut Ctx<'_>) {
     let before_unknown = !d.dst_mac().is_known() && c.macs.overflowed > 0;
     if d.dst_mac() != c.dst_mac && !this_unknown && !before_unknown {
         let prev = c.macs.get(d.dst_mac());
+        // Two connections on one tuple (tuple_reuse) arrive over their own paths: the
+        // collision explains the next-hop change, not a split.
+        let collision = c.flow.flags & conn_flags::REUSE_REPORTED != 0;
         let dm = &mut c.flow.dirs[s];
         dm.count_mac_switch();
         // One switch is a route change; switching back and forth is a split.
-        if dm.mac_switches() >= 2 && dm.flags & dir_flags::SPLIT_REPORTED == 0 {
+        if dm.mac_switches() >= 2 && dm.flags & dir_flags::SPLIT_REPORTED == 0 && !collision {
             dm.flags |= dir_flags::SPLIT_REPORTED;
             c.count(Kind::SplitPath);
             let from = c.endpoint(s);
             let to = c.endpoint(c.other());
+            let cul = Culprit::new(Role::ParallelPaths)
+                .at(c.key.endpoint(c.other()))
+                .evidence(format!("next hop {}", mac_str(&prev)))
+                .evidence(format!("next hop {}", mac_str(&p.dst_mac)));
             c.found.push(
                 Detection::new(
                     Kind::SplitPath,
+                    cul.clone(),
                     format!(
-                        "Packets from {from} to {to} alternate between next hops {} and {}: one flow is being sprayed over several paths or backends (ECMP/LAG hashing per packet, or a load balancer without flow affinity).",
+                        "Packets from {from} to {to} alternate between next hops {} and {}: one flow is being sprayed over {cul} (ECMP/LAG hashing per packet, or a load balancer without flow affinity).",
                         mac_str(&prev),
                         mac_str(&p.dst_mac)
                     ),
@@ -58,10 +66,12 @@ pub fn check_one_sided(c: &mut Ctx<'_>) {
         c.count(Kind::OneSided);
         let from = c.endpoint(c.side);
         let to = c.endpoint(c.other());
+        let cul = Culprit::new(Role::Sensor).evidence(format!("only {from} → {to} seen"));
         let mut d = Detection::new(
             Kind::OneSided,
+            cul.clone(),
             format!(
-                "Only {from} → {to} is visible ({:.1} s of data, nothing back): asymmetric routing, or the span port misses one direction. Sensor health, not a network fault.",
+                "Only {from} → {to} is visible ({:.1} s of data, nothing back): asymmetric routing, or the span port misses one direction — {cul}. Sensor health, not a network fault.",
                 age as f64 / 1e9
             ),
         );
@@ -604,14 +614,20 @@ pub fn lost_detection(m: &Missing, names: &[String]) -> Detection {
     } else {
         format!("segment SEQ {} ({} bytes)", p.seq, p.payload_len)
     };
+    let mut between = vec![name(m.seen_at)];
+    between.extend(missing.iter().cloned());
+    let cul = Culprit::new(Role::FilterBetween)
+        .at((p.dst, p.dport))
+        .vantages(between)
+        .evidence(format!("{what} seen at {}", name(m.seen_at)))
+        .evidence(format!("not seen at {}", missing.join(", ")));
     Detection::new(
         Kind::LostBetweenSensors,
+        cul.clone(),
         format!(
-            "{what} from {}:{} to {}:{} was seen at {} but never at {}: it was dropped between those two points (a firewall, router or link there).",
-            p.src,
-            p.sport,
-            p.dst,
-            p.dport,
+            "{what} from {} to {} was seen at {} but never at {}: it was dropped by {cul} (a firewall, router or link there).",
+            super::endpoint_str(p.src, p.sport),
+            super::endpoint_str(p.dst, p.dport),
             name(m.seen_at),
             missing.join(", ")
         ),
@@ -624,11 +640,18 @@ pub fn split_detection(s: &Split, names: &[String]) -> Detection {
     let name = |v: u16| names.get(v as usize).cloned().unwrap_or_else(|| format!("vantage {v}"));
     let p = &s.pkt;
     let (a, b) = (name(s.vantages[0]), name(s.vantages[1]));
+    let cul = Culprit::new(Role::ParallelPaths)
+        .at((p.dst, p.dport))
+        .vantages(vec![a.clone(), b.clone()])
+        .evidence(format!("packets of one direction seen only at {a}"))
+        .evidence(format!("others only at {b}"));
     Detection::new(
         Kind::SplitPath,
+        cul.clone(),
         format!(
-            "Packets from {}:{} to {}:{} reach both {a} and {b}, some only one and some only the other: one direction of the flow is split over two parallel paths or backends (ECMP/LAG hashing per packet, or a load balancer without flow affinity).",
-            p.src, p.sport, p.dst, p.dport
+            "Packets from {} to {} reach both {a} and {b}, some only one and some only the other: one direction of the flow is split over {cul}, two parallel paths or backends (ECMP/LAG hashing per packet, or a load balancer without flow affinity).",
+            super::endpoint_str(p.src, p.sport),
+            super::endpoint_str(p.dst, p.dport)
         ),
     )
     .detail("vantages", vec![a, b])
