@@ -933,3 +933,55 @@ fn a_collision_over_two_links_is_not_a_split() {
         }
     }
 }
+
+/// The handshake timer's syn_unanswered names the vantage that saw the flow, not the first
+/// one (issue 12 item 3): a SYN seen only at the second of three sensors, and one seen at the
+/// first and third; the control, a SYN answered at the second, stays quiet.
+#[test]
+fn the_handshake_timer_names_the_vantage_that_saw_the_syn() {
+    for v6 in [false, true] {
+        let names = vec!["edge".to_string(), "core".to_string(), "dc".to_string()];
+        let mut c = Conv::with(EngineConfig {
+            vantage_names: names,
+            record_verdicts: true,
+            ..Default::default()
+        });
+        if v6 {
+            c.c.addr = "fd00::1".parse().unwrap();
+            c.s.addr = "fd00::2".parse().unwrap();
+        }
+        c.vantage = 1;
+        c.send(true, SYN, 0, 0.0);
+        // Another client, answered at core: the control.
+        c.c.port = 40001;
+        c.c.seq = 9000;
+        c.handshake();
+        // A third client whose SYN edge and dc both saw (serial sensors).
+        c.c.port = 40002;
+        c.c.seq = 19_000;
+        let syn = c.seg(true, SYN, 0);
+        c.vantage = 0;
+        c.feed(&syn, 1.0);
+        c.vantage = 2;
+        c.feed(&syn, 0.2);
+        c.tick(3_500.0);
+        let ev: Vec<Event> =
+            c.events().into_iter().filter(|e| e.kind == Kind::SynUnanswered).collect();
+        let at = |port: u16| -> Vec<String> {
+            let mut v: Vec<String> = ev
+                .iter()
+                .filter(|e| e.src_port == port)
+                .inspect(|e| {
+                    assert_eq!(e.culprit.role, Role::FilterBetween);
+                    assert_eq!(e.culprit.addr, Some(c.s.addr));
+                })
+                .map(|e| e.vantage.clone())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(at(40000), ["core"], "v6 {v6}: {ev:#?}");
+        assert!(at(40001).is_empty(), "v6 {v6}: the answered SYN: {ev:#?}");
+        assert_eq!(at(40002), ["dc", "edge"], "v6 {v6}: {ev:#?}");
+    }
+}
