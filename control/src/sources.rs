@@ -4,7 +4,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use dataplane::capture::{CaptureError, CaptureReader, CapturedFrame, Compression};
 use dataplane::packet::{decode, unread_cause, TcpPacket, Unread};
@@ -55,7 +55,12 @@ impl Ord for Ready {
 /// Health of one input, as the summary shows it.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct InputHealth {
+    /// The vantage's name (its file's name, or the first of its rotated files').
     pub file: String,
+    /// The files read one after the other as this one vantage (rotated files of one sensor,
+    /// or `--vantage NAME=FILE,…`), in time order; empty for a single file.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
     pub compression: &'static str,
     /// Records read.
     pub frames: u64,
@@ -111,6 +116,8 @@ impl InputHealth {
 
 pub struct Source {
     reader: CaptureReader<Box<dyn Read>>,
+    /// Files of the same vantage still to read, in time order (rotated files of one sensor).
+    pending: std::collections::VecDeque<PathBuf>,
     vantage: u16,
     slot: CapturedFrame,
     window: BinaryHeap<Reverse<Box<Ready>>>,
@@ -125,6 +132,8 @@ pub struct Source {
     done: bool,
     /// Size of the file (None for standard input), for progress.
     pub size: Option<u64>,
+    /// Bytes read from the vantage's files already finished.
+    done_bytes: u64,
     pub health: InputHealth,
     /// Set when the input ended inside a record.
     pub damage: Option<CaptureError>,
@@ -144,6 +153,7 @@ impl Source {
         };
         Ok(Self {
             reader,
+            pending: std::collections::VecDeque::new(),
             vantage,
             slot: CapturedFrame::default(),
             window: BinaryHeap::new(),
@@ -153,14 +163,40 @@ impl Source {
             held: None,
             done: false,
             size,
+            done_bytes: 0,
             health: InputHealth { file, compression, ..Default::default() },
             damage: None,
         })
     }
 
+    /// One vantage read from several files in turn (`paths` in time order, not overlapping:
+    /// the rotated files of one sensor), as if they were one capture; frames are numbered
+    /// across them (as mergecap would).
+    pub fn open_chain(paths: &[PathBuf], name: String, vantage: u16) -> Result<Self, CaptureError> {
+        let (first, rest) = paths.split_first().expect("a vantage has at least one file");
+        let mut me = Self::open(first, name, vantage)?;
+        me.pending = rest.iter().cloned().collect();
+        me.size = paths
+            .iter()
+            .map(|p| std::fs::metadata(p).ok().filter(std::fs::Metadata::is_file).map(|m| m.len()))
+            .sum();
+        if !rest.is_empty() {
+            me.health.files = paths.iter().map(|p| p.display().to_string()).collect();
+        }
+        Ok(me)
+    }
+
     /// Bytes of the file read so far (compressed bytes for a compressed file).
     pub fn bytes_read(&self) -> u64 {
-        self.reader.raw_read()
+        self.done_bytes + self.reader.raw_read()
+    }
+
+    /// Moves on to the vantage's next file, if any: true if there is one.
+    fn next_file(&mut self) -> Result<bool, CaptureError> {
+        let Some(p) = self.pending.pop_front() else { return Ok(false) };
+        self.done_bytes += self.reader.raw_read();
+        self.reader = CaptureReader::open(&p)?;
+        Ok(true)
     }
 
     /// The next frame in time order; `None` at the end of the input (or at the cut of a
@@ -195,13 +231,14 @@ impl Source {
                         self.window.push(Reverse(r));
                     }
                 }
-                Ok(false) => self.done = true,
+                Ok(false) => self.done = !self.next_file()?,
                 Err(e @ CaptureError::Truncated { .. }) => {
                     if let CaptureError::Truncated { offset, .. } = &e {
                         self.health.cut_at = Some(*offset);
                     }
                     self.damage = Some(e);
-                    self.done = true;
+                    // A rotated file cut short (its writer was killed) ends its own part only.
+                    self.done = !self.next_file()?;
                 }
                 Err(e) => return Err(e),
             }

@@ -3,7 +3,7 @@
 //! its own share of the traffic). `analyze` learns it in a first pass over the start of the
 //! input, so every worker judges losses the same way from the first packet; `--serial A,B`
 //! names a pair serial whatever the traffic says.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use dataplane::anomaly::paths::{Relation, VantageMatcher, VantageRelations};
@@ -44,6 +44,234 @@ pub fn serial_indices(pairs: &[(String, String)], names: &[String]) -> Result<Ve
     pairs.iter().map(|(a, b)| Ok((index(a)?, index(b)?))).collect()
 }
 
+/// One vantage of an analysis: its name (as events and the summary show it) and its files,
+/// read one after the other in time order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VantageInput {
+    pub name: String,
+    pub files: Vec<PathBuf>,
+}
+
+/// `--vantage NAME=FILE,FILE…`.
+pub fn vantage_arg(s: &str) -> Result<(String, Vec<PathBuf>), String> {
+    let Some((name, files)) = s.split_once('=') else {
+        return Err(format!("'{s}' is not NAME=FILE[,FILE…] (e.g. edge=edge-0.pcap,edge-1.pcap)"));
+    };
+    let files: Vec<PathBuf> =
+        files.split(',').filter(|f| !f.is_empty()).map(PathBuf::from).collect();
+    if name.is_empty() || name.contains(',') || files.is_empty() {
+        return Err(format!("'{s}' is not NAME=FILE[,FILE…] (e.g. edge=edge-0.pcap,edge-1.pcap)"));
+    }
+    if files.iter().any(|f| f.as_os_str() == "-") {
+        return Err(format!("'{s}': standard input cannot be part of a vantage of several files"));
+    }
+    Ok((name.to_string(), files))
+}
+
+/// What says two files come from one sensor: how the capture was taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Identity {
+    pcapng: bool,
+    linktype: u32,
+    snaplen: u32,
+    /// pcapng: the first interface's name (if_name), if it has one.
+    if_name: Option<String>,
+}
+
+/// The capture parameters in a plain pcap or pcapng file's header (None: compressed, standard
+/// input, or unreadable here — such a file stays a vantage of its own).
+fn identity(path: &Path) -> Option<Identity> {
+    use std::io::Read as _;
+    if path.as_os_str() == "-" {
+        return None;
+    }
+    let mut head = Vec::with_capacity(4096);
+    std::fs::File::open(path).ok()?.take(65_536).read_to_end(&mut head).ok()?;
+    let u32_at = |b: &[u8], at: usize, be: bool| -> Option<u32> {
+        let x: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
+        Some(if be { u32::from_be_bytes(x) } else { u32::from_le_bytes(x) })
+    };
+    let u16_at = |b: &[u8], at: usize, be: bool| -> Option<u16> {
+        let x: [u8; 2] = b.get(at..at + 2)?.try_into().ok()?;
+        Some(if be { u16::from_be_bytes(x) } else { u16::from_le_bytes(x) })
+    };
+    match u32_at(&head, 0, false)? {
+        m @ (0xa1b2_c3d4 | 0xa1b2_3c4d | 0xd4c3_b2a1 | 0x4d3c_b2a1) => {
+            let be = matches!(m, 0xd4c3_b2a1 | 0x4d3c_b2a1);
+            Some(Identity {
+                pcapng: false,
+                snaplen: u32_at(&head, 16, be)?,
+                linktype: u32_at(&head, 20, be)? & 0x0fff_ffff,
+                if_name: None,
+            })
+        }
+        0x0a0d_0d0a => {
+            let be = u32_at(&head, 8, false)? != 0x1a2b_3c4d;
+            let shb_len = u32_at(&head, 4, be)? as usize;
+            // The first interface description block (type 1) after the section header.
+            let mut at = shb_len;
+            loop {
+                let kind = u32_at(&head, at, be)?;
+                let len = u32_at(&head, at + 4, be)? as usize;
+                if len < 12 || !len.is_multiple_of(4) {
+                    return None;
+                }
+                if kind == 1 {
+                    let body = head.get(at + 8..at + len - 4)?;
+                    let linktype = u32::from(u16_at(body, 0, be)?);
+                    let snaplen = u32_at(body, 4, be)?;
+                    let mut if_name = None;
+                    let mut o = 8;
+                    while o + 4 <= body.len() {
+                        let code = u16_at(body, o, be)?;
+                        let olen = usize::from(u16_at(body, o + 2, be)?);
+                        if code == 0 {
+                            break;
+                        }
+                        if code == 2 {
+                            let v = body.get(o + 4..o + 4 + olen)?;
+                            if_name = Some(String::from_utf8_lossy(v).into_owned());
+                        }
+                        o += 4 + olen.div_ceil(4) * 4;
+                    }
+                    return Some(Identity { pcapng: true, linktype, snaplen, if_name });
+                }
+                at += len;
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The first and last packet time of a file (None: no packets).
+fn time_range(path: &Path) -> Result<Option<(u64, u64)>, CaptureError> {
+    let mut r = dataplane::capture::CaptureReader::open(path)?;
+    let mut f = dataplane::capture::CapturedFrame::default();
+    let mut range: Option<(u64, u64)> = None;
+    loop {
+        match r.next_frame_into(&mut f) {
+            Ok(true) => {
+                range = Some(
+                    range.map_or((f.ts_ns, f.ts_ns), |(a, b)| (a.min(f.ts_ns), b.max(f.ts_ns))),
+                );
+            }
+            Ok(false) | Err(CaptureError::Truncated { .. }) => return Ok(range),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The vantages of an analysis. Files named by `--vantage NAME=FILE,…` form those vantages;
+/// of the others, files taken the same way (same format, link type and snap length; pcapng:
+/// the same interface name) whose time ranges do not overlap are one sensor's rotated files
+/// (`tcpdump -C/-G`, editcap): one vantage, named after its first file, read in time order.
+/// Every other file is a vantage of its own.
+pub fn group(
+    files: &[PathBuf],
+    named: &[(String, Vec<PathBuf>)],
+) -> Result<Vec<VantageInput>, GroupError> {
+    let mut out: Vec<VantageInput> = Vec::new();
+    for (name, fs) in named {
+        if out.iter().any(|v| &v.name == name) {
+            return Err(GroupError::Usage(format!("--vantage names '{name}' twice")));
+        }
+        let mut timed = Vec::new();
+        for f in fs {
+            timed.push((time_range(f)?.map_or(0, |r| r.0), f.clone()));
+        }
+        timed.sort_by_key(|t| t.0);
+        out.push(VantageInput {
+            name: name.clone(),
+            files: timed.into_iter().map(|t| t.1).collect(),
+        });
+    }
+    for f in files {
+        if named.iter().any(|(_, fs)| fs.contains(f)) {
+            return Err(GroupError::Usage(format!(
+                "{} is given both on its own and in --vantage: give it once",
+                f.display()
+            )));
+        }
+    }
+    // Candidates for merging, with what they were taken with and when.
+    let mut cands = Vec::new();
+    let several = files.len() > 1;
+    for (order, f) in files.iter().enumerate() {
+        let id = if several { identity(f) } else { None };
+        let range = if id.is_some() { time_range(f)? } else { None };
+        cands.push(Cand { order, id, range, file: f.clone() });
+    }
+    // In time order, each file joins the first group of its kind that ended before it began.
+    let mut by_time: Vec<&Cand> = cands.iter().collect();
+    by_time.sort_by_key(|c| (c.range.map_or(u64::MAX, |r| r.0), c.order));
+    let mut groups: Vec<Group> = Vec::new();
+    for c in by_time {
+        let joined = match (&c.id, c.range) {
+            (Some(id), Some((first, last))) => groups.iter_mut().find_map(|g| match &mut g.1 {
+                Some((gid, end)) if gid == id && *end <= first => {
+                    *end = last;
+                    Some(&mut g.2)
+                }
+                _ => None,
+            }),
+            _ => None,
+        };
+        match joined {
+            Some(fs) => fs.push(c.file.clone()),
+            None => {
+                groups.push((
+                    c.order,
+                    c.id.clone().zip(c.range.map(|r| r.1)),
+                    vec![c.file.clone()],
+                ));
+            }
+        }
+    }
+    // Vantages in the order their first file was given.
+    groups.sort_by_key(|g| g.0);
+    for (_, _, fs) in groups {
+        let name = file_name(&fs[0]);
+        let name =
+            if out.iter().any(|v| v.name == name) { fs[0].display().to_string() } else { name };
+        out.push(VantageInput { name, files: fs });
+    }
+    if out.len() > dataplane::flow::MAX_VANTAGES {
+        return Err(GroupError::Usage(format!(
+            "{} vantages given ({} files); analyze matches at most {} vantages at once: name the files of one sensor with --vantage NAME=FILE,FILE… or merge them first (mergecap)",
+            out.len(),
+            files.len() + named.iter().map(|n| n.1.len()).sum::<usize>(),
+            dataplane::flow::MAX_VANTAGES
+        )));
+    }
+    Ok(out)
+}
+
+/// A file that may join others as one vantage: its place in the arguments, how it was
+/// taken, and when.
+struct Cand {
+    order: usize,
+    id: Option<Identity>,
+    range: Option<(u64, u64)>,
+    file: PathBuf,
+}
+
+/// Files grouped as one vantage so far: the first one's place in the arguments, how they were
+/// taken and when the last one ends, and the files in time order.
+type Group = (usize, Option<(Identity, u64)>, Vec<PathBuf>);
+
+/// A file's name as the summary and events show it.
+pub fn file_name(p: &Path) -> String {
+    p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+}
+
 /// What the first pass learned, and whether it read the whole input.
 pub struct FirstPass {
     pub relations: VantageRelations,
@@ -57,7 +285,7 @@ pub struct FirstPass {
 /// pair of vantages. Standard input cannot be read twice: with it, pairs are judged as the
 /// engines go.
 pub fn first_pass(
-    files: &[PathBuf],
+    vantages: &[VantageInput],
     serial: &[(u16, u16)],
     window_ns: u64,
 ) -> Result<FirstPass, CaptureError> {
@@ -65,13 +293,14 @@ pub fn first_pass(
     for &(a, b) in serial {
         relations.force_serial(a, b);
     }
-    if files.iter().any(|f| f.as_os_str() == "-") {
+    if vantages.iter().flat_map(|v| &v.files).any(|f| f.as_os_str() == "-") {
         return Ok(FirstPass { relations, complete: false, ranges: None });
     }
+    let files = vantages;
     let mut matcher = VantageMatcher::with_relations(relations, true);
     let mut sources = Vec::with_capacity(files.len());
     for (v, f) in files.iter().enumerate() {
-        sources.push(Source::open(f, f.display().to_string(), v as u16)?);
+        sources.push(Source::open_chain(&f.files, f.name.clone(), v as u16)?);
     }
     let mut heads = Vec::with_capacity(files.len());
     for s in &mut sources {
