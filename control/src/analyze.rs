@@ -216,13 +216,16 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
             cfg.vantage_relations = relations;
             cfg.learn_vantage_relations = true;
         } else {
-            let first = crate::vantages::first_pass(&vantages, &serial, cfg.vantage_window_ns)
-                .map_err(BadInput)?;
+            let first = crate::vantages::first_pass(&vantages, &serial).map_err(BadInput)?;
             cfg.vantage_relations = first.relations;
             // Learned from the whole input: every worker judges with the same answer.
             // Otherwise the rest of the input may still judge pairs the start left undecided.
             cfg.learn_vantage_relations = !first.complete;
             cfg.vantage_ranges = first.ranges;
+            // Each vantage's clock is brought to the first one's before matching.
+            for (src, &o) in sources.iter_mut().zip(&first.offsets) {
+                src.shift_ns = o;
+            }
         }
     } else if !args.serial.is_empty() {
         anyhow::bail!("--serial relates two capture files; only one was given");

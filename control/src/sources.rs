@@ -134,6 +134,8 @@ pub struct Source {
     pub size: Option<u64>,
     /// Bytes read from the vantage's files already finished.
     done_bytes: u64,
+    /// This vantage's clock offset from the reference vantage (ns), removed from its times.
+    pub shift_ns: i64,
     pub health: InputHealth,
     /// Set when the input ended inside a record.
     pub damage: Option<CaptureError>,
@@ -164,6 +166,7 @@ impl Source {
             done: false,
             size,
             done_bytes: 0,
+            shift_ns: 0,
             health: InputHealth { file, compression, ..Default::default() },
             damage: None,
         })
@@ -257,7 +260,7 @@ impl Source {
         let f = &self.slot;
         let h = &mut self.health;
         h.frames += 1;
-        let ts = f.ts_ns;
+        let ts = f.ts_ns.saturating_add_signed(-self.shift_ns);
         h.first_ns = Some(h.first_ns.map_or(ts, |x| x.min(ts)));
         h.last_ns = Some(h.last_ns.map_or(ts, |x| x.max(ts)));
         let mut jump_from_ns = None;

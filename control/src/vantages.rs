@@ -145,17 +145,40 @@ fn identity(path: &Path) -> Option<Identity> {
 
 /// The first and last packet time of a file (None: no packets).
 fn time_range(path: &Path) -> Result<Option<(u64, u64)>, CaptureError> {
+    scan(path, 0).map(|(r, _)| r)
+}
+
+/// TCP packets of a file remembered to tell one sensor's rotated files (each packet in one
+/// file only) from two sensors of the same traffic whose clocks differ (the same packets in
+/// both, at other times).
+const SIGNATURES: usize = 4096;
+
+type Signatures = std::collections::HashSet<u64>;
+
+/// A file's time range and the signatures of its first `keep` TCP packets (what survives
+/// forwarding: addresses, ports, SEQ, ACK, IP-ID, flags, length).
+fn scan(path: &Path, keep: usize) -> Result<(Option<(u64, u64)>, Signatures), CaptureError> {
+    use std::hash::{Hash, Hasher};
     let mut r = dataplane::capture::CaptureReader::open(path)?;
     let mut f = dataplane::capture::CapturedFrame::default();
     let mut range: Option<(u64, u64)> = None;
+    let mut sigs = Signatures::new();
     loop {
         match r.next_frame_into(&mut f) {
             Ok(true) => {
-                range = Some(
-                    range.map_or((f.ts_ns, f.ts_ns), |(a, b)| (a.min(f.ts_ns), b.max(f.ts_ns))),
-                );
+                let t = f.ts_ns;
+                range = Some(range.map_or((t, t), |(a, b)| (a.min(t), b.max(t))));
+                if sigs.len() < keep {
+                    if let Ok(p) = dataplane::packet::decode(&f.data, f.orig_len, t, 0) {
+                        let mut h = std::collections::hash_map::DefaultHasher::new();
+                        (p.src, p.dst, p.sport, p.dport, p.seq.0, p.ack.0, p.ip_id, p.flags)
+                            .hash(&mut h);
+                        p.payload_len.hash(&mut h);
+                        sigs.insert(h.finish());
+                    }
+                }
             }
-            Ok(false) | Err(CaptureError::Truncated { .. }) => return Ok(range),
+            Ok(false) | Err(CaptureError::Truncated { .. }) => return Ok((range, sigs)),
             Err(e) => return Err(e),
         }
     }
@@ -198,38 +221,37 @@ pub fn group(
     let several = files.len() > 1;
     for (order, f) in files.iter().enumerate() {
         let id = if several { identity(f) } else { None };
-        let range = if id.is_some() { time_range(f)? } else { None };
-        cands.push(Cand { order, id, range, file: f.clone() });
+        let (range, sigs) = if id.is_some() { scan(f, SIGNATURES)? } else { Default::default() };
+        cands.push(Cand { order, id, range, sigs, file: f.clone() });
     }
-    // In time order, each file joins the first group of its kind that ended before it began.
-    let mut by_time: Vec<&Cand> = cands.iter().collect();
-    by_time.sort_by_key(|c| (c.range.map_or(u64::MAX, |r| r.0), c.order));
+    // In time order, each file joins the first group of its kind that ended before it began
+    // and whose last file does not hold its packets (a second sensor whose clock is off by
+    // more than the captures last would otherwise look like a continuation).
+    let mut by_time: Vec<usize> = (0..cands.len()).collect();
+    by_time.sort_by_key(|&i| (cands[i].range.map_or(u64::MAX, |r| r.0), cands[i].order));
     let mut groups: Vec<Group> = Vec::new();
-    for c in by_time {
+    for i in by_time {
+        let c = &cands[i];
         let joined = match (&c.id, c.range) {
-            (Some(id), Some((first, last))) => groups.iter_mut().find_map(|g| match &mut g.1 {
-                Some((gid, end)) if gid == id && *end <= first => {
-                    *end = last;
-                    Some(&mut g.2)
-                }
-                _ => None,
+            (Some(id), Some((first, _))) => groups.iter_mut().find(|g| {
+                let prev = &cands[g.last];
+                prev.id.as_ref() == Some(id)
+                    && prev.range.is_some_and(|(_, end)| end <= first)
+                    && repeats(&prev.sigs, &c.sigs) * 10 < c.sigs.len().max(1)
             }),
             _ => None,
         };
         match joined {
-            Some(fs) => fs.push(c.file.clone()),
-            None => {
-                groups.push((
-                    c.order,
-                    c.id.clone().zip(c.range.map(|r| r.1)),
-                    vec![c.file.clone()],
-                ));
+            Some(g) => {
+                g.last = i;
+                g.files.push(c.file.clone());
             }
+            None => groups.push(Group { order: c.order, last: i, files: vec![c.file.clone()] }),
         }
     }
     // Vantages in the order their first file was given.
-    groups.sort_by_key(|g| g.0);
-    for (_, _, fs) in groups {
+    groups.sort_by_key(|g| g.order);
+    for Group { files: fs, .. } in groups {
         let name = file_name(&fs[0]);
         let name =
             if out.iter().any(|v| v.name == name) { fs[0].display().to_string() } else { name };
@@ -252,12 +274,23 @@ struct Cand {
     order: usize,
     id: Option<Identity>,
     range: Option<(u64, u64)>,
+    /// Signatures of its first TCP packets (see [`SIGNATURES`]).
+    sigs: Signatures,
     file: PathBuf,
 }
 
-/// Files grouped as one vantage so far: the first one's place in the arguments, how they were
-/// taken and when the last one ends, and the files in time order.
-type Group = (usize, Option<(Identity, u64)>, Vec<PathBuf>);
+/// Files grouped as one vantage so far: the first one's place in the arguments, the last
+/// one's (a candidate index), and the files in time order.
+struct Group {
+    order: usize,
+    last: usize,
+    files: Vec<PathBuf>,
+}
+
+/// How many of `b`'s signatures `a` holds too.
+fn repeats(a: &Signatures, b: &Signatures) -> usize {
+    b.iter().filter(|x| a.contains(x)).count()
+}
 
 /// A file's name as the summary and events show it.
 pub fn file_name(p: &Path) -> String {
@@ -276,28 +309,66 @@ pub enum GroupError {
 pub struct FirstPass {
     pub relations: VantageRelations,
     pub complete: bool,
-    /// Each file's first and last packet time, when the pass read them whole.
+    /// Each file's first and last packet time, when the pass read them whole (in vantage 0's
+    /// clock: the offsets removed).
     pub ranges: Option<Vec<(u64, u64)>>,
+    /// Each vantage's clock minus vantage 0's (ns): what `analyze` removes from its times.
+    pub offsets: Vec<i64>,
+}
+
+/// Each vantage's clock offset from vantage 0, from the pairs' estimates: a vantage is
+/// reached through pairs with at least `LOSS_MIN_MATCHES` matched packets (else 0).
+fn offsets_from_zero(pairs: &[(u16, u16, i64, u32)], n: usize) -> Vec<i64> {
+    let mut off: Vec<Option<i64>> = vec![None; n];
+    if n == 0 {
+        return Vec::new();
+    }
+    off[0] = Some(0);
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for &(a, b, d, m) in pairs {
+            if m < dataplane::anomaly::paths::LOSS_MIN_MATCHES {
+                continue;
+            }
+            let (a, b) = (usize::from(a), usize::from(b));
+            match (off.get(a).copied().flatten(), off.get(b).copied().flatten()) {
+                (Some(x), None) if b < n => {
+                    off[b] = Some(x + d);
+                    changed = true;
+                }
+                (None, Some(y)) if a < n => {
+                    off[a] = Some(y - d);
+                    changed = true;
+                }
+                _ => {}
+            }
+        }
+    }
+    off.into_iter().map(|o| o.unwrap_or(0)).collect()
 }
 
 /// Reads the start of every file in time order (as `analyze` will: re-sorted, cut files
-/// read up to the cut) and matches packets across them, as the engine will, to judge each
-/// pair of vantages. Standard input cannot be read twice: with it, pairs are judged as the
-/// engines go.
+/// read up to the cut) and matches packets across them within ±30 s, to judge each pair of
+/// vantages and estimate their clock offsets. Standard input cannot be read twice: with it,
+/// pairs are judged as the engines go.
 pub fn first_pass(
     vantages: &[VantageInput],
     serial: &[(u16, u16)],
-    window_ns: u64,
 ) -> Result<FirstPass, CaptureError> {
     let mut relations = VantageRelations::default();
     for &(a, b) in serial {
         relations.force_serial(a, b);
     }
     if vantages.iter().flat_map(|v| &v.files).any(|f| f.as_os_str() == "-") {
-        return Ok(FirstPass { relations, complete: false, ranges: None });
+        return Ok(FirstPass { relations, complete: false, ranges: None, offsets: Vec::new() });
     }
     let files = vantages;
+    // Packets are matched across ±30 s here, so that clocks far apart still match (the
+    // offsets found are removed before the analysis proper matches within the window).
+    let window_ns = dataplane::anomaly::paths::CLOCK_SEARCH_NS;
     let mut matcher = VantageMatcher::with_relations(relations, true);
+    matcher.clock = Some(dataplane::anomaly::paths::ClockSamples::default());
     let mut sources = Vec::with_capacity(files.len());
     for (v, f) in files.iter().enumerate() {
         sources.push(Source::open_chain(&f.files, f.name.clone(), v as u16)?);
@@ -315,7 +386,7 @@ pub fn first_pass(
     {
         if read >= FIRST_PASS_FRAMES {
             matcher.finish(files.len());
-            return Ok(FirstPass { relations: matcher.relations, complete: false, ranges: None });
+            return Ok(settle(matcher, files.len(), false, None));
         }
         read += 1;
         let r = heads[v].take().expect("chosen because it holds a frame");
@@ -334,7 +405,33 @@ pub fn first_pass(
         .iter()
         .map(|s| (s.health.first_ns.unwrap_or(u64::MAX), s.health.last_ns.unwrap_or(0)))
         .collect();
-    Ok(FirstPass { relations: matcher.relations, complete: true, ranges: Some(ranges) })
+    Ok(settle(matcher, files.len(), true, Some(ranges)))
+}
+
+/// The first pass's answer: the clock offsets, and the pairs judged again with the offsets
+/// removed — a pair whose clocks differ by more than the vantage window matched nothing while
+/// the offsets were unknown, so it is judged from the matches the wide search made.
+fn settle(
+    matcher: VantageMatcher,
+    n: usize,
+    complete: bool,
+    ranges: Option<Vec<(u64, u64)>>,
+) -> FirstPass {
+    let pairs = matcher
+        .clock
+        .as_ref()
+        .map(dataplane::anomaly::paths::ClockSamples::offsets)
+        .unwrap_or_default();
+    let offsets = offsets_from_zero(&pairs, n);
+    let mut relations = matcher.relations;
+    relations.set_offsets(offsets.clone());
+    let ranges = ranges.map(|r| {
+        r.into_iter()
+            .zip(&offsets)
+            .map(|((a, b), &o)| (a.saturating_add_signed(-o), b.saturating_add_signed(-o)))
+            .collect()
+    });
+    FirstPass { relations, complete, ranges, offsets }
 }
 
 /// One line per judged pair, for the summary.
@@ -346,6 +443,7 @@ pub fn describe(relations: &VantageRelations, names: &[String]) -> Vec<serde_jso
         .map(|(a, b, rel, shared, both)| {
             serde_json::json!({
                 "vantages": [name(a), name(b)],
+                "clock_offset_s": relations.offset_between(a, b) as f64 / 1e9,
                 "relation": match rel {
                     Relation::Serial => "serial",
                     Relation::Parallel => "parallel",
