@@ -13,6 +13,10 @@ use crate::sources::Source;
 
 /// The first pass reads at most this many frames (all files together).
 pub const FIRST_PASS_FRAMES: u64 = 2_000_000;
+/// Packets the first pass keeps waiting for their match (about 250 bytes each); past it,
+/// the search span shrinks to `FIRST_PASS_DENSE_WINDOW_NS`.
+const FIRST_PASS_PENDING_MAX: usize = 1 << 19;
+const FIRST_PASS_DENSE_WINDOW_NS: u64 = 1_000_000_000;
 
 /// `--serial A,B`: two vantage names, comma-separated.
 pub fn serial_pair(s: &str) -> Result<(String, String), String> {
@@ -394,7 +398,14 @@ pub fn first_pass(
             matcher.observe(p, 0, 0);
             if p.ts_ns.saturating_sub(last_expire) >= 10_000_000 {
                 last_expire = p.ts_ns;
-                matcher.expire(p.ts_ns, window_ns, files.len());
+                // Bounded memory: an input too dense to hold 30 s of packets is searched
+                // within a shorter span.
+                let w = if matcher.pending_len() > FIRST_PASS_PENDING_MAX {
+                    FIRST_PASS_DENSE_WINDOW_NS
+                } else {
+                    window_ns
+                };
+                matcher.expire(p.ts_ns, w, files.len());
             }
         }
         sources[v].recycle(r);

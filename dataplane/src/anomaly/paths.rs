@@ -439,6 +439,11 @@ impl VantageMatcher {
         VantageMatcher { relations, relations_fixed: !learn, ..Default::default() }
     }
 
+    /// Packets waiting for their window to close.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
     /// The time range each vantage captured (index: vantage).
     pub fn set_ranges(&mut self, ranges: Vec<(u64, u64)>) {
         self.ranges = Some(ranges);
