@@ -20,8 +20,17 @@ pub struct AnalyzeArgs {
     /// pcap or pcapng files, plain or compressed with gzip or zstd (told by their first
     /// bytes); `-` reads standard input. Several files are several vantage points of the same
     /// traffic (e.g. both sides of a firewall): packets are matched across them.
-    #[arg(required = true, value_name = "FILE")]
+    /// Files of one sensor rotated by size or time (`tcpdump -C/-G`, editcap: the same link
+    /// type and snap length, pcapng the same interface name, time ranges that do not overlap)
+    /// are one vantage, read in time order; the summary lists them.
+    #[arg(required_unless_present = "vantage", value_name = "FILE")]
     pub files: Vec<PathBuf>,
+    /// One vantage made of these files, read one after the other in time order, named NAME
+    /// in events and the summary. Repeatable; overrides the automatic grouping for the files
+    /// it names.
+    #[arg(long = "vantage", value_name = "NAME=FILE,FILE…",
+          value_parser = crate::vantages::vantage_arg)]
+    pub vantage: Vec<(String, Vec<PathBuf>)>,
     /// Worker threads, 1 to 64; flows are sharded over them (default: one per CPU, at most 64).
     #[arg(long, value_name = "N", allow_negative_numbers = true,
           value_parser = crate::options::whole::<usize>(1, 64, "workers"))]
@@ -165,31 +174,21 @@ struct WorkerResult {
 
 #[expect(clippy::needless_pass_by_value, reason = "the command owns its parsed arguments")]
 pub fn analyze(args: AnalyzeArgs) -> Result<()> {
-    if args.files.len() > dataplane::flow::MAX_VANTAGES {
-        anyhow::bail!(
-            "{} capture files given; analyze matches at most {} vantages at once: merge files of one sensor first (mergecap)",
-            args.files.len(),
-            dataplane::flow::MAX_VANTAGES
-        );
-    }
-    let names: Vec<String> = args
-        .files
-        .iter()
-        .map(|p| {
-            p.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| p.display().to_string())
-        })
-        .collect();
     if args.files.iter().filter(|p| p.as_os_str() == "-").count() > 1 {
         return Err(Usage(
             "`-` (standard input) given more than once: it can be read only once".into(),
         )
         .into());
     }
+    let vantages = crate::vantages::group(&args.files, &args.vantage).map_err(|e| match e {
+        crate::vantages::GroupError::Usage(m) => anyhow::Error::from(Usage(m)),
+        crate::vantages::GroupError::Capture(c) => BadInput(c).into(),
+    })?;
+    let names: Vec<String> = vantages.iter().map(|v| v.name.clone()).collect();
     let mut sources = Vec::new();
-    for (v, p) in args.files.iter().enumerate() {
-        sources.push(Source::open(p, names[v].clone(), v as u16).map_err(BadInput)?);
+    for (v, input) in vantages.iter().enumerate() {
+        sources
+            .push(Source::open_chain(&input.files, names[v].clone(), v as u16).map_err(BadInput)?);
     }
     let workers = args
         .workers
@@ -207,7 +206,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     args.thresholds.apply(&mut cfg);
     if names.len() > 1 {
         let serial = crate::vantages::serial_indices(&args.serial, &names)?;
-        if args.files.iter().any(|p| p.as_os_str() == "-") {
+        if vantages.iter().flat_map(|v| &v.files).any(|p| p.as_os_str() == "-") {
             // Standard input can be read once: the relations are learned as it is analysed
             // (the --serial pairs are given).
             let mut relations = dataplane::anomaly::paths::VantageRelations::default();
@@ -217,13 +216,16 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
             cfg.vantage_relations = relations;
             cfg.learn_vantage_relations = true;
         } else {
-            let first = crate::vantages::first_pass(&args.files, &serial, cfg.vantage_window_ns)
-                .map_err(BadInput)?;
+            let first = crate::vantages::first_pass(&vantages, &serial).map_err(BadInput)?;
             cfg.vantage_relations = first.relations;
             // Learned from the whole input: every worker judges with the same answer.
             // Otherwise the rest of the input may still judge pairs the start left undecided.
             cfg.learn_vantage_relations = !first.complete;
             cfg.vantage_ranges = first.ranges;
+            // Each vantage's clock is brought to the first one's before matching.
+            for (src, &o) in sources.iter_mut().zip(&first.offsets) {
+                src.shift_ns = o;
+            }
         }
     } else if !args.serial.is_empty() {
         anyhow::bail!("--serial relates two capture files; only one was given");
@@ -735,6 +737,14 @@ impl Summary<'_> {
                 format!(" ({})", h.compression)
             };
             writeln!(out, "  {}{compressed}: {} frames, {} TCP", h.file, h.frames, h.tcp)?;
+            if !h.files.is_empty() {
+                writeln!(
+                    out,
+                    "    one vantage of {} files read in time order (one sensor's rotated captures, or --vantage): {}",
+                    h.files.len(),
+                    h.files.join(", ")
+                )?;
+            }
             if h.unread() > 0 {
                 writeln!(
                     out,

@@ -3,7 +3,7 @@
 //! carry no readable TCP (by cause), timestamps re-sorted, time jumps, and where it was cut.
 use std::collections::VecDeque;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use dataplane::capture::{CaptureError, CaptureReader, CapturedFrame, Compression};
 use dataplane::packet::{decode, unread_cause, TcpPacket, Unread};
@@ -54,7 +54,12 @@ impl Ord for Ready {
 /// Health of one input, as the summary shows it.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct InputHealth {
+    /// The vantage's name (its file's name, or the first of its rotated files').
     pub file: String,
+    /// The files read one after the other as this one vantage (rotated files of one sensor,
+    /// or `--vantage NAME=FILE,…`), in time order; empty for a single file.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
     pub compression: &'static str,
     /// Records read.
     pub frames: u64,
@@ -110,6 +115,8 @@ impl InputHealth {
 
 pub struct Source {
     reader: CaptureReader<Box<dyn Read>>,
+    /// Files of the same vantage still to read, in time order (rotated files of one sensor).
+    pending: std::collections::VecDeque<PathBuf>,
     vantage: u16,
     slot: CapturedFrame,
     /// Frames read and not yet released, in time order (then record number). Captures are
@@ -127,6 +134,10 @@ pub struct Source {
     done: bool,
     /// Size of the file (None for standard input), for progress.
     pub size: Option<u64>,
+    /// Bytes read from the vantage's files already finished.
+    done_bytes: u64,
+    /// This vantage's clock offset from the reference vantage (ns), removed from its times.
+    pub shift_ns: i64,
     pub health: InputHealth,
     /// Set when the input ended inside a record.
     pub damage: Option<CaptureError>,
@@ -146,6 +157,7 @@ impl Source {
         };
         Ok(Self {
             reader,
+            pending: std::collections::VecDeque::new(),
             vantage,
             slot: CapturedFrame::default(),
             window: VecDeque::new(),
@@ -155,14 +167,41 @@ impl Source {
             held: None,
             done: false,
             size,
+            done_bytes: 0,
+            shift_ns: 0,
             health: InputHealth { file, compression, ..Default::default() },
             damage: None,
         })
     }
 
+    /// One vantage read from several files in turn (`paths` in time order, not overlapping:
+    /// the rotated files of one sensor), as if they were one capture; frames are numbered
+    /// across them (as mergecap would).
+    pub fn open_chain(paths: &[PathBuf], name: String, vantage: u16) -> Result<Self, CaptureError> {
+        let (first, rest) = paths.split_first().expect("a vantage has at least one file");
+        let mut me = Self::open(first, name, vantage)?;
+        me.pending = rest.iter().cloned().collect();
+        me.size = paths
+            .iter()
+            .map(|p| std::fs::metadata(p).ok().filter(std::fs::Metadata::is_file).map(|m| m.len()))
+            .sum();
+        if !rest.is_empty() {
+            me.health.files = paths.iter().map(|p| p.display().to_string()).collect();
+        }
+        Ok(me)
+    }
+
     /// Bytes of the file read so far (compressed bytes for a compressed file).
     pub fn bytes_read(&self) -> u64 {
-        self.reader.raw_read()
+        self.done_bytes + self.reader.raw_read()
+    }
+
+    /// Moves on to the vantage's next file, if any: true if there is one.
+    fn next_file(&mut self) -> Result<bool, CaptureError> {
+        let Some(p) = self.pending.pop_front() else { return Ok(false) };
+        self.done_bytes += self.reader.raw_read();
+        self.reader = CaptureReader::open(&p)?;
+        Ok(true)
     }
 
     /// The next frame in time order; `None` at the end of the input (or at the cut of a
@@ -197,13 +236,14 @@ impl Source {
                         self.enqueue(r);
                     }
                 }
-                Ok(false) => self.done = true,
+                Ok(false) => self.done = !self.next_file()?,
                 Err(e @ CaptureError::Truncated { .. }) => {
                     if let CaptureError::Truncated { offset, .. } = &e {
                         self.health.cut_at = Some(*offset);
                     }
                     self.damage = Some(e);
-                    self.done = true;
+                    // A rotated file cut short (its writer was killed) ends its own part only.
+                    self.done = !self.next_file()?;
                 }
                 Err(e) => return Err(e),
             }
@@ -232,7 +272,7 @@ impl Source {
         let f = &self.slot;
         let h = &mut self.health;
         h.frames += 1;
-        let ts = f.ts_ns;
+        let ts = f.ts_ns.saturating_add_signed(-self.shift_ns);
         h.first_ns = Some(h.first_ns.map_or(ts, |x| x.min(ts)));
         h.last_ns = Some(h.last_ns.map_or(ts, |x| x.max(ts)));
         let mut jump_from_ns = None;

@@ -153,12 +153,17 @@ fn a_flood_and_a_scan_are_one_event_each() {
             assert_eq!(fl["details"]["distinct_sources"], absorbed, "{fl}");
             assert_eq!(fl["details"]["unanswered"], absorbed, "{fl}");
             assert_eq!(fl["details"]["sample_flows"].as_array().unwrap().len(), 5, "{fl}");
+            // Many spoofed sources: the culprit is the senders, none of them named.
+            assert_eq!(fl["culprit"]["role"], "sender", "{fl}");
+            assert!(fl["culprit"]["addr"].is_null(), "{fl}");
             let scans: Vec<_> = ev
                 .iter()
                 .filter(|e| e["kind"] == "port_scan" && e["src_ip"] == f.scanner.to_string())
                 .collect();
             assert_eq!(scans.len(), 1, "{workers} workers, {}: {scans:?}", f.scanner);
             assert_eq!(scans[0]["count"], 120 - first as u64, "{}", scans[0]);
+            assert_eq!(scans[0]["culprit"]["role"], "sender", "{}", scans[0]);
+            assert_eq!(scans[0]["culprit"]["addr"], f.scanner.to_string(), "{}", scans[0]);
             let (refused, unanswered) = (
                 scans[0]["details"]["refused"].as_u64().unwrap(),
                 scans[0]["details"]["unanswered"].as_u64().unwrap(),
@@ -173,6 +178,15 @@ fn a_flood_and_a_scan_are_one_event_each() {
                 })
                 .count();
             assert_eq!(quiet, 3, "{}", f.quiet_service);
+            // Each names the filter toward the service, seen at the only vantage.
+            for e in ev.iter().filter(|e| {
+                e["kind"] == "syn_unanswered" && e["dest_ip"] == f.quiet_service.to_string()
+            }) {
+                assert_eq!(e["culprit"]["role"], "filter_between", "{e}");
+                assert_eq!(e["culprit"]["addr"], f.quiet_service.to_string(), "{e}");
+                assert_eq!(e["culprit"]["port"], 443, "{e}");
+                assert_eq!(e["vantage"], "flood.pcapng", "{e}");
+            }
         }
         // Of the flood and the scan only the first few (before a cause could be seen) are
         // reported one by one.

@@ -311,6 +311,10 @@ fn parallel_backends_are_not_serial_sensors() {
             .map(|v| v.as_str().unwrap())
             .collect();
         assert_eq!(names, ["b1-on.pcap", "b2-on.pcap"], "{s}");
+        // The culprit: the two parallel paths, toward the VIP.
+        assert_eq!(s["culprit"]["role"], "parallel_paths", "{s}");
+        assert_eq!(s["culprit"]["vantages"], serde_json::json!(["b1-on.pcap", "b2-on.pcap"]));
+        assert_eq!(s["culprit"]["addr"], vip, "{s}");
     }
     assert_ne!(backends.relation(), "serial", "{}", backends.summary["vantage_pairs"]);
 
@@ -324,6 +328,11 @@ fn parallel_backends_are_not_serial_sensors() {
         assert_eq!(l["details"]["seen_at"], "front-on.pcap", "{l}");
         assert_eq!(l["details"]["missing_at"][0], "b1-on.pcap", "{l}");
         assert_eq!(l["vantage"], "front-on.pcap", "{l}");
+        // The culprit: a filter between the two sensors, dropping toward the VIP.
+        assert_eq!(l["culprit"]["role"], "filter_between", "{l}");
+        assert_eq!(l["culprit"]["vantages"], serde_json::json!(["front-on.pcap", "b1-on.pcap"]));
+        assert_eq!(l["culprit"]["addr"], vip, "{l}");
+        assert_eq!(l["culprit"]["port"], 8080, "{l}");
     }
     // Nothing else: b2's connections (odd ports) are never b1's to lose; the sprayed segment
     // did leave front toward b1's path and never reached b1, which is a true loss from b1's

@@ -864,6 +864,7 @@ impl Engine {
             vantage,
             count: d.count,
             fingerprints: d.fingerprints,
+            culprit: d.culprit,
             explanation: d.explanation,
             details: d.details,
             evidence,

@@ -18,12 +18,30 @@ pub fn validate_events<'a>(events: impl IntoIterator<Item = &'a Value>) -> Resul
     for (i, e) in events.into_iter().enumerate() {
         let mut v = Validator { root: &schema, errors: Vec::new() };
         v.check(&schema, e, "");
+        if v.errors.is_empty() {
+            if let Err(m) = culprit_is_named(e) {
+                v.errors.push(m);
+            }
+        }
         errors.extend(v.errors.into_iter().map(|m| format!("event {i}: {m}\n  in {e}")));
     }
     if errors.is_empty() {
         Ok(())
     } else {
         Err(errors.join("\n"))
+    }
+}
+
+/// The explanation is rendered from the culprit: it contains the culprit's rendering.
+fn culprit_is_named(e: &Value) -> Result<(), String> {
+    let c: crate::anomaly::Culprit =
+        serde_json::from_value(e["culprit"].clone()).map_err(|err| format!("/culprit: {err}"))?;
+    let named = c.to_string();
+    let text = e["explanation"].as_str().unwrap_or("");
+    if text.contains(&named) {
+        Ok(())
+    } else {
+        Err(format!("/explanation does not name the culprit (\"{named}\")"))
     }
 }
 
@@ -425,7 +443,10 @@ mod tests {
             "proto": "tcp", "orientation": "syn", "packet_direction": "to_client",
             "flow": {"src": "10.0.0.2", "sport": 2, "dst": "10.0.0.1", "dport": 1, "vlan": 0,
                      "direction": "server_to_client"},
-            "vantage": "tap0", "count": 1, "explanation": "x", "details": {"a": 1},
+            "vantage": "tap0", "count": 1, "details": {"a": 1},
+            "culprit": {"role": "peer", "addr": "10.0.0.2", "port": 2, "mac": null,
+                        "evidence": ["window 0"]},
+            "explanation": "the endpoint 10.0.0.2:2 stopped reading",
             "fingerprints": [{"role": "r", "addr": "10.0.0.2", "port": 2,
                               "mac": "02:00:00:00:00:01", "ttl": 64, "ip_id": 0,
                               "ip_id_model": "-", "timestamp_option": false, "ts_val": 3}],
@@ -434,6 +455,16 @@ mod tests {
         validate_events([&e]).unwrap();
         let mut bad = e.clone();
         bad["fingerprints"][0]["mac"] = json!("02:00:00:00:00");
+        assert!(validate_events([&bad]).is_err());
+        // A culprit of another vocabulary, or one the explanation does not name, fails.
+        let mut bad = e.clone();
+        bad["culprit"]["role"] = json!("gremlins");
+        assert!(validate_events([&bad]).is_err());
+        let mut bad = e.clone();
+        bad["culprit"]["addr"] = json!("10.0.0.3");
+        assert!(validate_events([&bad]).unwrap_err().contains("does not name the culprit"));
+        let mut bad = e;
+        bad.as_object_mut().unwrap().remove("culprit");
         assert!(validate_events([&bad]).is_err());
     }
 }

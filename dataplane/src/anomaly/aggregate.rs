@@ -177,20 +177,33 @@ impl Aggregate {
         e.fingerprints.clear();
         e.evidence = None;
         let distinct = self.sources.len();
+        let at_least = if distinct >= TOP_TRACKED { "at least " } else { "" };
+        e.culprit = match self.kind {
+            Kind::SynFlood => super::Culprit::new(super::Role::Sender)
+                .evidence(format!("{at_least}{distinct} distinct sources"))
+                .evidence(format!("{unanswered} unanswered, {rejected} refused")),
+            _ => super::Culprit::new(super::Role::Sender)
+                .addr(e.src_ip)
+                .evidence(format!(
+                    "{} services tried, {} distinct ports",
+                    self.count,
+                    self.ports.len()
+                ))
+                .evidence(format!("{unanswered} unanswered, {rejected} refused")),
+        };
         e.explanation = match self.kind {
             Kind::SynFlood => format!(
-                "{} connection attempts from {}{distinct} sources to {}:{} went unanswered ({unanswered}) or were refused ({rejected}) between {} and {}: a SYN flood{}. The per-connection events are folded into this one.",
+                "{} connection attempts from {at_least}{distinct} sources to {} went unanswered ({unanswered}) or were refused ({rejected}) between {} and {}: a SYN flood from {}{}. The per-connection events are folded into this one.",
                 self.count,
-                if distinct >= TOP_TRACKED { "at least " } else { "" },
-                e.dest_ip,
-                e.dest_port,
+                super::endpoint_str(e.dest_ip, e.dest_port),
                 e.time_first,
                 e.time_last,
+                e.culprit,
                 if rejected == 0 { ", spoofed if none of the sources ever completes a handshake" } else { "" },
             ),
             _ => format!(
                 "{} tried {} services ({} distinct ports) between {} and {}: {unanswered} unanswered, {rejected} refused: a port scan. The per-connection events are folded into this one.",
-                e.src_ip,
+                e.culprit,
                 self.count,
                 self.ports.len(),
                 e.time_first,

@@ -207,10 +207,14 @@ fn count_and_report(c: &mut Ctx<'_>, v: u32) {
             c.count(Kind::RetransmissionStorm);
             let from = c.endpoint(s);
             let to = c.endpoint(c.other());
+            let cul = super::Culprit::new(super::Role::FilterBetween)
+                .at(c.key.endpoint(c.other()))
+                .evidence(format!("SEQ {seq} sent {} times, never acknowledged", n + 1));
             let mut det = Detection::new(
                 Kind::RetransmissionStorm,
+                cul.clone(),
                 format!(
-                    "{from} sent the segment at SEQ {seq} {} times ({n} retransmissions) and {to} never acknowledged it: the path from {from} to {to} is black-holing data (or {to} is gone).",
+                    "{from} sent the segment at SEQ {seq} {} times ({n} retransmissions) and {to} never acknowledged it: {cul} is black-holing data from {from} (or {to} is gone).",
                     n + 1
                 ),
             )
@@ -258,10 +262,14 @@ fn count_and_report(c: &mut Ctx<'_>, v: u32) {
 
 fn zero_window_ended(c: &Ctx<'_>, side: usize, start: u64, dur: u64, probes: u32) -> Detection {
     let who = c.endpoint(side);
+    let cul = super::Culprit::new(super::Role::Peer)
+        .at(c.key.endpoint(side))
+        .evidence(format!("window 0 for {:.3} s, {probes} probe(s)", dur as f64 / 1e9));
     let mut d = Detection::new(
         Kind::ZeroWindow,
+        cul.clone(),
         format!(
-            "{who} advertised a zero window for {:.3} s ({probes} probe(s)): its application stopped reading, so the sender had to wait.",
+            "{who} advertised a zero window for {:.3} s ({probes} probe(s)): the application on {cul} stopped reading, so the sender had to wait.",
             dur as f64 / 1e9
         ),
     )

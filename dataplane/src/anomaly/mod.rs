@@ -234,6 +234,168 @@ impl Fingerprint {
     }
 }
 
+/// What an event blames, as a program reads it: one role of a small fixed vocabulary
+/// (docs/events.md, "culprit"), the address, port and MAC the packets name for it (null when
+/// they name none), the vantages it lies between or over, and the facts that point at it.
+/// The explanation is written around its rendering ([`Culprit`]'s `Display`): the schema test
+/// checks that every event's explanation contains it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// An endpoint of the connection itself: its application, stack or settings.
+    Peer,
+    /// The source of the traffic: a scanner, a flood's senders.
+    Sender,
+    /// A second host sending on the same address/port tuple (another NAT gateway or client).
+    OtherSender,
+    /// A stateful device (NAT, conntrack) on an endpoint's side, answering in its name.
+    NatHost,
+    /// A device other than the endpoint sending in its name: a load balancer, firewall, IPS.
+    Middlebox,
+    /// Another backend or next hop that received part of the flow and has no connection.
+    OtherBackend,
+    /// A device on the path that drops packets silently: between this sensor and `addr`, or
+    /// between the two `vantages`.
+    FilterBetween,
+    /// One direction of the flow is spread over several paths or backends (ECMP/LAG, a load
+    /// balancer without affinity).
+    ParallelPaths,
+    /// The sensor or its capture (span, tap, ring), not the network.
+    Sensor,
+}
+
+impl Role {
+    pub const ALL: [Role; 9] = [
+        Role::Peer,
+        Role::Sender,
+        Role::OtherSender,
+        Role::NatHost,
+        Role::Middlebox,
+        Role::OtherBackend,
+        Role::FilterBetween,
+        Role::ParallelPaths,
+        Role::Sensor,
+    ];
+    pub const fn name(self) -> &'static str {
+        match self {
+            Role::Peer => "peer",
+            Role::Sender => "sender",
+            Role::OtherSender => "other_sender",
+            Role::NatHost => "nat_host",
+            Role::Middlebox => "middlebox",
+            Role::OtherBackend => "other_backend",
+            Role::FilterBetween => "filter_between",
+            Role::ParallelPaths => "parallel_paths",
+            Role::Sensor => "sensor",
+        }
+    }
+}
+
+/// See [`Role`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Culprit {
+    pub role: Role,
+    pub addr: Option<IpAddr>,
+    pub port: Option<u16>,
+    pub mac: Option<String>,
+    /// The vantages (names) the culprit lies between (`filter_between`) or over
+    /// (`parallel_paths`); empty when one vantage tells.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vantages: Vec<String>,
+    /// The observations that point at it, one short phrase each.
+    pub evidence: Vec<String>,
+}
+
+/// "10.0.0.1:80" or "[fd00::1]:80".
+pub fn endpoint_str(a: IpAddr, p: u16) -> String {
+    match a {
+        IpAddr::V6(_) => format!("[{a}]:{p}"),
+        IpAddr::V4(_) => format!("{a}:{p}"),
+    }
+}
+
+impl Culprit {
+    pub fn new(role: Role) -> Self {
+        Culprit {
+            role,
+            addr: None,
+            port: None,
+            mac: None,
+            vantages: Vec::new(),
+            evidence: Vec::new(),
+        }
+    }
+    /// Names the culprit by an endpoint of the flow.
+    pub fn at(mut self, (addr, port): (IpAddr, u16)) -> Self {
+        self.addr = Some(addr);
+        self.port = Some(port);
+        self
+    }
+    pub fn addr(mut self, addr: IpAddr) -> Self {
+        self.addr = Some(addr);
+        self
+    }
+    /// A MAC the packets carry for it (the all-zero MAC of a capture without Ethernet is none).
+    pub fn mac(mut self, mac: &[u8; 6]) -> Self {
+        self.mac = (*mac != [0; 6]).then(|| mac_str(mac));
+        self
+    }
+    pub fn vantages(mut self, v: Vec<String>) -> Self {
+        self.vantages = v;
+        self
+    }
+    pub fn evidence(mut self, e: impl Into<String>) -> Self {
+        self.evidence.push(e.into());
+        self
+    }
+    /// Where the packets place it: "10.0.0.1:80", "10.0.0.1" or "".
+    fn place(&self) -> String {
+        match (self.addr, self.port) {
+            (Some(a), Some(p)) => endpoint_str(a, p),
+            (Some(a), None) => a.to_string(),
+            _ => String::new(),
+        }
+    }
+}
+
+/// The culprit as the explanation names it: a noun phrase built from the fields only.
+impl std::fmt::Display for Culprit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let place = self.place();
+        let mac = self.mac.as_ref().map(|m| format!(" (MAC {m})")).unwrap_or_default();
+        let between = |f: &mut std::fmt::Formatter<'_>| match self.vantages.as_slice() {
+            [a, b, ..] => write!(f, "{a} and {b}"),
+            [a] => {
+                write!(f, "{a} and {}", if place.is_empty() { "the destination" } else { &place })
+            }
+            [] if place.is_empty() => f.write_str("this sensor and the destination"),
+            [] => write!(f, "this sensor and {place}"),
+        };
+        match self.role {
+            Role::Peer => write!(f, "the endpoint {place}{mac}"),
+            Role::Sender if place.is_empty() => f.write_str("many sources"),
+            Role::Sender => write!(f, "the source {place}"),
+            Role::OtherSender => write!(f, "a second sender on {place}{mac}"),
+            Role::NatHost => {
+                write!(f, "a stateful device (NAT/conntrack) answering as {place}{mac}")
+            }
+            Role::Middlebox => {
+                write!(f, "a device answering as {place}{mac} that is not the endpoint")
+            }
+            Role::OtherBackend => write!(f, "another backend answering as {place}{mac}"),
+            Role::FilterBetween => {
+                f.write_str("a device between ")?;
+                between(f)
+            }
+            Role::ParallelPaths if self.vantages.len() >= 2 => {
+                write!(f, "parallel paths past {} and {}", self.vantages[0], self.vantages[1])
+            }
+            Role::ParallelPaths => f.write_str("parallel paths or backends"),
+            Role::Sensor => f.write_str("this sensor's capture"),
+        }
+    }
+}
+
 /// The flow as an event names it, oriented along the triggering packet.
 #[derive(Clone, Debug, Serialize)]
 pub struct FlowRef {
@@ -293,6 +455,8 @@ pub struct Event {
     pub vantage: String,
     pub count: u64,
     pub fingerprints: Vec<Fingerprint>,
+    /// What the event blames (the explanation names it).
+    pub culprit: Culprit,
     pub explanation: String,
     #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
     pub details: serde_json::Map<String, serde_json::Value>,
@@ -305,6 +469,7 @@ pub struct Event {
 pub struct Detection {
     pub kind: Kind,
     pub sub_kind: Option<&'static str>,
+    pub culprit: Culprit,
     pub explanation: String,
     pub fingerprints: Vec<Fingerprint>,
     pub details: serde_json::Map<String, serde_json::Value>,
@@ -314,10 +479,13 @@ pub struct Detection {
 }
 
 impl Detection {
-    pub fn new(kind: Kind, explanation: String) -> Self {
+    /// `explanation` names `culprit` by its rendering (`{culprit}` in the text).
+    pub fn new(kind: Kind, culprit: Culprit, explanation: String) -> Self {
+        debug_assert!(explanation.contains(&culprit.to_string()), "{explanation} / {culprit}");
         Self {
             kind,
             sub_kind: None,
+            culprit,
             explanation,
             fingerprints: Vec::new(),
             details: Default::default(),
@@ -407,6 +575,30 @@ pub struct FlowExtra {
     /// An ACK on this flow covered bytes the vantage never saw: its view is incomplete
     /// (capture loss), and later verdicts on it say so. Keeps the entry armed.
     pub capture_loss: bool,
+    /// The connection this tuple carried before a new SYN (another ISN) began the current one:
+    /// a segment that continues it belongs to a collision (tuple_reuse). Keeps the entry armed.
+    pub other_space: Option<OtherSpace>,
+}
+
+/// The sequence spaces of the connection a tuple carried before the current one.
+#[derive(Clone, Copy, Debug)]
+pub struct OtherSpace {
+    /// Each side's next SEQ there when the new SYN came.
+    pub next: [SeqNumber; 2],
+    /// Each side's ISN there, if its SYN was seen.
+    pub isn: [Option<u32>; 2],
+    /// The new connection's ISN and the side that sent it.
+    pub new_isn: u32,
+    pub new_side: u8,
+}
+
+impl OtherSpace {
+    /// Whether a segment from `side` with `seq` (and `ack`, if it carries one) lies within
+    /// `win` of the old connection's sequence spaces.
+    pub fn continues(&self, side: usize, seq: SeqNumber, ack: Option<SeqNumber>, win: u32) -> bool {
+        let near = |a: SeqNumber, b: SeqNumber| a.diff(b).unsigned_abs() <= win;
+        near(seq, self.next[side]) || ack.is_some_and(|a| near(a, self.next[1 - side]))
+    }
 }
 
 impl FlowExtra {
@@ -423,6 +615,7 @@ impl FlowExtra {
             && self.retx.iter().all(Option::is_none)
             && self.lost_mark.is_none()
             && !self.capture_loss
+            && self.other_space.is_none()
             && self.data_after_rst == 0
     }
 }
@@ -522,10 +715,7 @@ impl Ctx<'_> {
     /// "10.0.0.1:80" for `side`.
     pub fn endpoint(&self, side: usize) -> String {
         let (a, p) = self.key.endpoint(side);
-        match a {
-            IpAddr::V6(_) => format!("[{a}]:{p}"),
-            IpAddr::V4(_) => format!("{a}:{p}"),
-        }
+        endpoint_str(a, p)
     }
     /// The RST pairing window: min(RTT/2, cap), at least the floor (local processing time).
     pub fn pairing_window_ns(&self) -> u64 {

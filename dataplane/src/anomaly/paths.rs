@@ -2,7 +2,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 
-use super::{mac_str, Ctx, Detection, Kind};
+use super::{mac_str, Ctx, Culprit, Detection, Kind, Role};
 use crate::flow::{conn_flags, dir_flags};
 use crate::packet::TcpPacket;
 
@@ -20,19 +20,27 @@ pub fn on_packet(c: &mut Ctx<'_>) {
     let before_unknown = !d.dst_mac().is_known() && c.macs.overflowed > 0;
     if d.dst_mac() != c.dst_mac && !this_unknown && !before_unknown {
         let prev = c.macs.get(d.dst_mac());
+        // Two connections on one tuple (tuple_reuse) arrive over their own paths: the
+        // collision explains the next-hop change, not a split.
+        let collision = c.flow.flags & conn_flags::REUSE_REPORTED != 0;
         let dm = &mut c.flow.dirs[s];
         dm.count_mac_switch();
         // One switch is a route change; switching back and forth is a split.
-        if dm.mac_switches() >= 2 && dm.flags & dir_flags::SPLIT_REPORTED == 0 {
+        if dm.mac_switches() >= 2 && dm.flags & dir_flags::SPLIT_REPORTED == 0 && !collision {
             dm.flags |= dir_flags::SPLIT_REPORTED;
             c.count(Kind::SplitPath);
             let from = c.endpoint(s);
             let to = c.endpoint(c.other());
+            let cul = Culprit::new(Role::ParallelPaths)
+                .at(c.key.endpoint(c.other()))
+                .evidence(format!("next hop {}", mac_str(&prev)))
+                .evidence(format!("next hop {}", mac_str(&p.dst_mac)));
             c.found.push(
                 Detection::new(
                     Kind::SplitPath,
+                    cul.clone(),
                     format!(
-                        "Packets from {from} to {to} alternate between next hops {} and {}: one flow is being sprayed over several paths or backends (ECMP/LAG hashing per packet, or a load balancer without flow affinity).",
+                        "Packets from {from} to {to} alternate between next hops {} and {}: one flow is being sprayed over {cul} (ECMP/LAG hashing per packet, or a load balancer without flow affinity).",
                         mac_str(&prev),
                         mac_str(&p.dst_mac)
                     ),
@@ -58,10 +66,12 @@ pub fn check_one_sided(c: &mut Ctx<'_>) {
         c.count(Kind::OneSided);
         let from = c.endpoint(c.side);
         let to = c.endpoint(c.other());
+        let cul = Culprit::new(Role::Sensor).evidence(format!("only {from} → {to} seen"));
         let mut d = Detection::new(
             Kind::OneSided,
+            cul.clone(),
             format!(
-                "Only {from} → {to} is visible ({:.1} s of data, nothing back): asymmetric routing, or the span port misses one direction. Sensor health, not a network fault.",
+                "Only {from} → {to} is visible ({:.1} s of data, nothing back): asymmetric routing, or the span port misses one direction — {cul}. Sensor health, not a network fault.",
                 age as f64 / 1e9
             ),
         );
@@ -139,6 +149,11 @@ pub enum Relation {
 
 /// Shared packets needed before a pair is judged serial or parallel.
 pub const RELATION_MIN_SHARED: u32 = 32;
+/// Packets matched at both vantages of a pair before a loss between them is reported (the
+/// pair's clock offset rests on them).
+pub const LOSS_MIN_MATCHES: u32 = 50;
+/// How far apart two sightings of one packet may be for the clock-offset estimate.
+pub const CLOCK_SEARCH_NS: u64 = 30_000_000_000;
 /// Serial: at least this share (in percent) of the shared connections' packets reach both.
 pub const SERIAL_MIN_PERCENT: u32 = 90;
 /// Losses waiting for their pair to be judged; past this, the oldest are dropped (counted).
@@ -167,6 +182,9 @@ struct PairStat {
 pub struct VantageRelations {
     stats: HashMap<(u16, u16), PairStat>,
     forced_serial: Vec<(u16, u16)>,
+    /// Each vantage's clock offset from vantage 0 (ns, its clock minus vantage 0's), as the
+    /// caller estimated and removed it (`analyze`'s first pass); empty: none known.
+    offsets: Vec<i64>,
 }
 
 fn pair(a: u16, b: u16) -> (u16, u16) {
@@ -191,13 +209,29 @@ impl VantageRelations {
         match self.stats.get(&k) {
             Some(s) if s.shared >= RELATION_MIN_SHARED => {
                 if u64::from(s.both) * 100 >= u64::from(s.shared) * u64::from(SERIAL_MIN_PERCENT) {
-                    Relation::Serial
+                    // Serial, but no loss is inferred before enough packets were matched.
+                    if s.both >= LOSS_MIN_MATCHES {
+                        Relation::Serial
+                    } else {
+                        Relation::Unknown
+                    }
                 } else {
                     Relation::Parallel
                 }
             }
             _ => Relation::Unknown,
         }
+    }
+
+    /// Records the clock offsets removed from each vantage's times (index: vantage).
+    pub fn set_offsets(&mut self, offsets: Vec<i64>) {
+        self.offsets = offsets;
+    }
+
+    /// `b`'s clock minus `a`'s, as removed (0 when unknown).
+    pub fn offset_between(&self, a: u16, b: u16) -> i64 {
+        let o = |v: u16| self.offsets.get(usize::from(v)).copied().unwrap_or(0);
+        o(b) - o(a)
     }
 
     /// The pairs judged so far, with the evidence: (a, b, relation, shared, both).
@@ -281,6 +315,66 @@ pub struct VantageMatcher {
     /// packet outside a vantage's range cannot be missing there.
     ranges: Option<Vec<(u64, u64)>>,
     pub stats: MatcherStats,
+    /// Time differences of matched packets, when estimating clock offsets (first pass).
+    pub clock: Option<ClockSamples>,
+}
+
+/// Connections whose matched packets are kept per vantage pair for the clock estimate.
+const CLOCK_CONNS_MAX: usize = 4096;
+
+/// The time differences of packets matched at two vantages, per pair and per connection and
+/// direction: a direction's mean is the clock offset plus the path delay between the sensors
+/// (or minus it, the other way), so a connection's two directions average to the offset.
+#[derive(Default)]
+pub struct ClockSamples {
+    pairs: HashMap<(u16, u16), PairClock>,
+}
+
+#[derive(Default)]
+struct PairClock {
+    matches: u32,
+    /// Per connection, per direction: the sum of (later vantage − earlier vantage) and count.
+    conns: HashMap<Conn, [(i128, u32); 2]>,
+}
+
+impl ClockSamples {
+    fn add(&mut self, a: u16, b: u16, diff_ns: i64, conn: Conn, dir: usize) {
+        let (k, d) = if a < b { ((a, b), diff_ns) } else { ((b, a), -diff_ns) };
+        let pc = self.pairs.entry(k).or_default();
+        pc.matches = pc.matches.saturating_add(1);
+        if pc.conns.len() < CLOCK_CONNS_MAX || pc.conns.contains_key(&conn) {
+            let e = &mut pc.conns.entry(conn).or_default()[dir];
+            e.0 += i128::from(d);
+            e.1 += 1;
+        }
+    }
+
+    /// Per pair (a < b): b's clock minus a's (ns) and the packets matched. The median over
+    /// connections of each one's two directions averaged (both directions cancel the path
+    /// delay); connections seen one way only count when none was seen both ways.
+    pub fn offsets(&self) -> Vec<(u16, u16, i64, u32)> {
+        let mut out = Vec::new();
+        for (&(a, b), pc) in &self.pairs {
+            let mean = |(s, n): (i128, u32)| (n > 0).then(|| (s / i128::from(n)) as i64);
+            let mut both: Vec<i64> = Vec::new();
+            let mut one: Vec<i64> = Vec::new();
+            for d in pc.conns.values() {
+                match (mean(d[0]), mean(d[1])) {
+                    (Some(x), Some(y)) => both.push(x / 2 + y / 2),
+                    (Some(x), None) | (None, Some(x)) => one.push(x),
+                    (None, None) => {}
+                }
+            }
+            let mut v = if both.is_empty() { one } else { both };
+            if v.is_empty() {
+                continue;
+            }
+            v.sort_unstable();
+            out.push((a, b, v[v.len() / 2], pc.matches));
+        }
+        out.sort_unstable_by_key(|t| (t.0, t.1));
+        out
+    }
 }
 
 /// What the matcher could not conclude, for the summary.
@@ -320,6 +414,8 @@ pub struct Missing {
     pub seen_at: u16,
     pub missing_at: Vec<u16>,
     pub hist_id: u32,
+    /// The clock offset removed between `seen_at` and the first of `missing_at` (ns).
+    pub clock_offset_ns: i64,
 }
 
 /// One direction of a connection reached two parallel vantages, a packet at each.
@@ -341,6 +437,11 @@ impl VantageMatcher {
     /// learned) and, if `learn`, keeps learning from the packets it matches.
     pub fn with_relations(relations: VantageRelations, learn: bool) -> Self {
         VantageMatcher { relations, relations_fixed: !learn, ..Default::default() }
+    }
+
+    /// Packets waiting for their window to close.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
     }
 
     /// The time range each vantage captured (index: vantage).
@@ -388,6 +489,12 @@ impl VantageMatcher {
             len: p.payload_len,
         };
         if let Some(s) = self.pending.get_mut(&sig) {
+            if let Some(clock) = self.clock.as_mut() {
+                if s.vantages & bit == 0 {
+                    let diff = p.ts_ns as i64 - s.pkt.ts_ns as i64;
+                    clock.add(s.first_vantage, p.vantage, diff, conn, dir);
+                }
+            }
             s.vantages |= bit;
             s.expected |= expected;
         } else {
@@ -477,6 +584,7 @@ impl VantageMatcher {
                 seen_at: seen.first_vantage,
                 missing_at: Vec::new(),
                 hist_id: seen.hist_id,
+                clock_offset_ns: 0,
             };
             let opening_until = if opening { t.saturating_add(OPENING_WAIT_NS).max(1) } else { 0 };
             let h = Held { t, m, seen: seen.vantages, unknown: missing, conn, dir, opening_until };
@@ -529,7 +637,8 @@ impl VantageMatcher {
             }
         }
         let too_old = end || now_ns.saturating_sub(h.t) > HELD_MAX_NS;
-        if !h.m.missing_at.is_empty() {
+        if let Some(&v) = h.m.missing_at.first() {
+            h.m.clock_offset_ns = self.relations.offset_between(h.m.seen_at, v);
             out.push(h.m);
             return None;
         }
@@ -604,31 +713,50 @@ pub fn lost_detection(m: &Missing, names: &[String]) -> Detection {
     } else {
         format!("segment SEQ {} ({} bytes)", p.seq, p.payload_len)
     };
+    let mut between = vec![name(m.seen_at)];
+    between.extend(missing.iter().cloned());
+    let offset_s = m.clock_offset_ns as f64 / 1e9;
+    let cul = Culprit::new(Role::FilterBetween)
+        .at((p.dst, p.dport))
+        .vantages(between)
+        .evidence(format!("{what} seen at {}", name(m.seen_at)))
+        .evidence(format!(
+            "not seen at {} (its clock {offset_s:+.6} s from {}'s, removed)",
+            missing.join(", "),
+            name(m.seen_at)
+        ));
     Detection::new(
         Kind::LostBetweenSensors,
+        cul.clone(),
         format!(
-            "{what} from {}:{} to {}:{} was seen at {} but never at {}: it was dropped between those two points (a firewall, router or link there).",
-            p.src,
-            p.sport,
-            p.dst,
-            p.dport,
+            "{what} from {} to {} was seen at {} but never at {} (after removing a clock offset of {offset_s:+.6} s between them): it was dropped by {cul} (a firewall, router or link there).",
+            super::endpoint_str(p.src, p.sport),
+            super::endpoint_str(p.dst, p.dport),
             name(m.seen_at),
             missing.join(", ")
         ),
     )
     .detail("seen_at", name(m.seen_at))
     .detail("missing_at", missing)
+    .detail("clock_offset_s", offset_s)
 }
 
 pub fn split_detection(s: &Split, names: &[String]) -> Detection {
     let name = |v: u16| names.get(v as usize).cloned().unwrap_or_else(|| format!("vantage {v}"));
     let p = &s.pkt;
     let (a, b) = (name(s.vantages[0]), name(s.vantages[1]));
+    let cul = Culprit::new(Role::ParallelPaths)
+        .at((p.dst, p.dport))
+        .vantages(vec![a.clone(), b.clone()])
+        .evidence(format!("packets of one direction seen only at {a}"))
+        .evidence(format!("others only at {b}"));
     Detection::new(
         Kind::SplitPath,
+        cul.clone(),
         format!(
-            "Packets from {}:{} to {}:{} reach both {a} and {b}, some only one and some only the other: one direction of the flow is split over two parallel paths or backends (ECMP/LAG hashing per packet, or a load balancer without flow affinity).",
-            p.src, p.sport, p.dst, p.dport
+            "Packets from {} to {} reach both {a} and {b}, some only one and some only the other: one direction of the flow is split over {cul}, two parallel paths or backends (ECMP/LAG hashing per packet, or a load balancer without flow affinity).",
+            super::endpoint_str(p.src, p.sport),
+            super::endpoint_str(p.dst, p.dport)
         ),
     )
     .detail("vantages", vec![a, b])

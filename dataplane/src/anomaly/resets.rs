@@ -2,7 +2,9 @@
 //! request_after_fin, data_after_rst.
 use dataplane_common::tcp_flags::{ACK, FIN, RST, SYN};
 
-use super::{mac_str, Ctx, Detection, Fingerprint, Kind, PairWait, TriggerInfo, TriggerWhy};
+use super::{
+    mac_str, Ctx, Culprit, Detection, Fingerprint, Kind, PairWait, Role, TriggerInfo, TriggerWhy,
+};
 use crate::flow::{conn_flags, dir_flags, IpIdModel};
 
 /// Packets a side must have sent before its fingerprint counts as learned.
@@ -122,17 +124,27 @@ pub fn on_packet(c: &mut Ctx<'_>) {
                         let who = c.endpoint(s);
                         let rst_from = c.endpoint(rst_side);
                         let after = (now - rst_ns) as f64 / 1e9;
-                        let explanation = if rst_side == s {
-                            format!(
-                                "{who} keeps sending data {after:.3} s after a RST bearing its own address ended the connection toward {}: that RST came from a device on {who}'s side (a NAT host's own stack, say), so the host actually sending the data never saw it — the connection is dead on one side only.",
+                        let seen = format!("data {after:.3} s after the RST from {rst_from}");
+                        let (cul, explanation) = if rst_side == s {
+                            let cul = Culprit::new(Role::NatHost)
+                                .at(c.key.endpoint(s))
+                                .evidence("the RST bore the data sender's own address")
+                                .evidence(seen);
+                            let t = format!(
+                                "{who} keeps sending data {after:.3} s after a RST bearing its own address ended the connection toward {}: that RST came from {cul}, a device on {who}'s side (a NAT host's own stack, say), so the host actually sending the data never saw it — the connection is dead on one side only.",
                                 c.endpoint(c.other())
-                            )
+                            );
+                            (cul, t)
                         } else {
-                            format!(
-                                "{who} keeps sending data {after:.3} s after a RST from {rst_from} ended the connection: the RST never reached {who} (or was not accepted), so the connection is dead on one side only."
-                            )
+                            let cul = Culprit::new(Role::FilterBetween)
+                                .at(c.key.endpoint(s))
+                                .evidence(seen);
+                            let t = format!(
+                                "{who} keeps sending data {after:.3} s after a RST from {rst_from} ended the connection: the RST never reached {who} (or was not accepted) — {cul} dropped it, or a middlebox sent it — so the connection is dead on one side only."
+                            );
+                            (cul, t)
                         };
-                        let mut d = Detection::new(Kind::DataAfterRst, explanation)
+                        let mut d = Detection::new(Kind::DataAfterRst, cul, explanation)
                             .detail("rst_from", rst_from);
                         d.first_ns = Some(rst_ns);
                         d.count = n;
@@ -146,6 +158,21 @@ pub fn on_packet(c: &mut Ctx<'_>) {
 
     let od = c.flow.dirs[o];
     // A segment outside the receiver's window: remember it, a RST may answer it.
+    // Far from the sender's sequence space but within the one the tuple carried before: a
+    // collision, and the RST answering it is the collision's too.
+    if continues_other_connection(c) {
+        let trig = trigger(c, 0, TriggerWhy::Plain);
+        if let Some(x) = c.extra() {
+            x.wait = Some(PairWait {
+                kind: Kind::TupleReuse,
+                since_ns: now,
+                from_side: o,
+                rst_seq: p.ack.0,
+                trigger: trig,
+            });
+        }
+        return;
+    }
     if let Some(why) = stale_reason(c) {
         let trig = trigger(c, 0, why);
         if let Some(x) = c.extra() {
@@ -220,7 +247,7 @@ fn stale_reason(c: &Ctx<'_>) -> Option<TriggerWhy> {
         return None;
     }
     let rwin = ((od.window as u32) << od.wscale().min(14)).max(1);
-    let maxwin = (65_535u32 << od.wscale().min(14)).max(rwin);
+    let maxwin = max_window(c);
     // SEQ relative to what the receiver has acknowledged.
     let rel = p.seq.diff(od.last_ack) as i64;
     if rel > maxwin as i64 || rel + (p.seq_len() as i64) < -(maxwin as i64) {
@@ -229,11 +256,33 @@ fn stale_reason(c: &Ctx<'_>) -> Option<TriggerWhy> {
     None
 }
 
+/// Whether the packet lies beyond any window of its sender's current sequence space and
+/// continues the connection the tuple carried before a new SYN (reported as the collision by
+/// `setup::collision`). The side state is looked at only for such a far-off packet.
+fn continues_other_connection(c: &mut Ctx<'_>) -> bool {
+    let win = max_window(c);
+    let far = c.before.flags & dir_flags::SEEN != 0
+        && c.pkt.seq.diff(c.before.next_seq).unsigned_abs() > win;
+    far && c.flow.flags & conn_flags::HAS_SIDE != 0
+        && c.extra_ref().is_some_and(|x| x.other_space.is_some())
+        && super::setup::collision(c, win)
+}
+
+/// The largest window the receiver of the current packet could have offered.
+fn max_window(c: &Ctx<'_>) -> u32 {
+    let od = &c.flow.dirs[c.other()];
+    let rwin = ((od.window as u32) << od.wscale().min(14)).max(1);
+    (65_535u32 << od.wscale().min(14)).max(rwin)
+}
+
 fn on_rst(c: &mut Ctx<'_>) {
     let p = c.pkt;
     let s = c.side;
     let now = p.ts_ns;
     let breaks = fingerprint_breaks(c);
+    // A RST that continues the connection the tuple carried before belongs to the
+    // collision: not a foreign sender of this connection.
+    let collided = continues_other_connection(c);
     let pairing = c.pairing_window_ns();
     let wait = c.extra_mut().and_then(|x| x.wait.take());
     let mut paired = false;
@@ -243,20 +292,36 @@ fn on_rst(c: &mut Ctx<'_>) {
             || (w.kind == Kind::RequestAfterFin && p.seq == c.flow.dirs[s].next_seq);
         if w.from_side == s && in_time && seq_ok {
             paired = true;
-            c.found.push(paired_detection(c, &w, &breaks));
+            // The answer to a segment of the other connection on the tuple: the collision
+            // was reported with that segment.
+            if w.kind != Kind::TupleReuse {
+                c.found.push(paired_detection(c, &w, &breaks));
+            }
         } else if !in_time {
             // Expired: forget it.
         } else if let Some(x) = c.extra() {
             x.wait = Some(w);
         }
     }
-    if breaks.iter().any(|(_, e)| *e == Evidence::OtherHost) {
+    if !collided && breaks.iter().any(|(_, e)| *e == Evidence::OtherHost) {
         c.count(Kind::RstForeignSender);
         let who = c.endpoint(s);
+        // Toward a side whose packets went to several next hops, the other one is a backend.
+        let sprayed = c.flow.dirs[c.other()].mac_switches() > 0;
+        let mut cul = Culprit::new(if sprayed { Role::OtherBackend } else { Role::Middlebox })
+            .at((p.src, p.sport))
+            .mac(&p.src_mac);
+        for (b, _) in &breaks {
+            cul = cul.evidence(b.clone());
+        }
+        if sprayed {
+            cul = cul.evidence(format!("packets toward {who} went to more than one next hop"));
+        }
         let mut d = Detection::new(
             Kind::RstForeignSender,
+            cul.clone(),
             format!(
-                "RST from {who} {}: a different host sent it (middlebox, NAT, or another backend), not the endpoint that carried the connection.",
+                "RST from {who} {}: a different host sent it — {cul} — not the endpoint that carried the connection (middlebox, NAT, or another backend).",
                 describe(&breaks)
             ),
         )
@@ -292,32 +357,65 @@ fn paired_detection(c: &Ctx<'_>, w: &PairWait, breaks: &[(String, Evidence)]) ->
     };
     let dt_ms = (p.ts_ns.saturating_sub(w.since_ns)) as f64 / 1e6;
     let peer = c.endpoint(1 - s);
+    let rst = |role: Role| {
+        let mut cul = Culprit::new(role).at((p.src, p.sport)).mac(&p.src_mac);
+        for (b, _) in breaks {
+            cul = cul.evidence(format!("the RST {b}"));
+        }
+        cul
+    };
     let d = match w.kind {
-        Kind::RstAfterStaleSegment => Detection::new(
-            Kind::RstAfterStaleSegment,
-            format!(
-                "A late segment from {peer} ({}) was answered {dt_ms:.3} ms later by a RST from {who} (MAC {mac}) with SEQ = its ACK {}: a stateful device on {who}'s side (NAT/conntrack) judged it out of window (INVALID), did not translate it, and its own stack reset the connection.{sender_desc} Fix: drop conntrack INVALID packets, or set net.netfilter.nf_conntrack_tcp_be_liberal=1.",
-                w.trigger.why, w.trigger.ack
-            ),
-        ),
-        Kind::MidstreamRst => Detection::new(
-            Kind::MidstreamRst,
-            format!(
-                "{who} (MAC {mac}) answered data from {peer} (SEQ {}, {} bytes) with RST {dt_ms:.3} ms later: it has no connection for this flow — the flow's earlier packets went elsewhere (ECMP / load-balancer split){}.{sender_desc}",
-                w.trigger.seq,
-                w.trigger.len,
-                if w.trigger.why == TriggerWhy::Plain { String::new() } else { format!("; {}", w.trigger.why) }
-            ),
-        ),
-        _ => Detection::new(
-            Kind::RequestAfterFin,
-            format!(
-                "{peer} sent {} bytes on a connection {who} had already closed (FIN), after {:.3} s idle, and {who} answered with RST: a keep-alive connection was reused just as the peer's idle timeout closed it. Make the client's idle timeout shorter than the server's.",
-                w.trigger.len,
-                w.trigger.idle_ns as f64 / 1e9
-            ),
-        )
-        .detail("idle_s", w.trigger.idle_ns as f64 / 1e9),
+        Kind::RstAfterStaleSegment => {
+            let cul = rst(Role::NatHost)
+                .evidence(format!("the segment from {peer} was out of window: {}", w.trigger.why))
+                .evidence(format!("RST {dt_ms:.3} ms later with SEQ = its ACK {}", w.trigger.ack));
+            Detection::new(
+                Kind::RstAfterStaleSegment,
+                cul.clone(),
+                format!(
+                    "A late segment from {peer} ({}) was answered {dt_ms:.3} ms later by a RST from {who} (MAC {mac}) with SEQ = its ACK {}: {cul} on {who}'s side judged it out of window (INVALID), did not translate it, and its own stack reset the connection.{sender_desc} Fix: drop conntrack INVALID packets, or set net.netfilter.nf_conntrack_tcp_be_liberal=1.",
+                    w.trigger.why, w.trigger.ack
+                ),
+            )
+        }
+        Kind::MidstreamRst => {
+            let mut cul = rst(Role::OtherBackend).evidence(format!(
+                "RST {dt_ms:.3} ms after data (SEQ {}) on a flow without a handshake there",
+                w.trigger.seq
+            ));
+            if w.trigger.why != TriggerWhy::Plain {
+                cul = cul.evidence(w.trigger.why.to_string());
+            }
+            Detection::new(
+                Kind::MidstreamRst,
+                cul.clone(),
+                format!(
+                    "{who} (MAC {mac}) answered data from {peer} (SEQ {}, {} bytes) with RST {dt_ms:.3} ms later: it has no connection for this flow — it is {cul}, and the flow's earlier packets went elsewhere (ECMP / load-balancer split){}.{sender_desc}",
+                    w.trigger.seq,
+                    w.trigger.len,
+                    if w.trigger.why == TriggerWhy::Plain { String::new() } else { format!("; {}", w.trigger.why) }
+                ),
+            )
+        }
+        _ => {
+            let idle = w.trigger.idle_ns as f64 / 1e9;
+            let cul = Culprit::new(Role::Peer)
+                .at(c.key.endpoint(1 - s))
+                .evidence(format!(
+                    "{} bytes sent after {who}'s FIN, {idle:.3} s idle",
+                    w.trigger.len
+                ))
+                .evidence(format!("{who} answered with RST"));
+            Detection::new(
+                Kind::RequestAfterFin,
+                cul.clone(),
+                format!(
+                    "{peer} sent {} bytes on a connection {who} had already closed (FIN), after {idle:.3} s idle, and {who} answered with RST: a keep-alive connection was reused just as the peer's idle timeout closed it. Make the idle timeout of {cul} (the client's pool) shorter than the server's.",
+                    w.trigger.len,
+                ),
+            )
+            .detail("idle_s", idle)
+        }
     };
     let mut d = d
         .fingerprint(Fingerprint::of_packet("the RST", p))

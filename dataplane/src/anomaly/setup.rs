@@ -1,7 +1,7 @@
 //! Connection setup: syn_unanswered, syn_rejected, synack_unacked, tuple_reuse.
 use dataplane_common::tcp_flags::{ACK, RST, SYN};
 
-use super::{mac_str, Ctx, Detection, Fingerprint, Kind};
+use super::{mac_str, Ctx, Culprit, Detection, Fingerprint, Kind, OtherSpace, Role};
 use crate::flow::{conn_flags, dir_flags};
 
 /// Runs before the state machine moves (it needs the state the packet arrived in).
@@ -21,6 +21,7 @@ pub fn on_packet(c: &mut Ctx<'_>) {
             && c.flow.state.is_open()
             && c.flow.state != crate::tcp::ConnState::SynSent
         {
+            remember_other_space(c);
             tuple_reuse(c);
             return;
         }
@@ -30,8 +31,14 @@ pub fn on_packet(c: &mut Ctx<'_>) {
             && c.flow.dirs[s].flags & dir_flags::SEEN != 0
         {
             // A SYN on a flow we picked up mid-stream with data already flowing from this side.
+            remember_other_space(c);
             tuple_reuse(c);
             return;
+        }
+        if !same_isn && c.flow.state.is_closed() {
+            // A new connection on a tuple whose last one closed: should a segment of the old
+            // one still come, two connections share the tuple after all.
+            remember_other_space(c);
         }
         if !same_isn || c.flow.state.is_closed() {
             // A new connection (first SYN, or a new incarnation after a close).
@@ -46,6 +53,7 @@ pub fn on_packet(c: &mut Ctx<'_>) {
             };
             c.flow.set_syn_dst_mac(c.dst_mac);
             c.flow.set_rtt_ns(None);
+            new_sequence_space(c);
             if let Some(x) = c.extra() {
                 x.syn_first_ns = Some(now);
                 x.syn_ns = Some(now);
@@ -83,6 +91,7 @@ pub fn on_packet(c: &mut Ctx<'_>) {
         } else {
             c.flow.set_synacks(1);
             c.flow.flags |= conn_flags::SYNACK_SEEN;
+            new_sequence_space(c);
             if let Some(x) = c.extra() {
                 x.synack_first_ns = Some(now);
             }
@@ -96,12 +105,16 @@ pub fn on_packet(c: &mut Ctx<'_>) {
     {
         // The server side answered the SYN with RST.
         let client = c.endpoint(c.other());
-        let server = c.endpoint(s);
         c.flow.flags |= conn_flags::HANDSHAKE_REPORTED;
+        let cul = Culprit::new(Role::Peer)
+            .at(c.key.endpoint(s))
+            .mac(&p.src_mac)
+            .evidence(format!("RST (TTL {}) answered the SYN", p.ttl));
         c.found.push(
             Detection::new(
                 Kind::SynRejected,
-                format!("{server} answered {client}'s SYN with RST: nothing listens on that port there, or a firewall rejects it."),
+                cul.clone(),
+                format!("{cul} answered {client}'s SYN with RST: nothing listens on that port there, or a firewall rejects it in its name."),
             )
             .fingerprint(Fingerprint::of_packet("the RST", p)),
         );
@@ -121,13 +134,19 @@ pub fn on_packet(c: &mut Ctx<'_>) {
 }
 
 fn syn_unanswered(c: &Ctx<'_>, first_ns: u64, syns: u64) -> Detection {
-    let client = c.endpoint(c.flow.client_side().unwrap_or(c.side));
-    let server = c.endpoint(1 - c.flow.client_side().unwrap_or(c.side));
+    let cs = c.flow.client_side().unwrap_or(c.side);
+    let client = c.endpoint(cs);
+    let server = c.endpoint(1 - cs);
+    let over = (c.pkt.ts_ns.saturating_sub(first_ns)) as f64 / 1e9;
+    let cul = Culprit::new(Role::FilterBetween)
+        .at(c.key.endpoint(1 - cs))
+        .evidence(format!("{syns} SYN(s) over {over:.1} s"))
+        .evidence("no SYN-ACK and no RST seen");
     let mut d = Detection::new(
         Kind::SynUnanswered,
+        cul.clone(),
         format!(
-            "{client}'s SYN to {server} was sent {syns} time(s) over {:.1} s and never answered (no SYN-ACK, no RST): something between this sensor and {server} drops it silently (firewall, ACL, black-holed route).",
-            (c.pkt.ts_ns.saturating_sub(first_ns)) as f64 / 1e9
+            "{client}'s SYN to {server} was sent {syns} time(s) over {over:.1} s and never answered (no SYN-ACK, no RST): {cul} drops it silently (firewall, ACL, black-holed route), or {server} is down.",
         ),
     )
     .detail("syns", syns);
@@ -137,14 +156,128 @@ fn syn_unanswered(c: &Ctx<'_>, first_ns: u64, syns: u64) -> Detection {
 }
 
 fn synack_unacked(c: &Ctx<'_>, first_ns: u64, how: &str) -> Detection {
-    let server = c.endpoint(1 - c.flow.client_side().unwrap_or(0));
-    let client = c.endpoint(c.flow.client_side().unwrap_or(0));
+    let cs = c.flow.client_side().unwrap_or(0);
+    let server = c.endpoint(1 - cs);
+    let client = c.endpoint(cs);
+    let cul = Culprit::new(Role::FilterBetween)
+        .at(c.key.endpoint(cs))
+        .evidence(format!("the SYN-ACK {how}"))
+        .evidence("no ACK from the client seen");
     let mut d = Detection::new(
         Kind::SynackUnacked,
-        format!("{server}'s SYN-ACK to {client} {how} and {client} never completed the handshake: the SYN-ACK or the client's ACK is lost on the way."),
+        cul.clone(),
+        format!("{server}'s SYN-ACK to {client} {how} and {client} never completed the handshake: the SYN-ACK or the client's ACK is lost on the way, at {cul} (asymmetric routing, a stateful device seeing one direction)."),
     );
     d.first_ns = Some(first_ns);
     d
+}
+
+/// A SYN or SYN-ACK with a new ISN starts its sender's sequence space afresh: an ISN that
+/// lies "behind" the old connection's (in wrapping order) must not make the new connection's
+/// segments look like retransmissions of the old one, nor its ACKs like ACKs from the past.
+fn new_sequence_space(c: &mut Ctx<'_>) {
+    let d = &mut c.flow.dirs[c.side];
+    d.next_seq = c.pkt.seq;
+    d.flags &= !dir_flags::DATA_OR_ACK;
+}
+
+/// Keeps the sequence spaces the tuple carried before this SYN (a connection both sides
+/// exchanged data or ACKs on), for [`collision`].
+fn remember_other_space(c: &mut Ctx<'_>) {
+    let p = c.pkt;
+    let s = c.side;
+    let d = &c.flow.dirs;
+    if d[0].flags & dir_flags::DATA_OR_ACK == 0 || d[1].flags & dir_flags::DATA_OR_ACK == 0 {
+        return;
+    }
+    let isn = |i: usize| (d[i].flags & dir_flags::SYN != 0).then_some(d[i].isn.0);
+    let space = OtherSpace {
+        next: [d[0].next_seq, d[1].next_seq],
+        isn: [isn(0), isn(1)],
+        new_isn: p.seq.0,
+        new_side: s as u8,
+    };
+    if let Some(x) = c.extra() {
+        x.other_space = Some(space);
+    }
+}
+
+/// A segment outside the current connection's window that continues the connection the tuple
+/// carried before (see [`remember_other_space`]): two connections share the tuple. Reported
+/// once as `tuple_reuse`, naming both sequence spaces and both senders; returns whether the
+/// segment belongs to the collision (a RST answering it does too).
+pub fn collision(c: &mut Ctx<'_>, win: u32) -> bool {
+    let p = c.pkt;
+    let s = c.side;
+    let Some(o) = c.extra_ref().and_then(|x| x.other_space) else { return false };
+    let ack = p.has(ACK).then_some(p.ack);
+    if !o.continues(s, p.seq, ack, win) {
+        return false;
+    }
+    if c.flow.flags & conn_flags::REUSE_REPORTED != 0 {
+        return true;
+    }
+    c.flow.flags |= conn_flags::REUSE_REPORTED;
+    let ns = o.new_side as usize;
+    let what = if p.has(RST) {
+        "RST"
+    } else if p.payload_len > 0 {
+        "segment"
+    } else {
+        "ACK"
+    };
+    let old_isn = o.isn[s];
+    let space = |isn: Option<u32>| isn.map_or_else(|| "unseen".to_string(), |i| i.to_string());
+    let mut new = Fingerprint::of_side(
+        &format!("sender of the new connection (ISN {})", o.new_isn),
+        &c.key,
+        c.flow,
+        ns,
+        c.macs,
+    );
+    new.isn = Some(o.new_isn);
+    let mut old = Fingerprint::of_packet(
+        &format!("sender continuing the old connection (ISN {})", space(old_isn)),
+        p,
+    );
+    old.isn = old_isn;
+    let mut cul = Culprit::new(Role::OtherSender)
+        .at((p.src, p.sport))
+        .mac(&p.src_mac)
+        .evidence(format!(
+            "{what} SEQ {} ACK {} continues the old connection (next SEQ {} / {})",
+            p.seq,
+            p.ack,
+            o.next[s],
+            o.next[1 - s]
+        ))
+        .evidence(format!("the new connection began with ISN {}", o.new_isn));
+    if old.mac != new.mac {
+        cul = cul.evidence(format!("MAC {} vs the new connection's {}", old.mac, new.mac));
+    }
+    let new_mac = new.mac.clone();
+    let explanation = format!(
+        "A {what} from {} continues the connection this tuple carried before (SEQ {} near its next SEQ {}, ISN {}) after a new connection (ISN {}) began on {} ↔ {}: two connections collide on one 4-tuple, and this {what} comes from {cul}. Typical cause: two NAT gateways (or load-balancer paths) mapping different clients onto the same public address and port; the peer's answers to it (a RST) belong to the collision, not to a NAT on the peer's side.",
+        c.endpoint(s),
+        p.seq,
+        o.next[s],
+        space(old_isn),
+        o.new_isn,
+        c.endpoint(s),
+        c.endpoint(1 - s),
+    );
+    let mut d = Detection::new(Kind::TupleReuse, cul, explanation)
+        .fingerprint(new)
+        .fingerprint(old)
+        .detail("new_isn", o.new_isn)
+        .detail("old_next_seq", vec![o.next[s].0, o.next[1 - s].0])
+        .detail("new_sender_mac", new_mac);
+    if let Some(i) = old_isn {
+        d = d.detail("old_isn", i);
+    }
+    d.sub_kind = Some("continued");
+    c.found.push(d);
+    true
 }
 
 fn tuple_reuse(c: &mut Ctx<'_>) {
@@ -171,14 +304,23 @@ fn tuple_reuse(c: &mut Ctx<'_>) {
     } else {
         format!("a different sender ({})", diffs.join(", "))
     };
+    let mut cul =
+        Culprit::new(Role::OtherSender).at((p.src, p.sport)).mac(&p.src_mac).evidence(if had_isn {
+            format!("new ISN {} while ISN {old_isn} is open", p.seq)
+        } else {
+            format!("new ISN {} on a connection picked up mid-stream", p.seq)
+        });
+    for d in &diffs {
+        cul = cul.evidence(d.clone());
+    }
     let explanation = format!(
-        "A SYN with ISN {} arrived on {} ↔ {} while the connection {} is still open: two connections collide on one 4-tuple — {who}. Typical cause: two independent NAT/load-balancer paths mapping different clients onto the same source address and port.",
+        "A SYN with ISN {} arrived on {} ↔ {} while the connection {} is still open: two connections collide on one 4-tuple — {who}; the new one comes from {cul}. Typical cause: two independent NAT/load-balancer paths mapping different clients onto the same source address and port.",
         p.seq,
         c.endpoint(s),
         c.endpoint(c.other()),
         if had_isn { format!("with ISN {old_isn}") } else { "picked up mid-stream".to_string() },
     );
-    let mut d = Detection::new(Kind::TupleReuse, explanation)
+    let mut d = Detection::new(Kind::TupleReuse, cul, explanation)
         .fingerprint(old)
         .fingerprint(new)
         .detail("new_isn", p.seq.0);
