@@ -116,7 +116,7 @@ impl InputHealth {
 pub struct Source {
     reader: CaptureReader<Box<dyn Read>>,
     /// Files of the same vantage still to read, in time order (rotated files of one sensor).
-    pending: std::collections::VecDeque<PathBuf>,
+    pending: VecDeque<PathBuf>,
     vantage: u16,
     slot: CapturedFrame,
     /// Frames read and not yet released, in time order (then record number). Captures are
@@ -157,7 +157,7 @@ impl Source {
         };
         Ok(Self {
             reader,
-            pending: std::collections::VecDeque::new(),
+            pending: VecDeque::new(),
             vantage,
             slot: CapturedFrame::default(),
             window: VecDeque::new(),
