@@ -192,7 +192,9 @@ impl XskQueue {
             batch: free.clone(),
             free,
         };
-        q.batch.truncate(256);
+        // One receive takes as much as the RX ring can hold, so a burst that filled it is taken
+        // in one go (and its frames go back to the fill ring together).
+        q.batch.truncate(opts.ring_size as usize);
         if let Some(bp) = opts.busy_poll {
             q.set_busy_poll(bp)?;
         }
@@ -234,15 +236,32 @@ impl XskQueue {
         self.rx.fd().as_raw_fd()
     }
 
-    /// Waits up to `timeout_ms` for frames, hands each to `f`, and returns the frames to the
-    /// fill ring. Returns how many frames were received.
+    /// Takes what the RX ring holds (waiting up to `timeout_ms` only when it is empty), hands
+    /// each frame to `f`, and returns the frames to the fill ring. Returns how many frames were
+    /// received.
+    ///
+    /// The fill ring is topped up *before* the batch is processed: the UMEM has twice the
+    /// ring's frames, so while the worker processes a full batch the kernel still has a full
+    /// fill ring for the next burst (an empty one is `rx_fill_ring_empty_descs`, and the frames
+    /// it costs are `rx_dropped`).
     pub fn recv_batch(
         &mut self,
         timeout_ms: i32,
         mut f: impl FnMut(RxFrame<'_>),
     ) -> io::Result<usize> {
         // SAFETY: the batch descriptors belong to this UMEM and are user-owned.
-        let n = unsafe { self.rx.poll_and_consume(&mut self.batch, timeout_ms)? };
+        let mut n = unsafe { self.rx.consume(&mut self.batch) };
+        if n == 0 {
+            // Nothing ready: sleep in poll(2) instead of spinning (one syscall per idle wait,
+            // none per batch while traffic flows).
+            self.refill();
+            if !self.rx.poll(timeout_ms)? {
+                return Ok(0);
+            }
+            // SAFETY: as above.
+            n = unsafe { self.rx.consume(&mut self.batch) };
+        }
+        self.refill();
         for desc in &self.batch[..n] {
             // SAFETY: the kernel handed this frame to us; nobody else touches it until it
             // goes back on the fill ring below.
