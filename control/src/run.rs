@@ -57,9 +57,13 @@ pub struct RunArgs {
     /// them in order. Default: worker i on CPU i modulo the CPU count.
     #[arg(long, value_name = "LIST", value_parser = options::pinnable_cpu_list)]
     pub cpus: Option<CpuList>,
-    /// AF_XDP ring size in frames (a power of two, 64 to 32768).
-    #[arg(long, default_value_t = 4096, value_name = "FRAMES", value_parser = options::ring_size)]
-    pub ring_size: u32,
+    /// AF_XDP ring size in frames (a power of two, 64 to 32768); each socket holds twice that
+    /// many frames (2 KiB each, or the profile's frame size). A larger ring absorbs a longer
+    /// burst while a worker is off its CPU (lost frames show as
+    /// wirewatch_xsk_rx_dropped_total). Default: 16384 while all sockets' buffers stay within
+    /// 256 MiB (up to 4 queues at 2 KiB), halved as queues are added, at least 2048.
+    #[arg(long, value_name = "FRAMES", value_parser = options::ring_size)]
+    pub ring_size: Option<u32>,
     /// Busy-poll the sockets for this many µs (SO_PREFER_BUSY_POLL), at most 1000000; 0 disables.
     #[arg(long, default_value_t = 0, value_name = "USECS", allow_negative_numbers = true,
           value_parser = options::whole::<u32>(0, MAX_BUSY_POLL_USECS, "µs"))]
@@ -408,8 +412,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
         frame_size = p.xdp.frame_size;
     }
-    let xsk_opts = XskOptions {
-        ring_size: args.ring_size,
+    let mut xsk_opts = XskOptions {
+        ring_size: args.ring_size.unwrap_or(dataplane::xsk::AUTO_RING_MAX),
         frame_size,
         zero_copy: match args.zero_copy {
             ZeroCopyArg::Auto => ZeroCopyPolicy::Auto,
@@ -476,6 +480,14 @@ pub fn run(args: RunArgs) -> Result<()> {
     // Engines: one per worker; flows are owned by hash, frames of another worker's flow are
     // handed over (no symmetric RSS needed).
     let nworkers: usize = plan.iter().map(|p| p.2.len()).sum();
+    if args.ring_size.is_none() {
+        xsk_opts.ring_size = dataplane::xsk::auto_ring_size(nworkers, xsk_opts.frame_size);
+    }
+    log::info!(
+        "AF_XDP rings of {} frames, {} MiB of socket buffers per queue",
+        xsk_opts.ring_size,
+        (u64::from(xsk_opts.ring_size) * 2 * u64::from(xsk_opts.frame_size)) >> 20
+    );
     let mut engine_cfg = EngineConfig {
         evidence_dir: Some(args.evidence_dir.clone()),
         vantage_names: args.ifaces.clone(),

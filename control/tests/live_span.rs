@@ -3,11 +3,11 @@
 //! watches through XDP + AF_XDP. tcpdump (AF_PACKET) on the span pair's sending end sees what
 //! enters the monitor's interface; every TCP frame it saw must have reached wirewatch.
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::{BufRead as _, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dataplane::capture::CaptureReader;
@@ -342,7 +342,7 @@ fn every_frame_accounted(queues: u32) {
             .spawn()
             .expect("tcpdump (run scripts/setup.sh)"),
     );
-    let ww = KillOnDrop(
+    let mut ww = KillOnDrop(
         lab.mon
             .command(env!("CARGO_BIN_EXE_wirewatch"))
             .args(["run", "--iface", "sp1", "--xdp-mode", "native", "--metrics", "127.0.0.1:0"])
@@ -359,7 +359,11 @@ fn every_frame_accounted(queues: u32) {
             .spawn()
             .unwrap(),
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    // Traffic starts once every socket is bound (a frame before that is "no socket": counted,
+    // but not what this test is about).
+    let (log_text, log_reader) = follow(&mut ww);
+    wait_for(&log_text, "XDP attached in native mode");
+    std::thread::sleep(Duration::from_millis(200)); // tcpdump, started first, is capturing too
     let addrs: Vec<IpAddr> = ["10.77.0.2", "10.77.0.2", "fd77::2", "fd77::2"]
         .iter()
         .map(|a| a.parse().unwrap())
@@ -372,7 +376,9 @@ fn every_frame_accounted(queues: u32) {
         );
     }
     std::thread::sleep(Duration::from_millis(500));
-    let (status, log) = ww.interrupt_and_collect();
+    let (status, _) = ww.interrupt_and_collect();
+    log_reader.join().unwrap();
+    let log = log_text.lock().unwrap().clone();
     assert!(status.success(), "wirewatch failed: {log}");
     let (_, tcpdump_log) = tcpdump.interrupt_and_collect();
     assert!(
@@ -456,6 +462,33 @@ fn four_queues_four_workers_every_frame_accounted() {
     if privileged_or_skip("four_queues_four_workers_every_frame_accounted") {
         every_frame_accounted(4);
     }
+}
+
+/// Reads the child's stderr as it comes (the text so far, and the reader to join after the
+/// child exits).
+fn follow(child: &mut KillOnDrop) -> (Arc<Mutex<String>>, std::thread::JoinHandle<()>) {
+    let text = Arc::new(Mutex::new(String::new()));
+    let err = child.0.stderr.take().expect("stderr piped");
+    let t = text.clone();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            let mut t = t.lock().unwrap();
+            t.push_str(&line);
+            t.push('\n');
+        }
+    });
+    (text, reader)
+}
+
+/// Waits (up to 30 s) until `text` contains `what`.
+fn wait_for(text: &Mutex<String>, what: &str) {
+    for _ in 0..300 {
+        if text.lock().unwrap().contains(what) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("never logged {what:?}: {}", text.lock().unwrap());
 }
 
 /// A child process that is killed if the test fails before it is reaped.
