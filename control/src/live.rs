@@ -69,6 +69,8 @@ pub struct EngineSink {
     /// Frames processed by this engine, and the inbound hand-off losses already reported to it.
     pub received: u64,
     pub inbound_lost_seen: u64,
+    /// With hand-off: this worker's frames and those handed to it, in receive-time order.
+    pub reorder: Reorder,
     /// Symmetric RSS put both directions of every flow on this worker's queue: no hand-off.
     pub queue_owned: bool,
     /// Capture-completeness counters as last published (the metrics get the growth).
@@ -134,28 +136,31 @@ impl EngineSink {
 
 impl FrameSink for EngineSink {
     fn frame(&mut self, f: &RawFrame<'_>) {
-        if let Some(r) = &mut self.record {
-            r.push(f);
-        }
         if self.peers.len() <= 1 || self.queue_owned {
+            if let Some(r) = &mut self.record {
+                r.push(f);
+            }
             self.received += 1;
             self.engine.process_frame(f.data, f.orig_len, f.ts_ns, f.vantage, 0);
             return;
         }
         // Decoded once: the flow key picks the owner, and the owner's engine gets the packet.
         let Ok(p) = decode(f.data, f.orig_len, f.ts_ns, f.vantage) else {
+            if let Some(r) = &mut self.record {
+                r.push(f);
+            }
             self.received += 1;
             return self.engine.process_frame(f.data, f.orig_len, f.ts_ns, f.vantage, 0);
         };
         let owner = dataplane::pipeline::shard_of(&p, self.peers.len());
+        let len = f.data.len().min(dataplane::evidence::HIST_SNAP);
+        let mut head = [0u8; dataplane::evidence::HIST_SNAP];
+        head[..len].copy_from_slice(&f.data[..len]);
+        let o = OwnedFrame { pkt: p, len: len as u8, head };
         if owner == self.id {
-            self.received += 1;
-            self.engine.process(&p, f.data, 0);
+            // Held until the frames other workers hand over for the same time have arrived.
+            self.reorder.push(o);
         } else {
-            let len = f.data.len().min(dataplane::evidence::HIST_SNAP);
-            let mut head = [0u8; dataplane::evidence::HIST_SNAP];
-            head[..len].copy_from_slice(&f.data[..len]);
-            let o = OwnedFrame { pkt: p, len: len as u8, head };
             match self.peers[owner].try_send(o) {
                 Ok(()) => self.stats.handed_off.fetch_add(1, Relaxed),
                 Err(_) => {
@@ -174,29 +179,124 @@ impl FrameSink for EngineSink {
 
     fn batch_end(&mut self) {
         while let Ok(o) = self.inbox.try_recv() {
-            self.received += 1;
-            self.engine.process(&o.pkt, &o.head[..o.len as usize], 0);
+            self.reorder.push(o);
         }
+        self.release(dataplane::worker::realtime_ns().saturating_sub(REORDER_WINDOW_NS));
         let lost = self.stats.handoff_lost_inbound.load(Relaxed);
         if lost > self.inbound_lost_seen {
             self.engine.capture_loss(lost - self.inbound_lost_seen);
             self.inbound_lost_seen = lost;
         }
-        if let Some(r) = &mut self.record {
+        if let Some(r) = self.record.as_mut().filter(|r| r.cur.frames.len() >= RECORD_FLUSH_FRAMES)
+        {
             self.record_dropped += r.flush();
         }
         self.publish();
     }
 
     fn tick(&mut self, now_ns: u64) {
-        self.engine.tick(now_ns);
+        // With hand-off the engine runs REORDER_WINDOW_NS behind: its clock must not pass
+        // frames still held.
+        let now =
+            if self.handing_off() { now_ns.saturating_sub(REORDER_WINDOW_NS) } else { now_ns };
+        self.release(now);
+        self.engine.tick(now);
+        if let Some(r) = &mut self.record {
+            self.record_dropped += r.flush();
+        }
         self.publish();
     }
 
     fn finish(&mut self) {
         self.batch_end();
+        self.release(u64::MAX);
+        if let Some(r) = &mut self.record {
+            self.record_dropped += r.flush();
+        }
         self.engine.finish();
         self.publish();
+    }
+}
+
+/// How long a worker that shares flows with others holds its frames before its engine sees
+/// them: frames of one flow arrive on different queues (RSS is not symmetric) and reach the
+/// owner through the hand-off later than its own queue's; holding every frame this long and
+/// releasing them in receive-time order gives the engine each flow in receive-time order. An
+/// idle worker checks its inbox every 10 ms; 50 ms was seen too short on a loaded two-CPU
+/// machine (a SYN handed over after its RST had been released). Held frames are bounded by
+/// `REORDER_MAX`; detections come this much later.
+pub const REORDER_WINDOW_NS: u64 = 200_000_000;
+/// Frames held at most; past it the oldest are released early (order may suffer, nothing is
+/// lost).
+const REORDER_MAX: usize = 1 << 18;
+
+/// Frames waiting for their turn, oldest receive time first (ties in arrival order).
+#[derive(Default)]
+pub struct Reorder {
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<Held>>,
+    seq: u64,
+}
+
+pub struct Held(u64, u64, OwnedFrame);
+
+impl PartialEq for Held {
+    fn eq(&self, o: &Self) -> bool {
+        (self.0, self.1) == (o.0, o.1)
+    }
+}
+impl Eq for Held {}
+impl PartialOrd for Held {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Held {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.0, self.1).cmp(&(o.0, o.1))
+    }
+}
+
+impl Reorder {
+    fn push(&mut self, o: OwnedFrame) {
+        self.seq += 1;
+        self.heap.push(std::cmp::Reverse(Held(o.pkt.ts_ns, self.seq, o)));
+    }
+
+    /// The oldest frame, if it was received at or before `until` (or too many are held).
+    fn pop(&mut self, until: u64) -> Option<OwnedFrame> {
+        let std::cmp::Reverse(Held(ts, _, _)) = self.heap.peek()?;
+        if *ts <= until || self.heap.len() > REORDER_MAX {
+            self.heap.pop().map(|std::cmp::Reverse(Held(_, _, o))| o)
+        } else {
+            None
+        }
+    }
+}
+
+impl EngineSink {
+    fn handing_off(&self) -> bool {
+        self.peers.len() > 1 && !self.queue_owned
+    }
+
+    /// Gives the engine every held frame received at or before `until`, oldest first.
+    fn release(&mut self, until: u64) {
+        while let Some(o) = self.reorder.pop(until) {
+            // Recorded in the order the engine takes them, so an analysis of the recording
+            // sees each flow as the run did (frames of one flow from different queues can
+            // carry receive times out of wire order: software timestamps per queue). With
+            // hand-off the recording keeps the first HIST_SNAP bytes of each frame.
+            if let Some(r) = &mut self.record {
+                let data = &o.head[..o.len as usize];
+                r.push(&RawFrame {
+                    data,
+                    orig_len: o.pkt.orig_len,
+                    ts_ns: o.pkt.ts_ns,
+                    vantage: o.pkt.vantage,
+                });
+            }
+            self.received += 1;
+            self.engine.process(&o.pkt, &o.head[..o.len as usize], 0);
+        }
     }
 }
 
@@ -547,9 +647,13 @@ impl RecordBatch {
     }
 }
 
-/// Batches handed to the writer at most (with up to 4,096 frames each).
-pub const RECORD_QUEUE_BATCHES: usize = 64;
-const RECORD_BATCH_FRAMES: usize = 4096;
+/// Batches waiting for the writer at most (up to 1,024 frames each; a receive batch hands its
+/// frames over from 256 on, a tick whatever waits).
+pub const RECORD_QUEUE_BATCHES: usize = 256;
+const RECORD_BATCH_FRAMES: usize = 1024;
+/// A receive batch hands its frames to the writer once this many are waiting (or at the next
+/// tick, 100 ms at most).
+const RECORD_FLUSH_FRAMES: usize = 256;
 
 /// A worker's end of the recorder.
 pub struct Recorder {

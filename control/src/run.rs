@@ -600,6 +600,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 record_dropped: 0,
                 received: 0,
                 inbound_lost_seen: 0,
+                reorder: crate::live::Reorder::default(),
                 peer_stats: worker_stats.clone(),
                 queue_owned,
                 capture_published: Vec::new(),

@@ -147,7 +147,9 @@ impl Worker {
             loop {
                 let stopping = stop.load(Relaxed);
                 // After stop, drain what is already in the ring, then leave.
-                let timeout = if stopping { 0 } else { 100 };
+                // 10 ms: frames handed over by other workers wait in the sink's inbox until
+                // this loop comes round.
+                let timeout = if stopping { 0 } else { 10 };
                 let got = xsk.recv_batch(timeout, |rx| {
                     let (ts_ns, orig_len) = if let Some(m) = rx.meta {
                         (m.rx_ns.wrapping_add(offset), m.orig_len)
