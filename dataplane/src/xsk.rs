@@ -97,7 +97,10 @@ pub struct RxFrame<'a> {
     pub data: &'a [u8],
 }
 
-/// Cumulative `XDP_STATISTICS` of one socket.
+/// Cumulative `XDP_STATISTICS` of one socket: `getsockopt(SOL_XDP, XDP_STATISTICS)` fills
+/// `struct xdp_statistics` (include/uapi/linux/if_xdp.h; the three ring counters since Linux
+/// 5.9). In copy mode `rx_dropped` counts frames for which the fill ring had no buffer
+/// (net/xdp/xsk.c `__xsk_rcv`), `rx_ring_full` frames the RX ring had no room for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SocketStats {
     pub rx_dropped: u64,
