@@ -47,6 +47,10 @@ pub const WORKER_HEARTBEAT: &str = "wirewatch_worker_heartbeat_timestamp_seconds
 pub const OUTPUT_DROPPED: &str = "wirewatch_output_dropped_total";
 /// The interface's own receive drops (driver, NIC FIFO, missed), from its sysfs statistics.
 pub const IFACE_RX_DROPPED: &str = "wirewatch_interface_rx_dropped_total";
+/// The driver's per-queue receive drops (`ethtool -S`: rx_queue_N_drops, rx_queue_N_xdp_drops).
+pub const DRIVER_RX_DROPS: &str = "wirewatch_driver_rx_drops_total";
+/// Frames the engines processed (from their own queue or handed over by another worker).
+pub const ENGINE_FRAMES: &str = "wirewatch_engine_frames_total";
 
 /// HELP text and unit of every metric above: one place, so none is exported without.
 fn describe() {
@@ -135,6 +139,12 @@ fn describe() {
         Unit::Count,
         "Events and evidence jobs dropped because the output thread fell behind."
     );
+    describe_counter!(DRIVER_RX_DROPS, Unit::Count, "Frames the driver dropped on a receive queue since wirewatch attached, by interface, queue and reason: drops (ethtool -S rx_queue_N_drops; on veth this includes frames the AF_XDP socket had no room for, which wirewatch_xsk_* count too), xdp_drops (rx_queue_N_xdp_drops: XDP_DROP verdicts, i.e. --non-tcp drop). Each growth puts the queue's flows in the gap state.");
+    describe_counter!(
+        ENGINE_FRAMES,
+        Unit::Count,
+        "Frames the detection engines processed, all workers (received from a socket or handed over)."
+    );
     describe_counter!(IFACE_RX_DROPPED, Unit::Count, "Receive drops the interface itself counts (sysfs statistics): reason=dropped, missed (rx_missed_errors), fifo (rx_fifo_errors).");
 }
 
@@ -177,6 +187,7 @@ pub fn install() -> Result<PrometheusHandle> {
         FLOWS_CREATED,
         MACS_OVERFLOWED,
         OUTPUT_DROPPED,
+        ENGINE_FRAMES,
     ] {
         counter!(c).absolute(0);
     }
@@ -195,8 +206,13 @@ pub fn queue(c: &QueueCounters, vantage: &str, queue: u32) {
     counter!(XSK_RING_FULL, &l).absolute(c.rx_ring_full.load(Relaxed));
     counter!(XSK_INVALID, &l).absolute(c.rx_invalid_descs.load(Relaxed));
     counter!(XSK_FILL_EMPTY, &l).absolute(c.rx_fill_ring_empty_descs.load(Relaxed));
+    for (reason, v) in [("drops", &c.driver_drops), ("xdp_drops", &c.driver_xdp_drops)] {
+        counter!(DRIVER_RX_DROPS, "vantage" => vantage.to_string(), "queue" => queue.to_string(), "reason" => reason)
+            .absolute(v.load(Relaxed));
+    }
 }
 
+/// Every outcome (zeros included, so alerts on no_socket or redirect_failed see a series).
 pub fn xdp(vantage: &str, outcomes: &[(&'static str, u64)]) {
     for (reason, n) in outcomes {
         counter!(XDP_PACKETS, "vantage" => vantage.to_string(), "reason" => *reason).absolute(*n);

@@ -1,8 +1,6 @@
 //! `wirewatch run`: attach the XDP program to each interface, bind one AF_XDP socket per
 //! queue, run one pinned worker per socket until SIGINT/SIGTERM, then detach and report.
 use std::ffi::CString;
-use std::fs::File;
-use std::io::BufWriter;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
@@ -16,13 +14,15 @@ use crossbeam_channel::bounded;
 use dataplane::anomaly::Kind;
 use dataplane::engine::{Engine, EngineConfig};
 use dataplane::loader::XdpProgram;
-use dataplane::pcapng::PcapngWriter;
 use dataplane::worker::{QueueCounters, Worker};
 use dataplane::xsk::{XskOptions, XskQueue, ZeroCopyPolicy};
 use dataplane_common::XdpConfig;
 use serde::Serialize;
 
-use crate::live::{event_loop, EngineSink, EventOutput, Output, OwnedFrame, SharedStats};
+use crate::live::{
+    event_loop, read_driver_losses, DriverBaseline, EngineSink, EventOutput, InterfaceSummary,
+    LossSummary, Output, OwnedFrame, RecordBatch, Recorder, SharedStats, RECORD_QUEUE_BATCHES,
+};
 use crate::options::{self, ApiToken, Bounds, CpuList, Queues};
 
 #[derive(Args, Debug, Clone)]
@@ -57,9 +57,13 @@ pub struct RunArgs {
     /// them in order. Default: worker i on CPU i modulo the CPU count.
     #[arg(long, value_name = "LIST", value_parser = options::pinnable_cpu_list)]
     pub cpus: Option<CpuList>,
-    /// AF_XDP ring size in frames (a power of two, 64 to 32768).
-    #[arg(long, default_value_t = 4096, value_name = "FRAMES", value_parser = options::ring_size)]
-    pub ring_size: u32,
+    /// AF_XDP ring size in frames (a power of two, 64 to 32768); each socket holds twice that
+    /// many frames (2 KiB each, or the profile's frame size). A larger ring absorbs a longer
+    /// burst while a worker is off its CPU (lost frames show as
+    /// wirewatch_xsk_rx_dropped_total). Default: 16384 while all sockets' buffers stay within
+    /// 256 MiB (up to 4 queues at 2 KiB), halved as queues are added, at least 2048.
+    #[arg(long, value_name = "FRAMES", value_parser = options::ring_size)]
+    pub ring_size: Option<u32>,
     /// Busy-poll the sockets for this many µs (SO_PREFER_BUSY_POLL), at most 1000000; 0 disables.
     #[arg(long, default_value_t = 0, value_name = "USECS", allow_negative_numbers = true,
           value_parser = options::whole::<u32>(0, MAX_BUSY_POLL_USECS, "µs"))]
@@ -293,7 +297,9 @@ fn export_metrics(
     for (iface, p) in programs {
         crate::metrics::interface_drops(iface);
         if let Ok(c) = p.counters() {
-            crate::metrics::xdp(iface, &c.nonzero());
+            let all: Vec<_> =
+                dataplane_common::Outcome::ALL.iter().map(|o| (o.name(), c.get(*o))).collect();
+            crate::metrics::xdp(iface, &all);
         }
     }
     let sum = |f: &dyn Fn(&SharedStats) -> u64| workers.iter().map(|w| f(w)).sum::<u64>();
@@ -320,6 +326,8 @@ fn export_metrics(
         .absolute(sum(&|w| w.handoff_dropped.load(Relaxed)));
     metrics::counter!(crate::metrics::OUTPUT_DROPPED)
         .absolute(sum(&|w| w.output_dropped.load(Relaxed)));
+    metrics::counter!(crate::metrics::ENGINE_FRAMES)
+        .absolute(sum(&|w| w.engine_received.load(Relaxed)));
 }
 
 /// What the summary reports per queue.
@@ -338,11 +346,17 @@ struct QueueSummary {
     rx_ring_full: u64,
     rx_invalid_descs: u64,
     rx_fill_ring_empty_descs: u64,
+    /// The driver's `rx_queue_N_drops` / `rx_queue_N_xdp_drops` during the run.
+    driver_drops: u64,
+    driver_xdp_drops: u64,
 }
 
 #[derive(Serialize)]
 struct RunSummary {
     queues: Vec<QueueSummary>,
+    interfaces: Vec<InterfaceSummary>,
+    /// Every frame accounted for.
+    loss: LossSummary,
     /// XDP outcomes per interface, by reason.
     xdp: Vec<(String, Vec<(&'static str, u64)>)>,
     recorded: u64,
@@ -354,14 +368,6 @@ struct RunSummary {
     evidence_failed: u64,
     handed_off: u64,
     handoff_dropped: u64,
-}
-
-/// Frames headed for the `--record` file, handed off without blocking the worker.
-pub struct RecordFrame {
-    pub vantage: u16,
-    pub ts_ns: u64,
-    pub orig_len: u32,
-    pub data: Vec<u8>,
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
@@ -406,8 +412,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
         frame_size = p.xdp.frame_size;
     }
-    let xsk_opts = XskOptions {
-        ring_size: args.ring_size,
+    let mut xsk_opts = XskOptions {
+        ring_size: args.ring_size.unwrap_or(dataplane::xsk::AUTO_RING_MAX),
         frame_size,
         zero_copy: match args.zero_copy {
             ZeroCopyArg::Auto => ZeroCopyPolicy::Auto,
@@ -453,26 +459,20 @@ pub fn run(args: RunArgs) -> Result<()> {
     );
 
     let record_thread = args.record.as_ref().map(|path| {
-        let (tx, rx) = bounded::<RecordFrame>(65536);
+        let (tx, rx) = bounded::<RecordBatch>(RECORD_QUEUE_BATCHES);
+        let (free_tx, free_rx) = bounded::<RecordBatch>(RECORD_QUEUE_BATCHES);
         let path = path.clone();
         let names = args.ifaces.clone();
         let snaplen = args.snaplen;
-        let h = std::thread::spawn(move || -> Result<u64> {
-            let f = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-            let mut w = PcapngWriter::new(BufWriter::new(f))?;
-            for n in &names {
-                w.interface(n, snaplen)?;
-            }
-            let mut count = 0;
-            for r in rx {
-                w.packet(r.vantage as u32, r.ts_ns, &r.data, r.orig_len, None)?;
-                count += 1;
-            }
-            w.flush()?;
-            Ok(count)
-        });
-        (tx, h)
+        let h = std::thread::Builder::new()
+            .name("ww-record".into())
+            .spawn(move || crate::live::write_record(&rx, &free_tx, &path, &names, snaplen));
+        (tx, free_rx, h)
     });
+    let record_thread = match record_thread {
+        Some((tx, free, h)) => Some((tx, free, h.context("starting the recorder thread")?)),
+        None => None,
+    };
 
     let stop = Arc::new(AtomicBool::new(false));
     install_signal_handlers();
@@ -480,6 +480,14 @@ pub fn run(args: RunArgs) -> Result<()> {
     // Engines: one per worker; flows are owned by hash, frames of another worker's flow are
     // handed over (no symmetric RSS needed).
     let nworkers: usize = plan.iter().map(|p| p.2.len()).sum();
+    if args.ring_size.is_none() {
+        xsk_opts.ring_size = dataplane::xsk::auto_ring_size(nworkers, xsk_opts.frame_size);
+    }
+    log::info!(
+        "AF_XDP rings of {} frames, {} MiB of socket buffers per queue",
+        xsk_opts.ring_size,
+        (u64::from(xsk_opts.ring_size) * 2 * u64::from(xsk_opts.frame_size)) >> 20
+    );
     let mut engine_cfg = EngineConfig {
         evidence_dir: Some(args.evidence_dir.clone()),
         vantage_names: args.ifaces.clone(),
@@ -532,6 +540,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         (0..nworkers).map(|_| bounded::<OwnedFrame>(16384)).unzip();
     inbox_rx.reverse();
     let mut programs = Vec::new();
+    let mut driver_base = Vec::new();
+    let draining = Arc::new(std::sync::atomic::AtomicUsize::new(nworkers));
     let mut workers = Vec::new();
     let mut summaries = Vec::new();
     let mut worker_no = 0usize;
@@ -541,6 +551,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         // Attach first: an interface owned by another XDP program is refused before any socket
         // is bound, and until the sockets are in the map the program passes frames (fail open).
         let xdp_mode = attach(&mut prog, iface, *idx, args.xdp_mode)?;
+        // Attaching native XDP resets some drivers' queues: the baseline is taken after it.
+        driver_base.push(DriverBaseline::new(iface));
         let mut queues = Vec::new();
         for &q in queue_ids {
             let xsk = XskQueue::open(iface, q, &xsk_opts).map_err(|e| match &e {
@@ -579,12 +591,27 @@ pub fn run(args: RunArgs) -> Result<()> {
                 inbox: inbox_rx.pop().expect("one inbox per worker"),
                 out: out_tx.clone(),
                 stats: worker_stats[worker_no - 1].clone(),
-                record: record_thread.as_ref().map(|(tx, _)| tx.clone()),
+                record: record_thread.as_ref().map(|(tx, free, _)| Recorder {
+                    tx: tx.clone(),
+                    free: free.clone(),
+                    cur: RecordBatch::default(),
+                    dropped: 0,
+                }),
                 record_dropped: 0,
+                received: 0,
+                inbound_lost_seen: 0,
+                reorder: crate::live::Reorder::default(),
+                peer_stats: worker_stats.clone(),
                 queue_owned,
                 capture_published: Vec::new(),
             };
-            let w = Worker { xsk, vantage: vantage as u16, cpu: Some(cpu), counters };
+            let w = Worker {
+                xsk,
+                vantage: vantage as u16,
+                cpu: Some(cpu),
+                counters,
+                draining: draining.clone(),
+            };
             workers.push(w.spawn(sink, stop.clone())?);
         }
         programs.push((iface.clone(), prog));
@@ -603,18 +630,37 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
         if last_export.elapsed() >= Duration::from_millis(500) {
             last_export = Instant::now();
+            read_driver_losses(
+                &summaries.iter().map(|q| (q.0.as_str(), q.2, &*q.6)).collect::<Vec<_>>(),
+                &mut driver_base,
+                config.non_tcp_drop != 0,
+            );
             export_metrics(&summaries, &programs, &worker_stats);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    log::info!("stopping: draining queues and detaching");
+    log::info!("stopping: detaching, then draining the queues");
+    // Detach first, so nothing is redirected after the workers' last read: what the program
+    // counted and what the sockets delivered then add up exactly.
+    for (iface, p) in &mut programs {
+        if let Err(e) = p.detach() {
+            log::warn!("{iface}: detaching XDP: {e}");
+        }
+    }
+    std::thread::sleep(Duration::from_millis(20));
     stop.store(true, Relaxed);
     let mut record_dropped = 0;
     for h in workers {
         let sink = h.join().map_err(|_| anyhow::anyhow!("a worker thread panicked"))?;
         record_dropped += sink.record_dropped;
     }
+    read_driver_losses(
+        &summaries.iter().map(|q| (q.0.as_str(), q.2, &*q.6)).collect::<Vec<_>>(),
+        &mut driver_base,
+        config.non_tcp_drop != 0,
+    );
     export_metrics(&summaries, &programs, &worker_stats);
+    let xdp_counts: Vec<_> = programs.iter().filter_map(|(_, p)| p.counters().ok()).collect();
     let xdp = programs
         .iter()
         .map(|(iface, p)| (iface.clone(), p.counters().map(|c| c.nonzero()).unwrap_or_default()))
@@ -625,15 +671,17 @@ pub fn run(args: RunArgs) -> Result<()> {
     let (events, evidence_written, evidence_failed) =
         output_thread.join().map_err(|_| anyhow::anyhow!("the event thread panicked"))?;
     let recorded = match record_thread {
-        Some((tx, h)) => {
-            drop(tx);
+        Some((tx, free, h)) => {
+            drop((tx, free));
             h.join().map_err(|_| anyhow::anyhow!("the recorder thread panicked"))??
         }
         None => 0,
     };
+    let queue_counters: Vec<&QueueCounters> = summaries.iter().map(|q| &*q.6).collect();
     let summary = RunSummary {
         queues: summaries
-            .into_iter()
+            .iter()
+            .cloned()
             .map(|(iface, vantage, queue, xdp_mode, copy_mode, fb, c)| QueueSummary {
                 iface,
                 vantage,
@@ -648,8 +696,12 @@ pub fn run(args: RunArgs) -> Result<()> {
                 rx_ring_full: c.rx_ring_full.load(Relaxed),
                 rx_invalid_descs: c.rx_invalid_descs.load(Relaxed),
                 rx_fill_ring_empty_descs: c.rx_fill_ring_empty_descs.load(Relaxed),
+                driver_drops: c.driver_drops.load(Relaxed),
+                driver_xdp_drops: c.driver_xdp_drops.load(Relaxed),
             })
             .collect(),
+        interfaces: driver_base.iter().map(DriverBaseline::summary).collect(),
+        loss: LossSummary::of(&xdp_counts, &queue_counters, &driver_base, &worker_stats),
         xdp,
         recorded,
         record_dropped,
@@ -672,6 +724,12 @@ pub fn run(args: RunArgs) -> Result<()> {
         handed_off: worker_stats.iter().map(|w| w.handed_off.load(Relaxed)).sum(),
         handoff_dropped: worker_stats.iter().map(|w| w.handoff_dropped.load(Relaxed)).sum(),
     };
+    let l = &summary.loss;
+    log::info!(
+        "frames: {} processed by the engines; lost: {} (XDP no socket {}, redirect failed {}, truncate failed {}; AF_XDP socket full {}, ring full {}; hand-off {}; interface missed {}); driver queue drops {}; unattributed {}",
+        l.engine_received, l.lost_total, l.xdp_no_socket, l.xdp_redirect_failed, l.xdp_truncate_failed,
+        l.xsk_rx_dropped, l.xsk_rx_ring_full, l.handoff_dropped, l.interface_missed, l.driver_queue_drops, l.unattributed
+    );
     for q in &summary.queues {
         log::info!(
             "{} queue {}: {} packets, {} bytes, lost in our rings {} (ring full {}), XDP {} / AF_XDP {}",

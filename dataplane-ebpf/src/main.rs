@@ -52,6 +52,16 @@ impl Bytes for Frame {
         // Safety: p + 2 <= data_end was checked just above; the read is unaligned-safe.
         Some(u16::from_be(unsafe { core::ptr::read_unaligned(p as *const u16) }))
     }
+    #[inline(always)]
+    fn array_at<const N: usize>(&self, off: usize) -> Option<&[u8; N]> {
+        let p = self.start + off;
+        if p + N > self.end {
+            return None;
+        }
+        // Safety: p + N <= data_end was checked just above, and data <= p, so the N bytes lie
+        // inside the frame, which outlives this program run; [u8; N] has alignment 1.
+        Some(unsafe { &*(p as *const [u8; N]) })
+    }
 }
 
 #[inline(always)]
@@ -89,7 +99,7 @@ fn try_wirewatch_xdp(ctx: &XdpContext) -> (Outcome, u32) {
     // Safety: ctx.ctx is the kernel's xdp_md for this invocation, valid for the whole call.
     let queue = unsafe { (*ctx.ctx).rx_queue_index };
     if XSKS.get(queue).is_none() {
-        return (Outcome::RedirectFailed, xdp_action::XDP_PASS);
+        return (Outcome::NoSocket, xdp_action::XDP_PASS);
     }
 
     // Headers only: in copy mode the kernel copies the frame into user memory, so cut it first.

@@ -8,6 +8,7 @@ pub mod evidence;
 pub mod flow;
 pub mod loader;
 pub mod netns;
+pub mod nicstats;
 pub mod packet;
 pub mod pcapng;
 pub mod pipeline;

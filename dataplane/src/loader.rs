@@ -3,6 +3,7 @@
 use std::os::fd::AsRawFd;
 
 use aya::maps::{MapData, PerCpuArray, XskMap};
+use aya::programs::xdp::XdpLinkId;
 use aya::programs::{Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use dataplane_common::{
@@ -30,6 +31,7 @@ pub enum LoadError {
 pub struct XdpProgram {
     ebpf: Ebpf,
     pub config: XdpConfig,
+    link: Option<XdpLinkId>,
 }
 
 impl XdpProgram {
@@ -43,7 +45,7 @@ impl XdpProgram {
             .ok_or(LoadError::Missing("XDP program"))?
             .try_into()?;
         prog.load()?;
-        Ok(Self { ebpf, config })
+        Ok(Self { ebpf, config, link: None })
     }
 
     pub fn program(&mut self) -> &mut Xdp {
@@ -60,7 +62,18 @@ impl XdpProgram {
         ifindex: u32,
         mode: XdpMode,
     ) -> Result<(), aya::programs::ProgramError> {
-        self.program().attach_to_if_index(ifindex, mode).map(|_| ())
+        let link = self.program().attach_to_if_index(ifindex, mode)?;
+        self.link = Some(link);
+        Ok(())
+    }
+
+    /// Detaches from the interface while the maps stay readable: after it, no frame is
+    /// counted or redirected, so the counters can be compared with what the sockets received.
+    pub fn detach(&mut self) -> Result<(), aya::programs::ProgramError> {
+        match self.link.take() {
+            Some(link) => self.program().detach(link),
+            None => Ok(()),
+        }
     }
 
     /// Puts `socket_fd` in the XSKMAP slot of `queue`.

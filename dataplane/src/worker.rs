@@ -2,7 +2,7 @@
 //! sink outright. Nothing on this path takes a lock; counters are atomics the control plane
 //! reads.
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -45,6 +45,17 @@ pub struct QueueCounters {
     pub rx_invalid_descs: AtomicU64,
     pub rx_ring_full: AtomicU64,
     pub rx_fill_ring_empty_descs: AtomicU64,
+    /// The driver's `rx_queue_N_drops` and `rx_queue_N_xdp_drops` for this queue since the
+    /// sockets were bound (written by the control thread, see `nicstats`).
+    pub driver_drops: AtomicU64,
+    pub driver_xdp_drops: AtomicU64,
+    /// Of those, the frames that may have been TCP we should have seen (`--non-tcp drop`
+    /// makes XDP drops our own choice): the worker puts its flows in the gap state when it
+    /// grows.
+    pub driver_lost: AtomicU64,
+    /// Frames the interface dropped before any queue (the NIC's missed/FIFO counters,
+    /// cumulative, written by the control thread): loss for every queue of the interface.
+    pub iface_lost: AtomicU64,
 }
 
 impl QueueCounters {
@@ -101,7 +112,14 @@ pub struct Worker {
     pub vantage: u16,
     pub cpu: Option<usize>,
     pub counters: Arc<QueueCounters>,
+    /// Workers still draining their sockets after stop (shared by all workers that hand
+    /// frames to each other): a worker finishes its engine only when every peer has stopped
+    /// reading, so a frame handed over during the drain is processed, not stranded.
+    pub draining: Arc<AtomicUsize>,
 }
+
+/// How long a stopping worker waits for its peers to drain before it finishes anyway.
+const PEER_DRAIN_WAIT: Duration = Duration::from_secs(2);
 
 impl Worker {
     /// Runs until `stop` is set; returns the sink so the caller can flush and report it.
@@ -112,19 +130,26 @@ impl Worker {
     ) -> std::io::Result<JoinHandle<S>> {
         let name = format!("ww-{}-q{}", self.xsk.iface, self.xsk.queue);
         std::thread::Builder::new().name(name).spawn(move || {
-            let Worker { mut xsk, vantage, cpu, counters } = self;
+            let Worker { mut xsk, vantage, cpu, counters, draining } = self;
             if let Some(cpu) = cpu {
                 if let Err(e) = pin_current_thread(cpu) {
                     log::warn!("{} queue {}: cannot pin to CPU {cpu}: {e}", xsk.iface, xsk.queue);
                 }
             }
             let offset = monotonic_to_realtime_offset();
-            let mut last_lost = 0u64;
+            // Our socket's losses, the driver's for this queue, the interface's for all queues:
+            // each growth puts the worker's flows in the gap state.
+            let mut last_lost = [0u64; 3];
+            let lost_now = |s: &SocketStats| {
+                [s.lost(), counters.driver_lost.load(Relaxed), counters.iface_lost.load(Relaxed)]
+            };
             let mut last_tick = Instant::now();
             loop {
                 let stopping = stop.load(Relaxed);
                 // After stop, drain what is already in the ring, then leave.
-                let timeout = if stopping { 0 } else { 100 };
+                // 10 ms: frames handed over by other workers wait in the sink's inbox until
+                // this loop comes round.
+                let timeout = if stopping { 0 } else { 10 };
                 let got = xsk.recv_batch(timeout, |rx| {
                     let (ts_ns, orig_len) = if let Some(m) = rx.meta {
                         (m.rx_ns.wrapping_add(offset), m.orig_len)
@@ -152,23 +177,34 @@ impl Worker {
                     last_tick = Instant::now();
                     if let Ok(s) = xsk.stats() {
                         counters.publish(&s);
-                        if s.lost() > last_lost {
-                            sink.capture_loss(vantage, s.lost() - last_lost, realtime_ns());
-                            last_lost = s.lost();
-                        }
+                        report_loss(&mut sink, vantage, &mut last_lost, lost_now(&s));
                     }
                     sink.tick(realtime_ns());
                 }
             }
             if let Ok(s) = xsk.stats() {
                 counters.publish(&s);
-                if s.lost() > last_lost {
-                    sink.capture_loss(vantage, s.lost() - last_lost, realtime_ns());
-                }
+                report_loss(&mut sink, vantage, &mut last_lost, lost_now(&s));
+            }
+            draining.fetch_sub(1, Relaxed);
+            let waiting = Instant::now();
+            while draining.load(Relaxed) > 0 && waiting.elapsed() < PEER_DRAIN_WAIT {
+                sink.batch_end();
+                std::thread::sleep(Duration::from_millis(1));
             }
             sink.finish();
             sink
         })
+    }
+}
+
+/// Tells the sink about every loss counter that grew since `last`.
+fn report_loss<S: FrameSink>(sink: &mut S, vantage: u16, last: &mut [u64; 3], now: [u64; 3]) {
+    for (was, is) in last.iter_mut().zip(now) {
+        if is > *was {
+            sink.capture_loss(vantage, is - *was, realtime_ns());
+            *was = is;
+        }
     }
 }
 

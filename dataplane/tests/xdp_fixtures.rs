@@ -92,7 +92,35 @@ fn fixtures() -> Vec<Fixture> {
         XDP_REDIRECT,
         Outcome::TcpRedirected,
     );
-    add("TCP on a queue with no socket", syn.clone(), 1, XDP_PASS, Outcome::RedirectFailed);
+    add("TCP on a queue with no socket", syn.clone(), 1, XDP_PASS, Outcome::NoSocket);
+    let mut two_v4 = syn_v4();
+    two_v4.vlans = vec![100, 200];
+    two_v4.payload_len = 1400;
+    add(
+        "QinQ over ipv4 1400 B on a queue with no socket",
+        two_v4.frame(),
+        1,
+        XDP_PASS,
+        Outcome::NoSocket,
+    );
+    let mut three = syn_v4();
+    three.vlans = vec![1, 2, 3];
+    add("three VLAN tags", three.frame(), 0, XDP_PASS, Outcome::MalformedVlan);
+    let mut udp6 = data_v6(&[]).frame();
+    udp6[14 + 6] = 17;
+    add("ipv6 UDP", udp6, 0, XDP_PASS, Outcome::NonTcpPassed);
+    let mut frag6 = data_v6(&[44]).frame();
+    frag6[14 + 40 + 2..14 + 40 + 4].copy_from_slice(&(185u16 << 3).to_be_bytes());
+    add("ipv6 later fragment", frag6, 0, XDP_PASS, Outcome::LaterFragment);
+    let mut v6_short_payload = data_v6(&[]).frame();
+    v6_short_payload[14 + 4..14 + 6].copy_from_slice(&10u16.to_be_bytes());
+    add(
+        "ipv6 payload length shorter than the TCP header",
+        v6_short_payload,
+        0,
+        XDP_PASS,
+        Outcome::MalformedTcpDataOffset,
+    );
 
     let mut udp = syn.clone();
     udp[14 + 9] = 17;

@@ -92,8 +92,8 @@ impl XdpMeta {
 pub enum Outcome {
     /// TCP, redirected into the queue's AF_XDP socket.
     TcpRedirected = 0,
-    /// TCP, but no AF_XDP socket bound on this queue: passed to the stack.
-    RedirectFailed = 1,
+    /// TCP, but no AF_XDP socket bound on this queue: passed to the stack untouched.
+    NoSocket = 1,
     NonTcpPassed = 2,
     NonTcpDropped = 3,
     /// IPv4/IPv6 fragment after the first: no TCP header to read, passed.
@@ -111,13 +111,18 @@ pub enum Outcome {
     TruncateFailed = 14,
     /// `bpf_xdp_adjust_meta` refused the metadata: redirected without it.
     MetaFailed = 15,
+    /// TCP, the queue's slot held a socket, but `bpf_redirect_map` refused the frame (the
+    /// socket left the XSKMAP between the lookup and the redirect): passed to the stack, cut
+    /// and with metadata. Failures after the program returns (the socket's rings full) are
+    /// the socket's `XDP_STATISTICS` and the driver's counters, not an outcome.
+    RedirectFailed = 16,
 }
-pub const OUTCOME_COUNT: u32 = 16;
+pub const OUTCOME_COUNT: u32 = 17;
 
 impl Outcome {
     pub const ALL: [Outcome; OUTCOME_COUNT as usize] = [
         Outcome::TcpRedirected,
-        Outcome::RedirectFailed,
+        Outcome::NoSocket,
         Outcome::NonTcpPassed,
         Outcome::NonTcpDropped,
         Outcome::LaterFragment,
@@ -132,13 +137,15 @@ impl Outcome {
         Outcome::MalformedTcpDataOffset,
         Outcome::TruncateFailed,
         Outcome::MetaFailed,
+        Outcome::RedirectFailed,
     ];
 
     /// The `reason` label of `wirewatch_xdp_packets_total`.
     pub const fn name(self) -> &'static str {
         match self {
             Outcome::TcpRedirected => "tcp_redirected",
-            Outcome::RedirectFailed => "redirect_failed_no_socket",
+            Outcome::NoSocket => "no_socket",
+            Outcome::RedirectFailed => "redirect_failed",
             Outcome::NonTcpPassed => "non_tcp_passed",
             Outcome::NonTcpDropped => "non_tcp_dropped",
             Outcome::LaterFragment => "later_fragment",

@@ -13,6 +13,9 @@ use crate::abi::Outcome;
 pub trait Bytes {
     fn u8_at(&self, off: usize) -> Option<u8>;
     fn be16_at(&self, off: usize) -> Option<u16>;
+    /// The `N` bytes at `off`, after one bounds check: the fast path reads every field of a
+    /// common header from them at constant offsets, with no check per field.
+    fn array_at<const N: usize>(&self, off: usize) -> Option<&[u8; N]>;
 }
 
 impl Bytes for [u8] {
@@ -24,6 +27,15 @@ impl Bytes for [u8] {
     fn be16_at(&self, off: usize) -> Option<u16> {
         self.get(off..off.checked_add(2)?).map(|b| u16::from_be_bytes([b[0], b[1]]))
     }
+    #[inline(always)]
+    fn array_at<const N: usize>(&self, off: usize) -> Option<&[u8; N]> {
+        self.get(off..off.checked_add(N)?)?.try_into().ok()
+    }
+}
+
+#[inline(always)]
+fn be16<const N: usize>(a: &[u8; N], off: usize) -> u16 {
+    u16::from_be_bytes([a[off], a[off + 1]])
 }
 
 pub const ETH_HLEN: usize = 14;
@@ -72,6 +84,132 @@ impl TcpOffsets {
 /// is simply not TCP, `LaterFragment`, or a `Malformed*` reason.
 #[inline(always)]
 pub fn classify<B: Bytes + ?Sized>(b: &B, wire_len: usize) -> Result<TcpOffsets, Outcome> {
+    match classify_common(b, wire_len) {
+        Some(r) => r,
+        None => classify_reference(b, wire_len),
+    }
+}
+
+/// The fast path of [`classify`]: the shapes nearly every frame has (up to two VLAN tags, an
+/// IPv4 header without options or an IPv6 header directly followed by TCP, and anything that
+/// is not IP) read with one bounds check per header block. `None` hands the frame to
+/// [`classify_reference`]; where it answers, the answer is the reference's (the unit tests and
+/// the `parser` fuzz target compare the two).
+#[inline(always)]
+fn classify_common<B: Bytes + ?Sized>(
+    b: &B,
+    wire_len: usize,
+) -> Option<Result<TcpOffsets, Outcome>> {
+    let eth = b.array_at::<ETH_HLEN>(0)?;
+    match be16(eth, 12) {
+        ETHERTYPE_IPV4 => common_ipv4(b, wire_len, ETH_HLEN, 0, [0; MAX_VLAN_TAGS]),
+        ETHERTYPE_IPV6 => common_ipv6(b, wire_len, ETH_HLEN, 0, [0; MAX_VLAN_TAGS]),
+        ETHERTYPE_VLAN | ETHERTYPE_QINQ => {
+            let tags = b.array_at::<{ ETH_HLEN + 4 * MAX_VLAN_TAGS }>(0)?;
+            let outer = be16(tags, ETH_HLEN) & 0x0fff;
+            match be16(tags, ETH_HLEN + 2) {
+                ETHERTYPE_IPV4 => common_ipv4(b, wire_len, ETH_HLEN + 4, 1, [outer, 0]),
+                ETHERTYPE_IPV6 => common_ipv6(b, wire_len, ETH_HLEN + 4, 1, [outer, 0]),
+                ETHERTYPE_VLAN | ETHERTYPE_QINQ => {
+                    let inner = be16(tags, ETH_HLEN + 4) & 0x0fff;
+                    match be16(tags, ETH_HLEN + 6) {
+                        ETHERTYPE_IPV4 => common_ipv4(b, wire_len, ETH_HLEN + 8, 2, [outer, inner]),
+                        ETHERTYPE_IPV6 => common_ipv6(b, wire_len, ETH_HLEN + 8, 2, [outer, inner]),
+                        // A third tag is malformed; the reference path says so.
+                        ETHERTYPE_VLAN | ETHERTYPE_QINQ => None,
+                        _ => Some(Err(Outcome::NonTcpPassed)),
+                    }
+                }
+                _ => Some(Err(Outcome::NonTcpPassed)),
+            }
+        }
+        _ => Some(Err(Outcome::NonTcpPassed)),
+    }
+}
+
+/// IPv4 without options at `l3`, and the fixed TCP header right after it.
+#[inline(always)]
+fn common_ipv4<B: Bytes + ?Sized>(
+    b: &B,
+    wire_len: usize,
+    l3: usize,
+    vlan_count: u8,
+    vlan_ids: [u16; MAX_VLAN_TAGS],
+) -> Option<Result<TcpOffsets, Outcome>> {
+    const IHL: usize = 20;
+    let h = b.array_at::<{ IHL + TCP_MIN_HLEN }>(l3)?;
+    if h[0] != 0x45 {
+        return None; // options, or not version 4
+    }
+    let total = be16(h, 2) as usize;
+    if total < IHL || l3 + total > wire_len {
+        return Some(Err(Outcome::MalformedIpv4));
+    }
+    if be16(h, 6) & 0x1fff != 0 {
+        return Some(Err(Outcome::LaterFragment));
+    }
+    if h[9] != IPPROTO_TCP {
+        return Some(Err(Outcome::NonTcpPassed));
+    }
+    let hlen = ((h[IHL + 12] >> 4) as usize) * 4;
+    if hlen < TCP_MIN_HLEN || hlen > total - IHL {
+        return Some(Err(Outcome::MalformedTcpDataOffset));
+    }
+    Some(Ok(TcpOffsets {
+        vlan_count,
+        vlan_ids,
+        ip_version: 4,
+        l3_off: l3 as u16,
+        l4_off: (l3 + IHL) as u16,
+        tcp_hdr_len: hlen as u16,
+        ip_end: (l3 + total) as u32,
+    }))
+}
+
+/// IPv6 at `l3`; TCP right after the fixed header (an extension header takes the reference
+/// path).
+#[inline(always)]
+fn common_ipv6<B: Bytes + ?Sized>(
+    b: &B,
+    wire_len: usize,
+    l3: usize,
+    vlan_count: u8,
+    vlan_ids: [u16; MAX_VLAN_TAGS],
+) -> Option<Result<TcpOffsets, Outcome>> {
+    let h = b.array_at::<{ IPV6_HLEN + TCP_MIN_HLEN }>(l3)?;
+    if h[0] >> 4 != 6 {
+        return Some(Err(Outcome::MalformedIpv6));
+    }
+    let payload = be16(h, 4) as usize;
+    if l3 + IPV6_HLEN + payload > wire_len {
+        return Some(Err(Outcome::MalformedIpv6));
+    }
+    match h[6] {
+        IPPROTO_TCP => {}
+        IPV6_EXT_HOPOPTS | IPV6_EXT_ROUTING | IPV6_EXT_DSTOPTS | IPV6_EXT_FRAGMENT => return None,
+        _ => return Some(Err(Outcome::NonTcpPassed)),
+    }
+    let hlen = ((h[IPV6_HLEN + 12] >> 4) as usize) * 4;
+    if hlen < TCP_MIN_HLEN || hlen > payload {
+        return Some(Err(Outcome::MalformedTcpDataOffset));
+    }
+    Some(Ok(TcpOffsets {
+        vlan_count,
+        vlan_ids,
+        ip_version: 6,
+        l3_off: l3 as u16,
+        l4_off: (l3 + IPV6_HLEN) as u16,
+        tcp_hdr_len: hlen as u16,
+        ip_end: (l3 + IPV6_HLEN + payload) as u32,
+    }))
+}
+
+/// [`classify`] one field at a time: every shape, and the definition the fast path must match.
+#[inline(always)]
+pub fn classify_reference<B: Bytes + ?Sized>(
+    b: &B,
+    wire_len: usize,
+) -> Result<TcpOffsets, Outcome> {
     let mut out = TcpOffsets::default();
     let mut ethertype = b.be16_at(12).ok_or(Outcome::MalformedEthernet)?;
     let mut off = ETH_HLEN;
@@ -346,6 +484,80 @@ mod tests {
         // a later fragment carries no TCP header
         f[54 + 24 + 2..54 + 24 + 4].copy_from_slice(&(185u16 << 3).to_be_bytes());
         assert_eq!(classify(&f[..len], len), Err(Outcome::LaterFragment));
+    }
+
+    /// The fast path answers exactly as the reference parser does: every base shape, cut at
+    /// every length, with wire lengths around the IP length fields, and with the bytes the
+    /// fast path reads flipped at random (xorshift, fixed seed).
+    #[test]
+    fn fast_path_matches_the_reference() {
+        let mut bases: [([u8; 200], usize); 6] = [([0; 200], 0); 6];
+        let v4 = ipv4_tcp(18, 5, 8);
+        bases[0].0[..84].copy_from_slice(&v4[..84]);
+        bases[0].1 = 84;
+        let v4opt = ipv4_tcp(0, 6, 5);
+        bases[1].0[..58].copy_from_slice(&v4opt[..58]);
+        bases[1].1 = 58;
+        // IPv6 + TCP, no extension headers, 12 bytes of payload.
+        let f = &mut bases[2].0;
+        f[..14].copy_from_slice(&eth(ETHERTYPE_IPV6));
+        f[14] = 0x60;
+        f[18..20].copy_from_slice(&32u16.to_be_bytes());
+        f[20] = IPPROTO_TCP;
+        f[54 + 12] = 5 << 4;
+        bases[2].1 = 86;
+        // The IPv4 frame behind one and two tags, and the IPv6 one behind two.
+        for (i, tags, src) in [(3, 1, 0), (4, 2, 0), (5, 2, 2)] {
+            let (from, len) = bases[src];
+            let mut f = [0u8; 200];
+            f[..12].copy_from_slice(&from[..12]);
+            for t in 0..tags {
+                let tpid = if t == 0 && tags == 2 { ETHERTYPE_QINQ } else { ETHERTYPE_VLAN };
+                f[12 + 4 * t..14 + 4 * t].copy_from_slice(&tpid.to_be_bytes());
+                f[14 + 4 * t..16 + 4 * t].copy_from_slice(&(0x1000u16 + t as u16).to_be_bytes());
+            }
+            f[12 + 4 * tags..len + 4 * tags].copy_from_slice(&from[12..len]);
+            bases[i] = (f, len + 4 * tags);
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut compared = 0u32;
+        for (base, len) in bases {
+            assert!(classify(&base[..len], len).is_ok(), "base frame of {len} B");
+            for round in 0..3000 {
+                let mut f = base;
+                if round > 0 {
+                    for _ in 0..=(next() % 3) {
+                        let at = (next() % (len as u64 + 4)) as usize;
+                        f[at] = match next() % 4 {
+                            0 => 0,
+                            1 => 0xff,
+                            2 => f[at] ^ (1 << (next() % 8)),
+                            _ => next() as u8,
+                        };
+                    }
+                }
+                for cut in
+                    [len, len - 1, len.saturating_sub(20), (next() % (len as u64 + 1)) as usize]
+                {
+                    for wire in [cut, len, len + 1, cut + (next() % 64) as usize] {
+                        assert_eq!(
+                            classify(&f[..cut], wire),
+                            classify_reference(&f[..cut], wire),
+                            "frame {:02x?} cut {cut} wire {wire}",
+                            &f[..cut]
+                        );
+                        compared += 1;
+                    }
+                }
+            }
+        }
+        assert!(compared > 250_000);
     }
 
     #[test]
