@@ -165,6 +165,12 @@ struct WorkerResult {
 
 #[expect(clippy::needless_pass_by_value, reason = "the command owns its parsed arguments")]
 pub fn analyze(args: AnalyzeArgs) -> Result<()> {
+    // Output paths first: a typo must not cost a whole analysis.
+    for (flag, path) in [("--events", &args.events), ("--verdicts", &args.verdicts)] {
+        if let Some(path) = path {
+            crate::options::output_file(flag, path).map_err(Usage)?;
+        }
+    }
     if args.files.len() > dataplane::flow::MAX_VANTAGES {
         anyhow::bail!(
             "{} capture files given; analyze matches at most {} vantages at once: merge files of one sensor first (mergecap)",

@@ -47,6 +47,18 @@ pub const WORKER_HEARTBEAT: &str = "wirewatch_worker_heartbeat_timestamp_seconds
 pub const OUTPUT_DROPPED: &str = "wirewatch_output_dropped_total";
 /// The interface's own receive drops (driver, NIC FIFO, missed), from its sysfs statistics.
 pub const IFACE_RX_DROPPED: &str = "wirewatch_interface_rx_dropped_total";
+/// Writes that failed, by output (`events`, `stdout`, `record`, `retention`); each is logged too.
+pub const OUTPUT_FAILED: &str = "wirewatch_output_failures_total";
+/// The outputs of [`OUTPUT_FAILED`] (evidence files have their own counter).
+pub const OUTPUTS: [&str; 4] = ["events", "stdout", "record", "retention"];
+/// Frames that did not reach the `--record` file (its queue was full or its writes failed).
+pub const RECORD_DROPPED: &str = "wirewatch_record_frames_dropped_total";
+/// Open connections of the HTTP server (metrics, health, API).
+pub const HTTP_CONNECTIONS: &str = "wirewatch_http_connections";
+/// Connections the HTTP server closed to protect itself, by reason.
+pub const HTTP_CLOSED: &str = "wirewatch_http_connections_closed_total";
+/// Failed `accept` calls of the HTTP server, by reason.
+pub const HTTP_ACCEPT_ERRORS: &str = "wirewatch_http_accept_errors_total";
 
 /// HELP text and unit of every metric above: one place, so none is exported without.
 fn describe() {
@@ -135,6 +147,19 @@ fn describe() {
         Unit::Count,
         "Events and evidence jobs dropped because the output thread fell behind."
     );
+    describe_counter!(
+        OUTPUT_FAILED,
+        Unit::Count,
+        "Writes that failed, by output: events (the --events file), stdout, record (the --record file), retention (evidence files it could not remove). Each failure is logged."
+    );
+    describe_counter!(
+        RECORD_DROPPED,
+        Unit::Count,
+        "Frames not written to the --record file: its queue was full or the file could not be written."
+    );
+    describe_gauge!(HTTP_CONNECTIONS, Unit::Count, "Open connections of the metrics/API server.");
+    describe_counter!(HTTP_CLOSED, Unit::Count, "Connections the metrics/API server closed to stay available: reason=evicted (the quietest, to make room at the connection cap or when out of file descriptors), stalled (no byte moved for 20 s).");
+    describe_counter!(HTTP_ACCEPT_ERRORS, Unit::Count, "accept() failures of the metrics/API server: reason=out_of_resources (EMFILE, ENFILE, ENOBUFS, ENOMEM; raise LimitNOFILE), other. The server backs off and retries.");
     describe_counter!(IFACE_RX_DROPPED, Unit::Count, "Receive drops the interface itself counts (sysfs statistics): reason=dropped, missed (rx_missed_errors), fifo (rx_fifo_errors).");
 }
 
@@ -177,9 +202,20 @@ pub fn install() -> Result<PrometheusHandle> {
         FLOWS_CREATED,
         MACS_OVERFLOWED,
         OUTPUT_DROPPED,
+        RECORD_DROPPED,
     ] {
         counter!(c).absolute(0);
     }
+    for o in OUTPUTS {
+        counter!(OUTPUT_FAILED, "output" => o).absolute(0);
+    }
+    for r in ["evicted", "stalled"] {
+        counter!(HTTP_CLOSED, "reason" => r).absolute(0);
+    }
+    for r in ["out_of_resources", "other"] {
+        counter!(HTTP_ACCEPT_ERRORS, "reason" => r).absolute(0);
+    }
+    gauge!(HTTP_CONNECTIONS).set(0.0);
     for r in ["pool_full", "reclaimed"] {
         counter!(SIDE_STATE, "reason" => r).absolute(0);
     }

@@ -1,8 +1,6 @@
 //! `wirewatch run`: attach the XDP program to each interface, bind one AF_XDP socket per
 //! queue, run one pinned worker per socket until SIGINT/SIGTERM, then detach and report.
 use std::ffi::CString;
-use std::fs::File;
-use std::io::BufWriter;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
@@ -16,7 +14,6 @@ use crossbeam_channel::bounded;
 use dataplane::anomaly::Kind;
 use dataplane::engine::{Engine, EngineConfig};
 use dataplane::loader::XdpProgram;
-use dataplane::pcapng::PcapngWriter;
 use dataplane::worker::{QueueCounters, Worker};
 use dataplane::xsk::{XskOptions, XskQueue, ZeroCopyPolicy};
 use dataplane_common::XdpConfig;
@@ -73,9 +70,14 @@ pub struct RunArgs {
     /// Extra NIC profiles directory [default: /etc/wirewatch/hw-profiles when it exists]
     #[arg(long, value_name = "DIR", requires = "profile")]
     pub profile_dir: Option<PathBuf>,
-    /// Also write every received frame (headers only) to this pcapng file.
+    /// Also write every received frame (headers only) to this pcapng file. It rotates at
+    /// --record-max-bytes (FILE.1 … FILE.5 are kept), so at most six times that is used.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
+    /// Rotate the --record file when it reaches this size.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 30, allow_negative_numbers = true,
+          value_parser = options::whole::<u64>(MIN_RECORD_BYTES.into(), u64::MAX.into(), "bytes"))]
+    pub record_max_bytes: u64,
     /// Write every event as one JSON object per line to this file; `-` prints JSON lines on
     /// stdout instead of the human-readable lines. SIGHUP (`systemctl reload wirewatch`) makes
     /// run reopen the file at this path, e.g. after it was moved away.
@@ -129,6 +131,8 @@ pub struct RunArgs {
     pub event_fields: crate::event_fields::EventFields,
 }
 
+/// A record file holds its header and a few frames at least.
+pub const MIN_RECORD_BYTES: u32 = 4096;
 /// A year: longer runs need no --duration.
 pub const RUN_DURATION: Bounds = Bounds { min: 0.001, max: 31_536_000.0, unit: "seconds" };
 /// Zero would remove every evidence file at start; ten years is "keep".
@@ -165,6 +169,17 @@ impl RunArgs {
         }
         if let Some(p) = self.api_token.as_ref().and_then(ApiToken::problem) {
             return Err(format!("--api-token (or WIREWATCH_API_TOKEN) {p}"));
+        }
+        // Files written later (at the first event, at exit) go where they can be created:
+        // a typo is found now, not after hours of monitoring.
+        for (flag, path) in [
+            ("--events", &self.events),
+            ("--record", &self.record),
+            ("--summary-json", &self.summary_json),
+        ] {
+            if let Some(path) = path {
+                options::output_file(flag, path)?;
+            }
         }
         Ok(())
     }
@@ -322,6 +337,51 @@ fn export_metrics(
         .absolute(sum(&|w| w.output_dropped.load(Relaxed)));
 }
 
+/// A worker whose heartbeat stands still this long is reported wedged.
+const WEDGED_AFTER: Duration = Duration::from_secs(10);
+
+/// What makes `/healthz` answer 503: a worker that stopped or stands still, an interface whose
+/// XDP program is no longer ours (or gone).
+fn problems<T>(
+    queues: &[QueueInfo],
+    workers: &[std::thread::JoinHandle<T>],
+    stats: &[Arc<SharedStats>],
+    attached: &[(String, u32, Option<u32>)],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    for (((iface, _, queue, ..), w), s) in queues.iter().zip(workers).zip(stats) {
+        let beat = s.heartbeat_ns.load(Relaxed);
+        if w.is_finished() {
+            out.push(format!("the worker of {iface} queue {queue} has stopped (see the log)"));
+        } else if beat > 0 && now.saturating_sub(beat) > options::nanos(WEDGED_AFTER) {
+            out.push(format!(
+                "the worker of {iface} queue {queue} has not gone round its loop for {} s",
+                now.saturating_sub(beat) / 1_000_000_000
+            ));
+        }
+    }
+    for (iface, idx, ours) in attached {
+        match crate::health::xdp_prog_ids(*idx) {
+            Ok(ids) if ours.is_some_and(|id| ids.contains(&id)) => {}
+            Ok(ids) if ids.is_empty() => out.push(format!(
+                "the XDP program is no longer attached to {iface} (removed from outside?): nothing is captured there; restart wirewatch"
+            )),
+            Ok(_) if ours.is_none() => {}
+            Ok(_) => out.push(format!(
+                "another XDP program replaced wirewatch's on {iface}: nothing is captured there; restart wirewatch"
+            )),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
+                out.push(format!("interface {iface} is gone: nothing is captured there"));
+            }
+            Err(e) => log::debug!("checking the XDP program on {iface}: {e}"),
+        }
+    }
+    out
+}
+
 /// What the summary reports per queue.
 #[derive(Serialize)]
 struct QueueSummary {
@@ -452,27 +512,30 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
     );
 
-    let record_thread = args.record.as_ref().map(|path| {
-        let (tx, rx) = bounded::<RecordFrame>(65536);
-        let path = path.clone();
-        let names = args.ifaces.clone();
-        let snaplen = args.snaplen;
-        let h = std::thread::spawn(move || -> Result<u64> {
-            let f = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-            let mut w = PcapngWriter::new(BufWriter::new(f))?;
-            for n in &names {
-                w.interface(n, snaplen)?;
-            }
-            let mut count = 0;
-            for r in rx {
-                w.packet(r.vantage as u32, r.ts_ns, &r.data, r.orig_len, None)?;
-                count += 1;
-            }
-            w.flush()?;
-            Ok(count)
-        });
-        (tx, h)
-    });
+    let record_thread = match &args.record {
+        Some(path) => {
+            let mut recorder = crate::record::Recorder::create(
+                path.clone(),
+                args.ifaces.clone(),
+                args.snaplen,
+                args.record_max_bytes,
+                crate::record::KEEP,
+            )
+            .with_context(|| format!("--record {}: cannot create it", path.display()))?;
+            let (tx, rx) = bounded::<RecordFrame>(65536);
+            let h = std::thread::Builder::new().name("ww-record".into()).spawn(
+                move || -> Result<(u64, u64)> {
+                    for r in rx {
+                        recorder.write(&r);
+                    }
+                    recorder.flush();
+                    Ok((recorder.recorded, recorder.dropped))
+                },
+            )?;
+            Some((tx, h))
+        }
+        None => None,
+    };
 
     let stop = Arc::new(AtomicBool::new(false));
     install_signal_handlers();
@@ -511,7 +574,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     let worker_stats: Vec<Arc<SharedStats>> =
         (0..nworkers).map(|_| Arc::new(SharedStats::default())).collect();
     let seen = Arc::new(crate::api::EventStore::new(10_000));
-    crate::api::serve(api_cfg, prom, seen.clone())?;
+    let health = Arc::new(crate::api::Health::default());
+    crate::api::serve(api_cfg, prom, seen.clone(), health.clone())?;
     let output_cfg = EventOutput {
         json_stdout: args.events.as_ref().is_some_and(|p| p.as_os_str() == "-"),
         events_file: args.events.clone().filter(|p| p.as_os_str() != "-"),
@@ -532,6 +596,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         (0..nworkers).map(|_| bounded::<OwnedFrame>(16384)).unzip();
     inbox_rx.reverse();
     let mut programs = Vec::new();
+    let mut attached = Vec::new();
     let mut workers = Vec::new();
     let mut summaries = Vec::new();
     let mut worker_no = 0usize;
@@ -541,6 +606,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         // Attach first: an interface owned by another XDP program is refused before any socket
         // is bound, and until the sockets are in the map the program passes frames (fail open).
         let xdp_mode = attach(&mut prog, iface, *idx, args.xdp_mode)?;
+        // What /healthz compares the interface's attached program with.
+        let prog_id = prog.program().info().map(|i| i.id()).ok();
+        attached.push((iface.clone(), *idx, prog_id));
         let mut queues = Vec::new();
         for &q in queue_ids {
             let xsk = XskQueue::open(iface, q, &xsk_opts).map_err(|e| match &e {
@@ -604,6 +672,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         if last_export.elapsed() >= Duration::from_millis(500) {
             last_export = Instant::now();
             export_metrics(&summaries, &programs, &worker_stats);
+            health.set(problems(&summaries, &workers, &worker_stats, &attached));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -627,7 +696,10 @@ pub fn run(args: RunArgs) -> Result<()> {
     let recorded = match record_thread {
         Some((tx, h)) => {
             drop(tx);
-            h.join().map_err(|_| anyhow::anyhow!("the recorder thread panicked"))??
+            let (recorded, not_written) =
+                h.join().map_err(|_| anyhow::anyhow!("the recorder thread panicked"))??;
+            record_dropped += not_written;
+            recorded
         }
         None => 0,
     };
