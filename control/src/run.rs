@@ -170,8 +170,14 @@ impl RunArgs {
         if let Some(p) = self.api_token.as_ref().and_then(ApiToken::problem) {
             return Err(format!("--api-token (or WIREWATCH_API_TOKEN) {p}"));
         }
-        // Files written later (at the first event, at exit) go where they can be created:
-        // a typo is found now, not after hours of monitoring.
+        Ok(())
+    }
+
+    /// Files written later (at the first event, at exit) must go where they can be created:
+    /// a typo is found at start, not after hours of monitoring. Checked by `run` itself, after
+    /// the interfaces resolve and before anything is attached: the directories are the
+    /// host's (the unit creates /var/log/wirewatch), not the config file's business.
+    fn check_outputs(&self) -> Result<(), String> {
         for (flag, path) in [
             ("--events", &self.events),
             ("--record", &self.record),
@@ -444,6 +450,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     for iface in &args.ifaces {
         ifindexes.push(ifindex(iface)?);
     }
+    args.check_outputs().map_err(crate::analyze::Usage)?;
     let tuning = match &args.profile {
         Some(name) => Some(apply_profiles(&args, name, &cpus)?),
         None => None,

@@ -283,3 +283,36 @@ fn the_record_file_rotates_by_size() {
         assert_eq!(out.status.code(), Some(0), "{n}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
+
+/// `run` with an output file in a directory that does not exist stops at start with exit
+/// status 2 and one line, before the interface is touched.
+#[test]
+fn run_refuses_outputs_into_missing_directories_before_attaching() {
+    if !privileged_or_skip("run_refuses_outputs_into_missing_directories_before_attaching") {
+        return;
+    }
+    let _s = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = TempDir::new("miss");
+    let t = topo("m");
+    for flag in ["--events", "--record", "--summary-json"] {
+        for (path, why) in [
+            ("/nonexistent-ww-dir/out", "/nonexistent-ww-dir does not exist"),
+            (dir.0.to_str().unwrap(), "is a directory"),
+        ] {
+            let out = t
+                .mon
+                .command(env!("CARGO_BIN_EXE_wirewatch"))
+                .args(["run", "--iface", "tap0", flag, path, "--duration", "5"])
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{flag} {path}: {err}");
+            let lines: Vec<&str> = err.lines().filter(|l| l.contains("error")).collect();
+            assert_eq!(lines.len(), 1, "{err}");
+            assert!(lines[0].contains(flag) && lines[0].contains(why), "{err}");
+            assert!(!err.contains("XDP attached"), "{err}");
+            let link = t.mon.run("ip -d link show tap0").unwrap();
+            assert!(!link.contains("prog/xdp"), "an XDP program was left attached:\n{link}");
+        }
+    }
+}
