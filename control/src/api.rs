@@ -34,7 +34,7 @@ use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENT
 use hyper::{Method, Request, Response, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 /// Request line and headers together; a bearer token and a Host header need a few hundred.
@@ -296,8 +296,22 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, cap: usize) {
     }
 }
 
+/// Serves one connection over any byte stream, with the limits and timeouts of the real
+/// server (the HTTP fuzz target drives it through an in-memory pipe).
+pub async fn serve_stream<S>(stream: S, ctx: Arc<Ctx>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let state = Arc::new(ConnState::default());
+    state.last_ms.store(now_ms(), Relaxed);
+    connection(stream, state, ctx).await;
+}
+
 /// Serves one connection until it ends, is evicted or stalls.
-async fn connection(stream: TcpStream, state: Arc<ConnState>, ctx: Arc<Ctx>) {
+async fn connection<S>(stream: S, state: Arc<ConnState>, ctx: Arc<Ctx>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let io = hyper_util::rt::TokioIo::new(Tracked { stream, state: state.clone() });
     let service_state = state.clone();
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -340,19 +354,19 @@ async fn connection(stream: TcpStream, state: Arc<ConnState>, ctx: Arc<Ctx>) {
     .await;
 }
 
-/// A TCP stream that notes when a byte last moved, for the stall check and eviction order.
-struct Tracked {
-    stream: TcpStream,
+/// A stream that notes when a byte last moved, for the stall check and eviction order.
+struct Tracked<S> {
+    stream: S,
     state: Arc<ConnState>,
 }
 
-impl Tracked {
+impl<S> Tracked<S> {
     fn moved(&self) {
         self.state.last_ms.store(now_ms(), Relaxed);
     }
 }
 
-impl AsyncRead for Tracked {
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -367,7 +381,7 @@ impl AsyncRead for Tracked {
     }
 }
 
-impl AsyncWrite for Tracked {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -224,7 +224,6 @@ impl fmt::Debug for ApiToken {
 }
 
 /// `--api-token`: accepted as given, checked by `RunArgs::check`, whose error does not quote it.
-#[expect(clippy::unnecessary_wraps, reason = "clap value parsers return a Result")]
 pub fn api_token(s: &str) -> Result<ApiToken, String> {
     Ok(ApiToken(s.to_string()))
 }
