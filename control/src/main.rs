@@ -2,7 +2,7 @@
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use control::{analyze, config, explain, generate, lab, options, profile, run};
+use wirewatch::{analyze, config, explain, generate, lab, options, profile, run};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

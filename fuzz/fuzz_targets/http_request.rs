@@ -6,9 +6,9 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use control::api::{serve_stream, Ctx, EventStore};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use wirewatch::api::{serve_stream, Ctx, EventStore};
 
 const TOKEN: &[u8] = b"fuzz-token";
 const OUTSIDE: &[u8] = b"OUTSIDE-THE-EVIDENCE-DIRECTORY";
