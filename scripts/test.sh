@@ -37,11 +37,12 @@ fi
 # The .deb an operator installs, from the release build above: lintian, dpkg -i, what it
 # installs (man pages, completions, unit hardening score <= 3, explain), then purged.
 WIREWATCH_RELEASE_BUILT=1 bash scripts/package.sh || { echo "FAIL: the package check (above)" >&2; exit 1; }
-# Fuzzing, bounded: the header parser, the capture reader and the whole engine on arbitrary
+# Fuzzing, bounded: the header parser, the capture reader, the whole engine, the config loader
+# and the HTTP server (request bytes through hyper to the handlers) on arbitrary
 # input. Any crash fails the suite (libFuzzer exits non-zero and keeps the reproducer in
 # fuzz/artifacts/).
 FUZZ_SECONDS=${FUZZ_SECONDS:-30}
-for target in parser capture engine; do
+for target in parser capture engine config http_request; do
     echo "fuzzing $target for ${FUZZ_SECONDS}s"
     (cd fuzz && cargo +nightly fuzz run --release "$target" -- -max_total_time="$FUZZ_SECONDS" 2>&1 | grep -E '^(Done|==|SUMMARY|thread)' ) || { echo "FAIL: fuzz target $target crashed" >&2; exit 1; }
 done

@@ -174,6 +174,12 @@ struct WorkerResult {
 
 #[expect(clippy::needless_pass_by_value, reason = "the command owns its parsed arguments")]
 pub fn analyze(args: AnalyzeArgs) -> Result<()> {
+    // Output paths first: a typo must not cost a whole analysis.
+    for (flag, path) in [("--events", &args.events), ("--verdicts", &args.verdicts)] {
+        if let Some(path) = path {
+            crate::options::output_file(flag, path).map_err(Usage)?;
+        }
+    }
     if args.files.iter().filter(|p| p.as_os_str() == "-").count() > 1 {
         return Err(Usage(
             "`-` (standard input) given more than once: it can be read only once".into(),

@@ -70,6 +70,44 @@ pub fn expand(argv: Vec<OsString>, run_cmd: &clap::Command) -> Result<Vec<OsStri
     let path_s = path.to_string_lossy().to_string();
     let bytes = crate::options::read_regular_file(Path::new(&path), MAX_CONFIG_BYTES)
         .map_err(|e| anyhow::anyhow!("config {path_s}: {e}"))?;
+    let from_file = settings(&path_s, bytes, &rest, run_cmd)?;
+    let mut out: Vec<OsString> = argv[..2].to_vec();
+    out.extend(from_file);
+    out.extend(rest);
+    Ok(out)
+}
+
+/// toml's messages quote what they expected (`.`, `=`) and sometimes what they found (a
+/// duplicate key): anything quoted that is not punctuation or an option name is left out,
+/// since it is the file's text.
+fn unquoted(message: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in message.split('`').enumerate() {
+        let punctuation = part.len() <= 3 && !part.bytes().any(|b| b.is_ascii_alphanumeric());
+        if i % 2 == 0 || punctuation || shown(part).starts_with('`') {
+            if i % 2 == 1 {
+                out.push('`');
+                out.push_str(part);
+                out.push('`');
+            } else {
+                out.push_str(part);
+            }
+        } else {
+            out.push_str("(text of the file)");
+        }
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The `--flag=value` arguments a config file's `bytes` stand for (`path_s` names it in
+/// errors; `rest` is the command line after `run`, which wins), checked by `run`'s own rules.
+/// Errors name the file, the line and the key, never the file's text.
+pub fn settings(
+    path_s: &str,
+    bytes: Vec<u8>,
+    rest: &[OsString],
+    run_cmd: &clap::Command,
+) -> Result<Vec<OsString>> {
     let text = String::from_utf8(bytes).map_err(|e| {
         let line =
             e.as_bytes()[..e.utf8_error().valid_up_to()].iter().filter(|b| **b == b'\n').count()
@@ -82,7 +120,7 @@ pub fn expand(argv: Vec<OsString>, run_cmd: &clap::Command) -> Result<Vec<OsStri
         toml::from_str(&text).map_err(|e: toml::de::Error| {
             let at =
                 e.span().map(|s| format!(" line {}", line_of(&text, s.start))).unwrap_or_default();
-            let what = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+            let what = unquoted(e.message());
             anyhow::anyhow!("config {path_s}{at}: TOML parse error ({what})")
         })?;
     let mut entries: Vec<_> = table.into_iter().collect();
@@ -162,8 +200,5 @@ pub fn expand(argv: Vec<OsString>, run_cmd: &clap::Command) -> Result<Vec<OsStri
     let file_args = crate::run::RunArgs::from_arg_matches(&matches)
         .map_err(|e| anyhow::anyhow!("config {path_s}: {}", crate::options::one_line(&e)))?;
     file_args.check().map_err(|e| anyhow::anyhow!("config {path_s}: {e}"))?;
-    let mut out: Vec<OsString> = argv[..2].to_vec();
-    out.extend(from_file);
-    out.extend(rest);
-    Ok(out)
+    Ok(from_file)
 }

@@ -367,24 +367,72 @@ impl EventsFile {
     }
 }
 
+/// A run of failed writes to one output: counted every time, logged when it starts, every
+/// minute while it lasts, and when the output works again (not once per event).
+pub struct Failing {
+    output: &'static str,
+    since: Option<(std::time::Instant, u64)>,
+}
+
+impl Failing {
+    pub fn new(output: &'static str) -> Self {
+        Self { output, since: None }
+    }
+
+    pub fn failed(&mut self, what: &dyn std::fmt::Display) {
+        metrics::counter!(crate::metrics::OUTPUT_FAILED, "output" => self.output).increment(1);
+        match &mut self.since {
+            Some((t, n)) if t.elapsed() < std::time::Duration::from_mins(1) => *n += 1,
+            Some((t, n)) => {
+                log::error!(
+                    "{} output still failing ({} more failed write(s)): {what}",
+                    self.output,
+                    *n + 1
+                );
+                *t = std::time::Instant::now();
+                *n = 0;
+            }
+            None => {
+                log::error!(
+                    "{} output failed: {what}; monitoring goes on, failures are counted in {}{{output=\"{}\"}}",
+                    self.output,
+                    crate::metrics::OUTPUT_FAILED,
+                    self.output
+                );
+                self.since = Some((std::time::Instant::now(), 0));
+            }
+        }
+    }
+
+    pub fn ok(&mut self) {
+        if self.since.take().is_some() {
+            log::info!("{} output works again", self.output);
+        }
+    }
+}
+
+/// How often a missing events file is tried again without a SIGHUP.
+const EVENTS_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs until every sender is gone; returns (events, evidence written, evidence failed).
 pub fn event_loop(
     rx: &Receiver<Output>,
     mut cfg: EventOutput,
     seen: &crate::api::EventStore,
 ) -> (u64, u64, u64) {
-    let mut file = cfg.events_file.as_ref().and_then(|p| {
-        match EventsFile::open(p.clone(), cfg.rotate_bytes, cfg.rotate_keep) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                log::error!(
-                    "cannot open {} for events: {e}; events go to the terminal only",
-                    p.display()
-                );
-                None
-            }
+    let (rotate_bytes, rotate_keep) = (cfg.rotate_bytes, cfg.rotate_keep);
+    let open = |p: &PathBuf| EventsFile::open(p.clone(), rotate_bytes, rotate_keep);
+    let mut events_failing = Failing::new("events");
+    let mut stdout_failing = Failing::new("stdout");
+    let mut file = cfg.events_file.as_ref().and_then(|p| match open(p) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            events_failing.failed(&format_args!("cannot open {}: {e}", p.display()));
+            None
         }
     });
+    let mut next_try = std::time::Instant::now() + EVENTS_RETRY;
+    let mut reopen_pending = false;
     let (mut events, mut written, mut failed) = (0u64, 0u64, 0u64);
     // Floods and scans become one event each: handshake failures wait up to the aggregate
     // window; the rest leave at once.
@@ -393,21 +441,54 @@ pub fn event_loop(
     let mut last_event: Option<(u64, std::time::Instant)> = None;
     let mut write_event = |e: Event| {
         events += 1;
-        if let Some(f) = file.as_mut() {
-            if REOPEN_EVENTS.swap(false, Relaxed) {
-                match f.reopen() {
-                    Ok(()) => log::info!("events file {} reopened", f.path.display()),
-                    Err(err) => log::warn!("reopening {}: {err}", f.path.display()),
+        if let Some(path) = cfg.events_file.as_ref() {
+            // A SIGHUP's reopen, or a file that could not be (re)opened before, tried again
+            // every few seconds.
+            let hup = REOPEN_EVENTS.swap(false, Relaxed);
+            reopen_pending |= hup;
+            if hup || ((reopen_pending || file.is_none()) && std::time::Instant::now() >= next_try)
+            {
+                next_try = std::time::Instant::now() + EVENTS_RETRY;
+                let result = match file.as_mut() {
+                    Some(f) => f.reopen(),
+                    None => open(path).map(|f| file = Some(f)),
+                };
+                match result {
+                    Ok(()) => {
+                        if reopen_pending {
+                            log::info!("events file {} reopened", path.display());
+                        }
+                        reopen_pending = false;
+                    }
+                    // Until then events go on to the file already open, if any.
+                    Err(err) => events_failing
+                        .failed(&format_args!("cannot open {}: {err}", path.display())),
                 }
             }
             let mut line = serde_json::to_vec(&e).unwrap_or_default();
             line.push(b'\n');
-            if let Err(err) = f.write(&line) {
-                log::warn!("events file {}: {err}", f.path.display());
+            match file.as_mut().map(|f| f.write(&line)) {
+                Some(Ok(())) if !reopen_pending => events_failing.ok(),
+                Some(Ok(())) => {}
+                Some(Err(err)) => {
+                    events_failing.failed(&format_args!("writing {}: {err}", path.display()));
+                }
+                None => events_failing.failed(&format_args!(
+                    "{} is not open; an event was not written",
+                    path.display()
+                )),
             }
         }
         if cfg.json_stdout {
-            println!("{}", serde_json::to_string(&e).unwrap_or_default());
+            let mut out = std::io::stdout().lock();
+            let written = serde_json::to_writer(&mut out, &e)
+                .map_err(std::io::Error::from)
+                .and_then(|()| out.write_all(b"\n"))
+                .and_then(|()| out.flush());
+            match written {
+                Ok(()) => stdout_failing.ok(),
+                Err(err) => stdout_failing.failed(&format_args!("writing an event: {err}")),
+            }
         } else if !e.kind.is_sensor_health() || e.kind == dataplane::anomaly::Kind::OneSided {
             print_event(&e);
         }
@@ -446,6 +527,7 @@ pub fn event_loop(
                     // A full or unwritable disk never stops monitoring.
                     failed += 1;
                     metrics::counter!(crate::metrics::EVIDENCE_FAILED).increment(1);
+                    crate::retention::Retention::failed(&job.path);
                     log::warn!("evidence {} not written: {err}", job.path.display());
                 }
             },
@@ -693,41 +775,31 @@ impl Recorder {
                 let n = b.frames.len() as u64;
                 b.clear();
                 self.cur = b;
+                metrics::counter!(crate::metrics::RECORD_DROPPED).increment(n);
                 n
             }
         }
     }
 }
 
-/// The recorder thread: writes every batch to `path` as pcapng (one interface per vantage,
-/// in `--iface` order) and sends the emptied batches back for reuse; returns the frames
-/// written.
+/// The recorder thread: writes every batch through `recorder` (pcapng, one interface per
+/// vantage in `--iface` order, rotated by size) and sends the emptied batches back for reuse;
+/// returns the frames written and those it could not write.
 pub fn write_record(
     rx: &Receiver<RecordBatch>,
     free: &Sender<RecordBatch>,
-    path: &std::path::Path,
-    names: &[String],
-    snaplen: u32,
-) -> anyhow::Result<u64> {
-    use anyhow::Context as _;
-    let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut w =
-        dataplane::pcapng::PcapngWriter::new(std::io::BufWriter::with_capacity(1 << 20, f))?;
-    for n in names {
-        w.interface(n, snaplen)?;
-    }
-    let mut count = 0;
+    mut recorder: crate::record::Recorder,
+) -> (u64, u64) {
     for mut b in rx {
         for &(vantage, ts_ns, orig_len, off, len) in &b.frames {
             let data = &b.data[off as usize..(off + len) as usize];
-            w.packet(u32::from(vantage), ts_ns, data, orig_len, None)?;
-            count += 1;
+            recorder.write(&crate::record::RecordFrame { vantage, ts_ns, orig_len, data });
         }
         b.clear();
         let _ = free.try_send(b);
     }
-    w.flush()?;
-    Ok(count)
+    recorder.flush();
+    (recorder.recorded, recorder.dropped)
 }
 
 #[cfg(test)]

@@ -2,24 +2,7 @@
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
-
-mod analyze;
-mod api;
-mod caps;
-mod config;
-mod event_fields;
-mod explain;
-mod generate;
-mod lab;
-mod live;
-mod metrics;
-mod options;
-mod profile;
-mod retention;
-mod run;
-mod sources;
-mod thresholds;
-mod vantages;
+use wirewatch::{analyze, config, explain, generate, lab, options, profile, run};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

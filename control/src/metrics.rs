@@ -51,6 +51,18 @@ pub const IFACE_RX_DROPPED: &str = "wirewatch_interface_rx_dropped_total";
 pub const DRIVER_RX_DROPS: &str = "wirewatch_driver_rx_drops_total";
 /// Frames the engines processed (from their own queue or handed over by another worker).
 pub const ENGINE_FRAMES: &str = "wirewatch_engine_frames_total";
+/// Writes that failed, by output (`events`, `stdout`, `record`, `retention`); each is logged too.
+pub const OUTPUT_FAILED: &str = "wirewatch_output_failures_total";
+/// The outputs of [`OUTPUT_FAILED`] (evidence files have their own counter).
+pub const OUTPUTS: [&str; 4] = ["events", "stdout", "record", "retention"];
+/// Frames that did not reach the `--record` file (its queue was full or its writes failed).
+pub const RECORD_DROPPED: &str = "wirewatch_record_frames_dropped_total";
+/// Open connections of the HTTP server (metrics, health, API).
+pub const HTTP_CONNECTIONS: &str = "wirewatch_http_connections";
+/// Connections the HTTP server closed to protect itself, by reason.
+pub const HTTP_CLOSED: &str = "wirewatch_http_connections_closed_total";
+/// Failed `accept` calls of the HTTP server, by reason.
+pub const HTTP_ACCEPT_ERRORS: &str = "wirewatch_http_accept_errors_total";
 
 /// HELP text and unit of every metric above: one place, so none is exported without.
 fn describe() {
@@ -145,6 +157,19 @@ fn describe() {
         Unit::Count,
         "Frames the detection engines processed, all workers (received from a socket or handed over)."
     );
+    describe_counter!(
+        OUTPUT_FAILED,
+        Unit::Count,
+        "Writes that failed, by output: events (the --events file), stdout, record (the --record file), retention (evidence files it could not remove). Each failure is logged."
+    );
+    describe_counter!(
+        RECORD_DROPPED,
+        Unit::Count,
+        "Frames not written to the --record file: its queue was full or the file could not be written."
+    );
+    describe_gauge!(HTTP_CONNECTIONS, Unit::Count, "Open connections of the metrics/API server.");
+    describe_counter!(HTTP_CLOSED, Unit::Count, "Connections the metrics/API server closed to stay available: reason=evicted (the quietest, to make room at the connection cap or when out of file descriptors), stalled (no byte moved for 20 s).");
+    describe_counter!(HTTP_ACCEPT_ERRORS, Unit::Count, "accept() failures of the metrics/API server: reason=out_of_resources (EMFILE, ENFILE, ENOBUFS, ENOMEM; raise LimitNOFILE), other. The server backs off and retries.");
     describe_counter!(IFACE_RX_DROPPED, Unit::Count, "Receive drops the interface itself counts (sysfs statistics): reason=dropped, missed (rx_missed_errors), fifo (rx_fifo_errors).");
 }
 
@@ -188,9 +213,20 @@ pub fn install() -> Result<PrometheusHandle> {
         MACS_OVERFLOWED,
         OUTPUT_DROPPED,
         ENGINE_FRAMES,
+        RECORD_DROPPED,
     ] {
         counter!(c).absolute(0);
     }
+    for o in OUTPUTS {
+        counter!(OUTPUT_FAILED, "output" => o).absolute(0);
+    }
+    for r in ["evicted", "stalled"] {
+        counter!(HTTP_CLOSED, "reason" => r).absolute(0);
+    }
+    for r in ["out_of_resources", "other"] {
+        counter!(HTTP_ACCEPT_ERRORS, "reason" => r).absolute(0);
+    }
+    gauge!(HTTP_CONNECTIONS).set(0.0);
     for r in ["pool_full", "reclaimed"] {
         counter!(SIDE_STATE, "reason" => r).absolute(0);
     }

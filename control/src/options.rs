@@ -224,7 +224,6 @@ impl fmt::Debug for ApiToken {
 }
 
 /// `--api-token`: accepted as given, checked by `RunArgs::check`, whose error does not quote it.
-#[expect(clippy::unnecessary_wraps, reason = "clap value parsers return a Result")]
 pub fn api_token(s: &str) -> Result<ApiToken, String> {
     Ok(ApiToken(s.to_string()))
 }
@@ -288,6 +287,34 @@ pub fn read_regular_file(path: &Path, cap: u64) -> Result<Vec<u8>, String> {
         return Err(too_big());
     }
     Ok(bytes)
+}
+
+/// An output file given on the command line (`-` is standard output): its directory must exist
+/// and the path must not be a directory, so a typo is found before anything starts. The file
+/// itself is created when it is first written.
+pub fn output_file(flag: &str, path: &Path) -> Result<(), String> {
+    if path.as_os_str() == "-" {
+        return Ok(());
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(format!("{flag} {}: {} is not a directory", path.display(), dir.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "{flag} {}: the directory {} does not exist; create it first",
+                path.display(),
+                dir.display()
+            ))
+        }
+        Err(e) => return Err(format!("{flag} {}: {}: {e}", path.display(), dir.display())),
+    }
+    if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
+        return Err(format!("{flag} {}: is a directory; name a file", path.display()));
+    }
+    Ok(())
 }
 
 /// clap's error as one line: the problem, what is allowed and its tip, without the usage block.

@@ -1,8 +1,35 @@
-//! Evidence retention: a size and an age limit on the evidence directory, oldest files removed
-//! first, every removal counted. Failures are logged and counted, never fatal.
+//! Evidence retention: a size and an age limit on the evidence files wirewatch wrote, oldest
+//! removed first, every removal counted. Only names of the form evidence files take
+//! (`{ms}-{kind}-w{worker}-{seq}.pcapng`, dataplane/src/evidence.rs `evidence_path`) are ever
+//! touched: anything else in the directory (a capture an operator keeps there, another tool's
+//! files) is left alone. Temporary files of writes that failed, or that a killed process left
+//! (`….pcapng.tmp`), are removed. Failures are logged and counted, never fatal.
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
+
+use dataplane::anomaly::Kind;
+
+/// Whether `name` is a file name wirewatch gives evidence: `{ms}-{kind}-w{worker}-{seq}.pcapng`
+/// with a known detection kind and decimal numbers.
+pub fn is_evidence_name(name: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    let Some(stem) = name.strip_suffix(".pcapng") else { return false };
+    let mut parts = stem.rsplitn(3, '-');
+    let (Some(seq), Some(worker), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let Some((ms, kind)) = rest.split_once('-') else { return false };
+    digits(seq)
+        && worker.strip_prefix('w').is_some_and(digits)
+        && digits(ms)
+        && Kind::from_name(kind).is_some()
+}
+
+/// The temporary name an evidence file is written under before it is renamed into place.
+fn is_evidence_tmp_name(name: &str) -> bool {
+    name.strip_suffix(".tmp").is_some_and(is_evidence_name)
+}
 
 pub struct Retention {
     max_bytes: u64,
@@ -14,18 +41,36 @@ pub struct Retention {
 }
 
 impl Retention {
-    /// Starts from what the directory already holds (previous runs).
+    /// Starts from the evidence files the directory already holds (previous runs), and removes
+    /// the temporary files that previous runs left behind.
     pub fn new(dir: &Path, max_bytes: u64, max_age: Duration) -> Self {
-        let mut files: Vec<(PathBuf, u64, SystemTime)> = std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .filter(|e| e.path().extension().is_some_and(|x| x == "pcapng"))
-            .filter_map(|e| {
-                let m = e.metadata().ok()?;
-                Some((e.path(), m.len(), m.modified().ok()?))
-            })
-            .collect();
+        let mut files = Vec::new();
+        let mut stale_tmp = 0u64;
+        for e in std::fs::read_dir(dir).into_iter().flatten().filter_map(Result::ok) {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Ok(m) = e.metadata() else { continue };
+            if !m.is_file() {
+                continue;
+            }
+            if is_evidence_tmp_name(name) {
+                match std::fs::remove_file(e.path()) {
+                    Ok(()) => stale_tmp += 1,
+                    Err(err) => log::warn!(
+                        "evidence retention: cannot remove the stale temporary file {}: {err}",
+                        e.path().display()
+                    ),
+                }
+            } else if is_evidence_name(name) {
+                files.push((e.path(), m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
+            }
+        }
+        if stale_tmp > 0 {
+            log::info!(
+                "evidence retention: removed {stale_tmp} temporary file(s) of unfinished writes in {}",
+                dir.display()
+            );
+        }
         files.sort_by_key(|f| f.2);
         let total = files.iter().map(|f| f.1).sum();
         let mut r = Self { max_bytes, max_age, files: files.into(), total, removed: 0 };
@@ -46,6 +91,16 @@ impl Retention {
         self.enforce();
     }
 
+    /// A write of `path` failed: its temporary file (perhaps empty, on a full disk) goes.
+    pub fn failed(path: &Path) {
+        let tmp = path.with_extension("pcapng.tmp");
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("evidence: cannot remove {}: {e}", tmp.display()),
+        }
+    }
+
     fn enforce(&mut self) {
         let now = SystemTime::now();
         while let Some((path, size, when)) = self.files.front().cloned() {
@@ -61,7 +116,11 @@ impl Retention {
                     metrics::counter!(crate::metrics::EVIDENCE_REMOVED).increment(1);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => log::warn!("evidence retention: cannot remove {}: {e}", path.display()),
+                Err(e) => {
+                    metrics::counter!(crate::metrics::OUTPUT_FAILED, "output" => "retention")
+                        .increment(1);
+                    log::warn!("evidence retention: cannot remove {}: {e}", path.display());
+                }
             }
         }
     }
@@ -71,15 +130,51 @@ impl Retention {
 mod tests {
     use super::*;
 
+    struct Dir(PathBuf);
+    impl Dir {
+        fn new(tag: &str) -> Self {
+            let d = std::env::temp_dir().join(format!("ww-retention-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).unwrap();
+            Self(d)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn ours(i: u64) -> String {
+        format!("{}-syn_rejected-w0-{i}.pcapng", 1_700_000_000_000 + i)
+    }
+
+    #[test]
+    fn evidence_names_are_recognised_exactly() {
+        assert!(is_evidence_name("1700000000000-syn_rejected-w0-1.pcapng"));
+        assert!(is_evidence_name("0-rst_after_stale_segment-w12-99.pcapng"));
+        for not in [
+            "capture.pcapng",
+            "1700000000000-syn_rejected-w0-1.pcapng.tmp",
+            "1700000000000-not_a_kind-w0-1.pcapng",
+            "1700000000000-syn_rejected-0-1.pcapng",
+            "x-syn_rejected-w0-1.pcapng",
+            "1700000000000-syn_rejected-w0-.pcapng",
+            "../1700000000000-syn_rejected-w0-1.pcapng",
+            "1700000000000-syn_rejected-w0-1.pcap",
+        ] {
+            assert!(!is_evidence_name(not), "{not}");
+        }
+        assert!(is_evidence_tmp_name("1700000000000-syn_rejected-w0-1.pcapng.tmp"));
+    }
+
     #[test]
     fn past_the_size_limit_the_oldest_files_go_and_are_counted() {
-        let dir = std::env::temp_dir().join(format!("ww-retention-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut r = Retention::new(&dir, 2500, Duration::from_hours(1));
+        let dir = Dir::new("size");
+        let mut r = Retention::new(&dir.0, 2500, Duration::from_hours(1));
         let mut paths = Vec::new();
         for i in 0..5 {
-            let p = dir.join(format!("{i}.pcapng"));
+            let p = dir.0.join(ours(i));
             std::fs::write(&p, vec![0u8; 1000]).unwrap();
             r.added(&p);
             paths.push(p);
@@ -89,8 +184,40 @@ mod tests {
         assert!(paths[..3].iter().all(|p| !p.exists()));
         assert!(paths[3..].iter().all(|p| p.exists()));
         // Age: a zero age limit removes what a new run finds.
-        let r2 = Retention::new(&dir, u64::MAX, Duration::ZERO);
+        let r2 = Retention::new(&dir.0, u64::MAX, Duration::ZERO);
         assert_eq!(r2.removed, 2);
-        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A user's own captures, other files and directories in the evidence directory survive
+    /// any limit; temporary files of unfinished writes are cleaned up.
+    #[test]
+    fn only_files_wirewatch_wrote_are_removed() {
+        let dir = Dir::new("own");
+        let keep = [
+            "my-capture.pcapng",
+            "1700000000000-not_a_kind-w0-1.pcapng",
+            "notes.txt",
+            "1700000000000-syn_rejected-w0-1.pcapng.bak",
+        ];
+        for k in keep {
+            std::fs::write(dir.0.join(k), b"user data").unwrap();
+        }
+        std::fs::create_dir(dir.0.join(ours(7))).unwrap();
+        std::fs::write(dir.0.join(ours(1)), b"evidence").unwrap();
+        let tmp = dir.0.join(format!("{}.tmp", ours(2)));
+        std::fs::write(&tmp, b"").unwrap();
+        let r = Retention::new(&dir.0, 0, Duration::ZERO);
+        assert_eq!(r.removed, 1);
+        assert!(!dir.0.join(ours(1)).exists());
+        assert!(!tmp.exists(), "the stale temporary file is gone");
+        for k in keep {
+            assert!(dir.0.join(k).exists(), "{k} was removed");
+        }
+        assert!(dir.0.join(ours(7)).is_dir());
+        // A failed write's temporary file goes too.
+        let failed = dir.0.join(ours(3));
+        std::fs::write(failed.with_extension("pcapng.tmp"), b"").unwrap();
+        Retention::failed(&failed);
+        assert!(!failed.with_extension("pcapng.tmp").exists());
     }
 }

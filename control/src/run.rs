@@ -77,9 +77,14 @@ pub struct RunArgs {
     /// Extra NIC profiles directory [default: /etc/wirewatch/hw-profiles when it exists]
     #[arg(long, value_name = "DIR", requires = "profile")]
     pub profile_dir: Option<PathBuf>,
-    /// Also write every received frame (headers only) to this pcapng file.
+    /// Also write every received frame (headers only) to this pcapng file. It rotates at
+    /// --record-max-bytes (FILE.1 … FILE.5 are kept), so at most six times that is used.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
+    /// Rotate the --record file when it reaches this size.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 30, allow_negative_numbers = true,
+          value_parser = options::whole::<u64>(MIN_RECORD_BYTES.into(), u64::MAX.into(), "bytes"))]
+    pub record_max_bytes: u64,
     /// Write every event as one JSON object per line to this file; `-` prints JSON lines on
     /// stdout instead of the human-readable lines. SIGHUP (`systemctl reload wirewatch`) makes
     /// run reopen the file at this path, e.g. after it was moved away.
@@ -133,6 +138,8 @@ pub struct RunArgs {
     pub event_fields: crate::event_fields::EventFields,
 }
 
+/// A record file holds its header and a few frames at least.
+pub const MIN_RECORD_BYTES: u32 = 4096;
 /// A year: longer runs need no --duration.
 pub const RUN_DURATION: Bounds = Bounds { min: 0.001, max: 31_536_000.0, unit: "seconds" };
 /// Zero would remove every evidence file at start; ten years is "keep".
@@ -169,6 +176,23 @@ impl RunArgs {
         }
         if let Some(p) = self.api_token.as_ref().and_then(ApiToken::problem) {
             return Err(format!("--api-token (or WIREWATCH_API_TOKEN) {p}"));
+        }
+        Ok(())
+    }
+
+    /// Files written later (at the first event, at exit) must go where they can be created:
+    /// a typo is found at start, not after hours of monitoring. Checked by `run` itself, after
+    /// the interfaces resolve and before anything is attached: the directories are the
+    /// host's (the unit creates /var/log/wirewatch), not the config file's business.
+    fn check_outputs(&self) -> Result<(), String> {
+        for (flag, path) in [
+            ("--events", &self.events),
+            ("--record", &self.record),
+            ("--summary-json", &self.summary_json),
+        ] {
+            if let Some(path) = path {
+                options::output_file(flag, path)?;
+            }
         }
         Ok(())
     }
@@ -330,6 +354,51 @@ fn export_metrics(
         .absolute(sum(&|w| w.engine_received.load(Relaxed)));
 }
 
+/// A worker whose heartbeat stands still this long is reported wedged.
+const WEDGED_AFTER: Duration = Duration::from_secs(10);
+
+/// What makes `/healthz` answer 503: a worker that stopped or stands still, an interface whose
+/// XDP program is no longer ours (or gone).
+fn problems<T>(
+    queues: &[QueueInfo],
+    workers: &[std::thread::JoinHandle<T>],
+    stats: &[Arc<SharedStats>],
+    attached: &[(String, u32, Option<u32>)],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    for (((iface, _, queue, ..), w), s) in queues.iter().zip(workers).zip(stats) {
+        let beat = s.heartbeat_ns.load(Relaxed);
+        if w.is_finished() {
+            out.push(format!("the worker of {iface} queue {queue} has stopped (see the log)"));
+        } else if beat > 0 && now.saturating_sub(beat) > options::nanos(WEDGED_AFTER) {
+            out.push(format!(
+                "the worker of {iface} queue {queue} has not gone round its loop for {} s",
+                now.saturating_sub(beat) / 1_000_000_000
+            ));
+        }
+    }
+    for (iface, idx, ours) in attached {
+        match crate::health::xdp_prog_ids(*idx) {
+            Ok(ids) if ours.is_some_and(|id| ids.contains(&id)) => {}
+            Ok(ids) if ids.is_empty() => out.push(format!(
+                "the XDP program is no longer attached to {iface} (removed from outside?): nothing is captured there; restart wirewatch"
+            )),
+            Ok(_) if ours.is_none() => {}
+            Ok(_) => out.push(format!(
+                "another XDP program replaced wirewatch's on {iface}: nothing is captured there; restart wirewatch"
+            )),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
+                out.push(format!("interface {iface} is gone: nothing is captured there"));
+            }
+            Err(e) => log::debug!("checking the XDP program on {iface}: {e}"),
+        }
+    }
+    out
+}
+
 /// What the summary reports per queue.
 #[derive(Serialize)]
 struct QueueSummary {
@@ -390,6 +459,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     for iface in &args.ifaces {
         ifindexes.push(ifindex(iface)?);
     }
+    args.check_outputs().map_err(crate::analyze::Usage)?;
     let tuning = match &args.profile {
         Some(name) => Some(apply_profiles(&args, name, &cpus)?),
         None => None,
@@ -458,19 +528,26 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
     );
 
-    let record_thread = args.record.as_ref().map(|path| {
-        let (tx, rx) = bounded::<RecordBatch>(RECORD_QUEUE_BATCHES);
-        let (free_tx, free_rx) = bounded::<RecordBatch>(RECORD_QUEUE_BATCHES);
-        let path = path.clone();
-        let names = args.ifaces.clone();
-        let snaplen = args.snaplen;
-        let h = std::thread::Builder::new()
-            .name("ww-record".into())
-            .spawn(move || crate::live::write_record(&rx, &free_tx, &path, &names, snaplen));
-        (tx, free_rx, h)
-    });
-    let record_thread = match record_thread {
-        Some((tx, free, h)) => Some((tx, free, h.context("starting the recorder thread")?)),
+    let record_thread = match &args.record {
+        Some(path) => {
+            // Created now: a path that cannot be written is an error before anything is
+            // attached. Frames reach it in batches (no allocation or send per frame).
+            let recorder = crate::record::Recorder::create(
+                path.clone(),
+                args.ifaces.clone(),
+                args.snaplen,
+                args.record_max_bytes,
+                crate::record::KEEP,
+            )
+            .with_context(|| format!("--record {}: cannot create it", path.display()))?;
+            let (tx, rx) = bounded::<RecordBatch>(RECORD_QUEUE_BATCHES);
+            let (free_tx, free_rx) = bounded::<RecordBatch>(RECORD_QUEUE_BATCHES);
+            let h = std::thread::Builder::new()
+                .name("ww-record".into())
+                .spawn(move || crate::live::write_record(&rx, &free_tx, recorder))
+                .context("starting the recorder thread")?;
+            Some((tx, free_rx, h))
+        }
         None => None,
     };
 
@@ -519,7 +596,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     let worker_stats: Vec<Arc<SharedStats>> =
         (0..nworkers).map(|_| Arc::new(SharedStats::default())).collect();
     let seen = Arc::new(crate::api::EventStore::new(10_000));
-    crate::api::serve(api_cfg, prom, seen.clone())?;
+    let health = Arc::new(crate::api::Health::default());
+    crate::api::serve(api_cfg, prom, seen.clone(), health.clone())?;
     let output_cfg = EventOutput {
         json_stdout: args.events.as_ref().is_some_and(|p| p.as_os_str() == "-"),
         events_file: args.events.clone().filter(|p| p.as_os_str() != "-"),
@@ -542,6 +620,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut programs = Vec::new();
     let mut driver_base = Vec::new();
     let draining = Arc::new(std::sync::atomic::AtomicUsize::new(nworkers));
+    let mut attached = Vec::new();
     let mut workers = Vec::new();
     let mut summaries = Vec::new();
     let mut worker_no = 0usize;
@@ -553,6 +632,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         let xdp_mode = attach(&mut prog, iface, *idx, args.xdp_mode)?;
         // Attaching native XDP resets some drivers' queues: the baseline is taken after it.
         driver_base.push(DriverBaseline::new(iface));
+        // What /healthz compares the interface's attached program with.
+        let prog_id = prog.program().info().map(|i| i.id()).ok();
+        attached.push((iface.clone(), *idx, prog_id));
         let mut queues = Vec::new();
         for &q in queue_ids {
             let xsk = XskQueue::open(iface, q, &xsk_opts).map_err(|e| match &e {
@@ -636,6 +718,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 config.non_tcp_drop != 0,
             );
             export_metrics(&summaries, &programs, &worker_stats);
+            health.set(problems(&summaries, &workers, &worker_stats, &attached));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -673,7 +756,10 @@ pub fn run(args: RunArgs) -> Result<()> {
     let recorded = match record_thread {
         Some((tx, free, h)) => {
             drop((tx, free));
-            h.join().map_err(|_| anyhow::anyhow!("the recorder thread panicked"))??
+            let (recorded, not_written) =
+                h.join().map_err(|_| anyhow::anyhow!("the recorder thread panicked"))?;
+            record_dropped += not_written;
+            recorded
         }
         None => 0,
     };

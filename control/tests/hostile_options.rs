@@ -480,3 +480,33 @@ fn a_refused_age_limit_deletes_no_evidence() {
         assert!(Path::new(&kept).exists(), "--evidence-max-age-days={v} removed evidence");
     }
 }
+
+/// Output files into a directory that does not exist are refused before anything starts:
+/// `analyze` before it opens its input (the capture here does not exist either, which would
+/// be exit 3 if it were opened first). (`run` checks them once its interfaces resolve, before
+/// attaching: control/tests/outputs.rs.)
+#[test]
+fn outputs_into_missing_directories_are_refused_at_start() {
+    let dir = TempDir::new("outputs");
+    let d = dir.0.to_str().unwrap();
+    let missing = "/nonexistent-ww-dir/out";
+    let mut cases = Vec::new();
+    for flag in ["--events", "--verdicts"] {
+        cases.push(case(
+            format!("analyze {flag} into a missing directory"),
+            &["analyze", flag, missing, "/nonexistent.pcap"],
+            &[flag, "/nonexistent-ww-dir does not exist"],
+        ));
+        cases.push(case(
+            format!("analyze {flag} a directory"),
+            &["analyze", flag, d, "/nonexistent.pcap"],
+            &[flag, "is a directory"],
+        ));
+    }
+    cases.push(run(
+        "--record-max-bytes too small",
+        &["--record", "/tmp/x.pcapng", "--record-max-bytes", "100"],
+        &["--record-max-bytes", "4096..="],
+    ));
+    check(&cases);
+}
