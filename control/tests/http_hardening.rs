@@ -457,3 +457,56 @@ fn the_api_decodes_queries_answers_head_and_takes_its_token_from_a_file() {
     }
     let _ = std::fs::remove_file(&file);
 }
+
+/// The thread id of the worker of `iface` queue 0 (threads are named `ww-IFACE-qN`).
+fn worker_tid(pid: u32, iface: &str) -> i32 {
+    let want = format!("ww-{iface}-q0");
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let t = t.unwrap().path();
+        if std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim() == want) {
+            return t.file_name().unwrap().to_str().unwrap().parse().unwrap();
+        }
+    }
+    panic!("no thread named {want} in /proc/{pid}/task");
+}
+
+/// A worker that stops going round its loop (wedged: here, one thread of the process stopped
+/// with ptrace, the rest of wirewatch running) turns /healthz to 503 naming it; once it runs
+/// again, /healthz is 200 again.
+#[test]
+fn healthz_is_503_while_a_worker_stands_still() {
+    if !privileged_or_skip("healthz_is_503_while_a_worker_stands_still") {
+        return;
+    }
+    let _s = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let ns = namespace("w");
+    let ww = start(&ns, None, &[]);
+    assert_eq!(get(&ns.name, "/healthz", ANSWER_WITHIN).unwrap(), (200, "ok\n".into()));
+    let tid = worker_tid(ww.pid(), "tap0");
+    // ptrace(2): PTRACE_SEIZE + PTRACE_INTERRUPT stop only the seized thread; this test thread
+    // is its tracer until PTRACE_DETACH lets it go on.
+    // Safety: plain ptrace requests on a thread id read from /proc; no pointers are passed.
+    let seized = unsafe {
+        libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0) == 0
+            && libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0) == 0
+    };
+    assert!(seized, "ptrace: {}", std::io::Error::last_os_error());
+    let mut status = 0;
+    // Safety: waits for the traced thread's stop; `status` is a valid out-pointer.
+    assert_eq!(unsafe { libc::waitpid(tid, &raw mut status, libc::__WALL) }, tid);
+    let t = Instant::now();
+    let body = loop {
+        match get(&ns.name, "/healthz", ANSWER_WITHIN) {
+            Ok((503, body)) => break body,
+            Ok((200, _)) if t.elapsed() < Duration::from_secs(25) => {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            r => panic!("/healthz while the worker stands still: {r:?}\n{}", ww.log()),
+        }
+    };
+    assert!(body.contains("the worker of tap0 queue 0 has not gone round its loop"), "{body}");
+    // Safety: releases the thread this test stopped.
+    assert_eq!(unsafe { libc::ptrace(libc::PTRACE_DETACH, tid, 0, 0) }, 0);
+    let body = healthz_becomes(&ns, &ww, 200);
+    assert_eq!(body, "ok\n");
+}
