@@ -1,5 +1,6 @@
 //! CPU time and peak memory, from the kernel's own accounting: getrusage(2) for the calling
-//! thread, wait4(2) for a finished child (user + system; ru_maxrss in KiB on Linux).
+//! thread, wait4(2) for a finished child (user + system), and the child's own VmHWM for its
+//! peak memory (see `wait_usage`).
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -30,8 +31,45 @@ pub struct Usage {
     pub max_rss: u64,
 }
 
+/// The peak RSS of a live process's own memory image (VmHWM of /proc/PID/status), bytes.
+fn vm_hwm(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = s.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().strip_suffix("kB")?;
+    kib.trim().parse::<u64>().ok().map(|k| k * 1024)
+}
+
 /// Reaps `child` with wait4 and returns its exit status and its rusage.
+///
+/// The peak RSS is the child's own: its VmHWM, sampled every 10 ms until it exits (the
+/// memory image it execs starts with a fresh high-water mark). wait4's ru_maxrss is not used:
+/// Linux starts a spawned child's maxrss at the *parent's* high-water mark (exec_mmap saves the
+/// outgoing mm's, which for a vfork/posix_spawn child is the parent's), so after the bench had
+/// held a large capture every child "peaked" at the bench's own size.
 pub fn wait_usage(child: &mut Child) -> Result<(ExitStatus, Usage)> {
+    let pid = child.id();
+    let mut hwm = 0u64;
+    loop {
+        if let Some(b) = vm_hwm(pid) {
+            hwm = hwm.max(b);
+        }
+        // waitid with WNOWAIT: has it exited? (It stays unreaped for wait4 below.)
+        // Safety: siginfo is plain data that waitid fills; the pid is our own child.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // Safety: `info` is a valid, writable local for the call.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid,
+                &raw mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        // Safety: si_pid is set by waitid when a child changed state, 0 otherwise.
+        if r < 0 || unsafe { info.si_pid() } != 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let mut status = 0;
     // Safety: rusage is plain data that wait4 fills; the pid is our own unreaped child.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -40,7 +78,7 @@ pub fn wait_usage(child: &mut Child) -> Result<(ExitStatus, Usage)> {
     if r < 0 {
         bail!("wait4: {}", std::io::Error::last_os_error());
     }
-    let max_rss = u64::try_from(ru.ru_maxrss).unwrap_or(0) * 1024;
+    let max_rss = hwm;
     Ok((ExitStatus::from_raw(status), Usage { cpu: tv(ru.ru_utime) + tv(ru.ru_stime), max_rss }))
 }
 
