@@ -556,7 +556,9 @@ pub struct FlowExtra {
     pub rst_ns: Option<u64>,
     pub rst_side: u8,
     pub data_after_rst: u32,
-    pub wait: Option<PairWait>,
+    /// Boxed, as `other_space`: armed on few flows, and every pool entry would carry its
+    /// size (the pool is part of the per-flow memory budget).
+    pub wait: Option<Box<PairWait>>,
     /// Open zero-window episode per advertising side: (start, probes).
     pub zero_window: [Option<(u64, u32)>; 2],
     /// The most recent SYN (the handshake RTT runs from it).
@@ -577,7 +579,7 @@ pub struct FlowExtra {
     pub capture_loss: bool,
     /// The connection this tuple carried before a new SYN (another ISN) began the current one:
     /// a segment that continues it belongs to a collision (tuple_reuse). Keeps the entry armed.
-    pub other_space: Option<OtherSpace>,
+    pub other_space: Option<Box<OtherSpace>>,
 }
 
 /// The sequence spaces of the connection a tuple carried before the current one.

@@ -163,26 +163,26 @@ pub fn on_packet(c: &mut Ctx<'_>) {
     if continues_other_connection(c) {
         let trig = trigger(c, 0, TriggerWhy::Plain);
         if let Some(x) = c.extra() {
-            x.wait = Some(PairWait {
+            x.wait = Some(Box::new(PairWait {
                 kind: Kind::TupleReuse,
                 since_ns: now,
                 from_side: o,
                 rst_seq: p.ack.0,
                 trigger: trig,
-            });
+            }));
         }
         return;
     }
     if let Some(why) = stale_reason(c) {
         let trig = trigger(c, 0, why);
         if let Some(x) = c.extra() {
-            x.wait = Some(PairWait {
+            x.wait = Some(Box::new(PairWait {
                 kind: Kind::RstAfterStaleSegment,
                 since_ns: now,
                 from_side: o,
                 rst_seq: p.ack.0,
                 trigger: trig,
-            });
+            }));
         }
         return;
     }
@@ -200,13 +200,13 @@ pub fn on_packet(c: &mut Ctx<'_>) {
     if midstream || split_hop {
         let trig = trigger(c, 0, if split_hop { TriggerWhy::SplitHop } else { TriggerWhy::Plain });
         if let Some(x) = c.extra() {
-            x.wait = Some(PairWait {
+            x.wait = Some(Box::new(PairWait {
                 kind: Kind::MidstreamRst,
                 since_ns: now,
                 from_side: o,
                 rst_seq: p.ack.0,
                 trigger: trig,
-            });
+            }));
         }
         return;
     }
@@ -216,13 +216,13 @@ pub fn on_packet(c: &mut Ctx<'_>) {
         let idle = now.saturating_sub(c.first_ns + c.before.next_seq_us as u64 * 1000);
         let trig = trigger(c, idle, TriggerWhy::Plain);
         if let Some(x) = c.extra() {
-            x.wait = Some(PairWait {
+            x.wait = Some(Box::new(PairWait {
                 kind: Kind::RequestAfterFin,
                 since_ns: now,
                 from_side: o,
                 rst_seq: p.ack.0,
                 trigger: trig,
-            });
+            }));
         }
     }
 }

@@ -198,7 +198,7 @@ fn remember_other_space(c: &mut Ctx<'_>) {
         new_side: s as u8,
     };
     if let Some(x) = c.extra() {
-        x.other_space = Some(space);
+        x.other_space = Some(Box::new(space));
     }
 }
 
@@ -209,7 +209,9 @@ fn remember_other_space(c: &mut Ctx<'_>) {
 pub fn collision(c: &mut Ctx<'_>, win: u32) -> bool {
     let p = c.pkt;
     let s = c.side;
-    let Some(o) = c.extra_ref().and_then(|x| x.other_space) else { return false };
+    let Some(o) = c.extra_ref().and_then(|x| x.other_space.as_deref().copied()) else {
+        return false;
+    };
     let ack = p.has(ACK).then_some(p.ack);
     if !o.continues(s, p.seq, ack, win) {
         return false;
