@@ -469,7 +469,6 @@ impl Engine {
             anomaly::setup::on_packet(&mut c);
             // Capture completeness (Zeek's capture_loss): what this ACK newly acknowledges, and
             // how much of it the vantage never saw the other side send.
-            let other = 1 - side;
             let advance = if p.has(ACK)
                 && !p.has(RST)
                 && before.flags & dir_flags::DATA_OR_ACK != 0
@@ -479,12 +478,7 @@ impl Engine {
             } else {
                 0
             };
-            let ackable = c.ackable(other);
-            // Bytes unseen below the ACK: the holes' sizes when a hole is open, else whatever
-            // it acknowledges beyond what was seen.
-            let hole_bytes = c.extra_ref().and_then(|x| {
-                x.lost_mark.filter(|(_, s)| *s as usize == other).map(|_| x.lost_bytes)
-            });
+            let unseen = if in_gap { 0 } else { loss::unseen_acked(&mut c) };
             verdict = loss::on_packet(&mut c);
             if advance > 0 && !in_gap {
                 let v = p.vantage as usize;
@@ -495,11 +489,9 @@ impl Engine {
                     let vc = &mut self.capture[v];
                     vc.ack_events += 1;
                     vc.ack_bytes += advance;
+                    vc.gap_bytes += u64::from(unseen).min(advance);
                     if verdict & loss::verdict::ACK_UNSEEN != 0 {
                         vc.gap_events += 1;
-                        let beyond = p.ack.diff(c.flow.dirs[other].next_seq).max(0) as u64;
-                        let unseen = hole_bytes.map_or(0, u64::from) + beyond;
-                        vc.gap_bytes += unseen.min(p.ack.diff(ackable).max(0) as u64).min(advance);
                         if let Some(x) = c.extra() {
                             x.capture_loss = true;
                         }

@@ -20,6 +20,14 @@ impl SeqNumber {
             other
         }
     }
+    #[inline]
+    pub fn min_seq(self, other: SeqNumber) -> SeqNumber {
+        if self < other {
+            self
+        } else {
+            other
+        }
+    }
     /// Whether `self` lies in `[start, start + len)`.
     #[inline]
     pub fn in_window(self, start: SeqNumber, len: u32) -> bool {

@@ -35,6 +35,52 @@ const FAST_RETX_NS: u64 = 20_000_000;
 /// A zero-window episode this long becomes an event (shorter ones are only counted).
 pub const ZERO_WINDOW_EVENT_NS: u64 = 500_000_000;
 
+/// Capture completeness in bytes (Zeek's capture_loss counts the same): keeps the holes each
+/// side's segments skipped and returns how many bytes this packet's ACK newly acknowledges
+/// that the vantage never saw. Runs before [`on_packet`], on the sequence state before it.
+///
+/// Exact where the flag ([`verdict::ACK_UNSEEN`], Wireshark's single `maxseqtobeacked`) is
+/// only a yes/no: segments captured out of order fill the holes they land in, and an ACK
+/// captured before the segment after a hole counts that hole once.
+pub fn unseen_acked(c: &mut Ctx<'_>) -> u32 {
+    let p = c.pkt;
+    let (s, o) = (c.side, c.other());
+    let d = c.flow.dirs[s];
+    let od = c.flow.dirs[o];
+    if d.flags & dir_flags::SEEN != 0 && !p.has(RST) {
+        if p.payload_len > 0 {
+            if let Some(h) = c.extra_mut().and_then(|x| x.holes.as_deref_mut()) {
+                h.fill(s, p.seq, p.seq + p.payload_len);
+            }
+        }
+        // What a skip leaves unacknowledged: the peer may have acked part of it already (its
+        // ACK was captured before this segment), and that ACK counted it.
+        let acked = od.flags & dir_flags::DATA_OR_ACK != 0 && od.last_ack > d.next_seq;
+        let from = if acked { od.last_ack } else { d.next_seq };
+        if p.seq > from {
+            if let Some(x) = c.extra() {
+                x.holes.get_or_insert_with(Box::default).add(s, from, p.seq);
+            }
+        }
+    }
+    if !p.has(ACK) || p.has(RST) || od.flags & dir_flags::SEEN == 0 {
+        return 0;
+    }
+    let mut unseen = 0;
+    if let Some(x) = c.extra_mut() {
+        if let Some(h) = x.holes.as_deref_mut() {
+            unseen = h.take_below(o, p.ack);
+            if h.is_empty() {
+                x.holes = None;
+            }
+        }
+    }
+    // Beyond everything the peer was seen sending, and beyond what this side acked before.
+    let acked_before = d.flags & dir_flags::DATA_OR_ACK != 0;
+    let seen_to = if acked_before { od.next_seq.max(d.last_ack) } else { od.next_seq };
+    unseen.saturating_add(p.ack.diff(seen_to).max(0) as u32)
+}
+
 /// Runs the family for one packet and returns its verdict bits. Updates the sender's
 /// sequence tracking (next_seq, last ACK, window, duplicate-ACK run).
 pub fn on_packet(c: &mut Ctx<'_>) -> u32 {
@@ -111,15 +157,9 @@ pub fn on_packet(c: &mut Ctx<'_>) -> u32 {
     // A segment beyond next_seq skipped bytes this sensor never saw (capture gap): ACKs up to
     // the old next_seq are fine, beyond it they ack unseen bytes. Otherwise all is ackable.
     if have_next && p.seq > d.next_seq && !p.has(RST) {
-        let skipped = p.seq.diff(d.next_seq) as u32;
         if c.extra_ref().is_none_or(|x| x.lost_mark.is_none()) {
             if let Some(x) = c.extra() {
                 x.lost_mark = Some((d.next_seq, s as u8));
-                x.lost_bytes = skipped;
-            }
-        } else if let Some(x) = c.extra_mut() {
-            if x.lost_mark.is_some_and(|(_, side)| side as usize == s) {
-                x.lost_bytes = x.lost_bytes.saturating_add(skipped);
             }
         }
     } else if seglen > 0 || p.flags & (SYN | FIN) != 0 {

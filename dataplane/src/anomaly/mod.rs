@@ -572,14 +572,98 @@ pub struct FlowExtra {
     /// the highest SEQ its peer may ACK without acking unseen bytes (Wireshark's
     /// maxseqtobeacked).
     pub lost_mark: Option<(SeqNumber, u8)>,
-    /// Bytes the holes after `lost_mark` skipped (what an ACK past them acknowledges unseen).
-    pub lost_bytes: u32,
+    /// The byte ranges segments skipped and no later segment filled: what an ACK past them
+    /// acknowledges unseen (capture loss in bytes). Boxed, as `wait`.
+    pub holes: Option<Box<Holes>>,
     /// An ACK on this flow covered bytes the vantage never saw: its view is incomplete
     /// (capture loss), and later verdicts on it say so. Keeps the entry armed.
     pub capture_loss: bool,
     /// The connection this tuple carried before a new SYN (another ISN) began the current one:
     /// a segment that continues it belongs to a collision (tuple_reuse). Keeps the entry armed.
     pub other_space: Option<Box<OtherSpace>>,
+}
+
+/// Holes a flow's capture has, per side: `[start, end)` ranges a segment skipped that no
+/// segment since has covered and no ACK has passed. Bounded: past [`Holes::MAX`] a new hole
+/// joins the last one of its side (the byte count then errs high, never low, until the ACK).
+#[derive(Clone, Debug, Default)]
+pub struct Holes {
+    n: u8,
+    h: [(u8, SeqNumber, SeqNumber); Holes::MAX],
+}
+
+impl Holes {
+    pub const MAX: usize = 8;
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+    /// `side` skipped `[start, end)`.
+    pub fn add(&mut self, side: usize, start: SeqNumber, end: SeqNumber) {
+        if end <= start {
+            return;
+        }
+        let n = self.n as usize;
+        if n < Self::MAX {
+            self.h[n] = (side as u8, start, end);
+            self.n += 1;
+        } else if let Some(last) = self.h.iter_mut().rev().find(|h| h.0 as usize == side) {
+            last.2 = last.2.max(end);
+        }
+    }
+    /// `side` was seen sending `[start, end)`: that part of its holes is filled.
+    pub fn fill(&mut self, side: usize, start: SeqNumber, end: SeqNumber) {
+        let mut i = 0;
+        while i < self.n as usize {
+            let (hs, a, b) = self.h[i];
+            if hs as usize != side || end <= a || start >= b {
+                i += 1;
+                continue;
+            }
+            let (left, right) = (start > a, end < b);
+            match (left, right) {
+                (false, false) => {
+                    self.remove(i);
+                    continue;
+                }
+                (true, false) => self.h[i].2 = start,
+                (false, true) => self.h[i].1 = end,
+                (true, true) if (self.n as usize) < Self::MAX => {
+                    self.h[i].2 = start;
+                    self.h[self.n as usize] = (hs, end, b);
+                    self.n += 1;
+                }
+                // No room to split: the hole stays whole (errs high).
+                (true, true) => {}
+            }
+            i += 1;
+        }
+    }
+    /// An ACK of `side`'s bytes up to `ack`: removes and returns the hole bytes below it.
+    pub fn take_below(&mut self, side: usize, ack: SeqNumber) -> u32 {
+        let mut bytes = 0u32;
+        let mut i = 0;
+        while i < self.n as usize {
+            let (hs, a, b) = self.h[i];
+            if hs as usize != side || ack <= a {
+                i += 1;
+                continue;
+            }
+            bytes = bytes.saturating_add(ack.min_seq(b).diff(a) as u32);
+            if b > ack {
+                self.h[i].1 = ack;
+                i += 1;
+            } else {
+                self.remove(i);
+            }
+        }
+        bytes
+    }
+    fn remove(&mut self, i: usize) {
+        let n = self.n as usize;
+        self.h.copy_within(i + 1..n, i);
+        self.n -= 1;
+    }
 }
 
 /// The sequence spaces of the connection a tuple carried before the current one.
@@ -616,6 +700,7 @@ impl FlowExtra {
             && self.zero_window.iter().all(Option::is_none)
             && self.retx.iter().all(Option::is_none)
             && self.lost_mark.is_none()
+            && self.holes.is_none()
             && !self.capture_loss
             && self.other_space.is_none()
             && self.data_after_rst == 0
@@ -707,7 +792,6 @@ impl Ctx<'_> {
         if let Some(x) = self.extra_mut() {
             if x.lost_mark.is_some_and(|(_, s)| s as usize == side) {
                 x.lost_mark = None;
-                x.lost_bytes = 0;
             }
         }
     }
