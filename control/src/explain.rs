@@ -33,9 +33,11 @@ fn text(kind: Option<&str>) -> Result<String, String> {
             let tag = if k.is_sensor_health() { "  [sensor health]" } else { "" };
             let _ = writeln!(out, "  {:<24}{}{tag}", k.name(), first_sentence(k.meaning()));
         }
-        let _ = writeln!(out, "\nIn the catalog, not detected by this version:");
-        for (n, _) in NOT_DETECTED {
-            let _ = writeln!(out, "  {n}");
+        if !NOT_DETECTED.is_empty() {
+            let _ = writeln!(out, "\nIn the catalog, not detected by this version:");
+            for (n, _) in NOT_DETECTED {
+                let _ = writeln!(out, "  {n}");
+            }
         }
         return Ok(out);
     };

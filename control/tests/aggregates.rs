@@ -1,8 +1,10 @@
-//! Floods and scans give one event per cause (issue 12 item 6), on crafted captures (a
-//! spoofed flood cannot come from the kernel's own TCP): per family, a spoofed SYN flood of
-//! 3,000 sources to one service, a SYN scan of 120 ports from one source (half refused, half
-//! unanswered), and, as controls, three clients whose SYNs to another service go unanswered
-//! (below every threshold: reported one by one) and a healthy connection.
+//! Floods, scans and black holes give one event per cause (issue 12 item 6), on crafted
+//! captures (a spoofed flood cannot come from the kernel's own TCP; control/tests/blackhole.rs
+//! makes a black hole with real TCP): per family, a spoofed SYN flood of 3,000 sources to one
+//! service, a SYN scan of 120 ports from one source (half refused, half unanswered), six
+//! clients whose SYNs to one service go unanswered while another service answers (a black
+//! hole), and, as controls, three clients whose SYNs go unanswered while nothing answers (a
+//! dead path, not a black hole: reported one by one) and a healthy connection.
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
@@ -16,6 +18,8 @@ struct Family {
     scanned: IpAddr,
     scanner: IpAddr,
     quiet_service: IpAddr,
+    blackholed: IpAddr,
+    answering: IpAddr,
     spoofed: fn(u32) -> IpAddr,
     client: fn(u32) -> IpAddr,
 }
@@ -27,6 +31,8 @@ fn families() -> [Family; 2] {
             scanned: "10.99.0.2".parse().unwrap(),
             scanner: "10.98.0.5".parse().unwrap(),
             quiet_service: "10.99.0.3".parse().unwrap(),
+            blackholed: "10.99.0.4".parse().unwrap(),
+            answering: "10.99.0.5".parse().unwrap(),
             spoofed: |i| IpAddr::V4(std::net::Ipv4Addr::from(0x2c00_0000 + i * 7919)),
             client: |i| IpAddr::V4(std::net::Ipv4Addr::from(0x0a61_0000 + i)),
         },
@@ -35,6 +41,8 @@ fn families() -> [Family; 2] {
             scanned: "fd99::2".parse().unwrap(),
             scanner: "fd98::5".parse().unwrap(),
             quiet_service: "fd99::3".parse().unwrap(),
+            blackholed: "fd99::4".parse().unwrap(),
+            answering: "fd99::5".parse().unwrap(),
             spoofed: |i| {
                 IpAddr::V6(std::net::Ipv6Addr::from(
                     (0x2001_0db8_u128 << 96) | (u128::from(i) * 7919),
@@ -53,22 +61,47 @@ fn write_capture(path: &Path) {
         let f = g.frame();
         w.packet(0, t, &f, f.len() as u32, None).unwrap();
     };
+    let syn = |c: IpAddr, cport: u16, s: IpAddr, sport: u16, seq: u32| {
+        let mut g = TcpSegment::new(c, cport, s, sport);
+        g.flags = SYN;
+        g.seq = seq;
+        g
+    };
+    // A handshake to port 80 that completes.
+    let handshake = |c: IpAddr, cport: u16, s: IpAddr| {
+        let mut synack = TcpSegment::new(s, 80, c, cport);
+        synack.flags = SYN | ACK;
+        synack.seq = 100;
+        synack.ack = 2;
+        let mut ack = TcpSegment::new(c, cport, s, 80);
+        ack.flags = ACK;
+        ack.seq = 2;
+        ack.ack = 101;
+        [syn(c, cport, s, 80, 1), synack, ack]
+    };
     for f in families() {
+        // Control: three clients' SYNs to a service go unanswered while nothing answers (the
+        // last handshake answered was the previous family's, over 10 s before): a dead path.
+        for i in 0..3u32 {
+            t += 100_000_000;
+            put(&syn((f.client)(i), 40000, f.quiet_service, 443, 5000 + i), t);
+        }
         // Flood: 3,000 spoofed SYNs over 3 s, one per source, never answered.
         for i in 0..3000u32 {
-            let mut g = TcpSegment::new((f.spoofed)(i), 1024 + (i % 60000) as u16, f.flooded, 80);
-            g.flags = SYN;
-            g.seq = i.wrapping_mul(2_654_435_761);
+            let g = syn(
+                (f.spoofed)(i),
+                1024 + (i % 60000) as u16,
+                f.flooded,
+                80,
+                i.wrapping_mul(2_654_435_761),
+            );
             t += 1_000_000;
             put(&g, t);
         }
         // Scan: 120 ports, even ones refused, odd ones unanswered.
         for port in 1..=120u16 {
-            let mut g = TcpSegment::new(f.scanner, 55000, f.scanned, port);
-            g.flags = SYN;
-            g.seq = 77;
             t += 2_000_000;
-            put(&g, t);
+            put(&syn(f.scanner, 55000, f.scanned, port, 77), t);
             if port % 2 == 0 {
                 let mut r = TcpSegment::new(f.scanned, port, f.scanner, 55000);
                 r.flags = RST | ACK;
@@ -76,30 +109,23 @@ fn write_capture(path: &Path) {
                 put(&r, t + 50_000);
             }
         }
-        // Controls: three clients' SYNs to another service unanswered; a healthy handshake.
-        for i in 0..3u32 {
-            let mut g = TcpSegment::new((f.client)(i), 40000, f.quiet_service, 443);
-            g.flags = SYN;
-            g.seq = 5000 + i;
-            t += 100_000_000;
-            put(&g, t);
+        // Black hole: another service answers five clients, then six clients' SYNs to this
+        // one go unanswered.
+        for i in 0..5u32 {
+            t += 50_000_000;
+            for (k, g) in handshake((f.client)(20 + i), 42000, f.answering).iter().enumerate() {
+                put(g, t + k as u64 * 100_000);
+            }
         }
-        let (c, s) = ((f.client)(9), f.flooded);
-        let mut g = TcpSegment::new(c, 41000, s, 80);
-        g.flags = SYN;
-        g.seq = 1;
+        for i in 0..6u32 {
+            t += 100_000_000;
+            put(&syn((f.client)(30 + i), 43000, f.blackholed, 443, 9000 + i), t);
+        }
+        // A healthy connection to the flooded service.
         t += 10_000_000;
-        put(&g, t);
-        let mut g = TcpSegment::new(s, 80, c, 41000);
-        g.flags = SYN | ACK;
-        g.seq = 100;
-        g.ack = 2;
-        put(&g, t + 100_000);
-        let mut g = TcpSegment::new(c, 41000, s, 80);
-        g.flags = ACK;
-        g.seq = 2;
-        g.ack = 101;
-        put(&g, t + 200_000);
+        for (k, g) in handshake((f.client)(9), 41000, f.flooded).iter().enumerate() {
+            put(g, t + k as u64 * 100_000);
+        }
         // Quiet time after each family, longer than the aggregate window.
         t += 15_000_000_000;
     }
@@ -135,7 +161,11 @@ fn a_flood_and_a_scan_are_one_event_each() {
         // Time order holds for everything but the aggregates (reported when they end).
         let times: Vec<u64> = ev
             .iter()
-            .filter(|e| e["kind"] != "syn_flood" && e["kind"] != "port_scan")
+            .filter(|e| {
+                !dataplane::anomaly::Kind::from_name(e["kind"].as_str().unwrap())
+                    .unwrap()
+                    .is_aggregate()
+            })
             .map(|e| e["time_last_ns"].as_u64().unwrap())
             .collect();
         assert!(times.windows(2).all(|w| w[0] <= w[1]), "events out of time order");
@@ -170,6 +200,30 @@ fn a_flood_and_a_scan_are_one_event_each() {
             );
             assert_eq!(refused + unanswered, 120 - first as u64, "{}", scans[0]);
             assert!(refused >= 56 && unanswered >= 56, "{}", scans[0]);
+            // The black hole: one event naming the service, the filter in front of it and the
+            // vantage; the first two failures went out one by one, before it could be seen.
+            let holes: Vec<_> = ev
+                .iter()
+                .filter(|e| e["kind"] == "service_blackhole")
+                .filter(|e| e["dest_ip"] == f.blackholed.to_string())
+                .collect();
+            assert_eq!(holes.len(), 1, "{workers} workers, {}: {holes:?}", f.blackholed);
+            let h = holes[0];
+            let folded = 6 - (dataplane::anomaly::aggregate::BLACKHOLE_FLOWS as u64 - 1);
+            assert_eq!((h["dest_port"].as_u64(), h["count"].as_u64()), (Some(443), Some(folded)));
+            assert_eq!(h["details"]["unanswered"], folded, "{h}");
+            assert_eq!(h["culprit"]["role"], "filter_between", "{h}");
+            assert_eq!(h["culprit"]["addr"], f.blackholed.to_string(), "{h}");
+            assert_eq!(h["culprit"]["port"], 443, "{h}");
+            assert_eq!(h["vantage"], "flood.pcapng", "{h}");
+            let one_by_one = ev
+                .iter()
+                .filter(|e| e["kind"] == "syn_unanswered")
+                .filter(|e| e["dest_ip"] == f.blackholed.to_string())
+                .count();
+            assert_eq!(one_by_one, 2, "{}", f.blackholed);
+            // Nothing else is a black hole: not the flood, not the dead path.
+            assert_eq!(ev.iter().filter(|e| e["kind"] == "service_blackhole").count(), 2);
             // The controls are reported one by one.
             let quiet = ev
                 .iter()
@@ -194,14 +248,15 @@ fn a_flood_and_a_scan_are_one_event_each() {
             .iter()
             .filter(|e| e["kind"] == "syn_unanswered" || e["kind"] == "syn_rejected")
             .count();
-        assert_eq!(handshake_failures, 2 * (3 + 2 * first), "{workers} workers");
-        assert!(ev.len() <= 2 * (2 + 3 + 10), "{} events: {ev:?}", ev.len());
+        assert_eq!(handshake_failures, 2 * (3 + 2 * first + 2), "{workers} workers");
+        assert!(ev.len() <= 2 * (3 + 3 + 2 + 10), "{} events: {ev:?}", ev.len());
         // The counters still count every occurrence.
         let count = |k: &str| summary["kinds"][k]["count"].as_u64().unwrap_or(0);
-        assert!(count("syn_unanswered") >= 2 * (3000 + 60 + 3), "{}", summary["kinds"]);
+        assert!(count("syn_unanswered") >= 2 * (3000 + 60 + 3 + 6), "{}", summary["kinds"]);
         assert_eq!(count("syn_rejected"), 2 * 60, "{}", summary["kinds"]);
         assert_eq!(count("syn_flood"), 2);
         assert_eq!(count("port_scan"), 2);
+        assert_eq!(count("service_blackhole"), 2);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -66,6 +66,9 @@ pub struct EngineConfig {
     pub community_id_seed: u16,
     /// The sensor's name in events (default: the host name).
     pub host: String,
+    /// Services seen answering handshakes, per vantage; clones of this config (the workers)
+    /// share it.
+    pub path_answers: anomaly::setup::PathAnswers,
 }
 
 impl Default for EngineConfig {
@@ -97,6 +100,7 @@ impl Default for EngineConfig {
             record_verdicts: false,
             community_id_seed: 0,
             host: host_name(),
+            path_answers: Default::default(),
         }
     }
 }
@@ -440,6 +444,7 @@ impl Engine {
         let mut found = std::mem::take(&mut self.found);
         let verdict;
         let was = rec.state;
+        let had_synack = rec.flags & conn_flags::SYNACK_SEEN != 0;
         {
             let before = rec.dirs[side];
             let mut c = Ctx {
@@ -517,6 +522,9 @@ impl Engine {
             if self.side.release_if_idle(slot) {
                 rec.flags &= !conn_flags::HAS_SIDE;
             }
+        }
+        if !had_synack && rec.flags & conn_flags::SYNACK_SEEN != 0 {
+            self.cfg.path_answers.note(p.vantage as usize, key.endpoint(side), p.ts_ns);
         }
         let evidence_pending = rec.flags & conn_flags::EVIDENCE_PENDING != 0;
         if now_state.is_half_open() && !was.is_half_open() {
@@ -831,6 +839,13 @@ impl Engine {
                 " Caution: this vantage missed data of this flow (bytes were acknowledged that it never saw), so part of the exchange is unknown.",
             );
             d.details.insert("capture_loss".into(), serde_json::Value::Bool(true));
+        }
+        if d.kind == Kind::SynUnanswered {
+            // Whether the path answered meanwhile: what `service_blackhole` is made of.
+            let v = p.vantage as usize;
+            if let Some(t) = self.cfg.path_answers.other_than(v, (dest_ip, dest_port)) {
+                d.details.insert("other_service_answered_ns".into(), t.into());
+            }
         }
         let comment = format!("wirewatch {}: {}", d.kind.name(), d.explanation);
         let evidence = self.attach_evidence(slot, hist_id, &comment, p.ts_ns, d.kind);

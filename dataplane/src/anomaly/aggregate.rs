@@ -1,9 +1,10 @@
 //! Aggregates: one event per cause when handshake failures come in floods and scans
 //! (../shared/DETECTIONS.md, Aggregates). `syn_unanswered` and `syn_rejected` events wait up to
 //! `aggregate_window` in a bounded pool; when they are released, those a `syn_flood` (≥ 100
-//! distinct sources to one service within the window) or a `port_scan` (one source to ≥ 50
-//! distinct services within the window) absorbed are folded into it, the others go out as
-//! they are. An aggregate is reported once, when it has been quiet for a window (or at the end
+//! distinct sources to one service within the window), a `service_blackhole` (≥ 3 client
+//! connections to one service unanswered while other services at the vantage answered) or a
+//! `port_scan` (one source to ≥ 50 distinct services within the window) absorbed are folded
+//! into it, the others go out as they are. An aggregate is reported once, when it has been quiet for a window (or at the end
 //! of input), with its counts, first and last times, top sources and ports and sample flows.
 //! The engines' counters still count every occurrence; this only shapes the event stream.
 use std::collections::{HashMap, VecDeque};
@@ -13,6 +14,9 @@ use super::{Event, Kind};
 
 /// Distinct sources to one service within the window that make a flood.
 pub const FLOOD_SOURCES: usize = 100;
+/// Client connections to one service left unanswered within the window, while another
+/// service answered at the same vantage, that make a black hole.
+pub const BLACKHOLE_FLOWS: usize = 3;
 /// Distinct services one source tries within the window that make a scan.
 pub const SCAN_PORTS: usize = 50;
 /// The window, nanoseconds (10 s).
@@ -33,6 +37,8 @@ const TOP: usize = 5;
 const TOP_TRACKED: usize = 4096;
 
 type Service = (IpAddr, u16);
+/// A client connection: its source address and port.
+type Client = (IpAddr, u16);
 
 struct Recent<T: Copy + Eq + std::hash::Hash> {
     /// The only sighting, while there is one: a spoofed flood brings tens of thousands of
@@ -119,6 +125,8 @@ struct Aggregate {
     last_ns: u64,
     count: u64,
     by_kind: [u64; 2],
+    /// Distinct client connections within the window when it formed (black holes).
+    flows: usize,
     sources: HashMap<IpAddr, u64>,
     ports: HashMap<u16, u64>,
     samples: Vec<serde_json::Value>,
@@ -132,6 +140,7 @@ impl Aggregate {
             last_ns: first.time_last_ns,
             count: 0,
             by_kind: [0; 2],
+            flows: 0,
             sources: HashMap::new(),
             ports: HashMap::new(),
             samples: Vec::new(),
@@ -182,6 +191,14 @@ impl Aggregate {
             Kind::SynFlood => super::Culprit::new(super::Role::Sender)
                 .evidence(format!("{at_least}{distinct} distinct sources"))
                 .evidence(format!("{unanswered} unanswered, {rejected} refused")),
+            Kind::ServiceBlackhole => super::Culprit::new(super::Role::FilterBetween)
+                .at((e.dest_ip, e.dest_port))
+                .evidence(format!(
+                    "{} client connections unanswered within {} s",
+                    self.flows,
+                    AGGREGATE_WINDOW_NS / 1_000_000_000
+                ))
+                .evidence(format!("other services answered at {}", e.vantage)),
             _ => super::Culprit::new(super::Role::Sender)
                 .addr(e.src_ip)
                 .evidence(format!(
@@ -201,6 +218,18 @@ impl Aggregate {
                 e.culprit,
                 if rejected == 0 { ", spoofed if none of the sources ever completes a handshake" } else { "" },
             ),
+            Kind::ServiceBlackhole => format!(
+                "The SYNs of {} client connections to {} went unanswered within {} s, while handshakes to other services seen at {} were answered: {} drops this service's SYNs silently (a firewall, security group or ACL in front of it), or the service is down without answering. This event folds the {} from {} to {}; the first {} were reported one by one.",
+                self.flows,
+                super::endpoint_str(e.dest_ip, e.dest_port),
+                AGGREGATE_WINDOW_NS / 1_000_000_000,
+                e.vantage,
+                e.culprit,
+                self.count,
+                e.time_first,
+                e.time_last,
+                BLACKHOLE_FLOWS - 1,
+            ),
             _ => format!(
                 "{} tried {} services ({} distinct ports) between {} and {}: {unanswered} unanswered, {rejected} refused: a port scan. The per-connection events are folded into this one.",
                 e.culprit,
@@ -214,6 +243,9 @@ impl Aggregate {
         d.insert("unanswered".into(), unanswered.into());
         d.insert("refused".into(), rejected.into());
         d.insert("distinct_sources".into(), distinct.into());
+        if self.kind == Kind::ServiceBlackhole {
+            d.insert("flows_in_window".into(), self.flows.into());
+        }
         d.insert("top_sources".into(), Self::top(&self.sources));
         d.insert(
             if self.kind == Kind::PortScan { "top_dest_ports" } else { "top_src_ports" }.into(),
@@ -243,7 +275,10 @@ pub struct Aggregator {
     held: VecDeque<(Event, bool)>,
     services: HashMap<Service, Recent<IpAddr>>,
     sources: HashMap<IpAddr, Recent<Service>>,
+    /// Per service, its unanswered client connections while the path answered.
+    unanswered: HashMap<Service, Recent<Client>>,
     floods: HashMap<Service, Aggregate>,
+    blackholes: HashMap<Service, Aggregate>,
     scans: HashMap<IpAddr, Aggregate>,
     now_ns: u64,
     /// Every event waits the window, not only handshake failures: the output stays in time
@@ -269,7 +304,9 @@ impl Aggregator {
     pub fn push(&mut self, e: Event, out: &mut Vec<Event>) {
         self.now_ns = self.now_ns.max(e.time_last_ns);
         if held_kind(e.kind) {
-            let absorbable = self.learn(&e) >= HOLD_FROM;
+            let absorbable = self.learn(&e) >= HOLD_FROM
+                || (e.kind == Kind::SynUnanswered
+                    && self.blackholes.contains_key(&(e.dest_ip, e.dest_port)));
             if absorbable && self.absorb(&e) {
                 // Its aggregate already exists: nothing to wait for.
             } else if !absorbable && !self.hold_all {
@@ -309,10 +346,34 @@ impl Aggregator {
             let n = r.add(t, e.src_ip);
             recent = recent.max(r.len());
             if n >= FLOOD_SOURCES && !self.floods.contains_key(&service) {
-                self.floods.insert(service, Aggregate::new(Kind::SynFlood, e));
+                // Many sources: a flood, whatever the path did. A black hole already open on
+                // the service becomes its beginning (one event per service).
+                let a = match self.blackholes.remove(&service) {
+                    Some(mut a) => {
+                        a.kind = Kind::SynFlood;
+                        a
+                    }
+                    None => Aggregate::new(Kind::SynFlood, e),
+                };
+                self.floods.insert(service, a);
             }
         } else {
             self.stats.untracked += 1;
+        }
+        if e.kind == Kind::SynUnanswered && path_answered(e) {
+            if self.unanswered.len() < TRACKED_MAX || self.unanswered.contains_key(&service) {
+                let r = self.unanswered.entry(service).or_default();
+                let n = r.add(t, (e.src_ip, e.src_port));
+                if n >= BLACKHOLE_FLOWS && !self.floods.contains_key(&service) {
+                    let a = self
+                        .blackholes
+                        .entry(service)
+                        .or_insert_with(|| Aggregate::new(Kind::ServiceBlackhole, e));
+                    a.flows = a.flows.max(n);
+                }
+            } else {
+                self.stats.untracked += 1;
+            }
         }
         if self.sources.len() < TRACKED_MAX || self.sources.contains_key(&e.src_ip) {
             let r = self.sources.entry(e.src_ip).or_default();
@@ -327,14 +388,19 @@ impl Aggregator {
         recent
     }
 
-    /// Folds `e` into the flood on its service or the scan from its source, if one exists.
+    /// Folds `e` into the flood on its service, the black hole it fell in, or the scan from
+    /// its source, if one exists.
     fn absorb(&mut self, e: &Event) -> bool {
-        let a = match self.floods.get_mut(&(e.dest_ip, e.dest_port)) {
-            Some(a) => a,
-            None => match self.scans.get_mut(&e.src_ip) {
-                Some(a) => a,
-                None => return false,
-            },
+        let service = (e.dest_ip, e.dest_port);
+        let blackhole = || e.kind == Kind::SynUnanswered;
+        let a = if let Some(a) = self.floods.get_mut(&service) {
+            a
+        } else if let Some(a) = self.blackholes.get_mut(&service).filter(|_| blackhole()) {
+            a
+        } else if let Some(a) = self.scans.get_mut(&e.src_ip) {
+            a
+        } else {
+            return false;
         };
         a.absorb(e);
         self.stats.absorbed += 1;
@@ -358,6 +424,7 @@ impl Aggregator {
                 || (now_ns.saturating_sub(last) >= AGGREGATE_WINDOW_NS && oldest_held > last)
         };
         let mut ended = take_quiet(&mut self.floods, &self.services, &quiet);
+        ended.extend(take_quiet(&mut self.blackholes, &self.unanswered, &quiet));
         ended.extend(take_quiet(&mut self.scans, &self.sources, &quiet));
         // In time order, the same from run to run (the maps' order is not).
         ended.sort_by_key(|a| (a.last_ns, a.kind as usize, a.first.time_first_ns));
@@ -372,9 +439,19 @@ impl Aggregator {
             let keep =
                 |last: u64| now_ns != u64::MAX && now_ns.saturating_sub(last) < AGGREGATE_WINDOW_NS;
             self.services.retain(|_, r| keep(r.last()));
+            self.unanswered.retain(|_, r| keep(r.last()));
             self.sources.retain(|_, r| keep(r.last()));
         }
     }
+}
+
+/// Whether another service answered a handshake at the event's vantage within the window
+/// before it (the engine's `other_service_answered_ns`): the path works, this service does not.
+fn path_answered(e: &Event) -> bool {
+    e.details
+        .get("other_service_answered_ns")
+        .and_then(serde_json::Value::as_u64)
+        .is_some_and(|t| e.time_last_ns.saturating_sub(t) <= AGGREGATE_WINDOW_NS)
 }
 
 /// Removes and returns the aggregates whose last event (absorbed, or seen on their key) is

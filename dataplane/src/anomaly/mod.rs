@@ -137,6 +137,10 @@ kinds! {
         rule: "One source sends SYNs to 50 or more distinct services (address:port) within 10 s, answered by RST or nothing. One aggregate event per scan, reported when it has been quiet for 10 s, with the ports tried; the per-connection events are folded into it.",
         means: "A port or host scan from that source: a security scanner, a misconfigured health checker, or an attacker mapping the network.",
         next: "Who owns the source address? If it is not an approved scanner, block it where it enters and look for what it reached (connections from it that completed).";
+    ServiceBlackhole => "service_blackhole", false,
+        rule: "Within 10 s, the SYNs of 3 or more client connections to one service (address:port) go unanswered (syn_unanswered), while handshakes to other services seen at the same vantage were answered within the window. One aggregate event per service, reported when it has been quiet for 10 s: counts, first/last, top sources, sample flows; the per-connection syn_unanswered events from the third on are folded into it.",
+        means: "The path works but this one service does not answer: a firewall, security group or ACL in front of it drops its SYNs silently, or the service (or its host) is down without answering.",
+        next: "Is the SYN seen at a sensor nearer the server (lost_between_sensors names where it stops)? Check drop counters and rules for that address and port on the firewalls in front of it; on the server, `ss -ltn 'sport = :PORT'` and its host firewall.";
     TimeJump => "time_jump", true,
         rule: "Packet time moves backwards by more than 1 s within one input (merged or concatenated captures, a clock step); smaller inversions are re-sorted within a bounded window and counted. The input's flows end, every other flow enters the gap state, and nothing is inferred across the jump.",
         means: "The capture file itself is not one time-ordered recording: a sensor-health matter, never duplication or retransmission.",
@@ -152,7 +156,7 @@ pub const KIND_COUNT: usize = Kind::ALL.len();
 impl Kind {
     /// Made from other events (one per flood or scan), not by a detector on packets.
     pub const fn is_aggregate(self) -> bool {
-        matches!(self, Kind::SynFlood | Kind::PortScan)
+        matches!(self, Kind::SynFlood | Kind::PortScan | Kind::ServiceBlackhole)
     }
 }
 

@@ -133,6 +133,77 @@ pub fn on_packet(c: &mut Ctx<'_>) {
     }
 }
 
+/// Which services were seen answering handshakes (SYN-ACK), per vantage, shared by every
+/// worker of a process (flows are sharded over workers, a path's answers are not): whether
+/// *another* service answered lately tells a service's black hole (a filter in front of it, or
+/// the service down) from a dead path (`service_blackhole`). Clones share the table.
+///
+/// Four slots per vantage, chosen by the service's hash, each holding a recently answered
+/// service; a slot is rewritten at most every [`PathAnswers::REFRESH_NS`] of packet time, so
+/// workers that see many handshakes rarely write the shared lines. Slots are read and written
+/// without a lock: a torn pair only makes an answer look older or younger by the refresh time.
+#[derive(Clone)]
+pub struct PathAnswers(std::sync::Arc<[[AnswerSlot; 4]; crate::flow::MAX_VANTAGES]>);
+
+#[derive(Default)]
+pub struct AnswerSlot {
+    service: std::sync::atomic::AtomicU64,
+    at_ns: std::sync::atomic::AtomicU64,
+}
+
+impl Default for PathAnswers {
+    fn default() -> Self {
+        Self(std::sync::Arc::new(std::array::from_fn(|_| Default::default())))
+    }
+}
+
+impl std::fmt::Debug for PathAnswers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PathAnswers")
+    }
+}
+
+impl PathAnswers {
+    pub const REFRESH_NS: u64 = 50_000_000;
+
+    /// A hash of the service, never 0 (0 marks an empty slot).
+    fn id((addr, port): (std::net::IpAddr, u16)) -> u64 {
+        let a = match addr {
+            std::net::IpAddr::V4(a) => u128::from(a.to_bits()),
+            std::net::IpAddr::V6(a) => a.to_bits(),
+        };
+        let h = (a as u64 ^ (a >> 64) as u64 ^ u64::from(port) << 48)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h | 1
+    }
+
+    /// `service` answered a handshake seen at `vantage` at `now_ns`.
+    pub fn note(&self, vantage: usize, service: (std::net::IpAddr, u16), now_ns: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(slots) = self.0.get(vantage) else { return };
+        let id = Self::id(service);
+        let slot = &slots[(id >> 32) as usize & 3];
+        let at = slot.at_ns.load(Relaxed);
+        if at == 0 || now_ns.saturating_sub(at) >= Self::REFRESH_NS {
+            slot.service.store(id, Relaxed);
+            slot.at_ns.store(now_ns.max(1), Relaxed);
+        }
+    }
+
+    /// When a service other than `service` was last seen answering at `vantage`.
+    pub fn other_than(&self, vantage: usize, service: (std::net::IpAddr, u16)) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let id = Self::id(service);
+        self.0
+            .get(vantage)?
+            .iter()
+            .filter(|s| s.service.load(Relaxed) != id)
+            .map(|s| s.at_ns.load(Relaxed))
+            .filter(|&t| t != 0)
+            .max()
+    }
+}
+
 fn syn_unanswered(c: &Ctx<'_>, first_ns: u64, syns: u64) -> Detection {
     let cs = c.flow.client_side().unwrap_or(c.side);
     let client = c.endpoint(cs);
