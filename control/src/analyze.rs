@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result};
 use clap::{Args, ValueEnum};
 use crossbeam_channel::bounded;
+use dataplane::anomaly::setup::PathNote;
 use dataplane::anomaly::{Event, Kind, KIND_COUNT};
 use dataplane::capture::CaptureError;
 use dataplane::engine::{Engine, EngineConfig, EngineStats};
@@ -303,6 +304,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
                             worker: w,
                             watermark,
                             events: e.drain_events(),
+                            notes: e.drain_path_notes(),
                         });
                         verdicts.extend(
                             e.drain_verdicts()
@@ -942,8 +944,9 @@ impl TopEndpoints {
 }
 
 enum SinkMsg {
-    /// Events a worker produced; it will produce none earlier than `watermark` − lateness.
-    Events { worker: usize, watermark: u64, events: Vec<Event> },
+    /// Events and notes of answered handshakes a worker produced; it will produce none
+    /// earlier than `watermark` − lateness.
+    Events { worker: usize, watermark: u64, events: Vec<Event>, notes: Vec<PathNote> },
 }
 
 /// Writes the workers' events in time order (then kind, worker, arrival) as soon as every
@@ -967,7 +970,17 @@ struct EventOrder {
 
 struct Pending {
     key: (u64, &'static str, usize, u64),
-    event: Event,
+    item: Item,
+}
+
+/// What waits for its time: an event, or a note the aggregator needs before later events.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "events are nearly all of them; a box each would cost"
+)]
+enum Item {
+    Event(Event),
+    Answered(PathNote),
 }
 impl PartialEq for Pending {
     fn eq(&self, o: &Self) -> bool {
@@ -1005,12 +1018,20 @@ impl EventOrder {
 
     fn run(mut self, rx: crossbeam_channel::Receiver<SinkMsg>) -> Self {
         for msg in rx {
-            let SinkMsg::Events { worker, watermark, events } = msg;
+            let SinkMsg::Events { worker, watermark, events, notes } = msg;
+            // A note sorts before an event at the same time ("" before every kind name).
+            for n in notes {
+                self.seq += 1;
+                self.pending.push(std::cmp::Reverse(Pending {
+                    key: (n.at_ns, "", worker, self.seq),
+                    item: Item::Answered(n),
+                }));
+            }
             for event in events {
                 self.seq += 1;
                 self.pending.push(std::cmp::Reverse(Pending {
                     key: (event.time_last_ns, event.kind.name(), worker, self.seq),
-                    event,
+                    item: Item::Event(event),
                 }));
             }
             self.watermarks[worker] = self.watermarks[worker].max(watermark);
@@ -1033,7 +1054,10 @@ impl EventOrder {
         let mut ready = std::mem::take(&mut self.ready);
         while self.pending.peek().is_some_and(|p| before == u64::MAX || p.0.key.0 < before) {
             let Some(std::cmp::Reverse(p)) = self.pending.pop() else { break };
-            self.aggregator.push(p.event, &mut ready);
+            match p.item {
+                Item::Event(e) => self.aggregator.push(e, &mut ready),
+                Item::Answered(n) => self.aggregator.note_answered(&n),
+            }
             self.write(&mut ready);
         }
         if before == u64::MAX {

@@ -26,6 +26,8 @@ pub struct OwnedFrame {
 pub enum Output {
     Event(Box<Event>),
     Evidence(EvidenceJob),
+    /// A handshake answered at a vantage (a few a second): for `service_blackhole`.
+    Answered(dataplane::anomaly::setup::PathNote),
 }
 
 /// One worker's counters, shared with the control plane (written by that worker only).
@@ -79,6 +81,12 @@ pub struct EngineSink {
 
 impl EngineSink {
     fn publish(&mut self) {
+        // Notes first: an event after them in time may need them.
+        for n in self.engine.drain_path_notes() {
+            if self.out.try_send(Output::Answered(n)).is_err() {
+                self.stats.output_dropped.fetch_add(1, Relaxed);
+            }
+        }
         for e in self.engine.drain_events() {
             if self.out.try_send(Output::Event(Box::new(e))).is_err() {
                 self.stats.output_dropped.fetch_add(1, Relaxed);
@@ -517,6 +525,7 @@ pub fn event_loop(
                 aggregator.push(*e, &mut ready);
                 ready.drain(..).for_each(&mut write_event);
             }
+            Output::Answered(n) => aggregator.note_answered(&n),
             Output::Evidence(job) => match job.write(&cfg.vantage_names) {
                 Ok(()) => {
                     written += 1;

@@ -1,9 +1,9 @@
 //! Floods, scans and black holes give one event per cause (issue 12 item 6), on crafted
 //! captures (a spoofed flood cannot come from the kernel's own TCP; control/tests/blackhole.rs
 //! makes a black hole with real TCP): per family, a spoofed SYN flood of 3,000 sources to one
-//! service, a SYN scan of 120 ports from one source (half refused, half unanswered), six
-//! clients whose SYNs to one service go unanswered while another service answers (a black
-//! hole), and, as controls, three clients whose SYNs go unanswered while nothing answers (a
+//! service, one of 2,000 sources spread over 256 addresses of a prefix (carpet bombing), a SYN
+//! scan of 120 ports from one source (half refused, half unanswered), six clients whose SYNs
+//! to one service go unanswered while another service answers (a black hole), and, as controls, three clients whose SYNs go unanswered while nothing answers (a
 //! dead path, not a black hole: reported one by one) and a healthy connection.
 use std::net::IpAddr;
 use std::path::Path;
@@ -18,6 +18,9 @@ struct Family {
     scanned: IpAddr,
     scanner: IpAddr,
     quiet_service: IpAddr,
+    /// The n-th address of the prefix a flood is spread over.
+    carpet: fn(u32) -> IpAddr,
+    carpet_prefix: &'static str,
     blackholed: IpAddr,
     answering: IpAddr,
     spoofed: fn(u32) -> IpAddr,
@@ -31,6 +34,8 @@ fn families() -> [Family; 2] {
             scanned: "10.99.0.2".parse().unwrap(),
             scanner: "10.98.0.5".parse().unwrap(),
             quiet_service: "10.99.0.3".parse().unwrap(),
+            carpet: |i| IpAddr::V4(std::net::Ipv4Addr::from(0x0a63_0100 + i % 256)),
+            carpet_prefix: "10.99.1.0/24",
             blackholed: "10.99.0.4".parse().unwrap(),
             answering: "10.99.0.5".parse().unwrap(),
             spoofed: |i| IpAddr::V4(std::net::Ipv4Addr::from(0x2c00_0000 + i * 7919)),
@@ -41,6 +46,10 @@ fn families() -> [Family; 2] {
             scanned: "fd99::2".parse().unwrap(),
             scanner: "fd98::5".parse().unwrap(),
             quiet_service: "fd99::3".parse().unwrap(),
+            carpet: |i| {
+                IpAddr::V6(std::net::Ipv6Addr::from((0xfd99_0001_u128 << 96) | u128::from(i % 256)))
+            },
+            carpet_prefix: "fd99:1::/64",
             blackholed: "fd99::4".parse().unwrap(),
             answering: "fd99::5".parse().unwrap(),
             spoofed: |i| {
@@ -108,6 +117,14 @@ fn write_capture(path: &Path) {
                 r.ack = 78;
                 put(&r, t + 50_000);
             }
+        }
+        // Carpet bombing: 2,000 spoofed SYNs over 2 s to 256 addresses of one prefix (about
+        // eight sources per address: no single service is flooded).
+        for i in 0..2000u32 {
+            let src = (f.spoofed)(100_000 + i);
+            let g = syn(src, 2000 + (i % 50000) as u16, (f.carpet)(i * 37), 443, i ^ 0x5a5a);
+            t += 1_000_000;
+            put(&g, t);
         }
         // Black hole: another service answers five clients, then six clients' SYNs to this
         // one go unanswered.
@@ -186,6 +203,18 @@ fn a_flood_and_a_scan_are_one_event_each() {
             // Many spoofed sources: the culprit is the senders, none of them named.
             assert_eq!(fl["culprit"]["role"], "sender", "{fl}");
             assert!(fl["culprit"]["addr"].is_null(), "{fl}");
+            // The carpet: one flood over the prefix, folding all but the first few.
+            let carpets: Vec<_> = ev
+                .iter()
+                .filter(|e| e["kind"] == "syn_flood")
+                .filter(|e| e["details"]["target_prefix"] == f.carpet_prefix)
+                .collect();
+            assert_eq!(carpets.len(), 1, "{workers} workers, {}: {carpets:?}", f.carpet_prefix);
+            let c = carpets[0];
+            assert_eq!(c["count"], 2000 - first as u64, "{c}");
+            assert_eq!(c["details"]["distinct_dests"], 256, "{c}");
+            assert_eq!(c["culprit"]["role"], "sender", "{c}");
+            assert!(c["explanation"].as_str().unwrap().contains(f.carpet_prefix), "{c}");
             let scans: Vec<_> = ev
                 .iter()
                 .filter(|e| e["kind"] == "port_scan" && e["src_ip"] == f.scanner.to_string())
@@ -248,13 +277,13 @@ fn a_flood_and_a_scan_are_one_event_each() {
             .iter()
             .filter(|e| e["kind"] == "syn_unanswered" || e["kind"] == "syn_rejected")
             .count();
-        assert_eq!(handshake_failures, 2 * (3 + 2 * first + 2), "{workers} workers");
-        assert!(ev.len() <= 2 * (3 + 3 + 2 + 10), "{} events: {ev:?}", ev.len());
+        assert_eq!(handshake_failures, 2 * (3 + 3 * first + 2), "{workers} workers");
+        assert!(ev.len() <= 2 * (4 + 3 + 3 * first + 2 + 10), "{} events: {ev:?}", ev.len());
         // The counters still count every occurrence.
         let count = |k: &str| summary["kinds"][k]["count"].as_u64().unwrap_or(0);
-        assert!(count("syn_unanswered") >= 2 * (3000 + 60 + 3 + 6), "{}", summary["kinds"]);
+        assert!(count("syn_unanswered") >= 2 * (3000 + 2000 + 60 + 3 + 6), "{}", summary["kinds"]);
         assert_eq!(count("syn_rejected"), 2 * 60, "{}", summary["kinds"]);
-        assert_eq!(count("syn_flood"), 2);
+        assert_eq!(count("syn_flood"), 4);
         assert_eq!(count("port_scan"), 2);
         assert_eq!(count("service_blackhole"), 2);
     }

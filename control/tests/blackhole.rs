@@ -158,7 +158,9 @@ fn a_filter_in_front_of_one_service_is_a_black_hole_a_dead_path_is_not() {
     let nft = |rule: &str| {
         let _ = lab.r.run("nft delete table inet wwbh");
         lab.r.run("nft add table inet wwbh").unwrap();
-        lab.r.run("nft add chain inet wwbh through { type filter hook forward priority 0 ; }").unwrap();
+        lab.r
+            .run("nft add chain inet wwbh through { type filter hook forward priority 0 ; }")
+            .unwrap();
         lab.r.run(&format!("nft add rule inet wwbh through {rule}")).unwrap();
     };
 

@@ -66,9 +66,6 @@ pub struct EngineConfig {
     pub community_id_seed: u16,
     /// The sensor's name in events (default: the host name).
     pub host: String,
-    /// Services seen answering handshakes, per vantage; clones of this config (the workers)
-    /// share it.
-    pub path_answers: anomaly::setup::PathAnswers,
 }
 
 impl Default for EngineConfig {
@@ -100,7 +97,6 @@ impl Default for EngineConfig {
             record_verdicts: false,
             community_id_seed: 0,
             host: host_name(),
-            path_answers: Default::default(),
         }
     }
 }
@@ -163,6 +159,9 @@ pub struct EngineStats {
 
 /// Cross-vantage matching and evidence deadlines run at most this often (of packet time).
 const HOUSEKEEPING_NS: u64 = 10_000_000;
+/// Notes of answered handshakes kept for a caller that does not drain them (at most four per
+/// vantage every 50 ms are made).
+const MAX_PATH_NOTES: usize = 4096;
 /// Armed side state (RST pairing waits) is expired this often.
 const SIDE_EXPIRY_NS: u64 = 1_000_000_000;
 /// The wheel is never swept below this many timers (a sweep then costs nothing worth saving).
@@ -200,6 +199,9 @@ pub struct Engine {
     scratch_slots: Vec<Slot>,
     rtt_samples: Vec<u64>,
     zero_window_samples: Vec<u64>,
+    /// By vantage index: the services this engine last noted answering there.
+    answered: Vec<anomaly::setup::AnswerSlots>,
+    path_notes: Vec<anomaly::setup::PathNote>,
     evidence_seq: u64,
     now_ns: u64,
     last_housekeeping_ns: u64,
@@ -245,6 +247,8 @@ impl Engine {
             scratch_slots: Vec::new(),
             rtt_samples: Vec::new(),
             zero_window_samples: Vec::new(),
+            answered: Vec::new(),
+            path_notes: Vec::new(),
             evidence_seq: 0,
             now_ns: 0,
             last_housekeeping_ns: 0,
@@ -523,10 +527,11 @@ impl Engine {
                 rec.flags &= !conn_flags::HAS_SIDE;
             }
         }
-        if !had_synack && rec.flags & conn_flags::SYNACK_SEEN != 0 {
-            self.cfg.path_answers.note(p.vantage as usize, key.endpoint(side), p.ts_ns);
-        }
+        let answered = !had_synack && rec.flags & conn_flags::SYNACK_SEEN != 0;
         let evidence_pending = rec.flags & conn_flags::EVIDENCE_PENDING != 0;
+        if answered {
+            self.note_answered(p.vantage, key.endpoint(side), p.ts_ns);
+        }
         if now_state.is_half_open() && !was.is_half_open() {
             self.arm_timer(
                 p.ts_ns.saturating_add(self.cfg.handshake_timeout_ns),
@@ -790,6 +795,31 @@ impl Engine {
         }
     }
 
+    fn vantage_name(&self, v: u16) -> String {
+        self.cfg.vantage_names.get(v as usize).cloned().unwrap_or_else(|| format!("vantage{v}"))
+    }
+
+    /// A handshake to `service` was answered at vantage `v`: a note for the aggregator's
+    /// `service_blackhole`, a few per second per vantage at most.
+    fn note_answered(&mut self, v: u16, service: (std::net::IpAddr, u16), now: u64) {
+        let i = v as usize;
+        if i >= crate::flow::MAX_VANTAGES || self.path_notes.len() >= MAX_PATH_NOTES {
+            return;
+        }
+        if self.answered.len() <= i {
+            self.answered.resize(i + 1, Default::default());
+        }
+        if self.answered[i].refresh(service, now) {
+            let vantage = self.vantage_name(v);
+            self.path_notes.push(anomaly::setup::PathNote { at_ns: now, vantage, service });
+        }
+    }
+
+    /// The notes of answered handshakes since the last call (for the aggregator).
+    pub fn drain_path_notes(&mut self) -> Vec<anomaly::setup::PathNote> {
+        std::mem::take(&mut self.path_notes)
+    }
+
     fn emit(&mut self, d: Detection, slot: Slot, side: usize, p: &TcpPacket, hist_id: u32) {
         let flow = *self.flows.get(slot);
         let key = flow.key;
@@ -810,12 +840,7 @@ impl Engine {
             Orientation::SynAck => flow.dirs[1 - origin].isn.0,
             Orientation::Guessed => 0,
         };
-        let vantage = self
-            .cfg
-            .vantage_names
-            .get(p.vantage as usize)
-            .cloned()
-            .unwrap_or_else(|| format!("vantage{}", p.vantage));
+        let vantage = self.vantage_name(p.vantage);
         let first = d.first_ns.unwrap_or(p.ts_ns).min(p.ts_ns);
         // Count detections that are not per-packet counters already.
         if !matches!(
@@ -839,13 +864,6 @@ impl Engine {
                 " Caution: this vantage missed data of this flow (bytes were acknowledged that it never saw), so part of the exchange is unknown.",
             );
             d.details.insert("capture_loss".into(), serde_json::Value::Bool(true));
-        }
-        if d.kind == Kind::SynUnanswered {
-            // Whether the path answered meanwhile: what `service_blackhole` is made of.
-            let v = p.vantage as usize;
-            if let Some(t) = self.cfg.path_answers.other_than(v, (dest_ip, dest_port)) {
-                d.details.insert("other_service_answered_ns".into(), t.into());
-            }
         }
         let comment = format!("wirewatch {}: {}", d.kind.name(), d.explanation);
         let evidence = self.attach_evidence(slot, hist_id, &comment, p.ts_ns, d.kind);

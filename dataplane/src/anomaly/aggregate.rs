@@ -1,7 +1,8 @@
 //! Aggregates: one event per cause when handshake failures come in floods and scans
 //! (../shared/DETECTIONS.md, Aggregates). `syn_unanswered` and `syn_rejected` events wait up to
 //! `aggregate_window` in a bounded pool; when they are released, those a `syn_flood` (≥ 100
-//! distinct sources to one service within the window), a `service_blackhole` (≥ 3 client
+//! distinct sources to one service, or to ≥ 16 addresses of one prefix, within the window),
+//! a `service_blackhole` (≥ 3 client
 //! connections to one service unanswered while other services at the vantage answered) or a
 //! `port_scan` (one source to ≥ 50 distinct services within the window) absorbed are folded
 //! into it, the others go out as they are. An aggregate is reported once, when it has been quiet for a window (or at the end
@@ -14,6 +15,9 @@ use super::{Event, Kind};
 
 /// Distinct sources to one service within the window that make a flood.
 pub const FLOOD_SOURCES: usize = 100;
+/// Distinct destination addresses in one prefix (/24, /64) that make the failures toward it a
+/// flood of the prefix rather than of one service (carpet bombing), with `FLOOD_SOURCES`.
+pub const PREFIX_DESTS: usize = 16;
 /// Client connections to one service left unanswered within the window, while another
 /// service answered at the same vantage, that make a black hole.
 pub const BLACKHOLE_FLOWS: usize = 3;
@@ -37,6 +41,23 @@ const TOP: usize = 5;
 const TOP_TRACKED: usize = 4096;
 
 type Service = (IpAddr, u16);
+/// A destination prefix: the address with its host bits cleared, and the length.
+type Prefix = (IpAddr, u8);
+
+/// The /24 or /64 an address is in.
+fn prefix_of(a: IpAddr) -> Prefix {
+    match a {
+        IpAddr::V4(v) => (IpAddr::V4((v.to_bits() & !0xff).into()), 24),
+        IpAddr::V6(v) => (IpAddr::V6((v.to_bits() & !u128::from(u64::MAX)).into()), 64),
+    }
+}
+
+/// Recent failures toward a prefix: their sources and their destinations.
+#[derive(Default)]
+struct PrefixRecent {
+    sources: Recent<IpAddr>,
+    dests: Recent<IpAddr>,
+}
 /// A client connection: its source address and port.
 type Client = (IpAddr, u16);
 
@@ -127,6 +148,9 @@ struct Aggregate {
     by_kind: [u64; 2],
     /// Distinct client connections within the window when it formed (black holes).
     flows: usize,
+    /// The prefix a flood spreads over (carpet bombing).
+    prefix: Option<Prefix>,
+    dests: HashMap<IpAddr, u64>,
     sources: HashMap<IpAddr, u64>,
     ports: HashMap<u16, u64>,
     samples: Vec<serde_json::Value>,
@@ -141,6 +165,8 @@ impl Aggregate {
             count: 0,
             by_kind: [0; 2],
             flows: 0,
+            prefix: None,
+            dests: HashMap::new(),
             sources: HashMap::new(),
             ports: HashMap::new(),
             samples: Vec::new(),
@@ -154,6 +180,9 @@ impl Aggregate {
         if self.sources.len() < TOP_TRACKED || self.sources.contains_key(&e.src_ip) {
             *self.sources.entry(e.src_ip).or_default() += 1;
         }
+        if self.dests.len() < TOP_TRACKED || self.dests.contains_key(&e.dest_ip) {
+            *self.dests.entry(e.dest_ip).or_default() += 1;
+        }
         let port = if self.kind == Kind::PortScan { e.dest_port } else { e.src_port };
         if self.ports.len() < TOP_TRACKED || self.ports.contains_key(&port) {
             *self.ports.entry(port).or_default() += 1;
@@ -165,6 +194,32 @@ impl Aggregate {
                 "kind": e.kind.name(), "community_id": e.community_id,
             }));
         }
+    }
+
+    /// Takes over what `other` absorbed (a flood taking over a black hole).
+    fn merge(&mut self, other: Aggregate) {
+        if other.first.time_first_ns < self.first.time_first_ns {
+            self.first.time_first_ns = other.first.time_first_ns;
+            self.first.time_first = other.first.time_first;
+        }
+        self.last_ns = self.last_ns.max(other.last_ns);
+        self.count += other.count;
+        self.by_kind[0] += other.by_kind[0];
+        self.by_kind[1] += other.by_kind[1];
+        for (m, o) in [(&mut self.sources, other.sources), (&mut self.dests, other.dests)] {
+            for (k, n) in o {
+                if m.len() < TOP_TRACKED || m.contains_key(&k) {
+                    *m.entry(k).or_default() += n;
+                }
+            }
+        }
+        for (k, n) in other.ports {
+            if self.ports.len() < TOP_TRACKED || self.ports.contains_key(&k) {
+                *self.ports.entry(k).or_default() += n;
+            }
+        }
+        let room = TOP.saturating_sub(self.samples.len());
+        self.samples.extend(other.samples.into_iter().take(room));
     }
 
     fn top<K: Copy + Ord + serde::Serialize>(m: &HashMap<K, u64>) -> serde_json::Value {
@@ -208,17 +263,30 @@ impl Aggregate {
                 ))
                 .evidence(format!("{unanswered} unanswered, {rejected} refused")),
         };
-        e.explanation = match self.kind {
-            Kind::SynFlood => format!(
+        let spoofed = if rejected == 0 {
+            ", spoofed if none of the sources ever completes a handshake"
+        } else {
+            ""
+        };
+        e.explanation = match (self.kind, self.prefix) {
+            (Kind::SynFlood, Some((net, len))) => format!(
+                "{} connection attempts from {at_least}{distinct} sources to {} addresses in {net}/{len} went unanswered ({unanswered}) or were refused ({rejected}) between {} and {}: a SYN flood spread over the prefix (carpet bombing) from {}{spoofed}. The per-connection events are folded into this one.",
+                self.count,
+                self.dests.len(),
+                e.time_first,
+                e.time_last,
+                e.culprit,
+            ),
+            (Kind::SynFlood, None) => format!(
                 "{} connection attempts from {at_least}{distinct} sources to {} went unanswered ({unanswered}) or were refused ({rejected}) between {} and {}: a SYN flood from {}{}. The per-connection events are folded into this one.",
                 self.count,
                 super::endpoint_str(e.dest_ip, e.dest_port),
                 e.time_first,
                 e.time_last,
                 e.culprit,
-                if rejected == 0 { ", spoofed if none of the sources ever completes a handshake" } else { "" },
+                spoofed,
             ),
-            Kind::ServiceBlackhole => format!(
+            (Kind::ServiceBlackhole, _) => format!(
                 "The SYNs of {} client connections to {} went unanswered within {} s, while handshakes to other services seen at {} were answered: {} drops this service's SYNs silently (a firewall, security group or ACL in front of it), or the service is down without answering. This event folds the {} from {} to {}; the first {} were reported one by one.",
                 self.flows,
                 super::endpoint_str(e.dest_ip, e.dest_port),
@@ -245,6 +313,11 @@ impl Aggregate {
         d.insert("distinct_sources".into(), distinct.into());
         if self.kind == Kind::ServiceBlackhole {
             d.insert("flows_in_window".into(), self.flows.into());
+        }
+        if let Some((net, len)) = self.prefix {
+            d.insert("target_prefix".into(), format!("{net}/{len}").into());
+            d.insert("distinct_dests".into(), self.dests.len().into());
+            d.insert("top_dest_ips".into(), Self::top(&self.dests));
         }
         d.insert("top_sources".into(), Self::top(&self.sources));
         d.insert(
@@ -277,7 +350,12 @@ pub struct Aggregator {
     sources: HashMap<IpAddr, Recent<Service>>,
     /// Per service, its unanswered client connections while the path answered.
     unanswered: HashMap<Service, Recent<Client>>,
+    /// Per vantage, the services seen answering handshakes lately (the engines' notes).
+    answers: HashMap<String, super::setup::AnswerSlots>,
+    /// Per prefix, its recent failures' sources and destinations.
+    prefixes: HashMap<Prefix, PrefixRecent>,
     floods: HashMap<Service, Aggregate>,
+    prefix_floods: HashMap<Prefix, Aggregate>,
     blackholes: HashMap<Service, Aggregate>,
     scans: HashMap<IpAddr, Aggregate>,
     now_ns: u64,
@@ -360,11 +438,40 @@ impl Aggregator {
         } else {
             self.stats.untracked += 1;
         }
-        if e.kind == Kind::SynUnanswered && path_answered(e) {
+        let prefix = prefix_of(e.dest_ip);
+        if self.prefixes.len() < TRACKED_MAX || self.prefixes.contains_key(&prefix) {
+            let r = self.prefixes.entry(prefix).or_default();
+            let n = r.sources.add(t, e.src_ip);
+            let d = r.dests.add(t, e.dest_ip);
+            // Spread over several addresses, the failures may become a prefix's flood; to one
+            // or two they are their services' business.
+            if d >= HOLD_FROM {
+                recent = recent.max(r.sources.len());
+            }
+            if n >= FLOOD_SOURCES && d >= PREFIX_DESTS && !self.prefix_floods.contains_key(&prefix)
+            {
+                let mut a = Aggregate::new(Kind::SynFlood, e);
+                a.prefix = Some(prefix);
+                // Its addresses' black holes were the flood seen one address at a time.
+                let taken: Vec<Service> =
+                    self.blackholes.keys().filter(|s| prefix_of(s.0) == prefix).copied().collect();
+                for s in taken {
+                    if let Some(b) = self.blackholes.remove(&s) {
+                        a.merge(b);
+                    }
+                }
+                self.prefix_floods.insert(prefix, a);
+            }
+        } else {
+            self.stats.untracked += 1;
+        }
+        if e.kind == Kind::SynUnanswered && self.path_answered(e) {
             if self.unanswered.len() < TRACKED_MAX || self.unanswered.contains_key(&service) {
                 let r = self.unanswered.entry(service).or_default();
                 let n = r.add(t, (e.src_ip, e.src_port));
-                if n >= BLACKHOLE_FLOWS && !self.floods.contains_key(&service) {
+                let flooded = self.floods.contains_key(&service)
+                    || self.prefix_floods.contains_key(&prefix_of(service.0));
+                if n >= BLACKHOLE_FLOWS && !flooded {
                     let a = self
                         .blackholes
                         .entry(service)
@@ -388,8 +495,25 @@ impl Aggregator {
         recent
     }
 
-    /// Folds `e` into the flood on its service, the black hole it fell in, or the scan from
-    /// its source, if one exists.
+    /// A handshake was answered (an engine's note): what tells a black hole from a dead path.
+    pub fn note_answered(&mut self, n: &super::setup::PathNote) {
+        if self.answers.len() < crate::flow::MAX_VANTAGES || self.answers.contains_key(&n.vantage) {
+            self.answers.entry(n.vantage.clone()).or_default().record(n.service, n.at_ns);
+        }
+    }
+
+    /// Whether another service answered a handshake at the event's vantage within the window
+    /// before it: the path works, this service does not.
+    fn path_answered(&self, e: &Event) -> bool {
+        self.answers
+            .get(&e.vantage)
+            .and_then(|a| a.other_than((e.dest_ip, e.dest_port)))
+            .is_some_and(|t| t <= e.time_last_ns && e.time_last_ns - t <= AGGREGATE_WINDOW_NS)
+    }
+
+    /// Folds `e` into the flood on its service, the black hole it fell in, the scan from its
+    /// source or the flood over its prefix, if one exists (in that order: the narrower cause
+    /// first).
     fn absorb(&mut self, e: &Event) -> bool {
         let service = (e.dest_ip, e.dest_port);
         let blackhole = || e.kind == Kind::SynUnanswered;
@@ -398,6 +522,8 @@ impl Aggregator {
         } else if let Some(a) = self.blackholes.get_mut(&service).filter(|_| blackhole()) {
             a
         } else if let Some(a) = self.scans.get_mut(&e.src_ip) {
+            a
+        } else if let Some(a) = self.prefix_floods.get_mut(&prefix_of(e.dest_ip)) {
             a
         } else {
             return false;
@@ -423,9 +549,13 @@ impl Aggregator {
             now_ns == u64::MAX
                 || (now_ns.saturating_sub(last) >= AGGREGATE_WINDOW_NS && oldest_held > last)
         };
-        let mut ended = take_quiet(&mut self.floods, &self.services, &quiet);
-        ended.extend(take_quiet(&mut self.blackholes, &self.unanswered, &quiet));
-        ended.extend(take_quiet(&mut self.scans, &self.sources, &quiet));
+        let (services, sources) = (&self.services, &self.sources);
+        let (unanswered, prefixes) = (&self.unanswered, &self.prefixes);
+        let mut ended = take_quiet(&mut self.floods, |k| last(services.get(k)), &quiet);
+        ended.extend(take_quiet(&mut self.blackholes, |k| last(unanswered.get(k)), &quiet));
+        ended.extend(take_quiet(&mut self.scans, |k| last(sources.get(k)), &quiet));
+        let prefix_last = |k: &Prefix| prefixes.get(k).map_or(0, |r| r.sources.last());
+        ended.extend(take_quiet(&mut self.prefix_floods, prefix_last, &quiet));
         // In time order, the same from run to run (the maps' order is not).
         ended.sort_by_key(|a| (a.last_ns, a.kind as usize, a.first.time_first_ns));
         for a in ended.into_iter().filter(|a| a.count > 0) {
@@ -440,34 +570,26 @@ impl Aggregator {
                 |last: u64| now_ns != u64::MAX && now_ns.saturating_sub(last) < AGGREGATE_WINDOW_NS;
             self.services.retain(|_, r| keep(r.last()));
             self.unanswered.retain(|_, r| keep(r.last()));
+            self.prefixes.retain(|_, r| keep(r.sources.last()));
             self.sources.retain(|_, r| keep(r.last()));
         }
     }
 }
 
-/// Whether another service answered a handshake at the event's vantage within the window
-/// before it (the engine's `other_service_answered_ns`): the path works, this service does not.
-fn path_answered(e: &Event) -> bool {
-    e.details
-        .get("other_service_answered_ns")
-        .and_then(serde_json::Value::as_u64)
-        .is_some_and(|t| e.time_last_ns.saturating_sub(t) <= AGGREGATE_WINDOW_NS)
+fn last<T: Copy + Eq + std::hash::Hash>(r: Option<&Recent<T>>) -> u64 {
+    r.map_or(0, Recent::last)
 }
 
-/// Removes and returns the aggregates whose last event (absorbed, or seen on their key) is
-/// `quiet`.
-fn take_quiet<K, T>(
+/// Removes and returns the aggregates whose last event (absorbed, or `last_seen` on their
+/// key) is `quiet`.
+fn take_quiet<K: Copy + Eq + std::hash::Hash>(
     aggregates: &mut HashMap<K, Aggregate>,
-    recent: &HashMap<K, Recent<T>>,
+    last_seen: impl Fn(&K) -> u64,
     quiet: &dyn Fn(u64) -> bool,
-) -> Vec<Aggregate>
-where
-    K: Copy + Eq + std::hash::Hash,
-    T: Copy + Eq + std::hash::Hash,
-{
+) -> Vec<Aggregate> {
     let done: Vec<K> = aggregates
         .iter()
-        .filter(|(k, a)| quiet(a.last_ns.max(recent.get(*k).map_or(0, Recent::last))))
+        .filter(|(k, a)| quiet(a.last_ns.max(last_seen(k))))
         .map(|(k, _)| *k)
         .collect();
     done.into_iter().filter_map(|k| aggregates.remove(&k)).collect()

@@ -130,7 +130,7 @@ kinds! {
         means: "The sensor itself lost packets: detections on the touched flows are held back rather than guessed.",
         next: "Check the queue drop counters in the metrics and the summary (ring full, fill ring empty): raise --ring-size, add queues and --cpus, apply the NIC's profile (`wirewatch profile detect --iface IF`), and check the span port's own drops.";
     SynFlood => "syn_flood", false,
-        rule: "Within 10 s, 100 or more distinct sources send SYNs to one service (address:port) that go unanswered or are refused. One aggregate event per flood, reported when it has been quiet for 10 s: counts, first/last, top sources and source ports, sample flows; the per-connection syn_unanswered/syn_rejected events are folded into it (their counters still count each).",
+        rule: "Within 10 s, 100 or more distinct sources send SYNs that go unanswered or are refused to one service (address:port), or to 16 or more addresses of one prefix (/24, IPv6 /64: carpet bombing; `details.target_prefix`). One aggregate event per flood, reported when it has been quiet for 10 s: counts, first/last, top sources and source ports, sample flows; the per-connection syn_unanswered/syn_rejected events are folded into it (their counters still count each).",
         means: "A SYN flood against the service: spoofed when the sources never complete a handshake, or a client fleet retrying against a service that cannot answer.",
         next: "Are the top sources real clients (do any complete handshakes elsewhere)? Check the server's SYN backlog and SYN cookies (`nstat -az TcpExtListenOverflows TcpExtSyncookiesSent`), and rate limits or scrubbing upstream.";
     PortScan => "port_scan", false,

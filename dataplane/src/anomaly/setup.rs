@@ -133,37 +133,24 @@ pub fn on_packet(c: &mut Ctx<'_>) {
     }
 }
 
-/// Which services were seen answering handshakes (SYN-ACK), per vantage, shared by every
-/// worker of a process (flows are sharded over workers, a path's answers are not): whether
-/// *another* service answered lately tells a service's black hole (a filter in front of it, or
-/// the service down) from a dead path (`service_blackhole`). Clones share the table.
-///
-/// Four slots per vantage, chosen by the service's hash, each holding a recently answered
-/// service; a slot is rewritten at most every [`PathAnswers::REFRESH_NS`] of packet time, so
-/// workers that see many handshakes rarely write the shared lines. Slots are read and written
-/// without a lock: a torn pair only makes an answer look older or younger by the refresh time.
-#[derive(Clone)]
-pub struct PathAnswers(std::sync::Arc<[[AnswerSlot; 4]; crate::flow::MAX_VANTAGES]>);
-
-#[derive(Default)]
-pub struct AnswerSlot {
-    service: std::sync::atomic::AtomicU64,
-    at_ns: std::sync::atomic::AtomicU64,
+/// A service seen answering a handshake (its SYN-ACK) at a vantage: what tells a service's
+/// black hole (a filter in front of it, or the service down) from a dead path
+/// (`service_blackhole`, made by the aggregator from these notes in time order).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PathNote {
+    pub at_ns: u64,
+    pub vantage: String,
+    pub service: (std::net::IpAddr, u16),
 }
 
-impl Default for PathAnswers {
-    fn default() -> Self {
-        Self(std::sync::Arc::new(std::array::from_fn(|_| Default::default())))
-    }
-}
+/// Which services answered lately, per vantage: four slots chosen by the service's hash,
+/// each holding the service that last answered there. An engine refreshes a slot (and sends
+/// a [`PathNote`]) at most every [`AnswerSlots::REFRESH_NS`] of packet time, so a busy path
+/// costs a few notes a second, not one per connection.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AnswerSlots([(u64, u64); 4]);
 
-impl std::fmt::Debug for PathAnswers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PathAnswers")
-    }
-}
-
-impl PathAnswers {
+impl AnswerSlots {
     pub const REFRESH_NS: u64 = 50_000_000;
 
     /// A hash of the service, never 0 (0 marks an empty slot).
@@ -177,30 +164,28 @@ impl PathAnswers {
         h | 1
     }
 
-    /// `service` answered a handshake seen at `vantage` at `now_ns`.
-    pub fn note(&self, vantage: usize, service: (std::net::IpAddr, u16), now_ns: u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let Some(slots) = self.0.get(vantage) else { return };
+    /// `service` answered at `now_ns`: recorded if its slot is empty or older than
+    /// [`Self::REFRESH_NS`]; returns whether it was (the engine sends a note then).
+    pub fn refresh(&mut self, service: (std::net::IpAddr, u16), now_ns: u64) -> bool {
         let id = Self::id(service);
-        let slot = &slots[(id >> 32) as usize & 3];
-        let at = slot.at_ns.load(Relaxed);
-        if at == 0 || now_ns.saturating_sub(at) >= Self::REFRESH_NS {
-            slot.service.store(id, Relaxed);
-            slot.at_ns.store(now_ns.max(1), Relaxed);
+        let slot = &mut self.0[(id >> 32) as usize & 3];
+        if slot.1 != 0 && now_ns.saturating_sub(slot.1) < Self::REFRESH_NS {
+            return false;
         }
+        *slot = (id, now_ns.max(1));
+        true
     }
 
-    /// When a service other than `service` was last seen answering at `vantage`.
-    pub fn other_than(&self, vantage: usize, service: (std::net::IpAddr, u16)) -> Option<u64> {
-        use std::sync::atomic::Ordering::Relaxed;
+    /// `service` answered at `now_ns` (a note): recorded unconditionally.
+    pub fn record(&mut self, service: (std::net::IpAddr, u16), now_ns: u64) {
         let id = Self::id(service);
-        self.0
-            .get(vantage)?
-            .iter()
-            .filter(|s| s.service.load(Relaxed) != id)
-            .map(|s| s.at_ns.load(Relaxed))
-            .filter(|&t| t != 0)
-            .max()
+        self.0[(id >> 32) as usize & 3] = (id, now_ns.max(1));
+    }
+
+    /// When a service other than `service` last answered.
+    pub fn other_than(&self, service: (std::net::IpAddr, u16)) -> Option<u64> {
+        let id = Self::id(service);
+        self.0.iter().filter(|s| s.1 != 0 && s.0 != id).map(|s| s.1).max()
     }
 }
 
