@@ -20,7 +20,12 @@ cargo clippy --release --all-targets -- -D warnings || { echo "FAIL: clippy find
 # Namespaces that exist before the suite are not ours; any new one left after it is a bug.
 netns_before=$(ip netns list | awk '{print $1}' | sort)
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+# The tests' captures, events and evidence (a few GB over the suite) go to a directory of
+# their own, removed when the suite passes and kept, with its path printed, when it fails.
+TMPDIR=$(mktemp -d -t wirewatch-tests.XXXXXX)
+chmod 755 "$TMPDIR"
+export TMPDIR
+trap 'rm -f "$log"; if [ "${suite_passed:-0}" = 1 ]; then rm -rf "$TMPDIR"; else echo "test files kept in $TMPDIR" >&2; fi' EXIT
 # Release build: the live tests watch real traffic at rate, as the product would.
 set +e
 cargo test --release --no-fail-fast 2>&1 | tee "$log"   # default members: the eBPF crate is built by dataplane/build.rs
@@ -58,4 +63,5 @@ if [ -n "$leftover" ]; then
     echo "$leftover" >&2
     exit 1
 fi
+suite_passed=1
 echo "all tests passed ($passed)"
