@@ -9,6 +9,7 @@ mod event_fields;
 pub mod explain;
 pub mod generate;
 mod health;
+mod host_iface;
 pub mod lab;
 mod live;
 mod metrics;

@@ -33,7 +33,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Interface to watch (a tap or span port). Repeat for several vantage points (each
-    /// interface once, at most 128).
+    /// interface once, at most 128). An interface with an address (other than link-local) or
+    /// a route is the host's own and is refused: XDP would take its TCP frames from the host.
     #[arg(long = "iface", short = 'i', required = true, value_name = "IF", value_parser = options::iface_name)]
     pub ifaces: Vec<String>,
     /// RX queues to bind per interface: a number (queues 0..N) or `all`.
@@ -458,6 +459,12 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut ifindexes = Vec::new();
     for iface in &args.ifaces {
         ifindexes.push(ifindex(iface)?);
+        if let Some(why) = crate::host_iface::host_traffic(iface) {
+            return Err(crate::analyze::Usage(format!(
+                "{iface} carries this host's own traffic ({why}): attached there, wirewatch would take every TCP frame it receives away from the host's stack and cut the host's connections. Attach it to a span, tap or mirror port that has no addresses and no routes (see `ip addr show {iface}`, `ip route show dev {iface}`); to watch this host's own connections, mirror its switch port to such a port, or record them with tcpdump and run `wirewatch analyze`"
+            ))
+            .into());
+        }
     }
     args.check_outputs().map_err(crate::analyze::Usage)?;
     let tuning = match &args.profile {
