@@ -1,4 +1,5 @@
-//! wirewatch's XDP program: classify each frame with the shared parser, count the outcome,
+//! wirewatch's XDP program: classify each frame with the shared parser (which opens tunnels
+//! and MPLS), count the outcome,
 //! cut TCP frames to the snap length, prepend metadata and redirect them into the receive
 //! queue's AF_XDP socket. Fails open: anything unknown or malformed is passed to the stack.
 #![no_std]
@@ -24,6 +25,11 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(OUTCOME_COUNT,
 #[no_mangle]
 static CONFIG: XdpConfig = XdpConfig { snaplen: XdpConfig::DEFAULT_SNAPLEN, non_tcp_drop: 0 };
 
+/// Always 0, but in `.bss`, so the verifier cannot know it: [`Frame::forget`] mixes it into an
+/// offset to make the offset unknown to the verifier (a `.rodata` value would be folded).
+#[no_mangle]
+static mut UNKNOWN_ZERO: usize = 0;
+
 /// The frame between `data` and `data_end`, read with checks the verifier can follow.
 struct Frame {
     start: usize,
@@ -46,7 +52,9 @@ impl Bytes for Frame {
     #[inline(always)]
     fn be16_at(&self, off: usize) -> Option<u16> {
         let p = self.start + off;
-        if p + 2 > self.end {
+        // An opaque 2 for the same reason, and so LLVM cannot hoist `end - 2` (arithmetic on
+        // pkt_end, which the verifier refuses) out of the tunnel-layer loop.
+        if p + core::hint::black_box(2) > self.end {
             return None;
         }
         // Safety: p + 2 <= data_end was checked just above; the read is unaligned-safe.
@@ -61,6 +69,13 @@ impl Bytes for Frame {
         // Safety: p + N <= data_end was checked just above, and data <= p, so the N bytes lie
         // inside the frame, which outlives this program run; [u8; N] has alignment 1.
         Some(unsafe { &*(p as *const [u8; N]) })
+    }
+    #[inline(always)]
+    fn forget(&self, off: usize) -> usize {
+        // Safety: a plain read of a static nothing writes (the volatile read keeps LLVM from
+        // folding its initial value); a stale value is impossible, it stays 0.
+        let zero = unsafe { core::ptr::read_volatile(core::ptr::addr_of!(UNKNOWN_ZERO)) };
+        (off ^ zero) & dataplane_common::MAX_HEADER_OFF
     }
 }
 
@@ -87,13 +102,13 @@ fn try_wirewatch_xdp(ctx: &XdpContext) -> (Outcome, u32) {
     let cfg = unsafe { core::ptr::read_volatile(&CONFIG) };
     let frame = Frame { start: ctx.data(), end: ctx.data_end() };
     let wire_len = frame.end - frame.start;
-    match classify(&frame, wire_len) {
-        Ok(_) => {}
+    let snap_off = match classify(&frame, wire_len) {
+        Ok(o) => o.snap_off as usize,
         Err(Outcome::NonTcpPassed) if cfg.non_tcp_drop != 0 => {
             return (Outcome::NonTcpDropped, xdp_action::XDP_DROP)
         }
         Err(other) => return (other, xdp_action::XDP_PASS),
-    }
+    };
 
     // Without a socket on this queue the frame goes to the stack untouched.
     // Safety: ctx.ctx is the kernel's xdp_md for this invocation, valid for the whole call.
@@ -103,9 +118,12 @@ fn try_wirewatch_xdp(ctx: &XdpContext) -> (Outcome, u32) {
     }
 
     // Headers only: in copy mode the kernel copies the frame into user memory, so cut it first.
+    // The snap length counts from the innermost frame: a tunnel's outer headers (~70 B for
+    // VXLAN over IPv6) must not cut the inner TCP header.
     let mut flags = 0;
-    if cfg.snaplen != 0 && wire_len > cfg.snaplen as usize {
-        let delta = cfg.snaplen as i32 - wire_len as i32;
+    let keep = snap_off + cfg.snaplen as usize;
+    if cfg.snaplen != 0 && wire_len > keep {
+        let delta = keep as i32 - wire_len as i32;
         // Safety: a helper call on this invocation's xdp_md; the kernel checks delta, and no
         // packet pointer taken before it is used after it.
         if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {

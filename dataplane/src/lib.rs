@@ -3,6 +3,7 @@
 pub mod anomaly;
 pub mod capture;
 pub mod craft;
+pub mod encap;
 pub mod engine;
 pub mod evidence;
 pub mod flow;

@@ -16,8 +16,9 @@ pub const MAX_QUEUES: u32 = 256;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct XdpConfig {
-    /// Bytes of each redirected frame kept; longer frames are cut with `bpf_xdp_adjust_tail`.
-    /// 0 keeps whole frames (zero-copy mode, where the kernel never copies the payload).
+    /// Bytes of each redirected frame kept, counted from its innermost Ethernet header (or
+    /// inner IP header, for tunnels that carry IP directly), so a tunnel's outer headers do
+    /// not eat into it; longer frames are cut with `bpf_xdp_adjust_tail`. 0 keeps whole frames (zero-copy mode, where the kernel never copies the payload).
     pub snaplen: u32,
     /// 1: drop frames that are not TCP (dedicated tap); 0: pass them to the stack.
     pub non_tcp_drop: u32,
@@ -116,8 +117,16 @@ pub enum Outcome {
     /// and with metadata. Failures after the program returns (the socket's rings full) are
     /// the socket's `XDP_STATISTICS` and the driver's counters, not an outcome.
     RedirectFailed = 16,
+    /// A GRE, ERSPAN, VXLAN or GENEVE header cut short, with a length that points past its
+    /// packet, or with a version this parser does not know.
+    MalformedTunnel = 17,
+    /// An MPLS label stack cut short, or without a bottom-of-stack label within
+    /// `MAX_MPLS_LABELS`.
+    MalformedMpls = 18,
+    /// A tunnel inside the `MAX_TUNNEL_DEPTH`th tunnel: passed, not opened.
+    TunnelTooDeep = 19,
 }
-pub const OUTCOME_COUNT: u32 = 17;
+pub const OUTCOME_COUNT: u32 = 20;
 
 impl Outcome {
     pub const ALL: [Outcome; OUTCOME_COUNT as usize] = [
@@ -138,6 +147,9 @@ impl Outcome {
         Outcome::TruncateFailed,
         Outcome::MetaFailed,
         Outcome::RedirectFailed,
+        Outcome::MalformedTunnel,
+        Outcome::MalformedMpls,
+        Outcome::TunnelTooDeep,
     ];
 
     /// The `reason` label of `wirewatch_xdp_packets_total`.
@@ -160,12 +172,16 @@ impl Outcome {
             Outcome::MalformedTcpDataOffset => "malformed_tcp_data_offset",
             Outcome::TruncateFailed => "truncate_failed",
             Outcome::MetaFailed => "meta_failed",
+            Outcome::MalformedTunnel => "malformed_tunnel",
+            Outcome::MalformedMpls => "malformed_mpls",
+            Outcome::TunnelTooDeep => "tunnel_too_deep",
         }
     }
 
     pub const fn is_malformed(self) -> bool {
-        (self as u32) >= Outcome::MalformedEthernet as u32
-            && (self as u32) <= Outcome::MalformedTcpDataOffset as u32
+        ((self as u32) >= Outcome::MalformedEthernet as u32
+            && (self as u32) <= Outcome::MalformedTcpDataOffset as u32)
+            || matches!(self, Outcome::MalformedTunnel | Outcome::MalformedMpls)
     }
 }
 
