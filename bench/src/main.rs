@@ -831,7 +831,7 @@ fn main() -> Result<()> {
     } else if is_root() {
         let mut prog = dataplane::loader::XdpProgram::load(dataplane_common::XdpConfig {
             snaplen: 128,
-            non_tcp_drop: 0,
+            ..Default::default()
         })?;
         let bare = bpf::constant_program(bpf::XDP_PASS, "ww_bench_pass")?;
         for (name, frame, plain) in fixture_frames() {

@@ -4,7 +4,8 @@
 //! I/II/III, GRE with IP and with Ethernet, VXLAN, GENEVE, over IPv4 and IPv6, and MPLS
 //! labels). `wirewatch analyze` on each wrapped capture must count the same packets and give
 //! the same events as on the plain one, and read every frame; tshark, which opens all of
-//! these, is the oracle for the number of TCP frames inside.
+//! these, is the oracle for the number of TCP frames inside. `--filter` keeps the same
+//! packets on the plain and the tunnelled capture; a malformed filter is one clear error.
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -138,11 +139,16 @@ struct Run {
 }
 
 fn analyze(dir: &Path, file: &Path) -> Run {
+    analyze_with(dir, file, &[])
+}
+
+fn analyze_with(dir: &Path, file: &Path, args: &[&str]) -> Run {
     let tag = file.file_stem().unwrap().to_str().unwrap();
     let events = dir.join(format!("{tag}.jsonl"));
     let o = Command::new(env!("CARGO_BIN_EXE_wirewatch"))
         .args(["analyze", "--format", "json", "--events"])
         .arg(&events)
+        .args(args)
         .arg(file)
         .env("RUST_LOG", "warn")
         .output()
@@ -183,10 +189,14 @@ impl Run {
 }
 
 fn tshark_tcp_frames(file: &Path) -> usize {
+    tshark_count(file, "tcp")
+}
+
+fn tshark_count(file: &Path, filter: &str) -> usize {
     let o = Command::new("tshark")
         .args(["-n", "-r"])
         .arg(file)
-        .args(["-Y", "tcp", "-T", "fields", "-e", "frame.number"])
+        .args(["-Y", filter, "-T", "fields", "-e", "frame.number"])
         .output()
         .unwrap();
     assert!(o.status.success(), "tshark: {}", String::from_utf8_lossy(&o.stderr));
@@ -243,6 +253,33 @@ fn every_tunnel_gives_the_events_of_the_plain_capture() {
             assert_eq!(run.summary["undecodable"].as_u64(), Some(0), "{tag}");
             assert_eq!(run.verdicts(), kinds, "{tag}");
         }
+    }
+
+    // --filter, on the plain capture and inside a tunnel: only the refused connections'
+    // packets (tshark's count with the same condition), only their events.
+    let vxlan = dir.join("vxlan-v4.pcap");
+    let refused_frames = tshark_count(&plain_file, &format!("tcp.port == {REFUSED}"));
+    assert_eq!(refused_frames, 4, "SYN and RST of each family");
+    for file in [&plain_file, &vxlan] {
+        let run = analyze_with(&dir, file, &["--filter", &format!("port {REFUSED} or vlan 7")]);
+        assert_eq!(run.summary["packets"].as_u64(), Some(refused_frames as u64), "{file:?}");
+        let filtered = run.summary["inputs"][0]["filtered"].as_u64();
+        assert_eq!(filtered, Some((frames.len() - refused_frames) as u64), "{file:?}");
+        let kinds: Vec<_> = run.events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["syn_rejected", "syn_rejected"], "{file:?}");
+    }
+    // A malformed filter: one line, exit 2, nothing analysed.
+    for bad in ["port 80 and", "host 10.0.0.300", "(port 80", "tcp port 80"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_wirewatch"))
+            .args(["analyze", "--filter", bad])
+            .arg(&plain_file)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {err}");
+        assert_eq!(err.lines().count(), 1, "{bad}: {err}");
+        assert!(err.starts_with("wirewatch: error:") && err.contains("--filter"), "{bad}: {err}");
+        assert!(o.stdout.is_empty(), "{bad}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

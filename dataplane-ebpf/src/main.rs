@@ -8,11 +8,12 @@
 use aya_ebpf::bindings::xdp_action;
 use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_meta, bpf_xdp_adjust_tail};
 use aya_ebpf::macros::{map, xdp};
-use aya_ebpf::maps::{PerCpuArray, XskMap};
+use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::maps::{Array, LpmTrie, PerCpuArray, XskMap};
 use aya_ebpf::programs::XdpContext;
 use dataplane_common::{
-    classify, Bytes, Outcome, XdpConfig, XdpMeta, MAX_QUEUES, META_F_TRUNCATED, META_MAGIC,
-    OUTCOME_COUNT, XDP_META_LEN,
+    classify, Bytes, FilterValue, Outcome, TcpOffsets, XdpConfig, XdpMeta, MAX_FILTER_PRIMITIVES,
+    MAX_QUEUES, META_F_TRUNCATED, META_MAGIC, OUTCOME_COUNT, XDP_META_LEN,
 };
 
 #[map(name = "XSKS")]
@@ -21,9 +22,24 @@ static XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(OUTCOME_COUNT, 0);
 
+/// `--filter`'s tables, filled by the loader before attach (see `XdpConfig::filter`).
+#[map(name = "FILTER_PREFIXES")]
+static FILTER_PREFIXES: LpmTrie<[u8; 16], FilterValue> =
+    LpmTrie::with_max_entries(MAX_FILTER_PRIMITIVES as u32, 0);
+#[map(name = "FILTER_PORTS")]
+static FILTER_PORTS: Array<FilterValue> = Array::with_max_entries(65536, 0);
+#[map(name = "FILTER_VLANS")]
+static FILTER_VLANS: Array<u32> = Array::with_max_entries(4096, 0);
+
 /// Set by the loader in `.rodata` before verification (see `XdpConfig`).
 #[no_mangle]
-static CONFIG: XdpConfig = XdpConfig { snaplen: XdpConfig::DEFAULT_SNAPLEN, non_tcp_drop: 0 };
+static CONFIG: XdpConfig = XdpConfig {
+    snaplen: XdpConfig::DEFAULT_SNAPLEN,
+    non_tcp_drop: 0,
+    filter: 0,
+    filter_vlan_any: 0,
+    filter_truth: [0; 8],
+};
 
 /// Always 0, but in `.bss`, so the verifier cannot know it: [`Frame::forget`] mixes it into an
 /// offset to make the offset unknown to the verifier (a `.rodata` value would be folded).
@@ -79,6 +95,53 @@ impl Bytes for Frame {
     }
 }
 
+/// Whether the frame's innermost addresses, ports and VLAN satisfy `--filter`: the bits of
+/// the primitives they satisfy (one trie lookup per address, one table read per port and for
+/// the tag) index the filter's truth table (dataplane/src/filter.rs builds both).
+#[inline(always)]
+fn filter_passes(frame: &Frame, o: &TcpOffsets, cfg: &XdpConfig) -> bool {
+    let l3 = o.l3_off as usize;
+    let (mut src, mut dst) = ([0u8; 16], [0u8; 16]);
+    if o.ip_version == 4 {
+        let Some(a) = frame.array_at::<8>(l3 + 12) else { return false };
+        // IPv4-mapped IPv6 (RFC 4291 §2.5.5.2), as the loader keys IPv4 prefixes.
+        src[10] = 0xff;
+        src[11] = 0xff;
+        dst[10] = 0xff;
+        dst[11] = 0xff;
+        src[12..].copy_from_slice(&a[..4]);
+        dst[12..].copy_from_slice(&a[4..]);
+    } else {
+        let Some(a) = frame.array_at::<32>(l3 + 8) else { return false };
+        src.copy_from_slice(&a[..16]);
+        dst.copy_from_slice(&a[16..]);
+    }
+    let Some(ports) = frame.array_at::<4>(o.l4_off as usize) else { return false };
+    let sport = u16::from_be_bytes([ports[0], ports[1]]) as u32;
+    let dport = u16::from_be_bytes([ports[2], ports[3]]) as u32;
+    let mut bits = 0u32;
+    if let Some(v) = FILTER_PREFIXES.get(Key::new(128, src)) {
+        bits |= v.as_src as u32;
+    }
+    if let Some(v) = FILTER_PREFIXES.get(Key::new(128, dst)) {
+        bits |= v.as_dst as u32;
+    }
+    if let Some(v) = FILTER_PORTS.get(sport) {
+        bits |= v.as_src as u32;
+    }
+    if let Some(v) = FILTER_PORTS.get(dport) {
+        bits |= v.as_dst as u32;
+    }
+    if o.vlan_count > 0 {
+        bits |= cfg.filter_vlan_any;
+        if let Some(v) = FILTER_VLANS.get(o.vlan_ids[0] as u32) {
+            bits |= *v;
+        }
+    }
+    let bits = bits & 0xff;
+    cfg.filter_truth[(bits >> 5) as usize & 7] & (1 << (bits & 31)) != 0
+}
+
 #[inline(always)]
 fn count(outcome: Outcome) {
     if let Some(c) = COUNTERS.get_ptr_mut(outcome as u32) {
@@ -103,6 +166,10 @@ fn try_wirewatch_xdp(ctx: &XdpContext) -> (Outcome, u32) {
     let frame = Frame { start: ctx.data(), end: ctx.data_end() };
     let wire_len = frame.end - frame.start;
     let snap_off = match classify(&frame, wire_len) {
+        // With no filter the verifier drops this branch (CONFIG is read-only).
+        Ok(o) if cfg.filter != 0 && !filter_passes(&frame, &o, &cfg) => {
+            return (Outcome::Filtered, xdp_action::XDP_PASS)
+        }
         Ok(o) => o.snap_off as usize,
         Err(Outcome::NonTcpPassed) if cfg.non_tcp_drop != 0 => {
             return (Outcome::NonTcpDropped, xdp_action::XDP_DROP)

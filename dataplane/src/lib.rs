@@ -6,6 +6,7 @@ pub mod craft;
 pub mod encap;
 pub mod engine;
 pub mod evidence;
+pub mod filter;
 pub mod flow;
 pub mod loader;
 pub mod netns;

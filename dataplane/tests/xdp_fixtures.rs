@@ -5,8 +5,10 @@ use std::net::IpAddr;
 use aya::programs::{TestRun, TestRunOptions};
 use dataplane::craft::TcpSegment;
 use dataplane::encap::{wrap, Encap, Outer};
+use dataplane::filter::Filter;
 use dataplane::loader::XdpProgram;
 use dataplane::netns::{privileged_or_skip, Netns};
+use dataplane::packet::decode;
 use dataplane::xsk::{CopyMode, XskOptions, XskQueue, ZeroCopyPolicy};
 use dataplane_common::{
     classify, tcp_flags, Outcome, XdpConfig, XdpMeta, META_F_TRUNCATED, META_MAGIC, XDP_META_LEN,
@@ -448,4 +450,77 @@ fn xdp_program_fixture_table() {
     .join()
     .unwrap();
     assert!(failures.is_empty(), "{} fixture(s) failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// `--filter` in the XDP program: for each filter, every frame below (IPv4 and IPv6, tagged
+/// and not, plain and inside each tunnel) gets the verdict the user-space filter gives the
+/// decoded packet: passed as `no_socket` (queue 1 has no socket) when it matches, passed and
+/// counted as `filtered` when it does not.
+#[test]
+fn xdp_filter_agrees_with_user_space() {
+    if !privileged_or_skip("xdp_filter_agrees_with_user_space") {
+        return;
+    }
+    let filters = [
+        "host 10.9.0.1 and port 80",
+        "net 10.0.0.0/8 and not src net 10.9.0.0/16 or dst host fd00::2",
+        "(src port 40000 or dst port 443) and not vlan 100",
+        "vlan and (dst net fd00::/8 or dst port 80)",
+        "not (port 80 or port 443)",
+    ];
+    let mut frames = Vec::new();
+    for vlans in [vec![], vec![100], vec![200]] {
+        let mut a = syn_v4();
+        a.vlans.clone_from(&vlans);
+        let mut b = TcpSegment::new(v4("10.8.1.1"), 1234, v4("10.9.0.1"), 443);
+        b.vlans.clone_from(&vlans);
+        let mut c = data_v6(&[]);
+        c.vlans.clone_from(&vlans);
+        let mut d = TcpSegment::new(v4("fd00::7"), 40000, v4("fd01::1"), 22);
+        d.vlans = vlans;
+        frames.extend([a.frame(), b.frame(), c.frame(), d.frame()]);
+    }
+    let outer = Outer::new(v4("192.0.2.1"), v4("192.0.2.2"));
+    for (_, encap) in Encap::all() {
+        frames.push(wrap(&syn_v4().frame(), &encap, &outer));
+        frames.push(wrap(&data_v6(&[]).frame(), &encap, &outer));
+    }
+    let ns = Netns::create(&format!("wwdcf{}", std::process::id())).unwrap();
+    ns.run("ip link add ff0 numrxqueues 2 numtxqueues 2 type veth peer name ff1").unwrap();
+    ns.run("ip link set ff0 up").unwrap();
+    let idx = ifindex(&ns, "ff0");
+    let ns_name = ns.name.clone();
+    let failures = std::thread::spawn(move || {
+        dataplane::netns::enter_current_thread(&ns_name).unwrap();
+        let mut failures = Vec::new();
+        let (mut passed, mut refused) = (0, 0);
+        for text in filters {
+            let filter = Filter::parse(text).unwrap();
+            let mut prog = XdpProgram::load_filtered(XdpConfig::default(), Some(&filter))
+                .expect("verifier accepts the filtering program");
+            for (i, f) in frames.iter().enumerate() {
+                let p = decode(f, f.len() as u32, 0, 0).unwrap();
+                let want = if filter.matches(&p) { Outcome::NoSocket } else { Outcome::Filtered };
+                passed += usize::from(want == Outcome::NoSocket);
+                refused += usize::from(want == Outcome::Filtered);
+                let before = prog.counters().unwrap();
+                let r = run(&mut prog, f, idx, 1);
+                let after = prog.counters().unwrap();
+                let bumped: Vec<_> =
+                    Outcome::ALL.iter().filter(|o| after.get(**o) != before.get(**o)).collect();
+                if r.verdict != XDP_PASS || bumped != [&want] || r.out != *f {
+                    failures.push(format!(
+                        "{text:?} frame {i} ({}:{} > {}:{} vlan {}): verdict {} counters {bumped:?}, want {want:?}",
+                        p.src, p.sport, p.dst, p.dport, p.vlan, r.verdict
+                    ));
+                }
+            }
+        }
+        // Both answers occur (else the table proves nothing).
+        assert!(passed > 20 && refused > 20, "{passed} passed, {refused} refused");
+        failures
+    })
+    .join()
+    .unwrap();
+    assert!(failures.is_empty(), "{} frame(s) differ:\n{}", failures.len(), failures.join("\n"));
 }

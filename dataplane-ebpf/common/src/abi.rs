@@ -8,6 +8,26 @@ pub const XSK_MAP_NAME: &str = "XSKS";
 pub const COUNTERS_MAP_NAME: &str = "COUNTERS";
 /// Name of the `.rodata` global holding [`XdpConfig`].
 pub const CONFIG_GLOBAL_NAME: &str = "CONFIG";
+/// Names of the `--filter` tables: address prefixes (LPM trie, IPv4 mapped into IPv6), ports
+/// (an array indexed by port) and VLAN IDs (an array indexed by ID).
+pub const FILTER_PREFIXES_MAP_NAME: &str = "FILTER_PREFIXES";
+pub const FILTER_PORTS_MAP_NAME: &str = "FILTER_PORTS";
+pub const FILTER_VLANS_MAP_NAME: &str = "FILTER_VLANS";
+/// Primitives (`host`, `net`, `port`, `vlan`) in one filter: one bit each, and a truth table
+/// of 2^8 bits in [`XdpConfig::filter_truth`].
+pub const MAX_FILTER_PRIMITIVES: usize = 8;
+
+/// What one filter table entry says about a packet: the primitives (bits) it satisfies when
+/// the entry matches the packet's source, and when it matches its destination.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilterValue {
+    pub as_src: u8,
+    pub as_dst: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<FilterValue>() == 4);
+
 /// Slots in the XSKMAP: the highest queue index wirewatch can bind, plus one.
 pub const MAX_QUEUES: u32 = 256;
 
@@ -22,8 +42,14 @@ pub struct XdpConfig {
     pub snaplen: u32,
     /// 1: drop frames that are not TCP (dedicated tap); 0: pass them to the stack.
     pub non_tcp_drop: u32,
+    /// 1: `--filter` is set: TCP frames it refuses are passed and counted (`Filtered`).
+    pub filter: u32,
+    /// Primitive bits set by any VLAN tag (`vlan` without an ID).
+    pub filter_vlan_any: u32,
+    /// Bit `b` set: a frame whose primitives' bits are `b` passes the filter.
+    pub filter_truth: [u32; 8],
 }
-const _: () = assert!(size_of::<XdpConfig>() == 8);
+const _: () = assert!(size_of::<XdpConfig>() == 48);
 
 impl XdpConfig {
     pub const DEFAULT_SNAPLEN: u32 = 128;
@@ -34,7 +60,13 @@ impl XdpConfig {
 
 impl Default for XdpConfig {
     fn default() -> Self {
-        Self { snaplen: Self::DEFAULT_SNAPLEN, non_tcp_drop: 0 }
+        Self {
+            snaplen: Self::DEFAULT_SNAPLEN,
+            non_tcp_drop: 0,
+            filter: 0,
+            filter_vlan_any: 0,
+            filter_truth: [0; 8],
+        }
     }
 }
 
@@ -125,8 +157,10 @@ pub enum Outcome {
     MalformedMpls = 18,
     /// A tunnel inside the `MAX_TUNNEL_DEPTH`th tunnel: passed, not opened.
     TunnelTooDeep = 19,
+    /// TCP that `--filter` refuses: passed to the stack untouched.
+    Filtered = 20,
 }
-pub const OUTCOME_COUNT: u32 = 20;
+pub const OUTCOME_COUNT: u32 = 21;
 
 impl Outcome {
     pub const ALL: [Outcome; OUTCOME_COUNT as usize] = [
@@ -150,6 +184,7 @@ impl Outcome {
         Outcome::MalformedTunnel,
         Outcome::MalformedMpls,
         Outcome::TunnelTooDeep,
+        Outcome::Filtered,
     ];
 
     /// The `reason` label of `wirewatch_xdp_packets_total`.
@@ -175,6 +210,7 @@ impl Outcome {
             Outcome::MalformedTunnel => "malformed_tunnel",
             Outcome::MalformedMpls => "malformed_mpls",
             Outcome::TunnelTooDeep => "tunnel_too_deep",
+            Outcome::Filtered => "filtered",
         }
     }
 
@@ -191,4 +227,6 @@ mod pod {
     unsafe impl aya::Pod for super::XdpConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::XdpMeta {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FilterValue {}
 }
