@@ -137,15 +137,23 @@ fn tx_dropped(ns: &Netns, dev: &str) -> u64 {
     l[0]["stats64"]["tx"]["dropped"].as_u64().unwrap_or(0)
 }
 
-#[test]
-fn xdp_opens_a_vxlan_mirror_on_the_underlay() {
-    if !privileged_or_skip("xdp_opens_a_vxlan_mirror_on_the_underlay") {
-        return;
-    }
+/// What one run saw: the TCP frames the span carried (tcpdump on b0, with `filter` when
+/// given), wirewatch's summary, its recording and events.
+struct Seen {
+    sent: u64,
+    dropped: u64,
+    summary: serde_json::Value,
+    rec: std::path::PathBuf,
+    events: String,
+    servers: [IpAddr; 2],
+}
+
+/// The topology, traffic and one `wirewatch run` on the underlay (with `--filter` when given).
+fn vxlan_run(tag: &str, filter: Option<&str>) -> Seen {
     let pid = std::process::id();
-    let a = Netns::create(&format!("wwdca{pid}")).unwrap();
-    let b = Netns::create(&format!("wwdcb{pid}")).unwrap();
-    let mon = Netns::create(&format!("wwdcm{pid}")).unwrap();
+    let a = Netns::create(&format!("wwdca{tag}{pid}")).unwrap();
+    let b = Netns::create(&format!("wwdcb{tag}{pid}")).unwrap();
+    let mon = Netns::create(&format!("wwdcm{tag}{pid}")).unwrap();
     veth(&a, "a0", &b, "b0").unwrap();
     a.run("ip addr add 10.96.0.1/24 dev a0").unwrap();
     b.run("ip addr add 10.96.0.2/24 dev b0").unwrap();
@@ -169,7 +177,7 @@ fn xdp_opens_a_vxlan_mirror_on_the_underlay() {
     b.run("ip link set vx0 mtu 1500 up").unwrap();
     span(&b, "b0", "vx0").unwrap();
 
-    let dir = std::env::temp_dir().join(format!("ww-vxlan-{pid}"));
+    let dir = std::env::temp_dir().join(format!("ww-vxlan-{tag}-{pid}"));
     std::fs::create_dir_all(&dir).unwrap();
     let (rec, dump, summary, events) = (
         dir.join("wirewatch.pcapng"),
@@ -177,31 +185,31 @@ fn xdp_opens_a_vxlan_mirror_on_the_underlay() {
         dir.join("summary.json"),
         dir.join("events.jsonl"),
     );
-    // The reference: every frame crossing b0 is mirrored once.
+    // The reference: every frame crossing b0 is mirrored once; libpcap applies the same
+    // filter expression.
+    let expr = filter.map_or("tcp".to_string(), |f| format!("tcp and ({f})"));
     let tcpdump = KillOnDrop(
         b.command("tcpdump")
             .args(["-i", "b0", "-s", "128", "-B", "262144", "--immediate-mode", "-U", "-w"])
             .arg(&dump)
-            .arg("tcp")
+            .arg(&expr)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("tcpdump"),
     );
-    let mut ww = KillOnDrop(
-        mon.command(env!("CARGO_BIN_EXE_wirewatch"))
-            .args(["run", "--iface", "u1", "--xdp-mode", "native", "--metrics", "127.0.0.1:0"])
-            .arg("--record")
-            .arg(&rec)
-            .arg("--events")
-            .arg(&events)
-            .arg("--summary-json")
-            .arg(&summary)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut cmd = mon.command(env!("CARGO_BIN_EXE_wirewatch"));
+    cmd.args(["run", "--iface", "u1", "--xdp-mode", "native", "--metrics", "127.0.0.1:0"])
+        .arg("--record")
+        .arg(&rec)
+        .arg("--events")
+        .arg(&events)
+        .arg("--summary-json")
+        .arg(&summary);
+    if let Some(f) = filter {
+        cmd.args(["--filter", f]);
+    }
+    let mut ww = KillOnDrop(cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap());
     let log = Arc::new(Mutex::new(String::new()));
     let err = ww.0.stderr.take().unwrap();
     let l = log.clone();
@@ -235,12 +243,24 @@ fn xdp_opens_a_vxlan_mirror_on_the_underlay() {
         tcpdump_log.lines().any(|l| l.trim() == "0 packets dropped by kernel"),
         "the reference capture itself lost frames: {tcpdump_log}"
     );
-
-    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
-    let loss = &s["loss"];
-    let n = |k: &str| loss[k].as_u64().unwrap_or_else(|| panic!("summary loss.{k}: {s}"));
+    let summary = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
     let (sent, _) = tcp_frames(&dump);
     let dropped = tx_dropped(&b, "u0") + tx_dropped(&b, "vx0");
+    let events = std::fs::read_to_string(&events).unwrap();
+    let rec_copy = std::env::temp_dir().join(format!("ww-vxlan-{tag}-{pid}.pcapng"));
+    std::fs::rename(&rec, &rec_copy).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    Seen { sent, dropped, summary, rec: rec_copy, events, servers }
+}
+
+#[test]
+fn xdp_opens_a_vxlan_mirror_on_the_underlay() {
+    if !privileged_or_skip("xdp_opens_a_vxlan_mirror_on_the_underlay") {
+        return;
+    }
+    let Seen { sent, dropped, summary: s, rec, events: text, servers } = vxlan_run("all", None);
+    let loss = &s["loss"];
+    let n = |k: &str| loss[k].as_u64().unwrap_or_else(|| panic!("summary loss.{k}: {s}"));
     let report = format!("span carried {sent} TCP frames; vx0 + u0 TX dropped {dropped}; {loss}");
     eprintln!("{report}");
     assert!(sent > 2 * 2 * (BYTES_PER_TRANSFER as u64 / 1500), "{report}");
@@ -249,11 +269,11 @@ fn xdp_opens_a_vxlan_mirror_on_the_underlay() {
     // Every recorded frame (VXLAN over IPv6, cut to the default snap) still holds the inner
     // TCP header.
     let (recorded, decoded) = tcp_frames(&rec);
+    let _ = std::fs::remove_file(&rec);
     assert_eq!((recorded, decoded), (sent, sent), "{report}");
 
     // The incident inside the tunnel: each refused SYN, both families, with the inner
     // addresses.
-    let text = std::fs::read_to_string(&events).unwrap();
     let rejected: Vec<serde_json::Value> = text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -265,5 +285,25 @@ fn xdp_opens_a_vxlan_mirror_on_the_underlay() {
         let dst: IpAddr = e["dest_ip"].as_str().unwrap().parse().unwrap();
         assert!(servers.contains(&dst), "{e}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `run --filter` in the XDP program, on the tunnel's inner headers: the engine receives
+/// exactly the frames libpcap's evaluation of the same expression keeps on the mirrored
+/// interface, and the refused connections it excludes are not diagnosed.
+#[test]
+fn xdp_filter_on_a_vxlan_mirror_keeps_what_libpcap_keeps() {
+    if !privileged_or_skip("xdp_filter_on_a_vxlan_mirror_keeps_what_libpcap_keeps") {
+        return;
+    }
+    let filter = format!("not port {REFUSED_PORT} and (host 10.96.0.2 or net fd96::/64)");
+    let Seen { sent, dropped, summary: s, rec, events, .. } = vxlan_run("flt", Some(&filter));
+    let _ = std::fs::remove_file(&rec);
+    let loss = &s["loss"];
+    let report = format!("tcpdump kept {sent} TCP frames; dropped {dropped}; {loss}");
+    eprintln!("{report}");
+    assert!(sent > 2 * 2 * (BYTES_PER_TRANSFER as u64 / 1500), "{report}");
+    assert_eq!(loss["lost_total"].as_u64(), Some(0), "{report}");
+    assert_eq!(dropped, 0, "{report}");
+    assert_eq!(loss["engine_received"].as_u64(), Some(sent), "{report}");
+    assert!(!events.contains("syn_rejected"), "{events}");
 }
