@@ -46,6 +46,15 @@ static CONFIG: XdpConfig = XdpConfig {
 #[no_mangle]
 static mut UNKNOWN_ZERO: usize = 0;
 
+/// One field of [`CONFIG`], read where it is used: each is one load (the whole 48-byte struct
+/// read up front cost a dozen loads per frame).
+#[inline(always)]
+fn config<T: Copy>(field: &T) -> T {
+    // Safety: CONFIG is a plain-data static in .rodata, set by the loader before attach; the
+    // volatile read keeps LLVM from folding the compile-time default into the code.
+    unsafe { core::ptr::read_volatile(field) }
+}
+
 /// The frame between `data` and `data_end`, read with checks the verifier can follow.
 struct Frame {
     start: usize,
@@ -99,7 +108,7 @@ impl Bytes for Frame {
 /// the primitives they satisfy (one trie lookup per address, one table read per port and for
 /// the tag) index the filter's truth table (dataplane/src/filter.rs builds both).
 #[inline(always)]
-fn filter_passes(frame: &Frame, o: &TcpOffsets, cfg: &XdpConfig) -> bool {
+fn filter_passes(frame: &Frame, o: &TcpOffsets) -> bool {
     let l3 = o.l3_off as usize;
     let (mut src, mut dst) = ([0u8; 16], [0u8; 16]);
     if o.ip_version == 4 {
@@ -133,13 +142,13 @@ fn filter_passes(frame: &Frame, o: &TcpOffsets, cfg: &XdpConfig) -> bool {
         bits |= v.as_dst as u32;
     }
     if o.vlan_count > 0 {
-        bits |= cfg.filter_vlan_any;
+        bits |= config(&CONFIG.filter_vlan_any);
         if let Some(v) = FILTER_VLANS.get(o.vlan_ids[0] as u32) {
             bits |= *v;
         }
     }
     let bits = bits & 0xff;
-    cfg.filter_truth[(bits >> 5) as usize & 7] & (1 << (bits & 31)) != 0
+    config(&CONFIG.filter_truth[(bits >> 5) as usize & 7]) & (1 << (bits & 31)) != 0
 }
 
 #[inline(always)]
@@ -160,18 +169,16 @@ pub fn wirewatch_xdp(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn try_wirewatch_xdp(ctx: &XdpContext) -> (Outcome, u32) {
-    // Safety: CONFIG is a plain-data static in .rodata, set by the loader before attach; the
-    // volatile read keeps LLVM from folding the compile-time default into the code.
-    let cfg = unsafe { core::ptr::read_volatile(&CONFIG) };
+    let (filter, non_tcp_drop) = (config(&CONFIG.filter), config(&CONFIG.non_tcp_drop));
     let frame = Frame { start: ctx.data(), end: ctx.data_end() };
     let wire_len = frame.end - frame.start;
     let snap_off = match classify(&frame, wire_len) {
         // With no filter the verifier drops this branch (CONFIG is read-only).
-        Ok(o) if cfg.filter != 0 && !filter_passes(&frame, &o, &cfg) => {
+        Ok(o) if filter != 0 && !filter_passes(&frame, &o) => {
             return (Outcome::Filtered, xdp_action::XDP_PASS)
         }
         Ok(o) => o.snap_off as usize,
-        Err(Outcome::NonTcpPassed) if cfg.non_tcp_drop != 0 => {
+        Err(Outcome::NonTcpPassed) if non_tcp_drop != 0 => {
             return (Outcome::NonTcpDropped, xdp_action::XDP_DROP)
         }
         Err(other) => return (other, xdp_action::XDP_PASS),
@@ -188,8 +195,9 @@ fn try_wirewatch_xdp(ctx: &XdpContext) -> (Outcome, u32) {
     // The snap length counts from the innermost frame: a tunnel's outer headers (~70 B for
     // VXLAN over IPv6) must not cut the inner TCP header.
     let mut flags = 0;
-    let keep = snap_off + cfg.snaplen as usize;
-    if cfg.snaplen != 0 && wire_len > keep {
+    let snaplen = config(&CONFIG.snaplen);
+    let keep = snap_off + snaplen as usize;
+    if snaplen != 0 && wire_len > keep {
         let delta = keep as i32 - wire_len as i32;
         // Safety: a helper call on this invocation's xdp_md; the kernel checks delta, and no
         // packet pointer taken before it is used after it.
