@@ -110,18 +110,6 @@ impl Tunnel {
             _ => Tunnel::None,
         }
     }
-    pub const fn name(self) -> &'static str {
-        match self {
-            Tunnel::None => "none",
-            Tunnel::Gre => "gre",
-            Tunnel::GreEthernet => "gre_teb",
-            Tunnel::ErspanI => "erspan1",
-            Tunnel::ErspanII => "erspan2",
-            Tunnel::ErspanIII => "erspan3",
-            Tunnel::Vxlan => "vxlan",
-            Tunnel::Geneve => "geneve",
-        }
-    }
 }
 
 const IPV6_EXT_HOPOPTS: u8 = 0;
