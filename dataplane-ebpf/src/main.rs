@@ -141,7 +141,8 @@ fn filter_passes(frame: &Frame, o: &TcpOffsets) -> bool {
     if let Some(v) = FILTER_PORTS.get(dport) {
         bits |= v.as_dst as u32;
     }
-    if o.vlan_count > 0 {
+    // VLAN ID 0 is a priority tag, no VLAN: untagged, as user space reads it.
+    if o.vlan_count > 0 && o.vlan_ids[0] != 0 {
         bits |= config(&CONFIG.filter_vlan_any);
         if let Some(v) = FILTER_VLANS.get(o.vlan_ids[0] as u32) {
             bits |= *v;

@@ -3,7 +3,7 @@
 //! parentheses. As in pcap-filter, `not` binds tightest and `and`/`or` have equal precedence,
 //! left to right (`a or b and c` is `(a or b) and c`). Addresses and ports are those of the
 //! innermost packet (a tunnel's outer headers are the mirror's, not the traffic's); `vlan`
-//! is the innermost frame's outer tag.
+//! is the innermost frame's outer tag (ID 0, a priority tag, reads as untagged).
 //!
 //! The XDP program evaluates the same expression from load-time tables ([`Tables`]): each
 //! primitive is one bit, set from a longest-prefix-match trie (addresses), a port table and a
@@ -371,11 +371,14 @@ impl<'a> Parser<'a> {
             }
             "vlan" if dir == Dir::Either => {
                 match self.peek().and_then(|v| v.parse::<u16>().ok().map(|n| (v, n))) {
-                    Some((_, id)) if id < 4096 => {
+                    // ID 0 is a priority tag (802.1Q), read as untagged.
+                    Some((_, id)) if (1..4096).contains(&id) => {
                         self.pos += 1;
                         Primitive::Vlan(Some(id))
                     }
-                    Some((v, _)) => return Err(self.error(at, &format!("VLAN ID {v} is not 0–4095"))),
+                    Some((v, _)) => {
+                        return Err(self.error(at, &format!("VLAN ID {v} is not 1–4095")))
+                    }
                     None => Primitive::Vlan(None),
                 }
             }
@@ -452,6 +455,7 @@ mod tests {
             ("port 80)", "unexpected \")\""),
             ("tcp port 80", "not a primitive"),
             ("vlan 5000", "VLAN ID"),
+            ("vlan 0", "VLAN ID"),
             ("port 1 or port 2 or port 3 or port 4 or port 5 or port 6 or port 7 or port 8 or port 9", "at most"),
             ("port 80 & port 81", "unexpected \"&\""),
         ] {

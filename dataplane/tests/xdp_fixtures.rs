@@ -469,7 +469,7 @@ fn xdp_filter_agrees_with_user_space() {
         "not (port 80 or port 443)",
     ];
     let mut frames = Vec::new();
-    for vlans in [vec![], vec![100], vec![200]] {
+    for vlans in [vec![], vec![100], vec![200], vec![0]] {
         let mut a = syn_v4();
         a.vlans.clone_from(&vlans);
         let mut b = TcpSegment::new(v4("10.8.1.1"), 1234, v4("10.9.0.1"), 443);
