@@ -64,6 +64,12 @@ pub struct AnalyzeArgs {
     /// backends of one VIP) otherwise, and then no loss is inferred between them.
     #[arg(long = "serial", value_name = "A,B", value_parser = crate::vantages::serial_pair)]
     pub serial: Vec<(String, String)>,
+    /// Analyse only the TCP packets this pcap-filter expression matches: `[src|dst] host ADDR`,
+    /// `[src|dst] net ADDR/LEN`, `[src|dst] port N`, `vlan [ID]`, joined by and/or/not and
+    /// parentheses (and/or of equal precedence, left to right, as in pcap-filter), at most 8
+    /// primitives; tunnelled frames are judged by their innermost headers.
+    #[arg(long, value_name = "EXPR", value_parser = |s: &str| dataplane::filter::Filter::parse(s).map_err(|e| e.to_string()))]
+    pub filter: Option<dataplane::filter::Filter>,
     #[command(flatten)]
     pub thresholds: crate::thresholds::Thresholds,
     #[command(flatten)]
@@ -193,9 +199,12 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     })?;
     let names: Vec<String> = vantages.iter().map(|v| v.name.clone()).collect();
     let mut sources = Vec::new();
+    let filter = args.filter.clone().map(std::sync::Arc::new);
     for (v, input) in vantages.iter().enumerate() {
-        sources
-            .push(Source::open_chain(&input.files, names[v].clone(), v as u16).map_err(BadInput)?);
+        let mut src =
+            Source::open_chain(&input.files, names[v].clone(), v as u16).map_err(BadInput)?;
+        src.filter.clone_from(&filter);
+        sources.push(src);
     }
     let workers = args
         .workers

@@ -54,6 +54,13 @@ pub struct RunArgs {
     #[arg(long, default_value_t = XdpConfig::DEFAULT_SNAPLEN, value_name = "BYTES",
           allow_negative_numbers = true, value_parser = options::whole::<u32>(XdpConfig::MIN_SNAPLEN.into(), 1024, "bytes"))]
     pub snaplen: u32,
+    /// Redirect only the TCP frames this pcap-filter expression matches: `[src|dst] host ADDR`,
+    /// `[src|dst] net ADDR/LEN`, `[src|dst] port N`, `vlan [ID]`, joined by and/or/not and
+    /// parentheses (and/or of equal precedence, left to right, as in pcap-filter), at most 8
+    /// primitives, evaluated in the XDP program (refused frames are passed to the stack
+    /// and counted as `filtered`); tunnelled frames are judged by their innermost headers.
+    #[arg(long, value_name = "EXPR", value_parser = |s: &str| dataplane::filter::Filter::parse(s).map_err(|e| e.to_string()))]
+    pub filter: Option<dataplane::filter::Filter>,
     /// CPUs to pin workers to, e.g. `2,3` or `4-7`: online CPUs, each once; workers take
     /// them in order. Default: worker i on CPU i modulo the CPU count.
     #[arg(long, value_name = "LIST", value_parser = options::pinnable_cpu_list)]
@@ -453,8 +460,11 @@ pub fn run(args: RunArgs) -> Result<()> {
         None => (0..std::thread::available_parallelism().map(std::num::NonZero::get).unwrap_or(1))
             .collect(),
     };
-    let config =
-        XdpConfig { snaplen: args.snaplen, non_tcp_drop: (args.non_tcp == NonTcpArg::Drop) as u32 };
+    let config = XdpConfig {
+        snaplen: args.snaplen,
+        non_tcp_drop: (args.non_tcp == NonTcpArg::Drop) as u32,
+        ..XdpConfig::default()
+    };
     // Resolve everything before touching any interface, so bad input leaves nothing behind.
     let mut ifindexes = Vec::new();
     for iface in &args.ifaces {
@@ -632,7 +642,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut summaries = Vec::new();
     let mut worker_no = 0usize;
     for (vantage, (iface, idx, queue_ids)) in plan.iter().enumerate() {
-        let mut prog = XdpProgram::load(config)
+        let mut prog = XdpProgram::load_filtered(config, args.filter.as_ref())
             .context("loading the XDP program (is the kernel ≥ 5.10 with BPF enabled?)")?;
         // Attach first: an interface owned by another XDP program is refused before any socket
         // is bound, and until the sockets are in the map the program passes frames (fail open).

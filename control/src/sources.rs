@@ -65,6 +65,8 @@ pub struct InputHealth {
     pub frames: u64,
     /// Frames carrying TCP the engine read.
     pub tcp: u64,
+    /// TCP frames `--filter` refused (not counted in `tcp`).
+    pub filtered: u64,
     /// Frames without readable TCP, by cause (see `dataplane::packet::Unread`).
     pub not_ip: u64,
     pub not_tcp: u64,
@@ -138,6 +140,8 @@ pub struct Source {
     done_bytes: u64,
     /// This vantage's clock offset from the reference vantage (ns), removed from its times.
     pub shift_ns: i64,
+    /// `--filter`: TCP packets it refuses reach the engine as `Outcome::Filtered`.
+    pub filter: Option<std::sync::Arc<dataplane::filter::Filter>>,
     pub health: InputHealth,
     /// Set when the input ended inside a record.
     pub damage: Option<CaptureError>,
@@ -169,6 +173,7 @@ impl Source {
             size,
             done_bytes: 0,
             shift_ns: 0,
+            filter: None,
             health: InputHealth { file, compression, ..Default::default() },
             damage: None,
         })
@@ -291,9 +296,15 @@ impl Source {
             }
             _ => self.max_read_ns = Some(ts),
         }
-        let pkt = decode(&f.data, f.orig_len, ts, self.vantage);
+        let mut pkt = decode(&f.data, f.orig_len, ts, self.vantage);
+        if let (Ok(p), Some(filter)) = (&pkt, &self.filter) {
+            if !filter.matches(p) {
+                pkt = Err(Outcome::Filtered);
+            }
+        }
         match &pkt {
             Ok(_) => h.tcp += 1,
+            Err(Outcome::Filtered) => h.filtered += 1,
             Err(o) => h.count(unread_cause(&f.data, f.orig_len, *o)),
         }
         let mut r = self.spare.pop().unwrap_or_else(|| {

@@ -446,7 +446,7 @@ fn frames_without_readable_tcp_are_counted_by_cause() {
     let (_, out, _) = ww(&["analyze", rec.lo_snap40.to_str().unwrap()]);
     assert!(out.contains("cut short (snap length)") && out.contains("tcpdump -s 128"), "{out}");
 
-    // All TCP inside VXLAN, recorded on the underlay, with large pings (fragments) and ARP.
+    // TCP inside VXLAN, recorded on the underlay, with large pings (fragments) and ARP.
     let pid = std::process::id();
     let a = Netns::create(&format!("wwva{pid}")).unwrap();
     let b = Netns::create(&format!("wwvb{pid}")).unwrap();
@@ -490,21 +490,22 @@ fn frames_without_readable_tcp_are_counted_by_cause() {
     drop((a, b));
     let got = summary(&[cap.to_str().unwrap()], 0);
     let i = &got["inputs"][0];
-    assert_eq!(got["packets"], 0, "{got:#}");
-    assert!(i["encapsulated"].as_u64().unwrap() > 50, "the TCP inside VXLAN: {got:#}");
+    // The TCP inside VXLAN is read (issue 15: the parser opens the tunnel).
+    assert!(got["packets"].as_u64().unwrap() > 50, "the TCP inside VXLAN: {got:#}");
+    assert_eq!(i["tcp"], got["packets"], "{got:#}");
+    assert_eq!(i["encapsulated"], 0, "{got:#}");
     assert!(
         i["fragment"].as_u64().unwrap() >= 6,
         "two later fragments per 3000-byte ping: {got:#}"
     );
     assert!(i["not_tcp"].as_u64().unwrap() >= 6, "the pings' first fragments: {got:#}");
     assert!(i["not_ip"].as_u64().unwrap() >= 1, "ARP: {got:#}");
-    let sum: u64 = ["not_ip", "not_tcp", "encapsulated", "fragment", "cut_short", "malformed"]
-        .iter()
-        .map(|k| i[*k].as_u64().unwrap())
-        .sum();
+    let sum: u64 =
+        ["tcp", "not_ip", "not_tcp", "encapsulated", "fragment", "cut_short", "malformed"]
+            .iter()
+            .map(|k| i[*k].as_u64().unwrap())
+            .sum();
     assert_eq!(sum, i["frames"].as_u64().unwrap(), "every frame has a cause: {got:#}");
-    let (_, out, _) = ww(&["analyze", cap.to_str().unwrap()]);
-    assert!(out.contains("no TCP could be read") && out.contains("tunnel"), "{out}");
 }
 
 #[test]

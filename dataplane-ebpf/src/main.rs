@@ -1,4 +1,5 @@
-//! wirewatch's XDP program: classify each frame with the shared parser, count the outcome,
+//! wirewatch's XDP program: classify each frame with the shared parser (which opens tunnels
+//! and MPLS), count the outcome,
 //! cut TCP frames to the snap length, prepend metadata and redirect them into the receive
 //! queue's AF_XDP socket. Fails open: anything unknown or malformed is passed to the stack.
 #![no_std]
@@ -7,11 +8,12 @@
 use aya_ebpf::bindings::xdp_action;
 use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_meta, bpf_xdp_adjust_tail};
 use aya_ebpf::macros::{map, xdp};
-use aya_ebpf::maps::{PerCpuArray, XskMap};
+use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::maps::{Array, LpmTrie, PerCpuArray, XskMap};
 use aya_ebpf::programs::XdpContext;
 use dataplane_common::{
-    classify, Bytes, Outcome, XdpConfig, XdpMeta, MAX_QUEUES, META_F_TRUNCATED, META_MAGIC,
-    OUTCOME_COUNT, XDP_META_LEN,
+    classify, Bytes, FilterValue, Outcome, TcpOffsets, XdpConfig, XdpMeta, MAX_FILTER_PRIMITIVES,
+    MAX_QUEUES, META_F_TRUNCATED, META_MAGIC, OUTCOME_COUNT, XDP_META_LEN,
 };
 
 #[map(name = "XSKS")]
@@ -20,9 +22,38 @@ static XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(OUTCOME_COUNT, 0);
 
+/// `--filter`'s tables, filled by the loader before attach (see `XdpConfig::filter`).
+#[map(name = "FILTER_PREFIXES")]
+static FILTER_PREFIXES: LpmTrie<[u8; 16], FilterValue> =
+    LpmTrie::with_max_entries(MAX_FILTER_PRIMITIVES as u32, 0);
+#[map(name = "FILTER_PORTS")]
+static FILTER_PORTS: Array<FilterValue> = Array::with_max_entries(65536, 0);
+#[map(name = "FILTER_VLANS")]
+static FILTER_VLANS: Array<u32> = Array::with_max_entries(4096, 0);
+
 /// Set by the loader in `.rodata` before verification (see `XdpConfig`).
 #[no_mangle]
-static CONFIG: XdpConfig = XdpConfig { snaplen: XdpConfig::DEFAULT_SNAPLEN, non_tcp_drop: 0 };
+static CONFIG: XdpConfig = XdpConfig {
+    snaplen: XdpConfig::DEFAULT_SNAPLEN,
+    non_tcp_drop: 0,
+    filter: 0,
+    filter_vlan_any: 0,
+    filter_truth: [0; 8],
+};
+
+/// Always 0, but in `.bss`, so the verifier cannot know it: [`Frame::forget`] mixes it into an
+/// offset to make the offset unknown to the verifier (a `.rodata` value would be folded).
+#[no_mangle]
+static mut UNKNOWN_ZERO: usize = 0;
+
+/// One field of [`CONFIG`], read where it is used: each is one load (the whole 48-byte struct
+/// read up front cost a dozen loads per frame).
+#[inline(always)]
+fn config<T: Copy>(field: &T) -> T {
+    // Safety: CONFIG is a plain-data static in .rodata, set by the loader before attach; the
+    // volatile read keeps LLVM from folding the compile-time default into the code.
+    unsafe { core::ptr::read_volatile(field) }
+}
 
 /// The frame between `data` and `data_end`, read with checks the verifier can follow.
 struct Frame {
@@ -46,7 +77,9 @@ impl Bytes for Frame {
     #[inline(always)]
     fn be16_at(&self, off: usize) -> Option<u16> {
         let p = self.start + off;
-        if p + 2 > self.end {
+        // An opaque 2 for the same reason, and so LLVM cannot hoist `end - 2` (arithmetic on
+        // pkt_end, which the verifier refuses) out of the tunnel-layer loop.
+        if p + core::hint::black_box(2) > self.end {
             return None;
         }
         // Safety: p + 2 <= data_end was checked just above; the read is unaligned-safe.
@@ -62,6 +95,61 @@ impl Bytes for Frame {
         // inside the frame, which outlives this program run; [u8; N] has alignment 1.
         Some(unsafe { &*(p as *const [u8; N]) })
     }
+    #[inline(always)]
+    fn forget(&self, off: usize) -> usize {
+        // Safety: a plain read of a static nothing writes (the volatile read keeps LLVM from
+        // folding its initial value); a stale value is impossible, it stays 0.
+        let zero = unsafe { core::ptr::read_volatile(core::ptr::addr_of!(UNKNOWN_ZERO)) };
+        (off ^ zero) & dataplane_common::MAX_HEADER_OFF
+    }
+}
+
+/// Whether the frame's innermost addresses, ports and VLAN satisfy `--filter`: the bits of
+/// the primitives they satisfy (one trie lookup per address, one table read per port and for
+/// the tag) index the filter's truth table (dataplane/src/filter.rs builds both).
+#[inline(always)]
+fn filter_passes(frame: &Frame, o: &TcpOffsets) -> bool {
+    let l3 = o.l3_off as usize;
+    let (mut src, mut dst) = ([0u8; 16], [0u8; 16]);
+    if o.ip_version == 4 {
+        let Some(a) = frame.array_at::<8>(l3 + 12) else { return false };
+        // IPv4-mapped IPv6 (RFC 4291 §2.5.5.2), as the loader keys IPv4 prefixes.
+        src[10] = 0xff;
+        src[11] = 0xff;
+        dst[10] = 0xff;
+        dst[11] = 0xff;
+        src[12..].copy_from_slice(&a[..4]);
+        dst[12..].copy_from_slice(&a[4..]);
+    } else {
+        let Some(a) = frame.array_at::<32>(l3 + 8) else { return false };
+        src.copy_from_slice(&a[..16]);
+        dst.copy_from_slice(&a[16..]);
+    }
+    let Some(ports) = frame.array_at::<4>(o.l4_off as usize) else { return false };
+    let sport = u16::from_be_bytes([ports[0], ports[1]]) as u32;
+    let dport = u16::from_be_bytes([ports[2], ports[3]]) as u32;
+    let mut bits = 0u32;
+    if let Some(v) = FILTER_PREFIXES.get(Key::new(128, src)) {
+        bits |= v.as_src as u32;
+    }
+    if let Some(v) = FILTER_PREFIXES.get(Key::new(128, dst)) {
+        bits |= v.as_dst as u32;
+    }
+    if let Some(v) = FILTER_PORTS.get(sport) {
+        bits |= v.as_src as u32;
+    }
+    if let Some(v) = FILTER_PORTS.get(dport) {
+        bits |= v.as_dst as u32;
+    }
+    // VLAN ID 0 is a priority tag, no VLAN: untagged, as user space reads it.
+    if o.vlan_count > 0 && o.vlan_ids[0] != 0 {
+        bits |= config(&CONFIG.filter_vlan_any);
+        if let Some(v) = FILTER_VLANS.get(o.vlan_ids[0] as u32) {
+            bits |= *v;
+        }
+    }
+    let bits = bits & 0xff;
+    config(&CONFIG.filter_truth[(bits >> 5) as usize & 7]) & (1 << (bits & 31)) != 0
 }
 
 #[inline(always)]
@@ -82,18 +170,20 @@ pub fn wirewatch_xdp(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn try_wirewatch_xdp(ctx: &XdpContext) -> (Outcome, u32) {
-    // Safety: CONFIG is a plain-data static in .rodata, set by the loader before attach; the
-    // volatile read keeps LLVM from folding the compile-time default into the code.
-    let cfg = unsafe { core::ptr::read_volatile(&CONFIG) };
+    let (filter, non_tcp_drop) = (config(&CONFIG.filter), config(&CONFIG.non_tcp_drop));
     let frame = Frame { start: ctx.data(), end: ctx.data_end() };
     let wire_len = frame.end - frame.start;
-    match classify(&frame, wire_len) {
-        Ok(_) => {}
-        Err(Outcome::NonTcpPassed) if cfg.non_tcp_drop != 0 => {
+    let snap_off = match classify(&frame, wire_len) {
+        // With no filter the verifier drops this branch (CONFIG is read-only).
+        Ok(o) if filter != 0 && !filter_passes(&frame, &o) => {
+            return (Outcome::Filtered, xdp_action::XDP_PASS)
+        }
+        Ok(o) => o.snap_off as usize,
+        Err(Outcome::NonTcpPassed) if non_tcp_drop != 0 => {
             return (Outcome::NonTcpDropped, xdp_action::XDP_DROP)
         }
         Err(other) => return (other, xdp_action::XDP_PASS),
-    }
+    };
 
     // Without a socket on this queue the frame goes to the stack untouched.
     // Safety: ctx.ctx is the kernel's xdp_md for this invocation, valid for the whole call.
@@ -103,9 +193,13 @@ fn try_wirewatch_xdp(ctx: &XdpContext) -> (Outcome, u32) {
     }
 
     // Headers only: in copy mode the kernel copies the frame into user memory, so cut it first.
+    // The snap length counts from the innermost frame: a tunnel's outer headers (~70 B for
+    // VXLAN over IPv6) must not cut the inner TCP header.
     let mut flags = 0;
-    if cfg.snaplen != 0 && wire_len > cfg.snaplen as usize {
-        let delta = cfg.snaplen as i32 - wire_len as i32;
+    let snaplen = config(&CONFIG.snaplen);
+    let keep = snap_off + snaplen as usize;
+    if snaplen != 0 && wire_len > keep {
+        let delta = keep as i32 - wire_len as i32;
         // Safety: a helper call on this invocation's xdp_md; the kernel checks delta, and no
         // packet pointer taken before it is used after it.
         if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {

@@ -169,7 +169,7 @@ impl TcpSegment {
     }
 }
 
-fn checksum_add(b: &[u8]) -> u32 {
+pub(crate) fn checksum_add(b: &[u8]) -> u32 {
     let mut sum = 0u32;
     let mut chunks = b.chunks_exact(2);
     for c in &mut chunks {
@@ -181,7 +181,7 @@ fn checksum_add(b: &[u8]) -> u32 {
     sum
 }
 
-fn checksum_finish(mut sum: u32) -> u16 {
+pub(crate) fn checksum_finish(mut sum: u32) -> u16 {
     while sum >> 16 != 0 {
         sum = (sum & 0xffff) + (sum >> 16);
     }

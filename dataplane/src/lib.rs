@@ -3,8 +3,10 @@
 pub mod anomaly;
 pub mod capture;
 pub mod craft;
+pub mod encap;
 pub mod engine;
 pub mod evidence;
+pub mod filter;
 pub mod flow;
 pub mod loader;
 pub mod netns;

@@ -2,14 +2,17 @@
 //! its maps (XSKMAP, outcome counters).
 use std::os::fd::AsRawFd;
 
-use aya::maps::{MapData, PerCpuArray, XskMap};
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, MapData, PerCpuArray, XskMap};
 use aya::programs::xdp::XdpLinkId;
 use aya::programs::{Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use dataplane_common::{
-    Outcome, XdpConfig, CONFIG_GLOBAL_NAME, COUNTERS_MAP_NAME, OUTCOME_COUNT, XDP_PROGRAM_NAME,
-    XSK_MAP_NAME,
+    FilterValue, Outcome, XdpConfig, CONFIG_GLOBAL_NAME, COUNTERS_MAP_NAME, FILTER_PORTS_MAP_NAME,
+    FILTER_PREFIXES_MAP_NAME, FILTER_VLANS_MAP_NAME, OUTCOME_COUNT, XDP_PROGRAM_NAME, XSK_MAP_NAME,
 };
+
+use crate::filter::Filter;
 
 /// The XDP object built by build.rs.
 pub static XDP_OBJECT: &[u8] =
@@ -37,6 +40,21 @@ pub struct XdpProgram {
 impl XdpProgram {
     /// Loads and verifies the program with `config` baked into `.rodata`.
     pub fn load(config: XdpConfig) -> Result<Self, LoadError> {
+        Self::load_filtered(config, None)
+    }
+
+    /// As [`Self::load`], evaluating `filter` on every TCP frame: its truth table and VLAN bits
+    /// go into `.rodata`, its prefixes, ports and VLAN IDs into the program's tables.
+    pub fn load_filtered(
+        mut config: XdpConfig,
+        filter: Option<&Filter>,
+    ) -> Result<Self, LoadError> {
+        let tables = filter.map(Filter::tables);
+        if let Some(t) = &tables {
+            config.filter = 1;
+            config.filter_truth = t.truth;
+            config.filter_vlan_any = u32::from(t.vlan_any);
+        }
         let mut ebpf = EbpfLoader::new()
             .override_global(CONFIG_GLOBAL_NAME, &config, true)
             .load(XDP_OBJECT)?;
@@ -45,6 +63,26 @@ impl XdpProgram {
             .ok_or(LoadError::Missing("XDP program"))?
             .try_into()?;
         prog.load()?;
+        if let Some(t) = tables {
+            let map =
+                ebpf.map_mut(FILTER_PREFIXES_MAP_NAME).ok_or(LoadError::Missing("prefix table"))?;
+            let mut trie: LpmTrie<&mut MapData, [u8; 16], FilterValue> = LpmTrie::try_from(map)?;
+            for (addr, len, v) in &t.prefixes {
+                trie.insert(&Key::new(u32::from(*len), *addr), v, 0)?;
+            }
+            let map =
+                ebpf.map_mut(FILTER_PORTS_MAP_NAME).ok_or(LoadError::Missing("port table"))?;
+            let mut ports: Array<&mut MapData, FilterValue> = Array::try_from(map)?;
+            for (port, v) in &t.ports {
+                ports.set(u32::from(*port), v, 0)?;
+            }
+            let map =
+                ebpf.map_mut(FILTER_VLANS_MAP_NAME).ok_or(LoadError::Missing("VLAN table"))?;
+            let mut vlans: Array<&mut MapData, u32> = Array::try_from(map)?;
+            for (id, bits) in &t.vlans {
+                vlans.set(u32::from(*id), u32::from(*bits), 0)?;
+            }
+        }
         Ok(Self { ebpf, config, link: None })
     }
 

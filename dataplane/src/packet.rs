@@ -104,6 +104,7 @@ fn locate_common(frame: &[u8], wire_len: usize) -> Option<TcpOffsets> {
         l4_off: l4 as u16,
         tcp_hdr_len: hlen as u16,
         ip_end: ip_end as u32,
+        ..TcpOffsets::default()
     })
 }
 
@@ -132,6 +133,8 @@ pub fn decode(frame: &[u8], orig_len: u32, ts_ns: u64, vantage: u16) -> Result<T
     };
     let l3 = o.l3_off as usize;
     let l4 = o.l4_off as usize;
+    // A tunnel's inner frame carries the MACs of the mirrored traffic.
+    let link = o.link_off as usize;
     let (s16, d16, ip_id, ttl) = if o.ip_version == 4 {
         let mut s = [0u8; 16];
         let mut d = [0u8; 16];
@@ -163,8 +166,8 @@ pub fn decode(frame: &[u8], orig_len: u32, ts_ns: u64, vantage: u16) -> Result<T
     Ok(TcpPacket {
         ts_ns,
         vantage,
-        dst_mac: frame[0..6].try_into().unwrap(),
-        src_mac: frame[6..12].try_into().unwrap(),
+        dst_mac: frame[link..link + 6].try_into().unwrap(),
+        src_mac: frame[link + 6..link + 12].try_into().unwrap(),
         vlan,
         src,
         dst,
@@ -192,8 +195,8 @@ pub enum Unread {
     NotIp,
     /// IP, but neither TCP nor a tunnel (UDP, ICMP…).
     NotTcp,
-    /// TCP may be inside, but behind a header the parser does not open (MPLS, PPPoE, GRE,
-    /// IP-in-IP, VXLAN, Geneve, GTP-U, ESP…, or more VLAN tags than it reads).
+    /// TCP may be inside, but behind a header the parser does not open (PPPoE, PPTP's GRE,
+    /// IP-in-IP, GTP-U, ESP…, or more VLAN tags or tunnels than it reads).
     Encapsulated,
     /// An IP fragment after the first: no TCP header in it.
     Fragment,
@@ -226,14 +229,15 @@ impl Unread {
 }
 
 /// EtherTypes of encapsulations the parser does not open (IEEE registry): MPLS unicast and
-/// multicast, PPPoE session, transparent Ethernet bridging, MACsec, NSH.
+/// multicast (reached only when the stack ends in a pseudowire, not IP), PPPoE session,
+/// transparent Ethernet bridging (opened inside GRE, not on a wire), MACsec, NSH.
 const ENCAP_ETHERTYPES: [u16; 6] = [0x8847, 0x8848, 0x8864, 0x6558, 0x88e5, 0x894f];
-/// IP protocols that carry other packets (IANA): IP-in-IP, IPv6-in-IP, GRE, ESP, AH, EtherIP,
-/// L2TPv3, MPLS-in-IP.
+/// IP protocols that carry other packets (IANA): IP-in-IP, IPv6-in-IP, GRE (reached for the
+/// payloads the parser does not open), ESP, AH, EtherIP, L2TPv3, MPLS-in-IP.
 const ENCAP_PROTOCOLS: [u8; 8] = [4, 41, 47, 50, 51, 97, 115, 137];
-/// UDP ports of tunnels (IANA): L2TP, GTP-U, VXLAN, VXLAN-GPE, Geneve, and Linux's
-/// pre-IANA VXLAN port.
-const ENCAP_UDP_PORTS: [u16; 6] = [1701, 2152, 4789, 4790, 6081, 8472];
+/// UDP ports of tunnels the parser does not open (IANA): L2TP, GTP-U, VXLAN-GPE, and Linux's
+/// pre-IANA VXLAN port. (VXLAN and GENEVE reach here only carrying something not TCP.)
+const ENCAP_UDP_PORTS: [u16; 4] = [1701, 2152, 4790, 8472];
 
 /// Why [`decode`] refused `frame` with `o`. Runs only for refused frames.
 pub fn unread_cause(frame: &[u8], orig_len: u32, o: Outcome) -> Unread {
@@ -253,8 +257,9 @@ pub fn unread_cause(frame: &[u8], orig_len: u32, o: Outcome) -> Unread {
             return Unread::CutShort;
         }
     }
-    if matches!(o, Outcome::MalformedVlan) {
-        // More tags than the parser reads is a stack it does not open, not a broken frame.
+    if matches!(o, Outcome::MalformedVlan | Outcome::TunnelTooDeep) {
+        // More tags (or tunnels) than the parser reads is a stack it does not open, not a
+        // broken frame.
         return Unread::Encapsulated;
     }
     Unread::Malformed
@@ -400,16 +405,16 @@ mod tests {
         let mut arp = f.clone();
         arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
         assert_eq!(cause(&arp, arp.len()), Unread::NotIp);
-        let mut mpls = f.clone();
-        mpls[12..14].copy_from_slice(&0x8847u16.to_be_bytes());
-        assert_eq!(cause(&mpls, mpls.len()), Unread::Encapsulated);
+        let mut pppoe = f.clone();
+        pppoe[12..14].copy_from_slice(&0x8864u16.to_be_bytes());
+        assert_eq!(cause(&pppoe, pppoe.len()), Unread::Encapsulated);
         for proto in [47, 4, 41, 50] {
             assert_eq!(cause(&with_proto(&seg, proto), f.len()), Unread::Encapsulated, "{proto}");
         }
         assert_eq!(cause(&with_proto(&seg, 1), f.len()), Unread::NotTcp);
         let mut udp = with_proto(&seg, 17);
         assert_eq!(cause(&udp, f.len()), Unread::NotTcp);
-        udp[34 + 2..34 + 4].copy_from_slice(&4789u16.to_be_bytes()); // VXLAN
+        udp[34 + 2..34 + 4].copy_from_slice(&2152u16.to_be_bytes()); // GTP-U, not opened
         assert_eq!(cause(&udp, f.len()), Unread::Encapsulated);
         let mut frag = f.clone();
         frag[14 + 6..14 + 8].copy_from_slice(&185u16.to_be_bytes());

@@ -8,6 +8,26 @@ pub const XSK_MAP_NAME: &str = "XSKS";
 pub const COUNTERS_MAP_NAME: &str = "COUNTERS";
 /// Name of the `.rodata` global holding [`XdpConfig`].
 pub const CONFIG_GLOBAL_NAME: &str = "CONFIG";
+/// Names of the `--filter` tables: address prefixes (LPM trie, IPv4 mapped into IPv6), ports
+/// (an array indexed by port) and VLAN IDs (an array indexed by ID).
+pub const FILTER_PREFIXES_MAP_NAME: &str = "FILTER_PREFIXES";
+pub const FILTER_PORTS_MAP_NAME: &str = "FILTER_PORTS";
+pub const FILTER_VLANS_MAP_NAME: &str = "FILTER_VLANS";
+/// Primitives (`host`, `net`, `port`, `vlan`) in one filter: one bit each, and a truth table
+/// of 2^8 bits in [`XdpConfig::filter_truth`].
+pub const MAX_FILTER_PRIMITIVES: usize = 8;
+
+/// What one filter table entry says about a packet: the primitives (bits) it satisfies when
+/// the entry matches the packet's source, and when it matches its destination.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilterValue {
+    pub as_src: u8,
+    pub as_dst: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<FilterValue>() == 4);
+
 /// Slots in the XSKMAP: the highest queue index wirewatch can bind, plus one.
 pub const MAX_QUEUES: u32 = 256;
 
@@ -16,13 +36,20 @@ pub const MAX_QUEUES: u32 = 256;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct XdpConfig {
-    /// Bytes of each redirected frame kept; longer frames are cut with `bpf_xdp_adjust_tail`.
-    /// 0 keeps whole frames (zero-copy mode, where the kernel never copies the payload).
+    /// Bytes of each redirected frame kept, counted from its innermost Ethernet header (or
+    /// inner IP header, for tunnels that carry IP directly), so a tunnel's outer headers do
+    /// not eat into it; longer frames are cut with `bpf_xdp_adjust_tail`. 0 keeps whole frames (zero-copy mode, where the kernel never copies the payload).
     pub snaplen: u32,
     /// 1: drop frames that are not TCP (dedicated tap); 0: pass them to the stack.
     pub non_tcp_drop: u32,
+    /// 1: `--filter` is set: TCP frames it refuses are passed and counted (`Filtered`).
+    pub filter: u32,
+    /// Primitive bits set by any VLAN tag (`vlan` without an ID).
+    pub filter_vlan_any: u32,
+    /// Bit `b` set: a frame whose primitives' bits are `b` passes the filter.
+    pub filter_truth: [u32; 8],
 }
-const _: () = assert!(size_of::<XdpConfig>() == 8);
+const _: () = assert!(size_of::<XdpConfig>() == 48);
 
 impl XdpConfig {
     pub const DEFAULT_SNAPLEN: u32 = 128;
@@ -33,7 +60,13 @@ impl XdpConfig {
 
 impl Default for XdpConfig {
     fn default() -> Self {
-        Self { snaplen: Self::DEFAULT_SNAPLEN, non_tcp_drop: 0 }
+        Self {
+            snaplen: Self::DEFAULT_SNAPLEN,
+            non_tcp_drop: 0,
+            filter: 0,
+            filter_vlan_any: 0,
+            filter_truth: [0; 8],
+        }
     }
 }
 
@@ -116,8 +149,18 @@ pub enum Outcome {
     /// and with metadata. Failures after the program returns (the socket's rings full) are
     /// the socket's `XDP_STATISTICS` and the driver's counters, not an outcome.
     RedirectFailed = 16,
+    /// A GRE, ERSPAN, VXLAN or GENEVE header cut short, with a length that points past its
+    /// packet, or with a version this parser does not know.
+    MalformedTunnel = 17,
+    /// An MPLS label stack cut short, or without a bottom-of-stack label within
+    /// `MAX_MPLS_LABELS`.
+    MalformedMpls = 18,
+    /// A tunnel inside the `MAX_TUNNEL_DEPTH`th tunnel: passed, not opened.
+    TunnelTooDeep = 19,
+    /// TCP that `--filter` refuses: passed to the stack untouched.
+    Filtered = 20,
 }
-pub const OUTCOME_COUNT: u32 = 17;
+pub const OUTCOME_COUNT: u32 = 21;
 
 impl Outcome {
     pub const ALL: [Outcome; OUTCOME_COUNT as usize] = [
@@ -138,6 +181,10 @@ impl Outcome {
         Outcome::TruncateFailed,
         Outcome::MetaFailed,
         Outcome::RedirectFailed,
+        Outcome::MalformedTunnel,
+        Outcome::MalformedMpls,
+        Outcome::TunnelTooDeep,
+        Outcome::Filtered,
     ];
 
     /// The `reason` label of `wirewatch_xdp_packets_total`.
@@ -160,12 +207,17 @@ impl Outcome {
             Outcome::MalformedTcpDataOffset => "malformed_tcp_data_offset",
             Outcome::TruncateFailed => "truncate_failed",
             Outcome::MetaFailed => "meta_failed",
+            Outcome::MalformedTunnel => "malformed_tunnel",
+            Outcome::MalformedMpls => "malformed_mpls",
+            Outcome::TunnelTooDeep => "tunnel_too_deep",
+            Outcome::Filtered => "filtered",
         }
     }
 
     pub const fn is_malformed(self) -> bool {
-        (self as u32) >= Outcome::MalformedEthernet as u32
-            && (self as u32) <= Outcome::MalformedTcpDataOffset as u32
+        ((self as u32) >= Outcome::MalformedEthernet as u32
+            && (self as u32) <= Outcome::MalformedTcpDataOffset as u32)
+            || matches!(self, Outcome::MalformedTunnel | Outcome::MalformedMpls)
     }
 }
 
@@ -175,4 +227,6 @@ mod pod {
     unsafe impl aya::Pod for super::XdpConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::XdpMeta {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FilterValue {}
 }

@@ -1,5 +1,6 @@
-//! The one header parser: Ethernet → up to two VLAN tags → IPv4/IPv6 (+ up to four
-//! extension headers) → TCP. The XDP program runs it over `data..data_end`, user space over
+//! The one header parser: Ethernet → up to two VLAN tags → MPLS labels → IPv4/IPv6 (+ up to
+//! four extension headers) → TCP, opening up to two tunnels on the way (GRE with IP, MPLS or
+//! Ethernet inside, ERSPAN types I–III, VXLAN, GENEVE). The XDP program runs it over `data..data_end`, user space over
 //! byte slices; both get the same verdict for the same frame.
 //!
 //! `classify` only locates headers and validates their lengths; field decoding for the
@@ -16,6 +17,15 @@ pub trait Bytes {
     /// The `N` bytes at `off`, after one bounds check: the fast path reads every field of a
     /// common header from them at constant offsets, with no check per field.
     fn array_at<const N: usize>(&self, off: usize) -> Option<&[u8; N]>;
+    /// `off` unchanged, but with everything the verifier knew about it forgotten except
+    /// `off <= MAX_HEADER_OFF`: called where paths through different header shapes meet (each
+    /// tunnel layer, the IP header), so the verifier sees one state there instead of one per
+    /// shape (without it the tunnel layers multiply past its million-instruction limit).
+    /// User space has nothing to forget.
+    #[inline(always)]
+    fn forget(&self, off: usize) -> usize {
+        off
+    }
 }
 
 impl Bytes for [u8] {
@@ -48,17 +58,84 @@ pub const IPV6_HLEN: usize = 40;
 pub const TCP_MIN_HLEN: usize = 20;
 pub const MAX_VLAN_TAGS: usize = 2;
 pub const MAX_IPV6_EXT_HEADERS: usize = 4;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_GRE: u8 = 47;
+pub const ETHERTYPE_MPLS: u16 = 0x8847;
+pub const ETHERTYPE_MPLS_MULTICAST: u16 = 0x8848;
+/// Transparent Ethernet bridging: an Ethernet frame inside GRE or GENEVE.
+pub const ETHERTYPE_TEB: u16 = 0x6558;
+/// The GRE protocol types of ERSPAN types I and II, and of type III.
+pub const ETHERTYPE_ERSPAN_I_II: u16 = 0x88be;
+pub const ETHERTYPE_ERSPAN_III: u16 = 0x22eb;
+/// IANA's VXLAN and GENEVE ports.
+pub const UDP_PORT_VXLAN: u16 = 4789;
+pub const UDP_PORT_GENEVE: u16 = 6081;
+/// Tunnels opened inside one another at most (a mirror session carried over a GRE or MPLS
+/// core is two); a bounded loop the verifier walks.
+pub const MAX_TUNNEL_DEPTH: usize = 2;
+/// Label stack entries read at most before the bottom-of-stack bit (carrier stacks hold
+/// 1–4: transport, service, entropy label and its indicator).
+pub const MAX_MPLS_LABELS: usize = 8;
+/// Headers of a frame end within its first 16 KiB (a tunnel layer or IP header starting
+/// later is malformed): the bound [`Bytes::forget`] keeps.
+pub const MAX_HEADER_OFF: usize = 0x3fff;
+
+/// The tunnel a frame arrived in (`TcpOffsets::tunnel`): with its session and outer source
+/// address, part of the vantage, so two mirror sessions are two vantages.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tunnel {
+    None = 0,
+    /// GRE carrying IP or MPLS; the session is the GRE key.
+    Gre = 1,
+    /// GRE carrying Ethernet (protocol 0x6558); the session is the GRE key.
+    GreEthernet = 2,
+    ErspanI = 3,
+    ErspanII = 4,
+    ErspanIII = 5,
+    Vxlan = 6,
+    Geneve = 7,
+}
+
+impl Tunnel {
+    pub const fn from_u8(v: u8) -> Tunnel {
+        match v {
+            1 => Tunnel::Gre,
+            2 => Tunnel::GreEthernet,
+            3 => Tunnel::ErspanI,
+            4 => Tunnel::ErspanII,
+            5 => Tunnel::ErspanIII,
+            6 => Tunnel::Vxlan,
+            7 => Tunnel::Geneve,
+            _ => Tunnel::None,
+        }
+    }
+}
 
 const IPV6_EXT_HOPOPTS: u8 = 0;
 const IPV6_EXT_ROUTING: u8 = 43;
 const IPV6_EXT_FRAGMENT: u8 = 44;
 const IPV6_EXT_DSTOPTS: u8 = 60;
 
-/// Where the headers of a TCP frame are. Offsets are from the start of the Ethernet frame.
+/// Where the headers of a TCP frame are. Offsets are from the start of the Ethernet frame;
+/// in a tunnel, the headers named are the innermost ones.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TcpOffsets {
+    /// The Ethernet header the MAC addresses are read from (a tunnel's inner frame, or the
+    /// outer one when the tunnel carries IP directly).
+    pub link_off: u16,
+    /// Where the snap length counts from: the innermost Ethernet header, or the inner IP
+    /// header of a tunnel that carries IP directly.
+    pub snap_off: u16,
+    /// The outermost tunnel opened ([`Tunnel`]), 0 for none.
+    pub tunnel: u8,
+    /// That tunnel's session: the VXLAN/GENEVE VNI, the ERSPAN session ID, the GRE key; 0
+    /// without one.
+    pub session: u32,
+    /// That tunnel's outer IP header: its source address is the mirror's sender.
+    pub outer_l3_off: u16,
     pub vlan_count: u8,
-    /// VLAN IDs (12 bits), outermost first; 0 where absent.
+    /// VLAN IDs (12 bits) of the innermost frame, outermost first; 0 where absent.
     pub vlan_ids: [u16; MAX_VLAN_TAGS],
     /// 4 or 6.
     pub ip_version: u8,
@@ -92,7 +169,7 @@ pub fn classify<B: Bytes + ?Sized>(b: &B, wire_len: usize) -> Result<TcpOffsets,
 
 /// The fast path of [`classify`]: the shapes nearly every frame has (up to two VLAN tags, an
 /// IPv4 header without options or an IPv6 header directly followed by TCP, and anything that
-/// is not IP) read with one bounds check per header block. `None` hands the frame to
+/// is neither IP nor a tunnel) read with one bounds check per header block. `None` hands the frame to
 /// [`classify_reference`]; where it answers, the answer is the reference's (the unit tests and
 /// the `parser` fuzz target compare the two).
 #[inline(always)]
@@ -117,14 +194,23 @@ fn classify_common<B: Bytes + ?Sized>(
                         ETHERTYPE_IPV6 => common_ipv6(b, wire_len, ETH_HLEN + 8, 2, [outer, inner]),
                         // A third tag is malformed; the reference path says so.
                         ETHERTYPE_VLAN | ETHERTYPE_QINQ => None,
+                        ETHERTYPE_MPLS | ETHERTYPE_MPLS_MULTICAST => None,
                         _ => Some(Err(Outcome::NonTcpPassed)),
                     }
                 }
+                ETHERTYPE_MPLS | ETHERTYPE_MPLS_MULTICAST => None,
                 _ => Some(Err(Outcome::NonTcpPassed)),
             }
         }
+        ETHERTYPE_MPLS | ETHERTYPE_MPLS_MULTICAST => None,
         _ => Some(Err(Outcome::NonTcpPassed)),
     }
+}
+
+/// A UDP destination port the reference path opens a tunnel behind.
+#[inline(always)]
+fn is_tunnel_port(dport: u16) -> bool {
+    dport == UDP_PORT_VXLAN || dport == UDP_PORT_GENEVE
 }
 
 /// IPv4 without options at `l3`, and the fixed TCP header right after it.
@@ -148,8 +234,11 @@ fn common_ipv4<B: Bytes + ?Sized>(
     if be16(h, 6) & 0x1fff != 0 {
         return Some(Err(Outcome::LaterFragment));
     }
-    if h[9] != IPPROTO_TCP {
-        return Some(Err(Outcome::NonTcpPassed));
+    match h[9] {
+        IPPROTO_TCP => {}
+        IPPROTO_UDP if is_tunnel_port(be16(h, IHL + 2)) => return None,
+        IPPROTO_GRE => return None,
+        _ => return Some(Err(Outcome::NonTcpPassed)),
     }
     let hlen = ((h[IHL + 12] >> 4) as usize) * 4;
     if hlen < TCP_MIN_HLEN || hlen > total - IHL {
@@ -163,6 +252,7 @@ fn common_ipv4<B: Bytes + ?Sized>(
         l4_off: (l3 + IHL) as u16,
         tcp_hdr_len: hlen as u16,
         ip_end: (l3 + total) as u32,
+        ..TcpOffsets::default()
     }))
 }
 
@@ -187,6 +277,8 @@ fn common_ipv6<B: Bytes + ?Sized>(
     match h[6] {
         IPPROTO_TCP => {}
         IPV6_EXT_HOPOPTS | IPV6_EXT_ROUTING | IPV6_EXT_DSTOPTS | IPV6_EXT_FRAGMENT => return None,
+        IPPROTO_UDP if is_tunnel_port(be16(h, IPV6_HLEN + 2)) => return None,
+        IPPROTO_GRE => return None,
         _ => return Some(Err(Outcome::NonTcpPassed)),
     }
     let hlen = ((h[IPV6_HLEN + 12] >> 4) as usize) * 4;
@@ -201,19 +293,90 @@ fn common_ipv6<B: Bytes + ?Sized>(
         l4_off: (l3 + IPV6_HLEN) as u16,
         tcp_hdr_len: hlen as u16,
         ip_end: (l3 + IPV6_HLEN + payload) as u32,
+        ..TcpOffsets::default()
     }))
 }
 
 /// [`classify`] one field at a time: every shape, and the definition the fast path must match.
+///
+/// Tunnels are opened up to [`MAX_TUNNEL_DEPTH`] deep, each layer parsed like the outermost
+/// one (link header, MPLS labels, IP) and bounded by the IP packet that carries it.
 #[inline(always)]
 pub fn classify_reference<B: Bytes + ?Sized>(
     b: &B,
     wire_len: usize,
 ) -> Result<TcpOffsets, Outcome> {
     let mut out = TcpOffsets::default();
-    let mut ethertype = b.be16_at(12).ok_or(Outcome::MalformedEthernet)?;
-    let mut off = ETH_HLEN;
+    let mut off = 0usize;
+    // What starts at `off`: an Ethernet header (`None`) or a header of this EtherType.
+    let mut inner: Option<u16> = None;
+    // The end of the packet this layer lies in: the wire length, then each tunnel's IP packet.
+    let mut limit = wire_len;
+    let mut depth = 0usize;
+    loop {
+        off = forget_bounded(b, off)?;
+        out.snap_off = off as u16;
+        let mut ethertype = match inner {
+            None => {
+                out.link_off = off as u16;
+                let (et, after) = link_header(b, off, &mut out)?;
+                off = after;
+                et
+            }
+            Some(et) => et,
+        };
+        if ethertype == ETHERTYPE_MPLS || ethertype == ETHERTYPE_MPLS_MULTICAST {
+            let (et, after) = mpls_stack(b, off)?;
+            ethertype = et;
+            off = after;
+        }
+        off = forget_bounded(b, off)?;
+        out.l3_off = off as u16;
+        let (proto, l4, end) = ip_header(b, off, limit, ethertype, &mut out)?;
+        match proto {
+            IPPROTO_TCP => return tcp_header(b, l4, end, out),
+            IPPROTO_GRE | IPPROTO_UDP => {
+                let t = tunnel_header(b, proto, l4, end)?;
+                if depth == MAX_TUNNEL_DEPTH {
+                    return Err(Outcome::TunnelTooDeep);
+                }
+                if depth == 0 {
+                    out.tunnel = t.kind as u8;
+                    out.session = t.session;
+                    out.outer_l3_off = out.l3_off;
+                }
+                off = t.inner_off;
+                inner = t.inner;
+                limit = end;
+                depth += 1;
+            }
+            _ => return Err(Outcome::NonTcpPassed),
+        }
+    }
+}
+
+/// `off` through [`Bytes::forget`], refused past [`MAX_HEADER_OFF`] (only a tunnel's lengths
+/// can point that far).
+#[inline(always)]
+fn forget_bounded<B: Bytes + ?Sized>(b: &B, off: usize) -> Result<usize, Outcome> {
+    if off > MAX_HEADER_OFF {
+        return Err(Outcome::MalformedTunnel);
+    }
+    Ok(b.forget(off))
+}
+
+/// The Ethernet header at `off` and up to two VLAN tags: the EtherType after them and where
+/// that header starts. The tags are recorded in `out` (the innermost frame's win).
+#[inline(always)]
+fn link_header<B: Bytes + ?Sized>(
+    b: &B,
+    off: usize,
+    out: &mut TcpOffsets,
+) -> Result<(u16, usize), Outcome> {
+    let mut ethertype = b.be16_at(off + 12).ok_or(Outcome::MalformedEthernet)?;
+    let mut off = off + ETH_HLEN;
     let mut tags = 0usize;
+    out.vlan_ids = [0; MAX_VLAN_TAGS];
     while ethertype == ETHERTYPE_VLAN || ethertype == ETHERTYPE_QINQ {
         if tags == MAX_VLAN_TAGS {
             return Err(Outcome::MalformedVlan);
@@ -225,9 +388,45 @@ pub fn classify_reference<B: Bytes + ?Sized>(
         off += 4;
     }
     out.vlan_count = tags as u8;
-    out.l3_off = off as u16;
+    Ok((ethertype, off))
+}
 
-    let seg_len; // bytes from the TCP header to the end of the IP packet
+/// An MPLS label stack at `off` (RFC 3032 §2.1: 4 bytes per entry, bit 8 of the third byte
+/// marks the bottom of the stack): the EtherType of what follows it and where that starts.
+/// Like Wireshark's `dissect_mpls` (epan/dissectors/packet-mpls.c), the payload's first
+/// nibble tells IPv4 from IPv6; anything else (a pseudowire control word) is not opened.
+#[inline(always)]
+fn mpls_stack<B: Bytes + ?Sized>(b: &B, mut off: usize) -> Result<(u16, usize), Outcome> {
+    let mut bottom = false;
+    for _ in 0..MAX_MPLS_LABELS {
+        let lse = b.array_at::<4>(off).ok_or(Outcome::MalformedMpls)?;
+        off += 4;
+        if lse[2] & 0x01 != 0 {
+            bottom = true;
+            break;
+        }
+    }
+    if !bottom {
+        return Err(Outcome::MalformedMpls);
+    }
+    match b.u8_at(off).ok_or(Outcome::MalformedMpls)? >> 4 {
+        4 => Ok((ETHERTYPE_IPV4, off)),
+        6 => Ok((ETHERTYPE_IPV6, off)),
+        _ => Err(Outcome::NonTcpPassed),
+    }
+}
+
+/// The IPv4 or IPv6 header (and IPv6 extension chain) at `off`, whose packet must end by
+/// `limit`: the protocol it carries, where that header starts and where the packet ends.
+/// Sets `ip_version` and `ip_end`.
+#[inline(always)]
+fn ip_header<B: Bytes + ?Sized>(
+    b: &B,
+    mut off: usize,
+    limit: usize,
+    ethertype: u16,
+    out: &mut TcpOffsets,
+) -> Result<(u8, usize, usize), Outcome> {
     match ethertype {
         ETHERTYPE_IPV4 => {
             let vihl = b.u8_at(off).ok_or(Outcome::MalformedIpv4)?;
@@ -243,19 +442,15 @@ pub fn classify_reference<B: Bytes + ?Sized>(
             let proto = b.u8_at(off + 9).ok_or(Outcome::MalformedIpv4)?;
             // The whole header must be present (options included) and fit in the total length.
             b.u8_at(off + ihl - 1).ok_or(Outcome::MalformedIpv4Ihl)?;
-            if total < ihl || off + total > wire_len {
+            if total < ihl || off + total > limit {
                 return Err(Outcome::MalformedIpv4);
             }
             if frag & 0x1fff != 0 {
                 return Err(Outcome::LaterFragment);
             }
-            if proto != IPPROTO_TCP {
-                return Err(Outcome::NonTcpPassed);
-            }
             out.ip_version = 4;
             out.ip_end = (off + total) as u32;
-            off += ihl;
-            seg_len = total - ihl;
+            Ok((proto, off + ihl, off + total))
         }
         ETHERTYPE_IPV6 => {
             let v = b.u8_at(off).ok_or(Outcome::MalformedIpv6)?;
@@ -266,7 +461,7 @@ pub fn classify_reference<B: Bytes + ?Sized>(
             let mut next = b.u8_at(off + 6).ok_or(Outcome::MalformedIpv6)?;
             b.u8_at(off + IPV6_HLEN - 1).ok_or(Outcome::MalformedIpv6)?;
             let end = off + IPV6_HLEN + payload;
-            if end > wire_len {
+            if end > limit {
                 return Err(Outcome::MalformedIpv6);
             }
             out.ip_version = 6;
@@ -275,7 +470,6 @@ pub fn classify_reference<B: Bytes + ?Sized>(
             let mut skipped = 0usize;
             loop {
                 match next {
-                    IPPROTO_TCP => break,
                     IPV6_EXT_HOPOPTS | IPV6_EXT_ROUTING | IPV6_EXT_DSTOPTS | IPV6_EXT_FRAGMENT => {
                         if skipped == MAX_IPV6_EXT_HEADERS {
                             return Err(Outcome::Ipv6ExtChainTooLong);
@@ -297,26 +491,158 @@ pub fn classify_reference<B: Bytes + ?Sized>(
                         off += len;
                         skipped += 1;
                     }
-                    _ => return Err(Outcome::NonTcpPassed),
+                    _ => return Ok((next, off, end)),
                 }
             }
-            seg_len = end - off;
         }
-        _ => return Err(Outcome::NonTcpPassed),
+        _ => Err(Outcome::NonTcpPassed),
     }
+}
 
+/// The TCP header at `off` of an IP packet ending at `end`.
+#[inline(always)]
+fn tcp_header<B: Bytes + ?Sized>(
+    b: &B,
+    off: usize,
+    end: usize,
+    mut out: TcpOffsets,
+) -> Result<TcpOffsets, Outcome> {
     out.l4_off = off as u16;
     let doff_byte = b.u8_at(off + 12).ok_or(Outcome::MalformedTcp)?;
     b.u8_at(off + TCP_MIN_HLEN - 1).ok_or(Outcome::MalformedTcp)?;
     let hlen = ((doff_byte >> 4) as usize) * 4;
-    if hlen < TCP_MIN_HLEN {
-        return Err(Outcome::MalformedTcpDataOffset);
-    }
-    if hlen > seg_len {
+    if hlen < TCP_MIN_HLEN || hlen > end - off {
         return Err(Outcome::MalformedTcpDataOffset);
     }
     out.tcp_hdr_len = hlen as u16;
     Ok(out)
+}
+
+/// A tunnel header opened: what it is, its session, and the frame or packet inside.
+struct Opened {
+    kind: Tunnel,
+    session: u32,
+    inner_off: usize,
+    /// `None`: an Ethernet frame starts at `inner_off`; else the EtherType of the header there.
+    inner: Option<u16>,
+}
+
+/// The GRE header, or the UDP header of a VXLAN or GENEVE packet, at `off` in an IP packet
+/// ending at `end`. `NonTcpPassed` for UDP to other ports and for GRE payloads not opened.
+#[inline(always)]
+fn tunnel_header<B: Bytes + ?Sized>(
+    b: &B,
+    proto: u8,
+    off: usize,
+    end: usize,
+) -> Result<Opened, Outcome> {
+    let opened = if proto == IPPROTO_GRE { gre(b, off)? } else { udp_tunnel(b, off)? };
+    if opened.inner_off > end {
+        return Err(Outcome::MalformedTunnel);
+    }
+    Ok(opened)
+}
+
+/// GRE (RFC 2784, with RFC 2890's key and sequence number) and what rides on it, as
+/// Wireshark's `dissect_gre` (packet-gre.c) and `dissect_erspan` (packet-erspan.c) read it:
+/// protocol 0x6558 is an Ethernet frame (transparent Ethernet bridging); 0x88BE is ERSPAN
+/// type I when the sequence-number flag is clear (the Ethernet frame right after GRE) and
+/// type II when it is set (an 8-byte ERSPAN header, version 1); 0x22EB is ERSPAN type III (a
+/// 12-byte header, version 2, then an 8-byte platform subheader when its O flag is set, then
+/// the frame when its frame type is 0, Ethernet). IPv4, IPv6 and MPLS are carried directly.
+#[inline(always)]
+fn gre<B: Bytes + ?Sized>(b: &B, off: usize) -> Result<Opened, Outcome> {
+    use gre_flags::{CHECKSUM, KEY, ROUTING, SEQUENCE};
+    let h = b.array_at::<4>(off).ok_or(Outcome::MalformedTunnel)?;
+    let (flags, ptype) = (be16(h, 0), be16(h, 2));
+    // Version 1 is PPTP's enhanced GRE (PPP inside); RFC 1701 source routing is obsolete.
+    if flags & 0x0007 != 0 || flags & ROUTING != 0 {
+        return Err(Outcome::NonTcpPassed);
+    }
+    let key_off = off + 4 + if flags & CHECKSUM != 0 { 4 } else { 0 };
+    let mut inner_off = key_off;
+    let mut session = 0;
+    if flags & KEY != 0 {
+        let k = b.array_at::<4>(key_off).ok_or(Outcome::MalformedTunnel)?;
+        session = u32::from_be_bytes(*k);
+        inner_off += 4;
+    }
+    if flags & SEQUENCE != 0 {
+        inner_off += 4;
+    }
+    let (kind, inner) = match ptype {
+        ETHERTYPE_TEB => (Tunnel::GreEthernet, None),
+        ETHERTYPE_IPV4 | ETHERTYPE_IPV6 | ETHERTYPE_MPLS | ETHERTYPE_MPLS_MULTICAST => {
+            (Tunnel::Gre, Some(ptype))
+        }
+        ETHERTYPE_ERSPAN_I_II if flags & SEQUENCE == 0 => (Tunnel::ErspanI, None),
+        ETHERTYPE_ERSPAN_I_II => {
+            let e = b.array_at::<8>(inner_off).ok_or(Outcome::MalformedTunnel)?;
+            if e[0] >> 4 != 1 {
+                return Err(Outcome::MalformedTunnel);
+            }
+            session = (be16(e, 2) & 0x03ff) as u32;
+            inner_off += 8;
+            (Tunnel::ErspanII, None)
+        }
+        ETHERTYPE_ERSPAN_III => {
+            let e = b.array_at::<12>(inner_off).ok_or(Outcome::MalformedTunnel)?;
+            if e[0] >> 4 != 2 {
+                return Err(Outcome::MalformedTunnel);
+            }
+            session = (be16(e, 2) & 0x03ff) as u32;
+            let last = be16(e, 10);
+            inner_off += 12 + if last & 0x0001 != 0 { 8 } else { 0 };
+            if (last >> 10) & 0x1f != 0 {
+                return Err(Outcome::NonTcpPassed);
+            }
+            (Tunnel::ErspanIII, None)
+        }
+        _ => return Err(Outcome::NonTcpPassed),
+    };
+    Ok(Opened { kind, session, inner_off, inner })
+}
+
+/// VXLAN (RFC 7348 §5: an 8-byte header, the VNI in bytes 4–6, then an Ethernet frame) and
+/// GENEVE (RFC 8926 §3.4: version 0, options of `opt_len` 4-byte words, then the payload
+/// named by its protocol type) behind the UDP header at `off`, told by destination port as
+/// Wireshark's `dissect_vxlan` and `dissect_geneve` are registered (packet-vxlan.c,
+/// packet-geneve.c). A UDP header cut before its ports is just not TCP.
+#[inline(always)]
+fn udp_tunnel<B: Bytes + ?Sized>(b: &B, off: usize) -> Result<Opened, Outcome> {
+    let dport = b.be16_at(off + 2).ok_or(Outcome::NonTcpPassed)?;
+    let t = off + 8;
+    match dport {
+        UDP_PORT_VXLAN => {
+            let h = b.array_at::<{ 8 + 8 }>(off).ok_or(Outcome::MalformedTunnel)?;
+            let vni = u32::from_be_bytes([0, h[12], h[13], h[14]]);
+            Ok(Opened { kind: Tunnel::Vxlan, session: vni, inner_off: t + 8, inner: None })
+        }
+        UDP_PORT_GENEVE => {
+            let h = b.array_at::<{ 8 + 8 }>(off).ok_or(Outcome::MalformedTunnel)?;
+            if h[8] >> 6 != 0 {
+                return Err(Outcome::MalformedTunnel);
+            }
+            let vni = u32::from_be_bytes([0, h[12], h[13], h[14]]);
+            let inner_off = t + 8 + ((h[8] & 0x3f) as usize) * 4;
+            let inner = match be16(h, 10) {
+                ETHERTYPE_TEB => None,
+                et @ (ETHERTYPE_IPV4 | ETHERTYPE_IPV6) => Some(et),
+                _ => return Err(Outcome::NonTcpPassed),
+            };
+            Ok(Opened { kind: Tunnel::Geneve, session: vni, inner_off, inner })
+        }
+        _ => Err(Outcome::NonTcpPassed),
+    }
+}
+
+/// GRE flag bits (RFC 2784 §2, RFC 2890 §2; routing from RFC 1701 §2.1); the low three bits
+/// are the version.
+pub mod gre_flags {
+    pub const CHECKSUM: u16 = 0x8000;
+    pub const ROUTING: u16 = 0x4000;
+    pub const KEY: u16 = 0x2000;
+    pub const SEQUENCE: u16 = 0x1000;
 }
 
 /// TCP flag bits (RFC 9293 §3.1).
