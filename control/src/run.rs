@@ -37,6 +37,11 @@ pub struct RunArgs {
     /// a route is the host's own and is refused: XDP would take its TCP frames from the host.
     #[arg(long = "iface", short = 'i', required = true, value_name = "IF", value_parser = options::iface_name)]
     pub ifaces: Vec<String>,
+    /// Attach even to an interface with addresses or routes, such as the collector address a
+    /// remote mirror (VXLAN, GRE, ERSPAN) is sent to: every TCP frame it receives, the host's
+    /// own connections' included, goes to wirewatch instead of the host's stack.
+    #[arg(long)]
+    pub allow_host_interface: bool,
     /// RX queues to bind per interface: a number (queues 0..N) or `all`.
     #[arg(long, default_value = "all", value_name = "N|all", value_parser = options::queues)]
     pub queues: Queues,
@@ -469,9 +474,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut ifindexes = Vec::new();
     for iface in &args.ifaces {
         ifindexes.push(ifindex(iface)?);
-        if let Some(why) = crate::host_iface::host_traffic(iface) {
+        if let Some(why) =
+            crate::host_iface::host_traffic(iface).filter(|_| !args.allow_host_interface)
+        {
             return Err(crate::analyze::Usage(format!(
-                "{iface} carries this host's own traffic ({why}): attached there, wirewatch would take every TCP frame it receives away from the host's stack and cut the host's connections. Attach it to a span, tap or mirror port that has no addresses and no routes (see `ip addr show {iface}`, `ip route show dev {iface}`); to watch this host's own connections, mirror its switch port to such a port, or record them with tcpdump and run `wirewatch analyze`"
+                "{iface} carries this host's own traffic ({why}): attached there, wirewatch would take every TCP frame it receives away from the host's stack and cut the host's connections. Attach it to a span, tap or mirror port that has no addresses and no routes (see `ip addr show {iface}`, `ip route show dev {iface}`); to watch this host's own connections, mirror its switch port to such a port, or record them with tcpdump and run `wirewatch analyze`; a remote mirror's collector interface that carries nothing else takes --allow-host-interface"
             ))
             .into());
         }

@@ -41,7 +41,17 @@ fn an_interface_with_addresses_or_routes_is_refused_a_span_port_is_not() {
         assert_eq!(err.lines().filter(|l| l.starts_with("wirewatch: error:")).count(), 1, "{err}");
         // Nothing was attached on the way out.
         assert!(!a.run("ip -d link show h0").unwrap().contains("prog/xdp"), "{setup}");
+        assert!(err.contains("--allow-host-interface"), "{err}");
     }
+    // The operator's override (a remote mirror's collector interface carries an address).
+    let o = a
+        .command(env!("CARGO_BIN_EXE_wirewatch"))
+        .args(["run", "--iface", "h0", "--allow-host-interface", "--duration", "1"])
+        .args(["--metrics", "127.0.0.1:0"])
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     // A span port: up, only its link-local IPv6 address and the routes every interface has.
     a.run("ip addr flush dev h0 scope global").unwrap();
     a.run("ip route flush dev h0").unwrap();

@@ -199,7 +199,9 @@ fn vxlan_run(tag: &str, filter: Option<&str>) -> Seen {
             .expect("tcpdump"),
     );
     let mut cmd = mon.command(env!("CARGO_BIN_EXE_wirewatch"));
-    cmd.args(["run", "--iface", "u1", "--xdp-mode", "native", "--metrics", "127.0.0.1:0"])
+    // u1 has the collector address the mirror is sent to.
+    cmd.args(["run", "--iface", "u1", "--allow-host-interface", "--xdp-mode", "native"])
+        .args(["--metrics", "127.0.0.1:0"])
         .arg("--record")
         .arg(&rec)
         .arg("--events")
