@@ -1049,3 +1049,37 @@ fn the_handshake_timer_names_the_vantage_that_saw_the_syn() {
         assert_eq!(at(40002), ["dc", "edge"], "v6 {v6}: {ev:#?}");
     }
 }
+
+// Issue 13: per-packet agreement with Wireshark 4.0 (packet-tcp.c,
+// tcp_analyze_sequence_number) on what other TCP stacks do.
+
+#[test]
+fn the_answer_to_a_keep_alive_is_not_a_duplicate_ack() {
+    let mut c = established();
+    // A Windows keep-alive: one garbage byte at next_seq - 1.
+    let mut probe = c.seg(true, ACK, 0);
+    probe.seq = probe.seq.wrapping_sub(1);
+    probe.payload_len = 1;
+    assert_ne!(c.feed(&probe, 1000.0) & verdict::KEEP_ALIVE, 0);
+    // The server repeats its last ACK: Wireshark's "keep-alive ACK", not a duplicate.
+    assert_eq!(c.send(false, ACK, 0, 0.2) & verdict::DUP_ACK, 0);
+    // The same repeat after an ordinary client segment is a duplicate ACK.
+    c.send(true, ACK, 0, 1.0);
+    assert_ne!(c.send(false, ACK, 0, 0.2) & verdict::DUP_ACK, 0);
+}
+
+#[test]
+fn acks_past_an_idle_peers_last_segment_are_flagged_once() {
+    let mut c = established();
+    // The sensor misses the client's last segment (or started after it).
+    let _missed = c.seg(true, ACK | PSH, 100);
+    assert_ne!(c.send(false, ACK, 0, 0.2) & verdict::ACK_UNSEEN, 0);
+    // The server ACKs the same bytes again while the client stays silent: Wireshark flags
+    // the first only (the client's dupacknum is -1 until its own ACK moves).
+    for _ in 0..3 {
+        c.s.window += 1;
+        let v = c.send(false, ACK, 0, 200.0);
+        assert_ne!(v & verdict::WINDOW_UPDATE, 0);
+        assert_eq!(v & verdict::ACK_UNSEEN, 0);
+    }
+}

@@ -217,7 +217,8 @@ pub struct DirState {
     pub flags: u8,
     /// Window scale (4 bits) | IP-ID model (2 bits).
     wscale_model: u8,
-    /// Consecutive duplicate ACKs sent by this side (saturating).
+    /// Consecutive duplicate ACKs sent by this side and its last segment's keep-alive bit
+    /// (`anomaly::loss::ack_run`).
     pub dup_acks: u8,
     /// Packets seen (4 bits, saturating at 15: enough to know a model was learned) | next-hop
     /// MAC switches (4 bits, saturating).

@@ -1,0 +1,458 @@
+//! wirewatch's per-packet TCP analysis against tshark 4.0 (default preferences, one pass) on
+//! the behaviours other TCP stacks show, flag by flag (issue 13). Real kernel TCP between two
+//! namespaces, with each stack's habit made by a sysctl, a route or a socket option: no
+//! timestamps and no SACK (NewReno recovery: duplicate ACKs, fast retransmissions), window
+//! scale 0 and 14, a 536-byte MSS, keep-alive probes on idle connections, zero-window probes
+//! toward readers that stop reading, delayed ACKs (Linux's default), loss from nftables
+//! `numgen` drops, and a second capture that starts in the middle of connections. What the
+//! kernel cannot make is written as records: Windows keep-alives carrying one garbage byte
+//! with a host-wide IP-ID counter, BSD window updates (a pure ACK re-advertising the window
+//! after the reader drained it).
+//!
+//! Per flag with at least [`MIN_POSITIVES`] frames flagged by tshark, F1 must reach
+//! [`MIN_F1`]; every disagreement, on any flag, must fall in a class named here with its
+//! reason.
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use dataplane::craft::TcpSegment;
+use dataplane::netns::{privileged_or_skip, veth, Netns};
+use dataplane::pcapng::PcapngWriter;
+use dataplane::traffic::{connect_from, pace, serve_once};
+use dataplane_common::tcp_flags::{ACK, FIN, PSH, SYN};
+
+/// wirewatch's verdict name and the tshark filter that defines the same frames. tshark marks
+/// a fast retransmission as a retransmission too; wirewatch gives each frame one kind.
+const FLAGS: &[(&str, &str)] = &[
+    (
+        "retransmission",
+        "tcp.analysis.retransmission && !tcp.analysis.fast_retransmission && !tcp.analysis.spurious_retransmission",
+    ),
+    ("fast_retransmission", "tcp.analysis.fast_retransmission"),
+    ("spurious_retransmission", "tcp.analysis.spurious_retransmission"),
+    ("out_of_order", "tcp.analysis.out_of_order"),
+    ("duplicate_ack", "tcp.analysis.duplicate_ack"),
+    ("window_update", "tcp.analysis.window_update"),
+    ("ack_lost_segment", "tcp.analysis.ack_lost_segment"),
+    ("keep_alive", "tcp.analysis.keep_alive"),
+    ("zero_window", "tcp.analysis.zero_window"),
+    ("zero_window_probe", "tcp.analysis.zero_window_probe"),
+];
+const MIN_F1: f64 = 0.98;
+const MIN_POSITIVES: usize = 50;
+
+const CLIENT: &str = "10.79.0.1";
+const SERVER: &str = "10.79.0.2";
+
+fn server(port: u16) -> SocketAddr {
+    SocketAddr::new(SERVER.parse().unwrap(), port)
+}
+
+fn setsockopt_int(s: &TcpStream, level: i32, opt: i32, v: i32) {
+    // SAFETY: valid fd; an int option whose size is passed.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            opt,
+            std::ptr::from_ref(&v).cast::<libc::c_void>(),
+            size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "setsockopt {level}/{opt}: {}", std::io::Error::last_os_error());
+}
+
+/// Sets a sysctl inside the namespace (values may hold spaces).
+fn sysctl(ns: &Netns, key: &str, value: &str) {
+    let out = ns.command("sysctl").args(["-qw", &format!("{key}={value}")]).output().unwrap();
+    assert!(out.status.success(), "sysctl {key}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn tcpdump(ns: &Netns, dev: &str, out: &Path) -> Child {
+    ns.command("tcpdump")
+        .args(["-i", dev, "-s", "128", "-U", "-w"])
+        .arg(out)
+        .arg("tcp")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn stop(mut dump: Child) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(dump.id() as i32, libc::SIGINT) };
+    dump.wait().unwrap();
+}
+
+/// A bulk transfer of `bytes` on `port`, client to server (`upload`) or back.
+fn bulk(c: &Netns, s: &Netns, port: u16, bytes: usize, upload: bool) {
+    if upload {
+        let srv = serve_once(&s.name, server(port), None, |mut s| {
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).map(|_| buf.len())
+        })
+        .unwrap();
+        let cl = connect_from(&c.name, server(port), move |s| {
+            s.unwrap().write_all(&vec![1u8; bytes]).unwrap();
+        });
+        cl.join().unwrap();
+        assert_eq!(srv.join().unwrap().unwrap().unwrap(), bytes, "upload on {port}");
+    } else {
+        let srv =
+            serve_once(&s.name, server(port), None, move |mut s| s.write_all(&vec![2u8; bytes]))
+                .unwrap();
+        let cl = connect_from(&c.name, server(port), |s| {
+            let mut buf = Vec::new();
+            s.unwrap().read_to_end(&mut buf).map(|_| buf.len())
+        });
+        assert_eq!(cl.join().unwrap().unwrap(), bytes, "download on {port}");
+        srv.join().unwrap().unwrap().unwrap();
+    }
+}
+
+/// The live scenarios: one capture of everything on the client's veth, and a second one
+/// that starts while connections are already transferring.
+fn live_captures(dir: &Path) -> Vec<PathBuf> {
+    let pid = std::process::id();
+    let c = Netns::create(&format!("wwor{pid}c")).unwrap();
+    let s = Netns::create(&format!("wwor{pid}s")).unwrap();
+    let (cdev, sdev) = (format!("wwor{pid}a"), format!("wwor{pid}b"));
+    veth(&c, &cdev, &s, &sdev).unwrap();
+    c.run(&format!("ip addr add {CLIENT}/24 dev {cdev}")).unwrap();
+    s.run(&format!("ip addr add {SERVER}/24 dev {sdev}")).unwrap();
+    c.run(&format!("ethtool -K {cdev} tso off gso off gro off")).unwrap();
+    s.run(&format!("ethtool -K {sdev} tso off gso off gro off")).unwrap();
+    // Loss after the capture point (the client's veth): ports 7001-7009 lose 3% of the
+    // client's data at the server and 2% of the server's segments (ACKs and data) at the
+    // client.
+    s.run("nft add table inet wworloss").unwrap();
+    s.run("nft add chain inet wworloss in { type filter hook input priority 0 ; }").unwrap();
+    s.run("nft add rule inet wworloss in tcp dport 7001-7009 numgen random mod 100 < 3 drop")
+        .unwrap();
+    c.run("nft add table inet wworloss").unwrap();
+    c.run("nft add chain inet wworloss in { type filter hook input priority 0 ; }").unwrap();
+    c.run("nft add rule inet wworloss in tcp sport 7001-7009 numgen random mod 100 < 2 drop")
+        .unwrap();
+
+    let main = dir.join("stacks.pcap");
+    let dump = tcpdump(&c, &cdev, &main);
+    std::thread::sleep(Duration::from_millis(800));
+
+    // Keep-alive probes on idle connections (SO_KEEPALIVE, TCP_KEEPIDLE/INTVL 1 s), and
+    // zero-window probes toward readers that stop reading, running alongside the bulk
+    // transfers below.
+    let mut idle = Vec::new();
+    for port in 7010..7030 {
+        let srv = serve_once(&s.name, server(port), None, |mut s| {
+            let mut b = [0u8; 16];
+            s.read(&mut b).map(|_| ())
+        })
+        .unwrap();
+        let cl = connect_from(&c.name, server(port), |s| {
+            let mut s = s.unwrap();
+            s.write_all(b"hello").unwrap();
+            setsockopt_int(&s, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+            setsockopt_int(&s, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 1);
+            setsockopt_int(&s, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 1);
+            std::thread::sleep(Duration::from_millis(4500));
+        });
+        idle.push((srv, cl));
+    }
+    let mut stalled = Vec::new();
+    for port in 7030..7036 {
+        let srv = serve_once(&s.name, server(port), Some(4096), |mut s| {
+            std::thread::sleep(Duration::from_millis(3500));
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).map(|_| buf.len())
+        })
+        .unwrap();
+        let cl = connect_from(&c.name, server(port), |s| {
+            s.unwrap().write_all(&vec![3u8; 100_000]).unwrap();
+        });
+        stalled.push((srv, cl));
+    }
+
+    // Windows and BSD hosts often run without timestamps or SACK: NewReno recovery.
+    for ns in [&c, &s] {
+        ns.run("sysctl -qw net.ipv4.tcp_timestamps=0").unwrap();
+        ns.run("sysctl -qw net.ipv4.tcp_sack=0").unwrap();
+    }
+    bulk(&c, &s, 7001, 1 << 20, true);
+    bulk(&c, &s, 7002, 1 << 20, false);
+    for ns in [&c, &s] {
+        ns.run("sysctl -qw net.ipv4.tcp_timestamps=1").unwrap();
+        ns.run("sysctl -qw net.ipv4.tcp_sack=1").unwrap();
+    }
+    // No window scaling (old embedded stacks).
+    for ns in [&c, &s] {
+        ns.run("sysctl -qw net.ipv4.tcp_window_scaling=0").unwrap();
+    }
+    bulk(&c, &s, 7003, 1 << 20, false);
+    for ns in [&c, &s] {
+        ns.run("sysctl -qw net.ipv4.tcp_window_scaling=1").unwrap();
+    }
+    // Window scale 14: a receive buffer limit of 1 GiB (tcp_select_initial_window).
+    sysctl(&s, "net.ipv4.tcp_rmem", "4096 131072 1073741824");
+    bulk(&c, &s, 7004, 1 << 20, true);
+    sysctl(&s, "net.ipv4.tcp_rmem", "4096 131072 6291456");
+    // A 536-byte MSS both ways (advertised through the routes).
+    c.run(&format!("ip route add {SERVER}/32 dev {cdev} advmss 536")).unwrap();
+    s.run(&format!("ip route add {CLIENT}/32 dev {sdev} advmss 536")).unwrap();
+    bulk(&c, &s, 7005, 1 << 19, true);
+    bulk(&c, &s, 7006, 1 << 19, false);
+    c.run(&format!("ip route del {SERVER}/32 dev {cdev}")).unwrap();
+    s.run(&format!("ip route del {CLIENT}/32 dev {sdev}")).unwrap();
+
+    // A capture that starts mid-connection: paced transfers (with loss) already under way.
+    let mid = dir.join("midstream.pcap");
+    let srv = serve_once(&s.name, server(7007), None, |mut s| {
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).map(|_| buf.len())
+    })
+    .unwrap();
+    let up = connect_from(&c.name, server(7007), |s| {
+        let mut s = s.unwrap();
+        pace(&s, 1 << 20).unwrap();
+        s.write_all(&vec![4u8; 3 << 19]).unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let late = tcpdump(&c, &cdev, &mid);
+    up.join().unwrap();
+    assert_eq!(srv.join().unwrap().unwrap().unwrap(), 3 << 19);
+
+    for (srv, cl) in idle {
+        cl.join().unwrap();
+        srv.join().unwrap().unwrap().unwrap();
+    }
+    for (srv, cl) in stalled {
+        cl.join().unwrap();
+        assert_eq!(srv.join().unwrap().unwrap().unwrap(), 100_000);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop(late);
+    stop(dump);
+    vec![main, mid]
+}
+
+/// What the kernel cannot make: Windows keep-alives (one garbage byte at SEQ next-1, answered
+/// by an ACK repeating the last one; IP-ID from one host-wide counter) and BSD window
+/// updates (after a burst fills the window, the receiver ACKs it with a small window, then
+/// re-advertises the full window in a pure ACK once the application drained the buffer).
+fn crafted_capture(dir: &Path) -> PathBuf {
+    let path = dir.join("crafted.pcapng");
+    let mut w = PcapngWriter::new(std::fs::File::create(&path).unwrap()).unwrap();
+    w.interface("crafted", 128).unwrap();
+    let mut t = 1_700_000_000_000_000_000u64;
+    let mut ip_id = 1000u16;
+    let mut put = |w: &mut PcapngWriter<std::fs::File>, seg: &mut TcpSegment, t: u64| {
+        ip_id = ip_id.wrapping_add(1);
+        seg.ip_id = ip_id;
+        let f = seg.frame();
+        w.packet(0, t, &f[..f.len().min(128)], f.len() as u32, None).unwrap();
+    };
+    let (ca, sa): (IpAddr, IpAddr) = ("10.80.0.1".parse().unwrap(), "10.80.0.2".parse().unwrap());
+    for conn in 0..8u16 {
+        let (cport, sport) = (50_000 + conn, 445);
+        let (mut cs, mut ss) = (1_000_000u32 * (u32::from(conn) + 1), 7_000_000u32);
+        let c = |seq, ack, flags, window, len| {
+            let mut s = TcpSegment::new(ca, cport, sa, sport);
+            (s.seq, s.ack, s.flags, s.window, s.payload_len) = (seq, ack, flags, window, len);
+            s
+        };
+        let s = |seq, ack, flags, window, len| {
+            let mut s = TcpSegment::new(sa, sport, ca, cport);
+            (s.seq, s.ack, s.flags, s.window, s.payload_len) = (seq, ack, flags, window, len);
+            s
+        };
+        let mut syn = c(cs, 0, SYN, 64240, 0);
+        syn.mss = Some(1460);
+        put(&mut w, &mut syn, t);
+        t += 300_000;
+        let mut synack = s(ss, cs + 1, SYN | ACK, 65535, 0);
+        synack.mss = Some(1460);
+        put(&mut w, &mut synack, t);
+        (cs, ss) = (cs + 1, ss + 1);
+        t += 300_000;
+        put(&mut w, &mut c(cs, ss, ACK, 64240, 0), t);
+        // BSD window updates: the client sends bursts that fill the server's window, the
+        // server ACKs with what is left, then re-opens the window with a pure ACK.
+        for _ in 0..4 {
+            for _ in 0..4 {
+                t += 50_000;
+                put(&mut w, &mut c(cs, ss, ACK | PSH, 64240, 1460), t);
+                cs += 1460;
+            }
+            t += 200_000;
+            put(&mut w, &mut s(ss, cs, ACK, 65535 - 4 * 1460, 0), t);
+            t += 2_000_000;
+            put(&mut w, &mut s(ss, cs, ACK, 65535, 0), t);
+        }
+        // Windows keep-alives: idle, then one garbage byte at next-1, ACKed with a repeat of
+        // the last ACK.
+        for _ in 0..4 {
+            t += 1_000_000_000;
+            put(&mut w, &mut c(cs - 1, ss, ACK, 64240, 1), t);
+            t += 300_000;
+            put(&mut w, &mut s(ss, cs, ACK, 65535, 0), t);
+        }
+        t += 1_000_000;
+        put(&mut w, &mut c(cs, ss, FIN | ACK, 64240, 0), t);
+        t += 300_000;
+        put(&mut w, &mut s(ss, cs + 1, FIN | ACK, 65535, 0), t);
+        t += 300_000;
+        put(&mut w, &mut c(cs + 1, ss + 1, ACK, 64240, 0), t);
+    }
+    w.flush().unwrap();
+    path
+}
+
+fn tshark_frames(cap: &Path, filter: &str) -> BTreeSet<u64> {
+    let out = Command::new("tshark")
+        .args(["-n", "-r"])
+        .arg(cap)
+        .args(["-Y", filter, "-T", "fields", "-e", "frame.number"])
+        .output()
+        .expect("tshark (run scripts/setup.sh)");
+    assert!(out.status.success(), "tshark: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+/// wirewatch's verdicts for one capture: frame number → comma-separated flag names.
+fn verdicts(cap: &Path, dir: &Path) -> BTreeMap<u64, String> {
+    let path = dir.join(format!("{}.tsv", cap.file_name().unwrap().to_string_lossy()));
+    let out = Command::new(env!("CARGO_BIN_EXE_wirewatch"))
+        .args(["analyze", "--workers", "2", "--verdicts"])
+        .arg(&path)
+        .arg(cap)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut by_frame = BTreeMap::new();
+    for l in text.lines() {
+        let mut it = l.split('\t');
+        let (_vantage, n, flags) = (it.next(), it.next().unwrap(), it.next().unwrap_or(""));
+        by_frame.insert(n.parse().unwrap(), flags.to_string());
+    }
+    let tcp = tshark_frames(cap, "tcp").len();
+    assert_eq!(by_frame.len(), tcp, "{}: a verdict for every TCP frame", cap.display());
+    by_frame
+}
+
+#[derive(Default)]
+struct Tally {
+    tshark: usize,
+    ours: usize,
+    both: usize,
+    /// Disagreements by class: (capture, frame).
+    classes: BTreeMap<&'static str, Vec<(String, u64)>>,
+}
+
+impl Tally {
+    fn f1(&self) -> f64 {
+        if self.tshark + self.ours == 0 {
+            1.0
+        } else {
+            2.0 * self.both as f64 / (self.tshark + self.ours) as f64
+        }
+    }
+}
+
+/// Why wirewatch and tshark disagree on a frame, if it is a known class.
+fn known_class(flags: &str) -> Option<&'static str> {
+    if flags.contains("mirror_duplicate") {
+        return Some(
+            "suppressed as a span duplicate: identical IP-ID, SEQ, ACK, flags, window and TSval within 1 ms, indistinguishable from a mirrored copy",
+        );
+    }
+    None
+}
+
+#[test]
+fn per_packet_verdicts_agree_with_tshark_across_stacks() {
+    if !privileged_or_skip("per_packet_verdicts_agree_with_tshark_across_stacks") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("ww-oracle-stacks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut caps = live_captures(&dir);
+    caps.push(crafted_capture(&dir));
+
+    let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();
+    let mut unexplained = Vec::new();
+    for cap in &caps {
+        let name = cap.file_name().unwrap().to_string_lossy().into_owned();
+        let ours_all = verdicts(cap, &dir);
+        for (flag, filter) in FLAGS {
+            let theirs = tshark_frames(cap, filter);
+            let mine: BTreeSet<u64> = ours_all
+                .iter()
+                .filter(|(_, f)| f.split(',').any(|n| n == *flag))
+                .map(|(n, _)| *n)
+                .collect();
+            let t = tallies.entry(flag).or_default();
+            t.tshark += theirs.len();
+            t.ours += mine.len();
+            t.both += mine.intersection(&theirs).count();
+            for n in mine.symmetric_difference(&theirs) {
+                let class = known_class(&ours_all[n]).unwrap_or_else(|| {
+                    unexplained.push(format!(
+                        "{flag} {name} frame {n}: tshark {}, wirewatch [{}]",
+                        theirs.contains(n),
+                        ours_all[n]
+                    ));
+                    "unexplained"
+                });
+                t.classes.entry(class).or_default().push((name.clone(), *n));
+            }
+        }
+    }
+
+    let mut report = vec![format!(
+        "{:<24} {:>7} {:>9} {:>6} {:>7}",
+        "flag", "tshark", "wirewatch", "both", "F1"
+    )];
+    let mut failed = Vec::new();
+    for (flag, _) in FLAGS {
+        let t = &tallies[flag];
+        let judged = t.tshark >= MIN_POSITIVES;
+        report.push(format!(
+            "{flag:<24} {:>7} {:>9} {:>6} {:>7.4}{}",
+            t.tshark,
+            t.ours,
+            t.both,
+            t.f1(),
+            if judged { "" } else { "  (too few to judge)" }
+        ));
+        for (class, frames) in &t.classes {
+            report.push(format!(
+                "    {} frame(s) {:?}: {class}",
+                frames.len(),
+                &frames[..frames.len().min(6)]
+            ));
+        }
+        if judged && t.f1() < MIN_F1 {
+            failed.push(*flag);
+        }
+    }
+    let report = report.join("\n");
+    eprintln!("{report}");
+    assert!(
+        unexplained.is_empty(),
+        "disagreements of no known class:\n{}\n{report}\ncaptures kept in {}",
+        unexplained.join("\n"),
+        dir.display()
+    );
+    assert!(
+        failed.is_empty(),
+        "F1 below {MIN_F1}: {failed:?}\n{report}\ncaptures kept in {}",
+        dir.display()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
