@@ -241,7 +241,10 @@ pub fn on_packet(c: &mut Ctx<'_>) -> u32 {
     if acking && (dm.flags & dir_flags::DATA_OR_ACK == 0 || p.ack > dm.last_ack) {
         dm.last_ack = p.ack;
     }
-    if acking || seglen > 0 {
+    // Only an ACK makes the sender's last ACK meaningful: a Fast Open SYN carries data but no
+    // ACK (Wireshark's spurious-retransmission test skips a peer whose lastack is still 0,
+    // packet-tcp.c "Check for spurious retransmission").
+    if acking {
         dm.flags |= dir_flags::DATA_OR_ACK;
     }
     dm.window = p.window;

@@ -1083,3 +1083,25 @@ fn acks_past_an_idle_peers_last_segment_are_flagged_once() {
         assert_eq!(v & verdict::ACK_UNSEEN, 0);
     }
 }
+
+#[test]
+fn data_after_a_fast_open_syn_is_not_spurious() {
+    let mut c = Conv::new();
+    // The server's ISN lies more than 2^31 past 0, where an unset last ACK would sit "above"
+    // every server segment.
+    c.s.seq = 0xc000_0000;
+    // TCP Fast Open: the request rides in the SYN, which carries no ACK.
+    c.send(true, SYN, 200, 1.0);
+    c.send(false, SYN | ACK, 0, 0.1);
+    c.send(true, ACK, 0, 0.1);
+    let retx =
+        verdict::RETRANSMISSION | verdict::FAST_RETRANSMISSION | verdict::SPURIOUS_RETRANSMISSION;
+    assert_eq!(c.send(false, ACK, 1448, 0.5) & retx, 0);
+    // The near miss: the same segment again after the client acknowledged it is spurious.
+    let again = c.seg(false, ACK, 0);
+    let mut resent = again.clone();
+    resent.seq = again.seq.wrapping_sub(1448);
+    resent.payload_len = 1448;
+    c.send(true, ACK, 0, 0.2);
+    assert_ne!(c.feed(&resent, 300.0) & verdict::SPURIOUS_RETRANSMISSION, 0);
+}

@@ -189,7 +189,7 @@ pub mod dir_flags {
     pub const TS_OK: u8 = 1 << 4;
     /// Seen at least one packet.
     pub const SEEN: u8 = 1 << 5;
-    /// Sent data or an ACK at least once (its last ACK is meaningful).
+    /// Sent an ACK at least once (its last ACK is meaningful; a Fast Open SYN's data is not).
     pub const DATA_OR_ACK: u8 = 1 << 6;
     /// Next-hop MAC changed and changed back at least once (alternating paths).
     pub const SPLIT_REPORTED: u8 = 1 << 7;
