@@ -4,13 +4,13 @@
 //! timestamps and no SACK (NewReno recovery: duplicate ACKs, fast retransmissions), window
 //! scale 0 and 14, a 536-byte MSS, keep-alive probes on idle connections, zero-window probes
 //! toward readers that stop reading, delayed ACKs (Linux's default), TCP Fast Open (data in
-//! the SYN), loss from nftables `numgen` drops, a short minimum RTO
+//! the SYN), a simultaneous open, loss from nftables `numgen` drops, a short minimum RTO
 //! (tail-loss probes and RTOs whose ACK the capture saw: spurious retransmissions), capture
-//! loss (a capture filter that misses some segments) and a second capture that starts in the
-//! middle of connections. What the
-//! kernel cannot make is written as records: Windows keep-alives carrying one garbage byte
-//! with a host-wide IP-ID counter, BSD window updates (a pure ACK re-advertising the window
-//! after the reader drained it).
+//! loss (a capture filter that misses some segments, among them connections' first data) and
+//! a second capture that starts in the middle of connections. What the kernel cannot make is
+//! written as records: Windows keep-alives carrying one garbage byte with a host-wide IP-ID
+//! counter, Windows zero-window probes, BSD window updates (a pure ACK re-advertising the
+//! window after the reader drained it), reordering.
 //!
 //! Per flag with at least [`MIN_POSITIVES`] frames flagged by tshark, F1 must reach
 //! [`MIN_F1`]; every disagreement, on any flag, must fall in a class named here with its
@@ -26,7 +26,7 @@ use std::time::Duration;
 use dataplane::craft::TcpSegment;
 use dataplane::netns::{privileged_or_skip, veth, Netns};
 use dataplane::pcapng::PcapngWriter;
-use dataplane::traffic::{connect_from, pace, serve_once};
+use dataplane::traffic::{connect_bound, connect_from, pace, serve_once};
 use dataplane_common::tcp_flags::{ACK, FIN, PSH, SYN};
 
 /// wirewatch's verdict name and the tshark filter that defines the same frames. tshark marks
@@ -152,6 +152,66 @@ fn request_response(c: &Netns, s: &Netns, port: u16) {
     assert_eq!(srv.join().unwrap().unwrap(), 150, "requests answered on {port}");
 }
 
+/// A connection whose first request (333 bytes) the capture misses, then ten requests it
+/// sees, each answered before the next.
+fn first_request_unseen(c: &Netns, s: &Netns, port: u16) {
+    let srv = serve_once(&s.name, server(port), None, |mut s| {
+        let mut first = [0u8; 333];
+        s.read_exact(&mut first)?;
+        s.write_all(&[8u8; 50])?;
+        let mut req = [0u8; 300];
+        let mut n = 1;
+        while s.read_exact(&mut req).is_ok() {
+            s.write_all(&[8u8; 50])?;
+            n += 1;
+        }
+        Ok::<_, std::io::Error>(n)
+    })
+    .unwrap();
+    let cl = connect_from(&c.name, server(port), |s| {
+        let mut s = s.unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut resp = [0u8; 50];
+        s.write_all(&[7u8; 333]).unwrap();
+        s.read_exact(&mut resp).unwrap();
+        for _ in 0..10 {
+            s.write_all(&[7u8; 300]).unwrap();
+            s.read_exact(&mut resp).unwrap();
+        }
+    });
+    cl.join().unwrap();
+    assert_eq!(srv.join().unwrap().unwrap().unwrap(), 11, "requests answered on {port}");
+}
+
+/// Both ends connect to each other (ports 7070 and 7071). Each namespace drops the other's
+/// first SYN, so both SYNs are sent (and captured) before either arrives; the retransmitted
+/// SYNs then meet sockets in SYN-SENT, which answer with SYN-ACKs (RFC 9293 §3.5, figure 8).
+fn simultaneous_open(c: &Netns, s: &Netns) {
+    let drop_syn = |ns: &Netns, from: u16, to: u16| {
+        ns.run("nft add table inet wworsim").unwrap();
+        ns.run("nft add chain inet wworsim in { type filter hook input priority 0 ; }").unwrap();
+        ns.run(&format!(
+            "nft add rule inet wworsim in tcp sport {from} tcp dport {to} tcp flags & (syn | ack) == syn drop"
+        ))
+        .unwrap();
+    };
+    drop_syn(c, 7071, 7070);
+    drop_syn(s, 7070, 7071);
+    let (cn, sn) = (c.name.clone(), s.name.clone());
+    let client = SocketAddr::new(CLIENT.parse().unwrap(), 7070);
+    let a = std::thread::spawn(move || connect_bound(&cn, client, server(7071)));
+    let b = std::thread::spawn(move || connect_bound(&sn, server(7071), client));
+    std::thread::sleep(Duration::from_millis(300));
+    c.run("nft delete table inet wworsim").unwrap();
+    s.run("nft delete table inet wworsim").unwrap();
+    let (mut a, mut b) = (a.join().unwrap().unwrap(), b.join().unwrap().unwrap());
+    a.write_all(b"from the client").unwrap();
+    b.write_all(b"from the server").unwrap();
+    let mut buf = [0u8; 15];
+    a.read_exact(&mut buf).unwrap();
+    b.read_exact(&mut buf).unwrap();
+}
+
 /// One TCP Fast Open exchange: the request rides in the SYN (TCP_FASTOPEN_CONNECT).
 fn fast_open(c: &Netns, s: &Netns, port: u16) {
     let srv = serve_once(&s.name, server(port), None, |mut s| {
@@ -234,12 +294,14 @@ fn live_captures(dir: &Path) -> Vec<PathBuf> {
 
     let main = dir.join("stacks.pcap");
     // Capture loss: on port 7008 the capture misses the requests whose IP-ID ends in three
-    // zero bits (1 in 8; the server gets them).
+    // zero bits (1 in 8; the server gets them); on 7061-7066 it misses each connection's
+    // first request (the only 333-byte one: IP length 20 + 32 + 333).
     let dump = tcpdump(
         &c,
         &cdev,
         &main,
-        "tcp and not (dst port 7008 and ip[5] & 0x07 == 0 and greater 200)",
+        "tcp and not (dst port 7008 and ip[5] & 0x07 == 0 and greater 200) \
+         and not (dst portrange 7061-7066 and ip[2:2] == 385)",
     );
     std::thread::sleep(Duration::from_millis(800));
 
@@ -312,6 +374,12 @@ fn live_captures(dir: &Path) -> Vec<PathBuf> {
     // misses some responses.
     request_response(&c, &s, 7008);
     request_response(&c, &s, 7009);
+
+    for port in 7061..7067 {
+        first_request_unseen(&c, &s, port);
+    }
+
+    simultaneous_open(&c, &s);
 
     // TCP Fast Open without cookies (client 0x4, server 0x200 | 0x400): data in the SYN.
     for ns in [&c, &s] {
@@ -566,6 +634,19 @@ fn per_packet_verdicts_agree_with_tshark_across_stacks() {
     let dir = std::env::temp_dir().join(format!("ww-oracle-stacks-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut caps = live_captures(&dir);
+    // Each stack behaviour must really be in the capture, or its agreement proves nothing.
+    for (what, filter) in [
+        ("no timestamps, no SACK", "tcp.port == 7001 && tcp.flags.syn == 1 && !tcp.options.timestamp.tsval && !tcp.options.sack_perm"),
+        ("no window scaling", "tcp.port == 7003 && tcp.flags.syn == 1 && !tcp.options.wscale.shift"),
+        ("window scale 14", "tcp.srcport == 7004 && tcp.options.wscale.shift == 14"),
+        ("a 536-byte MSS", "tcp.port == 7005 && tcp.options.mss_val == 536"),
+        ("data in the SYN", "tcp.flags.syn == 1 && tcp.flags.ack == 0 && tcp.len > 0"),
+        ("a keep-alive ACK", "tcp.analysis.keep_alive_ack"),
+        ("a first request the capture missed", "tcp.srcport in {7061..7066} && tcp.analysis.ack_lost_segment"),
+        ("a simultaneous open", "tcp.port == 7070 && tcp.flags.syn == 1 && tcp.flags.ack == 1 && tcp.srcport == 7070"),
+    ] {
+        assert!(!tshark_frames(&caps[0], filter).is_empty(), "no {what} in {}", caps[0].display());
+    }
     caps.push(crafted_capture(&dir));
 
     let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();

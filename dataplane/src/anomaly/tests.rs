@@ -1105,3 +1105,23 @@ fn data_after_a_fast_open_syn_is_not_spurious() {
     c.send(true, ACK, 0, 0.2);
     assert_ne!(c.feed(&resent, 300.0) & verdict::SPURIOUS_RETRANSMISSION, 0);
 }
+
+#[test]
+fn a_simultaneous_opens_syn_ack_retransmits_its_senders_syn() {
+    let mut c = Conv::new();
+    let isn = c.c.seq;
+    c.send(true, SYN, 0, 1.0);
+    // The server connects too: both SYNs cross (RFC 9293 §3.5, figure 8).
+    c.send(false, SYN, 0, 0.05);
+    // Each side answers the other's SYN with a SYN-ACK carrying its own ISN again.
+    let mut synack = c.seg(true, SYN | ACK, 0);
+    synack.seq = isn;
+    assert_ne!(c.feed(&synack, 1000.0) & verdict::RETRANSMISSION, 0);
+    // The near miss: a SYN-ACK with a new ISN is a new sequence space, not a retransmission.
+    let mut other = Conv::new();
+    other.send(true, SYN, 0, 1.0);
+    other.send(false, SYN, 0, 0.05);
+    let mut fresh = other.seg(true, SYN | ACK, 0);
+    fresh.seq = isn.wrapping_add(1_000_000);
+    assert_eq!(other.feed(&fresh, 1000.0) & verdict::RETRANSMISSION, 0);
+}
