@@ -185,10 +185,11 @@ pub fn on_packet(c: &mut Ctx<'_>) -> u32 {
             let since_dupack = now.saturating_sub(c.first_ns + od.last_us as u64 * 1000);
             let t = now.saturating_sub(c.first_ns + d.next_seq_us as u64 * 1000);
             let ooo_thres = c.flow.rtt_ns().unwrap_or(c.cfg.reorder_default_ns);
-            if since_dupack < FAST_RETX_NS
-                && c.flow.dirs[o].dup_acks & ack_run::COUNT >= 2
-                && od.last_ack == p.seq
-            {
+            // Wireshark's dupacknum is a guint32 (packet-tcp.h): the -1 an ACK past
+            // everything seen leaves in it passes the ">= 2 duplicate ACKs" test too.
+            let run = c.flow.dirs[o].dup_acks;
+            let dup_acks = run & ack_run::COUNT >= 2 || run & ack_run::UNSEEN_JUDGED != 0;
+            if since_dupack < FAST_RETX_NS && dup_acks && od.last_ack == p.seq {
                 v |= FAST_RETRANSMISSION;
             } else if d.next_seq != p.seq + p.seq_len() && t < ooo_thres {
                 v |= OUT_OF_ORDER;

@@ -1125,3 +1125,23 @@ fn a_simultaneous_opens_syn_ack_retransmits_its_senders_syn() {
     fresh.seq = isn.wrapping_add(1_000_000);
     assert_eq!(other.feed(&fresh, 1000.0) & verdict::RETRANSMISSION, 0);
 }
+
+#[test]
+fn a_resend_after_an_ack_past_everything_seen_is_a_fast_retransmission() {
+    // Wireshark 4.0 marks the peer's dupacknum -1 (a guint32) when it flags an ACK past
+    // everything the peer was seen sending; that passes its ">= 2 duplicate ACKs" test.
+    for missed in [true, false] {
+        let mut c = established();
+        let request = c.seg(true, ACK | PSH, 100);
+        if !missed {
+            c.feed(&request, 0.1);
+        }
+        let response = c.seg(false, ACK | PSH, 50);
+        assert_eq!(c.feed(&response, 0.2) & verdict::ACK_UNSEEN != 0, missed);
+        let mut resent = response.clone();
+        resent.ip_id += 1;
+        let v = c.feed(&resent, 1.0);
+        let want = if missed { verdict::FAST_RETRANSMISSION } else { verdict::RETRANSMISSION };
+        assert_ne!(v & want, 0, "missed {missed}: {v:#x}");
+    }
+}
