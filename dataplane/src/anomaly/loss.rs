@@ -31,11 +31,15 @@ use verdict::{
 };
 
 /// What `DirState::dup_acks` holds for one sender: Wireshark's per-direction `dupacknum`
-/// (packet-tcp.c, tcp_analyze_sequence_number) and whether its last segment was a keep-alive
-/// (`lastsegmentflags & TCP_A_KEEP_ALIVE`).
+/// (packet-tcp.c, tcp_analyze_sequence_number), whether its last segment was a keep-alive
+/// (`lastsegmentflags & TCP_A_KEEP_ALIVE`), and whether its last ACK was below its highest.
 mod ack_run {
     /// Duplicate ACKs in a row (saturating: only compared with 2).
-    pub const COUNT: u8 = 0x3f;
+    pub const COUNT: u8 = 0x1f;
+    /// This sender's last ACK was below its highest (`DirState::last_ack`): the capture
+    /// reordered its ACKs. Wireshark compares the next one with that last ACK (`lastack`),
+    /// so an ACK back at the highest is not at the same point.
+    pub const LAST_ACK_BEHIND: u8 = 0x20;
     /// An ACK past everything this sender was seen sending was judged since its ACK last
     /// moved: Wireshark's dupacknum of -1.
     pub const UNSEEN_JUDGED: u8 = 0x40;
@@ -124,7 +128,11 @@ pub fn on_packet(c: &mut Ctx<'_>) -> u32 {
         v |= KEEP_ALIVE;
     }
     let acking = p.has(ACK);
-    let same_point = have_next && p.seq == d.next_seq && acking && p.ack == d.last_ack;
+    let same_point = have_next
+        && p.seq == d.next_seq
+        && acking
+        && p.ack == d.last_ack
+        && d.dup_acks & ack_run::LAST_ACK_BEHIND == 0;
     if seglen == 0
         && !ctl
         && !probe
@@ -228,15 +236,21 @@ pub fn on_packet(c: &mut Ctx<'_>) -> u32 {
         dm.next_seq = end;
         dm.next_seq_us = c.now_us;
     }
-    // Wireshark's dupacknum: a duplicate ACK counts up (from -1 to 1), a new ACK resets it.
-    let mut run = dm.dup_acks & !ack_run::KEEP_ALIVE_LAST;
+    // Wireshark's dupacknum: a duplicate ACK counts up (from -1 to 1), a new ACK resets it
+    // (one back at the highest after a lower one is new to Wireshark too).
+    let behind = dm.dup_acks & ack_run::LAST_ACK_BEHIND != 0;
+    let mut run = dm.dup_acks & !(ack_run::KEEP_ALIVE_LAST | ack_run::LAST_ACK_BEHIND);
     if v & DUP_ACK != 0 {
         run = ((run & ack_run::COUNT) + 1).min(ack_run::COUNT);
-    } else if acking && p.ack != dm.last_ack {
+    } else if acking && (p.ack != dm.last_ack || behind) {
         run = 0;
     }
     if v & KEEP_ALIVE != 0 {
         run |= ack_run::KEEP_ALIVE_LAST;
+    }
+    let was_behind = behind && !acking;
+    if was_behind || acking && dm.flags & dir_flags::DATA_OR_ACK != 0 && p.ack < dm.last_ack {
+        run |= ack_run::LAST_ACK_BEHIND;
     }
     dm.dup_acks = run;
     if acking && (dm.flags & dir_flags::DATA_OR_ACK == 0 || p.ack > dm.last_ack) {

@@ -1145,3 +1145,23 @@ fn a_resend_after_an_ack_past_everything_seen_is_a_fast_retransmission() {
         assert_ne!(v & want, 0, "missed {missed}: {v:#x}");
     }
 }
+
+#[test]
+fn an_ack_back_at_the_highest_after_a_reordered_one_is_not_at_the_same_point() {
+    // The capture hands over a receiver's ACKs out of order: high, low, high again. Wireshark
+    // compares with the last ACK (the low one), so the third is neither a window update nor
+    // a duplicate ACK.
+    for reordered in [true, false] {
+        let mut c = established();
+        let low = c.seg(false, ACK, 0);
+        c.send(true, ACK | PSH, 500, 0.1);
+        c.send(false, ACK, 0, 0.1);
+        if reordered {
+            c.feed(&low, 0.01);
+        }
+        c.s.window += 10;
+        let v = c.send(false, ACK, 0, 0.01);
+        assert_eq!(v & verdict::WINDOW_UPDATE != 0, !reordered, "reordered {reordered}");
+        assert_eq!(v & verdict::DUP_ACK, 0);
+    }
+}
