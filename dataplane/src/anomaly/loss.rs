@@ -30,6 +30,23 @@ use verdict::{
     RETRANSMISSION, SPURIOUS_RETRANSMISSION, WINDOW_UPDATE, ZERO_WINDOW, ZERO_WINDOW_PROBE,
 };
 
+/// What `DirState::dup_acks` holds for one sender: Wireshark's per-direction `dupacknum`
+/// (packet-tcp.c, tcp_analyze_sequence_number), whether its last segment was a keep-alive
+/// (`lastsegmentflags & TCP_A_KEEP_ALIVE`), and whether its last ACK was below its highest.
+mod ack_run {
+    /// Duplicate ACKs in a row (saturating: only compared with 2).
+    pub const COUNT: u8 = 0x1f;
+    /// This sender's last ACK was below its highest (`DirState::last_ack`): the capture
+    /// reordered its ACKs. Wireshark compares the next one with that last ACK (`lastack`),
+    /// so an ACK back at the highest is not at the same point.
+    pub const LAST_ACK_BEHIND: u8 = 0x20;
+    /// An ACK past everything this sender was seen sending was judged since its ACK last
+    /// moved: Wireshark's dupacknum of -1.
+    pub const UNSEEN_JUDGED: u8 = 0x40;
+    /// This sender's last segment was a keep-alive.
+    pub const KEEP_ALIVE_LAST: u8 = 0x80;
+}
+
 /// Wireshark's fast-retransmission horizon after the last duplicate ACK.
 const FAST_RETX_NS: u64 = 20_000_000;
 /// A zero-window episode this long becomes an event (shorter ones are only counted).
@@ -95,32 +112,64 @@ pub fn on_packet(c: &mut Ctx<'_>) -> u32 {
     let other_seen = od.flags & dir_flags::SEEN != 0;
     let mut v = 0u32;
 
-    // Zero window: the sender advertises no room (Wireshark: not on SYN/FIN/RST).
-    if p.window == 0 && !ctl {
-        v |= ZERO_WINDOW;
-    }
-    // Zero-window probe: one byte at next_seq while the peer's window is 0.
+    // Zero-window probe: one byte at next_seq while the peer's window is 0. Wireshark's
+    // "ZERO WINDOW PROBE" jumps past the zero-window, keep-alive, window-update and
+    // duplicate-ACK checks (packet-tcp.c, tcp_analyze_sequence_number, `goto finished_fwd`).
     if have_next && seglen == 1 && p.seq == d.next_seq && other_seen && od.window == 0 {
         v |= ZERO_WINDOW_PROBE;
     }
+    let probe = v & ZERO_WINDOW_PROBE != 0;
+    // Zero window: the sender advertises no room (Wireshark: not on SYN/FIN/RST).
+    if p.window == 0 && !ctl && !probe {
+        v |= ZERO_WINDOW;
+    }
     // Keep-alive: ≤ 1 byte one below next_seq.
-    if have_next && seglen <= 1 && !ctl && p.seq == d.next_seq - 1 {
+    if have_next && seglen <= 1 && !ctl && !probe && p.seq == d.next_seq - 1 {
         v |= KEEP_ALIVE;
     }
     let acking = p.has(ACK);
-    let same_point = have_next && p.seq == d.next_seq && acking && p.ack == d.last_ack;
-    if seglen == 0 && !ctl && p.window != 0 && same_point && d.flags & dir_flags::DATA_OR_ACK != 0 {
+    let same_point = have_next
+        && p.seq == d.next_seq
+        && acking
+        && p.ack == d.last_ack
+        && d.dup_acks & ack_run::LAST_ACK_BEHIND == 0;
+    if seglen == 0
+        && !ctl
+        && !probe
+        && p.window != 0
+        && same_point
+        && d.flags & dir_flags::DATA_OR_ACK != 0
+    {
         if p.window != d.window {
             v |= WINDOW_UPDATE;
+        } else if od.dup_acks & ack_run::KEEP_ALIVE_LAST != 0 {
+            // The answer to the peer's keep-alive repeats the last ACK: Wireshark's
+            // "KEEP ALIVE ACK" (the peer's lastsegmentflags hold TCP_A_KEEP_ALIVE), checked
+            // before "DUPLICATE ACK" and not one.
         } else if v & KEEP_ALIVE == 0 {
             v |= DUP_ACK;
         }
     }
-    // ACK for bytes the other side was never seen sending.
+    // ACK for bytes the other side was never seen sending (Wireshark's "ACKED LOST PACKET",
+    // against the peer's maxseqtobeacked = what `ackable` returns).
     if acking && other_seen && !p.has(RST) && p.ack > c.ackable(o) {
-        v |= ACK_UNSEEN;
-        // Flag it once: from now on everything the sender was seen sending is ackable.
-        c.clear_lost_mark(o);
+        if c.ackable(o) < od.next_seq {
+            // Past a hole: flag it once; from now on everything the sender was seen sending
+            // is ackable (maxseqtobeacked moves up to nextseq).
+            v |= ACK_UNSEEN;
+            c.clear_lost_mark(o);
+        } else {
+            // Past everything the peer was seen sending (the capture missed its latest
+            // segments or started mid-connection): Wireshark flags this only while the
+            // peer's dupacknum is 0 and then sets it to -1, so an idle peer's repeated ACKs
+            // (keep-alive answers, window probes) are flagged once until the peer's own ACK
+            // moves.
+            let run = &mut c.flow.dirs[o].dup_acks;
+            if *run & (ack_run::COUNT | ack_run::UNSEEN_JUDGED) == 0 {
+                v |= ACK_UNSEEN;
+            }
+            *run = (*run & ack_run::KEEP_ALIVE_LAST) | ack_run::UNSEEN_JUDGED;
+        }
         if p.ack.diff(od.next_seq) as i64 > max_window(&od) as i64 {
             v |= ACK_OUT_OF_WINDOW;
         }
@@ -144,7 +193,11 @@ pub fn on_packet(c: &mut Ctx<'_>) -> u32 {
             let since_dupack = now.saturating_sub(c.first_ns + od.last_us as u64 * 1000);
             let t = now.saturating_sub(c.first_ns + d.next_seq_us as u64 * 1000);
             let ooo_thres = c.flow.rtt_ns().unwrap_or(c.cfg.reorder_default_ns);
-            if since_dupack < FAST_RETX_NS && od.dup_acks >= 2 && od.last_ack == p.seq {
+            // Wireshark's dupacknum is a guint32 (packet-tcp.h): the -1 an ACK past
+            // everything seen leaves in it passes the ">= 2 duplicate ACKs" test too.
+            let run = c.flow.dirs[o].dup_acks;
+            let dup_acks = run & ack_run::COUNT >= 2 || run & ack_run::UNSEEN_JUDGED != 0;
+            if since_dupack < FAST_RETX_NS && dup_acks && od.last_ack == p.seq {
                 v |= FAST_RETRANSMISSION;
             } else if d.next_seq != p.seq + p.seq_len() && t < ooo_thres {
                 v |= OUT_OF_ORDER;
@@ -183,15 +236,30 @@ pub fn on_packet(c: &mut Ctx<'_>) -> u32 {
         dm.next_seq = end;
         dm.next_seq_us = c.now_us;
     }
+    // Wireshark's dupacknum: a duplicate ACK counts up (from -1 to 1), a new ACK resets it
+    // (one back at the highest after a lower one is new to Wireshark too).
+    let behind = dm.dup_acks & ack_run::LAST_ACK_BEHIND != 0;
+    let mut run = dm.dup_acks & !(ack_run::KEEP_ALIVE_LAST | ack_run::LAST_ACK_BEHIND);
     if v & DUP_ACK != 0 {
-        dm.dup_acks = dm.dup_acks.saturating_add(1);
-    } else if acking && p.ack != dm.last_ack {
-        dm.dup_acks = 0;
+        run = ((run & ack_run::COUNT) + 1).min(ack_run::COUNT);
+    } else if acking && (p.ack != dm.last_ack || behind) {
+        run = 0;
     }
+    if v & KEEP_ALIVE != 0 {
+        run |= ack_run::KEEP_ALIVE_LAST;
+    }
+    let was_behind = behind && !acking;
+    if was_behind || acking && dm.flags & dir_flags::DATA_OR_ACK != 0 && p.ack < dm.last_ack {
+        run |= ack_run::LAST_ACK_BEHIND;
+    }
+    dm.dup_acks = run;
     if acking && (dm.flags & dir_flags::DATA_OR_ACK == 0 || p.ack > dm.last_ack) {
         dm.last_ack = p.ack;
     }
-    if acking || seglen > 0 {
+    // Only an ACK makes the sender's last ACK meaningful: a Fast Open SYN carries data but no
+    // ACK (Wireshark's spurious-retransmission test skips a peer whose lastack is still 0,
+    // packet-tcp.c "Check for spurious retransmission").
+    if acking {
         dm.flags |= dir_flags::DATA_OR_ACK;
     }
     dm.window = p.window;

@@ -91,7 +91,12 @@ pub fn on_packet(c: &mut Ctx<'_>) {
         } else {
             c.flow.set_synacks(1);
             c.flow.flags |= conn_flags::SYNACK_SEEN;
-            new_sequence_space(c);
+            // In a simultaneous open (RFC 9293 §3.5, figure 8) the SYN-ACK repeats its sender's
+            // own SYN: the same sequence space, and a retransmission of that SYN.
+            let d = &c.flow.dirs[s];
+            if d.flags & dir_flags::SYN == 0 || d.isn != p.seq {
+                new_sequence_space(c);
+            }
             if let Some(x) = c.extra() {
                 x.synack_first_ns = Some(now);
             }

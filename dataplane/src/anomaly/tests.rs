@@ -1049,3 +1049,119 @@ fn the_handshake_timer_names_the_vantage_that_saw_the_syn() {
         assert_eq!(at(40002), ["dc", "edge"], "v6 {v6}: {ev:#?}");
     }
 }
+
+// Issue 13: per-packet agreement with Wireshark 4.0 (packet-tcp.c,
+// tcp_analyze_sequence_number) on what other TCP stacks do.
+
+#[test]
+fn the_answer_to_a_keep_alive_is_not_a_duplicate_ack() {
+    let mut c = established();
+    // A Windows keep-alive: one garbage byte at next_seq - 1.
+    let mut probe = c.seg(true, ACK, 0);
+    probe.seq = probe.seq.wrapping_sub(1);
+    probe.payload_len = 1;
+    assert_ne!(c.feed(&probe, 1000.0) & verdict::KEEP_ALIVE, 0);
+    // The server repeats its last ACK: Wireshark's "keep-alive ACK", not a duplicate.
+    assert_eq!(c.send(false, ACK, 0, 0.2) & verdict::DUP_ACK, 0);
+    // The same repeat after an ordinary client segment is a duplicate ACK.
+    c.send(true, ACK, 0, 1.0);
+    assert_ne!(c.send(false, ACK, 0, 0.2) & verdict::DUP_ACK, 0);
+}
+
+#[test]
+fn acks_past_an_idle_peers_last_segment_are_flagged_once() {
+    let mut c = established();
+    // The sensor misses the client's last segment (or started after it).
+    let _missed = c.seg(true, ACK | PSH, 100);
+    assert_ne!(c.send(false, ACK, 0, 0.2) & verdict::ACK_UNSEEN, 0);
+    // The server ACKs the same bytes again while the client stays silent: Wireshark flags
+    // the first only (the client's dupacknum is -1 until its own ACK moves).
+    for _ in 0..3 {
+        c.s.window += 1;
+        let v = c.send(false, ACK, 0, 200.0);
+        assert_ne!(v & verdict::WINDOW_UPDATE, 0);
+        assert_eq!(v & verdict::ACK_UNSEEN, 0);
+    }
+}
+
+#[test]
+fn data_after_a_fast_open_syn_is_not_spurious() {
+    let mut c = Conv::new();
+    // The server's ISN lies more than 2^31 past 0, where an unset last ACK would sit "above"
+    // every server segment.
+    c.s.seq = 0xc000_0000;
+    // TCP Fast Open: the request rides in the SYN, which carries no ACK.
+    c.send(true, SYN, 200, 1.0);
+    c.send(false, SYN | ACK, 0, 0.1);
+    c.send(true, ACK, 0, 0.1);
+    let retx =
+        verdict::RETRANSMISSION | verdict::FAST_RETRANSMISSION | verdict::SPURIOUS_RETRANSMISSION;
+    assert_eq!(c.send(false, ACK, 1448, 0.5) & retx, 0);
+    // The near miss: the same segment again after the client acknowledged it is spurious.
+    let again = c.seg(false, ACK, 0);
+    let mut resent = again.clone();
+    resent.seq = again.seq.wrapping_sub(1448);
+    resent.payload_len = 1448;
+    c.send(true, ACK, 0, 0.2);
+    assert_ne!(c.feed(&resent, 300.0) & verdict::SPURIOUS_RETRANSMISSION, 0);
+}
+
+#[test]
+fn a_simultaneous_opens_syn_ack_retransmits_its_senders_syn() {
+    let mut c = Conv::new();
+    let isn = c.c.seq;
+    c.send(true, SYN, 0, 1.0);
+    // The server connects too: both SYNs cross (RFC 9293 §3.5, figure 8).
+    c.send(false, SYN, 0, 0.05);
+    // Each side answers the other's SYN with a SYN-ACK carrying its own ISN again.
+    let mut synack = c.seg(true, SYN | ACK, 0);
+    synack.seq = isn;
+    assert_ne!(c.feed(&synack, 1000.0) & verdict::RETRANSMISSION, 0);
+    // The near miss: a SYN-ACK with a new ISN is a new sequence space, not a retransmission.
+    let mut other = Conv::new();
+    other.send(true, SYN, 0, 1.0);
+    other.send(false, SYN, 0, 0.05);
+    let mut fresh = other.seg(true, SYN | ACK, 0);
+    fresh.seq = isn.wrapping_add(1_000_000);
+    assert_eq!(other.feed(&fresh, 1000.0) & verdict::RETRANSMISSION, 0);
+}
+
+#[test]
+fn a_resend_after_an_ack_past_everything_seen_is_a_fast_retransmission() {
+    // Wireshark 4.0 marks the peer's dupacknum -1 (a guint32) when it flags an ACK past
+    // everything the peer was seen sending; that passes its ">= 2 duplicate ACKs" test.
+    for missed in [true, false] {
+        let mut c = established();
+        let request = c.seg(true, ACK | PSH, 100);
+        if !missed {
+            c.feed(&request, 0.1);
+        }
+        let response = c.seg(false, ACK | PSH, 50);
+        assert_eq!(c.feed(&response, 0.2) & verdict::ACK_UNSEEN != 0, missed);
+        let mut resent = response.clone();
+        resent.ip_id += 1;
+        let v = c.feed(&resent, 1.0);
+        let want = if missed { verdict::FAST_RETRANSMISSION } else { verdict::RETRANSMISSION };
+        assert_ne!(v & want, 0, "missed {missed}: {v:#x}");
+    }
+}
+
+#[test]
+fn an_ack_back_at_the_highest_after_a_reordered_one_is_not_at_the_same_point() {
+    // The capture hands over a receiver's ACKs out of order: high, low, high again. Wireshark
+    // compares with the last ACK (the low one), so the third is neither a window update nor
+    // a duplicate ACK.
+    for reordered in [true, false] {
+        let mut c = established();
+        let low = c.seg(false, ACK, 0);
+        c.send(true, ACK | PSH, 500, 0.1);
+        c.send(false, ACK, 0, 0.1);
+        if reordered {
+            c.feed(&low, 0.01);
+        }
+        c.s.window += 10;
+        let v = c.send(false, ACK, 0, 0.01);
+        assert_eq!(v & verdict::WINDOW_UPDATE != 0, !reordered, "reordered {reordered}");
+        assert_eq!(v & verdict::DUP_ACK, 0);
+    }
+}

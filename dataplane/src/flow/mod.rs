@@ -189,7 +189,7 @@ pub mod dir_flags {
     pub const TS_OK: u8 = 1 << 4;
     /// Seen at least one packet.
     pub const SEEN: u8 = 1 << 5;
-    /// Sent data or an ACK at least once (its last ACK is meaningful).
+    /// Sent an ACK at least once (its last ACK is meaningful; a Fast Open SYN's data is not).
     pub const DATA_OR_ACK: u8 = 1 << 6;
     /// Next-hop MAC changed and changed back at least once (alternating paths).
     pub const SPLIT_REPORTED: u8 = 1 << 7;
@@ -217,7 +217,8 @@ pub struct DirState {
     pub flags: u8,
     /// Window scale (4 bits) | IP-ID model (2 bits).
     wscale_model: u8,
-    /// Consecutive duplicate ACKs sent by this side (saturating).
+    /// Consecutive duplicate ACKs sent by this side and its last segment's keep-alive bit
+    /// (`anomaly::loss::ack_run`).
     pub dup_acks: u8,
     /// Packets seen (4 bits, saturating at 15: enough to know a model was learned) | next-hop
     /// MAC switches (4 bits, saturating).
