@@ -139,6 +139,13 @@ impl<T: Copy + Eq + std::hash::Hash> Sightings<T> {
     }
 }
 
+/// Adds `n` to `k`'s count, if `k` is tracked or there is room to track it (`TOP_TRACKED`).
+fn bump<K: Eq + std::hash::Hash>(m: &mut HashMap<K, u64>, k: K, n: u64) {
+    if m.len() < TOP_TRACKED || m.contains_key(&k) {
+        *m.entry(k).or_default() += n;
+    }
+}
+
 /// One flood or scan in progress.
 struct Aggregate {
     kind: Kind,
@@ -177,16 +184,10 @@ impl Aggregate {
         self.count += 1;
         self.last_ns = self.last_ns.max(e.time_last_ns);
         self.by_kind[usize::from(e.kind == Kind::SynRejected)] += 1;
-        if self.sources.len() < TOP_TRACKED || self.sources.contains_key(&e.src_ip) {
-            *self.sources.entry(e.src_ip).or_default() += 1;
-        }
-        if self.dests.len() < TOP_TRACKED || self.dests.contains_key(&e.dest_ip) {
-            *self.dests.entry(e.dest_ip).or_default() += 1;
-        }
+        bump(&mut self.sources, e.src_ip, 1);
+        bump(&mut self.dests, e.dest_ip, 1);
         let port = if self.kind == Kind::PortScan { e.dest_port } else { e.src_port };
-        if self.ports.len() < TOP_TRACKED || self.ports.contains_key(&port) {
-            *self.ports.entry(port).or_default() += 1;
-        }
+        bump(&mut self.ports, port, 1);
         if self.samples.len() < TOP {
             self.samples.push(serde_json::json!({
                 "src_ip": e.src_ip, "src_port": e.src_port,
@@ -206,18 +207,9 @@ impl Aggregate {
         self.count += other.count;
         self.by_kind[0] += other.by_kind[0];
         self.by_kind[1] += other.by_kind[1];
-        for (m, o) in [(&mut self.sources, other.sources), (&mut self.dests, other.dests)] {
-            for (k, n) in o {
-                if m.len() < TOP_TRACKED || m.contains_key(&k) {
-                    *m.entry(k).or_default() += n;
-                }
-            }
-        }
-        for (k, n) in other.ports {
-            if self.ports.len() < TOP_TRACKED || self.ports.contains_key(&k) {
-                *self.ports.entry(k).or_default() += n;
-            }
-        }
+        other.sources.into_iter().for_each(|(k, n)| bump(&mut self.sources, k, n));
+        other.dests.into_iter().for_each(|(k, n)| bump(&mut self.dests, k, n));
+        other.ports.into_iter().for_each(|(k, n)| bump(&mut self.ports, k, n));
         let room = TOP.saturating_sub(self.samples.len());
         self.samples.extend(other.samples.into_iter().take(room));
     }
