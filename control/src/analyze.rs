@@ -1,6 +1,6 @@
-//! `wirewatch analyze`: the live engine over capture files. Each file is a vantage; frames are
-//! merged by timestamp, sharded by flow over worker threads, and the packets' own timestamps
-//! are the clock.
+//! `wirewatch analyze`: the live engine over capture files. Each file is a vantage (and so
+//! is each remote-mirror session inside one); frames are merged by timestamp, sharded by flow
+//! over worker threads, and the packets' own timestamps are the clock.
 use std::collections::BinaryHeap;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -61,7 +61,10 @@ pub struct AnalyzeArgs {
     /// the other, such as either side of a firewall, so a packet seen at one and never at the
     /// other was lost between them. Repeatable. Without it, pairs are judged from the traffic:
     /// serial when ≥ 90 % of the packets of connections both carry reach both; parallel (two
-    /// backends of one VIP) otherwise, and then no loss is inferred between them.
+    /// backends of one VIP) otherwise, and then no loss is inferred between them. A remote
+    /// mirror's sessions inside a file (ERSPAN session, VNI, GRE key, from each sender) are
+    /// vantages of their own, named FILE/KIND:SESSION@SENDER; their pairs are judged from the
+    /// traffic.
     #[arg(long = "serial", value_name = "A,B", value_parser = crate::vantages::serial_pair)]
     pub serial: Vec<(String, String)>,
     /// Analyse only the TCP packets this pcap-filter expression matches: `[src|dst] host ADDR`,
@@ -198,11 +201,14 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         crate::vantages::GroupError::Capture(c) => BadInput(c).into(),
     })?;
     let names: Vec<String> = vantages.iter().map(|v| v.name.clone()).collect();
+    // The inputs, and the mirror sessions found in them (numbered in reading order: the same
+    // in the first pass and in the analysis, at any worker count).
+    let vantage_set = dataplane::vantage::Vantages::new(names.clone());
     let mut sources = Vec::new();
     let filter = args.filter.clone().map(std::sync::Arc::new);
     for (v, input) in vantages.iter().enumerate() {
-        let mut src =
-            Source::open_chain(&input.files, names[v].clone(), v as u16).map_err(BadInput)?;
+        let mut src = Source::open_chain(&input.files, names[v].clone(), v as u16, &vantage_set)
+            .map_err(BadInput)?;
         src.filter.clone_from(&filter);
         sources.push(src);
     }
@@ -214,7 +220,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         .clamp(1, 64);
     let cfg = EngineConfig {
         evidence_dir: args.evidence_dir.clone(),
-        vantage_names: names.clone(),
+        vantages: vantage_set.clone(),
         record_verdicts: args.verdicts.is_some(),
         ..Default::default()
     };
@@ -232,7 +238,8 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
             cfg.vantage_relations = relations;
             cfg.learn_vantage_relations = true;
         } else {
-            let first = crate::vantages::first_pass(&vantages, &serial).map_err(BadInput)?;
+            let first =
+                crate::vantages::first_pass(&vantages, &serial, &vantage_set).map_err(BadInput)?;
             cfg.vantage_relations = first.relations;
             // Learned from the whole input: every worker judges with the same answer.
             // Otherwise the rest of the input may still judge pairs the start left undecided.
@@ -552,7 +559,8 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     let mut inputs: Vec<InputHealth> = sources.iter().map(|s| s.health.clone()).collect();
     for r in &results {
         for (v, c) in r.stats.capture.iter().enumerate() {
-            if let Some(h) = inputs.get_mut(v) {
+            // A mirror session's capture loss is its input's.
+            if let Some(h) = inputs.get_mut(usize::from(vantage_set.input_of(v as u16))) {
                 h.capture_loss.add(c);
             }
         }
@@ -562,7 +570,13 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     }
     let summary = Summary {
         limits,
-        vantage_pairs: crate::vantages::describe(&relations_cfg, &names),
+        vantage_pairs: crate::vantages::describe(&relations_cfg, &vantage_set.names()),
+        mirror_sessions: vantage_set
+            .sessions()
+            .into_iter()
+            .map(|(_, name, at)| serde_json::json!({"vantage": name, "input": names[usize::from(at)]}))
+            .collect(),
+        mirror_sessions_overflowed: vantage_set.overflowed(),
         inputs: &inputs,
         packets,
         flows,
@@ -682,6 +696,10 @@ struct Summary<'a> {
     limits: EngineLimits,
     /// How each pair of vantages was judged (serial, parallel, unknown), with the evidence.
     vantage_pairs: Vec<serde_json::Value>,
+    /// Remote-mirror sessions found in the inputs, each a vantage of its own.
+    mirror_sessions: Vec<serde_json::Value>,
+    /// Frames of sessions past the vantage limit, analysed at their input's vantage.
+    mirror_sessions_overflowed: u64,
     inputs: &'a [InputHealth],
     packets: u64,
     flows: u64,
@@ -840,15 +858,32 @@ impl Summary<'_> {
         if !any {
             writeln!(out, "\nno anomalies")?;
         }
+        for m in &self.mirror_sessions {
+            writeln!(
+                out,
+                "\nmirror session {} in {}: a vantage of its own",
+                m["vantage"].as_str().unwrap_or("?"),
+                m["input"].as_str().unwrap_or("?"),
+            )?;
+        }
+        if self.mirror_sessions_overflowed > 0 {
+            writeln!(
+                out,
+                "\n{} frames of mirror sessions past the limit of {} vantages were analysed at their input's vantage",
+                self.mirror_sessions_overflowed,
+                dataplane::flow::MAX_VANTAGES
+            )?;
+        }
         for p in &self.vantage_pairs {
-            println!(
+            writeln!(
+                out,
                 "\nvantages {} and {}: {} ({} of {} packets of the connections both carry seen at both)",
                 p["vantages"][0].as_str().unwrap_or("?"),
                 p["vantages"][1].as_str().unwrap_or("?"),
                 p["relation"].as_str().unwrap_or("?"),
                 p["seen_at_both"],
                 p["shared_packets"],
-            );
+            )?;
         }
         let l = &self.limits;
         if l.side_state_refused + l.side_state_reclaimed + l.macs_overflowed > 0 {
@@ -911,6 +946,8 @@ impl Summary<'_> {
             "evidence": {"written": self.evidence_written, "suppressed": self.evidence_suppressed, "failed": self.evidence_failed},
             "engine_limits": self.limits,
             "vantage_pairs": self.vantage_pairs,
+            "mirror_sessions": self.mirror_sessions,
+            "mirror_sessions_overflowed": self.mirror_sessions_overflowed,
         })
     }
 }

@@ -11,7 +11,7 @@ use dataplane::anomaly::{Event, KIND_COUNT};
 use dataplane::engine::{Engine, EngineStats};
 use dataplane::evidence::EvidenceJob;
 use dataplane::nicstats::{DriverDrops, InterfaceDrops};
-use dataplane::packet::decode;
+use dataplane::packet::decode_in;
 use dataplane::worker::{FrameSink, QueueCounters, RawFrame};
 use serde::Serialize;
 
@@ -127,8 +127,7 @@ impl EngineSink {
                     gap_events: now.gap_events - was.gap_events,
                     gap_bytes: now.gap_bytes - was.gap_bytes,
                 };
-                let name = self.engine.cfg.vantage_names.get(v).map_or("unknown", String::as_str);
-                crate::metrics::capture(name, &delta);
+                crate::metrics::capture(&self.engine.cfg.vantages.name(v as u16), &delta);
                 self.capture_published[v] = *now;
             }
         }
@@ -153,7 +152,8 @@ impl FrameSink for EngineSink {
             return;
         }
         // Decoded once: the flow key picks the owner, and the owner's engine gets the packet.
-        let Ok(p) = decode(f.data, f.orig_len, f.ts_ns, f.vantage) else {
+        let Ok(p) = decode_in(f.data, f.orig_len, f.ts_ns, f.vantage, &self.engine.cfg.vantages)
+        else {
             if let Some(r) = &mut self.record {
                 r.push(f);
             }
@@ -312,7 +312,7 @@ impl EngineSink {
 pub struct EventOutput {
     pub json_stdout: bool,
     pub events_file: Option<PathBuf>,
-    pub vantage_names: Vec<String>,
+    pub vantages: dataplane::vantage::Vantages,
     pub retention: crate::retention::Retention,
     /// Rotate the events file past this size: FILE → FILE.1 → … → FILE.{keep}.
     pub rotate_bytes: u64,
@@ -526,7 +526,7 @@ pub fn event_loop(
                 ready.drain(..).for_each(&mut write_event);
             }
             Output::Answered(n) => aggregator.note_answered(&n),
-            Output::Evidence(job) => match job.write(&cfg.vantage_names) {
+            Output::Evidence(job) => match job.write(&cfg.vantages.names()) {
                 Ok(()) => {
                     written += 1;
                     metrics::counter!(crate::metrics::EVIDENCE_WRITTEN).increment(1);

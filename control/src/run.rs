@@ -142,7 +142,9 @@ pub struct RunArgs {
     /// as either side of a firewall, so a packet seen at one and never at the other was lost
     /// between them. Repeatable. Without it, pairs are judged from the traffic: serial when
     /// ≥ 90 % of the packets of connections both carry reach both; until a pair is judged
-    /// its losses wait (bounded), and between parallel vantages none is inferred.
+    /// its losses wait (bounded), and between parallel vantages none is inferred. A remote
+    /// mirror's sessions (ERSPAN session, VNI, GRE key, from each sender) are vantages of
+    /// their own, named IFACE/KIND:SESSION@SENDER; their pairs are judged from the traffic.
     #[arg(long = "serial", value_name = "A,B", value_parser = crate::vantages::serial_pair)]
     pub serial: Vec<(String, String)>,
     #[command(flatten)]
@@ -450,6 +452,11 @@ struct RunSummary {
     evidence_failed: u64,
     handed_off: u64,
     handoff_dropped: u64,
+    /// Remote-mirror sessions found in the interfaces' traffic (each a vantage): its name,
+    /// and the interface.
+    mirror_sessions: Vec<(String, String)>,
+    /// Frames of sessions past the vantage limit, analysed at their interface's vantage.
+    mirror_sessions_overflowed: u64,
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
@@ -589,9 +596,11 @@ pub fn run(args: RunArgs) -> Result<()> {
         xsk_opts.ring_size,
         (u64::from(xsk_opts.ring_size) * 2 * u64::from(xsk_opts.frame_size)) >> 20
     );
+    // The interfaces, and the mirror sessions the workers find in them (numbered once).
+    let vantages = dataplane::vantage::Vantages::new(args.ifaces.clone());
     let mut engine_cfg = EngineConfig {
         evidence_dir: Some(args.evidence_dir.clone()),
-        vantage_names: args.ifaces.clone(),
+        vantages: vantages.clone(),
         ..Default::default()
     };
     args.thresholds.apply(&mut engine_cfg);
@@ -625,7 +634,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let output_cfg = EventOutput {
         json_stdout: args.events.as_ref().is_some_and(|p| p.as_os_str() == "-"),
         events_file: args.events.clone().filter(|p| p.as_os_str() != "-"),
-        vantage_names: args.ifaces.clone(),
+        vantages: vantages.clone(),
         rotate_bytes: args.events_max_bytes.max(1),
         rotate_keep: 5,
         retention: crate::retention::Retention::new(
@@ -833,6 +842,12 @@ pub fn run(args: RunArgs) -> Result<()> {
         evidence_failed,
         handed_off: worker_stats.iter().map(|w| w.handed_off.load(Relaxed)).sum(),
         handoff_dropped: worker_stats.iter().map(|w| w.handoff_dropped.load(Relaxed)).sum(),
+        mirror_sessions: vantages
+            .sessions()
+            .into_iter()
+            .map(|(_, name, at)| (name, vantages.name(at)))
+            .collect(),
+        mirror_sessions_overflowed: vantages.overflowed(),
     };
     let l = &summary.loss;
     log::info!(

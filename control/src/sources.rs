@@ -6,7 +6,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use dataplane::capture::{CaptureError, CaptureReader, CapturedFrame, Compression};
-use dataplane::packet::{decode, unread_cause, TcpPacket, Unread};
+use dataplane::packet::{decode_in, unread_cause, TcpPacket, Unread};
+use dataplane::vantage::Vantages;
 use dataplane_common::Outcome;
 
 /// Bytes of each frame kept after decoding: what the evidence history stores.
@@ -142,13 +143,20 @@ pub struct Source {
     pub shift_ns: i64,
     /// `--filter`: TCP packets it refuses reach the engine as `Outcome::Filtered`.
     pub filter: Option<std::sync::Arc<dataplane::filter::Filter>>,
+    /// The run's vantages: a frame inside a mirror session is at the session's own.
+    vantages: Vantages,
     pub health: InputHealth,
     /// Set when the input ended inside a record.
     pub damage: Option<CaptureError>,
 }
 
 impl Source {
-    pub fn open(path: &Path, file: String, vantage: u16) -> Result<Self, CaptureError> {
+    pub fn open(
+        path: &Path,
+        file: String,
+        vantage: u16,
+        vantages: &Vantages,
+    ) -> Result<Self, CaptureError> {
         let reader = CaptureReader::open(path)?;
         let size = if path.as_os_str() == "-" {
             None
@@ -174,6 +182,7 @@ impl Source {
             done_bytes: 0,
             shift_ns: 0,
             filter: None,
+            vantages: vantages.clone(),
             health: InputHealth { file, compression, ..Default::default() },
             damage: None,
         })
@@ -182,9 +191,14 @@ impl Source {
     /// One vantage read from several files in turn (`paths` in time order, not overlapping:
     /// the rotated files of one sensor), as if they were one capture; frames are numbered
     /// across them (as mergecap would).
-    pub fn open_chain(paths: &[PathBuf], name: String, vantage: u16) -> Result<Self, CaptureError> {
+    pub fn open_chain(
+        paths: &[PathBuf],
+        name: String,
+        vantage: u16,
+        vantages: &Vantages,
+    ) -> Result<Self, CaptureError> {
         let (first, rest) = paths.split_first().expect("a vantage has at least one file");
-        let mut me = Self::open(first, name, vantage)?;
+        let mut me = Self::open(first, name, vantage, vantages)?;
         me.pending = rest.iter().cloned().collect();
         me.size = paths
             .iter()
@@ -296,7 +310,7 @@ impl Source {
             }
             _ => self.max_read_ns = Some(ts),
         }
-        let mut pkt = decode(&f.data, f.orig_len, ts, self.vantage);
+        let mut pkt = decode_in(&f.data, f.orig_len, ts, self.vantage, &self.vantages);
         if let (Ok(p), Some(filter)) = (&pkt, &self.filter) {
             if !filter.matches(p) {
                 pkt = Err(Outcome::Filtered);

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use dataplane::anomaly::paths::{Relation, VantageMatcher, VantageRelations};
 use dataplane::capture::CaptureError;
+use dataplane::vantage::Vantages;
 
 use crate::sources::Source;
 
@@ -359,6 +360,7 @@ fn offsets_from_zero(pairs: &[(u16, u16, i64, u32)], n: usize) -> Vec<i64> {
 pub fn first_pass(
     vantages: &[VantageInput],
     serial: &[(u16, u16)],
+    set: &Vantages,
 ) -> Result<FirstPass, CaptureError> {
     let mut relations = VantageRelations::default();
     for &(a, b) in serial {
@@ -375,7 +377,7 @@ pub fn first_pass(
     matcher.clock = Some(dataplane::anomaly::paths::ClockSamples::default());
     let mut sources = Vec::with_capacity(files.len());
     for (v, f) in files.iter().enumerate() {
-        sources.push(Source::open_chain(&f.files, f.name.clone(), v as u16)?);
+        sources.push(Source::open_chain(&f.files, f.name.clone(), v as u16, set)?);
     }
     let mut heads = Vec::with_capacity(files.len());
     for s in &mut sources {
@@ -389,8 +391,8 @@ pub fn first_pass(
         .min_by_key(|&v| heads[v].as_ref().map_or(u64::MAX, |r| r.ts_ns))
     {
         if read >= FIRST_PASS_FRAMES {
-            matcher.finish(files.len());
-            return Ok(settle(matcher, files.len(), false, None));
+            matcher.finish(set.len());
+            return Ok(settle(matcher, set, false, None));
         }
         read += 1;
         let r = heads[v].take().expect("chosen because it holds a frame");
@@ -405,18 +407,18 @@ pub fn first_pass(
                 } else {
                     window_ns
                 };
-                matcher.expire(p.ts_ns, w, files.len());
+                matcher.expire(p.ts_ns, w, set.len());
             }
         }
         sources[v].recycle(r);
         heads[v] = sources[v].next()?;
     }
-    matcher.finish(files.len());
+    matcher.finish(set.len());
     let ranges = sources
         .iter()
         .map(|s| (s.health.first_ns.unwrap_or(u64::MAX), s.health.last_ns.unwrap_or(0)))
         .collect();
-    Ok(settle(matcher, files.len(), true, Some(ranges)))
+    Ok(settle(matcher, set, true, Some(ranges)))
 }
 
 /// The first pass's answer: the clock offsets, and the pairs judged again with the offsets
@@ -424,23 +426,32 @@ pub fn first_pass(
 /// the offsets were unknown, so it is judged from the matches the wide search made.
 fn settle(
     matcher: VantageMatcher,
-    n: usize,
+    set: &Vantages,
     complete: bool,
     ranges: Option<Vec<(u64, u64)>>,
 ) -> FirstPass {
-    let pairs = matcher
+    // A clock belongs to an input: a mirror session's packets carry its input's timestamps.
+    let pairs: Vec<(u16, u16, i64, u32)> = matcher
         .clock
         .as_ref()
         .map(dataplane::anomaly::paths::ClockSamples::offsets)
-        .unwrap_or_default();
-    let offsets = offsets_from_zero(&pairs, n);
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(a, b, d, m)| (set.input_of(a), set.input_of(b), d, m))
+        .filter(|(a, b, _, _)| a != b)
+        .collect();
+    let offsets = offsets_from_zero(&pairs, set.inputs().len());
     let mut relations = matcher.relations;
-    relations.set_offsets(offsets.clone());
+    relations.set_offsets(
+        (0..set.len()).map(|v| offsets[usize::from(set.input_of(v as u16))]).collect(),
+    );
     let ranges = ranges.map(|r| {
-        r.into_iter()
+        let by_input: Vec<(u64, u64)> = r
+            .into_iter()
             .zip(&offsets)
             .map(|((a, b), &o)| (a.saturating_add_signed(-o), b.saturating_add_signed(-o)))
-            .collect()
+            .collect();
+        (0..set.len()).map(|v| by_input[usize::from(set.input_of(v as u16))]).collect()
     });
     FirstPass { relations, complete, ranges, offsets }
 }

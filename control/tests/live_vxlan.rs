@@ -286,6 +286,8 @@ fn xdp_opens_a_vxlan_mirror_on_the_underlay() {
         assert_eq!(e["dest_port"], REFUSED_PORT, "{e}");
         let dst: IpAddr = e["dest_ip"].as_str().unwrap().parse().unwrap();
         assert!(servers.contains(&dst), "{e}");
+        // The mirror session is the vantage: the interface, the VNI and the mirror's sender.
+        assert_eq!(e["vantage"], "u1/vxlan:42@2001:db8:96::1", "{e}");
     }
 }
 

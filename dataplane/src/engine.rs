@@ -20,9 +20,10 @@ use crate::flow::timers::{TimerKind, TimerWheel};
 use crate::flow::{
     conn_flags, dir_flags, FlowKey, FlowRecord, FlowTable, IpIdModel, MacId, MacTable, Orientation,
 };
-use crate::packet::{decode, TcpPacket};
+use crate::packet::{decode_in, TcpPacket};
 use crate::seq::SeqNumber;
 use crate::tcp::{transition, Segment};
+use crate::vantage::Vantages;
 
 /// Every threshold of the catalog, with its default.
 #[derive(Clone, Debug)]
@@ -51,8 +52,9 @@ pub struct EngineConfig {
     /// The budget shared by every worker of the process; `None`: this engine's own, at
     /// `evidence_per_sec`.
     pub evidence_budget: Option<EvidenceBudget>,
-    /// Names of the vantages (interfaces or files), by index.
-    pub vantage_names: Vec<String>,
+    /// The vantages (interfaces or files, and the mirror sessions found in them), shared by
+    /// every engine of the process.
+    pub vantages: Vantages,
     /// How vantage pairs relate (serial or parallel): pairs the operator named serial, and
     /// what a first pass learned. `learn_vantage_relations` keeps learning from the traffic.
     pub vantage_relations: VantageRelations,
@@ -90,7 +92,7 @@ impl Default for EngineConfig {
             evidence_after_ns: 2_000_000_000,
             evidence_per_sec: 10.0,
             evidence_budget: None,
-            vantage_names: Vec::new(),
+            vantages: Vantages::default(),
             vantage_relations: VantageRelations::default(),
             learn_vantage_relations: true,
             vantage_ranges: None,
@@ -322,8 +324,16 @@ impl Engine {
             self.counters[Kind::TimeJump as usize] += 1;
         }
         self.epoch = self.epoch.wrapping_add(1);
-        let gone: Vec<Slot> =
-            self.flows.iter().filter(|(_, r)| r.key.vantage() == vantage).map(|(s, _)| s).collect();
+        // The input's flows, and those of the mirror sessions read from it.
+        let of_input: Vec<bool> = (0..self.cfg.vantages.len())
+            .map(|v| self.cfg.vantages.input_of(v as u16) == vantage)
+            .collect();
+        let gone: Vec<Slot> = self
+            .flows
+            .iter()
+            .filter(|(_, r)| of_input.get(r.key.vantage() as usize).copied().unwrap_or(false))
+            .map(|(s, _)| s)
+            .collect();
         for s in gone {
             self.flows.remove(s);
             self.forget(s);
@@ -343,7 +353,7 @@ impl Engine {
         vantage: u16,
         frame_no: u64,
     ) {
-        match decode(data, orig_len, ts_ns, vantage) {
+        match decode_in(data, orig_len, ts_ns, vantage, &self.cfg.vantages) {
             Ok(p) => self.process(&p, data, frame_no),
             Err(o) => self.undecodable(o),
         }
@@ -418,7 +428,7 @@ impl Engine {
         let rec = self.flows.get_mut(slot);
         let hist_id = self.history.push(raw, p.orig_len, p.ts_ns, p.vantage, rec.last_hist);
         rec.last_hist = hist_id;
-        if self.cfg.vantage_names.len() > 1 {
+        if self.cfg.vantages.len() > 1 {
             self.matcher.observe(p, hist_id, expected_vantages);
         }
         if created && !p.has(SYN) {
@@ -664,9 +674,9 @@ impl Engine {
             return;
         }
         self.last_housekeeping_ns = now;
-        if self.cfg.vantage_names.len() > 1 {
+        if self.cfg.vantages.len() > 1 {
             let found =
-                self.matcher.expire(now, self.cfg.vantage_window_ns, self.cfg.vantage_names.len());
+                self.matcher.expire(now, self.cfg.vantage_window_ns, self.cfg.vantages.len());
             self.report_cross_vantage(found);
         }
         let mut done = std::mem::take(&mut self.scratch_slots);
@@ -738,8 +748,8 @@ impl Engine {
 
     /// Flushes pending evidence (end of input or shutdown).
     pub fn finish(&mut self) {
-        if self.cfg.vantage_names.len() > 1 {
-            let found = self.matcher.finish(self.cfg.vantage_names.len());
+        if self.cfg.vantages.len() > 1 {
+            let found = self.matcher.finish(self.cfg.vantages.len());
             self.report_cross_vantage(found);
         }
         let mut slots: Vec<Slot> = self.jobs.keys().copied().collect();
@@ -754,7 +764,7 @@ impl Engine {
     fn report_cross_vantage(&mut self, found: Expired) {
         for m in found.lost {
             self.counters[Kind::LostBetweenSensors as usize] += 1;
-            let d = anomaly::paths::lost_detection(&m, &self.cfg.vantage_names);
+            let d = anomaly::paths::lost_detection(&m, &self.cfg.vantages);
             let (key, side) = FlowKey::of(&m.pkt);
             let Some(slot) = self.flows.find(&key, self.flows.hash(&key)) else { continue };
             let f = self.flows.get_mut(slot);
@@ -765,7 +775,7 @@ impl Engine {
         }
         for sp in found.splits {
             self.counters[Kind::SplitPath as usize] += 1;
-            let d = anomaly::paths::split_detection(&sp, &self.cfg.vantage_names);
+            let d = anomaly::paths::split_detection(&sp, &self.cfg.vantages);
             let (key, side) = FlowKey::of(&sp.pkt);
             let Some(slot) = self.flows.find(&key, self.flows.hash(&key)) else { continue };
             self.emit(d, slot, side, &sp.pkt, sp.hist_id);
@@ -796,7 +806,7 @@ impl Engine {
     }
 
     fn vantage_name(&self, v: u16) -> String {
-        self.cfg.vantage_names.get(v as usize).cloned().unwrap_or_else(|| format!("vantage{v}"))
+        self.cfg.vantages.name(v)
     }
 
     /// A handshake to `service` was answered at vantage `v`: a note for the aggregator's

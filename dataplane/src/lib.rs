@@ -18,5 +18,6 @@ pub mod schema;
 pub mod seq;
 pub mod tcp;
 pub mod traffic;
+pub mod vantage;
 pub mod worker;
 pub mod xsk;

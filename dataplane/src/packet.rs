@@ -8,6 +8,7 @@ use dataplane_common::{
 
 use crate::flow::FlowKey;
 use crate::seq::SeqNumber;
+use crate::vantage::Vantages;
 
 #[derive(Clone, Debug)]
 pub struct TcpPacket {
@@ -125,11 +126,38 @@ fn options_of(opts: &[u8], declared_len: usize) -> TcpOptions {
     parse_tcp_options(opts, declared_len)
 }
 
-/// Decodes an Ethernet frame captured with `orig_len` bytes on the wire.
+/// Decodes an Ethernet frame captured with `orig_len` bytes on the wire, at `vantage`.
 pub fn decode(frame: &[u8], orig_len: u32, ts_ns: u64, vantage: u16) -> Result<TcpPacket, Outcome> {
-    let o = match locate_common(frame, orig_len as usize) {
-        Some(o) => o,
-        None => classify(frame, orig_len as usize)?,
+    decode_with(frame, orig_len, ts_ns, vantage, |_| vantage)
+}
+
+/// Decodes a frame that arrived on the input `vantage`: a frame inside a mirror session is
+/// at the session's own vantage (see [`Vantages`]).
+pub fn decode_in(
+    frame: &[u8],
+    orig_len: u32,
+    ts_ns: u64,
+    vantage: u16,
+    vantages: &Vantages,
+) -> Result<TcpPacket, Outcome> {
+    decode_with(frame, orig_len, ts_ns, vantage, |o| vantages.of_session(vantage, o, frame))
+}
+
+#[inline(always)]
+fn decode_with(
+    frame: &[u8],
+    orig_len: u32,
+    ts_ns: u64,
+    vantage: u16,
+    session: impl FnOnce(&TcpOffsets) -> u16,
+) -> Result<TcpPacket, Outcome> {
+    // The common frame carries no tunnel: only the full parser's frames can be a session's.
+    let (o, vantage) = match locate_common(frame, orig_len as usize) {
+        Some(o) => (o, vantage),
+        None => {
+            let o = classify(frame, orig_len as usize)?;
+            (o, if o.tunnel == 0 { vantage } else { session(&o) })
+        }
     };
     let l3 = o.l3_off as usize;
     let l4 = o.l4_off as usize;

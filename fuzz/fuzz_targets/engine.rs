@@ -5,7 +5,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let cfg = EngineConfig {
-        vantage_names: vec!["a".into(), "b".into()],
+        vantages: vec!["a".into(), "b".into()].into(),
         history_bytes: 1 << 20,
         flow_capacity: 64,
         record_verdicts: true,

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use super::{mac_str, Ctx, Culprit, Detection, Kind, Role};
 use crate::flow::{conn_flags, dir_flags};
 use crate::packet::TcpPacket;
+use crate::vantage::Vantages;
 
 /// Next-hop changes: runs before the sender's model is updated with this packet.
 pub fn on_packet(c: &mut Ctx<'_>) {
@@ -570,12 +571,14 @@ impl VantageMatcher {
             && !answered;
         let expected = if opening { learned } else { learned & carried };
         // A vantage can miss the packet only while it was capturing (known ranges; live
-        // interfaces always are).
+        // interfaces always are, and so are mirror sessions found after the ranges were
+        // measured).
         let in_range = self.ranges.as_ref().map_or(u128::MAX, |r| {
+            let unknown = u128::MAX.checked_shl(r.len() as u32).unwrap_or(0);
             r.iter()
                 .enumerate()
                 .filter(|(_, &(a, b))| a <= t && t <= b)
-                .fold(0u128, |m, (v, _)| m | (1 << v))
+                .fold(unknown, |m, (v, _)| m | (1 << v))
         });
         let missing = expected & all & in_range & !seen.vantages;
         if missing != 0 {
@@ -704,8 +707,8 @@ struct Held {
     opening_until: u64,
 }
 
-pub fn lost_detection(m: &Missing, names: &[String]) -> Detection {
-    let name = |v: u16| names.get(v as usize).cloned().unwrap_or_else(|| format!("vantage {v}"));
+pub fn lost_detection(m: &Missing, vantages: &Vantages) -> Detection {
+    let name = |v: u16| vantages.name(v);
     let missing: Vec<String> = m.missing_at.iter().map(|v| name(*v)).collect();
     let p = &m.pkt;
     let what = if p.has(dataplane_common::tcp_flags::SYN) {
@@ -741,8 +744,8 @@ pub fn lost_detection(m: &Missing, names: &[String]) -> Detection {
     .detail("clock_offset_s", offset_s)
 }
 
-pub fn split_detection(s: &Split, names: &[String]) -> Detection {
-    let name = |v: u16| names.get(v as usize).cloned().unwrap_or_else(|| format!("vantage {v}"));
+pub fn split_detection(s: &Split, vantages: &Vantages) -> Detection {
+    let name = |v: u16| vantages.name(v);
     let p = &s.pkt;
     let (a, b) = (name(s.vantages[0]), name(s.vantages[1]));
     let cul = Culprit::new(Role::ParallelPaths)

@@ -515,7 +515,7 @@ fn lost_between_sensors_vs_seen_at_both() {
     // SYN is seen upstream only and never answered.
     let run = |shared: usize, serial_named: bool| -> Vec<Event> {
         let mut cfg = EngineConfig {
-            vantage_names: vec!["upstream".into(), "downstream".into()],
+            vantages: vec!["upstream".into(), "downstream".into()].into(),
             ..Default::default()
         };
         if serial_named {
@@ -571,7 +571,8 @@ fn lost_between_sensors_vs_seen_at_both() {
 /// reach one backend each: a split naming both, and no loss between them.
 #[test]
 fn parallel_vantages_split_without_losses() {
-    let cfg = EngineConfig { vantage_names: vec!["b1".into(), "b2".into()], ..Default::default() };
+    let cfg =
+        EngineConfig { vantages: vec!["b1".into(), "b2".into()].into(), ..Default::default() };
     let mut c = Conv::with(cfg);
     // Connections on b1 only and on b2 only.
     for (port, v) in [(41000, 0), (41001, 1), (41002, 0), (41003, 1)] {
@@ -1006,7 +1007,7 @@ fn the_handshake_timer_names_the_vantage_that_saw_the_syn() {
     for v6 in [false, true] {
         let names = vec!["edge".to_string(), "core".to_string(), "dc".to_string()];
         let mut c = Conv::with(EngineConfig {
-            vantage_names: names,
+            vantages: names.into(),
             record_verdicts: true,
             ..Default::default()
         });
