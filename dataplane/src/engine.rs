@@ -353,9 +353,10 @@ impl Engine {
         vantage: u16,
         frame_no: u64,
     ) {
-        match decode_in(data, orig_len, ts_ns, vantage, &self.cfg.vantages) {
-            Ok(p) => self.process(&p, data, frame_no),
-            Err(o) => self.undecodable(o),
+        // Borrowed where it was decoded: moving the packet out of the result copies it.
+        match &decode_in(data, orig_len, ts_ns, vantage, &self.cfg.vantages) {
+            Ok(p) => self.process(p, data, frame_no),
+            Err(o) => self.undecodable(*o),
         }
     }
 
