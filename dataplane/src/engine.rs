@@ -564,14 +564,19 @@ impl Engine {
         if evidence_pending {
             self.feed_job(slot, hist_id);
         }
-        for d in found.drain(..) {
-            if d.kind == Kind::ZeroWindow && self.zero_window_samples.len() < MAX_SAMPLES {
-                if let Some(dur) = d.details.get("duration_s").and_then(serde_json::Value::as_f64) {
-                    self.zero_window_samples.push((dur * 1e9) as u64);
+        // Most packets find nothing: no drain to set up and tear down then.
+        if !found.is_empty() {
+            for d in found.drain(..) {
+                if d.kind == Kind::ZeroWindow && self.zero_window_samples.len() < MAX_SAMPLES {
+                    if let Some(dur) =
+                        d.details.get("duration_s").and_then(serde_json::Value::as_f64)
+                    {
+                        self.zero_window_samples.push((dur * 1e9) as u64);
+                    }
                 }
-            }
-            if loss::is_reportable(&d) {
-                self.emit(d, slot, side, p, hist_id);
+                if loss::is_reportable(&d) {
+                    self.emit(d, slot, side, p, hist_id);
+                }
             }
         }
         self.found = found;
