@@ -101,7 +101,7 @@ impl Vantages {
             return n.clone();
         }
         let s = self.table();
-        s.names.get(i - self.0.inputs.len()).cloned().unwrap_or_else(|| format!("vantage {v}"))
+        s.names.get(i - self.0.inputs.len()).cloned().unwrap_or_else(|| format!("vantage{v}"))
     }
 
     /// Every vantage's name, by index.
