@@ -283,12 +283,14 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     // With one vantage no event can precede its worker's watermark; across vantages a packet
     // is reported missing only when its wait (the vantage window, and for an opening SYN the
     // wait for an answer) ends, checked every 10 ms.
-    let lateness = if names.len() > 1 {
-        cfg.vantage_window_ns
+    // A mirror session inside an input makes a second vantage when the reader meets it: the
+    // lateness is chosen as each batch of events arrives.
+    let lateness = Lateness {
+        vantages: vantage_set.clone(),
+        across: cfg
+            .vantage_window_ns
             .saturating_add(dataplane::anomaly::paths::OPENING_WAIT_NS)
-            .saturating_add(50_000_000)
-    } else {
-        0
+            .saturating_add(50_000_000),
     };
     let sink = std::thread::Builder::new()
         .name("ww-analyze-events".into())
@@ -444,7 +446,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         {
             // Frames that are not TCP go to worker 0, whose engine counts the undecodable ones.
             let shard = f.pkt.as_ref().map_or(0, |p| shard_of(p, workers));
-            let expected = match (&f.pkt, names.len() > 1) {
+            let expected = match (&f.pkt, vantage_set.len() > 1) {
                 (Ok(p), true) => learning.learn(p),
                 _ => 0,
             };
@@ -995,6 +997,24 @@ enum SinkMsg {
     Events { worker: usize, watermark: u64, events: Vec<Event>, notes: Vec<PathNote> },
 }
 
+/// How far behind its watermark a worker's event can be: 0 with one vantage, the
+/// cross-vantage wait with a margin once there are several (inputs, or mirror sessions found
+/// in them).
+struct Lateness {
+    vantages: dataplane::vantage::Vantages,
+    across: u64,
+}
+
+impl Lateness {
+    fn now(&self) -> u64 {
+        if self.vantages.len() > 1 {
+            self.across
+        } else {
+            0
+        }
+    }
+}
+
 /// Writes the workers' events in time order (then kind, worker, arrival) as soon as every
 /// worker has moved past them, and keeps what the summary needs: counts and the first event
 /// of each kind. A worker's events can trail its watermark only by the cross-vantage window
@@ -1006,7 +1026,7 @@ struct EventOrder {
     ready: Vec<Event>,
     pending: BinaryHeap<std::cmp::Reverse<Pending>>,
     watermarks: Vec<u64>,
-    lateness: u64,
+    lateness: Lateness,
     seq: u64,
     per_kind: [u64; KIND_COUNT],
     examples: Vec<Option<Event>>,
@@ -1046,7 +1066,7 @@ impl Ord for Pending {
 }
 
 impl EventOrder {
-    fn new(workers: usize, lateness: u64, out: Option<Box<dyn Write + Send>>) -> Self {
+    fn new(workers: usize, lateness: Lateness, out: Option<Box<dyn Write + Send>>) -> Self {
         Self {
             out,
             aggregator: dataplane::anomaly::aggregate::Aggregator::holding_all(),
@@ -1081,8 +1101,13 @@ impl EventOrder {
                 }));
             }
             self.watermarks[worker] = self.watermarks[worker].max(watermark);
-            let safe =
-                self.watermarks.iter().copied().min().unwrap_or(0).saturating_sub(self.lateness);
+            let safe = self
+                .watermarks
+                .iter()
+                .copied()
+                .min()
+                .unwrap_or(0)
+                .saturating_sub(self.lateness.now());
             self.release(safe);
         }
         self.release(u64::MAX);

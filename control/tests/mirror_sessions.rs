@@ -5,7 +5,9 @@
 //! session to the downstream one, each named after the capture and its session; with the
 //! fault off nothing is. Crafted frames: the kernel has no ERSPAN device. IPv4 and IPv6
 //! connections; with two switches mirroring different connections (parallel), no loss is
-//! inferred either; 1 and 2 workers give the same events.
+//! inferred either; a refused connection is one `syn_rejected` per session that saw it, and
+//! the events stay in time order though the loss is reported only when its wait ends; 1 and 2
+//! workers give the same events.
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
@@ -109,6 +111,26 @@ fn write_capture(path: &Path, fault: bool, serial: bool) {
             }
         }
     }
+    // A connection refused 60 ms in (the fault's segment is at ~37 ms and reported when its
+    // wait ends, ~100 ms later): its event must still come after the loss's.
+    let refused_at = 1_800_000_000_000_000_000u64 + 60_000_000;
+    let mut syn =
+        TcpSegment::new("10.20.0.9".parse().unwrap(), 41_000, "10.30.0.1".parse().unwrap(), 8443);
+    syn.flags = SYN;
+    syn.seq = 7;
+    let mut rst =
+        TcpSegment::new("10.30.0.1".parse().unwrap(), 8443, "10.20.0.9".parse().unwrap(), 41_000);
+    rst.flags = dataplane_common::tcp_flags::RST | ACK;
+    rst.ack = 8;
+    for (dt, g) in [(0, &syn), (100_000, &rst)] {
+        let inner = g.frame();
+        let f = wrap(&inner, &Encap::ErspanII { session: 12 }, &up);
+        frames.push((refused_at + dt, f.clone(), f.len() as u32));
+        if serial {
+            let f = wrap(&inner, &Encap::ErspanII { session: 13 }, &down);
+            frames.push((refused_at + dt + 30_000, f.clone(), f.len() as u32));
+        }
+    }
     frames.sort_by_key(|f| f.0);
     let mut w = PcapngWriter::new(std::fs::File::create(path).unwrap()).unwrap();
     w.interface("collector0", 262_144).unwrap();
@@ -165,6 +187,9 @@ fn two_mirror_sessions_are_two_vantages() {
             let mut sorted = sessions.clone();
             sorted.sort_unstable();
             assert_eq!(sorted, [up.as_str(), down.as_str()], "{tag}: {summary:#}");
+            // In time order, the loss reported when its wait ended included.
+            let times: Vec<u64> = ev.iter().map(|e| e["time_last_ns"].as_u64().unwrap()).collect();
+            assert!(times.windows(2).all(|w| w[0] <= w[1]), "{tag}: events out of time order");
             let lost = of_kind(&ev, "lost_between_sensors");
             if fault {
                 assert_eq!(lost.len(), 1, "{tag}: {ev:#?}");
@@ -176,6 +201,12 @@ fn two_mirror_sessions_are_two_vantages() {
             } else {
                 assert!(lost.is_empty(), "{tag}: {lost:#?}");
             }
+            let rejected = of_kind(&ev, "syn_rejected");
+            let views = if serial { vec![up.as_str(), down.as_str()] } else { vec![up.as_str()] };
+            let mut at: Vec<&str> =
+                rejected.iter().map(|e| e["vantage"].as_str().unwrap()).collect();
+            at.sort_unstable();
+            assert_eq!(at, views, "{tag}: the refused connection, once per session that saw it");
             // A healthy view of the same traffic: no one-sided flows, no split paths.
             for kind in ["one_sided", "split_path"] {
                 assert!(of_kind(&ev, kind).is_empty(), "{tag}: {kind}: {ev:#?}");
