@@ -310,17 +310,6 @@ impl Source {
             }
             _ => self.max_read_ns = Some(ts),
         }
-        let mut pkt = decode_in(&f.data, f.orig_len, ts, self.vantage, &self.vantages);
-        if let (Ok(p), Some(filter)) = (&pkt, &self.filter) {
-            if !filter.matches(p) {
-                pkt = Err(Outcome::Filtered);
-            }
-        }
-        match &pkt {
-            Ok(_) => h.tcp += 1,
-            Err(Outcome::Filtered) => h.filtered += 1,
-            Err(o) => h.count(unread_cause(&f.data, f.orig_len, *o)),
-        }
         let mut r = self.spare.pop().unwrap_or_else(|| {
             Box::new(Ready {
                 ts_ns: 0,
@@ -331,10 +320,21 @@ impl Source {
                 jump_from_ns: None,
             })
         });
+        // Decoded into its box (no copy of the packet afterwards).
+        r.pkt = decode_in(&f.data, f.orig_len, ts, self.vantage, &self.vantages);
+        if let (Ok(p), Some(filter)) = (&r.pkt, &self.filter) {
+            if !filter.matches(p) {
+                r.pkt = Err(Outcome::Filtered);
+            }
+        }
+        match &r.pkt {
+            Ok(_) => h.tcp += 1,
+            Err(Outcome::Filtered) => h.filtered += 1,
+            Err(o) => h.count(unread_cause(&f.data, f.orig_len, *o)),
+        }
         let keep = f.data.len().min(KEEP);
         r.ts_ns = ts;
         r.frame_no = h.frames;
-        r.pkt = pkt;
         r.len = keep as u16;
         r.bytes[..keep].copy_from_slice(&f.data[..keep]);
         r.jump_from_ns = jump_from_ns;

@@ -113,12 +113,19 @@ pub struct CaptureReader<R: Read> {
     offset: u64,
     format: Format,
     ifaces: Vec<Iface>,
-    /// Record bytes as read, reused for every record (no allocation per packet).
-    scratch: Vec<u8>,
+    /// The input read ahead: records are parsed where they lie in it, one read call per
+    /// `READ_AHEAD` bytes rather than two per record (`pos..end` not yet consumed).
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+    eof: bool,
     compression: Compression,
     /// Bytes read from the file itself (compressed bytes for a compressed file).
     raw_read: Arc<AtomicU64>,
 }
+
+/// How far ahead the input is read (it also holds the largest record whole).
+const READ_AHEAD: usize = 1 << 20;
 
 const LINKTYPE_NULL: u32 = 0;
 const LINKTYPE_ETHERNET: u32 = 1;
@@ -206,18 +213,18 @@ impl CaptureReader<Box<dyn Read>> {
         let compression = Compression::of_magic(&magic[..n]);
         let input = io::Cursor::new(magic[..n].to_vec()).chain(input);
         let decoded: Box<dyn Read> = match compression {
-            Compression::None => Box::new(io::BufReader::with_capacity(1 << 20, input)),
+            // The reader reads ahead itself (READ_AHEAD): no buffer in between.
+            Compression::None => Box::new(input),
             // Several gzip members back to back are one stream (RFC 1952 §2.2, as gzip -d).
-            Compression::Gzip => Box::new(io::BufReader::with_capacity(
-                1 << 20,
-                flate2::read::MultiGzDecoder::new(io::BufReader::new(input)),
-            )),
+            Compression::Gzip => {
+                Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(input)))
+            }
             Compression::Zstd => {
                 let mut d = zstd::stream::read::Decoder::new(input)
                     .map_err(|source| CaptureError::Io { path: path.clone(), source })?;
                 d.window_log_max(ZSTD_WINDOW_LOG_MAX)
                     .map_err(|source| CaptureError::Io { path: path.clone(), source })?;
-                Box::new(io::BufReader::with_capacity(1 << 20, d))
+                Box::new(d)
             }
         };
         let mut me = CaptureReader::start(path, decoded, compression).map_err(|e| match e {
@@ -251,7 +258,10 @@ impl<R: Read> CaptureReader<R> {
             offset: 0,
             format: Format::Pcapng { big_endian: false },
             ifaces: Vec::new(),
-            scratch: Vec::new(),
+            buf: Vec::new(),
+            pos: 0,
+            end: 0,
+            eof: false,
             compression,
             raw_read: Arc::new(AtomicU64::new(0)),
         };
@@ -365,11 +375,50 @@ impl<R: Read> CaptureReader<R> {
         }
     }
 
+    /// Makes the next `n` bytes of the input readable at `buf[pos..]`, reading ahead; how
+    /// many are (fewer only at the end of the input).
+    #[inline]
+    fn ensure(&mut self, n: usize) -> Result<usize, CaptureError> {
+        let have = self.end - self.pos;
+        if have >= n || self.eof {
+            return Ok(have.min(n));
+        }
+        if self.pos + n > self.buf.len() {
+            // Not enough room behind the unread bytes: move them to the front.
+            self.buf.copy_within(self.pos..self.end, 0);
+            self.pos = 0;
+            self.end = have;
+            if self.buf.len() < n.max(READ_AHEAD) {
+                self.buf.resize(n.max(READ_AHEAD), 0);
+            }
+        }
+        while self.end - self.pos < n {
+            match self.r.read(&mut self.buf[self.end..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(k) => self.end += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    let at = self.offset + (self.end - self.pos) as u64;
+                    return Err(self.io_error(at, source));
+                }
+            }
+        }
+        Ok((self.end - self.pos).min(n))
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos += n;
+        self.offset += n as u64;
+    }
+
     /// Fills `buf`; the number of bytes read (short only at the end of the input).
     fn fill(&mut self, buf: &mut [u8]) -> Result<usize, CaptureError> {
-        let at = self.offset;
-        let n = read_full_counting(&mut self.r, buf, &mut self.offset)
-            .map_err(|source| self.io_error(at, source))?;
+        let n = self.ensure(buf.len())?;
+        buf[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.consume(n);
         Ok(n)
     }
 
@@ -398,17 +447,19 @@ impl<R: Read> CaptureReader<R> {
             let at = self.offset;
             match self.format {
                 Format::Pcap { big_endian, nanos, linktype } => {
-                    let mut h = [0u8; 16];
-                    let n = self.fill(&mut h)?;
+                    let n = self.ensure(16)?;
                     if n == 0 {
                         return Ok(false);
                     }
                     if n < 16 {
+                        self.consume(n);
                         return Err(self.truncated(
                             at,
                             format!("file ends inside a record header ({n} of 16 bytes)"),
                         ));
                     }
+                    let h: [u8; 16] = self.buf[self.pos..self.pos + 16].try_into().unwrap();
+                    self.consume(16);
                     let sec = read_u32(&h[0..4], big_endian) as u64;
                     let frac = read_u32(&h[4..8], big_endian) as u64;
                     let caplen = read_u32(&h[8..12], big_endian);
@@ -419,50 +470,50 @@ impl<R: Read> CaptureReader<R> {
                             format!("record claims {caplen} captured bytes (max {MAX_CAPLEN})"),
                         ));
                     }
-                    let mut data = std::mem::take(&mut self.scratch);
-                    data.resize(caplen as usize, 0);
-                    let read = self.read_exact_at(&mut data, "packet data").map_err(|e| match e {
+                    let len = caplen as usize;
+                    let n = self.ensure(len)?;
+                    if n < len {
                         // Name the record, not the middle of it.
-                        CaptureError::Truncated { path, what, of, .. } => CaptureError::Truncated {
-                            path,
-                            offset: at,
-                            of,
-                            what: format!("record: {what}"),
-                        },
-                        e => e,
-                    });
+                        self.consume(n);
+                        return Err(self.truncated(
+                            at,
+                            format!(
+                                "record: file ends inside the packet data ({n} of {len} bytes)"
+                            ),
+                        ));
+                    }
                     let ts_ns = sec.saturating_mul(1_000_000_000).saturating_add(if nanos {
                         frac
                     } else {
                         frac * 1000
                     });
-                    if read.is_ok() {
-                        if linktype == LINKTYPE_ETHERNET {
-                            // The record is the frame: hand over the buffer, take the old one back.
-                            std::mem::swap(&mut data, &mut out.data);
-                            out.orig_len = origlen.max(caplen);
-                            out.ts_ns = ts_ns;
-                            out.offset = at;
-                        } else {
-                            to_ethernet(linktype, &data, origlen.max(caplen), ts_ns, at, out);
-                        }
+                    let data = &self.buf[self.pos..self.pos + len];
+                    if linktype == LINKTYPE_ETHERNET {
+                        out.data.clear();
+                        out.data.extend_from_slice(data);
+                        out.orig_len = origlen.max(caplen);
+                        out.ts_ns = ts_ns;
+                        out.offset = at;
+                    } else {
+                        to_ethernet(linktype, data, origlen.max(caplen), ts_ns, at, out);
                     }
-                    self.scratch = data;
-                    read?;
+                    self.consume(len);
                     return Ok(true);
                 }
                 Format::Pcapng { big_endian } => {
-                    let mut h = [0u8; 8];
-                    let n = self.fill(&mut h)?;
+                    let n = self.ensure(8)?;
                     if n == 0 {
                         return Ok(false);
                     }
                     if n < 8 {
+                        self.consume(n);
                         return Err(self.truncated(
                             at,
                             format!("file ends inside a block header ({n} of 8 bytes)"),
                         ));
                     }
+                    let h: [u8; 8] = self.buf[self.pos..self.pos + 8].try_into().unwrap();
+                    self.consume(8);
                     let kind = read_u32(&h[0..4], big_endian);
                     let len = read_u32(&h[4..8], big_endian);
                     if kind == 0x0a0d0d0a {
@@ -474,21 +525,26 @@ impl<R: Read> CaptureReader<R> {
                     if len < 12 || !len.is_multiple_of(4) || len > MAX_CAPLEN + 4096 {
                         return Err(self.corrupt(at, format!("block length {len}")));
                     }
-                    let mut block = std::mem::take(&mut self.scratch);
-                    block.resize(len as usize - 8, 0);
-                    let read = self.read_exact_at(&mut block, "block").map_err(|e| match e {
-                        CaptureError::Truncated { path, what, of, .. } => {
-                            CaptureError::Truncated { path, offset: at, of, what }
-                        }
-                        e => e,
-                    });
-                    let found = match read {
-                        Ok(()) => {
-                            self.pcapng_block(kind, &block[..block.len() - 4], big_endian, at, out)
-                        }
-                        Err(e) => Err(e),
-                    };
-                    self.scratch = block;
+                    let body = len as usize - 8;
+                    let n = self.ensure(body)?;
+                    if n < body {
+                        self.consume(n);
+                        return Err(self.truncated(
+                            at,
+                            format!("file ends inside the block ({n} of {body} bytes)"),
+                        ));
+                    }
+                    // Parsed where it lies (the buffer lent out for the call).
+                    let buf = std::mem::take(&mut self.buf);
+                    let found = self.pcapng_block(
+                        kind,
+                        &buf[self.pos..self.pos + body - 4],
+                        big_endian,
+                        at,
+                        out,
+                    );
+                    self.buf = buf;
+                    self.consume(body);
                     if found? {
                         return Ok(true);
                     }
@@ -703,24 +759,6 @@ fn to_ethernet(
             out.orig_len = orig_len;
         }
     }
-}
-
-/// [`read_full`], adding each chunk to `offset` as it arrives (so an error names where it
-/// struck).
-fn read_full_counting(r: &mut impl Read, buf: &mut [u8], offset: &mut u64) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => {
-                n += k;
-                *offset += k as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
