@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, ValueEnum};
-use dataplane::craft::TcpSegment;
-use dataplane::netns::{enter_current_thread, span, veth, Netns};
 use dataplane::packet::decode;
-use dataplane::traffic::{connect_from, pace, serve_once};
 use dataplane_common::tcp_flags::{ACK, PSH, SYN};
 use serde_json::Value;
+use wirewatch_testkit::craft::TcpSegment;
+use wirewatch_testkit::netns::{enter_current_thread, span, veth, Netns};
+use wirewatch_testkit::traffic::{connect_from, pace, serve_once};
 
 #[derive(Args, Debug, Clone)]
 pub struct LabArgs {
@@ -741,7 +741,7 @@ fn syn_blackhole(lab: &mut Lab<'_>) -> Result<Outcome> {
                         let _ = c.write_all(&r[..n]);
                     }
                     Err(_) => {
-                        let _ = dataplane::traffic::abort_on_close(&c); // RST to the client
+                        let _ = wirewatch_testkit::traffic::abort_on_close(&c); // RST to the client
                     }
                 }
             }));
@@ -976,7 +976,7 @@ fn tuple_collision(lab: &mut Lab<'_>) -> Result<Outcome> {
         Ok(())
     });
     std::thread::sleep(Duration::from_millis(200));
-    let direct = dataplane::traffic::connect_bound(
+    let direct = wirewatch_testkit::traffic::connect_bound(
         &app,
         "10.85.1.2:61902".parse()?,
         "10.85.0.2:3269".parse()?,

@@ -9,9 +9,9 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
 
-use dataplane::craft::TcpSegment;
 use dataplane::pcapng::PcapngWriter;
 use dataplane_common::tcp_flags::{ACK, RST, SYN};
+use wirewatch_testkit::craft::TcpSegment;
 
 struct Family {
     flooded: IpAddr,

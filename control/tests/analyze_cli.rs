@@ -3,9 +3,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use dataplane::craft::TcpSegment;
 use dataplane::pcapng::PcapngWriter;
 use dataplane_common::tcp_flags::{ACK, PSH, RST, SYN};
+use wirewatch_testkit::craft::TcpSegment;
 
 fn ww(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_wirewatch"))

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use dataplane::netns::{enter_current_thread, privileged_or_skip, veth, Netns};
-use dataplane::traffic::connect_from;
+use wirewatch_testkit::netns::{enter_current_thread, privileged_or_skip, veth, Netns};
+use wirewatch_testkit::traffic::connect_from;
 
 const SERVERS: [&str; 2] = ["10.82.2.2", "fd82:2::2"];
 const OPEN: u16 = 8080;

@@ -11,8 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use dataplane::netns::{privileged_or_skip, veth, Netns};
-use dataplane::traffic::{connect_from, serve_once};
+use wirewatch_testkit::netns::{privileged_or_skip, veth, Netns};
+use wirewatch_testkit::traffic::{connect_from, serve_once};
 
 fn ww(args: &[&str]) -> (i32, String, String) {
     ww_stdin(args, None)
@@ -476,7 +476,7 @@ fn frames_without_readable_tcp_are_counted_by_cause() {
         // UDP datagrams larger than the MTU: the kernel fragments them (3 fragments each).
         let ns = a.name.clone();
         std::thread::spawn(move || {
-            dataplane::netns::enter_current_thread(&ns).unwrap();
+            wirewatch_testkit::netns::enter_current_thread(&ns).unwrap();
             let u = std::net::UdpSocket::bind("10.93.0.1:0").unwrap();
             for _ in 0..3 {
                 u.send_to(&[1u8; 3000], "10.93.0.2:9").unwrap();

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use dataplane::netns::{privileged_or_skip, veth, Netns};
-use dataplane::traffic::{connect_from, serve_once};
+use wirewatch_testkit::netns::{privileged_or_skip, veth, Netns};
+use wirewatch_testkit::traffic::{connect_from, serve_once};
 
 const CLIENTS: [&str; 2] = ["10.77.0.1", "fd77::1"];
 const SERVERS: [&str; 2] = ["10.77.0.2", "fd77::2"];

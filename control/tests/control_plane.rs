@@ -8,8 +8,8 @@ use std::process::{Child, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use dataplane::netns::{enter_current_thread, privileged_or_skip, span, veth, Netns};
-use dataplane::traffic::{connect_from, serve_once};
+use wirewatch_testkit::netns::{enter_current_thread, privileged_or_skip, span, veth, Netns};
+use wirewatch_testkit::traffic::{connect_from, serve_once};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 

@@ -2,7 +2,7 @@
 //! would take every TCP frame away from the host's stack. An interface with an IPv4 or a
 //! global IPv6 address, or one a route goes out through, is refused with exit 2 and the
 //! reason; a port with only its link-local IPv6 address (a span or tap port) is accepted.
-use dataplane::netns::{privileged_or_skip, veth, Netns};
+use wirewatch_testkit::netns::{privileged_or_skip, veth, Netns};
 
 fn run(ns: &Netns, iface: &str) -> (Option<i32>, String) {
     let o = ns

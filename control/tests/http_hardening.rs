@@ -11,7 +11,7 @@ use std::process::{Child, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use dataplane::netns::{enter_current_thread, privileged_or_skip, Netns};
+use wirewatch_testkit::netns::{enter_current_thread, privileged_or_skip, Netns};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -244,7 +244,7 @@ fn idle_floods_huge_headers_and_unread_pipelines_never_silence_healthz() {
     // scrapes, whose pages soon fill every buffer between us, so the server's writes block.
     let pipelined = in_ns(&ns.name, || {
         let mut s = TcpStream::connect(ADDR).unwrap();
-        dataplane::traffic::small_rcvbuf(&s, 4096).unwrap();
+        wirewatch_testkit::traffic::small_rcvbuf(&s, 4096).unwrap();
         s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
         let one = format!("GET /metrics HTTP/1.1\r\nHost: {ADDR}\r\n\r\n");
         let all = one.repeat(20_000);

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dataplane::capture::CaptureReader;
-use dataplane::netns::{enter_current_thread, privileged_or_skip, span, veth, Netns};
 use dataplane::packet::decode;
+use wirewatch_testkit::netns::{enter_current_thread, privileged_or_skip, span, veth, Netns};
 
 const BYTES_PER_TRANSFER: usize = 4 << 20;
 /// Per-socket pacing (SO_MAX_PACING_RATE, bytes/s). veth's native-XDP receive ring holds 256
@@ -84,7 +84,7 @@ fn lab_with(tag: &str, queues: u32) -> Lab {
     if queues == 1 {
         veth(&b, "sp0", &mon, "sp1").unwrap();
     } else {
-        dataplane::netns::sh(&format!(
+        wirewatch_testkit::netns::sh(&format!(
             "ip link add sp0 netns {} numtxqueues {queues} numrxqueues {queues} type veth peer name sp1 netns {} numtxqueues {queues} numrxqueues {queues}",
             b.name, mon.name
         ))

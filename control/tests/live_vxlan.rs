@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dataplane::capture::CaptureReader;
-use dataplane::netns::{enter_current_thread, privileged_or_skip, span, veth, Netns};
 use dataplane::packet::decode;
+use wirewatch_testkit::netns::{enter_current_thread, privileged_or_skip, span, veth, Netns};
 
 const BYTES_PER_TRANSFER: usize = 256 << 10;
 /// Per-socket pacing (bytes/s): veth's native-XDP receive ring holds 256 frames, and a burst

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use dataplane::netns::{privileged_or_skip, veth, Netns};
-use dataplane::traffic::{abort_on_close, connect_from, serve_once};
+use wirewatch_testkit::netns::{privileged_or_skip, veth, Netns};
+use wirewatch_testkit::traffic::{abort_on_close, connect_from, serve_once};
 
 /// The flags compared, with the tshark filter that defines each.
 const FLAGS: &[(&str, &str)] = &[

@@ -23,11 +23,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use dataplane::craft::TcpSegment;
-use dataplane::netns::{privileged_or_skip, veth, Netns};
 use dataplane::pcapng::PcapngWriter;
-use dataplane::traffic::{connect_bound, connect_from, pace, serve_once};
 use dataplane_common::tcp_flags::{ACK, FIN, PSH, SYN};
+use wirewatch_testkit::craft::TcpSegment;
+use wirewatch_testkit::netns::{privileged_or_skip, veth, Netns};
+use wirewatch_testkit::traffic::{connect_bound, connect_from, pace, serve_once};
 
 /// wirewatch's verdict name and the tshark filter that defines the same frames. tshark marks
 /// a fast retransmission as a retransmission too; wirewatch gives each frame one kind.
@@ -236,7 +236,7 @@ fn fast_open(c: &Netns, s: &Netns, port: u16) {
     .unwrap();
     let ns = c.name.clone();
     let cl = std::thread::spawn(move || {
-        dataplane::netns::enter_current_thread(&ns).unwrap();
+        wirewatch_testkit::netns::enter_current_thread(&ns).unwrap();
         // SAFETY: plain socket syscall; the fd is owned by the stream below.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
         assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());

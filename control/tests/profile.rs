@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use dataplane::netns::{privileged_or_skip, veth, Netns};
+use wirewatch_testkit::netns::{privileged_or_skip, veth, Netns};
 
 fn ww() -> Command {
     Command::new(env!("CARGO_BIN_EXE_wirewatch"))

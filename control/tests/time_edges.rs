@@ -3,9 +3,9 @@
 //! handshake is never reported unanswered.
 use std::process::Command;
 
-use dataplane::craft::TcpSegment;
 use dataplane::pcapng::PcapngWriter;
 use dataplane_common::tcp_flags::{ACK, FIN, PSH, SYN};
+use wirewatch_testkit::craft::TcpSegment;
 
 fn capture_at(path: &std::path::Path, start_ns: u64, answered: bool) {
     let mut w = PcapngWriter::new(std::fs::File::create(path).unwrap()).unwrap();

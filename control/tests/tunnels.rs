@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dataplane::capture::CaptureReader;
-use dataplane::encap::{wrap, Encap, Outer};
-use dataplane::netns::{privileged_or_skip, veth, Netns};
-use dataplane::traffic::connect_bound;
+use wirewatch_testkit::encap::{wrap, Encap, Outer};
+use wirewatch_testkit::netns::{privileged_or_skip, veth, Netns};
+use wirewatch_testkit::traffic::connect_bound;
 
 const OPEN: u16 = 8080;
 /// Nothing listens here: the server's kernel answers SYNs with RST (`syn_rejected`).
@@ -33,7 +33,7 @@ fn serve(ns: &Netns, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>>
             let stop = stop.clone();
             let addr = SocketAddr::new(a.parse().unwrap(), OPEN);
             std::thread::spawn(move || {
-                dataplane::netns::enter_current_thread(&ns).unwrap();
+                wirewatch_testkit::netns::enter_current_thread(&ns).unwrap();
                 let l = std::net::TcpListener::bind(addr).unwrap();
                 l.set_nonblocking(true).unwrap();
                 while !stop.load(Ordering::Relaxed) {

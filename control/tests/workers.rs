@@ -84,11 +84,11 @@ fn events_and_counts_are_the_same_at_1_2_4_and_16_workers() {
 /// end of the input still times out: every worker's clock ends at the input's last packet.
 #[test]
 fn a_deadline_after_a_workers_last_packet_still_fires() {
-    use dataplane::craft::TcpSegment;
     use dataplane::packet::decode;
     use dataplane::pcapng::PcapngWriter;
     use dataplane::pipeline::shard_of;
     use dataplane_common::tcp_flags::{ACK, SYN};
+    use wirewatch_testkit::craft::TcpSegment;
     let dir = std::env::temp_dir().join(format!("ww-workers-end-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (c, s) = ("10.9.0.1".parse().unwrap(), "10.9.0.2".parse().unwrap());
@@ -182,9 +182,9 @@ fn the_evidence_budget_does_not_grow_with_workers() {
 /// the two flows landed on. Learning from every packet, not per worker, makes it so.
 #[test]
 fn losses_between_vantages_do_not_depend_on_workers() {
-    use dataplane::craft::TcpSegment;
     use dataplane::pcapng::PcapngWriter;
     use dataplane_common::tcp_flags::{ACK, PSH, SYN};
+    use wirewatch_testkit::craft::TcpSegment;
     let dir = std::env::temp_dir().join(format!("ww-workers-vantage-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (outside, inside) = (dir.join("outside.pcapng"), dir.join("inside.pcapng"));
@@ -292,9 +292,9 @@ fn losses_between_vantages_do_not_depend_on_workers() {
 /// handshake timings were given up, instead of dropping them silently.
 #[test]
 fn running_out_of_side_state_is_reported() {
-    use dataplane::craft::TcpSegment;
     use dataplane::pcapng::PcapngWriter;
     use dataplane_common::tcp_flags::SYN;
+    use wirewatch_testkit::craft::TcpSegment;
     let dir = std::env::temp_dir().join(format!("ww-workers-limits-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let pcap = dir.join("syns.pcapng");

@@ -3,16 +3,16 @@
 use std::net::IpAddr;
 
 use aya::programs::{TestRun, TestRunOptions};
-use dataplane::craft::TcpSegment;
-use dataplane::encap::{wrap, Encap, Outer};
 use dataplane::filter::Filter;
 use dataplane::loader::XdpProgram;
-use dataplane::netns::{privileged_or_skip, Netns};
 use dataplane::packet::decode;
 use dataplane::xsk::{CopyMode, XskOptions, XskQueue, ZeroCopyPolicy};
 use dataplane_common::{
     classify, tcp_flags, Outcome, XdpConfig, XdpMeta, META_F_TRUNCATED, META_MAGIC, XDP_META_LEN,
 };
+use wirewatch_testkit::craft::TcpSegment;
+use wirewatch_testkit::encap::{wrap, Encap, Outer};
+use wirewatch_testkit::netns::{privileged_or_skip, Netns};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -363,7 +363,7 @@ fn xdp_program_fixture_table() {
 
     let ns_name = ns.name.clone();
     let failures = std::thread::spawn(move || {
-        dataplane::netns::enter_current_thread(&ns_name).unwrap();
+        wirewatch_testkit::netns::enter_current_thread(&ns_name).unwrap();
         let mut prog =
             XdpProgram::load(XdpConfig::default()).expect("verifier accepts the program");
         let opts =
@@ -491,7 +491,7 @@ fn xdp_filter_agrees_with_user_space() {
     let idx = ifindex(&ns, "ff0");
     let ns_name = ns.name.clone();
     let failures = std::thread::spawn(move || {
-        dataplane::netns::enter_current_thread(&ns_name).unwrap();
+        wirewatch_testkit::netns::enter_current_thread(&ns_name).unwrap();
         let mut failures = Vec::new();
         let (mut passed, mut refused) = (0, 0);
         for text in filters {
