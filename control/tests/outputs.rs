@@ -9,38 +9,29 @@ use std::process::{Child, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use wirewatch_testkit::netns::{enter_current_thread, privileged_or_skip, span, veth, Netns};
+use wirewatch_testkit::netns::{enter_current_thread, privileged_or_skip};
+use wirewatch_testkit::topology::{Subnets, Topology};
 use wirewatch_testkit::traffic::{connect_from, serve_once};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-struct Topo {
-    a: Netns,
-    b: Netns,
-    mon: Netns,
-}
-
-/// a ↔ b on a veth, b0 mirrored to the monitor's tap0 (as control/tests/control_plane.rs).
-fn topo(tag: &str) -> Topo {
+/// a ↔ b on a veth (10.78.0.0/24), b0 mirrored to the monitor's tap0 (as
+/// control/tests/control_plane.rs).
+fn topo(tag: &str) -> Topology {
     let pid = std::process::id();
-    let a = Netns::create(&format!("wwoa{tag}{pid}")).unwrap();
-    let b = Netns::create(&format!("wwob{tag}{pid}")).unwrap();
-    let mon = Netns::create(&format!("wwom{tag}{pid}")).unwrap();
-    veth(&a, "a0", &b, "b0").unwrap();
-    a.run("ip addr add 10.78.0.1/24 dev a0").unwrap();
-    b.run("ip addr add 10.78.0.2/24 dev b0").unwrap();
-    a.run("ethtool -K a0 tso off gso off gro off").unwrap();
-    b.run("ethtool -K b0 tso off gso off gro off").unwrap();
-    veth(&b, "sp0", &mon, "tap0").unwrap();
-    b.run("ethtool -K sp0 tso off gso off").unwrap();
-    span(&b, "b0", "sp0").unwrap();
-    Topo { a, b, mon }
+    let names = (format!("wwoa{tag}{pid}"), format!("wwob{tag}{pid}"), format!("wwom{tag}{pid}"));
+    Topology::two_hosts_and_monitor(
+        (&names.0, &names.1, &names.2),
+        "tap0",
+        Subnets { v4: "10.78.0", v6: None },
+    )
+    .unwrap()
 }
 
 /// A refused connection: one `syn_rejected` event (with evidence).
-fn refused(t: &Topo, port: u16) {
+fn refused(t: &Topology, port: u16) {
     let srv = SocketAddr::new("10.78.0.2".parse().unwrap(), port);
-    assert!(connect_from(&t.a.name, srv, |s| s.is_err()).join().unwrap());
+    assert!(connect_from(&t["a"].name, srv, |s| s.is_err()).join().unwrap());
 }
 
 struct Wirewatch {
@@ -68,10 +59,9 @@ impl Drop for Wirewatch {
     }
 }
 
-fn start(t: &Topo, dir: &Path, args: &[&str]) -> Wirewatch {
+fn start(t: &Topology, dir: &Path, args: &[&str]) -> Wirewatch {
     let log = dir.join("wirewatch.log");
-    let child = t
-        .mon
+    let child = t["mon"]
         .command(env!("CARGO_BIN_EXE_wirewatch"))
         .args(["run", "--iface", "tap0"])
         .args(args)
@@ -171,7 +161,7 @@ fn retention_removes_only_its_own_files_and_cleans_unfinished_writes() {
         start(&t, &dir.0, &["--evidence-dir", ev.to_str().unwrap(), "--evidence-max-bytes", "1"]);
     refused(&t, 7021);
     eventually("the new evidence file is written and removed", &ww, || {
-        let (_, page) = get(&t.mon.name, "/metrics");
+        let (_, page) = get(&t["mon"].name, "/metrics");
         sample(&page, "wirewatch_evidence_files_written_total") >= 1.0
             && sample(&page, "wirewatch_evidence_files_removed_total") >= 2.0
     });
@@ -212,7 +202,7 @@ fn a_full_disk_is_counted_and_logged_and_monitoring_goes_on() {
     drop(f);
     refused(&t, 7031);
     let failures = |series: &str| {
-        let (_, page) = get(&t.mon.name, "/metrics");
+        let (_, page) = get(&t["mon"].name, "/metrics");
         sample(&page, series)
     };
     eventually("the failed writes are counted", &ww, || {
@@ -222,7 +212,7 @@ fn a_full_disk_is_counted_and_logged_and_monitoring_goes_on() {
     let log = ww.log();
     assert!(log.contains("events output failed") && log.contains("No space left"), "{log}");
     // The detection is still served, and no empty temporary evidence file is left behind.
-    let (code, body) = get(&t.mon.name, "/api/events?kind=syn_rejected");
+    let (code, body) = get(&t["mon"].name, "/api/events?kind=syn_rejected");
     assert_eq!(code, 200);
     assert!(body.contains("7031"), "{body}");
     let tmp: Vec<String> = files_in(&ev).into_iter().filter(|n| n.contains(".tmp")).collect();
@@ -234,7 +224,7 @@ fn a_full_disk_is_counted_and_logged_and_monitoring_goes_on() {
         std::fs::read_to_string(&events).is_ok_and(|s| s.contains("7032"))
     });
     assert!(ww.log().contains("events output works again"), "{}", ww.log());
-    let (_, page) = get(&t.mon.name, "/metrics");
+    let (_, page) = get(&t["mon"].name, "/metrics");
     assert!(page.contains("# HELP wirewatch_output_failures_total "), "{page}");
 }
 
@@ -251,12 +241,12 @@ fn the_record_file_rotates_by_size() {
     // 8 MB through the span: ~5,600 frames of 128 B kept, far more than six files of 64 KiB
     // hold.
     let srv = SocketAddr::new("10.78.0.2".parse().unwrap(), 7041);
-    let h = serve_once(&t.b.name, srv, None, |mut s| {
+    let h = serve_once(&t["b"].name, srv, None, |mut s| {
         let mut v = Vec::new();
         s.read_to_end(&mut v).map(|_| v.len())
     })
     .unwrap();
-    connect_from(&t.a.name, srv, |s| s.unwrap().write_all(&vec![7u8; 8_000_000]).unwrap())
+    connect_from(&t["a"].name, srv, |s| s.unwrap().write_all(&vec![7u8; 8_000_000]).unwrap())
         .join()
         .unwrap();
     assert_eq!(h.join().unwrap().unwrap().unwrap(), 8_000_000);
@@ -299,8 +289,7 @@ fn run_refuses_outputs_into_missing_directories_before_attaching() {
             ("/nonexistent-ww-dir/out", "/nonexistent-ww-dir does not exist"),
             (dir.0.to_str().unwrap(), "is a directory"),
         ] {
-            let out = t
-                .mon
+            let out = t["mon"]
                 .command(env!("CARGO_BIN_EXE_wirewatch"))
                 .args(["run", "--iface", "tap0", flag, path, "--duration", "5"])
                 .output()
@@ -311,7 +300,7 @@ fn run_refuses_outputs_into_missing_directories_before_attaching() {
             assert_eq!(lines.len(), 1, "{err}");
             assert!(lines[0].contains(flag) && lines[0].contains(why), "{err}");
             assert!(!err.contains("XDP attached"), "{err}");
-            let link = t.mon.run("ip -d link show tap0").unwrap();
+            let link = t["mon"].run("ip -d link show tap0").unwrap();
             assert!(!link.contains("prog/xdp"), "an XDP program was left attached:\n{link}");
         }
     }

@@ -89,6 +89,16 @@ impl Topology {
         self[role].run(cmdline)
     }
 
+    /// A veth between two namespaces, both ends up, offloads as the kernel set them (an
+    /// underlay or a management link, where the test chooses).
+    pub fn veth(
+        &self,
+        (a, dev_a): (&str, &str),
+        (b, dev_b): (&str, &str),
+    ) -> Result<(), NetnsError> {
+        veth(&self[a], dev_a, &self[b], dev_b)
+    }
+
     /// A veth between two namespaces, both ends up, with segmentation and receive offloads off
     /// so segments are wire-sized, as on a real link and as a tap sees them.
     pub fn link(
@@ -97,26 +107,6 @@ impl Topology {
         (b, dev_b): (&str, &str),
     ) -> Result<(), NetnsError> {
         veth(&self[a], dev_a, &self[b], dev_b)?;
-        self.run(a, &format!("ethtool -K {dev_a} tso off gso off gro off"))?;
-        self.run(b, &format!("ethtool -K {dev_b} tso off gso off gro off"))?;
-        Ok(())
-    }
-
-    /// Like `link`, with `queues` transmit and receive queues at each end: veth picks the
-    /// peer's receive queue from the transmit queue the sender chose (RSS by the sending
-    /// socket's flow hash).
-    pub fn link_with_queues(
-        &self,
-        (a, dev_a): (&str, &str),
-        (b, dev_b): (&str, &str),
-        queues: u32,
-    ) -> Result<(), NetnsError> {
-        sh(&format!(
-            "ip link add {dev_a} netns {} numtxqueues {queues} numrxqueues {queues} type veth peer name {dev_b} netns {} numtxqueues {queues} numrxqueues {queues}",
-            self[a].name, self[b].name
-        ))?;
-        self.run(a, &format!("ip link set {dev_a} up"))?;
-        self.run(b, &format!("ip link set {dev_b} up"))?;
         self.run(a, &format!("ethtool -K {dev_a} tso off gso off gro off"))?;
         self.run(b, &format!("ethtool -K {dev_b} tso off gso off gro off"))?;
         Ok(())
@@ -141,7 +131,30 @@ impl Topology {
         mirror: &str,
         (mon, mon_if): (&str, &str),
     ) -> Result<(), NetnsError> {
-        veth(&self[role], mirror, &self[mon], mon_if)?;
+        self.mirror_with_queues((role, dev), mirror, (mon, mon_if), 1)
+    }
+
+    /// `mirror` with `queues` transmit and receive queues on the span pair: veth picks the
+    /// receive queue of `mon_if` from the transmit queue `mirror` chose, which hashes each
+    /// copy's flow hash (the sending socket's, different for the two directions): RSS that is
+    /// not symmetric.
+    pub fn mirror_with_queues(
+        &self,
+        (role, dev): (&str, &str),
+        mirror: &str,
+        (mon, mon_if): (&str, &str),
+        queues: u32,
+    ) -> Result<(), NetnsError> {
+        if queues == 1 {
+            veth(&self[role], mirror, &self[mon], mon_if)?;
+        } else {
+            sh(&format!(
+                "ip link add {mirror} netns {} numtxqueues {queues} numrxqueues {queues} type veth peer name {mon_if} netns {} numtxqueues {queues} numrxqueues {queues}",
+                self[role].name, self[mon].name
+            ))?;
+            self.run(role, &format!("ip link set {mirror} up"))?;
+            self.run(mon, &format!("ip link set {mon_if} up"))?;
+        }
         self.run(role, &format!("ethtool -K {mirror} tso off gso off"))?;
         span(&self[role], dev, mirror)
     }
