@@ -11,7 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use wirewatch_testkit::netns::{privileged_or_skip, veth, Netns};
+use wirewatch_testkit::netns::{privileged_or_skip, Netns};
+use wirewatch_testkit::topology::{Subnets, Topology};
 use wirewatch_testkit::traffic::{connect_from, serve_once};
 
 fn ww(args: &[&str]) -> (i32, String, String) {
@@ -448,14 +449,14 @@ fn frames_without_readable_tcp_are_counted_by_cause() {
 
     // TCP inside VXLAN, recorded on the underlay, with large pings (fragments) and ARP.
     let pid = std::process::id();
-    let a = Netns::create(&format!("wwva{pid}")).unwrap();
-    let b = Netns::create(&format!("wwvb{pid}")).unwrap();
-    veth(&a, "u0", &b, "u1").unwrap();
-    a.run("ip addr add 10.93.0.1/24 dev u0").unwrap();
-    b.run("ip addr add 10.93.0.2/24 dev u1").unwrap();
     // Frames as the wire carries them (no GSO super-frames at the capture point).
-    a.run("ethtool -K u0 tso off gso off gro off").unwrap();
-    b.run("ethtool -K u1 tso off gso off gro off").unwrap();
+    let t = Topology::two_hosts(
+        (&format!("wwva{pid}"), &format!("wwvb{pid}")),
+        ("u0", "u1"),
+        Subnets { v4: "10.93.0", v6: None },
+    )
+    .unwrap();
+    let (a, b) = (&t["a"], &t["b"]);
     for (ns, local, remote, inner) in
         [(&a, "10.93.0.1", "10.93.0.2", "10.94.0.1"), (&b, "10.93.0.2", "10.93.0.1", "10.94.0.2")]
     {
@@ -468,11 +469,11 @@ fn frames_without_readable_tcp_are_counted_by_cause() {
     }
     let cap = rec.dir.join("vxlan.pcap");
     {
-        let _d = Dump::start(&a, &["-i", "u0", "-s", "256"], &cap);
+        let _d = Dump::start(a, &["-i", "u0", "-s", "256"], &cap);
         std::thread::sleep(Duration::from_secs(1));
         // The next packet to the peer asks for its MAC again: ARP in the capture.
         a.run("ip neigh flush dev u0").unwrap();
-        exchange_between(&a, &b, "10.94.0.2:7201".parse().unwrap(), 100_000, 1000);
+        exchange_between(a, b, "10.94.0.2:7201".parse().unwrap(), 100_000, 1000);
         // UDP datagrams larger than the MTU: the kernel fragments them (3 fragments each).
         let ns = a.name.clone();
         std::thread::spawn(move || {
@@ -487,7 +488,7 @@ fn frames_without_readable_tcp_are_counted_by_cause() {
         .unwrap();
         std::thread::sleep(Duration::from_secs(1));
     }
-    drop((a, b));
+    drop(t);
     let got = summary(&[cap.to_str().unwrap()], 0);
     let i = &got["inputs"][0];
     // The TCP inside VXLAN is read (issue 15: the parser opens the tunnel).

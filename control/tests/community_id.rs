@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use wirewatch_testkit::netns::{privileged_or_skip, veth, Netns};
+use wirewatch_testkit::netns::privileged_or_skip;
+use wirewatch_testkit::topology::{Subnets, Topology};
 use wirewatch_testkit::traffic::{connect_from, serve_once};
 
 const CLIENTS: [&str; 2] = ["10.77.0.1", "fd77::1"];
@@ -29,15 +30,14 @@ impl Drop for Dump {
 /// and a slow reader (zero windows, advertised by the server).
 fn capture(dir: &Path) -> PathBuf {
     let pid = std::process::id();
-    let a = Netns::create(&format!("wwia{pid}")).unwrap();
-    let b = Netns::create(&format!("wwib{pid}")).unwrap();
-    veth(&a, "i0", &b, "i1").unwrap();
-    for (ns, dev, i) in [(&a, "i0", 0), (&b, "i1", 1)] {
-        let (v4, v6) = if i == 0 { (CLIENTS[0], CLIENTS[1]) } else { (SERVERS[0], SERVERS[1]) };
-        ns.run(&format!("ip addr add {v4}/24 dev {dev}")).unwrap();
-        ns.run(&format!("ip -6 addr add {v6}/64 dev {dev} nodad")).unwrap();
-        ns.run(&format!("ethtool -K {dev} tso off gso off gro off")).unwrap();
-    }
+    // CLIENTS on i0, SERVERS on i1.
+    let t = Topology::two_hosts(
+        (&format!("wwia{pid}"), &format!("wwib{pid}")),
+        ("i0", "i1"),
+        Subnets { v4: "10.77.0", v6: Some("fd77:") },
+    )
+    .unwrap();
+    let (a, b) = (&t["a"], &t["b"]);
     b.run("nft add table inet wwdrop").unwrap();
     b.run("nft add chain inet wwdrop in { type filter hook input priority 0 ; }").unwrap();
     b.run("nft add rule inet wwdrop in tcp dport 7108 drop").unwrap();

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use wirewatch_testkit::netns::{privileged_or_skip, veth, Netns};
+use wirewatch_testkit::netns::privileged_or_skip;
+use wirewatch_testkit::topology::{Subnets, Topology};
 use wirewatch_testkit::traffic::{abort_on_close, connect_from, serve_once};
 
 /// The flags compared, with the tshark filter that defines each.
@@ -33,13 +34,13 @@ fn ours(flag: &str, names: &str) -> bool {
 
 fn capture(dir: &Path) -> PathBuf {
     let pid = std::process::id();
-    let a = Netns::create(&format!("wwoa{pid}")).unwrap();
-    let b = Netns::create(&format!("wwob{pid}")).unwrap();
-    veth(&a, "o0", &b, "o1").unwrap();
-    a.run("ip addr add 10.78.0.1/24 dev o0").unwrap();
-    b.run("ip addr add 10.78.0.2/24 dev o1").unwrap();
-    a.run("ethtool -K o0 tso off gso off gro off").unwrap();
-    b.run("ethtool -K o1 tso off gso off gro off").unwrap();
+    let t = Topology::two_hosts(
+        (&format!("wwoa{pid}"), &format!("wwob{pid}")),
+        ("o0", "o1"),
+        Subnets { v4: "10.78.0", v6: None },
+    )
+    .unwrap();
+    let (a, b) = (&t["a"], &t["b"]);
     // Loss after the capture point (tcpdump on o0): 3% of the upload's data and of the
     // download's data, 2% of the upload's ACKs.
     b.run("nft add table inet wwloss").unwrap();

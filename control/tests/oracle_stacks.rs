@@ -26,7 +26,8 @@ use std::time::Duration;
 use dataplane::pcapng::PcapngWriter;
 use dataplane_common::tcp_flags::{ACK, FIN, PSH, SYN};
 use wirewatch_testkit::craft::TcpSegment;
-use wirewatch_testkit::netns::{privileged_or_skip, veth, Netns};
+use wirewatch_testkit::netns::{privileged_or_skip, Netns};
+use wirewatch_testkit::topology::{Subnets, Topology};
 use wirewatch_testkit::traffic::{connect_bound, connect_from, pace, serve_once};
 
 /// wirewatch's verdict name and the tshark filter that defines the same frames. tshark marks
@@ -275,14 +276,15 @@ fn fast_open(c: &Netns, s: &Netns, port: u16) {
 /// that starts while connections are already transferring.
 fn live_captures(dir: &Path) -> Vec<PathBuf> {
     let pid = std::process::id();
-    let c = Netns::create(&format!("wwor{pid}c")).unwrap();
-    let s = Netns::create(&format!("wwor{pid}s")).unwrap();
     let (cdev, sdev) = (format!("wwor{pid}a"), format!("wwor{pid}b"));
-    veth(&c, &cdev, &s, &sdev).unwrap();
-    c.run(&format!("ip addr add {CLIENT}/24 dev {cdev}")).unwrap();
-    s.run(&format!("ip addr add {SERVER}/24 dev {sdev}")).unwrap();
-    c.run(&format!("ethtool -K {cdev} tso off gso off gro off")).unwrap();
-    s.run(&format!("ethtool -K {sdev} tso off gso off gro off")).unwrap();
+    // CLIENT on cdev, SERVER on sdev.
+    let t = Topology::two_hosts(
+        (&format!("wwor{pid}c"), &format!("wwor{pid}s")),
+        (&cdev, &sdev),
+        Subnets { v4: "10.79.0", v6: None },
+    )
+    .unwrap();
+    let (c, s) = (&t["a"], &t["b"]);
     // A 10 ms minimum RTO both ways: a lost single segment is probed and resent within tens
     // of milliseconds instead of 200 ms.
     let (to_server, to_client) = (
@@ -311,7 +313,7 @@ fn live_captures(dir: &Path) -> Vec<PathBuf> {
     // zero bits (1 in 8; the server gets them); on 7061-7066 it misses each connection's
     // first request (the only 333-byte one: IP length 20 + 32 + 333).
     let dump = tcpdump(
-        &c,
+        c,
         &cdev,
         &main,
         "tcp and not (dst port 7008 and ip[5] & 0x07 == 0 and greater 200) \
@@ -358,8 +360,8 @@ fn live_captures(dir: &Path) -> Vec<PathBuf> {
         ns.run("sysctl -qw net.ipv4.tcp_timestamps=0").unwrap();
         ns.run("sysctl -qw net.ipv4.tcp_sack=0").unwrap();
     }
-    bulk(&c, &s, 7001, 2 << 20, true);
-    bulk(&c, &s, 7002, 1 << 20, false);
+    bulk(c, s, 7001, 2 << 20, true);
+    bulk(c, s, 7002, 1 << 20, false);
     for ns in [&c, &s] {
         ns.run("sysctl -qw net.ipv4.tcp_timestamps=1").unwrap();
         ns.run("sysctl -qw net.ipv4.tcp_sack=1").unwrap();
@@ -368,39 +370,39 @@ fn live_captures(dir: &Path) -> Vec<PathBuf> {
     for ns in [&c, &s] {
         ns.run("sysctl -qw net.ipv4.tcp_window_scaling=0").unwrap();
     }
-    bulk(&c, &s, 7003, 1 << 20, false);
+    bulk(c, s, 7003, 1 << 20, false);
     for ns in [&c, &s] {
         ns.run("sysctl -qw net.ipv4.tcp_window_scaling=1").unwrap();
     }
     // Window scale 14: a receive buffer limit of 1 GiB (tcp_select_initial_window).
-    sysctl(&s, "net.ipv4.tcp_rmem", "4096 131072 1073741824");
-    bulk(&c, &s, 7004, 1 << 20, true);
-    sysctl(&s, "net.ipv4.tcp_rmem", "4096 131072 6291456");
+    sysctl(s, "net.ipv4.tcp_rmem", "4096 131072 1073741824");
+    bulk(c, s, 7004, 1 << 20, true);
+    sysctl(s, "net.ipv4.tcp_rmem", "4096 131072 6291456");
     // A 536-byte MSS both ways (advertised through the routes).
     c.run(&format!("ip route change {to_server} advmss 536")).unwrap();
     s.run(&format!("ip route change {to_client} advmss 536")).unwrap();
-    bulk(&c, &s, 7005, 1 << 19, true);
-    bulk(&c, &s, 7006, 1 << 19, false);
+    bulk(c, s, 7005, 1 << 19, true);
+    bulk(c, s, 7006, 1 << 19, false);
     c.run(&format!("ip route change {to_server}")).unwrap();
     s.run(&format!("ip route change {to_client}")).unwrap();
 
     // Request/response: on 7008 the capture misses some requests, on 7009 the client
     // misses some responses.
-    request_response(&c, &s, 7008);
-    request_response(&c, &s, 7009);
+    request_response(c, s, 7008);
+    request_response(c, s, 7009);
 
     for port in 7061..7067 {
-        first_request_unseen(&c, &s, port);
+        first_request_unseen(c, s, port);
     }
 
-    simultaneous_open(&c, &s);
+    simultaneous_open(c, s);
 
     // TCP Fast Open without cookies (client 0x4, server 0x200 | 0x400): data in the SYN.
     for ns in [&c, &s] {
         ns.run("sysctl -qw net.ipv4.tcp_fastopen=0x607").unwrap();
     }
     for port in 7050..7060 {
-        fast_open(&c, &s, port);
+        fast_open(c, s, port);
     }
     for ns in [&c, &s] {
         ns.run("sysctl -qw net.ipv4.tcp_fastopen=1").unwrap();
@@ -419,7 +421,7 @@ fn live_captures(dir: &Path) -> Vec<PathBuf> {
         s.write_all(&vec![4u8; 3 << 19]).unwrap();
     });
     std::thread::sleep(Duration::from_millis(300));
-    let late = tcpdump(&c, &cdev, &mid, "tcp");
+    let late = tcpdump(c, &cdev, &mid, "tcp");
     up.join().unwrap();
     assert_eq!(srv.join().unwrap().unwrap().unwrap(), 3 << 19);
 
