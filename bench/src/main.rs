@@ -12,6 +12,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 use dataplane::engine::{Engine, EngineConfig};
 use dataplane::packet::decode;
+use wirewatch_testkit::topology::Topology;
 
 mod bpf;
 mod flood;
@@ -435,13 +436,11 @@ fn fixture_frames() -> Vec<(&'static str, Vec<u8>, bool)> {
 /// `prog`'s XSKMAP; the socket and the namespace live as long as the returned value.
 fn bound_socket(
     prog: &mut dataplane::loader::XdpProgram,
-) -> Result<(wirewatch_testkit::netns::Netns, dataplane::xsk::XskQueue)> {
-    let ns =
-        wirewatch_testkit::netns::Netns::create(&format!("wwbx{}", std::process::id() % 100000))?;
-    ns.run("ip link add bx0 type veth peer name bx1")?;
-    ns.run("ip link set bx0 up")?;
-    ns.run("ip link set bx1 up")?;
-    let name = ns.name.clone();
+) -> Result<(Topology, dataplane::xsk::XskQueue)> {
+    let mut t = Topology::new();
+    t.namespace("bx", &format!("wwbx{}", std::process::id() % 100000))?;
+    t.veth(("bx", "bx0"), ("bx", "bx1"))?;
+    let name = t["bx"].name.clone();
     let xsk = std::thread::spawn(move || -> Result<dataplane::xsk::XskQueue> {
         wirewatch_testkit::netns::enter_current_thread(&name)?;
         let opts = dataplane::xsk::XskOptions {
@@ -454,7 +453,7 @@ fn bound_socket(
     .join()
     .map_err(|_| anyhow::anyhow!("socket thread panicked"))??;
     prog.bind_socket(0, &xsk.fd())?;
-    Ok((ns, xsk))
+    Ok((t, xsk))
 }
 
 fn is_root() -> bool {
@@ -536,13 +535,10 @@ fn generate_live(ns: &str, cap: &gen::Capture, secs: f64) -> Result<u64> {
 }
 
 fn live(tool: &str, args: &Args, cap: &gen::Capture) -> Result<LiveResult> {
-    let ns = wirewatch_testkit::netns::Netns::create(&format!(
-        "wwbench{}",
-        std::process::id() % 100000
-    ))?;
-    ns.run("ip link add gen0 type veth peer name mon0")?;
-    ns.run("ip link set gen0 up")?;
-    ns.run("ip link set mon0 up")?;
+    let mut t = Topology::new();
+    t.namespace("bench", &format!("wwbench{}", std::process::id() % 100000))?;
+    t.veth(("bench", "gen0"), ("bench", "mon0"))?;
+    let ns = &t["bench"];
     let work = args.workdir.join(format!("live-{tool}"));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use wirewatch_testkit::netns::{privileged_or_skip, veth, Netns};
+use wirewatch_testkit::netns::{privileged_or_skip, Netns};
+use wirewatch_testkit::topology::Topology;
 
 fn ww() -> Command {
     Command::new(env!("CARGO_BIN_EXE_wirewatch"))
@@ -132,8 +133,10 @@ fn detect_and_apply_on_a_real_veth() {
     if !privileged_or_skip("detect_and_apply_on_a_real_veth") {
         return;
     }
-    let ns = Netns::create(&format!("wwprof{}", std::process::id() % 100000)).unwrap();
-    veth(&ns, "wwp0", &ns, "wwp1").unwrap();
+    let mut t = Topology::new();
+    t.namespace("p", &format!("wwprof{}", std::process::id() % 100000)).unwrap();
+    t.veth(("p", "wwp0"), ("p", "wwp1")).unwrap();
+    let ns = &t["p"];
     let in_ns = |args: &[&str]| {
         let mut c = ns.command(env!("CARGO_BIN_EXE_wirewatch"));
         c.args(args);
@@ -142,7 +145,7 @@ fn detect_and_apply_on_a_real_veth() {
     // Start from the opposite of what the profile wants.
     ns.run("ethtool -K wwp0 gro on rxvlan on rx-vlan-stag-hw-parse on").unwrap();
     ns.run("ip link set dev wwp0 promisc off").unwrap();
-    let before = features(&ns, "wwp0");
+    let before = features(ns, "wwp0");
     assert!(
         feature_is(&before, "generic-receive-offload", "on")
             && feature_is(&before, "rx-vlan-offload", "on"),
@@ -157,7 +160,7 @@ fn detect_and_apply_on_a_real_veth() {
     let (code, applied, err) = in_ns(&["profile", "apply", "--iface", "wwp0"]);
     assert_eq!(code, 0, "{applied}{err}");
     assert!(!applied.contains("FAILED"), "{applied}");
-    let after = features(&ns, "wwp0");
+    let after = features(ns, "wwp0");
     for f in ["generic-receive-offload", "rx-vlan-offload", "rx-vlan-stag-hw-parse"] {
         assert!(feature_is(&after, f, "off"), "{f} still on after apply:\n{after}");
     }
@@ -220,7 +223,7 @@ fn detect_and_apply_on_a_real_veth() {
     assert!(err.contains("applying hw-profile veth"), "{err}");
     assert!(err.contains("gro off"), "{err}");
     assert!(err.contains("flow ownership: by flow hash"), "{err}");
-    assert!(feature_is(&features(&ns, "wwp0"), "generic-receive-offload", "off"));
+    assert!(feature_is(&features(ns, "wwp0"), "generic-receive-offload", "off"));
 
     let (code, _, err) = in_ns(&["profile", "detect", "--iface", "nosuch0"]);
     assert_eq!(code, 1);

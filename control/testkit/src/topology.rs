@@ -122,6 +122,26 @@ impl Topology {
         }
     }
 
+    /// No duplicate address detection in `role`'s namespace, link-local addresses included:
+    /// an address still in DAD makes the first IPv6 neighbour lookups fail, and the first
+    /// connections with them.
+    pub fn without_dad(&self, role: &str) -> Result<(), NetnsError> {
+        self.run(role, "sysctl -qw net.ipv6.conf.default.accept_dad=0")?;
+        self.run(role, "sysctl -qw net.ipv6.conf.all.accept_dad=0").map(drop)
+    }
+
+    /// `role`'s default routes: IPv4 via `gw4`, IPv6 via `gw6`.
+    pub fn default_routes(&self, role: &str, gw4: &str, gw6: &str) -> Result<(), NetnsError> {
+        self.run(role, &format!("ip route add default via {gw4}"))?;
+        self.run(role, &format!("ip -6 route add default via {gw6}")).map(drop)
+    }
+
+    /// `role` forwards IPv4 and IPv6: a router.
+    pub fn forwarding(&self, role: &str) -> Result<(), NetnsError> {
+        self.run(role, "sysctl -qw net.ipv4.ip_forward=1")?;
+        self.run(role, "sysctl -qw net.ipv6.conf.all.forwarding=1").map(drop)
+    }
+
     /// A span port: every frame leaving and entering `dev` in `role`'s namespace mirrored onto
     /// a veth `mirror` whose peer `mon_if` sits in the monitor's namespace `mon`. The mirror end
     /// does not segment (the copies stay the wire's size).
