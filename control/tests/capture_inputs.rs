@@ -129,28 +129,29 @@ fn recording() -> Option<&'static Recording> {
         let dir = std::env::temp_dir().join(format!("ww-inputs-{pid}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let ns = Netns::create(&format!("wwin{pid}")).unwrap();
+        let mut t = Topology::new();
+        let ns = t.namespace("lo", &format!("wwin{pid}")).unwrap();
         // Ethernet-sized segments, as on a NIC (loopback's 64 KiB MTU makes a few giant ones).
         ns.run("ip link set lo mtu 1500").unwrap();
         ns.run("ethtool -K lo tso off gso off gro off").unwrap();
         let (lo, lo_snap40) = (dir.join("lo.pcap"), dir.join("lo-snap40.pcap"));
         let refused = 30;
         {
-            let _a = Dump::start(&ns, &["-i", "lo", "-s", "256", "tcp"], &lo);
-            let _b = Dump::start(&ns, &["-i", "lo", "-s", "40", "tcp"], &lo_snap40);
+            let _a = Dump::start(ns, &["-i", "lo", "-s", "256", "tcp"], &lo);
+            let _b = Dump::start(ns, &["-i", "lo", "-s", "40", "tcp"], &lo_snap40);
             std::thread::sleep(Duration::from_secs(1));
-            exchange(&ns, "127.0.0.1:7101".parse().unwrap(), 300_000, 2000);
-            exchange(&ns, "[::1]:7102".parse().unwrap(), 2000, 200_000);
+            exchange(ns, "127.0.0.1:7101".parse().unwrap(), 300_000, 2000);
+            exchange(ns, "[::1]:7102".parse().unwrap(), 2000, 200_000);
             // The capture spans more than a second (a concatenation jumps back further).
             std::thread::sleep(Duration::from_secs(2));
             for _ in 0..refused {
                 let c = connect_from(&ns.name, "127.0.0.1:7103".parse().unwrap(), |s| s.is_err());
                 assert!(c.join().unwrap(), "nothing listens on 7103");
             }
-            exchange(&ns, "127.0.0.1:7104".parse().unwrap(), 1000, 1000);
+            exchange(ns, "127.0.0.1:7104".parse().unwrap(), 1000, 1000);
             std::thread::sleep(Duration::from_secs(1));
         }
-        drop(ns);
+        drop(t);
         Some(Recording { dir, lo, lo_snap40, refused })
     })
     .as_ref()

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use dataplane::capture::CaptureReader;
 use dataplane::packet::decode;
-use wirewatch_testkit::netns::{enter_current_thread, privileged_or_skip, Netns};
+use wirewatch_testkit::netns::{enter_current_thread, privileged_or_skip};
 use wirewatch_testkit::topology::{Subnets, Topology};
 
 const BYTES_PER_TRANSFER: usize = 4 << 20;
@@ -546,10 +546,10 @@ fn operator_errors_are_one_line_and_leave_nothing_attached() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let ns = Netns::create(&format!("wwe{}", std::process::id())).unwrap();
-    ns.run("ip link add e0 type veth peer name e1").unwrap();
-    ns.run("ip link set e0 up").unwrap();
-    ns.run("ip link set e1 up").unwrap();
+    let mut t = Topology::new();
+    t.namespace("e", &format!("wwe{}", std::process::id())).unwrap();
+    t.veth(("e", "e0"), ("e", "e1")).unwrap();
+    let ns = &t["e"];
     let ww = |args: &[&str], as_nobody: bool| {
         let mut c = if as_nobody {
             let mut c = ns.command("setpriv");

@@ -194,10 +194,10 @@ mod tests {
         ) {
             return;
         }
-        let ns = wirewatch_testkit::netns::Netns::create(&format!("wwns{}", std::process::id()))
-            .unwrap();
-        ns.run("ip link add n0 numrxqueues 3 numtxqueues 3 type veth peer name n1").unwrap();
-        let name = ns.name.clone();
+        let mut t = wirewatch_testkit::topology::Topology::new();
+        t.namespace("n", &format!("wwns{}", std::process::id())).unwrap();
+        t.veth_with_queues(("n", "n0"), ("n", "n1"), 3).unwrap();
+        let name = t["n"].name.clone();
         let stats = std::thread::spawn(move || {
             wirewatch_testkit::netns::enter_current_thread(&name).unwrap();
             (ethtool_stats("n0"), ethtool_stats("nosuch0").is_err())

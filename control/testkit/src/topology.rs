@@ -99,6 +99,22 @@ impl Topology {
         veth(&self[a], dev_a, &self[b], dev_b)
     }
 
+    /// `veth` with `queues` transmit and receive queues at each end (AF_XDP binds a queue;
+    /// a multi-queue pair spreads flows over them).
+    pub fn veth_with_queues(
+        &self,
+        (a, dev_a): (&str, &str),
+        (b, dev_b): (&str, &str),
+        queues: u32,
+    ) -> Result<(), NetnsError> {
+        sh(&format!(
+            "ip link add {dev_a} netns {} numtxqueues {queues} numrxqueues {queues} type veth peer name {dev_b} netns {} numtxqueues {queues} numrxqueues {queues}",
+            self[a].name, self[b].name
+        ))?;
+        self.run(a, &format!("ip link set {dev_a} up"))?;
+        self.run(b, &format!("ip link set {dev_b} up")).map(drop)
+    }
+
     /// A veth between two namespaces, both ends up, with segmentation and receive offloads off
     /// so segments are wire-sized, as on a real link and as a tap sees them.
     pub fn link(
@@ -168,12 +184,7 @@ impl Topology {
         if queues == 1 {
             veth(&self[role], mirror, &self[mon], mon_if)?;
         } else {
-            sh(&format!(
-                "ip link add {mirror} netns {} numtxqueues {queues} numrxqueues {queues} type veth peer name {mon_if} netns {} numtxqueues {queues} numrxqueues {queues}",
-                self[role].name, self[mon].name
-            ))?;
-            self.run(role, &format!("ip link set {mirror} up"))?;
-            self.run(mon, &format!("ip link set {mon_if} up"))?;
+            self.veth_with_queues((role, mirror), (mon, mon_if), queues)?;
         }
         self.run(role, &format!("ethtool -K {mirror} tso off gso off"))?;
         span(&self[role], dev, mirror)
