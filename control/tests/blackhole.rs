@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use wirewatch_testkit::netns::{enter_current_thread, privileged_or_skip, Netns};
+use wirewatch_testkit::tempdir::TempDir;
 use wirewatch_testkit::topology::Topology;
 use wirewatch_testkit::traffic::connect_from;
 
@@ -140,8 +141,7 @@ fn a_filter_in_front_of_one_service_is_a_black_hole_a_dead_path_is_not() {
         return;
     }
     let pid = std::process::id();
-    let dir = std::env::temp_dir().join(format!("ww-blackhole-{pid}"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("blackhole");
     let lab = build(pid);
     let stop = Arc::new(AtomicBool::new(false));
     let servers = serve(&lab["s"], &stop);
@@ -194,5 +194,4 @@ fn a_filter_in_front_of_one_service_is_a_black_hole_a_dead_path_is_not() {
     for h in servers {
         h.join().unwrap();
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wirewatch_testkit::netns::{privileged_or_skip, Netns};
+use wirewatch_testkit::tempdir::TempDir;
 use wirewatch_testkit::topology::Topology;
 use wirewatch_testkit::traffic::connect_bound;
 
@@ -213,8 +214,7 @@ fn clock_offsets_between_vantages_are_found_and_removed() {
         return;
     }
     let pid = std::process::id();
-    let dir = std::env::temp_dir().join(format!("ww-clock-{pid}"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("clock");
     let lab = build(pid);
     let stop = Arc::new(AtomicBool::new(false));
     let servers = serve(&lab["s"], &stop);
@@ -277,5 +277,4 @@ fn clock_offsets_between_vantages_are_found_and_removed() {
         assert!(run.lost().is_empty(), "{tag}, fault off: {:?}", run.lost());
     }
     drop(lab);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wirewatch_testkit::netns::{privileged_or_skip, Netns};
+use wirewatch_testkit::tempdir::TempDir;
 use wirewatch_testkit::topology::Topology;
 use wirewatch_testkit::traffic::connect_bound;
 
@@ -180,8 +181,7 @@ fn two_nat_gateways_on_one_public_port_are_a_collision() {
         return;
     }
     let pid = std::process::id();
-    let dir = std::env::temp_dir().join(format!("ww-collision-{pid}"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("collision");
     for collide in [false, true] {
         let lab = build(pid, collide);
         let stop = Arc::new(AtomicBool::new(false));
@@ -221,5 +221,4 @@ fn two_nat_gateways_on_one_public_port_are_a_collision() {
             assert_eq!(e["culprit"]["port"], PUBLIC_PORT, "{e}");
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use wirewatch_testkit::netns::privileged_or_skip;
+use wirewatch_testkit::tempdir::TempDir;
 use wirewatch_testkit::topology::{Subnets, Topology};
 use wirewatch_testkit::traffic::{connect_from, serve_once};
 
@@ -144,9 +145,7 @@ fn community_id_equals_tsharks_and_flat_fields_start_at_the_syn_sender() {
     if !privileged_or_skip("community_id_equals_tsharks_and_flat_fields_start_at_the_syn_sender") {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("ww-join-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("join");
     let cap = capture(&dir);
 
     let mut ids_by_seed = Vec::new();
@@ -194,5 +193,4 @@ fn community_id_equals_tsharks_and_flat_fields_start_at_the_syn_sender() {
         ids_by_seed.push(ids);
     }
     assert!(ids_by_seed[0].is_disjoint(&ids_by_seed[1]), "the seed changes every id");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use dataplane::capture::CaptureReader;
 use dataplane::packet::decode;
 use wirewatch_testkit::netns::{enter_current_thread, privileged_or_skip, Netns};
+use wirewatch_testkit::tempdir::TempDir;
 use wirewatch_testkit::topology::{Subnets, Topology};
 
 const BYTES_PER_TRANSFER: usize = 256 << 10;
@@ -175,8 +176,7 @@ fn vxlan_run(tag: &str, filter: Option<&str>) -> Seen {
     b.run("ip link set vx0 mtu 1500 up").unwrap();
     t.also_mirror(("b", "b0"), "vx0").unwrap();
 
-    let dir = std::env::temp_dir().join(format!("ww-vxlan-{tag}-{pid}"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new(&format!("vxlan-{tag}"));
     let (rec, dump, summary, events) = (
         dir.join("wirewatch.pcapng"),
         dir.join("b0.pcap"),
@@ -249,7 +249,6 @@ fn vxlan_run(tag: &str, filter: Option<&str>) -> Seen {
     let events = std::fs::read_to_string(&events).unwrap();
     let rec_copy = std::env::temp_dir().join(format!("ww-vxlan-{tag}-{pid}.pcapng"));
     std::fs::rename(&rec, &rec_copy).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
     Seen { sent, dropped, summary, rec: rec_copy, events, servers }
 }
 

@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use wirewatch_testkit::netns::privileged_or_skip;
+use wirewatch_testkit::tempdir::TempDir;
 use wirewatch_testkit::topology::{Subnets, Topology};
 use wirewatch_testkit::traffic::{abort_on_close, connect_from, serve_once};
 
@@ -244,8 +245,7 @@ fn per_packet_verdicts_agree_with_tshark() {
     if !privileged_or_skip("per_packet_verdicts_agree_with_tshark") {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("ww-oracle-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("oracle");
     // The traffic and tcpdump on one CPU (inherited by threads and children): veth hands a
     // frame over on the CPU that sent it, so ACKs sent from two CPUs reach the capture out of
     // order (the class `acks_behind` names, seen once in CI).
@@ -337,5 +337,4 @@ fn per_packet_verdicts_agree_with_tshark() {
         report.join("\n"),
         cap.display()
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -27,6 +27,7 @@ use dataplane::pcapng::PcapngWriter;
 use dataplane_common::tcp_flags::{ACK, FIN, PSH, SYN};
 use wirewatch_testkit::craft::TcpSegment;
 use wirewatch_testkit::netns::{privileged_or_skip, Netns};
+use wirewatch_testkit::tempdir::TempDir;
 use wirewatch_testkit::topology::{Subnets, Topology};
 use wirewatch_testkit::traffic::{connect_bound, connect_from, pace, serve_once};
 
@@ -665,8 +666,7 @@ fn per_packet_verdicts_agree_with_tshark_across_stacks() {
     if !privileged_or_skip("per_packet_verdicts_agree_with_tshark_across_stacks") {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("ww-oracle-stacks-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("oracle-stacks");
     // One CPU for the traffic and tcpdump (threads and children inherit it): veth hands a
     // frame to the receiver on the CPU that sent it, so ACKs sent from two CPUs reach the
     // capture out of order, the class Wireshark and wirewatch judge differently (below);
@@ -768,5 +768,4 @@ fn per_packet_verdicts_agree_with_tshark_across_stacks() {
         "F1 below {MIN_F1}: {failed:?}\n{report}\ncaptures kept in {}",
         dir.display()
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

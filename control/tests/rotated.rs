@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wirewatch_testkit::netns::{privileged_or_skip, Netns};
+use wirewatch_testkit::tempdir::TempDir;
 use wirewatch_testkit::topology::{Subnets, Topology};
 use wirewatch_testkit::traffic::connect_bound;
 
@@ -134,8 +135,7 @@ fn rotated_files_of_one_sensor_are_one_vantage() {
         return;
     }
     let pid = std::process::id();
-    let dir = std::env::temp_dir().join(format!("ww-rotated-{pid}"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("rotated");
     let t = Topology::two_hosts(
         (&format!("wwrc{pid}"), &format!("wwrs{pid}")),
         ("c0", "s0"),
@@ -270,7 +270,6 @@ fn rotated_files_of_one_sensor_are_one_vantage() {
     assert_eq!(both.vantages(), ["client.pcap", "server.pcap"]);
     assert_eq!(both.summary["vantage_pairs"][0]["relation"], "serial", "{}", both.summary);
     drop(t);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// More vantages than analyze matches is refused with what to do, never collapsed.

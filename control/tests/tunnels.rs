@@ -17,6 +17,7 @@ use std::time::Duration;
 use dataplane::capture::CaptureReader;
 use wirewatch_testkit::encap::{wrap, Encap, Outer};
 use wirewatch_testkit::netns::{privileged_or_skip, Netns};
+use wirewatch_testkit::tempdir::TempDir;
 use wirewatch_testkit::topology::{Subnets, Topology};
 use wirewatch_testkit::traffic::connect_bound;
 
@@ -206,8 +207,7 @@ fn every_tunnel_gives_the_events_of_the_plain_capture() {
     if !privileged_or_skip("every_tunnel_gives_the_events_of_the_plain_capture") {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("ww-tunnels-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("tunnels");
     let plain_file = dir.join("plain.pcap");
     record(&plain_file);
     let mut reader = CaptureReader::open(&plain_file).unwrap();
@@ -279,5 +279,4 @@ fn every_tunnel_gives_the_events_of_the_plain_capture() {
         assert!(err.starts_with("wirewatch: error:") && err.contains("--filter"), "{bad}: {err}");
         assert!(o.stdout.is_empty(), "{bad}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
