@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use wirewatch_testkit::netns::{enter_current_thread, privileged_or_skip, Netns};
+use wirewatch_testkit::tempdir::TempDir;
 use wirewatch_testkit::topology::Topology;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -23,6 +24,8 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(3);
 struct Wirewatch {
     child: Child,
     log: std::path::PathBuf,
+    /// Its log and evidence directory, removed after `drop` has stopped wirewatch.
+    _dir: TempDir,
 }
 
 impl Wirewatch {
@@ -38,7 +41,6 @@ impl Drop for Wirewatch {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
     }
 }
 
@@ -52,7 +54,8 @@ fn namespace(tag: &str) -> Topology {
 
 /// Starts `wirewatch run` in `ns` (with NOFILE `nofile` when given) and waits for /healthz.
 fn start(ns: &Netns, nofile: Option<u32>, extra: &[&str]) -> Wirewatch {
-    let log = std::env::temp_dir().join(format!("ww-http-{}-{}.log", ns.name, std::process::id()));
+    let dir = TempDir::new(&format!("http-{}", ns.name));
+    let log = dir.join("wirewatch.log");
     let bin = env!("CARGO_BIN_EXE_wirewatch");
     let mut c = match nofile {
         // prlimit execs wirewatch: the child's pid is wirewatch's.
@@ -63,13 +66,13 @@ fn start(ns: &Netns, nofile: Option<u32>, extra: &[&str]) -> Wirewatch {
         }
         None => ns.command(bin),
     };
-    let ev = std::env::temp_dir().join(format!("ww-http-ev-{}", std::process::id()));
+    let ev = dir.join("evidence");
     c.args(["run", "--iface", "tap0", "--ring-size", "256", "--metrics", ADDR, "--evidence-dir"])
         .arg(&ev)
         .args(extra);
     let child =
         c.stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
-    let mut ww = Wirewatch { child, log };
+    let mut ww = Wirewatch { child, log, _dir: dir };
     let started = Instant::now();
     loop {
         // The API is up before the interface is attached: wait for both.

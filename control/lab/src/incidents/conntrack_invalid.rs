@@ -1,6 +1,6 @@
 //! Incident D: a late segment outside the window is INVALID for conntrack, skips NAT, and the
 //! NAT host's own stack resets the connection; the container keeps sending.
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -9,7 +9,7 @@ use dataplane::packet::decode;
 use dataplane_common::tcp_flags::{ACK, PSH, SYN};
 use wirewatch_testkit::craft::TcpSegment;
 use wirewatch_testkit::netns::enter_current_thread;
-use wirewatch_testkit::traffic::{connect_from, pace, serve_once};
+use wirewatch_testkit::traffic::{connect_from, drain, pace, serve_once};
 
 use crate::harness::{Incident, Lab, Monitor, Outcome};
 use crate::packet_socket::{send_frame, PacketSocket};
@@ -36,17 +36,7 @@ pub(crate) fn run(lab: &mut Lab<'_>) -> Result<Outcome> {
 
     // The container uploads a large body to the server, paced so the fault lands mid-upload.
     let server: SocketAddr = "10.81.2.2:8443".parse()?;
-    let upload = serve_once(&srv, server, None, |mut s| {
-        let mut buf = vec![0u8; 65536];
-        let mut got = 0usize;
-        while let Ok(n) = s.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            got += n;
-        }
-        got
-    })?;
+    let upload = serve_once(&srv, server, None, |mut s| drain(&mut s))?;
     let client = connect_from(&ctr, server, |s| -> std::io::Result<usize> {
         let mut s = s?;
         pace(&s, 400_000)?;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Result;
-use wirewatch_testkit::traffic::{connect_from, serve_once};
+use wirewatch_testkit::traffic::{connect_from, drain, serve_once};
 
 use crate::harness::{Incident, Lab, Monitor, Outcome};
 
@@ -64,15 +64,7 @@ pub(crate) fn run(lab: &mut Lab<'_>) -> Result<Outcome> {
                 return 0;
             }
         }
-        let mut got = 0usize;
-        let mut buf = vec![0u8; 65536];
-        while let Ok(n) = s.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            got += n;
-        }
-        got
+        drain(&mut s)
     })?;
     let cli_h = connect_from(&proxy, vip, |s| -> std::io::Result<()> {
         let mut s = s?;

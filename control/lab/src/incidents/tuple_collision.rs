@@ -38,34 +38,21 @@ pub(crate) fn run(lab: &mut Lab<'_>) -> Result<Outcome> {
     for k in ["all", "default", "direct", "via-lvs"] {
         lab.run(&db, &format!("sysctl -qw net.ipv4.conf.{k}.rp_filter=0"))?;
     }
-    if lab.args.control {
-        // The control: the same VIP, translated to a source port of its own.
-        lab.run(&lvs, "nft add table ip fullnat")?;
-        lab.run(&lvs, "nft add chain ip fullnat pre { type nat hook prerouting priority -100 ; }")?;
-        lab.run(
-            &lvs,
-            "nft add chain ip fullnat post { type nat hook postrouting priority 100 ; }",
-        )?;
-        lab.run(
-            &lvs,
-            "nft add rule ip fullnat pre ip daddr 10.85.9.9 tcp dport 3306 dnat to 10.85.0.2:3269",
-        )?;
-        lab.run(&lvs, "nft add rule ip fullnat post ip daddr 10.85.0.2 tcp dport 3269 snat to 10.85.3.1:40000")?;
-    } else {
-        // Full NAT: VIP:3306 → real server :3269, source rewritten to the app's own address and
-        // the port its direct connection uses.
-        lab.run(&lvs, "nft add table ip fullnat")?;
-        lab.run(&lvs, "nft add chain ip fullnat pre { type nat hook prerouting priority -100 ; }")?;
-        lab.run(
-            &lvs,
-            "nft add chain ip fullnat post { type nat hook postrouting priority 100 ; }",
-        )?;
-        lab.run(
-            &lvs,
-            "nft add rule ip fullnat pre ip daddr 10.85.9.9 tcp dport 3306 dnat to 10.85.0.2:3269",
-        )?;
-        lab.run(&lvs, "nft add rule ip fullnat post ip daddr 10.85.0.2 tcp dport 3269 snat to 10.85.1.2:61902")?;
-    }
+    // Full NAT: VIP:3306 → real server :3269, source rewritten to the app's own address and
+    // the port its direct connection uses. The control: the same VIP, translated to a source
+    // port of its own.
+    let source = if lab.args.control { "10.85.3.1:40000" } else { "10.85.1.2:61902" };
+    lab.run(&lvs, "nft add table ip fullnat")?;
+    lab.run(&lvs, "nft add chain ip fullnat pre { type nat hook prerouting priority -100 ; }")?;
+    lab.run(&lvs, "nft add chain ip fullnat post { type nat hook postrouting priority 100 ; }")?;
+    lab.run(
+        &lvs,
+        "nft add rule ip fullnat pre ip daddr 10.85.9.9 tcp dport 3306 dnat to 10.85.0.2:3269",
+    )?;
+    lab.run(
+        &lvs,
+        &format!("nft add rule ip fullnat post ip daddr 10.85.0.2 tcp dport 3269 snat to {source}"),
+    )?;
     // The sensor sees both of the server's links.
     lab.span(&db, "direct", "span-db", &mon, "server")?;
     lab.also_span(&db, "via-lvs", "span-db")?;
