@@ -13,6 +13,7 @@ use std::time::Duration;
 use dataplane::capture::CaptureReader;
 use dataplane::packet::decode;
 use wirewatch_testkit::netns::{enter_current_thread, privileged_or_skip};
+use wirewatch_testkit::tempdir::TempDir;
 use wirewatch_testkit::topology::{Subnets, Topology};
 
 const BYTES_PER_TRANSFER: usize = 4 << 20;
@@ -140,7 +141,7 @@ fn transfers(lab: &Topology, addrs: &[IpAddr], paced: bool) -> Vec<(usize, usize
 fn live_capture_matches_tcpdump(mode: &str) {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let lab = lab(&mode[..1]);
-    let dir = tempdir(mode);
+    let dir = TempDir::new(&format!("live-{mode}"));
     let rec = dir.join("wirewatch.pcapng");
     let dump = dir.join("tcpdump.pcap");
     let summary = dir.join("summary.json");
@@ -314,7 +315,7 @@ fn every_frame_accounted(queues: u32) {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let lab = lab_with(&format!("q{queues}"), queues);
     lab["b"].run("tc qdisc replace dev sp0 root pfifo limit 10000").unwrap();
-    let dir = tempdir(&format!("acct{queues}"));
+    let dir = TempDir::new(&format!("live-acct{queues}"));
     let rec = dir.join("wirewatch.pcapng");
     let dump = dir.join("b0.pcap");
     let summary = dir.join("summary.json");
@@ -518,12 +519,6 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn tempdir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("ww-live-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 #[test]

@@ -1,9 +1,9 @@
 //! `wirewatch profile …` and `run --profile`: golden dry runs through the CLI, clear errors for
 //! bad profiles, and detect/apply on a real veth in a namespace, checked with ethtool afterwards.
-use std::path::PathBuf;
 use std::process::Command;
 
 use wirewatch_testkit::netns::{privileged_or_skip, Netns};
+use wirewatch_testkit::tempdir::TempDir;
 use wirewatch_testkit::topology::Topology;
 
 fn ww() -> Command {
@@ -17,13 +17,6 @@ fn out(c: &mut Command) -> (i32, String, String) {
         String::from_utf8_lossy(&o.stdout).into_owned(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ww-profile-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 #[test]
@@ -97,7 +90,7 @@ fn list_show_and_golden_dry_runs_through_the_cli() {
 
 #[test]
 fn a_bad_profile_in_the_directory_names_file_key_and_problem() {
-    let dir = tempdir("bad");
+    let dir = TempDir::new("profile-bad");
     let veth = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../hw-profiles/profiles/veth.toml"
@@ -169,7 +162,7 @@ fn detect_and_apply_on_a_real_veth() {
 
     // An operator's profile: busy-poll settings land in sysfs; a ring size veth cannot take is
     // reported as failed (exit 1) without stopping the other steps.
-    let dir = tempdir("veth-busy");
+    let dir = TempDir::new("profile-veth-busy");
     let veth_toml = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../hw-profiles/profiles/veth.toml"

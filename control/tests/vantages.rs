@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wirewatch_testkit::netns::{privileged_or_skip, Netns};
+use wirewatch_testkit::tempdir::TempDir;
 use wirewatch_testkit::topology::Topology;
 use wirewatch_testkit::traffic::connect_bound;
 
@@ -241,8 +242,7 @@ fn parallel_backends_are_not_serial_sensors() {
         return;
     }
     let pid = std::process::id();
-    let dir = std::env::temp_dir().join(format!("ww-vantages-{pid}"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("vantages");
     let lab = build(pid);
     let stop = Arc::new(AtomicBool::new(false));
     let mut servers = serve(&lab["b1"], &stop);
@@ -335,5 +335,4 @@ fn parallel_backends_are_not_serial_sensors() {
     }
     eprintln!("vantages test took {:?}", t0.elapsed());
     drop(lab);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -33,6 +33,13 @@ impl AsRef<Path> for TempDir {
     }
 }
 
+/// So a command takes it as an argument (`.arg(&dir)`), as it takes a path.
+impl AsRef<std::ffi::OsStr> for TempDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.path.as_os_str()
+    }
+}
+
 impl Drop for TempDir {
     fn drop(&mut self) {
         if std::thread::panicking() {
