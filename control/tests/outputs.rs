@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use wirewatch_testkit::netns::{enter_current_thread, privileged_or_skip};
+use wirewatch_testkit::tempdir::TempDir;
 use wirewatch_testkit::topology::{Subnets, Topology};
 use wirewatch_testkit::traffic::{connect_from, serve_once};
 
@@ -110,20 +111,24 @@ fn eventually(what: &str, ww: &Wirewatch, mut f: impl FnMut() -> bool) {
     }
 }
 
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let d = std::env::temp_dir().join(format!("ww-out-{tag}-{}", std::process::id()));
-        let _ = std::process::Command::new("umount").arg(d.join("small")).output();
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Self(d)
+/// A 256 KiB tmpfs mounted at a path (a disk that fills up); unmounted on drop, before the
+/// test's directory goes.
+struct Tmpfs(PathBuf);
+impl Tmpfs {
+    fn mount(path: &Path) -> Self {
+        std::fs::create_dir_all(path).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
+        Self(path.to_path_buf())
     }
 }
-impl Drop for TempDir {
+impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(self.0.join("small")).output();
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::process::Command::new("umount").arg(&self.0).output();
     }
 }
 
@@ -143,8 +148,8 @@ fn retention_removes_only_its_own_files_and_cleans_unfinished_writes() {
         return;
     }
     let _s = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = TempDir::new("ret");
-    let ev = dir.0.join("evidence");
+    let dir = TempDir::new("out-ret");
+    let ev = dir.join("evidence");
     std::fs::create_dir_all(&ev).unwrap();
     // An operator's capture, a file of another tool, and what a killed run left behind.
     let mine = ["incident-42.pcapng", "notes.txt", "1700000000000-not_a_kind-w0-1.pcapng"];
@@ -158,7 +163,7 @@ fn retention_removes_only_its_own_files_and_cleans_unfinished_writes() {
     let t = topo("r");
     // A budget of 1 byte: every evidence file of ours goes, at start and as it is written.
     let ww =
-        start(&t, &dir.0, &["--evidence-dir", ev.to_str().unwrap(), "--evidence-max-bytes", "1"]);
+        start(&t, &dir, &["--evidence-dir", ev.to_str().unwrap(), "--evidence-max-bytes", "1"]);
     refused(&t, 7021);
     eventually("the new evidence file is written and removed", &ww, || {
         let (_, page) = get(&t["mon"].name, "/metrics");
@@ -178,21 +183,15 @@ fn a_full_disk_is_counted_and_logged_and_monitoring_goes_on() {
         return;
     }
     let _s = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = TempDir::new("full");
-    let small = dir.0.join("small");
-    std::fs::create_dir_all(&small).unwrap();
-    let out = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
-        .arg(&small)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
+    let dir = TempDir::new("out-full");
+    let small = dir.join("small");
+    let _tmpfs = Tmpfs::mount(&small);
     let events = small.join("events.jsonl");
     let ev = small.join("evidence");
     let t = topo("f");
     let ww = start(
         &t,
-        &dir.0,
+        &dir,
         &["--events", events.to_str().unwrap(), "--evidence-dir", ev.to_str().unwrap()],
     );
     // The disk fills up before the first event (the events file is open, still empty).
@@ -234,10 +233,10 @@ fn the_record_file_rotates_by_size() {
         return;
     }
     let _s = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = TempDir::new("rec");
-    let rec = dir.0.join("rec.pcapng");
+    let dir = TempDir::new("out-rec");
+    let rec = dir.join("rec.pcapng");
     let t = topo("c");
-    let ww = start(&t, &dir.0, &["--record", rec.to_str().unwrap(), "--record-max-bytes", "65536"]);
+    let ww = start(&t, &dir, &["--record", rec.to_str().unwrap(), "--record-max-bytes", "65536"]);
     // 8 MB through the span: ~5,600 frames of 128 B kept, far more than six files of 64 KiB
     // hold.
     let srv = SocketAddr::new("10.78.0.2".parse().unwrap(), 7041);
@@ -252,7 +251,7 @@ fn the_record_file_rotates_by_size() {
     assert_eq!(h.join().unwrap().unwrap().unwrap(), 8_000_000);
     std::thread::sleep(Duration::from_secs(1));
     let log = ww.stop();
-    let mut names = files_in(&dir.0);
+    let mut names = files_in(&dir);
     names.retain(|n| n.starts_with("rec.pcapng"));
     let want: Vec<String> = std::iter::once("rec.pcapng".to_string())
         .chain((1..=5).map(|i| format!("rec.pcapng.{i}")))
@@ -261,7 +260,7 @@ fn the_record_file_rotates_by_size() {
     want_sorted.sort();
     assert_eq!(names, want_sorted, "{log}");
     for n in &want {
-        let p = dir.0.join(n);
+        let p = dir.join(n);
         let len = std::fs::metadata(&p).unwrap().len();
         assert!(len <= 65536, "{n} is {len} bytes");
         // Each file is a whole capture that analyze reads without complaint.
@@ -282,12 +281,12 @@ fn run_refuses_outputs_into_missing_directories_before_attaching() {
         return;
     }
     let _s = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = TempDir::new("miss");
+    let dir = TempDir::new("out-miss");
     let t = topo("m");
     for flag in ["--events", "--record", "--summary-json"] {
         for (path, why) in [
             ("/nonexistent-ww-dir/out", "/nonexistent-ww-dir does not exist"),
-            (dir.0.to_str().unwrap(), "is a directory"),
+            (dir.to_str().unwrap(), "is a directory"),
         ] {
             let out = t["mon"]
                 .command(env!("CARGO_BIN_EXE_wirewatch"))
