@@ -13,8 +13,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
-use dataplane::craft::TcpSegment;
 use dataplane_common::tcp_flags::{ACK, FIN, PSH, SYN};
+use wirewatch_testkit::craft::TcpSegment;
 
 use crate::pcap::PcapWriter;
 

@@ -16,8 +16,8 @@ use std::io::{BufWriter, Write};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
-use dataplane::craft::TcpSegment;
 use dataplane_common::tcp_flags::{ACK, FIN, PSH, RST, SYN};
+use wirewatch_testkit::craft::TcpSegment;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Model {

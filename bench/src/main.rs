@@ -12,6 +12,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 use dataplane::engine::{Engine, EngineConfig};
 use dataplane::packet::decode;
+use wirewatch_testkit::topology::Topology;
 
 mod bpf;
 mod flood;
@@ -369,7 +370,7 @@ fn memory(n: u32) -> (f64, usize) {
         },
         0,
     );
-    let mut seg = dataplane::craft::TcpSegment::new(
+    let mut seg = wirewatch_testkit::craft::TcpSegment::new(
         "10.0.0.1".parse().unwrap(),
         1,
         "10.200.0.1".parse().unwrap(),
@@ -394,8 +395,8 @@ fn memory(n: u32) -> (f64, usize) {
 /// The XDP cost rows' frames, and whether the ≤ 1.5× target applies (plain frames; the
 /// encapsulated rows are informational).
 fn fixture_frames() -> Vec<(&'static str, Vec<u8>, bool)> {
-    use dataplane::craft::TcpSegment;
-    use dataplane::encap::{wrap, Encap, Outer};
+    use wirewatch_testkit::craft::TcpSegment;
+    use wirewatch_testkit::encap::{wrap, Encap, Outer};
     let v4 = TcpSegment::new("10.1.0.1".parse().unwrap(), 40000, "10.1.0.2".parse().unwrap(), 80);
     let mut v6 =
         TcpSegment::new("fd00::1".parse().unwrap(), 40000, "fd00::2".parse().unwrap(), 443);
@@ -435,14 +436,13 @@ fn fixture_frames() -> Vec<(&'static str, Vec<u8>, bool)> {
 /// `prog`'s XSKMAP; the socket and the namespace live as long as the returned value.
 fn bound_socket(
     prog: &mut dataplane::loader::XdpProgram,
-) -> Result<(dataplane::netns::Netns, dataplane::xsk::XskQueue)> {
-    let ns = dataplane::netns::Netns::create(&format!("wwbx{}", std::process::id() % 100000))?;
-    ns.run("ip link add bx0 type veth peer name bx1")?;
-    ns.run("ip link set bx0 up")?;
-    ns.run("ip link set bx1 up")?;
-    let name = ns.name.clone();
+) -> Result<(Topology, dataplane::xsk::XskQueue)> {
+    let mut t = Topology::new();
+    t.namespace("bx", &format!("wwbx{}", std::process::id() % 100000))?;
+    t.veth(("bx", "bx0"), ("bx", "bx1"))?;
+    let name = t["bx"].name.clone();
     let xsk = std::thread::spawn(move || -> Result<dataplane::xsk::XskQueue> {
-        dataplane::netns::enter_current_thread(&name)?;
+        wirewatch_testkit::netns::enter_current_thread(&name)?;
         let opts = dataplane::xsk::XskOptions {
             ring_size: 64,
             zero_copy: dataplane::xsk::ZeroCopyPolicy::Off,
@@ -453,7 +453,7 @@ fn bound_socket(
     .join()
     .map_err(|_| anyhow::anyhow!("socket thread panicked"))??;
     prog.bind_socket(0, &xsk.fd())?;
-    Ok((ns, xsk))
+    Ok((t, xsk))
 }
 
 fn is_root() -> bool {
@@ -497,16 +497,17 @@ struct LiveResult {
 /// Pushes the capture's frames into `gen0` for `secs` with live-frame BPF_PROG_TEST_RUN from
 /// inside the namespace; returns frames sent.
 fn generate_live(ns: &str, cap: &gen::Capture, secs: f64) -> Result<u64> {
-    let idx: u32 =
-        dataplane::netns::sh(&format!("ip netns exec {ns} cat /sys/class/net/gen0/ifindex"))?
-            .trim()
-            .parse()?;
+    let idx: u32 = wirewatch_testkit::netns::sh(&format!(
+        "ip netns exec {ns} cat /sys/class/net/gen0/ifindex"
+    ))?
+    .trim()
+    .parse()?;
     let ns = ns.to_string();
     let frames: Vec<Vec<u8>> =
         (0..cap.frames.len().min(200_000)).map(|i| cap.frame(i).0.to_vec()).collect();
     std::thread::scope(|s| {
         s.spawn(|| -> Result<u64> {
-            dataplane::netns::enter_current_thread(&ns)?;
+            wirewatch_testkit::netns::enter_current_thread(&ns)?;
             let tx = bpf::constant_program(bpf::XDP_TX, "ww_bench_tx")?;
             let end = Instant::now() + Duration::from_secs_f64(secs);
             let mut sent = 0u64;
@@ -534,10 +535,10 @@ fn generate_live(ns: &str, cap: &gen::Capture, secs: f64) -> Result<u64> {
 }
 
 fn live(tool: &str, args: &Args, cap: &gen::Capture) -> Result<LiveResult> {
-    let ns = dataplane::netns::Netns::create(&format!("wwbench{}", std::process::id() % 100000))?;
-    ns.run("ip link add gen0 type veth peer name mon0")?;
-    ns.run("ip link set gen0 up")?;
-    ns.run("ip link set mon0 up")?;
+    let mut t = Topology::new();
+    t.namespace("bench", &format!("wwbench{}", std::process::id() % 100000))?;
+    t.veth(("bench", "gen0"), ("bench", "mon0"))?;
+    let ns = &t["bench"];
     let work = args.workdir.join(format!("live-{tool}"));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;

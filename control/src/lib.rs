@@ -10,7 +10,6 @@ pub mod explain;
 pub mod generate;
 mod health;
 mod host_iface;
-pub mod lab;
 mod live;
 mod metrics;
 pub mod options;

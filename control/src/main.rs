@@ -2,7 +2,7 @@
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use wirewatch::{analyze, config, explain, generate, lab, options, profile, run};
+use wirewatch::{analyze, config, explain, generate, options, profile, run};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -36,7 +36,8 @@ enum Command {
     Analyze(analyze::AnalyzeArgs),
     /// Rebuild the real incidents in network namespaces and watch wirewatch diagnose them live
     /// (needs root). Example: sudo wirewatch lab --incident all
-    Lab(lab::LabArgs),
+    #[cfg(feature = "lab")]
+    Lab(wirewatch_lab::LabArgs),
     /// NIC tuning profiles (ConnectX-4 Lx…7, E810, X710, virtio, veth): list, show, detect which
     /// fits an interface, apply one (or print it as shell with --dry-run).
     ///
@@ -98,7 +99,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Analyze(args) => analyze::analyze(args),
-        Command::Lab(args) => lab::lab(args),
+        #[cfg(feature = "lab")]
+        Command::Lab(args) => wirewatch_lab::lab(args),
         Command::Profile(args) => profile::profile(args),
         Command::Explain(_) | Command::Generate(_) => unreachable!("handled above"),
     };

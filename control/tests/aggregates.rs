@@ -9,9 +9,10 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
 
-use dataplane::craft::TcpSegment;
 use dataplane::pcapng::PcapngWriter;
 use dataplane_common::tcp_flags::{ACK, RST, SYN};
+use wirewatch_testkit::craft::TcpSegment;
+use wirewatch_testkit::tempdir::TempDir;
 
 struct Family {
     flooded: IpAddr,
@@ -154,8 +155,7 @@ fn write_capture(path: &Path) {
 
 #[test]
 fn a_flood_and_a_scan_are_one_event_each() {
-    let dir = std::env::temp_dir().join(format!("ww-aggregates-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("aggregates");
     let cap = dir.join("flood.pcapng");
     write_capture(&cap);
     for workers in ["1", "2"] {
@@ -287,5 +287,4 @@ fn a_flood_and_a_scan_are_one_event_each() {
         assert_eq!(count("port_scan"), 2);
         assert_eq!(count("service_blackhole"), 2);
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

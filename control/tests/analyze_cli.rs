@@ -3,9 +3,10 @@
 use std::path::Path;
 use std::process::Command;
 
-use dataplane::craft::TcpSegment;
 use dataplane::pcapng::PcapngWriter;
 use dataplane_common::tcp_flags::{ACK, PSH, RST, SYN};
+use wirewatch_testkit::craft::TcpSegment;
+use wirewatch_testkit::tempdir::TempDir;
 
 fn ww(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_wirewatch"))
@@ -81,9 +82,7 @@ fn write_capture(path: &Path) {
 
 #[test]
 fn evidence_opens_in_tshark_with_the_comment_on_the_trigger() {
-    let dir = std::env::temp_dir().join(format!("ww-analyze-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("analyze");
     let cap = dir.join("two-problems.pcapng");
     write_capture(&cap);
     let evdir = dir.join("evidence");
@@ -159,7 +158,6 @@ fn evidence_opens_in_tshark_with_the_comment_on_the_trigger() {
     let rst = &lines[1];
     let x = rst["explanation"].as_str().unwrap();
     assert!(x.contains("42889") && x.contains("timestamp option"), "{x}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A pcap header of link type 105 (802.11), which wirewatch does not read.
@@ -171,8 +169,7 @@ fn linktype_105() -> Vec<u8> {
 
 #[test]
 fn corrupt_inputs_exit_3_with_the_offset_and_never_panic() {
-    let dir = std::env::temp_dir().join(format!("ww-corrupt-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("corrupt");
     let good = dir.join("good.pcapng");
     write_capture(&good);
     let bytes = std::fs::read(&good).unwrap();
@@ -232,5 +229,4 @@ fn corrupt_inputs_exit_3_with_the_offset_and_never_panic() {
         assert_eq!(code, 2, "{flag}={value}: {stderr}");
         assert!(stderr.contains(flag), "{stderr}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -13,45 +13,37 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use dataplane::netns::{enter_current_thread, privileged_or_skip, veth, Netns};
-use dataplane::traffic::connect_from;
+use wirewatch_testkit::netns::{enter_current_thread, privileged_or_skip, Netns};
+use wirewatch_testkit::tempdir::TempDir;
+use wirewatch_testkit::topology::Topology;
+use wirewatch_testkit::traffic::connect_from;
 
 const SERVERS: [&str; 2] = ["10.82.2.2", "fd82:2::2"];
 const OPEN: u16 = 8080;
 const DROPPED: u16 = 8081;
 
-struct Lab {
-    c: Netns,
-    r: Netns,
-    s: Netns,
-}
-
-fn build(pid: u32) -> Lab {
-    let c = Netns::create(&format!("wwbc{pid}")).unwrap();
-    let r = Netns::create(&format!("wwbr{pid}")).unwrap();
-    let s = Netns::create(&format!("wwbs{pid}")).unwrap();
-    for ns in [&c, &r, &s] {
-        ns.run("sysctl -qw net.ipv6.conf.default.accept_dad=0").unwrap();
-        ns.run("sysctl -qw net.ipv6.conf.all.accept_dad=0").unwrap();
+/// c ↔ r ↔ s, r routing, IPv4 and IPv6 (without DAD), offloads as the kernel set them.
+fn build(pid: u32) -> Topology {
+    let mut t = Topology::new();
+    for (role, name) in [("c", "wwbc"), ("r", "wwbr"), ("s", "wwbs")] {
+        t.namespace(role, &format!("{name}{pid}")).unwrap();
+        t.without_dad(role).unwrap();
     }
-    veth(&c, "c0", &r, "rc").unwrap();
-    veth(&r, "rs", &s, "s0").unwrap();
-    for (ns, dev, v4, v6) in [
-        (&c, "c0", "10.82.1.2/24", "fd82:1::2/64"),
-        (&r, "rc", "10.82.1.1/24", "fd82:1::1/64"),
-        (&r, "rs", "10.82.2.1/24", "fd82:2::1/64"),
-        (&s, "s0", "10.82.2.2/24", "fd82:2::2/64"),
+    t.veth(("c", "c0"), ("r", "rc")).unwrap();
+    t.veth(("r", "rs"), ("s", "s0")).unwrap();
+    for (role, dev, v4, v6) in [
+        ("c", "c0", "10.82.1.2/24", "fd82:1::2/64"),
+        ("r", "rc", "10.82.1.1/24", "fd82:1::1/64"),
+        ("r", "rs", "10.82.2.1/24", "fd82:2::1/64"),
+        ("s", "s0", "10.82.2.2/24", "fd82:2::2/64"),
     ] {
-        ns.run(&format!("ip addr add {v4} dev {dev}")).unwrap();
-        ns.run(&format!("ip -6 addr add {v6} dev {dev} nodad")).unwrap();
+        t.address(role, dev, v4).unwrap();
+        t.address(role, dev, v6).unwrap();
     }
-    for (ns, gw4, gw6) in [(&c, "10.82.1.1", "fd82:1::1"), (&s, "10.82.2.1", "fd82:2::1")] {
-        ns.run(&format!("ip route add default via {gw4}")).unwrap();
-        ns.run(&format!("ip -6 route add default via {gw6}")).unwrap();
-    }
-    r.run("sysctl -qw net.ipv4.ip_forward=1").unwrap();
-    r.run("sysctl -qw net.ipv6.conf.all.forwarding=1").unwrap();
-    Lab { c, r, s }
+    t.default_routes("c", "10.82.1.1", "fd82:1::1").unwrap();
+    t.default_routes("s", "10.82.2.1", "fd82:2::1").unwrap();
+    t.forwarding("r").unwrap();
+    t
 }
 
 /// Accepts and closes connections on both ports of both server addresses until `stop`.
@@ -83,14 +75,13 @@ fn serve(ns: &Netns, stop: &Arc<AtomicBool>) -> Vec<JoinHandle<()>> {
 /// the client's link, and returns wirewatch's events and how many connections succeeded per
 /// port.
 fn run(
-    lab: &Lab,
+    lab: &Topology,
     dir: &Path,
     tag: &str,
     connects: &[(u16, usize)],
 ) -> (Vec<serde_json::Value>, [usize; 2]) {
     let cap = dir.join(format!("{tag}.pcap"));
-    let mut dump = lab
-        .c
+    let mut dump = lab["c"]
         .command("tcpdump")
         .args(["-i", "c0", "-s", "128", "--immediate-mode", "-U", "-w"])
         .arg(&cap)
@@ -107,7 +98,7 @@ fn run(
         let handles: Vec<_> = SERVERS
             .iter()
             .flat_map(|a| std::iter::repeat_n(SocketAddr::new(a.parse().unwrap(), port), n))
-            .map(|to| connect_from(&lab.c.name, to, |s| s.is_ok()))
+            .map(|to| connect_from(&lab["c"].name, to, |s| s.is_ok()))
             .collect();
         let good = handles.into_iter().map(|h| h.join().unwrap()).filter(|&g| g).count();
         ok[usize::from(port == DROPPED)] += good;
@@ -150,18 +141,17 @@ fn a_filter_in_front_of_one_service_is_a_black_hole_a_dead_path_is_not() {
         return;
     }
     let pid = std::process::id();
-    let dir = std::env::temp_dir().join(format!("ww-blackhole-{pid}"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("blackhole");
     let lab = build(pid);
     let stop = Arc::new(AtomicBool::new(false));
-    let servers = serve(&lab.s, &stop);
+    let servers = serve(&lab["s"], &stop);
     let nft = |rule: &str| {
-        let _ = lab.r.run("nft delete table inet wwbh");
-        lab.r.run("nft add table inet wwbh").unwrap();
-        lab.r
+        let _ = lab["r"].run("nft delete table inet wwbh");
+        lab["r"].run("nft add table inet wwbh").unwrap();
+        lab["r"]
             .run("nft add chain inet wwbh through { type filter hook forward priority 0 ; }")
             .unwrap();
-        lab.r.run(&format!("nft add rule inet wwbh through {rule}")).unwrap();
+        lab["r"].run(&format!("nft add rule inet wwbh through {rule}")).unwrap();
     };
 
     // Fault: the router drops SYNs to one port.
@@ -204,5 +194,4 @@ fn a_filter_in_front_of_one_service_is_a_black_hole_a_dead_path_is_not() {
     for h in servers {
         h.join().unwrap();
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

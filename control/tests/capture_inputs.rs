@@ -11,8 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use dataplane::netns::{privileged_or_skip, veth, Netns};
-use dataplane::traffic::{connect_from, serve_once};
+use wirewatch_testkit::netns::{privileged_or_skip, Netns};
+use wirewatch_testkit::topology::{Subnets, Topology};
+use wirewatch_testkit::traffic::{connect_from, serve_once};
 
 fn ww(args: &[&str]) -> (i32, String, String) {
     ww_stdin(args, None)
@@ -128,28 +129,29 @@ fn recording() -> Option<&'static Recording> {
         let dir = std::env::temp_dir().join(format!("ww-inputs-{pid}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let ns = Netns::create(&format!("wwin{pid}")).unwrap();
+        let mut t = Topology::new();
+        let ns = t.namespace("lo", &format!("wwin{pid}")).unwrap();
         // Ethernet-sized segments, as on a NIC (loopback's 64 KiB MTU makes a few giant ones).
         ns.run("ip link set lo mtu 1500").unwrap();
         ns.run("ethtool -K lo tso off gso off gro off").unwrap();
         let (lo, lo_snap40) = (dir.join("lo.pcap"), dir.join("lo-snap40.pcap"));
         let refused = 30;
         {
-            let _a = Dump::start(&ns, &["-i", "lo", "-s", "256", "tcp"], &lo);
-            let _b = Dump::start(&ns, &["-i", "lo", "-s", "40", "tcp"], &lo_snap40);
+            let _a = Dump::start(ns, &["-i", "lo", "-s", "256", "tcp"], &lo);
+            let _b = Dump::start(ns, &["-i", "lo", "-s", "40", "tcp"], &lo_snap40);
             std::thread::sleep(Duration::from_secs(1));
-            exchange(&ns, "127.0.0.1:7101".parse().unwrap(), 300_000, 2000);
-            exchange(&ns, "[::1]:7102".parse().unwrap(), 2000, 200_000);
+            exchange(ns, "127.0.0.1:7101".parse().unwrap(), 300_000, 2000);
+            exchange(ns, "[::1]:7102".parse().unwrap(), 2000, 200_000);
             // The capture spans more than a second (a concatenation jumps back further).
             std::thread::sleep(Duration::from_secs(2));
             for _ in 0..refused {
                 let c = connect_from(&ns.name, "127.0.0.1:7103".parse().unwrap(), |s| s.is_err());
                 assert!(c.join().unwrap(), "nothing listens on 7103");
             }
-            exchange(&ns, "127.0.0.1:7104".parse().unwrap(), 1000, 1000);
+            exchange(ns, "127.0.0.1:7104".parse().unwrap(), 1000, 1000);
             std::thread::sleep(Duration::from_secs(1));
         }
-        drop(ns);
+        drop(t);
         Some(Recording { dir, lo, lo_snap40, refused })
     })
     .as_ref()
@@ -448,14 +450,14 @@ fn frames_without_readable_tcp_are_counted_by_cause() {
 
     // TCP inside VXLAN, recorded on the underlay, with large pings (fragments) and ARP.
     let pid = std::process::id();
-    let a = Netns::create(&format!("wwva{pid}")).unwrap();
-    let b = Netns::create(&format!("wwvb{pid}")).unwrap();
-    veth(&a, "u0", &b, "u1").unwrap();
-    a.run("ip addr add 10.93.0.1/24 dev u0").unwrap();
-    b.run("ip addr add 10.93.0.2/24 dev u1").unwrap();
     // Frames as the wire carries them (no GSO super-frames at the capture point).
-    a.run("ethtool -K u0 tso off gso off gro off").unwrap();
-    b.run("ethtool -K u1 tso off gso off gro off").unwrap();
+    let t = Topology::two_hosts(
+        (&format!("wwva{pid}"), &format!("wwvb{pid}")),
+        ("u0", "u1"),
+        Subnets { v4: "10.93.0", v6: None },
+    )
+    .unwrap();
+    let (a, b) = (&t["a"], &t["b"]);
     for (ns, local, remote, inner) in
         [(&a, "10.93.0.1", "10.93.0.2", "10.94.0.1"), (&b, "10.93.0.2", "10.93.0.1", "10.94.0.2")]
     {
@@ -468,15 +470,15 @@ fn frames_without_readable_tcp_are_counted_by_cause() {
     }
     let cap = rec.dir.join("vxlan.pcap");
     {
-        let _d = Dump::start(&a, &["-i", "u0", "-s", "256"], &cap);
+        let _d = Dump::start(a, &["-i", "u0", "-s", "256"], &cap);
         std::thread::sleep(Duration::from_secs(1));
         // The next packet to the peer asks for its MAC again: ARP in the capture.
         a.run("ip neigh flush dev u0").unwrap();
-        exchange_between(&a, &b, "10.94.0.2:7201".parse().unwrap(), 100_000, 1000);
+        exchange_between(a, b, "10.94.0.2:7201".parse().unwrap(), 100_000, 1000);
         // UDP datagrams larger than the MTU: the kernel fragments them (3 fragments each).
         let ns = a.name.clone();
         std::thread::spawn(move || {
-            dataplane::netns::enter_current_thread(&ns).unwrap();
+            wirewatch_testkit::netns::enter_current_thread(&ns).unwrap();
             let u = std::net::UdpSocket::bind("10.93.0.1:0").unwrap();
             for _ in 0..3 {
                 u.send_to(&[1u8; 3000], "10.93.0.2:9").unwrap();
@@ -487,7 +489,7 @@ fn frames_without_readable_tcp_are_counted_by_cause() {
         .unwrap();
         std::thread::sleep(Duration::from_secs(1));
     }
-    drop((a, b));
+    drop(t);
     let got = summary(&[cap.to_str().unwrap()], 0);
     let i = &got["inputs"][0];
     // The TCP inside VXLAN is read (issue 15: the parser opens the tunnel).

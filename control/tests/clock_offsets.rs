@@ -14,8 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dataplane::netns::{privileged_or_skip, veth, Netns};
-use dataplane::traffic::connect_bound;
+use wirewatch_testkit::netns::{privileged_or_skip, Netns};
+use wirewatch_testkit::tempdir::TempDir;
+use wirewatch_testkit::topology::Topology;
+use wirewatch_testkit::traffic::connect_bound;
 
 const OPEN: u16 = 8080;
 /// The router drops SYNs to this port when the fault is on.
@@ -23,38 +25,27 @@ const FILTERED: u16 = 8081;
 const SERVER4: &str = "10.94.1.2";
 const SERVER6: &str = "fd94:1::2";
 
-struct Lab {
-    c: Netns,
-    r: Netns,
-    s: Netns,
-}
-
-fn build(pid: u32) -> Lab {
-    let c = Netns::create(&format!("wwkc{pid}")).unwrap();
-    let r = Netns::create(&format!("wwkr{pid}")).unwrap();
-    let s = Netns::create(&format!("wwks{pid}")).unwrap();
-    for ns in [&c, &r, &s] {
-        ns.run("sysctl -qw net.ipv6.conf.default.accept_dad=0").unwrap();
-        ns.run("sysctl -qw net.ipv6.conf.all.accept_dad=0").unwrap();
+fn build(pid: u32) -> Topology {
+    let mut t = Topology::new();
+    for (role, name) in [("c", "wwkc"), ("r", "wwkr"), ("s", "wwks")] {
+        t.namespace(role, &format!("{name}{pid}")).unwrap();
+        t.without_dad(role).unwrap();
     }
-    veth(&c, "c0", &r, "r0").unwrap();
-    veth(&r, "r1", &s, "s0").unwrap();
-    for (ns, dev, v4, v6) in [
-        (&c, "c0", "10.94.0.2/24", "fd94::2/64"),
-        (&r, "r0", "10.94.0.1/24", "fd94::1/64"),
-        (&r, "r1", "10.94.1.1/24", "fd94:1::1/64"),
-        (&s, "s0", "10.94.1.2/24", "fd94:1::2/64"),
+    t.link(("c", "c0"), ("r", "r0")).unwrap();
+    t.link(("r", "r1"), ("s", "s0")).unwrap();
+    for (role, dev, v4, v6) in [
+        ("c", "c0", "10.94.0.2/24", "fd94::2/64"),
+        ("r", "r0", "10.94.0.1/24", "fd94::1/64"),
+        ("r", "r1", "10.94.1.1/24", "fd94:1::1/64"),
+        ("s", "s0", "10.94.1.2/24", "fd94:1::2/64"),
     ] {
-        ns.run(&format!("ip addr add {v4} dev {dev}")).unwrap();
-        ns.run(&format!("ip -6 addr add {v6} dev {dev} nodad")).unwrap();
-        ns.run(&format!("ethtool -K {dev} tso off gso off gro off")).unwrap();
+        t.address(role, dev, v4).unwrap();
+        t.address(role, dev, v6).unwrap();
     }
-    c.run("ip route add default via 10.94.0.1").unwrap();
-    c.run("ip -6 route add default via fd94::1").unwrap();
-    s.run("ip route add default via 10.94.1.1").unwrap();
-    s.run("ip -6 route add default via fd94:1::1").unwrap();
-    r.run("sysctl -qw net.ipv4.ip_forward=1").unwrap();
-    r.run("sysctl -qw net.ipv6.conf.all.forwarding=1").unwrap();
+    t.default_routes("c", "10.94.0.1", "fd94::1").unwrap();
+    t.default_routes("s", "10.94.1.1", "fd94:1::1").unwrap();
+    t.forwarding("r").unwrap();
+    let (c, r, s) = (&t["c"], &t["r"], &t["s"]);
     c.run("sysctl -qw net.ipv4.tcp_syn_retries=1").unwrap();
     c.run("sysctl -qw net.ipv6.conf.all.forwarding=0").unwrap();
     // 1 % random loss at the endpoints' output, where no sensor sees it.
@@ -66,7 +57,7 @@ fn build(pid: u32) -> Lab {
     }
     r.run("nft add table inet f").unwrap();
     r.run("nft add chain inet f filt { type filter hook forward priority 0 ; }").unwrap();
-    Lab { c, r, s }
+    t
 }
 
 fn serve(ns: &Netns, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>> {
@@ -77,7 +68,7 @@ fn serve(ns: &Netns, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>>
             let stop = stop.clone();
             let addr = SocketAddr::new(a.parse().unwrap(), port);
             v.push(std::thread::spawn(move || {
-                dataplane::netns::enter_current_thread(&ns).unwrap();
+                wirewatch_testkit::netns::enter_current_thread(&ns).unwrap();
                 let l = std::net::TcpListener::bind(addr).unwrap();
                 l.set_nonblocking(true).unwrap();
                 while !stop.load(Ordering::Relaxed) {
@@ -118,10 +109,10 @@ fn tcpdump(ns: &Netns, dev: &str, file: &Path) -> Child {
 
 /// Captures front (r0) and back (s0) while the client makes 16 connections per family, every
 /// fourth to the filtered port. Returns the two files and how many connections completed.
-fn capture(lab: &Lab, dir: &Path, tag: &str) -> (PathBuf, PathBuf, usize) {
+fn capture(lab: &Topology, dir: &Path, tag: &str) -> (PathBuf, PathBuf, usize) {
     let (front, back) =
         (dir.join(format!("front-{tag}.pcap")), dir.join(format!("back-{tag}.pcap")));
-    let mut dumps = [tcpdump(&lab.r, "r0", &front), tcpdump(&lab.s, "s0", &back)];
+    let mut dumps = [tcpdump(&lab["r"], "r0", &front), tcpdump(&lab["s"], "s0", &back)];
     std::thread::sleep(Duration::from_millis(800));
     let mut hs = Vec::new();
     for (src, dst) in [("10.94.0.2", SERVER4), ("fd94::2", SERVER6)] {
@@ -129,7 +120,7 @@ fn capture(lab: &Lab, dir: &Path, tag: &str) -> (PathBuf, PathBuf, usize) {
             let port = if i % 4 == 3 { FILTERED } else { OPEN };
             let local = SocketAddr::new(src.parse().unwrap(), 43000 + i);
             let to = SocketAddr::new(dst.parse().unwrap(), port);
-            let ns = lab.c.name.clone();
+            let ns = lab["c"].name.clone();
             hs.push(std::thread::spawn(move || -> bool {
                 let Ok(mut s) = connect_bound(&ns, local, to) else { return false };
                 if s.write_all(&[b'q'; 6_000]).is_err() {
@@ -223,16 +214,15 @@ fn clock_offsets_between_vantages_are_found_and_removed() {
         return;
     }
     let pid = std::process::id();
-    let dir = std::env::temp_dir().join(format!("ww-clock-{pid}"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("clock");
     let lab = build(pid);
     let stop = Arc::new(AtomicBool::new(false));
-    let servers = serve(&lab.s, &stop);
+    let servers = serve(&lab["s"], &stop);
     std::thread::sleep(Duration::from_millis(300));
 
     let (front_off, back_off, done) = capture(&lab, &dir, "off");
     assert!(done >= 28, "fault off: only {done} of 32 connections completed");
-    lab.r
+    lab["r"]
         .run(&format!(
             "nft add rule inet f filt tcp dport {FILTERED} tcp flags & (syn | ack) == syn drop"
         ))
@@ -287,5 +277,4 @@ fn clock_offsets_between_vantages_are_found_and_removed() {
         assert!(run.lost().is_empty(), "{tag}, fault off: {:?}", run.lost());
     }
     drop(lab);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -14,8 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dataplane::netns::{privileged_or_skip, veth, Netns};
-use dataplane::traffic::connect_bound;
+use wirewatch_testkit::netns::{privileged_or_skip, Netns};
+use wirewatch_testkit::tempdir::TempDir;
+use wirewatch_testkit::topology::Topology;
+use wirewatch_testkit::traffic::connect_bound;
 
 const PUBLIC4: &str = "10.95.9.1";
 const PUBLIC6: &str = "fd95:9::1";
@@ -23,47 +25,32 @@ const SERVER4: &str = "10.95.0.2";
 const SERVER6: &str = "fd95::2";
 const PUBLIC_PORT: u16 = 40000;
 
-struct Lab {
-    a: Netns,
-    b: Netns,
-    s: Netns,
-    _r: Netns,
-}
-
-fn build(pid: u32, collide: bool) -> Lab {
+fn build(pid: u32, collide: bool) -> Topology {
     let tag = if collide { "x" } else { "o" };
-    let a = Netns::create(&format!("wwna{tag}{pid}")).unwrap();
-    let b = Netns::create(&format!("wwnb{tag}{pid}")).unwrap();
-    let r = Netns::create(&format!("wwnr{tag}{pid}")).unwrap();
-    let s = Netns::create(&format!("wwns{tag}{pid}")).unwrap();
-    for ns in [&a, &b, &r, &s] {
-        ns.run("sysctl -qw net.ipv6.conf.default.accept_dad=0").unwrap();
-        ns.run("sysctl -qw net.ipv6.conf.all.accept_dad=0").unwrap();
+    let mut t = Topology::new();
+    for (role, name) in [("a", "wwna"), ("b", "wwnb"), ("r", "wwnr"), ("s", "wwns")] {
+        t.namespace(role, &format!("{name}{tag}{pid}")).unwrap();
+        t.without_dad(role).unwrap();
     }
-    veth(&a, "a0", &r, "ra").unwrap();
-    veth(&b, "b0", &r, "rb").unwrap();
-    veth(&r, "rs", &s, "s0").unwrap();
-    for (ns, dev, v4, v6) in [
-        (&a, "a0", "10.95.1.2/24", "fd95:1::2/64"),
-        (&r, "ra", "10.95.1.1/24", "fd95:1::1/64"),
-        (&b, "b0", "10.95.2.2/24", "fd95:2::2/64"),
-        (&r, "rb", "10.95.2.1/24", "fd95:2::1/64"),
-        (&r, "rs", "10.95.0.1/24", "fd95::1/64"),
-        (&s, "s0", "10.95.0.2/24", "fd95::2/64"),
+    t.veth(("a", "a0"), ("r", "ra")).unwrap();
+    t.veth(("b", "b0"), ("r", "rb")).unwrap();
+    t.veth(("r", "rs"), ("s", "s0")).unwrap();
+    for (role, dev, v4, v6) in [
+        ("a", "a0", "10.95.1.2/24", "fd95:1::2/64"),
+        ("r", "ra", "10.95.1.1/24", "fd95:1::1/64"),
+        ("b", "b0", "10.95.2.2/24", "fd95:2::2/64"),
+        ("r", "rb", "10.95.2.1/24", "fd95:2::1/64"),
+        ("r", "rs", "10.95.0.1/24", "fd95::1/64"),
+        ("s", "s0", "10.95.0.2/24", "fd95::2/64"),
     ] {
-        ns.run(&format!("ip addr add {v4} dev {dev}")).unwrap();
-        ns.run(&format!("ip -6 addr add {v6} dev {dev} nodad")).unwrap();
+        t.address(role, dev, v4).unwrap();
+        t.address(role, dev, v6).unwrap();
     }
-    for (ns, gw4, gw6) in [
-        (&a, "10.95.1.1", "fd95:1::1"),
-        (&b, "10.95.2.1", "fd95:2::1"),
-        (&s, "10.95.0.1", "fd95::1"),
-    ] {
-        ns.run(&format!("ip route add default via {gw4}")).unwrap();
-        ns.run(&format!("ip -6 route add default via {gw6}")).unwrap();
-    }
-    r.run("sysctl -qw net.ipv4.ip_forward=1").unwrap();
-    r.run("sysctl -qw net.ipv6.conf.all.forwarding=1").unwrap();
+    t.default_routes("a", "10.95.1.1", "fd95:1::1").unwrap();
+    t.default_routes("b", "10.95.2.1", "fd95:2::1").unwrap();
+    t.default_routes("s", "10.95.0.1", "fd95::1").unwrap();
+    t.forwarding("r").unwrap();
+    let (a, b, r) = (&t["a"], &t["b"], &t["r"]);
     // The shared public address is routed back to gateway A, except B's own port (as a
     // router that knows which gateway owns which port range would).
     r.run(&format!("ip route add {PUBLIC4}/32 via 10.95.1.2")).unwrap();
@@ -92,7 +79,7 @@ fn build(pid: u32, collide: bool) -> Lab {
         ))
         .unwrap();
     }
-    Lab { a, b, s, _r: r }
+    t
 }
 
 fn serve(ns: &Netns, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>> {
@@ -103,7 +90,7 @@ fn serve(ns: &Netns, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>>
             let stop = stop.clone();
             let addr = SocketAddr::new(a.parse().unwrap(), 8080);
             std::thread::spawn(move || {
-                dataplane::netns::enter_current_thread(&ns).unwrap();
+                wirewatch_testkit::netns::enter_current_thread(&ns).unwrap();
                 let l = std::net::TcpListener::bind(addr).unwrap();
                 l.set_nonblocking(true).unwrap();
                 while !stop.load(Ordering::Relaxed) {
@@ -134,10 +121,9 @@ fn query(s: &mut std::net::TcpStream) -> bool {
 
 /// Runs both gateways' connections while the server's link is captured; returns the events
 /// of the analysis and whether A's connection still answered afterwards.
-fn run(lab: &Lab, dir: &Path, tag: &str) -> (Vec<serde_json::Value>, usize) {
+fn run(lab: &Topology, dir: &Path, tag: &str) -> (Vec<serde_json::Value>, usize) {
     let cap = dir.join(format!("server-{tag}.pcap"));
-    let mut dump = lab
-        .s
+    let mut dump = lab["s"]
         .command("tcpdump")
         .args(["-i", "s0", "-s", "128", "--immediate-mode", "-U", "-w"])
         .arg(&cap)
@@ -153,12 +139,13 @@ fn run(lab: &Lab, dir: &Path, tag: &str) -> (Vec<serde_json::Value>, usize) {
     {
         let to = SocketAddr::new(server.parse().unwrap(), 8080);
         let mut a =
-            connect_bound(&lab.a.name, SocketAddr::new(a_src.parse().unwrap(), 5000), to).unwrap();
+            connect_bound(&lab["a"].name, SocketAddr::new(a_src.parse().unwrap(), 5000), to)
+                .unwrap();
         for _ in 0..3 {
             assert!(query(&mut a), "A's queries are answered");
         }
         // B, through the other gateway: the same public address and (fault on) port.
-        let b = connect_bound(&lab.b.name, SocketAddr::new(b_src.parse().unwrap(), 5000), to);
+        let b = connect_bound(&lab["b"].name, SocketAddr::new(b_src.parse().unwrap(), 5000), to);
         if let Ok(mut b) = b {
             b.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
             b_ok += usize::from(query(&mut b));
@@ -194,12 +181,11 @@ fn two_nat_gateways_on_one_public_port_are_a_collision() {
         return;
     }
     let pid = std::process::id();
-    let dir = std::env::temp_dir().join(format!("ww-collision-{pid}"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("collision");
     for collide in [false, true] {
         let lab = build(pid, collide);
         let stop = Arc::new(AtomicBool::new(false));
-        let servers = serve(&lab.s, &stop);
+        let servers = serve(&lab["s"], &stop);
         std::thread::sleep(Duration::from_millis(300));
         let tag = if collide { "on" } else { "off" };
         let (events, b_ok) = run(&lab, &dir, tag);
@@ -235,5 +221,4 @@ fn two_nat_gateways_on_one_public_port_are_a_collision() {
             assert_eq!(e["culprit"]["port"], PUBLIC_PORT, "{e}");
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

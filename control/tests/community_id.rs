@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use dataplane::netns::{privileged_or_skip, veth, Netns};
-use dataplane::traffic::{connect_from, serve_once};
+use wirewatch_testkit::netns::privileged_or_skip;
+use wirewatch_testkit::tempdir::TempDir;
+use wirewatch_testkit::topology::{Subnets, Topology};
+use wirewatch_testkit::traffic::{connect_from, serve_once};
 
 const CLIENTS: [&str; 2] = ["10.77.0.1", "fd77::1"];
 const SERVERS: [&str; 2] = ["10.77.0.2", "fd77::2"];
@@ -29,15 +31,14 @@ impl Drop for Dump {
 /// and a slow reader (zero windows, advertised by the server).
 fn capture(dir: &Path) -> PathBuf {
     let pid = std::process::id();
-    let a = Netns::create(&format!("wwia{pid}")).unwrap();
-    let b = Netns::create(&format!("wwib{pid}")).unwrap();
-    veth(&a, "i0", &b, "i1").unwrap();
-    for (ns, dev, i) in [(&a, "i0", 0), (&b, "i1", 1)] {
-        let (v4, v6) = if i == 0 { (CLIENTS[0], CLIENTS[1]) } else { (SERVERS[0], SERVERS[1]) };
-        ns.run(&format!("ip addr add {v4}/24 dev {dev}")).unwrap();
-        ns.run(&format!("ip -6 addr add {v6}/64 dev {dev} nodad")).unwrap();
-        ns.run(&format!("ethtool -K {dev} tso off gso off gro off")).unwrap();
-    }
+    // CLIENTS on i0, SERVERS on i1.
+    let t = Topology::two_hosts(
+        (&format!("wwia{pid}"), &format!("wwib{pid}")),
+        ("i0", "i1"),
+        Subnets { v4: "10.77.0", v6: Some("fd77:") },
+    )
+    .unwrap();
+    let (a, b) = (&t["a"], &t["b"]);
     b.run("nft add table inet wwdrop").unwrap();
     b.run("nft add chain inet wwdrop in { type filter hook input priority 0 ; }").unwrap();
     b.run("nft add rule inet wwdrop in tcp dport 7108 drop").unwrap();
@@ -144,9 +145,7 @@ fn community_id_equals_tsharks_and_flat_fields_start_at_the_syn_sender() {
     if !privileged_or_skip("community_id_equals_tsharks_and_flat_fields_start_at_the_syn_sender") {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("ww-join-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("join");
     let cap = capture(&dir);
 
     let mut ids_by_seed = Vec::new();
@@ -194,5 +193,4 @@ fn community_id_equals_tsharks_and_flat_fields_start_at_the_syn_sender() {
         ids_by_seed.push(ids);
     }
     assert!(ids_by_seed[0].is_disjoint(&ids_by_seed[1]), "the seed changes every id");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,8 +8,10 @@ use std::process::{Child, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use dataplane::netns::{enter_current_thread, privileged_or_skip, span, veth, Netns};
-use dataplane::traffic::{connect_from, serve_once};
+use wirewatch_testkit::netns::{enter_current_thread, privileged_or_skip, Netns};
+use wirewatch_testkit::tempdir::TempDir;
+use wirewatch_testkit::topology::{Subnets, Topology};
+use wirewatch_testkit::traffic::{connect_from, serve_once};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -71,45 +73,37 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-struct Topo {
-    a: Netns,
-    b: Netns,
-    mon: Netns,
-}
-
-fn topo(tag: &str) -> Topo {
+/// a ↔ b on a veth (10.79.0.0/24), b0 mirrored to the monitor's tap0.
+fn topo(tag: &str) -> Topology {
     let pid = std::process::id();
-    let a = Netns::create(&format!("wwca{tag}{pid}")).unwrap();
-    let b = Netns::create(&format!("wwcb{tag}{pid}")).unwrap();
-    let mon = Netns::create(&format!("wwcm{tag}{pid}")).unwrap();
-    veth(&a, "a0", &b, "b0").unwrap();
-    a.run("ip addr add 10.79.0.1/24 dev a0").unwrap();
-    b.run("ip addr add 10.79.0.2/24 dev b0").unwrap();
-    a.run("ethtool -K a0 tso off gso off gro off").unwrap();
-    b.run("ethtool -K b0 tso off gso off gro off").unwrap();
-    veth(&b, "sp0", &mon, "tap0").unwrap();
-    b.run("ethtool -K sp0 tso off gso off").unwrap();
-    span(&b, "b0", "sp0").unwrap();
-    Topo { a, b, mon }
+    let names = (format!("wwca{tag}{pid}"), format!("wwcb{tag}{pid}"), format!("wwcm{tag}{pid}"));
+    Topology::two_hosts_and_monitor(
+        (&names.0, &names.1, &names.2),
+        "tap0",
+        Subnets { v4: "10.79.0", v6: None },
+    )
+    .unwrap()
 }
 
 /// Traffic with anomalies: transfers (handshake RTTs), a refused connection (syn_rejected),
 /// a slow reader (zero windows).
-fn traffic(t: &Topo) {
+fn traffic(t: &Topology) {
     let srv = |port| SocketAddr::new("10.79.0.2".parse().unwrap(), port);
     for port in [7001, 7002] {
-        let h = serve_once(&t.b.name, srv(port), None, |mut s| {
+        let h = serve_once(&t["b"].name, srv(port), None, |mut s| {
             let mut v = Vec::new();
             s.read_to_end(&mut v).map(|_| v.len())
         })
         .unwrap();
-        connect_from(&t.a.name, srv(port), |s| s.unwrap().write_all(&vec![1u8; 200_000]).unwrap())
-            .join()
-            .unwrap();
+        connect_from(&t["a"].name, srv(port), |s| {
+            s.unwrap().write_all(&vec![1u8; 200_000]).unwrap();
+        })
+        .join()
+        .unwrap();
         h.join().unwrap().unwrap().unwrap();
     }
-    assert!(connect_from(&t.a.name, srv(7009), |s| s.is_err()).join().unwrap());
-    let slow = serve_once(&t.b.name, srv(7003), Some(4096), |mut s| {
+    assert!(connect_from(&t["a"].name, srv(7009), |s| s.is_err()).join().unwrap());
+    let slow = serve_once(&t["b"].name, srv(7003), Some(4096), |mut s| {
         let mut buf = [0u8; 1024];
         let mut got = 0;
         loop {
@@ -121,7 +115,7 @@ fn traffic(t: &Topo) {
         }
     })
     .unwrap();
-    connect_from(&t.a.name, srv(7003), |s| s.unwrap().write_all(&vec![5u8; 60_000]).unwrap())
+    connect_from(&t["a"].name, srv(7003), |s| s.unwrap().write_all(&vec![5u8; 60_000]).unwrap())
         .join()
         .unwrap();
     slow.join().unwrap().unwrap();
@@ -141,10 +135,10 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         return;
     }
     let _s = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = std::env::temp_dir().join(format!("ww-prom-{}", std::process::id()));
+    let dir = TempDir::new("prom");
     std::fs::create_dir_all(dir.join("tsdb")).unwrap();
     let t = topo("p");
-    let _ww = start_wirewatch(&t.mon, &dir, &["--metrics", "127.0.0.1:9464"]);
+    let _ww = start_wirewatch(&t["mon"], &dir, &["--metrics", "127.0.0.1:9464"]);
     let cfg = dir.join("prometheus.yml");
     // The shipped alert rules are loaded too: they must evaluate on a live sensor's series.
     std::fs::write(
@@ -156,7 +150,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     )
     .unwrap();
     let _prom = Kill(
-        t.mon
+        t["mon"]
             .command("prometheus")
             .arg(format!("--config.file={}", cfg.display()))
             .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
@@ -169,7 +163,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     traffic(&t);
 
     // The live page passes promtool's checks (HELP and TYPE for every metric, naming lints).
-    let (code, page) = get(&t.mon.name, "127.0.0.1:9464", "/metrics", None);
+    let (code, page) = get(&t["mon"].name, "127.0.0.1:9464", "/metrics", None);
     assert_eq!(code, 200);
     let mut check = std::process::Command::new("promtool")
         .args(["check", "metrics"])
@@ -240,7 +234,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     assert!(exprs.len() >= 20);
     let query = |e: &str| -> (u16, serde_json::Value) {
         let (code, body) = get(
-            &t.mon.name,
+            &t["mon"].name,
             "127.0.0.1:9090",
             &format!("/api/v1/query?query={}", urlencode(e)),
             None,
@@ -283,7 +277,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     assert_eq!(other.len(), exprs.len(), "queries that ignore $instance: {exprs:#?}");
     // The variables' own queries (label_values) list this sensor.
     let (_, body) = get(
-        &t.mon.name,
+        &t["mon"].name,
         "127.0.0.1:9090",
         &format!(
             "/api/v1/label/instance/values?match[]={}",
@@ -294,7 +288,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["data"], serde_json::json!(["127.0.0.1:9464"]), "{v}");
     // The shipped rules evaluate without error on the live series.
-    let (_, body) = get(&t.mon.name, "127.0.0.1:9090", "/api/v1/rules", None);
+    let (_, body) = get(&t["mon"].name, "127.0.0.1:9090", "/api/v1/rules", None);
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     let rules = v["data"]["groups"][0]["rules"].as_array().unwrap();
     assert_eq!(rules.len(), 7, "{v}");
@@ -303,14 +297,14 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     }
 
     // Every event the sensor reported validates against the schema.
-    let (code, body) = get(&t.mon.name, "127.0.0.1:9464", "/api/events", None);
+    let (code, body) = get(&t["mon"].name, "127.0.0.1:9464", "/api/events", None);
     assert_eq!(code, 200);
     let all: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
     assert!(!all.is_empty());
     dataplane::schema::validate_events(&all).unwrap();
     // The anomalies are really there, by kind.
     let (_, body) = get(
-        &t.mon.name,
+        &t["mon"].name,
         "127.0.0.1:9090",
         &format!(
             "/api/v1/query?query={}",
@@ -321,7 +315,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["data"]["result"][0]["value"][1], "1", "{v}");
     // Capture completeness per vantage, with its HELP: the transfers' ACKs are counted.
-    let (_, page) = get(&t.mon.name, "127.0.0.1:9464", "/metrics", None);
+    let (_, page) = get(&t["mon"].name, "127.0.0.1:9464", "/metrics", None);
     let page = String::from_utf8_lossy(&page);
     for name in [
         "wirewatch_capture_acks_total",
@@ -338,13 +332,13 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     assert!(acks > 10.0, "{acks} ACKs counted");
 
     // The API on the same instance.
-    let (code, body) = get(&t.mon.name, "127.0.0.1:9464", "/api/events?kind=syn_rejected", None);
+    let (code, body) = get(&t["mon"].name, "127.0.0.1:9464", "/api/events?kind=syn_rejected", None);
     assert_eq!(code, 200);
     let evs: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
     assert_eq!(evs.len(), 1, "{evs:?}");
     let t_ev = evs[0]["time_last_ns"].as_u64().unwrap();
     let (_, body) = get(
-        &t.mon.name,
+        &t["mon"].name,
         "127.0.0.1:9464",
         &format!("/api/events?since={:.3}", t_ev as f64 / 1e9 + 0.001),
         None,
@@ -354,21 +348,20 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         later.iter().all(|e| e["time_last_ns"].as_u64().unwrap() > t_ev),
         "since filters by time"
     );
-    let (code, _) = get(&t.mon.name, "127.0.0.1:9464", "/api/events?kind=not_a_kind", None);
+    let (code, _) = get(&t["mon"].name, "127.0.0.1:9464", "/api/events?kind=not_a_kind", None);
     assert_eq!(code, 400);
     let path = evs[0]["evidence"]["path"].as_str().unwrap().to_string();
     let id = Path::new(&path).file_name().unwrap().to_str().unwrap().to_string();
     std::thread::sleep(Duration::from_secs(3)); // the "after" packets window closes, the file is written
-    let (code, bytes) = get(&t.mon.name, "127.0.0.1:9464", &format!("/api/evidence/{id}"), None);
+    let (code, bytes) = get(&t["mon"].name, "127.0.0.1:9464", &format!("/api/evidence/{id}"), None);
     assert_eq!(code, 200);
     assert_eq!(bytes, std::fs::read(&path).unwrap(), "download is byte-identical to the file");
     let (code, _) =
-        get(&t.mon.name, "127.0.0.1:9464", "/api/evidence/..%2F..%2Fetc%2Fpasswd", None);
+        get(&t["mon"].name, "127.0.0.1:9464", "/api/evidence/..%2F..%2Fetc%2Fpasswd", None);
     assert_eq!(code, 400);
-    let (code, body) = get(&t.mon.name, "127.0.0.1:9464", "/api/flows/top", None);
+    let (code, body) = get(&t["mon"].name, "127.0.0.1:9464", "/api/flows/top", None);
     assert_eq!(code, 200);
     assert!(String::from_utf8_lossy(&body).contains("10.79.0.2:7009"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -377,12 +370,10 @@ fn token_non_loopback_and_unwritable_evidence() {
         return;
     }
     let _s = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = std::env::temp_dir().join(format!("ww-api-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("api");
     let t = topo("t");
     // Non-loopback without a token: refused at start.
-    let out = t
-        .mon
+    let out = t["mon"]
         .command(env!("CARGO_BIN_EXE_wirewatch"))
         .args(["run", "--iface", "tap0", "--metrics", "0.0.0.0:9464"])
         .output()
@@ -396,24 +387,23 @@ fn token_non_loopback_and_unwritable_evidence() {
 
     // A token-protected instance whose evidence directory cannot be written.
     std::fs::write(dir.join("evidence"), b"a file, not a directory").unwrap();
-    let _ww = start_wirewatch(&t.mon, &dir, &["--api-token", "s3cret"]);
-    assert_eq!(get(&t.mon.name, "127.0.0.1:9464", "/api/events", None).0, 401);
-    assert_eq!(get(&t.mon.name, "127.0.0.1:9464", "/metrics", Some("wrong")).0, 401);
-    assert_eq!(get(&t.mon.name, "127.0.0.1:9464", "/healthz", None).0, 200);
+    let _ww = start_wirewatch(&t["mon"], &dir, &["--api-token", "s3cret"]);
+    assert_eq!(get(&t["mon"].name, "127.0.0.1:9464", "/api/events", None).0, 401);
+    assert_eq!(get(&t["mon"].name, "127.0.0.1:9464", "/metrics", Some("wrong")).0, 401);
+    assert_eq!(get(&t["mon"].name, "127.0.0.1:9464", "/healthz", None).0, 200);
     // Detections go on without evidence; the failures are counted.
     let srv = SocketAddr::new("10.79.0.2".parse().unwrap(), 7009);
-    assert!(connect_from(&t.a.name, srv, |s| s.is_err()).join().unwrap());
+    assert!(connect_from(&t["a"].name, srv, |s| s.is_err()).join().unwrap());
     std::thread::sleep(Duration::from_secs(4));
     let (code, body) =
-        get(&t.mon.name, "127.0.0.1:9464", "/api/events?kind=syn_rejected", Some("s3cret"));
+        get(&t["mon"].name, "127.0.0.1:9464", "/api/events?kind=syn_rejected", Some("s3cret"));
     assert_eq!(code, 200);
     assert_eq!(serde_json::from_slice::<Vec<serde_json::Value>>(&body).unwrap().len(), 1);
-    let (_, metrics) = get(&t.mon.name, "127.0.0.1:9464", "/metrics", Some("s3cret"));
+    let (_, metrics) = get(&t["mon"].name, "127.0.0.1:9464", "/metrics", Some("s3cret"));
     let m = String::from_utf8_lossy(&metrics);
     let failed =
         m.lines().find(|l| l.starts_with("wirewatch_evidence_files_failed_total")).unwrap_or("");
     assert!(failed.ends_with(" 1"), "{failed}\n{m}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -447,15 +437,13 @@ fn sighup_reopens_the_events_file_and_keeps_running() {
         return;
     }
     let _s = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = std::env::temp_dir().join(format!("ww-hup-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("hup");
     let t = topo("h");
     let events = dir.join("events.jsonl");
-    let mut ww = start_wirewatch(&t.mon, &dir, &["--events", events.to_str().unwrap()]);
+    let mut ww = start_wirewatch(&t["mon"], &dir, &["--events", events.to_str().unwrap()]);
     let refused = |port| {
         let srv = SocketAddr::new("10.79.0.2".parse().unwrap(), port);
-        assert!(connect_from(&t.a.name, srv, |s| s.is_err()).join().unwrap());
+        assert!(connect_from(&t["a"].name, srv, |s| s.is_err()).join().unwrap());
     };
     // Polls until `path` holds a syn_rejected event (the event thread writes asynchronously).
     let wait_for_event = |path: &Path| {
@@ -480,5 +468,4 @@ fn sighup_reopens_the_events_file_and_keeps_running() {
     let new = std::fs::read_to_string(&events).unwrap();
     assert_eq!(new.lines().count(), 1, "{new}");
     assert!(new.contains("7012") && moved.contains("7011"), "{moved}\n{new}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

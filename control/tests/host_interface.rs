@@ -2,7 +2,8 @@
 //! would take every TCP frame away from the host's stack. An interface with an IPv4 or a
 //! global IPv6 address, or one a route goes out through, is refused with exit 2 and the
 //! reason; a port with only its link-local IPv6 address (a span or tap port) is accepted.
-use dataplane::netns::{privileged_or_skip, veth, Netns};
+use wirewatch_testkit::netns::{privileged_or_skip, Netns};
+use wirewatch_testkit::topology::Topology;
 
 fn run(ns: &Netns, iface: &str) -> (Option<i32>, String) {
     let o = ns
@@ -20,9 +21,11 @@ fn an_interface_with_addresses_or_routes_is_refused_a_span_port_is_not() {
         return;
     }
     let pid = std::process::id();
-    let a = Netns::create(&format!("wwha{pid}")).unwrap();
-    let b = Netns::create(&format!("wwhb{pid}")).unwrap();
-    veth(&a, "h0", &b, "h1").unwrap();
+    let mut t = Topology::new();
+    t.namespace("a", &format!("wwha{pid}")).unwrap();
+    t.namespace("b", &format!("wwhb{pid}")).unwrap();
+    t.veth(("a", "h0"), ("b", "h1")).unwrap();
+    let a = &t["a"];
     a.run("ip link set lo up").unwrap();
     for (setup, reason) in [
         ("ip addr add 10.66.0.1/24 dev h0", "it has the address 10.66.0.1"),
@@ -34,7 +37,7 @@ fn an_interface_with_addresses_or_routes_is_refused_a_span_port_is_not() {
         a.run("ip route flush dev h0").unwrap();
         a.run("ip -6 route flush dev h0").unwrap();
         a.run(setup).unwrap();
-        let (code, err) = run(&a, "h0");
+        let (code, err) = run(a, "h0");
         assert_eq!(code, Some(2), "{setup}: {err}");
         assert!(err.contains("h0 carries this host's own traffic"), "{setup}: {err}");
         assert!(err.contains(reason), "{setup}: {err}");
@@ -58,6 +61,6 @@ fn an_interface_with_addresses_or_routes_is_refused_a_span_port_is_not() {
     a.run("ip -6 route flush dev h0").unwrap();
     a.run("ip link set h0 down").unwrap();
     a.run("ip link set h0 up").unwrap();
-    let (code, err) = run(&a, "h0");
+    let (code, err) = run(a, "h0");
     assert_eq!(code, Some(0), "{err}");
 }

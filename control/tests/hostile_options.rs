@@ -6,9 +6,11 @@
 //! looked at (if validation let a case through, it would fail later with another status).
 use std::ffi::OsString;
 use std::io::Read as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use wirewatch_testkit::tempdir::TempDir;
 
 const IFACE: &str = "wwhostile0";
 const SECRET: &str = "hunter2-S3CR3T-do-not-echo";
@@ -73,24 +75,11 @@ fn ww(args: &[OsString], env: &[(&str, &str)]) -> Outcome {
     Outcome { code: status.and_then(|s| s.code()), stdout, stderr, took }
 }
 
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let d = std::env::temp_dir().join(format!("ww-hostile-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Self(d)
-    }
-    fn file(&self, name: &str, content: &[u8]) -> String {
-        let p = self.0.join(name);
-        std::fs::write(&p, content).unwrap();
-        p.to_str().unwrap().to_string()
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// Writes `content` to `name` in `dir`; returns the path.
+fn file(dir: &Path, name: &str, content: &[u8]) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, content).unwrap();
+    p.to_str().unwrap().to_string()
 }
 
 fn mkfifo(p: &Path) {
@@ -280,17 +269,17 @@ fn hostile_cpu_lists_and_interfaces_are_refused() {
 
 #[test]
 fn hostile_tokens_are_refused_without_being_quoted() {
-    let dir = TempDir::new("token");
-    let empty = dir.file("empty", b"");
-    let newline = dir.file("newline", b"\n");
-    let two_lines = dir.file("two-lines", format!("{SECRET}\n{SECRET}\n").as_bytes());
-    let spaced = dir.file("spaced", format!("{SECRET} more\n").as_bytes());
-    let big = dir.file("big", &vec![b'a'; 5000]);
-    let good = dir.file("good", b"tok3n\n");
-    let fifo = dir.0.join("fifo");
+    let dir = TempDir::new("hostile-token");
+    let empty = file(&dir, "empty", b"");
+    let newline = file(&dir, "newline", b"\n");
+    let two_lines = file(&dir, "two-lines", format!("{SECRET}\n{SECRET}\n").as_bytes());
+    let spaced = file(&dir, "spaced", format!("{SECRET} more\n").as_bytes());
+    let big = file(&dir, "big", &vec![b'a'; 5000]);
+    let good = file(&dir, "good", b"tok3n\n");
+    let fifo = dir.join("fifo");
     mkfifo(&fifo);
     let fifo = fifo.to_str().unwrap();
-    let dirpath = dir.0.to_str().unwrap();
+    let dirpath = dir.to_str().unwrap();
     let mut cases = vec![
         run("--api-token ''", &["--api-token", ""], &["--api-token", "is empty"]),
         run("--api-token=", &["--api-token="], &["--api-token", "is empty"]),
@@ -367,25 +356,26 @@ fn hostile_tokens_are_refused_without_being_quoted() {
 
 #[test]
 fn hostile_config_files_are_refused_without_being_quoted() {
-    let dir = TempDir::new("config");
-    let fifo = dir.0.join("fifo.toml");
+    let dir = TempDir::new("hostile-config");
+    let fifo = dir.join("fifo.toml");
     mkfifo(&fifo);
-    let big = dir.0.join("big.toml");
+    let big = dir.join("big.toml");
     std::fs::File::create(&big).unwrap().set_len(2 << 20).unwrap();
-    let shadow = dir.file(
+    let shadow = file(
+        &dir,
         "shadow",
         format!("root:$6${SECRET}:19000:0:99999:7:::\nbin:*:19000:0:99999:7:::\n").as_bytes(),
     );
-    let secret_key = dir.file("secret-key.toml", format!("\"{SECRET}\" = 1\n").as_bytes());
-    let secret_string = dir.file("secret-string.toml", format!("{SECRET}\n").as_bytes());
-    let not_utf8 = dir.file("latin1.toml", b"iface = \"x\"\n# caf\xe9\n");
-    let with = |name: &str, text: &str| dir.file(name, text.as_bytes());
+    let secret_key = file(&dir, "secret-key.toml", format!("\"{SECRET}\" = 1\n").as_bytes());
+    let secret_string = file(&dir, "secret-string.toml", format!("{SECRET}\n").as_bytes());
+    let not_utf8 = file(&dir, "latin1.toml", b"iface = \"x\"\n# caf\xe9\n");
+    let with = |name: &str, text: &str| file(&dir, name, text.as_bytes());
     let cfg =
         |name: &str, path: &str, wants: &[&str]| case(name, &["run", "--config", path], wants);
     let mut cases = vec![
         cfg("/dev/zero", "/dev/zero", &["/dev/zero", "character device"]),
         cfg("FIFO", fifo.to_str().unwrap(), &["a FIFO"]),
-        cfg("directory", dir.0.to_str().unwrap(), &["a directory"]),
+        cfg("directory", dir.to_str().unwrap(), &["a directory"]),
         cfg("2 MiB", big.to_str().unwrap(), &["larger than 1048576 bytes"]),
         cfg("missing", "/nonexistent/wirewatch.toml", &["cannot open"]),
         cfg("shadow-like", &shadow, &["shadow", "line 1", "TOML parse error"]),
@@ -470,9 +460,9 @@ fn hostile_config_files_are_refused_without_being_quoted() {
 /// evidence file at once.
 #[test]
 fn a_refused_age_limit_deletes_no_evidence() {
-    let dir = TempDir::new("evidence");
-    let kept = dir.file("old.pcapng", b"evidence");
-    let d = dir.0.to_str().unwrap();
+    let dir = TempDir::new("hostile-evidence");
+    let kept = file(&dir, "old.pcapng", b"evidence");
+    let d = dir.to_str().unwrap();
     for v in ["nan", "0", "-1", "1e300"] {
         let age = format!("--evidence-max-age-days={v}");
         let o = ww(&["run", "--iface", IFACE, "--evidence-dir", d, &age].map(OsString::from), &[]);
@@ -487,8 +477,8 @@ fn a_refused_age_limit_deletes_no_evidence() {
 /// attaching: control/tests/outputs.rs.)
 #[test]
 fn outputs_into_missing_directories_are_refused_at_start() {
-    let dir = TempDir::new("outputs");
-    let d = dir.0.to_str().unwrap();
+    let dir = TempDir::new("hostile-outputs");
+    let d = dir.to_str().unwrap();
     let missing = "/nonexistent-ww-dir/out";
     let mut cases = Vec::new();
     for flag in ["--events", "--verdicts"] {

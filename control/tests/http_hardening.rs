@@ -11,7 +11,9 @@ use std::process::{Child, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use dataplane::netns::{enter_current_thread, privileged_or_skip, Netns};
+use wirewatch_testkit::netns::{enter_current_thread, privileged_or_skip, Netns};
+use wirewatch_testkit::tempdir::TempDir;
+use wirewatch_testkit::topology::Topology;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -22,6 +24,8 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(3);
 struct Wirewatch {
     child: Child,
     log: std::path::PathBuf,
+    /// Its log and evidence directory, removed after `drop` has stopped wirewatch.
+    _dir: TempDir,
 }
 
 impl Wirewatch {
@@ -37,22 +41,21 @@ impl Drop for Wirewatch {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
     }
 }
 
-/// A namespace with a veth pair; wirewatch watches `tap0`.
-fn namespace(tag: &str) -> Netns {
-    let ns = Netns::create(&format!("wwh{tag}{}", std::process::id())).unwrap();
-    ns.run("ip link add tap0 type veth peer name tap1").unwrap();
-    ns.run("ip link set tap0 up").unwrap();
-    ns.run("ip link set tap1 up").unwrap();
-    ns
+/// A namespace ("h") with a veth pair; wirewatch watches `tap0`.
+fn namespace(tag: &str) -> Topology {
+    let mut t = Topology::new();
+    t.namespace("h", &format!("wwh{tag}{}", std::process::id())).unwrap();
+    t.veth(("h", "tap0"), ("h", "tap1")).unwrap();
+    t
 }
 
 /// Starts `wirewatch run` in `ns` (with NOFILE `nofile` when given) and waits for /healthz.
 fn start(ns: &Netns, nofile: Option<u32>, extra: &[&str]) -> Wirewatch {
-    let log = std::env::temp_dir().join(format!("ww-http-{}-{}.log", ns.name, std::process::id()));
+    let dir = TempDir::new(&format!("http-{}", ns.name));
+    let log = dir.join("wirewatch.log");
     let bin = env!("CARGO_BIN_EXE_wirewatch");
     let mut c = match nofile {
         // prlimit execs wirewatch: the child's pid is wirewatch's.
@@ -63,13 +66,13 @@ fn start(ns: &Netns, nofile: Option<u32>, extra: &[&str]) -> Wirewatch {
         }
         None => ns.command(bin),
     };
-    let ev = std::env::temp_dir().join(format!("ww-http-ev-{}", std::process::id()));
+    let ev = dir.join("evidence");
     c.args(["run", "--iface", "tap0", "--ring-size", "256", "--metrics", ADDR, "--evidence-dir"])
         .arg(&ev)
         .args(extra);
     let child =
         c.stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
-    let mut ww = Wirewatch { child, log };
+    let mut ww = Wirewatch { child, log, _dir: dir };
     let started = Instant::now();
     loop {
         // The API is up before the interface is attached: wait for both.
@@ -172,8 +175,9 @@ fn idle_floods_huge_headers_and_unread_pipelines_never_silence_healthz() {
     }
     let _s = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     raise_own_nofile(4096);
-    let ns = namespace("f");
-    let ww = start(&ns, Some(1024), &[]);
+    let t = namespace("f");
+    let ns = &t["h"];
+    let ww = start(ns, Some(1024), &[]);
     let pid = ww.pid();
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
     assert_eq!(comm.trim(), "wirewatch", "measuring the right process");
@@ -191,7 +195,7 @@ fn idle_floods_huge_headers_and_unread_pipelines_never_silence_healthz() {
             .collect::<Vec<_>>()
     });
     assert_eq!(idle.len(), 1500);
-    healthz_answers(&ns, &ww, "1,500 idle connections");
+    healthz_answers(ns, &ww, "1,500 idle connections");
     eprintln!("RSS with 1,500 idle connections: {} bytes", rss_bytes(pid));
     // The server keeps to its connection cap, which it states at start.
     let log = ww.log();
@@ -238,13 +242,13 @@ fn idle_floods_huge_headers_and_unread_pipelines_never_silence_healthz() {
         sent
     });
     assert!(sent < 64 << 20, "the server took all {sent} bytes of a 64 MiB header");
-    healthz_answers(&ns, &ww, "a 64 MiB header");
+    healthz_answers(ns, &ww, "a 64 MiB header");
 
     // 4. 20,000 pipelined requests whose answers are never read, on a connection kept open:
     // scrapes, whose pages soon fill every buffer between us, so the server's writes block.
     let pipelined = in_ns(&ns.name, || {
         let mut s = TcpStream::connect(ADDR).unwrap();
-        dataplane::traffic::small_rcvbuf(&s, 4096).unwrap();
+        wirewatch_testkit::traffic::small_rcvbuf(&s, 4096).unwrap();
         s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
         let one = format!("GET /metrics HTTP/1.1\r\nHost: {ADDR}\r\n\r\n");
         let all = one.repeat(20_000);
@@ -261,7 +265,7 @@ fn idle_floods_huge_headers_and_unread_pipelines_never_silence_healthz() {
         eprintln!("pipelined {written} of {} bytes in {:?}", all.len(), started.elapsed());
         s
     });
-    healthz_answers(&ns, &ww, "20,000 pipelined unread requests");
+    healthz_answers(ns, &ww, "20,000 pipelined unread requests");
 
     // The answers are served, memory stayed bounded and the cap worked by closing the
     // quietest connections (counted).
@@ -275,7 +279,7 @@ fn idle_floods_huge_headers_and_unread_pipelines_never_silence_healthz() {
     assert!(evicted.is_some_and(|n| n >= 1.0), "evictions: {evicted:?}\n{page}");
     assert!(page.contains("# HELP wirewatch_http_connections_closed_total "), "{page}");
     drop((idle, pipelined));
-    healthz_answers(&ns, &ww, "the clients went away");
+    healthz_answers(ns, &ww, "the clients went away");
     assert!(!ww.log().contains("panicked"), "{}", ww.log());
 }
 
@@ -290,8 +294,9 @@ fn the_accept_loop_survives_running_out_of_descriptors() {
     }
     let _s = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     raise_own_nofile(4096);
-    let ns = namespace("e");
-    let ww = start(&ns, None, &[]);
+    let t = namespace("e");
+    let ns = &t["h"];
+    let ww = start(ns, None, &[]);
     let pid = ww.pid();
     let limit = open_fds(pid) + 4;
     let prlimit = |n: usize| {
@@ -305,14 +310,14 @@ fn the_accept_loop_survives_running_out_of_descriptors() {
     let idle =
         in_ns(&ns.name, || (0..50).map(|_| TcpStream::connect(ADDR).unwrap()).collect::<Vec<_>>());
     std::thread::sleep(Duration::from_millis(500));
-    healthz_answers(&ns, &ww, "running out of descriptors");
+    healthz_answers(ns, &ww, "running out of descriptors");
     prlimit(4096);
     let (_, page) = get(&ns.name, "/metrics", ANSWER_WITHIN).unwrap();
     let errors = sample(&page, "wirewatch_http_accept_errors_total{reason=\"out_of_resources\"}");
     assert!(errors.is_some_and(|n| n >= 1.0), "accept errors: {errors:?}\n{page}");
     assert!(ww.log().contains("HTTP accept failed"), "{}", ww.log());
     drop(idle);
-    healthz_answers(&ns, &ww, "the limit was raised again");
+    healthz_answers(ns, &ww, "the limit was raised again");
 }
 
 /// The bpf(2) command numbers and the link's id, as `bpftool link detach` uses them
@@ -376,19 +381,20 @@ fn healthz_is_503_with_the_reason_when_xdp_is_taken_away() {
         return;
     }
     let _s = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let ns = namespace("x");
-    let ww = start(&ns, None, &["--api-token", "s3cret"]);
+    let t = namespace("x");
+    let ns = &t["h"];
+    let ww = start(ns, None, &["--api-token", "s3cret"]);
     assert_eq!(get(&ns.name, "/healthz", ANSWER_WITHIN).unwrap(), (200, "ok\n".into()));
     // Another tool detaches the program (bpftool link detach): capture stops silently.
     detach_link(xdp_link_id(ww.pid()));
-    let body = healthz_becomes(&ns, &ww, 503);
+    let body = healthz_becomes(ns, &ww, 503);
     assert!(body.contains("XDP program is no longer attached to tap0"), "{body}");
     assert!(ww.log().contains("unhealthy"), "{}", ww.log());
     // The interface itself goes away.
     ns.run("ip link del tap0").unwrap();
     let t = Instant::now();
     let body = loop {
-        let body = healthz_becomes(&ns, &ww, 503);
+        let body = healthz_becomes(ns, &ww, 503);
         if body.contains("interface tap0 is gone") || t.elapsed() > Duration::from_secs(10) {
             break body;
         }
@@ -421,8 +427,9 @@ fn the_api_decodes_queries_answers_head_and_takes_its_token_from_a_file() {
     let token = "t0ken-from-a-file";
     let file = std::env::temp_dir().join(format!("ww-http-token-{}", std::process::id()));
     std::fs::write(&file, format!("{token}\n")).unwrap();
-    let ns = namespace("q");
-    let ww = start(&ns, None, &["--api-token-file", file.to_str().unwrap()]);
+    let t = namespace("q");
+    let ns = &t["h"];
+    let ww = start(ns, None, &["--api-token-file", file.to_str().unwrap()]);
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", ww.pid())).unwrap();
     assert!(!String::from_utf8_lossy(&cmdline).contains(token), "the token shows in ps");
     let req = |method: &str, target: &str, auth: bool| {
@@ -479,8 +486,9 @@ fn healthz_is_503_while_a_worker_stands_still() {
         return;
     }
     let _s = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let ns = namespace("w");
-    let ww = start(&ns, None, &[]);
+    let t = namespace("w");
+    let ns = &t["h"];
+    let ww = start(ns, None, &[]);
     assert_eq!(get(&ns.name, "/healthz", ANSWER_WITHIN).unwrap(), (200, "ok\n".into()));
     let tid = worker_tid(ww.pid(), "tap0");
     // ptrace(2): PTRACE_SEIZE + PTRACE_INTERRUPT stop only the seized thread; this test thread
@@ -507,6 +515,6 @@ fn healthz_is_503_while_a_worker_stands_still() {
     assert!(body.contains("the worker of tap0 queue 0 has not gone round its loop"), "{body}");
     // Safety: releases the thread this test stopped.
     assert_eq!(unsafe { libc::ptrace(libc::PTRACE_DETACH, tid, 0, 0) }, 0);
-    let body = healthz_becomes(&ns, &ww, 200);
+    let body = healthz_becomes(ns, &ww, 200);
     assert_eq!(body, "ok\n");
 }

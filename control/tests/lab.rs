@@ -4,8 +4,8 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
 
-use dataplane::netns::privileged_or_skip;
 use serde_json::Value;
+use wirewatch_testkit::netns::privileged_or_skip;
 
 /// Incidents share the machine's two CPUs with their traffic: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());

@@ -11,8 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dataplane::capture::CaptureReader;
-use dataplane::netns::{enter_current_thread, privileged_or_skip, span, veth, Netns};
 use dataplane::packet::decode;
+use wirewatch_testkit::netns::{enter_current_thread, privileged_or_skip};
+use wirewatch_testkit::tempdir::TempDir;
+use wirewatch_testkit::topology::{Subnets, Topology};
 
 const BYTES_PER_TRANSFER: usize = 4 << 20;
 /// Per-socket pacing (SO_MAX_PACING_RATE, bytes/s). veth's native-XDP receive ring holds 256
@@ -54,56 +56,32 @@ fn frames(path: &Path) -> HashMap<FrameKey, u32> {
     m
 }
 
-struct Lab {
-    a: Netns,
-    b: Netns,
-    mon: Netns,
-}
-
-fn lab(tag: &str) -> Lab {
+fn lab(tag: &str) -> Topology {
     lab_with(tag, 1)
 }
 
-/// The span topology with `queues` TX/RX queues on the span pair: veth picks the receive queue
-/// of sp1 from the transmit queue sp0 chose, which hashes each copy's flow hash (the sending
-/// socket's, different for the two directions): RSS that is not symmetric.
-fn lab_with(tag: &str, queues: u32) -> Lab {
+/// The span topology with `queues` TX/RX queues on the span pair (see
+/// `Topology::mirror_with_queues`).
+fn lab_with(tag: &str, queues: u32) -> Topology {
     let pid = std::process::id();
-    let a = Netns::create(&format!("wwa{tag}{pid}")).unwrap();
-    let b = Netns::create(&format!("wwb{tag}{pid}")).unwrap();
-    let mon = Netns::create(&format!("wwm{tag}{pid}")).unwrap();
-    veth(&a, "a0", &b, "b0").unwrap();
-    a.run("ip addr add 10.77.0.1/24 dev a0").unwrap();
-    b.run("ip addr add 10.77.0.2/24 dev b0").unwrap();
-    a.run("ip addr add fd77::1/64 dev a0 nodad").unwrap();
-    b.run("ip addr add fd77::2/64 dev b0 nodad").unwrap();
-    // Wire-sized segments, as a real tap sees them.
-    for (ns, dev) in [(&a, "a0"), (&b, "b0")] {
-        ns.run(&format!("ethtool -K {dev} tso off gso off gro off")).unwrap();
-    }
-    if queues == 1 {
-        veth(&b, "sp0", &mon, "sp1").unwrap();
-    } else {
-        dataplane::netns::sh(&format!(
-            "ip link add sp0 netns {} numtxqueues {queues} numrxqueues {queues} type veth peer name sp1 netns {} numtxqueues {queues} numrxqueues {queues}",
-            b.name, mon.name
-        ))
-        .unwrap();
-        b.run("ip link set sp0 up").unwrap();
-        mon.run("ip link set sp1 up").unwrap();
-    }
-    b.run("ethtool -K sp0 tso off gso off").unwrap();
-    mon.run("ethtool -K sp1 gro off").unwrap();
-    span(&b, "b0", "sp0").unwrap();
-    Lab { a, b, mon }
+    let mut t = Topology::two_hosts(
+        (&format!("wwa{tag}{pid}"), &format!("wwb{tag}{pid}")),
+        ("a0", "b0"),
+        Subnets { v4: "10.77.0", v6: Some("fd77:") },
+    )
+    .unwrap();
+    t.namespace("mon", &format!("wwm{tag}{pid}")).unwrap();
+    t.mirror_with_queues(("b", "b0"), "sp0", ("mon", "sp1"), queues).unwrap();
+    t.run("mon", "ethtool -K sp1 gro off").unwrap();
+    t
 }
 
 /// Runs `n` concurrent transfers from `a` to `b` on `addr` (each: request, 4 MB upload,
 /// 4 MB download) and returns the bytes each side counted. `paced`: at
 /// `PACING_BYTES_PER_SEC` per socket; else as fast as the kernel sends.
-fn transfers(lab: &Lab, addrs: &[IpAddr], paced: bool) -> Vec<(usize, usize)> {
-    let b_name = lab.b.name.clone();
-    let a_name = lab.a.name.clone();
+fn transfers(lab: &Topology, addrs: &[IpAddr], paced: bool) -> Vec<(usize, usize)> {
+    let b_name = lab["b"].name.clone();
+    let a_name = lab["a"].name.clone();
     let mut servers = Vec::new();
     let mut ports = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
@@ -163,13 +141,13 @@ fn transfers(lab: &Lab, addrs: &[IpAddr], paced: bool) -> Vec<(usize, usize)> {
 fn live_capture_matches_tcpdump(mode: &str) {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let lab = lab(&mode[..1]);
-    let dir = tempdir(mode);
+    let dir = TempDir::new(&format!("live-{mode}"));
     let rec = dir.join("wirewatch.pcapng");
     let dump = dir.join("tcpdump.pcap");
     let summary = dir.join("summary.json");
 
     let tcpdump = KillOnDrop(
-        lab.b
+        lab["b"]
             .command("tcpdump")
             .args(["-i", "sp0", "-s", "256", "-B", "65536", "-U", "-w"])
             .arg(&dump)
@@ -180,7 +158,7 @@ fn live_capture_matches_tcpdump(mode: &str) {
             .expect("tcpdump (run scripts/setup.sh)"),
     );
     let ww = KillOnDrop(
-        lab.mon
+        lab["mon"]
             .command(env!("CARGO_BIN_EXE_wirewatch"))
             .args(["run", "--iface", "sp1", "--xdp-mode", mode, "--record"])
             .arg(&rec)
@@ -235,15 +213,15 @@ fn live_capture_matches_tcpdump(mode: &str) {
     }
     let stats = format!(
         "{}\n{}",
-        lab.b.run("ip -s link show sp0").unwrap(),
-        lab.mon.run("ethtool -S sp1").unwrap()
+        lab["b"].run("ip -s link show sp0").unwrap(),
+        lab["mon"].run("ethtool -S sp1").unwrap()
     );
     // The one place a frame may be lost before wirewatch sees it: the sending veth, when the
     // receiving side's 256-frame XDP ring is full (drivers/net/veth.c; counted as sp0's TX
     // drops, the span's own counter, which tcpdump on sp0 saw go out). Every missed frame must
     // be accounted for there (the veth is new, so its counter is this test's).
     let tx_dropped: u64 =
-        serde_json::from_str::<serde_json::Value>(&lab.b.run("ip -s -j link show sp0").unwrap())
+        serde_json::from_str::<serde_json::Value>(&lab["b"].run("ip -s -j link show sp0").unwrap())
             .ok()
             .and_then(|v| v[0]["stats64"]["tx"]["dropped"].as_u64())
             .unwrap_or(0);
@@ -266,15 +244,15 @@ fn live_capture_matches_tcpdump(mode: &str) {
         );
     }
     // Detached on exit.
-    let link = lab.mon.run("ip -d link show sp1").unwrap();
+    let link = lab["mon"].run("ip -d link show sp1").unwrap();
     assert!(!link.contains("prog/xdp"), "XDP program left attached: {link}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Connects from `a` to a port nothing listens on at each address (the server's kernel answers
 /// with a RST).
-fn refused(lab: &Lab, addrs: &[IpAddr]) {
-    let a = lab.a.name.clone();
+fn refused(lab: &Topology, addrs: &[IpAddr]) {
+    let a = lab["a"].name.clone();
     let addrs = addrs.to_vec();
     std::thread::spawn(move || {
         enter_current_thread(&a).unwrap();
@@ -317,13 +295,13 @@ fn detections(path: &Path) -> Vec<(String, String, u64, String, u64)> {
 
 /// A counter of the span's sending side (outside wirewatch): the qdisc's drops and the veth's
 /// TX drops (a full receive ring on sp1, drivers/net/veth.c).
-fn span_drops(lab: &Lab) -> (u64, u64) {
+fn span_drops(lab: &Topology) -> (u64, u64) {
     let q: serde_json::Value =
-        serde_json::from_str(&lab.b.run("tc -s -j qdisc show dev sp0").unwrap()).unwrap();
+        serde_json::from_str(&lab["b"].run("tc -s -j qdisc show dev sp0").unwrap()).unwrap();
     let qdisc =
         q.as_array().map_or(0, |a| a.iter().map(|x| x["drops"].as_u64().unwrap_or(0)).sum());
     let l: serde_json::Value =
-        serde_json::from_str(&lab.b.run("ip -s -j link show sp0").unwrap()).unwrap();
+        serde_json::from_str(&lab["b"].run("ip -s -j link show sp0").unwrap()).unwrap();
     (qdisc, l[0]["stats64"]["tx"]["dropped"].as_u64().unwrap_or(0))
 }
 
@@ -336,8 +314,8 @@ fn span_drops(lab: &Lab) -> (u64, u64) {
 fn every_frame_accounted(queues: u32) {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let lab = lab_with(&format!("q{queues}"), queues);
-    lab.b.run("tc qdisc replace dev sp0 root pfifo limit 10000").unwrap();
-    let dir = tempdir(&format!("acct{queues}"));
+    lab["b"].run("tc qdisc replace dev sp0 root pfifo limit 10000").unwrap();
+    let dir = TempDir::new(&format!("live-acct{queues}"));
     let rec = dir.join("wirewatch.pcapng");
     let dump = dir.join("b0.pcap");
     let summary = dir.join("summary.json");
@@ -347,7 +325,7 @@ fn every_frame_accounted(queues: u32) {
     // egress), and b0 has no queue, so tcpdump there sees each frame once. (On sp0 it would
     // see a frame again each time the qdisc requeues it.)
     let tcpdump = KillOnDrop(
-        lab.b
+        lab["b"]
             .command("tcpdump")
             // --immediate-mode: else the frames of the last, partly filled buffer block are
             // lost when tcpdump is stopped.
@@ -360,7 +338,7 @@ fn every_frame_accounted(queues: u32) {
             .expect("tcpdump (run scripts/setup.sh)"),
     );
     let mut ww = KillOnDrop(
-        lab.mon
+        lab["mon"]
             .command(env!("CARGO_BIN_EXE_wirewatch"))
             .args(["run", "--iface", "sp1", "--xdp-mode", "native", "--metrics", "127.0.0.1:0"])
             .arg("--record")
@@ -415,7 +393,7 @@ fn every_frame_accounted(queues: u32) {
     let accounted = n("engine_received") + n("lost_total") + qdisc_drops + tx_dropped;
     let report = format!(
         "span carried {sent} TCP frames; wirewatch: {l}; span qdisc drops {qdisc_drops}, sp0 TX dropped {tx_dropped}\n{}",
-        lab.mon.run("ethtool -S sp1").unwrap()
+        lab["mon"].run("ethtool -S sp1").unwrap()
     );
     eprintln!("{report}");
     assert!(sent > 4 * 2 * (BYTES_PER_TRANSFER as u64 / 1500), "{report}");
@@ -543,12 +521,6 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn tempdir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("ww-live-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 #[test]
 fn native_xdp_sees_every_frame_tcpdump_sees() {
     if privileged_or_skip("native_xdp_sees_every_frame_tcpdump_sees") {
@@ -569,10 +541,10 @@ fn operator_errors_are_one_line_and_leave_nothing_attached() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let ns = Netns::create(&format!("wwe{}", std::process::id())).unwrap();
-    ns.run("ip link add e0 type veth peer name e1").unwrap();
-    ns.run("ip link set e0 up").unwrap();
-    ns.run("ip link set e1 up").unwrap();
+    let mut t = Topology::new();
+    t.namespace("e", &format!("wwe{}", std::process::id())).unwrap();
+    t.veth(("e", "e0"), ("e", "e1")).unwrap();
+    let ns = &t["e"];
     let ww = |args: &[&str], as_nobody: bool| {
         let mut c = if as_nobody {
             let mut c = ns.command("setpriv");

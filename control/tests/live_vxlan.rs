@@ -15,8 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dataplane::capture::CaptureReader;
-use dataplane::netns::{enter_current_thread, privileged_or_skip, span, veth, Netns};
 use dataplane::packet::decode;
+use wirewatch_testkit::netns::{enter_current_thread, privileged_or_skip, Netns};
+use wirewatch_testkit::tempdir::TempDir;
+use wirewatch_testkit::topology::{Subnets, Topology};
 
 const BYTES_PER_TRANSFER: usize = 256 << 10;
 /// Per-socket pacing (bytes/s): veth's native-XDP receive ring holds 256 frames, and a burst
@@ -151,19 +153,16 @@ struct Seen {
 /// The topology, traffic and one `wirewatch run` on the underlay (with `--filter` when given).
 fn vxlan_run(tag: &str, filter: Option<&str>) -> Seen {
     let pid = std::process::id();
-    let a = Netns::create(&format!("wwdca{tag}{pid}")).unwrap();
-    let b = Netns::create(&format!("wwdcb{tag}{pid}")).unwrap();
-    let mon = Netns::create(&format!("wwdcm{tag}{pid}")).unwrap();
-    veth(&a, "a0", &b, "b0").unwrap();
-    a.run("ip addr add 10.96.0.1/24 dev a0").unwrap();
-    b.run("ip addr add 10.96.0.2/24 dev b0").unwrap();
-    a.run("ip addr add fd96::1/64 dev a0 nodad").unwrap();
-    b.run("ip addr add fd96::2/64 dev b0 nodad").unwrap();
-    for (ns, dev) in [(&a, "a0"), (&b, "b0")] {
-        ns.run(&format!("ethtool -K {dev} tso off gso off gro off")).unwrap();
-    }
+    let mut t = Topology::two_hosts(
+        (&format!("wwdca{tag}{pid}"), &format!("wwdcb{tag}{pid}")),
+        ("a0", "b0"),
+        Subnets { v4: "10.96.0", v6: Some("fd96:") },
+    )
+    .unwrap();
+    t.namespace("mon", &format!("wwdcm{tag}{pid}")).unwrap();
+    let (a, b, mon) = (&t["a"], &t["b"], &t["mon"]);
     // The underlay, and the VXLAN device the span feeds.
-    veth(&b, "u0", &mon, "u1").unwrap();
+    t.veth(("b", "u0"), ("mon", "u1")).unwrap();
     b.run("ip addr add 2001:db8:96::1/64 dev u0 nodad").unwrap();
     mon.run("ip addr add 2001:db8:96::2/64 dev u1 nodad").unwrap();
     b.run("ethtool -K u0 tso off gso off").unwrap();
@@ -175,10 +174,9 @@ fn vxlan_run(tag: &str, filter: Option<&str>) -> Seen {
     b.run("ip link add vx0 type vxlan id 42 local 2001:db8:96::1 remote 2001:db8:96::2 dstport 4789 dev u0")
         .unwrap();
     b.run("ip link set vx0 mtu 1500 up").unwrap();
-    span(&b, "b0", "vx0").unwrap();
+    t.also_mirror(("b", "b0"), "vx0").unwrap();
 
-    let dir = std::env::temp_dir().join(format!("ww-vxlan-{tag}-{pid}"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new(&format!("vxlan-{tag}"));
     let (rec, dump, summary, events) = (
         dir.join("wirewatch.pcapng"),
         dir.join("b0.pcap"),
@@ -232,9 +230,9 @@ fn vxlan_run(tag: &str, filter: Option<&str>) -> Seen {
     std::thread::sleep(Duration::from_millis(300));
 
     let servers: [IpAddr; 2] = ["10.96.0.2".parse().unwrap(), "fd96::2".parse().unwrap()];
-    refused(&a, &servers);
-    transfers(&a, &b, &servers);
-    refused(&a, &servers);
+    refused(a, &servers);
+    transfers(a, b, &servers);
+    refused(a, &servers);
     std::thread::sleep(Duration::from_millis(500));
     let (status, _) = ww.interrupt_and_collect();
     log_reader.join().unwrap();
@@ -247,11 +245,10 @@ fn vxlan_run(tag: &str, filter: Option<&str>) -> Seen {
     );
     let summary = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
     let (sent, _) = tcp_frames(&dump);
-    let dropped = tx_dropped(&b, "u0") + tx_dropped(&b, "vx0");
+    let dropped = tx_dropped(b, "u0") + tx_dropped(b, "vx0");
     let events = std::fs::read_to_string(&events).unwrap();
     let rec_copy = std::env::temp_dir().join(format!("ww-vxlan-{tag}-{pid}.pcapng"));
     std::fs::rename(&rec, &rec_copy).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
     Seen { sent, dropped, summary, rec: rec_copy, events, servers }
 }
 

@@ -12,10 +12,11 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
 
-use dataplane::craft::TcpSegment;
-use dataplane::encap::{wrap, Encap, Outer};
 use dataplane::pcapng::PcapngWriter;
 use dataplane_common::tcp_flags::{ACK, FIN, PSH, SYN};
+use wirewatch_testkit::craft::TcpSegment;
+use wirewatch_testkit::encap::{wrap, Encap, Outer};
+use wirewatch_testkit::tempdir::TempDir;
 
 const CAPTURE: &str = "collector.pcapng";
 const UPSTREAM: &str = "192.0.2.1";
@@ -165,7 +166,7 @@ fn of_kind<'a>(ev: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::V
 
 #[test]
 fn two_mirror_sessions_are_two_vantages() {
-    let dir = std::env::temp_dir().join(format!("ww-mirror-sessions-{}", std::process::id()));
+    let dir = TempDir::new("mirror-sessions");
     let up = format!("{CAPTURE}/erspan2:12@{UPSTREAM}");
     let down = format!("{CAPTURE}/erspan2:13@{DOWNSTREAM}");
     for (fault, serial) in [(true, true), (false, true), (false, false)] {
@@ -219,8 +220,5 @@ fn two_mirror_sessions_are_two_vantages() {
             by_workers.push(kinds);
         }
         assert_eq!(by_workers[0], by_workers[1], "fault {fault}, serial {serial}: 1 vs 2 workers");
-    }
-    if std::env::var_os("WW_KEEP").is_none() {
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

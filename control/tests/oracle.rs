@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use dataplane::netns::{privileged_or_skip, veth, Netns};
-use dataplane::traffic::{abort_on_close, connect_from, serve_once};
+use wirewatch_testkit::netns::privileged_or_skip;
+use wirewatch_testkit::tempdir::TempDir;
+use wirewatch_testkit::topology::{Subnets, Topology};
+use wirewatch_testkit::traffic::{abort_on_close, connect_from, serve_once};
 
 /// The flags compared, with the tshark filter that defines each.
 const FLAGS: &[(&str, &str)] = &[
@@ -33,13 +35,13 @@ fn ours(flag: &str, names: &str) -> bool {
 
 fn capture(dir: &Path) -> PathBuf {
     let pid = std::process::id();
-    let a = Netns::create(&format!("wwoa{pid}")).unwrap();
-    let b = Netns::create(&format!("wwob{pid}")).unwrap();
-    veth(&a, "o0", &b, "o1").unwrap();
-    a.run("ip addr add 10.78.0.1/24 dev o0").unwrap();
-    b.run("ip addr add 10.78.0.2/24 dev o1").unwrap();
-    a.run("ethtool -K o0 tso off gso off gro off").unwrap();
-    b.run("ethtool -K o1 tso off gso off gro off").unwrap();
+    let t = Topology::two_hosts(
+        (&format!("wwoa{pid}"), &format!("wwob{pid}")),
+        ("o0", "o1"),
+        Subnets { v4: "10.78.0", v6: None },
+    )
+    .unwrap();
+    let (a, b) = (&t["a"], &t["b"]);
     // Loss after the capture point (tcpdump on o0): 3% of the upload's data and of the
     // download's data, 2% of the upload's ACKs.
     b.run("nft add table inet wwloss").unwrap();
@@ -243,8 +245,7 @@ fn per_packet_verdicts_agree_with_tshark() {
     if !privileged_or_skip("per_packet_verdicts_agree_with_tshark") {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("ww-oracle-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("oracle");
     // The traffic and tcpdump on one CPU (inherited by threads and children): veth hands a
     // frame over on the CPU that sent it, so ACKs sent from two CPUs reach the capture out of
     // order (the class `acks_behind` names, seen once in CI).
@@ -336,5 +337,4 @@ fn per_packet_verdicts_agree_with_tshark() {
         report.join("\n"),
         cap.display()
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -23,11 +23,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use dataplane::craft::TcpSegment;
-use dataplane::netns::{privileged_or_skip, veth, Netns};
 use dataplane::pcapng::PcapngWriter;
-use dataplane::traffic::{connect_bound, connect_from, pace, serve_once};
 use dataplane_common::tcp_flags::{ACK, FIN, PSH, SYN};
+use wirewatch_testkit::craft::TcpSegment;
+use wirewatch_testkit::netns::{privileged_or_skip, Netns};
+use wirewatch_testkit::tempdir::TempDir;
+use wirewatch_testkit::topology::{Subnets, Topology};
+use wirewatch_testkit::traffic::{connect_bound, connect_from, pace, serve_once};
 
 /// wirewatch's verdict name and the tshark filter that defines the same frames. tshark marks
 /// a fast retransmission as a retransmission too; wirewatch gives each frame one kind.
@@ -236,7 +238,7 @@ fn fast_open(c: &Netns, s: &Netns, port: u16) {
     .unwrap();
     let ns = c.name.clone();
     let cl = std::thread::spawn(move || {
-        dataplane::netns::enter_current_thread(&ns).unwrap();
+        wirewatch_testkit::netns::enter_current_thread(&ns).unwrap();
         // SAFETY: plain socket syscall; the fd is owned by the stream below.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
         assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
@@ -275,14 +277,15 @@ fn fast_open(c: &Netns, s: &Netns, port: u16) {
 /// that starts while connections are already transferring.
 fn live_captures(dir: &Path) -> Vec<PathBuf> {
     let pid = std::process::id();
-    let c = Netns::create(&format!("wwor{pid}c")).unwrap();
-    let s = Netns::create(&format!("wwor{pid}s")).unwrap();
     let (cdev, sdev) = (format!("wwor{pid}a"), format!("wwor{pid}b"));
-    veth(&c, &cdev, &s, &sdev).unwrap();
-    c.run(&format!("ip addr add {CLIENT}/24 dev {cdev}")).unwrap();
-    s.run(&format!("ip addr add {SERVER}/24 dev {sdev}")).unwrap();
-    c.run(&format!("ethtool -K {cdev} tso off gso off gro off")).unwrap();
-    s.run(&format!("ethtool -K {sdev} tso off gso off gro off")).unwrap();
+    // CLIENT on cdev, SERVER on sdev.
+    let t = Topology::two_hosts(
+        (&format!("wwor{pid}c"), &format!("wwor{pid}s")),
+        (&cdev, &sdev),
+        Subnets { v4: "10.79.0", v6: None },
+    )
+    .unwrap();
+    let (c, s) = (&t["a"], &t["b"]);
     // A 10 ms minimum RTO both ways: a lost single segment is probed and resent within tens
     // of milliseconds instead of 200 ms.
     let (to_server, to_client) = (
@@ -311,7 +314,7 @@ fn live_captures(dir: &Path) -> Vec<PathBuf> {
     // zero bits (1 in 8; the server gets them); on 7061-7066 it misses each connection's
     // first request (the only 333-byte one: IP length 20 + 32 + 333).
     let dump = tcpdump(
-        &c,
+        c,
         &cdev,
         &main,
         "tcp and not (dst port 7008 and ip[5] & 0x07 == 0 and greater 200) \
@@ -358,8 +361,8 @@ fn live_captures(dir: &Path) -> Vec<PathBuf> {
         ns.run("sysctl -qw net.ipv4.tcp_timestamps=0").unwrap();
         ns.run("sysctl -qw net.ipv4.tcp_sack=0").unwrap();
     }
-    bulk(&c, &s, 7001, 2 << 20, true);
-    bulk(&c, &s, 7002, 1 << 20, false);
+    bulk(c, s, 7001, 2 << 20, true);
+    bulk(c, s, 7002, 1 << 20, false);
     for ns in [&c, &s] {
         ns.run("sysctl -qw net.ipv4.tcp_timestamps=1").unwrap();
         ns.run("sysctl -qw net.ipv4.tcp_sack=1").unwrap();
@@ -368,39 +371,39 @@ fn live_captures(dir: &Path) -> Vec<PathBuf> {
     for ns in [&c, &s] {
         ns.run("sysctl -qw net.ipv4.tcp_window_scaling=0").unwrap();
     }
-    bulk(&c, &s, 7003, 1 << 20, false);
+    bulk(c, s, 7003, 1 << 20, false);
     for ns in [&c, &s] {
         ns.run("sysctl -qw net.ipv4.tcp_window_scaling=1").unwrap();
     }
     // Window scale 14: a receive buffer limit of 1 GiB (tcp_select_initial_window).
-    sysctl(&s, "net.ipv4.tcp_rmem", "4096 131072 1073741824");
-    bulk(&c, &s, 7004, 1 << 20, true);
-    sysctl(&s, "net.ipv4.tcp_rmem", "4096 131072 6291456");
+    sysctl(s, "net.ipv4.tcp_rmem", "4096 131072 1073741824");
+    bulk(c, s, 7004, 1 << 20, true);
+    sysctl(s, "net.ipv4.tcp_rmem", "4096 131072 6291456");
     // A 536-byte MSS both ways (advertised through the routes).
     c.run(&format!("ip route change {to_server} advmss 536")).unwrap();
     s.run(&format!("ip route change {to_client} advmss 536")).unwrap();
-    bulk(&c, &s, 7005, 1 << 19, true);
-    bulk(&c, &s, 7006, 1 << 19, false);
+    bulk(c, s, 7005, 1 << 19, true);
+    bulk(c, s, 7006, 1 << 19, false);
     c.run(&format!("ip route change {to_server}")).unwrap();
     s.run(&format!("ip route change {to_client}")).unwrap();
 
     // Request/response: on 7008 the capture misses some requests, on 7009 the client
     // misses some responses.
-    request_response(&c, &s, 7008);
-    request_response(&c, &s, 7009);
+    request_response(c, s, 7008);
+    request_response(c, s, 7009);
 
     for port in 7061..7067 {
-        first_request_unseen(&c, &s, port);
+        first_request_unseen(c, s, port);
     }
 
-    simultaneous_open(&c, &s);
+    simultaneous_open(c, s);
 
     // TCP Fast Open without cookies (client 0x4, server 0x200 | 0x400): data in the SYN.
     for ns in [&c, &s] {
         ns.run("sysctl -qw net.ipv4.tcp_fastopen=0x607").unwrap();
     }
     for port in 7050..7060 {
-        fast_open(&c, &s, port);
+        fast_open(c, s, port);
     }
     for ns in [&c, &s] {
         ns.run("sysctl -qw net.ipv4.tcp_fastopen=1").unwrap();
@@ -419,7 +422,7 @@ fn live_captures(dir: &Path) -> Vec<PathBuf> {
         s.write_all(&vec![4u8; 3 << 19]).unwrap();
     });
     std::thread::sleep(Duration::from_millis(300));
-    let late = tcpdump(&c, &cdev, &mid, "tcp");
+    let late = tcpdump(c, &cdev, &mid, "tcp");
     up.join().unwrap();
     assert_eq!(srv.join().unwrap().unwrap().unwrap(), 3 << 19);
 
@@ -663,8 +666,7 @@ fn per_packet_verdicts_agree_with_tshark_across_stacks() {
     if !privileged_or_skip("per_packet_verdicts_agree_with_tshark_across_stacks") {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("ww-oracle-stacks-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("oracle-stacks");
     // One CPU for the traffic and tcpdump (threads and children inherit it): veth hands a
     // frame to the receiver on the CPU that sent it, so ACKs sent from two CPUs reach the
     // capture out of order, the class Wireshark and wirewatch judge differently (below);
@@ -766,5 +768,4 @@ fn per_packet_verdicts_agree_with_tshark_across_stacks() {
         "F1 below {MIN_F1}: {failed:?}\n{report}\ncaptures kept in {}",
         dir.display()
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

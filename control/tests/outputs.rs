@@ -9,38 +9,30 @@ use std::process::{Child, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use dataplane::netns::{enter_current_thread, privileged_or_skip, span, veth, Netns};
-use dataplane::traffic::{connect_from, serve_once};
+use wirewatch_testkit::netns::{enter_current_thread, privileged_or_skip};
+use wirewatch_testkit::tempdir::TempDir;
+use wirewatch_testkit::topology::{Subnets, Topology};
+use wirewatch_testkit::traffic::{connect_from, serve_once};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-struct Topo {
-    a: Netns,
-    b: Netns,
-    mon: Netns,
-}
-
-/// a ↔ b on a veth, b0 mirrored to the monitor's tap0 (as control/tests/control_plane.rs).
-fn topo(tag: &str) -> Topo {
+/// a ↔ b on a veth (10.78.0.0/24), b0 mirrored to the monitor's tap0 (as
+/// control/tests/control_plane.rs).
+fn topo(tag: &str) -> Topology {
     let pid = std::process::id();
-    let a = Netns::create(&format!("wwoa{tag}{pid}")).unwrap();
-    let b = Netns::create(&format!("wwob{tag}{pid}")).unwrap();
-    let mon = Netns::create(&format!("wwom{tag}{pid}")).unwrap();
-    veth(&a, "a0", &b, "b0").unwrap();
-    a.run("ip addr add 10.78.0.1/24 dev a0").unwrap();
-    b.run("ip addr add 10.78.0.2/24 dev b0").unwrap();
-    a.run("ethtool -K a0 tso off gso off gro off").unwrap();
-    b.run("ethtool -K b0 tso off gso off gro off").unwrap();
-    veth(&b, "sp0", &mon, "tap0").unwrap();
-    b.run("ethtool -K sp0 tso off gso off").unwrap();
-    span(&b, "b0", "sp0").unwrap();
-    Topo { a, b, mon }
+    let names = (format!("wwoa{tag}{pid}"), format!("wwob{tag}{pid}"), format!("wwom{tag}{pid}"));
+    Topology::two_hosts_and_monitor(
+        (&names.0, &names.1, &names.2),
+        "tap0",
+        Subnets { v4: "10.78.0", v6: None },
+    )
+    .unwrap()
 }
 
 /// A refused connection: one `syn_rejected` event (with evidence).
-fn refused(t: &Topo, port: u16) {
+fn refused(t: &Topology, port: u16) {
     let srv = SocketAddr::new("10.78.0.2".parse().unwrap(), port);
-    assert!(connect_from(&t.a.name, srv, |s| s.is_err()).join().unwrap());
+    assert!(connect_from(&t["a"].name, srv, |s| s.is_err()).join().unwrap());
 }
 
 struct Wirewatch {
@@ -68,10 +60,9 @@ impl Drop for Wirewatch {
     }
 }
 
-fn start(t: &Topo, dir: &Path, args: &[&str]) -> Wirewatch {
+fn start(t: &Topology, dir: &Path, args: &[&str]) -> Wirewatch {
     let log = dir.join("wirewatch.log");
-    let child = t
-        .mon
+    let child = t["mon"]
         .command(env!("CARGO_BIN_EXE_wirewatch"))
         .args(["run", "--iface", "tap0"])
         .args(args)
@@ -120,20 +111,24 @@ fn eventually(what: &str, ww: &Wirewatch, mut f: impl FnMut() -> bool) {
     }
 }
 
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let d = std::env::temp_dir().join(format!("ww-out-{tag}-{}", std::process::id()));
-        let _ = std::process::Command::new("umount").arg(d.join("small")).output();
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Self(d)
+/// A 256 KiB tmpfs mounted at a path (a disk that fills up); unmounted on drop, before the
+/// test's directory goes.
+struct Tmpfs(PathBuf);
+impl Tmpfs {
+    fn mount(path: &Path) -> Self {
+        std::fs::create_dir_all(path).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
+        Self(path.to_path_buf())
     }
 }
-impl Drop for TempDir {
+impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(self.0.join("small")).output();
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::process::Command::new("umount").arg(&self.0).output();
     }
 }
 
@@ -153,8 +148,8 @@ fn retention_removes_only_its_own_files_and_cleans_unfinished_writes() {
         return;
     }
     let _s = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = TempDir::new("ret");
-    let ev = dir.0.join("evidence");
+    let dir = TempDir::new("out-ret");
+    let ev = dir.join("evidence");
     std::fs::create_dir_all(&ev).unwrap();
     // An operator's capture, a file of another tool, and what a killed run left behind.
     let mine = ["incident-42.pcapng", "notes.txt", "1700000000000-not_a_kind-w0-1.pcapng"];
@@ -168,10 +163,10 @@ fn retention_removes_only_its_own_files_and_cleans_unfinished_writes() {
     let t = topo("r");
     // A budget of 1 byte: every evidence file of ours goes, at start and as it is written.
     let ww =
-        start(&t, &dir.0, &["--evidence-dir", ev.to_str().unwrap(), "--evidence-max-bytes", "1"]);
+        start(&t, &dir, &["--evidence-dir", ev.to_str().unwrap(), "--evidence-max-bytes", "1"]);
     refused(&t, 7021);
     eventually("the new evidence file is written and removed", &ww, || {
-        let (_, page) = get(&t.mon.name, "/metrics");
+        let (_, page) = get(&t["mon"].name, "/metrics");
         sample(&page, "wirewatch_evidence_files_written_total") >= 1.0
             && sample(&page, "wirewatch_evidence_files_removed_total") >= 2.0
     });
@@ -188,21 +183,15 @@ fn a_full_disk_is_counted_and_logged_and_monitoring_goes_on() {
         return;
     }
     let _s = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = TempDir::new("full");
-    let small = dir.0.join("small");
-    std::fs::create_dir_all(&small).unwrap();
-    let out = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
-        .arg(&small)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
+    let dir = TempDir::new("out-full");
+    let small = dir.join("small");
+    let _tmpfs = Tmpfs::mount(&small);
     let events = small.join("events.jsonl");
     let ev = small.join("evidence");
     let t = topo("f");
     let ww = start(
         &t,
-        &dir.0,
+        &dir,
         &["--events", events.to_str().unwrap(), "--evidence-dir", ev.to_str().unwrap()],
     );
     // The disk fills up before the first event (the events file is open, still empty).
@@ -212,7 +201,7 @@ fn a_full_disk_is_counted_and_logged_and_monitoring_goes_on() {
     drop(f);
     refused(&t, 7031);
     let failures = |series: &str| {
-        let (_, page) = get(&t.mon.name, "/metrics");
+        let (_, page) = get(&t["mon"].name, "/metrics");
         sample(&page, series)
     };
     eventually("the failed writes are counted", &ww, || {
@@ -222,7 +211,7 @@ fn a_full_disk_is_counted_and_logged_and_monitoring_goes_on() {
     let log = ww.log();
     assert!(log.contains("events output failed") && log.contains("No space left"), "{log}");
     // The detection is still served, and no empty temporary evidence file is left behind.
-    let (code, body) = get(&t.mon.name, "/api/events?kind=syn_rejected");
+    let (code, body) = get(&t["mon"].name, "/api/events?kind=syn_rejected");
     assert_eq!(code, 200);
     assert!(body.contains("7031"), "{body}");
     let tmp: Vec<String> = files_in(&ev).into_iter().filter(|n| n.contains(".tmp")).collect();
@@ -234,7 +223,7 @@ fn a_full_disk_is_counted_and_logged_and_monitoring_goes_on() {
         std::fs::read_to_string(&events).is_ok_and(|s| s.contains("7032"))
     });
     assert!(ww.log().contains("events output works again"), "{}", ww.log());
-    let (_, page) = get(&t.mon.name, "/metrics");
+    let (_, page) = get(&t["mon"].name, "/metrics");
     assert!(page.contains("# HELP wirewatch_output_failures_total "), "{page}");
 }
 
@@ -244,25 +233,25 @@ fn the_record_file_rotates_by_size() {
         return;
     }
     let _s = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = TempDir::new("rec");
-    let rec = dir.0.join("rec.pcapng");
+    let dir = TempDir::new("out-rec");
+    let rec = dir.join("rec.pcapng");
     let t = topo("c");
-    let ww = start(&t, &dir.0, &["--record", rec.to_str().unwrap(), "--record-max-bytes", "65536"]);
+    let ww = start(&t, &dir, &["--record", rec.to_str().unwrap(), "--record-max-bytes", "65536"]);
     // 8 MB through the span: ~5,600 frames of 128 B kept, far more than six files of 64 KiB
     // hold.
     let srv = SocketAddr::new("10.78.0.2".parse().unwrap(), 7041);
-    let h = serve_once(&t.b.name, srv, None, |mut s| {
+    let h = serve_once(&t["b"].name, srv, None, |mut s| {
         let mut v = Vec::new();
         s.read_to_end(&mut v).map(|_| v.len())
     })
     .unwrap();
-    connect_from(&t.a.name, srv, |s| s.unwrap().write_all(&vec![7u8; 8_000_000]).unwrap())
+    connect_from(&t["a"].name, srv, |s| s.unwrap().write_all(&vec![7u8; 8_000_000]).unwrap())
         .join()
         .unwrap();
     assert_eq!(h.join().unwrap().unwrap().unwrap(), 8_000_000);
     std::thread::sleep(Duration::from_secs(1));
     let log = ww.stop();
-    let mut names = files_in(&dir.0);
+    let mut names = files_in(&dir);
     names.retain(|n| n.starts_with("rec.pcapng"));
     let want: Vec<String> = std::iter::once("rec.pcapng".to_string())
         .chain((1..=5).map(|i| format!("rec.pcapng.{i}")))
@@ -271,7 +260,7 @@ fn the_record_file_rotates_by_size() {
     want_sorted.sort();
     assert_eq!(names, want_sorted, "{log}");
     for n in &want {
-        let p = dir.0.join(n);
+        let p = dir.join(n);
         let len = std::fs::metadata(&p).unwrap().len();
         assert!(len <= 65536, "{n} is {len} bytes");
         // Each file is a whole capture that analyze reads without complaint.
@@ -292,15 +281,14 @@ fn run_refuses_outputs_into_missing_directories_before_attaching() {
         return;
     }
     let _s = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = TempDir::new("miss");
+    let dir = TempDir::new("out-miss");
     let t = topo("m");
     for flag in ["--events", "--record", "--summary-json"] {
         for (path, why) in [
             ("/nonexistent-ww-dir/out", "/nonexistent-ww-dir does not exist"),
-            (dir.0.to_str().unwrap(), "is a directory"),
+            (dir.to_str().unwrap(), "is a directory"),
         ] {
-            let out = t
-                .mon
+            let out = t["mon"]
                 .command(env!("CARGO_BIN_EXE_wirewatch"))
                 .args(["run", "--iface", "tap0", flag, path, "--duration", "5"])
                 .output()
@@ -311,7 +299,7 @@ fn run_refuses_outputs_into_missing_directories_before_attaching() {
             assert_eq!(lines.len(), 1, "{err}");
             assert!(lines[0].contains(flag) && lines[0].contains(why), "{err}");
             assert!(!err.contains("XDP attached"), "{err}");
-            let link = t.mon.run("ip -d link show tap0").unwrap();
+            let link = t["mon"].run("ip -d link show tap0").unwrap();
             assert!(!link.contains("prog/xdp"), "an XDP program was left attached:\n{link}");
         }
     }

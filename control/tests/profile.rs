@@ -1,9 +1,10 @@
 //! `wirewatch profile …` and `run --profile`: golden dry runs through the CLI, clear errors for
 //! bad profiles, and detect/apply on a real veth in a namespace, checked with ethtool afterwards.
-use std::path::PathBuf;
 use std::process::Command;
 
-use dataplane::netns::{privileged_or_skip, veth, Netns};
+use wirewatch_testkit::netns::{privileged_or_skip, Netns};
+use wirewatch_testkit::tempdir::TempDir;
+use wirewatch_testkit::topology::Topology;
 
 fn ww() -> Command {
     Command::new(env!("CARGO_BIN_EXE_wirewatch"))
@@ -16,13 +17,6 @@ fn out(c: &mut Command) -> (i32, String, String) {
         String::from_utf8_lossy(&o.stdout).into_owned(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ww-profile-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 #[test]
@@ -96,7 +90,7 @@ fn list_show_and_golden_dry_runs_through_the_cli() {
 
 #[test]
 fn a_bad_profile_in_the_directory_names_file_key_and_problem() {
-    let dir = tempdir("bad");
+    let dir = TempDir::new("profile-bad");
     let veth = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../hw-profiles/profiles/veth.toml"
@@ -132,8 +126,10 @@ fn detect_and_apply_on_a_real_veth() {
     if !privileged_or_skip("detect_and_apply_on_a_real_veth") {
         return;
     }
-    let ns = Netns::create(&format!("wwprof{}", std::process::id() % 100000)).unwrap();
-    veth(&ns, "wwp0", &ns, "wwp1").unwrap();
+    let mut t = Topology::new();
+    t.namespace("p", &format!("wwprof{}", std::process::id() % 100000)).unwrap();
+    t.veth(("p", "wwp0"), ("p", "wwp1")).unwrap();
+    let ns = &t["p"];
     let in_ns = |args: &[&str]| {
         let mut c = ns.command(env!("CARGO_BIN_EXE_wirewatch"));
         c.args(args);
@@ -142,7 +138,7 @@ fn detect_and_apply_on_a_real_veth() {
     // Start from the opposite of what the profile wants.
     ns.run("ethtool -K wwp0 gro on rxvlan on rx-vlan-stag-hw-parse on").unwrap();
     ns.run("ip link set dev wwp0 promisc off").unwrap();
-    let before = features(&ns, "wwp0");
+    let before = features(ns, "wwp0");
     assert!(
         feature_is(&before, "generic-receive-offload", "on")
             && feature_is(&before, "rx-vlan-offload", "on"),
@@ -157,7 +153,7 @@ fn detect_and_apply_on_a_real_veth() {
     let (code, applied, err) = in_ns(&["profile", "apply", "--iface", "wwp0"]);
     assert_eq!(code, 0, "{applied}{err}");
     assert!(!applied.contains("FAILED"), "{applied}");
-    let after = features(&ns, "wwp0");
+    let after = features(ns, "wwp0");
     for f in ["generic-receive-offload", "rx-vlan-offload", "rx-vlan-stag-hw-parse"] {
         assert!(feature_is(&after, f, "off"), "{f} still on after apply:\n{after}");
     }
@@ -166,7 +162,7 @@ fn detect_and_apply_on_a_real_veth() {
 
     // An operator's profile: busy-poll settings land in sysfs; a ring size veth cannot take is
     // reported as failed (exit 1) without stopping the other steps.
-    let dir = tempdir("veth-busy");
+    let dir = TempDir::new("profile-veth-busy");
     let veth_toml = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../hw-profiles/profiles/veth.toml"
@@ -220,7 +216,7 @@ fn detect_and_apply_on_a_real_veth() {
     assert!(err.contains("applying hw-profile veth"), "{err}");
     assert!(err.contains("gro off"), "{err}");
     assert!(err.contains("flow ownership: by flow hash"), "{err}");
-    assert!(feature_is(&features(&ns, "wwp0"), "generic-receive-offload", "off"));
+    assert!(feature_is(&features(ns, "wwp0"), "generic-receive-offload", "off"));
 
     let (code, _, err) = in_ns(&["profile", "detect", "--iface", "nosuch0"]);
     assert_eq!(code, 1);

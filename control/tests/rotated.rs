@@ -14,8 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dataplane::netns::{privileged_or_skip, veth, Netns};
-use dataplane::traffic::connect_bound;
+use wirewatch_testkit::netns::{privileged_or_skip, Netns};
+use wirewatch_testkit::tempdir::TempDir;
+use wirewatch_testkit::topology::{Subnets, Topology};
+use wirewatch_testkit::traffic::connect_bound;
 
 const OPEN: u16 = 8080;
 /// The server drops SYNs to this port.
@@ -40,7 +42,7 @@ fn serve(ns: &Netns, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>>
             let stop = stop.clone();
             let addr = SocketAddr::new(a.parse().unwrap(), OPEN);
             std::thread::spawn(move || {
-                dataplane::netns::enter_current_thread(&ns).unwrap();
+                wirewatch_testkit::netns::enter_current_thread(&ns).unwrap();
                 let l = std::net::TcpListener::bind(addr).unwrap();
                 l.set_nonblocking(true).unwrap();
                 while !stop.load(Ordering::Relaxed) {
@@ -133,19 +135,14 @@ fn rotated_files_of_one_sensor_are_one_vantage() {
         return;
     }
     let pid = std::process::id();
-    let dir = std::env::temp_dir().join(format!("ww-rotated-{pid}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let c = Netns::create(&format!("wwrc{pid}")).unwrap();
-    let srv = Netns::create(&format!("wwrs{pid}")).unwrap();
-    veth(&c, "c0", &srv, "s0").unwrap();
-    for (ns, dev, v4, v6) in
-        [(&c, "c0", "10.93.0.1/24", "fd93::1/64"), (&srv, "s0", "10.93.0.2/24", "fd93::2/64")]
-    {
-        ns.run("sysctl -qw net.ipv6.conf.all.accept_dad=0").unwrap();
-        ns.run(&format!("ip addr add {v4} dev {dev}")).unwrap();
-        ns.run(&format!("ip -6 addr add {v6} dev {dev} nodad")).unwrap();
-        ns.run(&format!("ethtool -K {dev} tso off gso off gro off")).unwrap();
-    }
+    let dir = TempDir::new("rotated");
+    let t = Topology::two_hosts(
+        (&format!("wwrc{pid}"), &format!("wwrs{pid}")),
+        ("c0", "s0"),
+        Subnets { v4: "10.93.0", v6: Some("fd93:") },
+    )
+    .unwrap();
+    let (c, srv) = (&t["a"], &t["b"]);
     c.run("sysctl -qw net.ipv4.tcp_syn_retries=1").unwrap();
     srv.run("nft add table inet t").unwrap();
     srv.run("nft add chain inet t in { type filter hook input priority 0 ; }").unwrap();
@@ -153,11 +150,11 @@ fn rotated_files_of_one_sensor_are_one_vantage() {
     srv.run("nft add chain inet t out { type filter hook output priority 0 ; }").unwrap();
     srv.run("nft add rule inet t out meta l4proto tcp numgen random mod 100 < 1 drop").unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let servers = serve(&srv, &stop);
+    let servers = serve(srv, &stop);
     std::thread::sleep(Duration::from_millis(300));
 
     let (client_cap, server_cap) = (dir.join("client.pcap"), dir.join("server.pcap"));
-    let mut dumps = [tcpdump(&c, "c0", &client_cap), tcpdump(&srv, "s0", &server_cap)];
+    let mut dumps = [tcpdump(c, "c0", &client_cap), tcpdump(srv, "s0", &server_cap)];
     std::thread::sleep(Duration::from_millis(800));
     let mut hs = Vec::new();
     for (src, dst) in [("10.93.0.1", "10.93.0.2"), ("fd93::1", "fd93::2")] {
@@ -272,8 +269,7 @@ fn rotated_files_of_one_sensor_are_one_vantage() {
     let both = analyze(&dir, "both", &[s(&client_cap), s(&server_cap)]);
     assert_eq!(both.vantages(), ["client.pcap", "server.pcap"]);
     assert_eq!(both.summary["vantage_pairs"][0]["relation"], "serial", "{}", both.summary);
-    drop((c, srv));
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(t);
 }
 
 /// More vantages than analyze matches is refused with what to do, never collapsed.

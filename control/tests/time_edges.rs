@@ -3,9 +3,10 @@
 //! handshake is never reported unanswered.
 use std::process::Command;
 
-use dataplane::craft::TcpSegment;
 use dataplane::pcapng::PcapngWriter;
 use dataplane_common::tcp_flags::{ACK, FIN, PSH, SYN};
+use wirewatch_testkit::craft::TcpSegment;
+use wirewatch_testkit::tempdir::TempDir;
 
 fn capture_at(path: &std::path::Path, start_ns: u64, answered: bool) {
     let mut w = PcapngWriter::new(std::fs::File::create(path).unwrap()).unwrap();
@@ -49,8 +50,7 @@ fn capture_at(path: &std::path::Path, start_ns: u64, answered: bool) {
 
 #[test]
 fn a_complete_handshake_near_the_end_of_time_is_not_unanswered() {
-    let dir = std::env::temp_dir().join(format!("ww-time-edges-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("time-edges");
     for (name, start) in [
         ("ordinary", 1_700_000_000_000_000_000u64),
         ("a second before the end", u64::MAX - 1_000_000_000),
@@ -82,5 +82,4 @@ fn a_complete_handshake_near_the_end_of_time_is_not_unanswered() {
             assert_eq!(lone.lines().filter(on_80).count(), 1, "{name}, a lone SYN:\n{lone}");
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -15,9 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dataplane::capture::CaptureReader;
-use dataplane::encap::{wrap, Encap, Outer};
-use dataplane::netns::{privileged_or_skip, veth, Netns};
-use dataplane::traffic::connect_bound;
+use wirewatch_testkit::encap::{wrap, Encap, Outer};
+use wirewatch_testkit::netns::{privileged_or_skip, Netns};
+use wirewatch_testkit::tempdir::TempDir;
+use wirewatch_testkit::topology::{Subnets, Topology};
+use wirewatch_testkit::traffic::connect_bound;
 
 const OPEN: u16 = 8080;
 /// Nothing listens here: the server's kernel answers SYNs with RST (`syn_rejected`).
@@ -33,7 +35,7 @@ fn serve(ns: &Netns, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>>
             let stop = stop.clone();
             let addr = SocketAddr::new(a.parse().unwrap(), OPEN);
             std::thread::spawn(move || {
-                dataplane::netns::enter_current_thread(&ns).unwrap();
+                wirewatch_testkit::netns::enter_current_thread(&ns).unwrap();
                 let l = std::net::TcpListener::bind(addr).unwrap();
                 l.set_nonblocking(true).unwrap();
                 while !stop.load(Ordering::Relaxed) {
@@ -61,24 +63,21 @@ fn serve(ns: &Netns, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>>
 /// Records the exchange on the client's veth (whole frames) into `file`.
 fn record(file: &Path) {
     let pid = std::process::id();
-    let c = Netns::create(&format!("wwdcc{pid}")).unwrap();
-    let srv = Netns::create(&format!("wwdcs{pid}")).unwrap();
-    veth(&c, "dc0", &srv, "ds0").unwrap();
-    for (ns, dev, v4, v6) in
-        [(&c, "dc0", "10.95.0.1/24", "fd95::1/64"), (&srv, "ds0", "10.95.0.2/24", "fd95::2/64")]
-    {
-        ns.run("sysctl -qw net.ipv6.conf.all.accept_dad=0").unwrap();
-        ns.run(&format!("ip addr add {v4} dev {dev}")).unwrap();
-        ns.run(&format!("ip -6 addr add {v6} dev {dev} nodad")).unwrap();
-        // Wire-sized frames: a segment offloaded as 64 KB would not fit a tunnel.
-        ns.run(&format!("ethtool -K {dev} tso off gso off gro off")).unwrap();
-    }
+    // Wire-sized frames (the topology's links): a segment offloaded as 64 KB would not fit a
+    // tunnel.
+    let t = Topology::two_hosts(
+        (&format!("wwdcc{pid}"), &format!("wwdcs{pid}")),
+        ("dc0", "ds0"),
+        Subnets { v4: "10.95.0", v6: Some("fd95:") },
+    )
+    .unwrap();
+    let (c, srv) = (&t["a"], &t["b"]);
     c.run("sysctl -qw net.ipv4.tcp_syn_retries=1").unwrap();
     srv.run("nft add table inet t").unwrap();
     srv.run("nft add chain inet t in { type filter hook input priority 0 ; }").unwrap();
     srv.run(&format!("nft add rule inet t in tcp dport {BLACKHOLED} drop")).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let servers = serve(&srv, &stop);
+    let servers = serve(srv, &stop);
     std::thread::sleep(Duration::from_millis(300));
     let mut dump = c
         .command("tcpdump")
@@ -208,8 +207,7 @@ fn every_tunnel_gives_the_events_of_the_plain_capture() {
     if !privileged_or_skip("every_tunnel_gives_the_events_of_the_plain_capture") {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("ww-tunnels-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("tunnels");
     let plain_file = dir.join("plain.pcap");
     record(&plain_file);
     let mut reader = CaptureReader::open(&plain_file).unwrap();
@@ -281,5 +279,4 @@ fn every_tunnel_gives_the_events_of_the_plain_capture() {
         assert!(err.starts_with("wirewatch: error:") && err.contains("--filter"), "{bad}: {err}");
         assert!(o.stdout.is_empty(), "{bad}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

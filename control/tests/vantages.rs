@@ -17,8 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dataplane::netns::{privileged_or_skip, veth, Netns};
-use dataplane::traffic::connect_bound;
+use wirewatch_testkit::netns::{privileged_or_skip, Netns};
+use wirewatch_testkit::tempdir::TempDir;
+use wirewatch_testkit::topology::Topology;
+use wirewatch_testkit::traffic::connect_bound;
 
 const VIP4: &str = "10.91.9.9";
 const VIP6: &str = "fd91:9::9";
@@ -30,52 +32,37 @@ const SPRAYED: u16 = 41000;
 /// Its SYNs are dropped by the router (fault on); it would go to b1.
 const BLACKHOLED: u16 = 41002;
 
-struct Lab {
-    c: Netns,
-    r: Netns,
-    b1: Netns,
-    b2: Netns,
-}
-
-fn build(pid: u32) -> Lab {
-    let c = Netns::create(&format!("wwvc{pid}")).unwrap();
-    let r = Netns::create(&format!("wwvr{pid}")).unwrap();
-    let b1 = Netns::create(&format!("wwv1{pid}")).unwrap();
-    let b2 = Netns::create(&format!("wwv2{pid}")).unwrap();
-    // No duplicate address detection: an address in DAD, link-local included, makes the
-    // first IPv6 neighbour lookups fail and the first connections with them.
-    for ns in [&c, &r, &b1, &b2] {
-        ns.run("sysctl -qw net.ipv6.conf.default.accept_dad=0").unwrap();
-        ns.run("sysctl -qw net.ipv6.conf.all.accept_dad=0").unwrap();
+fn build(pid: u32) -> Topology {
+    let mut t = Topology::new();
+    for (role, name) in [("c", "wwvc"), ("r", "wwvr"), ("b1", "wwv1"), ("b2", "wwv2")] {
+        t.namespace(role, &format!("{name}{pid}")).unwrap();
+        t.without_dad(role).unwrap();
     }
-    veth(&c, "c0", &r, "r0").unwrap();
-    veth(&r, "r1", &b1, "e1").unwrap();
-    veth(&r, "r2", &b2, "e2").unwrap();
-    for (ns, dev, v4, v6) in [
-        (&c, "c0", "10.91.0.2/24", "fd91::2/64"),
-        (&r, "r0", "10.91.0.1/24", "fd91::1/64"),
-        (&r, "r1", "10.91.1.1/24", "fd91:1::1/64"),
-        (&b1, "e1", "10.91.1.2/24", "fd91:1::2/64"),
-        (&r, "r2", "10.91.2.1/24", "fd91:2::1/64"),
-        (&b2, "e2", "10.91.2.2/24", "fd91:2::2/64"),
+    // Full-sized segments on the wire, as a NIC without offloads would send them.
+    t.link(("c", "c0"), ("r", "r0")).unwrap();
+    t.link(("r", "r1"), ("b1", "e1")).unwrap();
+    t.link(("r", "r2"), ("b2", "e2")).unwrap();
+    for (role, dev, v4, v6) in [
+        ("c", "c0", "10.91.0.2/24", "fd91::2/64"),
+        ("r", "r0", "10.91.0.1/24", "fd91::1/64"),
+        ("r", "r1", "10.91.1.1/24", "fd91:1::1/64"),
+        ("b1", "e1", "10.91.1.2/24", "fd91:1::2/64"),
+        ("r", "r2", "10.91.2.1/24", "fd91:2::1/64"),
+        ("b2", "e2", "10.91.2.2/24", "fd91:2::2/64"),
     ] {
-        ns.run(&format!("ip addr add {v4} dev {dev}")).unwrap();
-        ns.run(&format!("ip -6 addr add {v6} dev {dev} nodad")).unwrap();
-        // Full-sized segments on the wire, as a NIC without offloads would send them.
-        ns.run(&format!("ethtool -K {dev} tso off gso off gro off")).unwrap();
+        t.address(role, dev, v4).unwrap();
+        t.address(role, dev, v6).unwrap();
     }
-    c.run("ip route add default via 10.91.0.1").unwrap();
-    c.run("ip -6 route add default via fd91::1").unwrap();
+    t.default_routes("c", "10.91.0.1", "fd91::1").unwrap();
+    let (c, r, b1, b2) = (&t["c"], &t["r"], &t["b1"], &t["b2"]);
     // A blackholed connect gives up after ~3 s instead of two minutes.
     c.run("sysctl -qw net.ipv4.tcp_syn_retries=1").unwrap();
-    for (b, gw4, gw6) in [(&b1, "10.91.1.1", "fd91:1::1"), (&b2, "10.91.2.1", "fd91:2::1")] {
-        b.run(&format!("ip addr add {VIP4}/32 dev lo")).unwrap();
-        b.run(&format!("ip -6 addr add {VIP6}/128 dev lo nodad")).unwrap();
-        b.run(&format!("ip route add default via {gw4}")).unwrap();
-        b.run(&format!("ip -6 route add default via {gw6}")).unwrap();
+    for (b, gw4, gw6) in [("b1", "10.91.1.1", "fd91:1::1"), ("b2", "10.91.2.1", "fd91:2::1")] {
+        t.address(b, "lo", &format!("{VIP4}/32")).unwrap();
+        t.address(b, "lo", &format!("{VIP6}/128")).unwrap();
+        t.default_routes(b, gw4, gw6).unwrap();
     }
-    r.run("sysctl -qw net.ipv4.ip_forward=1").unwrap();
-    r.run("sysctl -qw net.ipv6.conf.all.forwarding=1").unwrap();
+    t.forwarding("r").unwrap();
     // The load balancer: the connection's source port picks the backend.
     r.run("nft add table inet lb").unwrap();
     r.run("nft add chain inet lb pre { type filter hook prerouting priority -150 ; }").unwrap();
@@ -97,7 +84,7 @@ fn build(pid: u32) -> Lab {
         ns.run("nft add rule inet loss out meta l4proto tcp numgen random mod 100 < 1 drop")
             .unwrap();
     }
-    Lab { c, r, b1, b2 }
+    t
 }
 
 fn fault_on(r: &Netns) {
@@ -121,7 +108,7 @@ fn serve(ns: &Netns, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>>
             let stop = stop.clone();
             let addr = SocketAddr::new(vip.parse().unwrap(), 8080);
             std::thread::spawn(move || {
-                dataplane::netns::enter_current_thread(&ns).unwrap();
+                wirewatch_testkit::netns::enter_current_thread(&ns).unwrap();
                 let l = std::net::TcpListener::bind(addr).unwrap();
                 l.set_nonblocking(true).unwrap();
                 while !stop.load(Ordering::Relaxed) {
@@ -227,7 +214,7 @@ struct Captures {
     completed: usize,
 }
 
-fn capture(lab: &Lab, dir: &Path, tag: &str) -> Captures {
+fn capture(lab: &Topology, dir: &Path, tag: &str) -> Captures {
     let cap = Captures {
         front: dir.join(format!("front-{tag}.pcap")),
         b1: dir.join(format!("b1-{tag}.pcap")),
@@ -235,12 +222,12 @@ fn capture(lab: &Lab, dir: &Path, tag: &str) -> Captures {
         completed: 0,
     };
     let mut dumps = vec![
-        tcpdump(&lab.r, "r0", &cap.front),
-        tcpdump(&lab.b1, "e1", &cap.b1),
-        tcpdump(&lab.b2, "e2", &cap.b2),
+        tcpdump(&lab["r"], "r0", &cap.front),
+        tcpdump(&lab["b1"], "e1", &cap.b1),
+        tcpdump(&lab["b2"], "e2", &cap.b2),
     ];
     std::thread::sleep(Duration::from_millis(800));
-    let completed = traffic(&lab.c);
+    let completed = traffic(&lab["c"]);
     std::thread::sleep(Duration::from_millis(500));
     for d in &mut dumps {
         let _ = Command::new("kill").args(["-INT", &d.id().to_string()]).status();
@@ -255,12 +242,11 @@ fn parallel_backends_are_not_serial_sensors() {
         return;
     }
     let pid = std::process::id();
-    let dir = std::env::temp_dir().join(format!("ww-vantages-{pid}"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("vantages");
     let lab = build(pid);
     let stop = Arc::new(AtomicBool::new(false));
-    let mut servers = serve(&lab.b1, &stop);
-    servers.extend(serve(&lab.b2, &stop));
+    let mut servers = serve(&lab["b1"], &stop);
+    servers.extend(serve(&lab["b2"], &stop));
     std::thread::sleep(Duration::from_millis(300));
     let t0 = Instant::now();
 
@@ -283,7 +269,7 @@ fn parallel_backends_are_not_serial_sensors() {
     assert_eq!(serial.count("lost_between_sensors"), 0, "{:?}", serial.of("lost_between_sensors"));
 
     // Fault on: one connection per family sprayed, one per family blackholed.
-    fault_on(&lab.r);
+    fault_on(&lab["r"]);
     let on = capture(&lab, &dir, "on");
     let backends = analyze(&dir, "on-backends", &[&on.b1, &on.b2]);
     assert_eq!(
@@ -349,5 +335,4 @@ fn parallel_backends_are_not_serial_sensors() {
     }
     eprintln!("vantages test took {:?}", t0.elapsed());
     drop(lab);
-    let _ = std::fs::remove_dir_all(&dir);
 }

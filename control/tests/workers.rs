@@ -3,6 +3,8 @@
 //! 2, 4 and 16 workers gives the same events, field for field, and the same counts.
 use std::process::Command;
 
+use wirewatch_testkit::tempdir::TempDir;
+
 fn analyze(
     pcap: &std::path::Path,
     workers: usize,
@@ -39,8 +41,7 @@ fn analyze(
 
 #[test]
 fn events_and_counts_are_the_same_at_1_2_4_and_16_workers() {
-    let dir = std::env::temp_dir().join(format!("ww-workers-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("workers");
     let pcap = dir.join("model.pcap");
     bench::gen::generate(
         &bench::gen::Model {
@@ -77,20 +78,18 @@ fn events_and_counts_are_the_same_at_1_2_4_and_16_workers() {
         };
         assert_eq!(strip(&kinds), strip(&one_kinds), "{w} workers: counts per kind");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A handshake whose deadline falls after the last packet of its own worker but before the
 /// end of the input still times out: every worker's clock ends at the input's last packet.
 #[test]
 fn a_deadline_after_a_workers_last_packet_still_fires() {
-    use dataplane::craft::TcpSegment;
     use dataplane::packet::decode;
     use dataplane::pcapng::PcapngWriter;
     use dataplane::pipeline::shard_of;
     use dataplane_common::tcp_flags::{ACK, SYN};
-    let dir = std::env::temp_dir().join(format!("ww-workers-end-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    use wirewatch_testkit::craft::TcpSegment;
+    let dir = TempDir::new("workers-end");
     let (c, s) = ("10.9.0.1".parse().unwrap(), "10.9.0.2".parse().unwrap());
     let lone = {
         let mut g = TcpSegment::new(c, 40000, s, 443);
@@ -126,14 +125,12 @@ fn a_deadline_after_a_workers_last_packet_still_fires() {
         assert_eq!(syn.len(), 1, "{workers} worker(s): {evs:?}");
         assert_eq!(syn[0]["flow"]["dport"], 443);
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Evidence is one budget for the process (10 files a second by default), not one per worker.
 #[test]
 fn the_evidence_budget_does_not_grow_with_workers() {
-    let dir = std::env::temp_dir().join(format!("ww-workers-ev-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("workers-ev");
     let pcap = dir.join("model.pcap");
     bench::gen::generate(
         &bench::gen::Model {
@@ -174,7 +171,6 @@ fn the_evidence_budget_does_not_grow_with_workers() {
         files[0],
         files[1]
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Two vantages (either side of a filter): a server that the inside vantage saw talking is
@@ -182,11 +178,10 @@ fn the_evidence_budget_does_not_grow_with_workers() {
 /// the two flows landed on. Learning from every packet, not per worker, makes it so.
 #[test]
 fn losses_between_vantages_do_not_depend_on_workers() {
-    use dataplane::craft::TcpSegment;
     use dataplane::pcapng::PcapngWriter;
     use dataplane_common::tcp_flags::{ACK, PSH, SYN};
-    let dir = std::env::temp_dir().join(format!("ww-workers-vantage-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    use wirewatch_testkit::craft::TcpSegment;
+    let dir = TempDir::new("workers-vantage");
     let (outside, inside) = (dir.join("outside.pcapng"), dir.join("inside.pcapng"));
     let mut wo = PcapngWriter::new(std::fs::File::create(&outside).unwrap()).unwrap();
     let mut wi = PcapngWriter::new(std::fs::File::create(&inside).unwrap()).unwrap();
@@ -285,18 +280,16 @@ fn losses_between_vantages_do_not_depend_on_workers() {
         );
         assert!(got == one, "{workers} workers: the losses differ from 1 worker's");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// More simultaneous handshakes than the side-state pool holds: the summary says how many
 /// handshake timings were given up, instead of dropping them silently.
 #[test]
 fn running_out_of_side_state_is_reported() {
-    use dataplane::craft::TcpSegment;
     use dataplane::pcapng::PcapngWriter;
     use dataplane_common::tcp_flags::SYN;
-    let dir = std::env::temp_dir().join(format!("ww-workers-limits-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    use wirewatch_testkit::craft::TcpSegment;
+    let dir = TempDir::new("workers-limits");
     let pcap = dir.join("syns.pcapng");
     let mut w = PcapngWriter::new(std::fs::File::create(&pcap).unwrap()).unwrap();
     w.interface("tap0", 128).unwrap();
@@ -326,5 +319,4 @@ fn running_out_of_side_state_is_reported() {
         s["engine_limits"]
     );
     assert_eq!(s["engine_limits"]["side_state_refused"], 0);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -856,7 +856,7 @@ mod tests {
 
     #[test]
     fn cooked_and_raw_link_types_become_ethernet() {
-        use crate::craft::TcpSegment;
+        use wirewatch_testkit::craft::TcpSegment;
         let seg = TcpSegment::new("10.0.0.1".parse().unwrap(), 1, "10.0.0.2".parse().unwrap(), 2);
         let ip = seg.ip_bytes();
         let want = crate::packet::decode(&seg.frame(), seg.frame().len() as u32, 0, 0).unwrap();
@@ -927,7 +927,7 @@ mod tests {
 
     #[test]
     fn bsd_loopback_link_types_in_either_byte_order() {
-        use crate::craft::TcpSegment;
+        use wirewatch_testkit::craft::TcpSegment;
         let v4 = TcpSegment::new("10.0.0.1".parse().unwrap(), 1, "10.0.0.2".parse().unwrap(), 2);
         let v6 = TcpSegment::new("fd00::1".parse().unwrap(), 3, "fd00::2".parse().unwrap(), 4);
         for (seg, lt, header, ok) in [

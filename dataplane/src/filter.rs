@@ -396,8 +396,9 @@ impl<'a> Parser<'a> {
 
 #[cfg(test)]
 mod tests {
+    use wirewatch_testkit::craft::TcpSegment;
+
     use super::*;
-    use crate::craft::TcpSegment;
     use crate::packet::decode;
 
     fn pkt(src: &str, sport: u16, dst: &str, dport: u16, vlan: u16) -> TcpPacket {

@@ -2,14 +2,11 @@
 //! (live and capture files), the per-flow TCP tracker and the detectors.
 pub mod anomaly;
 pub mod capture;
-pub mod craft;
-pub mod encap;
 pub mod engine;
 pub mod evidence;
 pub mod filter;
 pub mod flow;
 pub mod loader;
-pub mod netns;
 pub mod nicstats;
 pub mod packet;
 pub mod pcapng;
@@ -17,7 +14,6 @@ pub mod pipeline;
 pub mod schema;
 pub mod seq;
 pub mod tcp;
-pub mod traffic;
 pub mod vantage;
 pub mod worker;
 pub mod xsk;

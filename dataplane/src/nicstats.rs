@@ -189,14 +189,17 @@ mod tests {
 
     #[test]
     fn a_veth_reports_its_queues_through_the_ioctl() {
-        if !crate::netns::privileged_or_skip("a_veth_reports_its_queues_through_the_ioctl") {
+        if !wirewatch_testkit::netns::privileged_or_skip(
+            "a_veth_reports_its_queues_through_the_ioctl",
+        ) {
             return;
         }
-        let ns = crate::netns::Netns::create(&format!("wwns{}", std::process::id())).unwrap();
-        ns.run("ip link add n0 numrxqueues 3 numtxqueues 3 type veth peer name n1").unwrap();
-        let name = ns.name.clone();
+        let mut t = wirewatch_testkit::topology::Topology::new();
+        t.namespace("n", &format!("wwns{}", std::process::id())).unwrap();
+        t.veth_with_queues(("n", "n0"), ("n", "n1"), 3).unwrap();
+        let name = t["n"].name.clone();
         let stats = std::thread::spawn(move || {
-            crate::netns::enter_current_thread(&name).unwrap();
+            wirewatch_testkit::netns::enter_current_thread(&name).unwrap();
             (ethtool_stats("n0"), ethtool_stats("nosuch0").is_err())
         })
         .join()

@@ -340,8 +340,9 @@ fn not_tcp_cause(frame: &[u8]) -> Unread {
 
 #[cfg(test)]
 mod tests {
+    use wirewatch_testkit::craft::TcpSegment;
+
     use super::*;
-    use crate::craft::TcpSegment;
 
     fn cause(frame: &[u8], orig_len: usize) -> Unread {
         let e = decode(frame, orig_len as u32, 0, 0).unwrap_err();

@@ -22,8 +22,9 @@ pub fn shard_of_key(k: &FlowKey, workers: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use wirewatch_testkit::craft::TcpSegment;
+
     use super::*;
-    use crate::craft::TcpSegment;
     use crate::packet::decode;
 
     #[test]

@@ -6,10 +6,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicIsize, AtomicUsize};
 
-use dataplane::craft::TcpSegment;
 use dataplane::engine::{Engine, EngineConfig};
 use dataplane::flow::FlowRecord;
 use dataplane_common::tcp_flags::SYN;
+use wirewatch_testkit::craft::TcpSegment;
 
 struct Counting;
 static LIVE: AtomicIsize = AtomicIsize::new(0);

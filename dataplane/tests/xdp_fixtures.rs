@@ -3,16 +3,17 @@
 use std::net::IpAddr;
 
 use aya::programs::{TestRun, TestRunOptions};
-use dataplane::craft::TcpSegment;
-use dataplane::encap::{wrap, Encap, Outer};
 use dataplane::filter::Filter;
 use dataplane::loader::XdpProgram;
-use dataplane::netns::{privileged_or_skip, Netns};
 use dataplane::packet::decode;
 use dataplane::xsk::{CopyMode, XskOptions, XskQueue, ZeroCopyPolicy};
 use dataplane_common::{
     classify, tcp_flags, Outcome, XdpConfig, XdpMeta, META_F_TRUNCATED, META_MAGIC, XDP_META_LEN,
 };
+use wirewatch_testkit::craft::TcpSegment;
+use wirewatch_testkit::encap::{wrap, Encap, Outer};
+use wirewatch_testkit::netns::{privileged_or_skip, Netns};
+use wirewatch_testkit::topology::Topology;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -353,17 +354,16 @@ fn xdp_program_fixture_table() {
     if !privileged_or_skip("xdp_program_fixture_table") {
         return;
     }
-    let ns = Netns::create(&format!("wwfx{}", std::process::id())).unwrap();
+    let mut t = Topology::new();
+    t.namespace("fx", &format!("wwfx{}", std::process::id())).unwrap();
     // Two RX queues: queue 0 gets an AF_XDP socket, queue 1 does not.
-    ns.run("ip link add fx0 numrxqueues 2 numtxqueues 2 type veth peer name fx1 numrxqueues 2 numtxqueues 2")
-        .unwrap();
-    ns.run("ip link set fx0 up").unwrap();
-    ns.run("ip link set fx1 up").unwrap();
-    let idx = ifindex(&ns, "fx0");
+    t.veth_with_queues(("fx", "fx0"), ("fx", "fx1"), 2).unwrap();
+    let ns = &t["fx"];
+    let idx = ifindex(ns, "fx0");
 
     let ns_name = ns.name.clone();
     let failures = std::thread::spawn(move || {
-        dataplane::netns::enter_current_thread(&ns_name).unwrap();
+        wirewatch_testkit::netns::enter_current_thread(&ns_name).unwrap();
         let mut prog =
             XdpProgram::load(XdpConfig::default()).expect("verifier accepts the program");
         let opts =
@@ -485,13 +485,14 @@ fn xdp_filter_agrees_with_user_space() {
         frames.push(wrap(&syn_v4().frame(), &encap, &outer));
         frames.push(wrap(&data_v6(&[]).frame(), &encap, &outer));
     }
-    let ns = Netns::create(&format!("wwdcf{}", std::process::id())).unwrap();
-    ns.run("ip link add ff0 numrxqueues 2 numtxqueues 2 type veth peer name ff1").unwrap();
-    ns.run("ip link set ff0 up").unwrap();
-    let idx = ifindex(&ns, "ff0");
+    let mut t = Topology::new();
+    t.namespace("ff", &format!("wwdcf{}", std::process::id())).unwrap();
+    t.veth_with_queues(("ff", "ff0"), ("ff", "ff1"), 2).unwrap();
+    let ns = &t["ff"];
+    let idx = ifindex(ns, "ff0");
     let ns_name = ns.name.clone();
     let failures = std::thread::spawn(move || {
-        dataplane::netns::enter_current_thread(&ns_name).unwrap();
+        wirewatch_testkit::netns::enter_current_thread(&ns_name).unwrap();
         let mut failures = Vec::new();
         let (mut passed, mut refused) = (0, 0);
         for text in filters {

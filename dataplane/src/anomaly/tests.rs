@@ -2,10 +2,10 @@
 use std::net::IpAddr;
 
 use dataplane_common::tcp_flags::{ACK, FIN, PSH, RST, SYN};
+use wirewatch_testkit::craft::TcpSegment;
 
 use super::loss::verdict;
 use super::{Event, Kind, Role};
-use crate::craft::TcpSegment;
 use crate::engine::{Engine, EngineConfig};
 use crate::packet::decode;
 

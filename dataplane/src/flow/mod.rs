@@ -453,8 +453,9 @@ impl FlowRecord {
 
 #[cfg(test)]
 mod tests {
+    use wirewatch_testkit::craft::TcpSegment;
+
     use super::*;
-    use crate::craft::TcpSegment;
     use crate::packet::decode;
 
     fn pkt(src: &str, sport: u16, dst: &str, dport: u16) -> TcpPacket {

@@ -450,8 +450,9 @@ impl FlowTable {
 
 #[cfg(test)]
 mod tests {
+    use wirewatch_testkit::craft::TcpSegment;
+
     use super::*;
-    use crate::craft::TcpSegment;
     use crate::packet::decode;
     use crate::tcp::ConnState;
 

@@ -42,6 +42,20 @@ pub fn abort_on_close(s: &TcpStream) -> io::Result<()> {
     setsockopt(s, libc::SOL_SOCKET, libc::SO_LINGER, &libc::linger { l_onoff: 1, l_linger: 0 })
 }
 
+/// Reads until the peer closes or the connection fails (a reset ends an upload too); returns
+/// the bytes read.
+pub fn drain(s: &mut impl io::Read) -> usize {
+    let mut buf = vec![0u8; 65536];
+    let mut got = 0;
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    got
+}
+
 /// Listens on `addr` inside namespace `ns` and runs `f` on the first accepted connection.
 /// Returns once the socket is listening. `rcvbuf` is set on the listener (inherited).
 pub fn serve_once<T: Send + 'static>(
