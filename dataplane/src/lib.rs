@@ -8,6 +8,7 @@ pub mod engine;
 pub mod evidence;
 pub mod filter;
 pub mod flow;
+pub mod host;
 pub mod loader;
 pub mod netns;
 pub mod nicstats;
