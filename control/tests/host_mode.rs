@@ -1,0 +1,286 @@
+//! Host mode (issue 16): `run --host` on the interface a server's own connections use. Real
+//! kernel TCP between a client namespace and a server namespace, IPv4 and IPv6; wirewatch runs
+//! inside the server's namespace on the server's own interface, with tcpdump beside it as the
+//! oracle of what crossed that interface. While it is attached:
+//! - every HTTP-like exchange completes with the right bytes (nothing is taken from the host),
+//!   and the exchanges last longer than the handshake timeout, so a missing direction would
+//!   show as `one_sided`: none does;
+//! - wirewatch's own record holds, per connection and per direction, exactly the TCP frames
+//!   tcpdump captured there (ingress through XDP, egress through TC), and the run summary
+//!   accounts for every copied frame with no loss;
+//! - seed incident B at a host vantage: the server's own firewall drops SYNs to one port while
+//!   another port keeps answering: `service_blackhole` for that port, nothing for the other.
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use dataplane::netns::{enter_current_thread, privileged_or_skip, veth, Netns};
+use dataplane::traffic::connect_from;
+
+const SERVERS: [&str; 2] = ["10.83.0.2", "fd83::2"];
+const OPEN: u16 = 8080;
+const DROPPED: u16 = 8081;
+/// Long exchanges: each response is CHUNKS chunks of CHUNK bytes, one every CHUNK_GAP, so a
+/// connection lasts ~3.75 s, longer than the 3 s handshake timeout `one_sided` waits for.
+const CHUNK: usize = 16 * 1024;
+const CHUNKS: usize = 16;
+const CHUNK_GAP: Duration = Duration::from_millis(250);
+
+/// The response body's byte `j` for request `/n`: every connection's bytes differ.
+fn body_byte(n: usize, j: usize) -> u8 {
+    ((j * 7 + n) % 251) as u8
+}
+
+/// Answers each connection on both ports of both server addresses until `stop`: reads the
+/// request line `GET /n …` and its headers, sends a header and the body for `n` in paced
+/// chunks, and closes.
+fn serve(ns: &Netns, stop: &Arc<AtomicBool>) -> Vec<JoinHandle<()>> {
+    let mut out = Vec::new();
+    for addr in SERVERS {
+        for port in [OPEN, DROPPED] {
+            let (ns, stop) = (ns.name.clone(), stop.clone());
+            let (tx, rx) = std::sync::mpsc::channel();
+            out.push(std::thread::spawn(move || {
+                enter_current_thread(&ns).unwrap();
+                let l = TcpListener::bind(SocketAddr::new(addr.parse().unwrap(), port)).unwrap();
+                l.set_nonblocking(true).unwrap();
+                tx.send(()).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    match l.accept() {
+                        Ok((s, _)) => {
+                            std::thread::spawn(move || answer(s));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            }));
+            rx.recv().unwrap();
+        }
+    }
+    out
+}
+
+fn answer(mut s: TcpStream) {
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = Vec::new();
+    let mut buf = [0u8; 512];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(k) => req.extend_from_slice(&buf[..k]),
+        }
+    }
+    let line = String::from_utf8_lossy(&req);
+    let n: usize = line.split(['/', ' ']).nth(2).and_then(|t| t.parse().ok()).unwrap_or(0);
+    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", CHUNK * CHUNKS);
+    if s.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    for c in 0..CHUNKS {
+        let chunk: Vec<u8> = (c * CHUNK..(c + 1) * CHUNK).map(|j| body_byte(n, j)).collect();
+        if s.write_all(&chunk).is_err() {
+            return;
+        }
+        std::thread::sleep(CHUNK_GAP);
+    }
+}
+
+/// One exchange from the client: whether the whole response came back with the right bytes.
+fn exchange(client: &Netns, to: SocketAddr, n: usize) -> JoinHandle<Result<(), String>> {
+    connect_from(&client.name, to, move |s| {
+        let mut s = s.map_err(|e| format!("connect: {e}"))?;
+        s.write_all(format!("GET /{n} HTTP/1.1\r\nHost: ww\r\n\r\n").as_bytes())
+            .map_err(|e| format!("request: {e}"))?;
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).map_err(|e| format!("response: {e}"))?;
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", CHUNK * CHUNKS);
+        let want: Vec<u8> =
+            head.bytes().chain((0..CHUNK * CHUNKS).map(|j| body_byte(n, j))).collect();
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("{} bytes back, {} expected (or different bytes)", got.len(), want.len()))
+        }
+    })
+}
+
+/// Per (source address, source port, destination port): the TCP frames of the test's ports in
+/// a capture, read by tshark.
+fn frames_per_direction(path: &Path) -> BTreeMap<(String, u16, u16), usize> {
+    let o = Command::new("tshark")
+        .args(["-n", "-r"])
+        .arg(path)
+        .args(["-Y", &format!("tcp.port == {OPEN} || tcp.port == {DROPPED}"), "-T", "fields"])
+        .args(["-e", "ip.src", "-e", "ipv6.src", "-e", "tcp.srcport", "-e", "tcp.dstport"])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "tshark {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let mut out = BTreeMap::new();
+    for line in String::from_utf8_lossy(&o.stdout).lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        let src = if f[0].is_empty() { f[1] } else { f[0] };
+        *out.entry((src.to_string(), f[2].parse().unwrap(), f[3].parse().unwrap())).or_insert(0) +=
+            1;
+    }
+    out
+}
+
+/// Stops a child with SIGINT and waits for it.
+fn interrupt(child: &mut Child) -> std::process::ExitStatus {
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    child.wait().unwrap()
+}
+
+#[test]
+fn host_mode_watches_the_hosts_own_connections_without_touching_them() {
+    if !privileged_or_skip("host_mode") {
+        return;
+    }
+    let pid = std::process::id();
+    let dir = std::env::temp_dir().join(format!("ww-host-mode-{pid}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let c = Netns::create(&format!("wwhc{pid}")).unwrap();
+    let s = Netns::create(&format!("wwhs{pid}")).unwrap();
+    veth(&c, "c0", &s, "s0").unwrap();
+    for (ns, dev, v4, v6) in
+        [(&c, "c0", "10.83.0.1/24", "fd83::1/64"), (&s, "s0", "10.83.0.2/24", "fd83::2/64")]
+    {
+        ns.run(&format!("ip addr add {v4} dev {dev}")).unwrap();
+        ns.run(&format!("ip -6 addr add {v6} dev {dev} nodad")).unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let servers = serve(&s, &stop);
+
+    let (cap, rec) = (dir.join("oracle.pcap"), dir.join("record.pcapng"));
+    let (events, summary) = (dir.join("events.jsonl"), dir.join("summary.json"));
+    let mut dump = s
+        .command("tcpdump")
+        .args(["-i", "s0", "-s", "128", "--immediate-mode", "-U", "-w"])
+        .arg(&cap)
+        .arg("tcp")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut ww = s
+        .command(env!("CARGO_BIN_EXE_wirewatch"))
+        .args(["run", "--host", "--iface", "s0", "--metrics", "127.0.0.1:0", "--events"])
+        .arg(&events)
+        .arg("--record")
+        .arg(&rec)
+        .arg("--summary-json")
+        .arg(&summary)
+        .arg("--evidence-dir")
+        .arg(dir.join("evidence"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let attached = Instant::now();
+    while !s.run("ip -d link show s0").unwrap().contains("prog/xdp") {
+        assert!(ww.try_wait().unwrap().is_none(), "wirewatch run --host exited at start");
+        assert!(attached.elapsed() < Duration::from_secs(20), "XDP never attached to s0");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The egress program is attached right after the XDP one, tcpdump needs a moment too.
+    std::thread::sleep(Duration::from_millis(800));
+
+    // Healthy: four long exchanges per family, all at once.
+    let to = |a: &str, port| SocketAddr::new(a.parse().unwrap(), port);
+    let healthy: Vec<_> = SERVERS
+        .iter()
+        .flat_map(|a| (0..4).map(move |i| (*a, i)))
+        .map(|(a, i)| exchange(&c, to(a, OPEN), i))
+        .collect();
+    for (i, h) in healthy.into_iter().enumerate() {
+        assert_eq!(h.join().unwrap(), Ok(()), "exchange {i} while wirewatch watches the host");
+    }
+
+    // Seed incident B from the host: its own firewall eats SYNs to one port; the other port
+    // keeps answering (two more exchanges per family during the fault).
+    s.run("nft add table inet wwh").unwrap();
+    s.run("nft add chain inet wwh input { type filter hook input priority 0 ; }").unwrap();
+    s.run(&format!("nft add rule inet wwh input tcp dport {DROPPED} tcp flags syn drop")).unwrap();
+    let control: Vec<_> = SERVERS
+        .iter()
+        .flat_map(|a| (4..6).map(move |i| (*a, i)))
+        .map(|(a, i)| exchange(&c, to(a, OPEN), i))
+        .collect();
+    let eaten: Vec<_> = SERVERS
+        .iter()
+        .flat_map(|a| std::iter::repeat_n(to(a, DROPPED), 5))
+        .map(|to| connect_from(&c.name, to, |s| s.is_ok()))
+        .collect();
+    for h in control {
+        assert_eq!(h.join().unwrap(), Ok(()), "the open port works during the fault");
+    }
+    assert!(eaten.into_iter().all(|h| !h.join().unwrap()), "no SYN to {DROPPED} is answered");
+    std::thread::sleep(Duration::from_millis(500));
+
+    let status = interrupt(&mut ww);
+    let mut err = String::new();
+    ww.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "wirewatch run --host: {status}: {err}");
+    interrupt(&mut dump);
+    stop.store(true, Ordering::Relaxed);
+    for h in servers {
+        h.join().unwrap();
+    }
+    // Detached on the way out: the interface is the host's again.
+    assert!(!s.run("ip -d link show s0").unwrap().contains("prog/xdp"));
+
+    // Both directions, frame for frame: what tcpdump saw on s0 is what wirewatch recorded.
+    let seen = frames_per_direction(&rec);
+    let oracle = frames_per_direction(&cap);
+    assert_eq!(seen, oracle, "per direction: wirewatch's record vs tcpdump on s0");
+    let from_server = oracle.keys().filter(|k| SERVERS.contains(&k.0.as_str())).count();
+    assert_eq!(from_server, 2 * 6, "the server's side of every answered connection is there");
+
+    let sum: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    let loss = &sum["loss"];
+    let copied = loss["host_copied"].as_u64().unwrap();
+    assert!(copied > 0, "{loss}");
+    assert_eq!(loss["socket_received"].as_u64(), Some(copied), "{loss}");
+    assert_eq!(loss["engine_received"].as_u64(), Some(copied), "{loss}");
+    assert_eq!(loss["lost_total"].as_u64(), Some(0), "{loss}");
+    assert_eq!(loss["unattributed"].as_u64(), Some(0), "{loss}");
+
+    let ev: Vec<serde_json::Value> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    dataplane::schema::validate_events(&ev).unwrap();
+    let of = |kind: &str, server: &str, port: u16| {
+        ev.iter()
+            .filter(|e| e["kind"] == kind && e["dest_ip"] == server && e["dest_port"] == port)
+            .collect::<Vec<_>>()
+    };
+    assert!(ev.iter().all(|e| e["kind"] != "one_sided"), "{ev:#?}");
+    assert!(ev.iter().all(|e| e["dest_port"] != OPEN), "the open port is quiet: {ev:#?}");
+    for server in SERVERS {
+        let holes = of("service_blackhole", server, DROPPED);
+        assert_eq!(holes.len(), 1, "{server}: {ev:#?}");
+        let h = holes[0];
+        assert_eq!(h["vantage"], "s0", "{h}");
+        assert_eq!(h["culprit"]["addr"], server, "{h}");
+        assert_eq!(h["culprit"]["port"], DROPPED, "{h}");
+        // Five eaten connections: the first ones reported one by one, the rest folded.
+        let one_by_one = of("syn_unanswered", server, DROPPED).len() as u64;
+        assert_eq!(one_by_one + h["count"].as_u64().unwrap(), 5, "{h}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
