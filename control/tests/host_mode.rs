@@ -3,8 +3,8 @@
 //! inside the server's namespace on the server's own interface, with tcpdump beside it as the
 //! oracle of what crossed that interface. While it is attached:
 //! - every HTTP-like exchange completes with the right bytes (nothing is taken from the host),
-//!   and the exchanges last longer than the handshake timeout, so a missing direction would
-//!   show as `one_sided`: none does;
+//!   and data flows both ways for longer than the handshake timeout, so a missing direction
+//!   would show as `one_sided`: none does;
 //! - wirewatch's own record holds, per connection and per direction, exactly the TCP frames
 //!   tcpdump captured there (ingress through XDP, egress through TC), and the run summary
 //!   accounts for every copied frame with no loss;
@@ -26,20 +26,25 @@ use dataplane::traffic::connect_from;
 const SERVERS: [&str; 2] = ["10.83.0.2", "fd83::2"];
 const OPEN: u16 = 8080;
 const DROPPED: u16 = 8081;
-/// Long exchanges: each response is CHUNKS chunks of CHUNK bytes, one every CHUNK_GAP, so a
-/// connection lasts ~3.75 s, longer than the 3 s handshake timeout `one_sided` waits for.
-const CHUNK: usize = 16 * 1024;
-const CHUNKS: usize = 16;
-const CHUNK_GAP: Duration = Duration::from_millis(250);
+/// Long exchanges in both directions: each connection is ROUNDS keep-alive requests, one every
+/// ROUND_GAP, each answered with RESPONSE bytes, so data flows both ways for ~4 s, longer than
+/// the 3 s `one_sided` waits for before it calls a direction missing.
+const ROUNDS: usize = 16;
+const ROUND_GAP: Duration = Duration::from_millis(250);
+const RESPONSE: usize = 16 * 1024;
 
-/// The response body's byte `j` for request `/n`: every connection's bytes differ.
-fn body_byte(n: usize, j: usize) -> u8 {
-    ((j * 7 + n) % 251) as u8
+/// The body of the answer to `GET /n/r`: every connection's and round's bytes differ.
+fn body(n: usize, r: usize) -> Vec<u8> {
+    (0..RESPONSE).map(|j| ((j * 7 + n * 31 + r) % 251) as u8).collect()
 }
 
-/// Answers each connection on both ports of both server addresses until `stop`: reads the
-/// request line `GET /n …` and its headers, sends a header and the body for `n` in paced
-/// chunks, and closes.
+fn response(n: usize, r: usize) -> Vec<u8> {
+    let mut out = format!("HTTP/1.1 200 OK\r\nContent-Length: {RESPONSE}\r\n\r\n").into_bytes();
+    out.extend(body(n, r));
+    out
+}
+
+/// Answers each connection on both ports of both server addresses until `stop`.
 fn serve(ns: &Netns, stop: &Arc<AtomicBool>) -> Vec<JoinHandle<()>> {
     let mut out = Vec::new();
     for addr in SERVERS {
@@ -66,48 +71,45 @@ fn serve(ns: &Netns, stop: &Arc<AtomicBool>) -> Vec<JoinHandle<()>> {
     out
 }
 
+/// Answers `GET /n/r` requests on one connection until the client closes it.
 fn answer(mut s: TcpStream) {
     s.set_nonblocking(false).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = Vec::new();
+    let mut pending = Vec::new();
     let mut buf = [0u8; 512];
-    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+    loop {
+        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let req: Vec<u8> = pending.drain(..end + 4).collect();
+            let line = String::from_utf8_lossy(&req);
+            let mut nums = line.split(['/', ' ']).skip(2).map(|t| t.parse().unwrap_or(0));
+            let (n, r) = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
+            if s.write_all(&response(n, r)).is_err() {
+                return;
+            }
+        }
         match s.read(&mut buf) {
             Ok(0) | Err(_) => return,
-            Ok(k) => req.extend_from_slice(&buf[..k]),
+            Ok(k) => pending.extend_from_slice(&buf[..k]),
         }
-    }
-    let line = String::from_utf8_lossy(&req);
-    let n: usize = line.split(['/', ' ']).nth(2).and_then(|t| t.parse().ok()).unwrap_or(0);
-    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", CHUNK * CHUNKS);
-    if s.write_all(head.as_bytes()).is_err() {
-        return;
-    }
-    for c in 0..CHUNKS {
-        let chunk: Vec<u8> = (c * CHUNK..(c + 1) * CHUNK).map(|j| body_byte(n, j)).collect();
-        if s.write_all(&chunk).is_err() {
-            return;
-        }
-        std::thread::sleep(CHUNK_GAP);
     }
 }
 
-/// One exchange from the client: whether the whole response came back with the right bytes.
+/// One connection from the client: whether every answer came back with the right bytes.
 fn exchange(client: &Netns, to: SocketAddr, n: usize) -> JoinHandle<Result<(), String>> {
     connect_from(&client.name, to, move |s| {
         let mut s = s.map_err(|e| format!("connect: {e}"))?;
-        s.write_all(format!("GET /{n} HTTP/1.1\r\nHost: ww\r\n\r\n").as_bytes())
-            .map_err(|e| format!("request: {e}"))?;
-        let mut got = Vec::new();
-        s.read_to_end(&mut got).map_err(|e| format!("response: {e}"))?;
-        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", CHUNK * CHUNKS);
-        let want: Vec<u8> =
-            head.bytes().chain((0..CHUNK * CHUNKS).map(|j| body_byte(n, j))).collect();
-        if got == want {
-            Ok(())
-        } else {
-            Err(format!("{} bytes back, {} expected (or different bytes)", got.len(), want.len()))
+        for r in 0..ROUNDS {
+            s.write_all(format!("GET /{n}/{r} HTTP/1.1\r\nHost: ww\r\n\r\n").as_bytes())
+                .map_err(|e| format!("request {r}: {e}"))?;
+            let want = response(n, r);
+            let mut got = vec![0u8; want.len()];
+            s.read_exact(&mut got).map_err(|e| format!("response {r}: {e}"))?;
+            if got != want {
+                return Err(format!("response {r}: different bytes"));
+            }
+            std::thread::sleep(ROUND_GAP);
         }
+        Ok(())
     })
 }
 
@@ -198,7 +200,7 @@ fn host_mode_watches_the_hosts_own_connections_without_touching_them() {
     // The egress program is attached right after the XDP one, tcpdump needs a moment too.
     std::thread::sleep(Duration::from_millis(800));
 
-    // Healthy: four long exchanges per family, all at once.
+    // Healthy: four long connections per family, all at once.
     let to = |a: &str, port| SocketAddr::new(a.parse().unwrap(), port);
     let healthy: Vec<_> = SERVERS
         .iter()
