@@ -431,6 +431,98 @@ fn fixture_frames() -> Vec<(&'static str, Vec<u8>, bool)> {
     frames
 }
 
+/// Host mode's programs on the fixture frames: the XDP program (copy the headers into the
+/// ring, pass the frame) against a bare XDP_PASS and against span mode's socket-bound path
+/// measured in the same run, and the TC egress program against a bare classifier.
+/// Informational rows, no target.
+fn host_rows(
+    rows: &mut Vec<Row>,
+    args: &Args,
+    bare: &std::os::fd::OwnedFd,
+    span_ns: &[(&str, u32)],
+) -> Result<()> {
+    use std::os::fd::AsFd as _;
+    let mut prog = dataplane::loader::XdpProgram::load_host(
+        dataplane_common::XdpConfig { snaplen: 128, ..Default::default() },
+        None,
+        dataplane::host::RING_BYTES,
+    )?;
+    let mut ring = prog.take_host_ring()?;
+    let bare_tc = bpf::constant_classifier(bpf::TCX_NEXT, "ww_bench_tc")?;
+    let ratio = |a: u32, b: u32| format!("{:.2}×", f64::from(a) / f64::from(b.max(1)));
+    for (name, frame, plain) in fixture_frames() {
+        let fd = prog.program().fd()?.as_fd().try_clone_to_owned()?;
+        let ours =
+            drained(&mut ring, args.xdp_repeat, |n| bpf::test_run(&fd, &frame, n, 1, false))?;
+        let base = bpf::test_run(bare, &frame, args.xdp_repeat, 1, false)?;
+        row(
+            rows,
+            &format!("XDP host mode, {name}"),
+            format!("{} ns/pkt (verdict {})", ours.ns_per_run, ours.retval),
+            format!("bare XDP_PASS {} ns", base.ns_per_run),
+            ratio(ours.ns_per_run, base.ns_per_run),
+            "—",
+            None,
+        );
+        if let Some((_, span)) = span_ns.iter().find(|(n, _)| *n == name) {
+            row(
+                rows,
+                &format!("XDP host vs span mode, {name}"),
+                format!("host {} ns/pkt", ours.ns_per_run),
+                format!("span, socket bound {span} ns"),
+                ratio(ours.ns_per_run, *span),
+                "—",
+                None,
+            );
+        }
+        if plain {
+            let fd = prog.egress().fd()?.as_fd().try_clone_to_owned()?;
+            let ours = drained(&mut ring, args.xdp_repeat, |n| bpf::test_run_skb(&fd, &frame, n))?;
+            let base = bpf::test_run_skb(&bare_tc, &frame, args.xdp_repeat)?;
+            row(
+                rows,
+                &format!("TC egress host mode, {name}"),
+                format!("{} ns/pkt (verdict {})", ours.ns_per_run, ours.retval as i32),
+                format!("bare classifier {} ns", base.ns_per_run),
+                ratio(ours.ns_per_run, base.ns_per_run),
+                "—",
+                None,
+            );
+        }
+    }
+    let full = prog.counters()?.get(dataplane_common::Outcome::HostRingFull);
+    if full > 0 {
+        println!(
+            "host mode rows: {full} repetitions found the ring full (they measured the refusal)"
+        );
+    }
+    Ok(())
+}
+
+/// `repeat` test runs of a host-mode program in chunks that fill at most half the ring, with
+/// the ring drained between them: every repetition takes the copy path (a full ring would
+/// measure the cheaper refusal). The kernel's average, weighted over the chunks.
+fn drained(
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    repeat: u32,
+    mut run: impl FnMut(u32) -> std::io::Result<bpf::RunResult>,
+) -> Result<bpf::RunResult> {
+    // The largest record: the header, the large capacity and the kernel's 8-byte header.
+    let largest =
+        (dataplane_common::HOST_RECORD_HEADER_LEN + dataplane_common::HOST_SNAP_MAX + 8) as u32;
+    let chunk = (dataplane::host::RING_BYTES / 2 / largest).max(1);
+    let (mut left, mut total_ns, mut retval) = (repeat, 0u64, 0);
+    while left > 0 {
+        let n = left.min(chunk);
+        let r = run(n)?;
+        total_ns += u64::from(r.ns_per_run) * u64::from(n);
+        retval = r.retval;
+        left -= n;
+        while ring.next().is_some() {}
+    }
+    Ok(bpf::RunResult { retval, ns_per_run: (total_ns / u64::from(repeat.max(1))) as u32 })
+}
+
 /// Binds an AF_XDP socket (on a veth in a namespace of its own) into queue 0's slot of
 /// `prog`'s XSKMAP; the socket and the namespace live as long as the returned value.
 fn bound_socket(
@@ -854,6 +946,7 @@ fn main() -> Result<()> {
         // cut already and its metadata area full: the steady state measured here is the parse,
         // the lookup, a refused adjust_meta and the redirect (no cut, timestamp or metadata
         // write). Informational: the target is the rows above.
+        let mut span_ns = Vec::new();
         match bound_socket(&mut prog) {
             Ok(_keep) => {
                 // A frame longer than the snap length is cut by the first repetition and then
@@ -865,6 +958,7 @@ fn main() -> Result<()> {
                     let ours = bpf::test_run(&fd, &frame, args.xdp_repeat, 1, false)?;
                     let base = bpf::test_run(&bare, &frame, args.xdp_repeat, 1, false)?;
                     let ratio = ours.ns_per_run as f64 / base.ns_per_run.max(1) as f64;
+                    span_ns.push((name, ours.ns_per_run));
                     row(
                         &mut rows,
                         &format!("XDP program, {name}, socket bound"),
@@ -878,6 +972,7 @@ fn main() -> Result<()> {
             }
             Err(e) => println!("XDP program with a socket bound: not run: {e}"),
         }
+        host_rows(&mut rows, &args, &bare, &span_ns)?;
     } else {
         row(
             &mut rows,

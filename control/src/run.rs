@@ -161,10 +161,6 @@ pub struct RunArgs {
     pub event_fields: crate::event_fields::EventFields,
 }
 
-/// Host mode's ring per interface: ~87,000 records of the default snap length, a burst of
-/// about 90 ms at a million TCP frames per second while the reader is off its CPU.
-pub const HOST_RING_BYTES: u32 = 16 << 20;
-
 /// A record file holds its header and a few frames at least.
 pub const MIN_RECORD_BYTES: u32 = 4096;
 /// A year: longer runs need no --duration.
@@ -344,7 +340,7 @@ fn host_reader(
     cpu: usize,
     draining: &Arc<std::sync::atomic::AtomicUsize>,
 ) -> Result<(XdpProgram, HostWorker, QueueInfo, Option<u32>)> {
-    let mut prog = XdpProgram::load_host(config, args.filter.as_ref(), HOST_RING_BYTES)
+    let mut prog = XdpProgram::load_host(config, args.filter.as_ref(), dataplane::host::RING_BYTES)
         .context("loading the host-mode programs (is the kernel ≥ 5.10 with BPF enabled?)")?;
     let xdp_mode = attach(&mut prog, iface, idx, args.xdp_mode)?;
     prog.attach_egress(iface).with_context(|| {
@@ -645,7 +641,10 @@ pub fn run(args: RunArgs) -> Result<()> {
         xsk_opts.ring_size = dataplane::xsk::auto_ring_size(nworkers, xsk_opts.frame_size);
     }
     if args.host {
-        log::info!("host mode: a ring buffer of {} MiB per interface", HOST_RING_BYTES >> 20);
+        log::info!(
+            "host mode: a ring buffer of {} MiB per interface",
+            dataplane::host::RING_BYTES >> 20
+        );
     } else {
         log::info!(
             "AF_XDP rings of {} frames, {} MiB of socket buffers per queue",
