@@ -286,3 +286,21 @@ fn host_mode_watches_the_hosts_own_connections_without_touching_them() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Host mode never drops a frame of the host's: `--non-tcp drop` is refused before anything
+/// is attached, and so is the span-mode override beside it.
+#[test]
+fn host_mode_refuses_options_that_would_drop_or_take_the_hosts_frames() {
+    for (extra, says) in [
+        ("--non-tcp=drop", "host mode never drops the host's frames"),
+        ("--allow-host-interface", "cannot be used with"),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_wirewatch"))
+            .args(["run", "--host", "--iface", "lo", extra, "--duration", "1"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{extra}: {err}");
+        assert!(err.contains(says), "{extra}: {err}");
+    }
+}
