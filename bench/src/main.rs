@@ -625,7 +625,10 @@ fn generate_live(ns: &str, cap: &gen::Capture, secs: f64) -> Result<u64> {
     })
 }
 
+/// One live run of `tool`: `wirewatch` (span mode), `wirewatch-host` (`run --host`: every
+/// frame also goes on to mon0's stack, which drops it, as tcpdump's run lets it) or `tcpdump`.
 fn live(tool: &str, args: &Args, cap: &gen::Capture) -> Result<LiveResult> {
+    let host = tool == "wirewatch-host";
     let ns = dataplane::netns::Netns::create(&format!("wwbench{}", std::process::id() % 100000))?;
     ns.run("ip link add gen0 type veth peer name mon0")?;
     ns.run("ip link set gen0 up")?;
@@ -634,7 +637,7 @@ fn live(tool: &str, args: &Args, cap: &gen::Capture) -> Result<LiveResult> {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
     let summary = work.join("summary.json");
-    let mut child = if tool == "wirewatch" {
+    let mut child = if tool.starts_with("wirewatch") {
         let mut c = ns.command(
             &args
                 .wirewatch
@@ -657,6 +660,9 @@ fn live(tool: &str, args: &Args, cap: &gen::Capture) -> Result<LiveResult> {
         .arg(work.join("evidence"))
         .arg("--summary-json")
         .arg(&summary);
+        if host {
+            c.arg("--host");
+        }
         c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?
     } else {
         // Without an XDP program the veth peer needs NAPI (GRO on) to take XDP_TX frames.
@@ -688,7 +694,7 @@ fn live(tool: &str, args: &Args, cap: &gen::Capture) -> Result<LiveResult> {
     let iface_dropped = rx_dropped().saturating_sub(drop0);
     let mut named_lost = 0;
     let mut not_for_us = 0;
-    let (received, dropped, cpu) = if tool == "wirewatch" {
+    let (received, dropped, cpu) = if tool.starts_with("wirewatch") {
         let (status, cpu) = wait_cpu(&mut child)?;
         let mut err = String::new();
         if let Some(mut e) = child.stderr.take() {
@@ -718,7 +724,9 @@ fn live(tool: &str, args: &Args, cap: &gen::Capture) -> Result<LiveResult> {
             loss["xdp_redirected"].as_u64().unwrap_or(0)
                 + loss["xdp_no_socket"].as_u64().unwrap_or(0)
                 + loss["xdp_redirect_failed"].as_u64().unwrap_or(0)
-                + loss["xdp_truncate_failed"].as_u64().unwrap_or(0),
+                + loss["xdp_truncate_failed"].as_u64().unwrap_or(0)
+                + loss["host_copied"].as_u64().unwrap_or(0)
+                + loss["host_ring_full"].as_u64().unwrap_or(0),
         );
         (
             loss["engine_received"].as_u64().unwrap_or(0),
@@ -990,6 +998,32 @@ fn main() -> Result<()> {
     } else if is_root() {
         let ww = live("wirewatch", &args, &cap);
         let td = live("tcpdump", &args, &cap);
+        // Host mode against tcpdump (both let the stack have every frame) and against span mode.
+        match (live("wirewatch-host", &args, &cap), &ww, &td) {
+            (Ok(h), Ok(w), Ok(t)) => {
+                let secs = args.live_secs;
+                row(
+                    &mut rows,
+                    "live path, host mode: CPU per packet",
+                    format!("{:.0} ns; {:.2} Mpps reached mon0, {} not processed: {} not TCP or malformed, {} in named loss counters, {} unattributed", h.cpu_per_pkt_ns, h.arrived as f64 / secs / 1e6, h.arrived.saturating_sub(h.received), h.not_for_us, h.named_lost, h.unattributed),
+                    format!("tcpdump {:.0} ns", t.cpu_per_pkt_ns),
+                    format!("{:.2}×", h.cpu_per_pkt_ns / t.cpu_per_pkt_ns.max(1e-9)),
+                    "—",
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "live path, host vs span mode",
+                    format!("host {:.0} ns/pkt", h.cpu_per_pkt_ns),
+                    format!("span {:.0} ns/pkt", w.cpu_per_pkt_ns),
+                    format!("{:.2}×", h.cpu_per_pkt_ns / w.cpu_per_pkt_ns.max(1e-9)),
+                    "—",
+                    None,
+                );
+            }
+            (Err(e), _, _) => println!("live path, host mode: not run: {e}"),
+            _ => {}
+        }
         match (ww, td) {
             (Ok(w), Ok(t)) => {
                 let secs = args.live_secs;
