@@ -434,7 +434,9 @@ fn fixture_frames() -> Vec<(&'static str, Vec<u8>, bool)> {
 /// Host mode's programs on the fixture frames: the XDP program (copy the headers into the
 /// ring, pass the frame) against a bare XDP_PASS and against span mode's socket-bound path
 /// measured in the same run, and the TC egress program against a bare classifier.
-/// Informational rows, no target.
+/// Informational rows, no target. Host mode copies inside the program; span mode's copy into
+/// the socket happens after its program returns (a test run without live frames never does
+/// it), so the live-path rows are the fair comparison of the two.
 fn host_rows(
     rows: &mut Vec<Row>,
     args: &Args,
