@@ -10,6 +10,9 @@
 //!   accounts for every copied frame with no loss;
 //! - seed incident B at a host vantage: the server's own firewall drops SYNs to one port while
 //!   another port keeps answering: `service_blackhole` for that port, nothing for the other.
+//!
+//! And on a gateway: both of a router's interfaces watched in one process, each matching
+//! tcpdump per direction, healthy traffic quiet.
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -24,6 +27,8 @@ use dataplane::netns::{enter_current_thread, privileged_or_skip, veth, Netns};
 use dataplane::traffic::connect_from;
 
 const SERVERS: [&str; 2] = ["10.83.0.2", "fd83::2"];
+/// The server behind the gateway of the gateway test.
+const BEHIND: [&str; 2] = ["10.84.2.2", "fd84:2::2"];
 const OPEN: u16 = 8080;
 const DROPPED: u16 = 8081;
 /// Long exchanges in both directions: each connection is ROUNDS keep-alive requests, one every
@@ -44,10 +49,10 @@ fn response(n: usize, r: usize) -> Vec<u8> {
     out
 }
 
-/// Answers each connection on both ports of both server addresses until `stop`.
-fn serve(ns: &Netns, stop: &Arc<AtomicBool>) -> Vec<JoinHandle<()>> {
+/// Answers each connection on both ports of each of `servers` until `stop`.
+fn serve(ns: &Netns, servers: &[&'static str], stop: &Arc<AtomicBool>) -> Vec<JoinHandle<()>> {
     let mut out = Vec::new();
-    for addr in SERVERS {
+    for &addr in servers {
         for port in [OPEN, DROPPED] {
             let (ns, stop) = (ns.name.clone(), stop.clone());
             let (tx, rx) = std::sync::mpsc::channel();
@@ -114,12 +119,13 @@ fn exchange(client: &Netns, to: SocketAddr, n: usize) -> JoinHandle<Result<(), S
 }
 
 /// Per (source address, source port, destination port): the TCP frames of the test's ports in
-/// a capture, read by tshark.
-fn frames_per_direction(path: &Path) -> BTreeMap<(String, u16, u16), usize> {
+/// a capture (those matching `only` too, a display filter), read by tshark.
+fn frames_per_direction(path: &Path, only: &str) -> BTreeMap<(String, u16, u16), usize> {
     let o = Command::new("tshark")
         .args(["-n", "-r"])
         .arg(path)
-        .args(["-Y", &format!("tcp.port == {OPEN} || tcp.port == {DROPPED}"), "-T", "fields"])
+        .args(["-Y", &format!("(tcp.port == {OPEN} || tcp.port == {DROPPED}) && ({only})")])
+        .args(["-T", "fields"])
         .args(["-e", "ip.src", "-e", "ipv6.src", "-e", "tcp.srcport", "-e", "tcp.dstport"])
         .output()
         .unwrap();
@@ -163,7 +169,7 @@ fn host_mode_watches_the_hosts_own_connections_without_touching_them() {
         ns.run(&format!("ip -6 addr add {v6} dev {dev} nodad")).unwrap();
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let servers = serve(&s, &stop);
+    let servers = serve(&s, &SERVERS, &stop);
 
     let (cap, rec) = (dir.join("oracle.pcap"), dir.join("record.pcapng"));
     let (events, summary) = (dir.join("events.jsonl"), dir.join("summary.json"));
@@ -245,8 +251,8 @@ fn host_mode_watches_the_hosts_own_connections_without_touching_them() {
     assert!(!s.run("ip -d link show s0").unwrap().contains("prog/xdp"));
 
     // Both directions, frame for frame: what tcpdump saw on s0 is what wirewatch recorded.
-    let seen = frames_per_direction(&rec);
-    let oracle = frames_per_direction(&cap);
+    let seen = frames_per_direction(&rec, "frame");
+    let oracle = frames_per_direction(&cap, "frame");
     assert_eq!(seen, oracle, "per direction: wirewatch's record vs tcpdump on s0");
     let from_server = oracle.keys().filter(|k| SERVERS.contains(&k.0.as_str())).count();
     assert_eq!(from_server, 2 * 6, "the server's side of every answered connection is there");
@@ -303,4 +309,121 @@ fn host_mode_refuses_options_that_would_drop_or_take_the_hosts_frames() {
         assert_eq!(o.status.code(), Some(2), "{extra}: {err}");
         assert!(err.contains(says), "{extra}: {err}");
     }
+}
+
+/// The gateway's post-mortem: `run --host` on both interfaces of a router (its own addresses
+/// on each), two vantages in one process. Every exchange between the client and the server
+/// behind it completes; each interface's record holds, per connection and direction, exactly
+/// the frames tcpdump captured there (forwarded frames leave through TC egress on the other
+/// interface); a healthy exchange raises no event.
+#[test]
+fn host_mode_on_a_gateway_sees_both_interfaces_both_ways() {
+    if !privileged_or_skip("host_mode gateway") {
+        return;
+    }
+    let pid = std::process::id();
+    let dir = std::env::temp_dir().join(format!("ww-host-gateway-{pid}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let c = Netns::create(&format!("wwhc{pid}g")).unwrap();
+    let g = Netns::create(&format!("wwhg{pid}")).unwrap();
+    let s = Netns::create(&format!("wwhs{pid}g")).unwrap();
+    veth(&c, "c0", &g, "gc").unwrap();
+    veth(&g, "gs", &s, "s0").unwrap();
+    for (ns, dev, v4, v6) in [
+        (&c, "c0", "10.84.1.2/24", "fd84:1::2/64"),
+        (&g, "gc", "10.84.1.1/24", "fd84:1::1/64"),
+        (&g, "gs", "10.84.2.1/24", "fd84:2::1/64"),
+        (&s, "s0", "10.84.2.2/24", "fd84:2::2/64"),
+    ] {
+        ns.run(&format!("ip addr add {v4} dev {dev}")).unwrap();
+        ns.run(&format!("ip -6 addr add {v6} dev {dev} nodad")).unwrap();
+    }
+    for (ns, gw4, gw6) in [(&c, "10.84.1.1", "fd84:1::1"), (&s, "10.84.2.1", "fd84:2::1")] {
+        ns.run(&format!("ip route add default via {gw4}")).unwrap();
+        ns.run(&format!("ip -6 route add default via {gw6}")).unwrap();
+    }
+    g.run("sysctl -qw net.ipv4.ip_forward=1").unwrap();
+    g.run("sysctl -qw net.ipv6.conf.all.forwarding=1").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let servers = serve(&s, &BEHIND, &stop);
+
+    let (rec, events, summary) =
+        (dir.join("record.pcapng"), dir.join("events.jsonl"), dir.join("summary.json"));
+    let mut dumps: Vec<_> = ["gc", "gs"]
+        .iter()
+        .map(|dev| {
+            g.command("tcpdump")
+                .args(["-i", dev, "-s", "128", "--immediate-mode", "-U", "-w"])
+                .arg(dir.join(format!("{dev}.pcap")))
+                .arg("tcp")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut ww = g
+        .command(env!("CARGO_BIN_EXE_wirewatch"))
+        .args(["run", "--host", "--iface", "gc", "--iface", "gs", "--metrics", "127.0.0.1:0"])
+        .arg("--events")
+        .arg(&events)
+        .arg("--record")
+        .arg(&rec)
+        .arg("--summary-json")
+        .arg(&summary)
+        .arg("--evidence-dir")
+        .arg(dir.join("evidence"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let attached = Instant::now();
+    while !["gc", "gs"]
+        .iter()
+        .all(|d| g.run(&format!("ip -d link show {d}")).unwrap().contains("prog/xdp"))
+    {
+        assert!(ww.try_wait().unwrap().is_none(), "wirewatch run --host exited at start");
+        assert!(attached.elapsed() < Duration::from_secs(20), "XDP never attached");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(800));
+
+    let to = |a: &str| SocketAddr::new(a.parse().unwrap(), OPEN);
+    let exchanges: Vec<_> = BEHIND
+        .iter()
+        .flat_map(|a| (0..4).map(move |i| (*a, i)))
+        .map(|(a, i)| exchange(&c, to(a), i))
+        .collect();
+    for (i, h) in exchanges.into_iter().enumerate() {
+        assert_eq!(h.join().unwrap(), Ok(()), "exchange {i} through the watched gateway");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let status = interrupt(&mut ww);
+    let mut err = String::new();
+    ww.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "wirewatch run --host: {status}: {err}");
+    for d in &mut dumps {
+        interrupt(d);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in servers {
+        h.join().unwrap();
+    }
+
+    for (id, dev) in ["gc", "gs"].iter().enumerate() {
+        let seen = frames_per_direction(&rec, &format!("frame.interface_id == {id}"));
+        let oracle = frames_per_direction(&dir.join(format!("{dev}.pcap")), "frame");
+        assert_eq!(seen, oracle, "{dev}: wirewatch's record vs tcpdump, per direction");
+        let from_server = oracle.keys().filter(|k| BEHIND.contains(&k.0.as_str())).count();
+        assert_eq!(from_server, 8, "{dev}: the server's side of every connection is there");
+    }
+    let sum: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    let loss = &sum["loss"];
+    assert_eq!(loss["lost_total"].as_u64(), Some(0), "{loss}");
+    assert_eq!(loss["unattributed"].as_u64(), Some(0), "{loss}");
+    assert_eq!(loss["engine_received"], loss["host_copied"], "{loss}");
+    let ev = std::fs::read_to_string(&events).unwrap();
+    assert!(ev.is_empty(), "healthy exchanges through the gateway raise no event:\n{ev}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
