@@ -463,6 +463,24 @@ fn problems<T>(
     out
 }
 
+/// Host mode's half of `/healthz`: an interface whose TC egress program is no longer ours
+/// sees only the frames arriving there.
+fn egress_problems(attached: &[(String, Option<u32>)]) -> Vec<String> {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    let mut out = Vec::new();
+    for (iface, ours) in attached {
+        let Some(ours) = ours else { continue };
+        match SchedClassifier::query_tcx(iface, TcAttachType::Egress) {
+            Ok((_, progs)) if progs.iter().any(|p| p.id() == *ours) => {}
+            Ok(_) => out.push(format!(
+                "the TC egress program is no longer attached to {iface} (removed from outside?): host mode sees only the frames arriving there; restart wirewatch"
+            )),
+            Err(e) => log::debug!("checking the TC egress program on {iface}: {e}"),
+        }
+    }
+    out
+}
+
 /// What the summary reports per queue.
 #[derive(Serialize)]
 struct QueueSummary {
@@ -708,6 +726,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut driver_base = Vec::new();
     let draining = Arc::new(std::sync::atomic::AtomicUsize::new(nworkers));
     let mut attached = Vec::new();
+    // Host mode: each interface's TC egress program, by id, for /healthz.
+    let mut egress_attached = Vec::new();
     let mut workers = Vec::new();
     let mut summaries = Vec::new();
     let mut worker_no = 0usize;
@@ -735,8 +755,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     for (vantage, (iface, idx, queue_ids)) in plan.iter().enumerate() {
         if args.host {
             let cpu = cpus[worker_no % cpus.len()];
-            let (prog, reader, info, prog_id) =
+            let (mut prog, reader, info, prog_id) =
                 host_reader(&args, config, (iface, *idx, vantage as u16), cpu, &draining)?;
+            egress_attached.push((iface.clone(), prog.egress().info().map(|i| i.id()).ok()));
             // After attaching, as for AF_XDP: attaching resets some drivers' queues.
             driver_base.push(DriverBaseline::new(iface));
             attached.push((iface.clone(), *idx, prog_id));
@@ -819,7 +840,9 @@ pub fn run(args: RunArgs) -> Result<()> {
                 config.non_tcp_drop != 0,
             );
             export_metrics(&summaries, &programs, &worker_stats);
-            health.set(problems(&summaries, &workers, &worker_stats, &attached));
+            let mut now_wrong = problems(&summaries, &workers, &worker_stats, &attached);
+            now_wrong.extend(egress_problems(&egress_attached));
+            health.set(now_wrong);
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -12,7 +12,7 @@
 //!   another port keeps answering: `service_blackhole` for that port, nothing for the other.
 //!
 //! And on a gateway: both of a router's interfaces watched in one process, each matching
-//! tcpdump per direction, healthy traffic quiet.
+//! tcpdump per direction, healthy traffic quiet. And `/healthz` notices the egress half gone.
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -145,6 +145,19 @@ fn frames_per_direction(path: &Path, only: &str) -> BTreeMap<(String, u16, u16),
     out
 }
 
+/// A wirewatch run that is killed if the test fails before stopping it (it would outlive the
+/// namespaces, holding its programs).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Stops a child with SIGINT and waits for it.
 fn interrupt(child: &mut Child) -> std::process::ExitStatus {
     let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
@@ -182,7 +195,7 @@ fn host_mode_watches_the_hosts_own_connections_without_touching_them() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut ww = s
+    let ww = s
         .command(env!("CARGO_BIN_EXE_wirewatch"))
         .args(["run", "--host", "--iface", "s0", "--metrics", "127.0.0.1:0", "--events"])
         .arg(&events)
@@ -197,9 +210,10 @@ fn host_mode_watches_the_hosts_own_connections_without_touching_them() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut ww = Running(ww);
     let attached = Instant::now();
     while !s.run("ip -d link show s0").unwrap().contains("prog/xdp") {
-        assert!(ww.try_wait().unwrap().is_none(), "wirewatch run --host exited at start");
+        assert!(ww.0.try_wait().unwrap().is_none(), "wirewatch run --host exited at start");
         assert!(attached.elapsed() < Duration::from_secs(20), "XDP never attached to s0");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -238,9 +252,9 @@ fn host_mode_watches_the_hosts_own_connections_without_touching_them() {
     assert!(eaten.into_iter().all(|h| !h.join().unwrap()), "no SYN to {DROPPED} is answered");
     std::thread::sleep(Duration::from_millis(500));
 
-    let status = interrupt(&mut ww);
+    let status = interrupt(&mut ww.0);
     let mut err = String::new();
-    ww.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    ww.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert!(status.success(), "wirewatch run --host: {status}: {err}");
     interrupt(&mut dump);
     stop.store(true, Ordering::Relaxed);
@@ -362,7 +376,7 @@ fn host_mode_on_a_gateway_sees_both_interfaces_both_ways() {
                 .unwrap()
         })
         .collect();
-    let mut ww = g
+    let ww = g
         .command(env!("CARGO_BIN_EXE_wirewatch"))
         .args(["run", "--host", "--iface", "gc", "--iface", "gs", "--metrics", "127.0.0.1:0"])
         .arg("--events")
@@ -378,12 +392,13 @@ fn host_mode_on_a_gateway_sees_both_interfaces_both_ways() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut ww = Running(ww);
     let attached = Instant::now();
     while !["gc", "gs"]
         .iter()
         .all(|d| g.run(&format!("ip -d link show {d}")).unwrap().contains("prog/xdp"))
     {
-        assert!(ww.try_wait().unwrap().is_none(), "wirewatch run --host exited at start");
+        assert!(ww.0.try_wait().unwrap().is_none(), "wirewatch run --host exited at start");
         assert!(attached.elapsed() < Duration::from_secs(20), "XDP never attached");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -399,9 +414,9 @@ fn host_mode_on_a_gateway_sees_both_interfaces_both_ways() {
         assert_eq!(h.join().unwrap(), Ok(()), "exchange {i} through the watched gateway");
     }
     std::thread::sleep(Duration::from_millis(500));
-    let status = interrupt(&mut ww);
+    let status = interrupt(&mut ww.0);
     let mut err = String::new();
-    ww.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    ww.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert!(status.success(), "wirewatch run --host: {status}: {err}");
     for d in &mut dumps {
         interrupt(d);
@@ -425,5 +440,72 @@ fn host_mode_on_a_gateway_sees_both_interfaces_both_ways() {
     assert_eq!(loss["engine_received"], loss["host_copied"], "{loss}");
     let ev = std::fs::read_to_string(&events).unwrap();
     assert!(ev.is_empty(), "healthy exchanges through the gateway raise no event:\n{ev}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `/healthz` answers 503 naming the interface once the TC egress program is detached from
+/// outside (`bpftool link detach`): host mode would see one direction only.
+#[test]
+fn healthz_reports_a_detached_egress_program() {
+    if !privileged_or_skip("host_mode healthz") {
+        return;
+    }
+    let pid = std::process::id();
+    let a = Netns::create(&format!("wwhh{pid}")).unwrap();
+    let b = Netns::create(&format!("wwhp{pid}")).unwrap();
+    veth(&a, "h0", &b, "h1").unwrap();
+    a.run("ip addr add 10.85.0.1/24 dev h0").unwrap();
+    let dir = std::env::temp_dir().join(format!("ww-host-healthz-{pid}"));
+    let mut ww = Running(
+        a.command(env!("CARGO_BIN_EXE_wirewatch"))
+            .args(["run", "--host", "--iface", "h0", "--metrics", "127.0.0.1:9464"])
+            .arg("--evidence-dir")
+            .arg(&dir)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // The status line and the body.
+    let healthz = || a.run("curl -s -i http://127.0.0.1:9464/healthz").ok();
+    let wait_for = |want: &str| {
+        let since = Instant::now();
+        loop {
+            let got = healthz().unwrap_or_default();
+            if got.starts_with(want) {
+                return got;
+            }
+            assert!(since.elapsed() < Duration::from_secs(20), "/healthz: {got} (want {want})");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("HTTP/1.1 200");
+    // Our TCX link, from the process's own descriptors (kernel/bpf/syscall.c
+    // `bpf_link_show_fdinfo`): bpftool 7.1 lists TCX links without their interface. The API
+    // answers before the programs are attached: wait for it.
+    let tcx_link = || {
+        std::fs::read_dir(format!("/proc/{}/fdinfo", ww.0.id()))
+            .ok()?
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .find(|info| info.contains("link_type:\ttcx"))?
+            .lines()
+            .find_map(|l| l.strip_prefix("link_id:\t").map(|v| v.trim().to_string()))
+    };
+    let since = Instant::now();
+    let tcx_link = loop {
+        if let Some(id) = tcx_link() {
+            break id;
+        }
+        assert!(since.elapsed() < Duration::from_secs(20), "wirewatch holds no TCX link");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Attached and checked by the health loop (every 500 ms) before the link goes.
+    std::thread::sleep(Duration::from_millis(1500));
+    wait_for("HTTP/1.1 200");
+    a.run(&format!("bpftool link detach id {tcx_link}")).unwrap();
+    let got = wait_for("HTTP/1.1 503");
+    assert!(got.contains("TC egress program is no longer attached to h0"), "{got}");
+    interrupt(&mut ww.0);
     let _ = std::fs::remove_dir_all(&dir);
 }
