@@ -314,3 +314,39 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FilterValue {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(h: &HostRecordHeader, data: &[u8]) -> [u8; 64] {
+        let mut r = [0u8; 64];
+        r[0..4].copy_from_slice(&h.flags.to_ne_bytes());
+        r[4..8].copy_from_slice(&h.orig_len.to_ne_bytes());
+        r[8..12].copy_from_slice(&h.cap_len.to_ne_bytes());
+        r[16..24].copy_from_slice(&h.ts_ns.to_ne_bytes());
+        r[24..24 + data.len()].copy_from_slice(data);
+        r
+    }
+
+    /// A record gives back its header and exactly `cap_len` frame bytes; one whose `cap_len`
+    /// points past its end, or shorter than a header, is refused rather than read past.
+    #[test]
+    fn host_records_split_or_are_refused() {
+        let h = HostRecordHeader {
+            flags: HOST_F_EGRESS,
+            orig_len: 1514,
+            cap_len: 40,
+            _pad: 0,
+            ts_ns: 7,
+        };
+        let r = record(&h, &[0xab; 40]);
+        let (got, data) = HostRecordHeader::split(&r).unwrap();
+        assert_eq!((got, data), (h, &[0xab; 40][..]));
+        let lying = record(&HostRecordHeader { cap_len: 41, ..h }, &[0; 40]);
+        assert_eq!(HostRecordHeader::split(&lying), None);
+        let huge = record(&HostRecordHeader { cap_len: u32::MAX, ..h }, &[0; 40]);
+        assert_eq!(HostRecordHeader::split(&huge), None);
+        assert_eq!(HostRecordHeader::split(&r[..23]), None);
+    }
+}
