@@ -1,5 +1,5 @@
 //! Just enough of the bpf(2) syscall for the benchmarks: load a two-instruction XDP program
-//! (the bare baseline, and the XDP_TX traffic generator) and run BPF_PROG_TEST_RUN on any
+//! (the bare baseline, and the XDP_TX traffic generator) or TC classifier (the egress baseline) and run BPF_PROG_TEST_RUN on any
 //! program fd, optionally with live frames (include/uapi/linux/bpf.h, union bpf_attr).
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -7,9 +7,12 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 pub const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 pub const XDP_PASS: i32 = 2;
 pub const XDP_TX: i32 = 3;
+/// TCX_NEXT / TC_ACT_UNSPEC: what the host-mode egress program answers.
+pub const TCX_NEXT: i32 = -1;
 
 #[repr(C)]
 #[derive(Default)]
@@ -63,13 +66,22 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
 
 /// An XDP program that returns `action` and nothing else: `r0 = action; exit`.
 pub fn constant_program(action: i32, name: &str) -> io::Result<OwnedFd> {
+    constant_of_type(BPF_PROG_TYPE_XDP, action, name)
+}
+
+/// A TC classifier that returns `action` and nothing else (the egress baseline).
+pub fn constant_classifier(action: i32, name: &str) -> io::Result<OwnedFd> {
+    constant_of_type(BPF_PROG_TYPE_SCHED_CLS, action, name)
+}
+
+fn constant_of_type(prog_type: u32, action: i32, name: &str) -> io::Result<OwnedFd> {
     // struct bpf_insn { u8 code; u8 dst:4 src:4; s16 off; s32 imm; }: BPF_ALU64|BPF_MOV|BPF_K, BPF_JMP|BPF_EXIT.
     let mut insns = [0u64; 2];
     insns[0] = 0xb7 | ((action as u32 as u64) << 32);
     insns[1] = 0x95;
     let license = b"GPL\0";
     let mut attr = ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_XDP,
+        prog_type,
         insn_cnt: 2,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
@@ -125,6 +137,23 @@ pub fn test_run(
         attr.data_out = out.as_mut_ptr() as u64;
         attr.data_size_out = out.len() as u32;
     }
+    bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+    Ok(RunResult { retval: attr.retval, ns_per_run: attr.duration })
+}
+
+/// BPF_PROG_TEST_RUN of a TC classifier over `frame` (an Ethernet frame the kernel wraps in an
+/// skb, `bpf_prog_test_run_skb` in net/bpf/test_run.c), `repeat` times, without a context.
+pub fn test_run_skb(prog: &impl AsRawFd, frame: &[u8], repeat: u32) -> io::Result<RunResult> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut attr = TestRunAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        data_size_out: out.len() as u32,
+        repeat,
+        ..Default::default()
+    };
     bpf(BPF_PROG_TEST_RUN, &mut attr)?;
     Ok(RunResult { retval: attr.retval, ns_per_run: attr.duration })
 }

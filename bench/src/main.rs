@@ -432,6 +432,100 @@ fn fixture_frames() -> Vec<(&'static str, Vec<u8>, bool)> {
     frames
 }
 
+/// Host mode's programs on the fixture frames: the XDP program (copy the headers into the
+/// ring, pass the frame) against a bare XDP_PASS and against span mode's socket-bound path
+/// measured in the same run, and the TC egress program against a bare classifier.
+/// Informational rows, no target. Host mode copies inside the program; span mode's copy into
+/// the socket happens after its program returns (a test run without live frames never does
+/// it), so the live-path rows are the fair comparison of the two.
+fn host_rows(
+    rows: &mut Vec<Row>,
+    args: &Args,
+    bare: &std::os::fd::OwnedFd,
+    span_ns: &[(&str, u32)],
+) -> Result<()> {
+    use std::os::fd::AsFd as _;
+    let mut prog = dataplane::loader::XdpProgram::load_host(
+        dataplane_common::XdpConfig { snaplen: 128, ..Default::default() },
+        None,
+        dataplane::host::RING_BYTES,
+    )?;
+    let mut ring = prog.take_host_ring()?;
+    let bare_tc = bpf::constant_classifier(bpf::TCX_NEXT, "ww_bench_tc")?;
+    let ratio = |a: u32, b: u32| format!("{:.2}×", f64::from(a) / f64::from(b.max(1)));
+    for (name, frame, plain) in fixture_frames() {
+        let fd = prog.program().fd()?.as_fd().try_clone_to_owned()?;
+        let ours =
+            drained(&mut ring, args.xdp_repeat, |n| bpf::test_run(&fd, &frame, n, 1, false))?;
+        let base = bpf::test_run(bare, &frame, args.xdp_repeat, 1, false)?;
+        row(
+            rows,
+            &format!("XDP host mode, {name}"),
+            format!("{} ns/pkt (verdict {})", ours.ns_per_run, ours.retval),
+            format!("bare XDP_PASS {} ns", base.ns_per_run),
+            ratio(ours.ns_per_run, base.ns_per_run),
+            "—",
+            None,
+        );
+        if let Some((_, span)) = span_ns.iter().find(|(n, _)| *n == name) {
+            row(
+                rows,
+                &format!("XDP host vs span mode, {name}"),
+                format!("host {} ns/pkt", ours.ns_per_run),
+                format!("span, socket bound {span} ns"),
+                ratio(ours.ns_per_run, *span),
+                "—",
+                None,
+            );
+        }
+        if plain {
+            let fd = prog.egress().fd()?.as_fd().try_clone_to_owned()?;
+            let ours = drained(&mut ring, args.xdp_repeat, |n| bpf::test_run_skb(&fd, &frame, n))?;
+            let base = bpf::test_run_skb(&bare_tc, &frame, args.xdp_repeat)?;
+            row(
+                rows,
+                &format!("TC egress host mode, {name}"),
+                format!("{} ns/pkt (verdict {})", ours.ns_per_run, ours.retval as i32),
+                format!("bare classifier {} ns", base.ns_per_run),
+                ratio(ours.ns_per_run, base.ns_per_run),
+                "—",
+                None,
+            );
+        }
+    }
+    let full = prog.counters()?.get(dataplane_common::Outcome::HostRingFull);
+    if full > 0 {
+        println!(
+            "host mode rows: {full} repetitions found the ring full (they measured the refusal)"
+        );
+    }
+    Ok(())
+}
+
+/// `repeat` test runs of a host-mode program in chunks that fill at most half the ring, with
+/// the ring drained between them: every repetition takes the copy path (a full ring would
+/// measure the cheaper refusal). The kernel's average, weighted over the chunks.
+fn drained(
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    repeat: u32,
+    mut run: impl FnMut(u32) -> std::io::Result<bpf::RunResult>,
+) -> Result<bpf::RunResult> {
+    // The largest record: the header, the large capacity and the kernel's 8-byte header.
+    let largest =
+        (dataplane_common::HOST_RECORD_HEADER_LEN + dataplane_common::HOST_SNAP_MAX + 8) as u32;
+    let chunk = (dataplane::host::RING_BYTES / 2 / largest).max(1);
+    let (mut left, mut total_ns, mut retval) = (repeat, 0u64, 0);
+    while left > 0 {
+        let n = left.min(chunk);
+        let r = run(n)?;
+        total_ns += u64::from(r.ns_per_run) * u64::from(n);
+        retval = r.retval;
+        left -= n;
+        while ring.next().is_some() {}
+    }
+    Ok(bpf::RunResult { retval, ns_per_run: (total_ns / u64::from(repeat.max(1))) as u32 })
+}
+
 /// Binds an AF_XDP socket (on a veth in a namespace of its own) into queue 0's slot of
 /// `prog`'s XSKMAP; the socket and the namespace live as long as the returned value.
 fn bound_socket(
@@ -534,7 +628,10 @@ fn generate_live(ns: &str, cap: &gen::Capture, secs: f64) -> Result<u64> {
     })
 }
 
+/// One live run of `tool`: `wirewatch` (span mode), `wirewatch-host` (`run --host`: every
+/// frame also goes on to mon0's stack, which drops it, as tcpdump's run lets it) or `tcpdump`.
 fn live(tool: &str, args: &Args, cap: &gen::Capture) -> Result<LiveResult> {
+    let host = tool == "wirewatch-host";
     let mut t = Topology::new();
     t.namespace("bench", &format!("wwbench{}", std::process::id() % 100000))?;
     t.veth(("bench", "gen0"), ("bench", "mon0"))?;
@@ -543,7 +640,7 @@ fn live(tool: &str, args: &Args, cap: &gen::Capture) -> Result<LiveResult> {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
     let summary = work.join("summary.json");
-    let mut child = if tool == "wirewatch" {
+    let mut child = if tool.starts_with("wirewatch") {
         let mut c = ns.command(
             &args
                 .wirewatch
@@ -566,6 +663,9 @@ fn live(tool: &str, args: &Args, cap: &gen::Capture) -> Result<LiveResult> {
         .arg(work.join("evidence"))
         .arg("--summary-json")
         .arg(&summary);
+        if host {
+            c.arg("--host");
+        }
         c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?
     } else {
         // Without an XDP program the veth peer needs NAPI (GRO on) to take XDP_TX frames.
@@ -597,7 +697,7 @@ fn live(tool: &str, args: &Args, cap: &gen::Capture) -> Result<LiveResult> {
     let iface_dropped = rx_dropped().saturating_sub(drop0);
     let mut named_lost = 0;
     let mut not_for_us = 0;
-    let (received, dropped, cpu) = if tool == "wirewatch" {
+    let (received, dropped, cpu) = if tool.starts_with("wirewatch") {
         let (status, cpu) = wait_cpu(&mut child)?;
         let mut err = String::new();
         if let Some(mut e) = child.stderr.take() {
@@ -627,7 +727,9 @@ fn live(tool: &str, args: &Args, cap: &gen::Capture) -> Result<LiveResult> {
             loss["xdp_redirected"].as_u64().unwrap_or(0)
                 + loss["xdp_no_socket"].as_u64().unwrap_or(0)
                 + loss["xdp_redirect_failed"].as_u64().unwrap_or(0)
-                + loss["xdp_truncate_failed"].as_u64().unwrap_or(0),
+                + loss["xdp_truncate_failed"].as_u64().unwrap_or(0)
+                + loss["host_copied"].as_u64().unwrap_or(0)
+                + loss["host_ring_full"].as_u64().unwrap_or(0),
         );
         (
             loss["engine_received"].as_u64().unwrap_or(0),
@@ -855,6 +957,7 @@ fn main() -> Result<()> {
         // cut already and its metadata area full: the steady state measured here is the parse,
         // the lookup, a refused adjust_meta and the redirect (no cut, timestamp or metadata
         // write). Informational: the target is the rows above.
+        let mut span_ns = Vec::new();
         match bound_socket(&mut prog) {
             Ok(_keep) => {
                 // A frame longer than the snap length is cut by the first repetition and then
@@ -866,6 +969,7 @@ fn main() -> Result<()> {
                     let ours = bpf::test_run(&fd, &frame, args.xdp_repeat, 1, false)?;
                     let base = bpf::test_run(&bare, &frame, args.xdp_repeat, 1, false)?;
                     let ratio = ours.ns_per_run as f64 / base.ns_per_run.max(1) as f64;
+                    span_ns.push((name, ours.ns_per_run));
                     row(
                         &mut rows,
                         &format!("XDP program, {name}, socket bound"),
@@ -879,6 +983,7 @@ fn main() -> Result<()> {
             }
             Err(e) => println!("XDP program with a socket bound: not run: {e}"),
         }
+        host_rows(&mut rows, &args, &bare, &span_ns)?;
     } else {
         row(
             &mut rows,
@@ -896,6 +1001,32 @@ fn main() -> Result<()> {
     } else if is_root() {
         let ww = live("wirewatch", &args, &cap);
         let td = live("tcpdump", &args, &cap);
+        // Host mode against tcpdump (both let the stack have every frame) and against span mode.
+        match (live("wirewatch-host", &args, &cap), &ww, &td) {
+            (Ok(h), Ok(w), Ok(t)) => {
+                let secs = args.live_secs;
+                row(
+                    &mut rows,
+                    "live path, host mode: CPU per packet",
+                    format!("{:.0} ns; {:.2} Mpps reached mon0, {} not processed: {} not TCP or malformed, {} in named loss counters, {} unattributed", h.cpu_per_pkt_ns, h.arrived as f64 / secs / 1e6, h.arrived.saturating_sub(h.received), h.not_for_us, h.named_lost, h.unattributed),
+                    format!("tcpdump {:.0} ns", t.cpu_per_pkt_ns),
+                    format!("{:.2}×", h.cpu_per_pkt_ns / t.cpu_per_pkt_ns.max(1e-9)),
+                    "—",
+                    None,
+                );
+                row(
+                    &mut rows,
+                    "live path, host vs span mode",
+                    format!("host {:.0} ns/pkt", h.cpu_per_pkt_ns),
+                    format!("span {:.0} ns/pkt", w.cpu_per_pkt_ns),
+                    format!("{:.2}×", h.cpu_per_pkt_ns / w.cpu_per_pkt_ns.max(1e-9)),
+                    "—",
+                    None,
+                );
+            }
+            (Err(e), _, _) => println!("live path, host mode: not run: {e}"),
+            _ => {}
+        }
         match (ww, td) {
             (Ok(w), Ok(t)) => {
                 let secs = args.live_secs;

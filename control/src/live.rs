@@ -646,11 +646,15 @@ pub struct LossSummary {
     pub xdp_no_socket: u64,
     pub xdp_redirect_failed: u64,
     pub xdp_truncate_failed: u64,
+    /// Host mode: TCP frames whose headers were copied into the ring buffer, and those the
+    /// ring had no room for (or whose copy failed).
+    pub host_copied: u64,
+    pub host_ring_full: u64,
     /// Redirected frames the socket could not take (`XDP_STATISTICS`: no fill buffer, RX
     /// ring full).
     pub xsk_rx_dropped: u64,
     pub xsk_rx_ring_full: u64,
-    /// Frames the workers read from their sockets.
+    /// Frames the workers read from their sockets (host mode: from the ring).
     pub socket_received: u64,
     /// Frames a worker could not hand to the worker owning their flow.
     pub handoff_dropped: u64,
@@ -663,8 +667,8 @@ pub struct LossSummary {
     pub driver_queue_drops: u64,
     /// Sum of the counters above that are loss.
     pub lost_total: u64,
-    /// Redirected frames neither read from a socket nor counted lost by the socket: should
-    /// always be 0.
+    /// Redirected (or copied) frames neither read from a socket (or the ring) nor counted lost
+    /// by the socket: should always be 0.
     pub unattributed: u64,
 }
 
@@ -690,6 +694,8 @@ impl LossSummary {
             xdp_no_socket: o(Outcome::NoSocket),
             xdp_redirect_failed: o(Outcome::RedirectFailed),
             xdp_truncate_failed: o(Outcome::TruncateFailed),
+            host_copied: o(Outcome::HostCopied),
+            host_ring_full: o(Outcome::HostRingFull) + o(Outcome::HostCopyFailed),
             xsk_rx_dropped: q(&|c| &c.rx_dropped),
             xsk_rx_ring_full: q(&|c| &c.rx_ring_full),
             socket_received: q(&|c| &c.packets),
@@ -709,12 +715,12 @@ impl LossSummary {
         l.lost_total = l.xdp_no_socket
             + l.xdp_redirect_failed
             + l.xdp_truncate_failed
+            + l.host_ring_full
             + l.xsk_rx_dropped
             + l.xsk_rx_ring_full
             + l.handoff_dropped
             + l.interface_missed;
-        l.unattributed = l
-            .xdp_redirected
+        l.unattributed = (l.xdp_redirected + l.host_copied)
             .saturating_sub(l.socket_received + l.xsk_rx_dropped + l.xsk_rx_ring_full);
         l
     }

@@ -15,7 +15,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     long_about = "wirewatch watches TCP on a tap or span port through XDP and AF_XDP, keeps per-flow \
 state for both directions, and names resets, black holes and split paths with the evidence.\n\n\
 Examples:\n  sudo wirewatch run --iface eth1                 watch one span port, all queues\n  \
-sudo wirewatch run --iface tapA --iface tapB    two vantage points in one process"
+sudo wirewatch run --iface tapA --iface tapB    two vantage points in one process\n  \
+sudo wirewatch run --host --iface eth0          this host's own connections, left untouched"
 )]
 struct Cli {
     #[command(subcommand)]

@@ -85,7 +85,7 @@ fn describe() {
     describe_counter!(
         XDP_PACKETS,
         Unit::Count,
-        "Frames the XDP program handled, by interface and outcome (reason)."
+        "Frames the XDP program (and in host mode the TC egress program) handled, by interface and outcome (reason)."
     );
     describe_counter!(
         XSK_DROPPED,

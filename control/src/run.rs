@@ -13,6 +13,7 @@ use clap::{Args, ValueEnum};
 use crossbeam_channel::bounded;
 use dataplane::anomaly::Kind;
 use dataplane::engine::{Engine, EngineConfig};
+use dataplane::host::HostWorker;
 use dataplane::loader::XdpProgram;
 use dataplane::worker::{QueueCounters, Worker};
 use dataplane::xsk::{XskOptions, XskQueue, ZeroCopyPolicy};
@@ -34,7 +35,8 @@ pub struct RunArgs {
     pub config: Option<PathBuf>,
     /// Interface to watch (a tap or span port). Repeat for several vantage points (each
     /// interface once, at most 128). An interface with an address (other than link-local) or
-    /// a route is the host's own and is refused: XDP would take its TCP frames from the host.
+    /// a route is the host's own and is refused: XDP would take its TCP frames from the host
+    /// (watch it with --host instead).
     #[arg(long = "iface", short = 'i', required = true, value_name = "IF", value_parser = options::iface_name)]
     pub ifaces: Vec<String>,
     /// Attach even to an interface with addresses or routes, such as the collector address a
@@ -42,6 +44,14 @@ pub struct RunArgs {
     /// own connections' included, goes to wirewatch instead of the host's stack.
     #[arg(long)]
     pub allow_host_interface: bool,
+    /// Host mode: watch this host's own connections on the interfaces that carry them (a
+    /// gateway's or a backend's) without touching them. Every frame goes on to the stack; the
+    /// headers of TCP frames arriving (XDP) and leaving (TC egress, kernel ≥ 6.6) are copied to
+    /// wirewatch through a BPF ring buffer, so both directions are seen. AF_XDP options
+    /// (--queues, --zero-copy, --ring-size, --busy-poll) do not apply; frames the ring had no
+    /// room for are counted (`host_ring_full`) and put their flows in the gap state.
+    #[arg(long, conflicts_with = "allow_host_interface")]
+    pub host: bool,
     /// RX queues to bind per interface: a number (queues 0..N) or `all`.
     #[arg(long, default_value = "all", value_name = "N|all", value_parser = options::queues)]
     pub queues: Queues,
@@ -169,6 +179,13 @@ impl RunArgs {
     /// What the value parsers cannot see: relations between values. Run before anything is
     /// touched; the error is one line for the operator (exit status 2).
     pub fn check(&self) -> Result<(), String> {
+        if self.host && self.non_tcp == NonTcpArg::Drop {
+            return Err(
+                "--non-tcp drop with --host: host mode never drops the host's frames; leave \
+                 --non-tcp at pass"
+                    .into(),
+            );
+        }
         if self.ifaces.len() > MAX_IFACES {
             return Err(format!(
                 "--iface given {} times; at most {MAX_IFACES} interfaces",
@@ -315,6 +332,40 @@ fn attach(prog: &mut XdpProgram, iface: &str, idx: u32, mode: XdpModeArg) -> Res
     }
 }
 
+/// Host mode on one interface (`(name, ifindex, vantage)`): loads both programs, attaches the
+/// XDP one as span mode does and the TC egress one beside it, and makes the ring's reader.
+/// Returns the program, the reader, its summary entry (as queue 0) and the XDP program's id.
+fn host_reader(
+    args: &RunArgs,
+    config: XdpConfig,
+    (iface, idx, vantage): (&str, u32, u16),
+    cpu: usize,
+    draining: &Arc<std::sync::atomic::AtomicUsize>,
+) -> Result<(XdpProgram, HostWorker, QueueInfo, Option<u32>)> {
+    let mut prog = XdpProgram::load_host(config, args.filter.as_ref(), dataplane::host::RING_BYTES)
+        .context("loading the host-mode programs (is the kernel ≥ 5.10 with BPF enabled?)")?;
+    let xdp_mode = attach(&mut prog, iface, idx, args.xdp_mode)?;
+    prog.attach_egress(iface).with_context(|| {
+        format!("attaching the TC egress program to {iface} (host mode needs TCX, kernel ≥ 6.6)")
+    })?;
+    let prog_id = prog.program().info().map(|i| i.id()).ok();
+    let counters = Arc::new(QueueCounters::default());
+    let reader = HostWorker {
+        iface: iface.to_string(),
+        ring: prog.take_host_ring()?,
+        outcomes: prog.counter_reader()?,
+        vantage,
+        cpu: Some(cpu),
+        counters: counters.clone(),
+        draining: draining.clone(),
+    };
+    log::info!(
+        "{iface}: host mode, XDP attached in {xdp_mode} mode and TC egress, snaplen {}",
+        args.snaplen
+    );
+    Ok((prog, reader, (iface.to_string(), vantage, 0, xdp_mode, "host", None, counters), prog_id))
+}
+
 type QueueInfo = (String, u16, u32, &'static str, &'static str, Option<String>, Arc<QueueCounters>);
 
 /// Publishes everything the workers and the XDP program count (bounded labels only).
@@ -414,6 +465,24 @@ fn problems<T>(
     out
 }
 
+/// Host mode's half of `/healthz`: an interface whose TC egress program is no longer ours
+/// sees only the frames arriving there.
+fn egress_problems(attached: &[(String, Option<u32>)]) -> Vec<String> {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    let mut out = Vec::new();
+    for (iface, ours) in attached {
+        let Some(ours) = ours else { continue };
+        match SchedClassifier::query_tcx(iface, TcAttachType::Egress) {
+            Ok((_, progs)) if progs.iter().any(|p| p.id() == *ours) => {}
+            Ok(_) => out.push(format!(
+                "the TC egress program is no longer attached to {iface} (removed from outside?): host mode sees only the frames arriving there; restart wirewatch"
+            )),
+            Err(e) => log::debug!("checking the TC egress program on {iface}: {e}"),
+        }
+    }
+    out
+}
+
 /// What the summary reports per queue.
 #[derive(Serialize)]
 struct QueueSummary {
@@ -481,11 +550,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut ifindexes = Vec::new();
     for iface in &args.ifaces {
         ifindexes.push(ifindex(iface)?);
-        if let Some(why) =
-            crate::host_iface::host_traffic(iface).filter(|_| !args.allow_host_interface)
+        if let Some(why) = crate::host_iface::host_traffic(iface)
+            .filter(|_| !args.allow_host_interface && !args.host)
         {
             return Err(crate::analyze::Usage(format!(
-                "{iface} carries this host's own traffic ({why}): attached there, wirewatch would take every TCP frame it receives away from the host's stack and cut the host's connections. Attach it to a span, tap or mirror port that has no addresses and no routes (see `ip addr show {iface}`, `ip route show dev {iface}`); to watch this host's own connections, mirror its switch port to such a port, or record them with tcpdump and run `wirewatch analyze`; a remote mirror's collector interface that carries nothing else takes --allow-host-interface"
+                "{iface} carries this host's own traffic ({why}): attached there, wirewatch would take every TCP frame it receives away from the host's stack and cut the host's connections. Attach it to a span, tap or mirror port that has no addresses and no routes (see `ip addr show {iface}`, `ip route show dev {iface}`); to watch this host's own connections where they are, add --host (headers are copied to wirewatch, every frame stays with the host); a remote mirror's collector interface that carries nothing else takes --allow-host-interface"
             ))
             .into());
         }
@@ -526,6 +595,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     let mut plan = Vec::new();
     for (i, iface) in args.ifaces.iter().enumerate() {
+        if args.host {
+            // One ring per interface, whatever its queues: one reader (as queue 0).
+            plan.push((iface.clone(), ifindexes[i], vec![0]));
+            continue;
+        }
         let have = rx_queue_count(iface);
         let n = match args.queues {
             Queues::All => have,
@@ -591,11 +665,18 @@ pub fn run(args: RunArgs) -> Result<()> {
     if args.ring_size.is_none() {
         xsk_opts.ring_size = dataplane::xsk::auto_ring_size(nworkers, xsk_opts.frame_size);
     }
-    log::info!(
-        "AF_XDP rings of {} frames, {} MiB of socket buffers per queue",
-        xsk_opts.ring_size,
-        (u64::from(xsk_opts.ring_size) * 2 * u64::from(xsk_opts.frame_size)) >> 20
-    );
+    if args.host {
+        log::info!(
+            "host mode: a ring buffer of {} MiB per interface",
+            dataplane::host::RING_BYTES >> 20
+        );
+    } else {
+        log::info!(
+            "AF_XDP rings of {} frames, {} MiB of socket buffers per queue",
+            xsk_opts.ring_size,
+            (u64::from(xsk_opts.ring_size) * 2 * u64::from(xsk_opts.frame_size)) >> 20
+        );
+    }
     // The interfaces, and the mirror sessions the workers find in them (numbered once).
     let vantages = dataplane::vantage::Vantages::new(args.ifaces.clone());
     let mut engine_cfg = EngineConfig {
@@ -654,10 +735,47 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut driver_base = Vec::new();
     let draining = Arc::new(std::sync::atomic::AtomicUsize::new(nworkers));
     let mut attached = Vec::new();
+    // Host mode: each interface's TC egress program, by id, for /healthz.
+    let mut egress_attached = Vec::new();
     let mut workers = Vec::new();
     let mut summaries = Vec::new();
     let mut worker_no = 0usize;
+    let mut new_sink = |id: usize| EngineSink {
+        engine: Engine::new(engine_cfg.clone(), id),
+        id,
+        peers: inbox_tx.clone(),
+        inbox: inbox_rx.pop().expect("one inbox per worker"),
+        out: out_tx.clone(),
+        stats: worker_stats[id].clone(),
+        record: record_thread.as_ref().map(|(tx, free, _)| Recorder {
+            tx: tx.clone(),
+            free: free.clone(),
+            cur: RecordBatch::default(),
+            dropped: 0,
+        }),
+        record_dropped: 0,
+        received: 0,
+        inbound_lost_seen: 0,
+        reorder: crate::live::Reorder::default(),
+        peer_stats: worker_stats.clone(),
+        queue_owned,
+        capture_published: Vec::new(),
+    };
     for (vantage, (iface, idx, queue_ids)) in plan.iter().enumerate() {
+        if args.host {
+            let cpu = cpus[worker_no % cpus.len()];
+            let (mut prog, reader, info, prog_id) =
+                host_reader(&args, config, (iface, *idx, vantage as u16), cpu, &draining)?;
+            egress_attached.push((iface.clone(), prog.egress().info().map(|i| i.id()).ok()));
+            // After attaching, as for AF_XDP: attaching resets some drivers' queues.
+            driver_base.push(DriverBaseline::new(iface));
+            attached.push((iface.clone(), *idx, prog_id));
+            summaries.push(info);
+            workers.push(reader.spawn(new_sink(worker_no), stop.clone())?);
+            worker_no += 1;
+            programs.push((iface.clone(), prog));
+            continue;
+        }
         let mut prog = XdpProgram::load_filtered(config, args.filter.as_ref())
             .context("loading the XDP program (is the kernel ≥ 5.10 with BPF enabled?)")?;
         // Attach first: an interface owned by another XDP program is refused before any socket
@@ -699,27 +817,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 xsk.fallback_reason.clone(),
                 counters.clone(),
             ));
-            let sink = EngineSink {
-                engine: Engine::new(engine_cfg.clone(), worker_no - 1),
-                id: worker_no - 1,
-                peers: inbox_tx.clone(),
-                inbox: inbox_rx.pop().expect("one inbox per worker"),
-                out: out_tx.clone(),
-                stats: worker_stats[worker_no - 1].clone(),
-                record: record_thread.as_ref().map(|(tx, free, _)| Recorder {
-                    tx: tx.clone(),
-                    free: free.clone(),
-                    cur: RecordBatch::default(),
-                    dropped: 0,
-                }),
-                record_dropped: 0,
-                received: 0,
-                inbound_lost_seen: 0,
-                reorder: crate::live::Reorder::default(),
-                peer_stats: worker_stats.clone(),
-                queue_owned,
-                capture_published: Vec::new(),
-            };
+            let sink = new_sink(worker_no - 1);
             let w = Worker {
                 xsk,
                 vantage: vantage as u16,
@@ -751,7 +849,9 @@ pub fn run(args: RunArgs) -> Result<()> {
                 config.non_tcp_drop != 0,
             );
             export_metrics(&summaries, &programs, &worker_stats);
-            health.set(problems(&summaries, &workers, &worker_stats, &attached));
+            let mut now_wrong = problems(&summaries, &workers, &worker_stats, &attached);
+            now_wrong.extend(egress_problems(&egress_attached));
+            health.set(now_wrong);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -851,9 +951,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     let l = &summary.loss;
     log::info!(
-        "frames: {} processed by the engines; lost: {} (XDP no socket {}, redirect failed {}, truncate failed {}; AF_XDP socket full {}, ring full {}; hand-off {}; interface missed {}); driver queue drops {}; unattributed {}",
+        "frames: {} processed by the engines; lost: {} (XDP no socket {}, redirect failed {}, truncate failed {}; AF_XDP socket full {}, ring full {}; host ring full {}; hand-off {}; interface missed {}); driver queue drops {}; unattributed {}",
         l.engine_received, l.lost_total, l.xdp_no_socket, l.xdp_redirect_failed, l.xdp_truncate_failed,
-        l.xsk_rx_dropped, l.xsk_rx_ring_full, l.handoff_dropped, l.interface_missed, l.driver_queue_drops, l.unattributed
+        l.xsk_rx_dropped, l.xsk_rx_ring_full, l.host_ring_full, l.handoff_dropped, l.interface_missed, l.driver_queue_drops, l.unattributed
     );
     for q in &summary.queues {
         log::info!(

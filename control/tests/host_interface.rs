@@ -45,6 +45,7 @@ fn an_interface_with_addresses_or_routes_is_refused_a_span_port_is_not() {
         // Nothing was attached on the way out.
         assert!(!a.run("ip -d link show h0").unwrap().contains("prog/xdp"), "{setup}");
         assert!(err.contains("--allow-host-interface"), "{err}");
+        assert!(err.contains("add --host"), "the refusal names host mode: {err}");
     }
     // The operator's override (a remote mirror's collector interface carries an address).
     let o = a

@@ -2,18 +2,27 @@
 //! and MPLS), count the outcome,
 //! cut TCP frames to the snap length, prepend metadata and redirect them into the receive
 //! queue's AF_XDP socket. Fails open: anything unknown or malformed is passed to the stack.
+//!
+//! Host mode (`run --host`, on an interface that carries the host's own traffic) takes nothing
+//! from the stack: [`wirewatch_xdp_host`] and the TC egress program [`wirewatch_tc_egress`] copy
+//! the headers of each TCP frame into one BPF ring buffer and let every frame go on.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::bindings::xdp_action;
-use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_meta, bpf_xdp_adjust_tail};
-use aya_ebpf::macros::{map, xdp};
+use aya_ebpf::bindings::{xdp_action, TC_ACT_UNSPEC};
+use aya_ebpf::helpers::{
+    bpf_ktime_get_ns, bpf_skb_load_bytes, bpf_xdp_adjust_meta, bpf_xdp_adjust_tail,
+    bpf_xdp_load_bytes,
+};
+use aya_ebpf::macros::{classifier, map, xdp};
 use aya_ebpf::maps::lpm_trie::Key;
-use aya_ebpf::maps::{Array, LpmTrie, PerCpuArray, XskMap};
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::maps::{Array, LpmTrie, PerCpuArray, RingBuf, XskMap};
+use aya_ebpf::programs::{TcContext, XdpContext};
+use aya_ebpf::EbpfContext;
 use dataplane_common::{
-    classify, Bytes, FilterValue, Outcome, TcpOffsets, XdpConfig, XdpMeta, MAX_FILTER_PRIMITIVES,
-    MAX_QUEUES, META_F_TRUNCATED, META_MAGIC, OUTCOME_COUNT, XDP_META_LEN,
+    classify, Bytes, FilterValue, HostRecord, HostRecordHeader, Outcome, TcpOffsets, XdpConfig,
+    XdpMeta, HOST_F_EGRESS, HOST_SNAP_MAX, HOST_SNAP_SMALL, MAX_FILTER_PRIMITIVES, MAX_QUEUES,
+    META_F_TRUNCATED, META_MAGIC, OUTCOME_COUNT, XDP_META_LEN,
 };
 
 #[map(name = "XSKS")]
@@ -21,6 +30,10 @@ static XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(OUTCOME_COUNT, 0);
+
+/// Host mode's ring. The loader sets its size (a page in span mode, where nothing writes it).
+#[map(name = "HOST_RING")]
+static HOST_RING: RingBuf = RingBuf::with_byte_size(4096, 0);
 
 /// `--filter`'s tables, filled by the loader before attach (see `XdpConfig::filter`).
 #[map(name = "FILTER_PREFIXES")]
@@ -236,6 +249,107 @@ fn try_wirewatch_xdp(ctx: &XdpContext) -> (Outcome, u32) {
         Ok(action) => (meta_outcome.unwrap_or(Outcome::TcpRedirected), action),
         Err(_) => (Outcome::RedirectFailed, xdp_action::XDP_PASS),
     }
+}
+
+#[xdp]
+pub fn wirewatch_xdp_host(ctx: XdpContext) -> u32 {
+    let frame = Frame { start: ctx.data(), end: ctx.data_end() };
+    let outcome = copy_headers(&frame, frame.end - frame.start, 0, |dst, len| {
+        // Safety: a helper call on this invocation's xdp_md; dst is a ring record's data array
+        // of at least `len` bytes (copy_headers bounds it), and the kernel checks the offset
+        // and length against the frame.
+        unsafe { bpf_xdp_load_bytes(ctx.ctx, 0, dst.cast(), len) }
+    });
+    count(outcome);
+    // Never anything else: the frame belongs to the host.
+    xdp_action::XDP_PASS
+}
+
+/// Host mode's egress half: the host's outgoing frames, before the qdisc. The TCP stack builds
+/// each segment's headers in the skb's linear area (`__tcp_transmit_skb` in
+/// net/ipv4/tcp_output.c pushes them with `skb_push`), so the parser reads them in place; a
+/// GSO frame is seen once, before it is segmented, as a capture on the host sees it.
+#[classifier]
+pub fn wirewatch_tc_egress(ctx: TcContext) -> i32 {
+    let frame = Frame { start: ctx.data(), end: ctx.data_end() };
+    let outcome = copy_headers(&frame, ctx.len() as usize, HOST_F_EGRESS, |dst, len| {
+        // Safety: a helper call on this invocation's __sk_buff; dst is a ring record's data
+        // array of at least `len` bytes, and the kernel checks offset and length against the
+        // skb (paged data included).
+        unsafe { bpf_skb_load_bytes(ctx.as_ptr(), 0, dst.cast(), len) }
+    });
+    count(outcome);
+    // TCX_NEXT (include/uapi/linux/bpf.h, `enum tcx_action_base`; TC_ACT_UNSPEC for cls_bpf):
+    // the frame goes on to the next program and the qdisc, as if we were not there.
+    TC_ACT_UNSPEC
+}
+
+/// Host mode: classifies the frame like the span program (filter included) and copies its
+/// first bytes, up to the snap length counted from the innermost frame, into the ring. The
+/// frame itself is never touched.
+#[inline(always)]
+fn copy_headers(
+    frame: &Frame,
+    wire_len: usize,
+    flags: u32,
+    load: impl FnOnce(*mut u8, u32) -> i64,
+) -> Outcome {
+    let snap_off = match classify(frame, wire_len) {
+        Ok(o) if config(&CONFIG.filter) != 0 && !filter_passes(frame, &o) => {
+            return Outcome::Filtered
+        }
+        Ok(o) => o.snap_off as usize,
+        Err(other) => return other,
+    };
+    let snaplen = config(&CONFIG.snaplen) as usize;
+    let keep = if snaplen == 0 { wire_len } else { wire_len.min(snap_off + snaplen) };
+    let flags = flags | if keep < wire_len { META_F_TRUNCATED } else { 0 };
+    // The small record when the kept bytes fit it (the default snap length), else the large
+    // one, cut to its capacity (a longer snap only happens behind deep tunnels).
+    if keep <= HOST_SNAP_SMALL {
+        to_ring::<HOST_SNAP_SMALL>(keep, wire_len, flags, load)
+    } else {
+        to_ring::<HOST_SNAP_MAX>(keep, wire_len, flags, load)
+    }
+}
+
+#[inline(always)]
+fn to_ring<const N: usize>(
+    keep: usize,
+    wire_len: usize,
+    mut flags: u32,
+    load: impl FnOnce(*mut u8, u32) -> i64,
+) -> Outcome {
+    let Some(mut entry) = HOST_RING.reserve::<HostRecord<N>>(0) else {
+        return Outcome::HostRingFull;
+    };
+    // The verifier needs the length bounded by the record: an opaque N keeps LLVM from
+    // folding the comparison into a form it cannot follow.
+    let mut len = keep;
+    if len > core::hint::black_box(N) {
+        len = N;
+        flags |= META_F_TRUNCATED;
+    }
+    let rec = entry.as_mut_ptr();
+    // Safety: rec points to a reserved ring record of size_of::<HostRecord<N>>() bytes, ours
+    // until submit or discard; the data array holds N >= len bytes.
+    let copied = unsafe { load(core::ptr::addr_of_mut!((*rec).data).cast(), len as u32) };
+    if len == 0 || copied != 0 {
+        entry.discard(0);
+        return Outcome::HostCopyFailed;
+    }
+    let header = HostRecordHeader {
+        flags,
+        orig_len: wire_len as u32,
+        cap_len: len as u32,
+        _pad: 0,
+        // Safety: bpf_ktime_get_ns takes no arguments and cannot fail.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    // Safety: as above; the header is the record's first field.
+    unsafe { core::ptr::addr_of_mut!((*rec).header).write(header) };
+    entry.submit(0);
+    Outcome::HostCopied
 }
 
 #[cfg(not(test))]

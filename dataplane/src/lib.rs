@@ -6,6 +6,7 @@ pub mod engine;
 pub mod evidence;
 pub mod filter;
 pub mod flow;
+pub mod host;
 pub mod loader;
 pub mod nicstats;
 pub mod packet;

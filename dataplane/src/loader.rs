@@ -1,15 +1,18 @@
 //! Loads the embedded XDP program, sets its `.rodata` configuration, attaches it and exposes
-//! its maps (XSKMAP, outcome counters).
+//! its maps (XSKMAP, outcome counters). In host mode it loads the XDP program that copies
+//! headers into a ring buffer instead, and the TC egress program beside it.
 use std::os::fd::AsRawFd;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, MapData, PerCpuArray, XskMap};
+use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf, XskMap};
+use aya::programs::tc::{SchedClassifierLinkId, TcAttachOptions};
 use aya::programs::xdp::XdpLinkId;
-use aya::programs::{Xdp, XdpMode};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use dataplane_common::{
     FilterValue, Outcome, XdpConfig, CONFIG_GLOBAL_NAME, COUNTERS_MAP_NAME, FILTER_PORTS_MAP_NAME,
-    FILTER_PREFIXES_MAP_NAME, FILTER_VLANS_MAP_NAME, OUTCOME_COUNT, XDP_PROGRAM_NAME, XSK_MAP_NAME,
+    FILTER_PREFIXES_MAP_NAME, FILTER_VLANS_MAP_NAME, HOST_RING_MAP_NAME, HOST_TC_PROGRAM_NAME,
+    HOST_XDP_PROGRAM_NAME, OUTCOME_COUNT, XDP_PROGRAM_NAME, XSK_MAP_NAME,
 };
 
 use crate::filter::Filter;
@@ -30,12 +33,21 @@ pub enum LoadError {
     Missing(&'static str),
 }
 
-/// A loaded (not yet attached) XDP program with its maps.
+/// A loaded (not yet attached) XDP program with its maps; in host mode also the TC egress
+/// program.
 pub struct XdpProgram {
     ebpf: Ebpf,
     pub config: XdpConfig,
     link: Option<XdpLinkId>,
+    /// The XDP program's name in the object: the span or the host-mode one.
+    xdp_name: &'static str,
+    /// Host mode's TC egress link.
+    egress_link: Option<SchedClassifierLinkId>,
 }
+
+/// The ring of a span-mode load: the map exists in the object either way, and nothing writes
+/// it (the size must be a power of two and a multiple of the page size).
+const UNUSED_RING_BYTES: u32 = 4096;
 
 impl XdpProgram {
     /// Loads and verifies the program with `config` baked into `.rodata`.
@@ -45,9 +57,26 @@ impl XdpProgram {
 
     /// As [`Self::load`], evaluating `filter` on every TCP frame: its truth table and VLAN bits
     /// go into `.rodata`, its prefixes, ports and VLAN IDs into the program's tables.
-    pub fn load_filtered(
+    pub fn load_filtered(config: XdpConfig, filter: Option<&Filter>) -> Result<Self, LoadError> {
+        Self::load_mode(config, filter, None)
+    }
+
+    /// Host mode: the XDP program that copies each TCP frame's headers into a ring of
+    /// `ring_bytes` (a power of two, a multiple of the page size) and passes every frame on,
+    /// and the TC egress program that does the same for outgoing frames
+    /// ([`Self::attach_egress`]).
+    pub fn load_host(
+        config: XdpConfig,
+        filter: Option<&Filter>,
+        ring_bytes: u32,
+    ) -> Result<Self, LoadError> {
+        Self::load_mode(config, filter, Some(ring_bytes))
+    }
+
+    fn load_mode(
         mut config: XdpConfig,
         filter: Option<&Filter>,
+        host_ring_bytes: Option<u32>,
     ) -> Result<Self, LoadError> {
         let tables = filter.map(Filter::tables);
         if let Some(t) = &tables {
@@ -57,12 +86,20 @@ impl XdpProgram {
         }
         let mut ebpf = EbpfLoader::new()
             .override_global(CONFIG_GLOBAL_NAME, &config, true)
+            .map_max_entries(HOST_RING_MAP_NAME, host_ring_bytes.unwrap_or(UNUSED_RING_BYTES))
             .load(XDP_OBJECT)?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(XDP_PROGRAM_NAME)
-            .ok_or(LoadError::Missing("XDP program"))?
-            .try_into()?;
+        let xdp_name =
+            if host_ring_bytes.is_some() { HOST_XDP_PROGRAM_NAME } else { XDP_PROGRAM_NAME };
+        let prog: &mut Xdp =
+            ebpf.program_mut(xdp_name).ok_or(LoadError::Missing("XDP program"))?.try_into()?;
         prog.load()?;
+        if host_ring_bytes.is_some() {
+            let tc: &mut SchedClassifier = ebpf
+                .program_mut(HOST_TC_PROGRAM_NAME)
+                .ok_or(LoadError::Missing("TC egress program"))?
+                .try_into()?;
+            tc.load()?;
+        }
         if let Some(t) = tables {
             let map =
                 ebpf.map_mut(FILTER_PREFIXES_MAP_NAME).ok_or(LoadError::Missing("prefix table"))?;
@@ -83,12 +120,12 @@ impl XdpProgram {
                 vlans.set(u32::from(*id), u32::from(*bits), 0)?;
             }
         }
-        Ok(Self { ebpf, config, link: None })
+        Ok(Self { ebpf, config, link: None, xdp_name, egress_link: None })
     }
 
     pub fn program(&mut self) -> &mut Xdp {
         self.ebpf
-            .program_mut(XDP_PROGRAM_NAME)
+            .program_mut(self.xdp_name)
             .expect("checked at load")
             .try_into()
             .expect("checked at load")
@@ -108,10 +145,52 @@ impl XdpProgram {
     /// Detaches from the interface while the maps stay readable: after it, no frame is
     /// counted or redirected, so the counters can be compared with what the sockets received.
     pub fn detach(&mut self) -> Result<(), aya::programs::ProgramError> {
+        if let Some(link) = self.egress_link.take() {
+            self.egress().detach(link)?;
+        }
         match self.link.take() {
             Some(link) => self.program().detach(link),
             None => Ok(()),
         }
+    }
+
+    /// Host mode's TC egress program.
+    pub fn egress(&mut self) -> &mut SchedClassifier {
+        self.ebpf
+            .program_mut(HOST_TC_PROGRAM_NAME)
+            .expect("in the object")
+            .try_into()
+            .expect("a classifier")
+    }
+
+    /// Host mode: attaches the TC egress program to `iface` as a TCX link (kernel ≥ 6.6), after
+    /// the programs already there, so it sees what they let through and never changes their
+    /// verdicts. It detaches with [`Self::detach`] or when `self` is dropped.
+    pub fn attach_egress(&mut self, iface: &str) -> Result<(), aya::programs::ProgramError> {
+        let link = self.egress().attach_with_options(
+            iface,
+            TcAttachType::Egress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )?;
+        self.egress_link = Some(link);
+        Ok(())
+    }
+
+    /// Host mode's ring buffer, for the one reader that drains it (taken once: a second call
+    /// finds it missing).
+    pub fn take_host_ring(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+        let map = self.ebpf.take_map(HOST_RING_MAP_NAME).ok_or(LoadError::Missing("host ring"))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// A second handle on the outcome counters, for a reader thread of its own (host mode's
+    /// reader counts ring losses from it without waiting for the control thread).
+    pub fn counter_reader(&self) -> Result<CounterReader, LoadError> {
+        let Some(Map::PerCpuArray(map)) = self.ebpf.map(COUNTERS_MAP_NAME) else {
+            return Err(LoadError::Missing("counter map"));
+        };
+        let again = MapData::from_id(map.info()?.id())?;
+        Ok(CounterReader(PerCpuArray::try_from(Map::PerCpuArray(again))?))
     }
 
     /// Puts `socket_fd` in the XSKMAP slot of `queue`.
@@ -131,6 +210,16 @@ impl XdpProgram {
             out.0[i as usize] = arr.get(&i, 0)?.iter().sum();
         }
         Ok(out)
+    }
+}
+
+/// The outcome counters of one loaded program, readable from any thread.
+pub struct CounterReader(PerCpuArray<MapData, u64>);
+
+impl CounterReader {
+    /// `outcome`'s count summed over CPUs.
+    pub fn get(&self, outcome: Outcome) -> Result<u64, LoadError> {
+        Ok(self.0.get(&(outcome as u32), 0)?.iter().sum())
     }
 }
 

@@ -186,20 +186,32 @@ impl Worker {
                 counters.publish(&s);
                 report_loss(&mut sink, vantage, &mut last_lost, lost_now(&s));
             }
-            draining.fetch_sub(1, Relaxed);
-            let waiting = Instant::now();
-            while draining.load(Relaxed) > 0 && waiting.elapsed() < PEER_DRAIN_WAIT {
-                sink.batch_end();
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            sink.finish();
+            finish_after_peers(&mut sink, &draining);
             sink
         })
     }
 }
 
+/// A stopped worker's last step: it leaves the draining count, keeps taking frames its peers
+/// hand over until they have all stopped reading (or [`PEER_DRAIN_WAIT`] passed), then
+/// finishes its sink.
+pub(crate) fn finish_after_peers<S: FrameSink>(sink: &mut S, draining: &AtomicUsize) {
+    draining.fetch_sub(1, Relaxed);
+    let waiting = Instant::now();
+    while draining.load(Relaxed) > 0 && waiting.elapsed() < PEER_DRAIN_WAIT {
+        sink.batch_end();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    sink.finish();
+}
+
 /// Tells the sink about every loss counter that grew since `last`.
-fn report_loss<S: FrameSink>(sink: &mut S, vantage: u16, last: &mut [u64; 3], now: [u64; 3]) {
+pub(crate) fn report_loss<S: FrameSink>(
+    sink: &mut S,
+    vantage: u16,
+    last: &mut [u64; 3],
+    now: [u64; 3],
+) {
     for (was, is) in last.iter_mut().zip(now) {
         if is > *was {
             sink.capture_loss(vantage, is - *was, realtime_ns());

@@ -2,6 +2,13 @@
 
 /// Name of the XDP program inside the object file.
 pub const XDP_PROGRAM_NAME: &str = "wirewatch_xdp";
+/// Host mode's programs: the XDP program that passes every frame on and copies its headers
+/// into [`HOST_RING_MAP_NAME`], and the TC egress program that copies the host's outgoing
+/// frames into the same ring.
+pub const HOST_XDP_PROGRAM_NAME: &str = "wirewatch_xdp_host";
+pub const HOST_TC_PROGRAM_NAME: &str = "wirewatch_tc_egress";
+/// Name of host mode's BPF ring buffer (one [`HostRecord`] per copied frame).
+pub const HOST_RING_MAP_NAME: &str = "HOST_RING";
 /// Name of the XSKMAP (queue index → AF_XDP socket).
 pub const XSK_MAP_NAME: &str = "XSKS";
 /// Name of the per-CPU outcome counter array.
@@ -119,6 +126,69 @@ impl XdpMeta {
     }
 }
 
+/// Host mode: the frame left the host (TC egress); else it arrived (XDP).
+pub const HOST_F_EGRESS: u32 = 1 << 2;
+
+/// Frame bytes a host-mode ring record holds: the longest snap length (1024) and the outer
+/// headers of two tunnels in front of it, which the snap length does not count.
+pub const HOST_SNAP_MAX: usize = 1280;
+/// Frame bytes of the small record, taken when the frame's kept bytes fit: with the default
+/// snap length of 128, records stay small and the ring holds ~7 times as many.
+pub const HOST_SNAP_SMALL: usize = 160;
+
+/// What precedes each frame copied into host mode's ring. The kernel aligns ring records to
+/// 8 bytes, so the header is 8-byte sized and the frame bytes follow it directly.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostRecordHeader {
+    /// [`META_F_TRUNCATED`], [`HOST_F_EGRESS`].
+    pub flags: u32,
+    /// Frame length on the wire (for egress, the skb's length: a GSO frame before it is
+    /// segmented, as a capture on the host sees it).
+    pub orig_len: u32,
+    /// Frame bytes copied after the header (at most the record's capacity).
+    pub cap_len: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the frame was copied.
+    pub ts_ns: u64,
+}
+pub const HOST_RECORD_HEADER_LEN: usize = 24;
+const _: () = assert!(size_of::<HostRecordHeader>() == HOST_RECORD_HEADER_LEN);
+
+/// One ring record: the header and up to `N` frame bytes. A fixed size per `N`, because the
+/// verifier only lets `bpf_ringbuf_reserve` take a constant size (kernel/bpf/verifier.c,
+/// `check_helper_call`: "R2 is not a known constant" for BPF_FUNC_ringbuf_reserve).
+#[repr(C)]
+pub struct HostRecord<const N: usize> {
+    pub header: HostRecordHeader,
+    pub data: [u8; N],
+}
+const _: () = assert!(size_of::<HostRecord<HOST_SNAP_SMALL>>() == 24 + HOST_SNAP_SMALL);
+const _: () = assert!(size_of::<HostRecord<HOST_SNAP_MAX>>() == 24 + HOST_SNAP_MAX);
+
+impl HostRecordHeader {
+    /// Decodes the header at the start of a ring record and returns the frame bytes after it,
+    /// or `None` when the record is shorter than its header says (never written by our
+    /// programs: counted by the reader, not trusted).
+    pub fn split(record: &[u8]) -> Option<(Self, &[u8])> {
+        let head = record.get(..HOST_RECORD_HEADER_LEN)?;
+        let u32_at =
+            |o: usize| u32::from_ne_bytes([head[o], head[o + 1], head[o + 2], head[o + 3]]);
+        let mut ns = [0u8; 8];
+        ns.copy_from_slice(&head[16..24]);
+        let h = Self {
+            flags: u32_at(0),
+            orig_len: u32_at(4),
+            cap_len: u32_at(8),
+            _pad: 0,
+            ts_ns: u64::from_ne_bytes(ns),
+        };
+        let data =
+            record.get(HOST_RECORD_HEADER_LEN..HOST_RECORD_HEADER_LEN + h.cap_len as usize)?;
+        Some((h, data))
+    }
+}
+
 /// Every way the XDP program can dispose of a frame; the index into the per-CPU counters.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -159,8 +229,16 @@ pub enum Outcome {
     TunnelTooDeep = 19,
     /// TCP that `--filter` refuses: passed to the stack untouched.
     Filtered = 20,
+    /// Host mode: TCP, its headers copied into the ring, the frame passed on untouched.
+    HostCopied = 21,
+    /// Host mode: TCP, the ring had no room for its headers (user space fell behind): a lost
+    /// frame; the frame itself is passed on untouched.
+    HostRingFull = 22,
+    /// Host mode: TCP, but copying its bytes into the reserved record failed (never seen:
+    /// the length is within the frame): a lost frame, passed on untouched.
+    HostCopyFailed = 23,
 }
-pub const OUTCOME_COUNT: u32 = 21;
+pub const OUTCOME_COUNT: u32 = 24;
 
 impl Outcome {
     pub const ALL: [Outcome; OUTCOME_COUNT as usize] = [
@@ -185,6 +263,9 @@ impl Outcome {
         Outcome::MalformedMpls,
         Outcome::TunnelTooDeep,
         Outcome::Filtered,
+        Outcome::HostCopied,
+        Outcome::HostRingFull,
+        Outcome::HostCopyFailed,
     ];
 
     /// The `reason` label of `wirewatch_xdp_packets_total`.
@@ -211,6 +292,9 @@ impl Outcome {
             Outcome::MalformedMpls => "malformed_mpls",
             Outcome::TunnelTooDeep => "tunnel_too_deep",
             Outcome::Filtered => "filtered",
+            Outcome::HostCopied => "host_copied",
+            Outcome::HostRingFull => "host_ring_full",
+            Outcome::HostCopyFailed => "host_copy_failed",
         }
     }
 
@@ -229,4 +313,40 @@ mod pod {
     unsafe impl aya::Pod for super::XdpMeta {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FilterValue {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(h: &HostRecordHeader, data: &[u8]) -> [u8; 64] {
+        let mut r = [0u8; 64];
+        r[0..4].copy_from_slice(&h.flags.to_ne_bytes());
+        r[4..8].copy_from_slice(&h.orig_len.to_ne_bytes());
+        r[8..12].copy_from_slice(&h.cap_len.to_ne_bytes());
+        r[16..24].copy_from_slice(&h.ts_ns.to_ne_bytes());
+        r[24..24 + data.len()].copy_from_slice(data);
+        r
+    }
+
+    /// A record gives back its header and exactly `cap_len` frame bytes; one whose `cap_len`
+    /// points past its end, or shorter than a header, is refused rather than read past.
+    #[test]
+    fn host_records_split_or_are_refused() {
+        let h = HostRecordHeader {
+            flags: HOST_F_EGRESS,
+            orig_len: 1514,
+            cap_len: 40,
+            _pad: 0,
+            ts_ns: 7,
+        };
+        let r = record(&h, &[0xab; 40]);
+        let (got, data) = HostRecordHeader::split(&r).unwrap();
+        assert_eq!((got, data), (h, &[0xab; 40][..]));
+        let lying = record(&HostRecordHeader { cap_len: 41, ..h }, &[0; 40]);
+        assert_eq!(HostRecordHeader::split(&lying), None);
+        let huge = record(&HostRecordHeader { cap_len: u32::MAX, ..h }, &[0; 40]);
+        assert_eq!(HostRecordHeader::split(&huge), None);
+        assert_eq!(HostRecordHeader::split(&r[..23]), None);
+    }
 }
