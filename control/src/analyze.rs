@@ -231,7 +231,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         if vantages.iter().flat_map(|v| &v.files).any(|p| p.as_os_str() == "-") {
             // Standard input can be read once: the relations are learned as it is analysed
             // (the --serial pairs are given).
-            let mut relations = dataplane::anomaly::paths::VantageRelations::default();
+            let mut relations = dataplane::vantage::VantageRelations::default();
             for &(a, b) in &serial {
                 relations.force_serial(a, b);
             }
@@ -544,7 +544,11 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
         );
         for (v, n, flags) in all {
-            writeln!(out, "{v}\t{n}\t{}", verdict_names(flags).join(","))?;
+            writeln!(
+                out,
+                "{v}\t{n}\t{}",
+                dataplane::anomaly::loss::verdict::names(flags).collect::<Vec<_>>().join(",")
+            )?;
         }
         out.flush()?;
     }
@@ -656,31 +660,6 @@ fn progress_line(done: u64, total: Option<u64>, frames: u64, elapsed_s: f64) -> 
         }
     }
     line
-}
-
-/// Verdict bit names, as tshark names its tcp.analysis fields.
-pub fn verdict_names(v: u32) -> Vec<&'static str> {
-    use dataplane::anomaly::loss::verdict::{
-        ACK_UNSEEN, DUP_ACK, FAST_RETRANSMISSION, KEEP_ALIVE, MIRROR_DUPLICATE, OUT_OF_ORDER,
-        RETRANSMISSION, SPURIOUS_RETRANSMISSION, WINDOW_UPDATE, ZERO_WINDOW, ZERO_WINDOW_PROBE,
-    };
-    [
-        (RETRANSMISSION, "retransmission"),
-        (FAST_RETRANSMISSION, "fast_retransmission"),
-        (SPURIOUS_RETRANSMISSION, "spurious_retransmission"),
-        (OUT_OF_ORDER, "out_of_order"),
-        (DUP_ACK, "duplicate_ack"),
-        (ZERO_WINDOW, "zero_window"),
-        (ACK_UNSEEN, "ack_lost_segment"),
-        (KEEP_ALIVE, "keep_alive"),
-        (WINDOW_UPDATE, "window_update"),
-        (ZERO_WINDOW_PROBE, "zero_window_probe"),
-        (MIRROR_DUPLICATE, "mirror_duplicate"),
-    ]
-    .iter()
-    .filter(|(b, _)| v & b != 0)
-    .map(|(_, n)| *n)
-    .collect()
 }
 
 /// Where the engine ran out of room and detectors went without (never silently).

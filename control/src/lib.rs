@@ -7,6 +7,7 @@ mod caps;
 pub mod config;
 mod event_fields;
 pub mod explain;
+mod failing;
 pub mod generate;
 mod health;
 mod host_iface;

@@ -15,6 +15,8 @@ use dataplane::packet::decode_in;
 use dataplane::worker::{FrameSink, QueueCounters, RawFrame};
 use serde::Serialize;
 
+use crate::failing::Failing;
+
 /// A frame handed to the worker that owns its flow: the decoded packet and the header bytes
 /// the evidence history keeps, by value (no allocation, no second decode).
 pub struct OwnedFrame {
@@ -372,50 +374,6 @@ impl EventsFile {
         let mut p = self.path.clone().into_os_string();
         p.push(format!(".{i}"));
         PathBuf::from(p)
-    }
-}
-
-/// A run of failed writes to one output: counted every time, logged when it starts, every
-/// minute while it lasts, and when the output works again (not once per event).
-pub struct Failing {
-    output: &'static str,
-    since: Option<(std::time::Instant, u64)>,
-}
-
-impl Failing {
-    pub fn new(output: &'static str) -> Self {
-        Self { output, since: None }
-    }
-
-    pub fn failed(&mut self, what: &dyn std::fmt::Display) {
-        metrics::counter!(crate::metrics::OUTPUT_FAILED, "output" => self.output).increment(1);
-        match &mut self.since {
-            Some((t, n)) if t.elapsed() < std::time::Duration::from_mins(1) => *n += 1,
-            Some((t, n)) => {
-                log::error!(
-                    "{} output still failing ({} more failed write(s)): {what}",
-                    self.output,
-                    *n + 1
-                );
-                *t = std::time::Instant::now();
-                *n = 0;
-            }
-            None => {
-                log::error!(
-                    "{} output failed: {what}; monitoring goes on, failures are counted in {}{{output=\"{}\"}}",
-                    self.output,
-                    crate::metrics::OUTPUT_FAILED,
-                    self.output
-                );
-                self.since = Some((std::time::Instant::now(), 0));
-            }
-        }
-    }
-
-    pub fn ok(&mut self) {
-        if self.since.take().is_some() {
-            log::info!("{} output works again", self.output);
-        }
     }
 }
 

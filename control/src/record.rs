@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use dataplane::pcapng::PcapngWriter;
 
-use crate::live::Failing;
+use crate::failing::Failing;
 
 /// Files kept besides the one being written.
 pub const KEEP: u32 = 5;

@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
-use dataplane::anomaly::paths::{Relation, VantageMatcher, VantageRelations};
+use dataplane::anomaly::paths::VantageMatcher;
 use dataplane::capture::CaptureError;
-use dataplane::vantage::Vantages;
+use dataplane::vantage::{Relation, VantageRelations, Vantages};
 
 use crate::sources::Source;
 
@@ -333,7 +333,7 @@ fn offsets_from_zero(pairs: &[(u16, u16, i64, u32)], n: usize) -> Vec<i64> {
     while changed {
         changed = false;
         for &(a, b, d, m) in pairs {
-            if m < dataplane::anomaly::paths::LOSS_MIN_MATCHES {
+            if m < dataplane::vantage::LOSS_MIN_MATCHES {
                 continue;
             }
             let (a, b) = (usize::from(a), usize::from(b));

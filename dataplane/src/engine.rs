@@ -3,16 +3,16 @@
 //! is the packets' timestamps.
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
-use std::path::PathBuf;
 
 use dataplane_common::tcp_flags::{ACK, FIN, RST, SYN};
 use dataplane_common::{Outcome, OUTCOME_COUNT};
 
 use crate::anomaly::health::MirrorDedup;
-use crate::anomaly::paths::{Expired, MatcherStats, VantageMatcher, VantageRelations};
+use crate::anomaly::paths::{Expired, MatcherStats, VantageMatcher};
 use crate::anomaly::{
     self, loss, rfc3339, Ctx, Detection, Event, EvidenceRef, FlowExtra, FlowRef, Kind, KIND_COUNT,
 };
+pub use crate::config::{host_name, EngineConfig};
 use crate::evidence::{evidence_path, EvidenceBudget, EvidenceJob, History};
 use crate::flow::side::{SidePool, SideState, SlotHasher};
 use crate::flow::table::{FlowRef as TableRef, Slot};
@@ -23,85 +23,7 @@ use crate::flow::{
 use crate::packet::{decode_in, TcpPacket};
 use crate::seq::SeqNumber;
 use crate::tcp::{transition, Segment};
-use crate::vantage::Vantages;
-
-/// Every threshold of the catalog, with its default.
-#[derive(Clone, Debug)]
-pub struct EngineConfig {
-    pub handshake_timeout_ns: u64,
-    /// Upper bound of the RST pairing window (default 50 ms; the window is min(RTT/2, this)).
-    pub pairing_window_max_ns: u64,
-    /// Lower bound: the local processing time of a middlebox answering (default 1 ms).
-    pub pairing_window_floor_ns: u64,
-    pub vantage_window_ns: u64,
-    pub storm_count: u32,
-    pub reorder_default_ns: u64,
-    pub mirror_window_ns: u64,
-    pub flow_capacity: usize,
-    /// Flows that can have a detector armed at once (side-state pool entries).
-    pub side_capacity: usize,
-    pub idle_timeout_ns: u64,
-    pub closed_timeout_ns: u64,
-    pub history_bytes: usize,
-    pub evidence_dir: Option<PathBuf>,
-    pub evidence_before_packets: usize,
-    pub evidence_before_ns: u64,
-    pub evidence_after_packets: usize,
-    pub evidence_after_ns: u64,
-    pub evidence_per_sec: f64,
-    /// The budget shared by every worker of the process; `None`: this engine's own, at
-    /// `evidence_per_sec`.
-    pub evidence_budget: Option<EvidenceBudget>,
-    /// The vantages (interfaces or files, and the mirror sessions found in them), shared by
-    /// every engine of the process.
-    pub vantages: Vantages,
-    /// How vantage pairs relate (serial or parallel): pairs the operator named serial, and
-    /// what a first pass learned. `learn_vantage_relations` keeps learning from the traffic.
-    pub vantage_relations: VantageRelations,
-    pub learn_vantage_relations: bool,
-    /// Each vantage's capture time range, when known (capture files): no loss is inferred at
-    /// a vantage outside its range.
-    pub vantage_ranges: Option<Vec<(u64, u64)>>,
-    /// Record a per-packet verdict (for `analyze --verdicts`).
-    pub record_verdicts: bool,
-    /// The seed of the events' Community ID (0 unless the other tools use another).
-    pub community_id_seed: u16,
-    /// The sensor's name in events (default: the host name).
-    pub host: String,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self {
-            handshake_timeout_ns: 3_000_000_000,
-            pairing_window_max_ns: 50_000_000,
-            pairing_window_floor_ns: 1_000_000,
-            vantage_window_ns: 100_000_000,
-            storm_count: 5,
-            reorder_default_ns: 3_000_000,
-            mirror_window_ns: 1_000_000,
-            flow_capacity: 1 << 20,
-            side_capacity: 1 << 14,
-            idle_timeout_ns: 300_000_000_000,
-            closed_timeout_ns: 10_000_000_000,
-            history_bytes: 64 << 20,
-            evidence_dir: None,
-            evidence_before_packets: 32,
-            evidence_before_ns: 5_000_000_000,
-            evidence_after_packets: 32,
-            evidence_after_ns: 2_000_000_000,
-            evidence_per_sec: 10.0,
-            evidence_budget: None,
-            vantages: Vantages::default(),
-            vantage_relations: VantageRelations::default(),
-            learn_vantage_relations: true,
-            vantage_ranges: None,
-            record_verdicts: false,
-            community_id_seed: 0,
-            host: host_name(),
-        }
-    }
-}
+use crate::vantage::VantageRelations;
 
 /// Flow flags private to the engine's gap handling.
 const GAP_SEEN: [u16; 2] = [conn_flags::GAP_SEEN_LO, conn_flags::GAP_SEEN_HI];
@@ -420,7 +342,7 @@ impl Engine {
             }
             return;
         }
-        let (key, side) = FlowKey::of(p);
+        let (key, side) = p.flow();
         let (slot, created, flow_ref) = self.flow_slot(key, p.ts_ns);
         let first_ns = self.flows.first_ns(self.flows.get(slot), p.ts_ns);
         let src_mac = self.macs.intern(p.src_mac);
@@ -771,7 +693,7 @@ impl Engine {
         for m in found.lost {
             self.counters[Kind::LostBetweenSensors as usize] += 1;
             let d = anomaly::paths::lost_detection(&m, &self.cfg.vantages);
-            let (key, side) = FlowKey::of(&m.pkt);
+            let (key, side) = m.pkt.flow();
             let Some(slot) = self.flows.find(&key, self.flows.hash(&key)) else { continue };
             let f = self.flows.get_mut(slot);
             if f.flags & conn_flags::LOST_BETWEEN_REPORTED == 0 {
@@ -782,7 +704,7 @@ impl Engine {
         for sp in found.splits {
             self.counters[Kind::SplitPath as usize] += 1;
             let d = anomaly::paths::split_detection(&sp, &self.cfg.vantages);
-            let (key, side) = FlowKey::of(&sp.pkt);
+            let (key, side) = sp.pkt.flow();
             let Some(slot) = self.flows.find(&key, self.flows.hash(&key)) else { continue };
             self.emit(d, slot, side, &sp.pkt, sp.hist_id);
         }
@@ -970,15 +892,6 @@ fn flow_id(key: &FlowKey, orientation: Orientation, isn: u32) -> u64 {
     h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     h ^= h >> 29;
     h & ((1 << 53) - 1)
-}
-
-/// The host name (uname's node name), or "unknown" if the kernel gives none.
-pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".into())
 }
 
 /// µs from `first_ns` to `ts_ns` (wraps after ~71 minutes; compared with wrapping_sub).

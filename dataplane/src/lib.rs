@@ -2,6 +2,7 @@
 //! (live and capture files), the per-flow TCP tracker and the detectors.
 pub mod anomaly;
 pub mod capture;
+pub mod config;
 pub mod engine;
 pub mod evidence;
 pub mod filter;

@@ -53,6 +53,12 @@ impl TcpPacket {
     pub fn seq_end(&self) -> SeqNumber {
         self.seq + self.seq_len()
     }
+    /// The flow's key and this packet's side in it: 0 if sent by the key's `lo` endpoint, 1
+    /// if by `hi` (made once, when the packet was decoded).
+    #[inline]
+    pub fn flow(&self) -> (FlowKey, usize) {
+        (self.key, self.side as usize)
+    }
 }
 
 fn be16(b: &[u8], o: usize) -> u16 {

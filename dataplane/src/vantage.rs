@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use dashmap::DashMap;
 use dataplane_common::{TcpOffsets, Tunnel};
 
 use crate::flow::MAX_VANTAGES;
@@ -22,16 +23,18 @@ struct SessionKey {
     sender: IpAddr,
 }
 
+/// Names and inputs of the session vantages, by index minus the number of inputs.
 #[derive(Default)]
 struct Sessions {
-    by_key: HashMap<SessionKey, u16>,
-    /// Names and inputs of the session vantages, by index minus the number of inputs.
     names: Vec<String>,
     inputs: Vec<u16>,
 }
 
 struct Inner {
     inputs: Vec<String>,
+    /// Every worker looks its tunnelled frames up here: a sharded map, so workers reading it
+    /// at line rate do not queue on one lock. Sessions are numbered under `sessions`' lock.
+    by_key: DashMap<SessionKey, u16>,
     sessions: Mutex<Sessions>,
     /// Inputs plus sessions: read on every packet, so kept beside the lock.
     count: AtomicUsize,
@@ -67,6 +70,7 @@ impl Vantages {
         let count = AtomicUsize::new(inputs.len());
         Self(Arc::new(Inner {
             inputs,
+            by_key: DashMap::new(),
             sessions: Mutex::default(),
             count,
             overflowed: AtomicU64::new(0),
@@ -141,9 +145,13 @@ impl Vantages {
     pub fn of_session(&self, input: u16, o: &TcpOffsets, frame: &[u8]) -> u16 {
         let Some(sender) = outer_source(o, frame) else { return input };
         let key = SessionKey { input, tunnel: o.tunnel, session: o.session, sender };
+        if let Some(v) = self.0.by_key.get(&key) {
+            return *v;
+        }
         let mut s = self.table();
-        if let Some(&v) = s.by_key.get(&key) {
-            return v;
+        // Another worker may have numbered it meanwhile.
+        if let Some(v) = self.0.by_key.get(&key) {
+            return *v;
         }
         let v = self.0.inputs.len() + s.names.len();
         if v >= MAX_VANTAGES {
@@ -153,7 +161,7 @@ impl Vantages {
         let base = self.0.inputs.get(input as usize).map_or("?", String::as_str);
         s.names.push(session_name(base, &key));
         s.inputs.push(input);
-        s.by_key.insert(key, v as u16);
+        self.0.by_key.insert(key, v as u16);
         self.0.count.store(v + 1, Relaxed);
         log::info!("mirror session {} is vantage {v}", s.names[v - self.0.inputs.len()]);
         v as u16
@@ -190,6 +198,150 @@ fn session_name(input: &str, k: &SessionKey) -> String {
         Tunnel::Geneve => "geneve",
     };
     format!("{input}/{kind}:{}@{}", k.session, k.sender)
+}
+
+/// How two vantages relate, learned from the connections both of them carry.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Relation {
+    /// Not enough shared traffic yet to tell.
+    Unknown,
+    /// One link behind the other (either side of a firewall): what one sees, the other sees,
+    /// so a packet seen at one and not at the other was dropped between them.
+    Serial,
+    /// Side by side (two backends of one VIP, two members of a LAG): each carries its own
+    /// share of the traffic; a packet at one only is not a loss.
+    Parallel,
+}
+
+/// Shared packets needed before a pair is judged serial or parallel.
+pub const RELATION_MIN_SHARED: u32 = 32;
+/// Packets matched at both vantages of a pair before a loss between them is reported (the
+/// pair's clock offset rests on them).
+pub const LOSS_MIN_MATCHES: u32 = 50;
+/// Serial: at least this share (in percent) of the shared connections' packets reach both.
+pub const SERIAL_MIN_PERCENT: u32 = 90;
+
+#[derive(Clone, Copy, Default, Debug)]
+struct PairStat {
+    /// Packets of connections both vantages carry, whose matching window closed.
+    shared: u32,
+    /// Those seen at both.
+    both: u32,
+}
+
+/// Vantage pairs: serial or parallel, learned from the packets of connections both carry
+/// (≥ [`RELATION_MIN_SHARED`] of them, ≥ [`SERIAL_MIN_PERCENT`] % seen at both: serial), or
+/// named by the operator (`--serial A,B`).
+#[derive(Clone, Default, Debug)]
+pub struct VantageRelations {
+    stats: HashMap<(u16, u16), PairStat>,
+    forced_serial: Vec<(u16, u16)>,
+    /// Each vantage's clock offset from vantage 0 (ns, its clock minus vantage 0's), as the
+    /// caller estimated and removed it (`analyze`'s first pass); empty: none known.
+    offsets: Vec<i64>,
+}
+
+fn pair(a: u16, b: u16) -> (u16, u16) {
+    if a <= b {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
+impl VantageRelations {
+    /// Declares `a` and `b` serial whatever the traffic says.
+    pub fn force_serial(&mut self, a: u16, b: u16) {
+        self.forced_serial.push(pair(a, b));
+    }
+
+    pub fn relation(&self, a: u16, b: u16) -> Relation {
+        let k = pair(a, b);
+        if self.forced_serial.contains(&k) {
+            return Relation::Serial;
+        }
+        match self.stats.get(&k) {
+            Some(s) if s.shared >= RELATION_MIN_SHARED => {
+                if u64::from(s.both) * 100 >= u64::from(s.shared) * u64::from(SERIAL_MIN_PERCENT) {
+                    // Serial, but no loss is inferred before enough packets were matched.
+                    if s.both >= LOSS_MIN_MATCHES {
+                        Relation::Serial
+                    } else {
+                        Relation::Unknown
+                    }
+                } else {
+                    Relation::Parallel
+                }
+            }
+            _ => Relation::Unknown,
+        }
+    }
+
+    /// Records the clock offsets removed from each vantage's times (index: vantage).
+    pub fn set_offsets(&mut self, offsets: Vec<i64>) {
+        self.offsets = offsets;
+    }
+
+    /// `b`'s clock minus `a`'s, as removed (0 when unknown).
+    pub fn offset_between(&self, a: u16, b: u16) -> i64 {
+        let o = |v: u16| self.offsets.get(usize::from(v)).copied().unwrap_or(0);
+        o(b) - o(a)
+    }
+
+    /// The pairs judged so far, with the evidence: (a, b, relation, shared, both).
+    pub fn judged(&self) -> Vec<(u16, u16, Relation, u32, u32)> {
+        let mut v: Vec<_> = self
+            .stats
+            .iter()
+            .map(|(&(a, b), s)| (a, b, self.relation(a, b), s.shared, s.both))
+            .chain(
+                self.forced_serial
+                    .iter()
+                    .filter(|k| !self.stats.contains_key(k))
+                    .map(|&(a, b)| (a, b, Relation::Serial, 0, 0)),
+            )
+            .collect();
+        v.sort_unstable_by_key(|t| (t.0, t.1));
+        v
+    }
+
+    /// One packet of a connection carried by the vantages `conn`, seen at `seen`.
+    pub(crate) fn learn(&mut self, conn: u128, seen: u128) {
+        // Few vantages share a connection; bound the pairs looked at anyway.
+        let mut vs = [0u16; 16];
+        let mut n = 0;
+        let mut m = conn;
+        while m != 0 && n < vs.len() {
+            vs[n] = m.trailing_zeros() as u16;
+            m &= m - 1;
+            n += 1;
+        }
+        for i in 0..n {
+            for j in i + 1..n {
+                let st = self.stats.entry((vs[i], vs[j])).or_default();
+                st.shared = st.shared.saturating_add(1);
+                if seen & (1 << vs[i]) != 0 && seen & (1 << vs[j]) != 0 {
+                    st.both = st.both.saturating_add(1);
+                }
+            }
+        }
+    }
+
+    /// The strongest relation between `v` and any vantage in `set`.
+    pub(crate) fn best(&self, v: u16, set: u128) -> Relation {
+        let mut best = Relation::Parallel;
+        let mut m = set;
+        while m != 0 {
+            let u = m.trailing_zeros() as u16;
+            m &= m - 1;
+            match self.relation(v, u) {
+                Relation::Serial => return Relation::Serial,
+                Relation::Unknown => best = Relation::Unknown,
+                Relation::Parallel => {}
+            }
+        }
+        best
+    }
 }
 
 #[cfg(test)]

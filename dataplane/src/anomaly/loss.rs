@@ -24,6 +24,28 @@ pub mod verdict {
     pub const ACK_OUT_OF_WINDOW: u32 = 1 << 10;
     /// Suppressed as a span/tap duplicate before any detector saw it.
     pub const MIRROR_DUPLICATE: u32 = 1 << 11;
+
+    /// Each bit's name in `analyze --verdicts`: Wireshark's `tcp.analysis.*` field name where
+    /// it has one (`ack_lost_segment` for ACKs of unseen bytes), in bit order.
+    pub const NAMES: [(u32, &str); 12] = [
+        (RETRANSMISSION, "retransmission"),
+        (FAST_RETRANSMISSION, "fast_retransmission"),
+        (SPURIOUS_RETRANSMISSION, "spurious_retransmission"),
+        (OUT_OF_ORDER, "out_of_order"),
+        (DUP_ACK, "duplicate_ack"),
+        (ZERO_WINDOW, "zero_window"),
+        (ACK_UNSEEN, "ack_lost_segment"),
+        (KEEP_ALIVE, "keep_alive"),
+        (WINDOW_UPDATE, "window_update"),
+        (ZERO_WINDOW_PROBE, "zero_window_probe"),
+        (ACK_OUT_OF_WINDOW, "ack_out_of_window"),
+        (MIRROR_DUPLICATE, "mirror_duplicate"),
+    ];
+
+    /// The names of the bits set in `v`, in bit order.
+    pub fn names(v: u32) -> impl Iterator<Item = &'static str> {
+        NAMES.iter().filter(move |(b, _)| v & b != 0).map(|(_, n)| *n)
+    }
 }
 use verdict::{
     ACK_OUT_OF_WINDOW, ACK_UNSEEN, DUP_ACK, FAST_RETRANSMISSION, KEEP_ALIVE, OUT_OF_ORDER,

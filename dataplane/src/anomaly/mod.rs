@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::engine::EngineConfig;
+use crate::config::EngineConfig;
 use crate::flow::side::{SidePool, SideState};
 use crate::flow::table::FlowRef as TableRef;
 use crate::flow::{conn_flags, FlowKey, FlowRecord, IpIdModel, MacId, MacTable};

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use super::{mac_str, Ctx, Culprit, Detection, Kind, Role};
 use crate::flow::{conn_flags, dir_flags};
 use crate::packet::TcpPacket;
-use crate::vantage::Vantages;
+use crate::vantage::{Relation, VantageRelations, Vantages};
 
 /// Next-hop changes: runs before the sender's model is updated with this packet.
 pub fn on_packet(c: &mut Ctx<'_>) {
@@ -135,28 +135,8 @@ struct Seen {
     pkt: TcpPacket,
 }
 
-/// How two vantages relate, learned from the connections both of them carry.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Relation {
-    /// Not enough shared traffic yet to tell.
-    Unknown,
-    /// One link behind the other (either side of a firewall): what one sees, the other sees,
-    /// so a packet seen at one and not at the other was dropped between them.
-    Serial,
-    /// Side by side (two backends of one VIP, two members of a LAG): each carries its own
-    /// share of the traffic; a packet at one only is not a loss.
-    Parallel,
-}
-
-/// Shared packets needed before a pair is judged serial or parallel.
-pub const RELATION_MIN_SHARED: u32 = 32;
-/// Packets matched at both vantages of a pair before a loss between them is reported (the
-/// pair's clock offset rests on them).
-pub const LOSS_MIN_MATCHES: u32 = 50;
 /// How far apart two sightings of one packet may be for the clock-offset estimate.
 pub const CLOCK_SEARCH_NS: u64 = 30_000_000_000;
-/// Serial: at least this share (in percent) of the shared connections' packets reach both.
-pub const SERIAL_MIN_PERCENT: u32 = 90;
 /// Losses waiting for their pair to be judged; past this, the oldest are dropped (counted).
 const HELD_MAX: usize = 4096;
 /// A held loss whose pair is still unjudged after this long (packet time) is dropped.
@@ -167,129 +147,6 @@ pub const OPENING_WAIT_NS: u64 = 3_000_000_000;
 /// Connections remembered: two generations of this many, or of this long (packet time).
 const CONN_GENERATION: usize = 1 << 20;
 const CONN_GENERATION_NS: u64 = 30_000_000_000;
-
-#[derive(Clone, Copy, Default, Debug)]
-struct PairStat {
-    /// Packets of connections both vantages carry, whose matching window closed.
-    shared: u32,
-    /// Those seen at both.
-    both: u32,
-}
-
-/// Vantage pairs: serial or parallel, learned from the packets of connections both carry
-/// (≥ [`RELATION_MIN_SHARED`] of them, ≥ [`SERIAL_MIN_PERCENT`] % seen at both: serial), or
-/// named by the operator (`--serial A,B`).
-#[derive(Clone, Default, Debug)]
-pub struct VantageRelations {
-    stats: HashMap<(u16, u16), PairStat>,
-    forced_serial: Vec<(u16, u16)>,
-    /// Each vantage's clock offset from vantage 0 (ns, its clock minus vantage 0's), as the
-    /// caller estimated and removed it (`analyze`'s first pass); empty: none known.
-    offsets: Vec<i64>,
-}
-
-fn pair(a: u16, b: u16) -> (u16, u16) {
-    if a <= b {
-        (a, b)
-    } else {
-        (b, a)
-    }
-}
-
-impl VantageRelations {
-    /// Declares `a` and `b` serial whatever the traffic says.
-    pub fn force_serial(&mut self, a: u16, b: u16) {
-        self.forced_serial.push(pair(a, b));
-    }
-
-    pub fn relation(&self, a: u16, b: u16) -> Relation {
-        let k = pair(a, b);
-        if self.forced_serial.contains(&k) {
-            return Relation::Serial;
-        }
-        match self.stats.get(&k) {
-            Some(s) if s.shared >= RELATION_MIN_SHARED => {
-                if u64::from(s.both) * 100 >= u64::from(s.shared) * u64::from(SERIAL_MIN_PERCENT) {
-                    // Serial, but no loss is inferred before enough packets were matched.
-                    if s.both >= LOSS_MIN_MATCHES {
-                        Relation::Serial
-                    } else {
-                        Relation::Unknown
-                    }
-                } else {
-                    Relation::Parallel
-                }
-            }
-            _ => Relation::Unknown,
-        }
-    }
-
-    /// Records the clock offsets removed from each vantage's times (index: vantage).
-    pub fn set_offsets(&mut self, offsets: Vec<i64>) {
-        self.offsets = offsets;
-    }
-
-    /// `b`'s clock minus `a`'s, as removed (0 when unknown).
-    pub fn offset_between(&self, a: u16, b: u16) -> i64 {
-        let o = |v: u16| self.offsets.get(usize::from(v)).copied().unwrap_or(0);
-        o(b) - o(a)
-    }
-
-    /// The pairs judged so far, with the evidence: (a, b, relation, shared, both).
-    pub fn judged(&self) -> Vec<(u16, u16, Relation, u32, u32)> {
-        let mut v: Vec<_> = self
-            .stats
-            .iter()
-            .map(|(&(a, b), s)| (a, b, self.relation(a, b), s.shared, s.both))
-            .chain(
-                self.forced_serial
-                    .iter()
-                    .filter(|k| !self.stats.contains_key(k))
-                    .map(|&(a, b)| (a, b, Relation::Serial, 0, 0)),
-            )
-            .collect();
-        v.sort_unstable_by_key(|t| (t.0, t.1));
-        v
-    }
-
-    /// One packet of a connection carried by the vantages `conn`, seen at `seen`.
-    fn learn(&mut self, conn: u128, seen: u128) {
-        // Few vantages share a connection; bound the pairs looked at anyway.
-        let mut vs = [0u16; 16];
-        let mut n = 0;
-        let mut m = conn;
-        while m != 0 && n < vs.len() {
-            vs[n] = m.trailing_zeros() as u16;
-            m &= m - 1;
-            n += 1;
-        }
-        for i in 0..n {
-            for j in i + 1..n {
-                let st = self.stats.entry((vs[i], vs[j])).or_default();
-                st.shared = st.shared.saturating_add(1);
-                if seen & (1 << vs[i]) != 0 && seen & (1 << vs[j]) != 0 {
-                    st.both = st.both.saturating_add(1);
-                }
-            }
-        }
-    }
-
-    /// The strongest relation between `v` and any vantage in `set`.
-    fn best(&self, v: u16, set: u128) -> Relation {
-        let mut best = Relation::Parallel;
-        let mut m = set;
-        while m != 0 {
-            let u = m.trailing_zeros() as u16;
-            m &= m - 1;
-            match self.relation(v, u) {
-                Relation::Serial => return Relation::Serial,
-                Relation::Unknown => best = Relation::Unknown,
-                Relation::Parallel => {}
-            }
-        }
-        best
-    }
-}
 
 /// Matches packets between vantages. A packet seen at one sensor and, within
 /// `vantage_window`, not at another that carries traffic for the same address was dropped

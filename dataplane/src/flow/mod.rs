@@ -4,7 +4,6 @@
 //! and the bounded pool of side state that detectors take while they are armed (`side`).
 use std::net::IpAddr;
 
-use crate::packet::TcpPacket;
 use crate::seq::SeqNumber;
 use crate::tcp::ConnState;
 
@@ -59,13 +58,6 @@ pub fn addr_from16(b: [u8; 16], family: u8) -> IpAddr {
 }
 
 impl FlowKey {
-    /// The key and the packet's side: 0 if it was sent by `lo`, 1 if by `hi` (made once, when
-    /// the packet was decoded).
-    #[inline]
-    pub fn of(p: &TcpPacket) -> (FlowKey, usize) {
-        (p.key, p.side as usize)
-    }
-
     /// The key of a packet from `s:sport` to `d:dport` (addresses as 16 bytes, IPv4-mapped)
     /// and the packet's side.
     #[inline]
@@ -456,7 +448,7 @@ mod tests {
     use wirewatch_testkit::craft::TcpSegment;
 
     use super::*;
-    use crate::packet::decode;
+    use crate::packet::{decode, TcpPacket};
 
     fn pkt(src: &str, sport: u16, dst: &str, dport: u16) -> TcpPacket {
         let f = TcpSegment::new(src.parse().unwrap(), sport, dst.parse().unwrap(), dport).frame();
@@ -465,14 +457,14 @@ mod tests {
 
     #[test]
     fn both_directions_share_a_key() {
-        let (a, sa) = FlowKey::of(&pkt("10.0.0.2", 80, "10.0.0.1", 5000));
-        let (b, sb) = FlowKey::of(&pkt("10.0.0.1", 5000, "10.0.0.2", 80));
+        let (a, sa) = pkt("10.0.0.2", 80, "10.0.0.1", 5000).flow();
+        let (b, sb) = pkt("10.0.0.1", 5000, "10.0.0.2", 80).flow();
         assert_eq!(a, b);
         assert_ne!(sa, sb);
         assert_eq!(a.endpoint(sb).0, "10.0.0.1".parse::<IpAddr>().unwrap());
         assert_eq!(a.shard_hash(), b.shard_hash());
         assert_eq!((a.family(), a.vantage()), (4, 0));
-        let (c, _) = FlowKey::of(&pkt("fd00::2", 80, "fd00::1", 5000));
+        let (c, _) = pkt("fd00::2", 80, "fd00::1", 5000).flow();
         assert_eq!(c.family(), 6);
         assert_eq!(c.at_vantage(9).vantage(), 9);
         assert_eq!(c.at_vantage(9).family(), 6);
@@ -495,7 +487,7 @@ mod tests {
             (MacId(4095), MacId(17), 255, 14)
         );
         assert_eq!((d.ip_id_model(), d.packets(), d.mac_switches()), (IpIdModel::Random, 15, 15));
-        let (k, _) = FlowKey::of(&pkt("10.0.0.1", 1, "10.0.0.2", 2));
+        let (k, _) = pkt("10.0.0.1", 1, "10.0.0.2", 2).flow();
         let mut r = FlowRecord::new(k, 0, 0);
         r.set_rtt_ns(Some(12_345_678));
         r.set_syn_dst_mac(MacId(4095));

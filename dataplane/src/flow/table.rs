@@ -459,7 +459,7 @@ mod tests {
     fn key(port: u16) -> FlowKey {
         let f = TcpSegment::new("10.0.0.1".parse().unwrap(), port, "10.0.0.2".parse().unwrap(), 80)
             .frame();
-        FlowKey::of(&decode(&f, f.len() as u32, 0, 0).unwrap()).0
+        decode(&f, f.len() as u32, 0, 0).unwrap().flow().0
     }
 
     /// A trivially correct model (a HashMap) against the table, under inserts and removals
