@@ -580,7 +580,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         mirror_sessions: vantage_set
             .sessions()
             .into_iter()
-            .map(|(_, name, at)| serde_json::json!({"vantage": name, "input": names[usize::from(at)]}))
+            .map(|(name, input)| serde_json::json!({"vantage": name, "input": input}))
             .collect(),
         mirror_sessions_overflowed: vantage_set.overflowed(),
         inputs: &inputs,

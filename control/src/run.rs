@@ -942,11 +942,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         evidence_failed,
         handed_off: worker_stats.iter().map(|w| w.handed_off.load(Relaxed)).sum(),
         handoff_dropped: worker_stats.iter().map(|w| w.handoff_dropped.load(Relaxed)).sum(),
-        mirror_sessions: vantages
-            .sessions()
-            .into_iter()
-            .map(|(_, name, at)| (name, vantages.name(at)))
-            .collect(),
+        mirror_sessions: vantages.sessions(),
         mirror_sessions_overflowed: vantages.overflowed(),
     };
     let l = &summary.loss;

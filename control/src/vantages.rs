@@ -442,16 +442,14 @@ fn settle(
         .collect();
     let offsets = offsets_from_zero(&pairs, set.inputs().len());
     let mut relations = matcher.relations;
-    relations.set_offsets(
-        (0..set.len()).map(|v| offsets[usize::from(set.input_of(v as u16))]).collect(),
-    );
+    relations.set_offsets(set.per_vantage(&offsets));
     let ranges = ranges.map(|r| {
         let by_input: Vec<(u64, u64)> = r
             .into_iter()
             .zip(&offsets)
             .map(|((a, b), &o)| (a.saturating_add_signed(-o), b.saturating_add_signed(-o)))
             .collect();
-        (0..set.len()).map(|v| by_input[usize::from(set.input_of(v as u16))]).collect()
+        set.per_vantage(&by_input)
     });
     FirstPass { relations, complete, ranges, offsets }
 }

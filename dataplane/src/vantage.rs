@@ -123,16 +123,17 @@ impl Vantages {
         self.table().inputs.get(i - self.0.inputs.len()).copied().unwrap_or(v)
     }
 
-    /// The mirror sessions found so far: (vantage, its name, the input it was found in).
-    pub fn sessions(&self) -> Vec<(u16, String, u16)> {
+    /// The mirror sessions found so far, in vantage order: each one's name, and the name of
+    /// the input it was found in.
+    pub fn sessions(&self) -> Vec<(String, String)> {
         let s = self.table();
-        let first = self.0.inputs.len();
-        s.names
-            .iter()
-            .zip(&s.inputs)
-            .enumerate()
-            .map(|(i, (n, &at))| ((first + i) as u16, n.clone(), at))
-            .collect()
+        let input = |at: u16| self.0.inputs.get(usize::from(at)).cloned().unwrap_or_default();
+        s.names.iter().zip(&s.inputs).map(|(n, &at)| (n.clone(), input(at))).collect()
+    }
+
+    /// A value per vantage from one per input: a session's is its input's.
+    pub fn per_vantage<T: Copy>(&self, by_input: &[T]) -> Vec<T> {
+        (0..self.len()).map(|v| by_input[usize::from(self.input_of(v as u16))]).collect()
     }
 
     /// Frames of sessions beyond the [`MAX_VANTAGES`] limit, counted at their input instead.
