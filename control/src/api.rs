@@ -619,39 +619,17 @@ fn parse_since(s: &str) -> Result<u64> {
         // Saturating: a time before 1970 is 0, one past 2554 is the end of time.
         return Ok((secs.max(0.0) * 1e9) as u64);
     }
-    let s = s.trim_end_matches('Z');
-    let (date, time) = s.split_once('T').context(WANT)?;
-    let d: Vec<i64> = date
-        .split('-')
-        .map(str::parse)
-        .collect::<std::result::Result<_, _>>()
-        .context("since: bad date")?;
-    let t: Vec<f64> = time
-        .split(':')
-        .map(str::parse)
-        .collect::<std::result::Result<_, _>>()
-        .context("since: bad time")?;
-    if d.len() != 3 || t.len() != 3 {
-        bail!("since: expected YYYY-MM-DDTHH:MM:SSZ");
-    }
-    let valid = (1..=9999).contains(&d[0])
-        && (1..=12).contains(&d[1])
-        && (1..=31).contains(&d[2])
-        && (0.0..24.0).contains(&t[0])
-        && (0.0..60.0).contains(&t[1])
-        && (0.0..61.0).contains(&t[2]);
-    if !valid {
-        bail!("since: a date or time field is out of range");
-    }
-    // Days from civil (Howard Hinnant).
-    let (y, m, day) = (if d[1] <= 2 { d[0] - 1 } else { d[0] }, d[1], d[2]);
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days as f64 * 86_400.0 + t[0] * 3600.0 + t[1] * 60.0 + t[2];
-    Ok((secs.max(0.0) * 1e9) as u64)
+    // RFC 3339 with an offset; without one the time is taken as UTC, as it always was here.
+    let t = s
+        .parse::<jiff::Timestamp>()
+        .or_else(|_| {
+            s.parse::<jiff::civil::DateTime>()
+                .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC))
+                .map(|z| z.timestamp())
+        })
+        .map_err(|e| anyhow::anyhow!("{WANT} ({e})"))?;
+    // Saturating: a time before 1970 is 0, one past 2554 is the end of time.
+    Ok(t.as_nanosecond().clamp(0, i128::from(u64::MAX)) as u64)
 }
 
 #[cfg(test)]
@@ -672,6 +650,9 @@ mod tests {
     fn since_accepts_rfc3339_and_unix_seconds() {
         assert_eq!(parse_since("1700000000").unwrap(), 1_700_000_000_000_000_000);
         assert_eq!(parse_since("2023-11-14T22:13:20Z").unwrap(), 1_700_000_000_000_000_000);
+        assert_eq!(parse_since("2023-11-14T23:13:20.5+01:00").unwrap(), 1_700_000_000_500_000_000);
+        assert_eq!(parse_since("2023-11-14T22:13:20").unwrap(), 1_700_000_000_000_000_000);
+        assert_eq!(parse_since("1969-12-31T23:00:00Z").unwrap(), 0);
         for bad in ["yesterday", "nan", "inf", "2023-13-14T22:13:20Z", "2023-11-14T25:00:00Z"] {
             assert!(parse_since(bad).is_err(), "{bad}");
         }

@@ -780,17 +780,7 @@ impl Engine {
         };
         let vantage = self.vantage_name(p.vantage);
         let first = d.first_ns.unwrap_or(p.ts_ns).min(p.ts_ns);
-        // Count detections that are not per-packet counters already.
-        if !matches!(
-            d.kind,
-            Kind::RetransmissionStorm
-                | Kind::SplitPath
-                | Kind::OneSided
-                | Kind::LostBetweenSensors
-                | Kind::RstForeignSender
-                | Kind::DataAfterRst
-                | Kind::ZeroWindow
-        ) {
+        if !d.kind.counted_at_each() {
             self.counters[d.kind as usize] += 1;
         }
         let mut d = d;

@@ -19,8 +19,18 @@ pub mod paths;
 pub mod resets;
 pub mod setup;
 
+/// The `counted:` column of `kinds!`.
+macro_rules! counted {
+    (each) => {
+        true
+    };
+    (event) => {
+        false
+    };
+}
+
 macro_rules! kinds {
-    ($($variant:ident => $name:literal, $health:literal,
+    ($($variant:ident => $name:literal, health: $health:literal, counted: $counted:ident,
         rule: $rule:literal, means: $means:literal, next: $next:literal;)*) => {
         /// A stable snake_case anomaly kind: the `kind` label, the event field, the evidence comment.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -30,6 +40,10 @@ macro_rules! kinds {
             pub const fn name(self) -> &'static str { match self { $(Kind::$variant => $name),* } }
             /// Sensor health: counted, never reported as a network fault.
             pub const fn is_sensor_health(self) -> bool { match self { $(Kind::$variant => $health),* } }
+            /// Counted at each occurrence, where the detector or the engine sees it (`counted:
+            /// each`), rather than once per event when the event is made (`counted: event`):
+            /// a kind whose events are deduplicated or summarised keeps an honest count.
+            pub const fn counted_at_each(self) -> bool { match self { $(Kind::$variant => counted!($counted)),* } }
             pub fn from_name(s: &str) -> Option<Kind> { Self::ALL.iter().copied().find(|k| k.name() == s) }
             /// When the kind fires, as an observer on the tap sees it (docs/detections.md).
             pub const fn rule(self) -> &'static str { match self { $(Kind::$variant => $rule),* } }
@@ -41,111 +55,111 @@ macro_rules! kinds {
     };
 }
 
-// The catalog, defined once: name, sensor health, and the text of docs/detections.md and
+// The catalog, defined once: name, sensor health, where it is counted, and the text of docs/detections.md and
 // `wirewatch explain` (the test in tests/catalog.rs keeps both in step with this table and with
 // ../shared/DETECTIONS.md).
 kinds! {
-    SynUnanswered => "syn_unanswered", false,
+    SynUnanswered => "syn_unanswered", health: false, counted: event,
         rule: "A SYN (with its retransmissions, same ISN) gets neither a SYN-ACK nor a RST within --handshake-timeout (3 s), or is retransmitted twice or more.",
         means: "The SYN is silently dropped between this sensor and the server: a firewall or security group, a black-holed route, or a server that is down without answering.",
         next: "Is the SYN seen at a sensor nearer the server (run both interfaces; lost_between_sensors names the segment)? Check firewall drop counters and routes for the destination; from a host on the path, `nc -vz DST PORT` or `tcpdump -ni IF host DST and port PORT`.";
-    SynRejected => "syn_rejected", false,
+    SynRejected => "syn_rejected", health: false, counted: event,
         rule: "A SYN answered by a RST (or RST+ACK) from the destination.",
         means: "Nothing listens on the port, or a host or firewall on the way actively refuses the connection.",
         next: "Does the RST's fingerprint (TTL, MAC) match the server's? A different TTL points at a firewall sending it. On the server: `ss -ltn 'sport = :PORT'`; check REJECT rules in front of it.";
-    SynackUnacked => "synack_unacked", false,
+    SynackUnacked => "synack_unacked", health: false, counted: event,
         rule: "The server's SYN-ACK is retransmitted, or the client's ACK does not follow it within --handshake-timeout.",
         means: "The SYN-ACK or the client's ACK is lost on the way back: asymmetric routing through a stateful firewall, or a return path that drops.",
         next: "Watch the client side for the SYN-ACK (a second sensor, or tcpdump on the client). Check reverse-path filtering (`sysctl net.ipv4.conf.all.rp_filter`) and stateful devices that see only one direction.";
-    TupleReuse => "tuple_reuse", false,
+    TupleReuse => "tuple_reuse", health: false, counted: event,
         rule: "A SYN with a new ISN on a 4-tuple whose connection is still open (no FIN both ways, no RST), or a second coherent sequence space on a live tuple. The event names both ISNs and both senders' fingerprints.",
         means: "Two connections share one address/port tuple: two clients behind different NATs mapped to one public port, or a port reused while the old connection is still alive at one end.",
         next: "Compare the two fingerprints (MAC, TTL, IP-ID model): different ones mean two hosts. Check the NAT/SNAT devices and port ranges in front of the clients (conntrack -L on them), and TIME_WAIT reuse settings.";
-    RstForeignSender => "rst_foreign_sender", false,
+    RstForeignSender => "rst_foreign_sender", health: false, counted: each,
         rule: "A RST (or any packet) whose sender fingerprint breaks its direction's continuity: another source MAC, a TTL more than 1 off, an IP-ID outside the sender's model, or the timestamp option missing or off the sender's clock. The event lists each feature that disagrees.",
         means: "Someone other than the endpoint sent it: a middlebox (load balancer, firewall, IPS) answering on the endpoint's behalf, or another backend that received part of the flow.",
         next: "Find the host whose MAC the RST carries (`ip neigh`, the switch's MAC table) and how many hops its TTL implies. Check load balancers, firewalls and IPS devices on that path for reset or reject actions.";
-    RstAfterStaleSegment => "rst_after_stale_segment", false,
+    RstAfterStaleSegment => "rst_after_stale_segment", health: false, counted: event,
         rule: "A segment whose SEQ or ACK lies outside the receiver's window is followed within the pairing window (min(RTT/2, --pairing-window)) by a RST from the receiver's side whose SEQ equals the stale segment's ACK.",
         means: "A stateful device on the receiver's side (NAT, conntrack) judged the late segment invalid and reset the connection on the endpoint's behalf.",
         next: "On the NAT or conntrack host named by the RST's fingerprint: `sysctl net.netfilter.nf_conntrack_tcp_be_liberal` (1 accepts out-of-window segments), or drop ctstate INVALID instead of letting it reach a REJECT; `conntrack -S` shows the invalid count.";
-    MidstreamRst => "midstream_rst", false,
+    MidstreamRst => "midstream_rst", health: false, counted: event,
         rule: "Data on a flow whose handshake this sensor never saw is answered by a RST from the receiver within the pairing window. Flows merely picked up mid-stream do not count.",
         means: "The receiver has no connection for this data: the flow's earlier packets went elsewhere (an ECMP or load-balancer split, a failover).",
         next: "Look for split_path on the same flow, and check ECMP hashing and load-balancer persistence for the destination. Compare which backend answered the handshake with the one that sent the RST (their MACs).";
-    RequestAfterFin => "request_after_fin", false,
+    RequestAfterFin => "request_after_fin", health: false, counted: event,
         rule: "Data sent by one side after the other side's FIN was seen, answered by a RST. The event carries the idle time before the request.",
         means: "A keep-alive connection was reused just as the peer's idle timeout closed it: the client's pool keeps connections longer than the server does.",
         next: "Compare the idle time with the server's keep-alive timeout and the client pool's idle timeout: the client's must be shorter. Check whether the client retries idempotent requests.";
-    DataAfterRst => "data_after_rst", false,
+    DataAfterRst => "data_after_rst", health: false, counted: each,
         rule: "A side keeps sending data (or retransmitting) after a RST was seen in either direction.",
         means: "The connection is dead on one side only: the RST did not reach the sender, or it came from a middlebox and the endpoint never saw it.",
         next: "Find who sent the RST (rst_foreign_sender, rst_after_stale_segment on the same flow). If the RST came from a middlebox, the endpoint will keep retrying until its own timeout: check that device's resets.";
-    SplitPath => "split_path", false,
+    SplitPath => "split_path", health: false, counted: each,
         rule: "Packets of one direction of one flow arrive with two or more destination MACs (next hops), or two or more TTLs alternating (not a one-time route change).",
         means: "The flow is spread over several paths or backends, which breaks stateful devices and reassembly downstream.",
         next: "Check ECMP and LAG hashing (per-packet or flowlet instead of per-flow?), and the load balancer's persistence. The MACs in the event name the next hops.";
-    LostBetweenSensors => "lost_between_sensors", false,
+    LostBetweenSensors => "lost_between_sensors", health: false, counted: each,
         rule: "A packet seen at one vantage is not seen within --vantage-window (100 ms, after the estimated clock offset) at another vantage that sees the same flow. Packets are matched by IP-ID, SEQ, ACK, flags and length.",
         means: "The packet was dropped between the two sensors, for example by the firewall between them.",
         next: "Look at the device between the two vantages named in the event: its drop counters, ACLs, rate limits and connection table. Check each sensor's own capture_gap first: a lossy sensor looks like a lossy path.";
-    OneSided => "one_sided", true,
+    OneSided => "one_sided", health: true, counted: each,
         rule: "Only one direction of a flow is visible for longer than --handshake-timeout while data flows.",
         means: "Asymmetric routing around the tap, or a span port missing a direction: a sensor-health problem, not a network fault.",
         next: "Check the span or tap configuration (both directions of the port, or both ports of the link) and whether return traffic takes another path past the sensor.";
-    Retransmission => "retransmission", false,
+    Retransmission => "retransmission", health: false, counted: event,
         rule: "A segment whose bytes were already seen (not a span duplicate). Sub-kinds: rto (after a gap of at least the RTO estimate), fast (after three or more duplicate ACKs), spurious (bytes already acknowledged).",
         means: "Loss or delay on the path: counted for every occurrence, a problem when it is frequent.",
         next: "Compare the rate per flow and per path in the metrics (wirewatch_anomalies_total{kind=\"retransmission\"}); many spurious ones point at delay (bufferbloat) rather than loss. Check interface errors and drops on the path (`ip -s link`, `ethtool -S`).";
-    RetransmissionStorm => "retransmission_storm", false,
+    RetransmissionStorm => "retransmission_storm", health: false, counted: each,
         rule: "At least --storm-count (5) retransmissions of the same segment before the peer acknowledges it.",
         means: "The path is black-holing data: often an MTU problem (large segments dropped, small ones pass) or a device dropping one flow.",
         next: "Check the segment length in the event against the path MTU: try `ping -M do -s SIZE DST`, and check that ICMP fragmentation-needed is not filtered (PMTUD). Check MSS clamping on tunnels and VPNs.";
-    OutOfOrder => "out_of_order", false,
+    OutOfOrder => "out_of_order", health: false, counted: event,
         rule: "A segment with SEQ below the highest seen but not yet seen, arriving within the reorder threshold (the handshake RTT, else 3 ms).",
         means: "Reordering on the path: parallel links or per-packet load balancing.",
         next: "Look for split_path on the same flows; check LAG/ECMP hashing for per-packet modes. Occasional reordering is harmless; persistent reordering triggers fast retransmits.";
-    DupAck => "dup_ack", false,
+    DupAck => "dup_ack", health: false, counted: event,
         rule: "A duplicate ACK: the same ACK, no data, the same window, not a window update.",
         means: "The receiver is missing a segment and asks again: loss or reordering between the sender and the receiver.",
         next: "Follow with retransmission and out_of_order on the same flow: three duplicates and a fast retransmit is loss; duplicates without a retransmission point at reordering.";
-    AckUnseenSegment => "ack_unseen_segment", false,
+    AckUnseenSegment => "ack_unseen_segment", health: false, counted: event,
         rule: "An ACK for data this sensor never saw.",
         means: "The sensor's own capture lost the data (see capture_gap), or the data took a path that bypasses the sensor.",
         next: "Check the sensor first: capture_gap, the XDP and AF_XDP drop counters in the metrics, and the span port's own drops. If the sensor is clean, the data path bypasses the tap (asymmetric routing).";
-    AckOutOfWindow => "ack_out_of_window", false,
+    AckOutOfWindow => "ack_out_of_window", health: false, counted: event,
         rule: "An ACK below the highest ACK by more than the maximum window, or above the highest SEQ the peer sent.",
         means: "The segment does not belong to the connection as seen: a middlebox rewriting sequence numbers, a stale segment from an old connection, or an injected packet.",
         next: "Compare the sender's fingerprint with the flow's (rst_foreign_sender on the same flow?), and check devices that randomise sequence numbers (some firewalls' ISN randomisation) on the path.";
-    ZeroWindow => "zero_window", false,
+    ZeroWindow => "zero_window", health: false, counted: each,
         rule: "A receiver advertises window 0; the event when it reopens carries the duration and the probe count.",
         means: "The receiving application is not reading fast enough: the bottleneck is the receiver, not the network.",
         next: "On the receiver: CPU, the application's read loop, and socket buffers (`ss -tmi` shows rcv_space and the receive queue). Long episodes with many probes mean a stalled application.";
-    MirrorDuplicate => "mirror_duplicate", true,
+    MirrorDuplicate => "mirror_duplicate", health: true, counted: each,
         rule: "The same frame (same IP-ID, SEQ, ACK, flags and length, within 1 ms) seen twice. It is suppressed before any other detector sees it.",
         means: "The span or tap duplicates frames (both ports of a link mirrored, or two mirror sessions): a sensor-health matter, counted only.",
         next: "Check the mirror configuration: mirror one port's both directions, or each link once. A high rate costs capture capacity.";
-    CaptureGap => "capture_gap", true,
+    CaptureGap => "capture_gap", health: true, counted: each,
         rule: "Our own ring or AF_XDP drops, or runs of ack_unseen_segment: the flows touched are put in a gap state and their inferences suppressed until they resynchronise.",
         means: "The sensor itself lost packets: detections on the touched flows are held back rather than guessed.",
         next: "Check the queue drop counters in the metrics and the summary (ring full, fill ring empty): raise --ring-size, add queues and --cpus, apply the NIC's profile (`wirewatch profile detect --iface IF`), and check the span port's own drops.";
-    SynFlood => "syn_flood", false,
+    SynFlood => "syn_flood", health: false, counted: event,
         rule: "Within 10 s, 100 or more distinct sources send SYNs that go unanswered or are refused to one service (address:port), or to 16 or more addresses of one prefix (/24, IPv6 /64: carpet bombing; `details.target_prefix`). One aggregate event per flood, reported when it has been quiet for 10 s: counts, first/last, top sources and source ports, sample flows; the per-connection syn_unanswered/syn_rejected events are folded into it (their counters still count each).",
         means: "A SYN flood against the service: spoofed when the sources never complete a handshake, or a client fleet retrying against a service that cannot answer.",
         next: "Are the top sources real clients (do any complete handshakes elsewhere)? Check the server's SYN backlog and SYN cookies (`nstat -az TcpExtListenOverflows TcpExtSyncookiesSent`), and rate limits or scrubbing upstream.";
-    PortScan => "port_scan", false,
+    PortScan => "port_scan", health: false, counted: event,
         rule: "One source sends SYNs to 50 or more distinct services (address:port) within 10 s, answered by RST or nothing. One aggregate event per scan, reported when it has been quiet for 10 s, with the ports tried; the per-connection events are folded into it.",
         means: "A port or host scan from that source: a security scanner, a misconfigured health checker, or an attacker mapping the network.",
         next: "Who owns the source address? If it is not an approved scanner, block it where it enters and look for what it reached (connections from it that completed).";
-    ServiceBlackhole => "service_blackhole", false,
+    ServiceBlackhole => "service_blackhole", health: false, counted: event,
         rule: "Within 10 s, the SYNs of 3 or more client connections to one service (address:port) go unanswered (syn_unanswered), while handshakes to other services seen at the same vantage were answered within the window. One aggregate event per service, reported when it has been quiet for 10 s: counts, first/last, top sources, sample flows; the per-connection syn_unanswered events from the third on are folded into it.",
         means: "The path works but this one service does not answer: a firewall, security group or ACL in front of it drops its SYNs silently, or the service (or its host) is down without answering.",
         next: "Is the SYN seen at a sensor nearer the server (lost_between_sensors names where it stops)? Check drop counters and rules for that address and port on the firewalls in front of it; on the server, `ss -ltn 'sport = :PORT'` and its host firewall.";
-    TimeJump => "time_jump", true,
+    TimeJump => "time_jump", health: true, counted: each,
         rule: "Packet time moves backwards by more than 1 s within one input (merged or concatenated captures, a clock step); smaller inversions are re-sorted within a bounded window and counted. The input's flows end, every other flow enters the gap state, and nothing is inferred across the jump.",
         means: "The capture file itself is not one time-ordered recording: a sensor-health matter, never duplication or retransmission.",
         next: "Check how the file was made (mergecap -a, cat of two captures, a clock step on the capturing host); merge by time (mergecap without -a) or analyse the parts separately.";
-    CaptureLoss => "capture_loss", true,
+    CaptureLoss => "capture_loss", health: true, counted: each,
         rule: "Per vantage, as Zeek's capture_loss: the share of ACKs that moved the acknowledged point forward and acknowledged data the vantage never saw (an ACK past a hole in what it captured); the bytes in those holes are counted too. Counted per such ACK.",
         means: "The input itself is lossy (a capture file's own drops, tcpdump's buffer overrun, a span port over its budget): verdicts on the affected flows rest on an incomplete view, and their events say so.",
         next: "Check the capture's own drop counts (tcpdump's 'dropped by kernel', capinfos, the span port's drops); capture with a larger buffer (tcpdump -B), a smaller snap length, or on a less loaded port.";
@@ -821,29 +835,11 @@ impl Ctx<'_> {
     }
 }
 
-/// RFC 3339 UTC with nanoseconds.
+/// RFC 3339 UTC with nanoseconds ("2023-11-14T22:13:20.123456789Z").
 pub fn rfc3339(ns: u64) -> String {
-    let secs = (ns / 1_000_000_000) as i64;
-    let nanos = ns % 1_000_000_000;
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
+    // Every u64 of nanoseconds since 1970 (up to 2554) lies inside jiff's range.
+    let t = jiff::Timestamp::from_nanosecond(i128::from(ns)).unwrap_or(jiff::Timestamp::MAX);
+    format!("{t:.9}")
 }
 
 #[cfg(test)]
