@@ -34,7 +34,7 @@ pub struct AnalyzeArgs {
     pub vantage: Vec<(String, Vec<PathBuf>)>,
     /// Worker threads, 1 to 64; flows are sharded over them (default: one per CPU, at most 64).
     #[arg(long, value_name = "N", allow_negative_numbers = true,
-          value_parser = crate::options::whole::<usize>(1, 64, "workers"))]
+          value_parser = crate::cli::options::whole::<usize>(1, 64, "workers"))]
     pub workers: Option<usize>,
     /// Write every event as one JSON object per line here (`-` for stdout; the summary then
     /// goes to stderr).
@@ -74,9 +74,9 @@ pub struct AnalyzeArgs {
     #[arg(long, value_name = "EXPR", value_parser = |s: &str| dataplane::filter::Filter::parse(s).map_err(|e| e.to_string()))]
     pub filter: Option<dataplane::filter::Filter>,
     #[command(flatten)]
-    pub thresholds: crate::thresholds::Thresholds,
+    pub thresholds: crate::cli::thresholds::Thresholds,
     #[command(flatten)]
-    pub event_fields: crate::event_fields::EventFields,
+    pub event_fields: crate::cli::event_fields::EventFields,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -187,7 +187,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     // Output paths first: a typo must not cost a whole analysis.
     for (flag, path) in [("--events", &args.events), ("--verdicts", &args.verdicts)] {
         if let Some(path) = path {
-            crate::options::output_file(flag, path).map_err(Usage)?;
+            crate::cli::options::output_file(flag, path).map_err(Usage)?;
         }
     }
     if args.files.iter().filter(|p| p.as_os_str() == "-").count() > 1 {

@@ -2,22 +2,15 @@
 //! (fuzz/) reach the code that faces input: the config loader and the HTTP request path. Not
 //! an API: everything here serves the binary.
 pub mod analyze;
-pub mod api;
 mod caps;
-pub mod config;
-mod event_fields;
+pub mod cli;
 pub mod explain;
-mod failing;
+pub mod export;
 pub mod generate;
-mod health;
 mod host_iface;
 mod live;
-mod metrics;
-pub mod options;
+mod outputs;
 pub mod profile;
-mod record;
-mod retention;
 pub mod run;
 mod sources;
-mod thresholds;
 mod vantages;

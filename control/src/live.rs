@@ -15,7 +15,7 @@ use dataplane::packet::decode_in;
 use dataplane::worker::{FrameSink, QueueCounters, RawFrame};
 use serde::Serialize;
 
-use crate::failing::Failing;
+use crate::outputs::failing::Failing;
 
 /// A frame handed to the worker that owns its flow: the decoded packet and the header bytes
 /// the evidence history keeps, by value (no allocation, no second decode).
@@ -129,16 +129,17 @@ impl EngineSink {
                     gap_events: now.gap_events - was.gap_events,
                     gap_bytes: now.gap_bytes - was.gap_bytes,
                 };
-                crate::metrics::capture(&self.engine.cfg.vantages.name(v as u16), &delta);
+                crate::export::metrics::capture(&self.engine.cfg.vantages.name(v as u16), &delta);
                 self.capture_published[v] = *now;
             }
         }
         let (rtts, zero_windows) = self.engine.drain_samples();
         for r in rtts {
-            metrics::histogram!(crate::metrics::HANDSHAKE_RTT).record(r as f64 / 1e9);
+            metrics::histogram!(crate::export::metrics::HANDSHAKE_RTT).record(r as f64 / 1e9);
         }
         for z in zero_windows {
-            metrics::histogram!(crate::metrics::ZERO_WINDOW_DURATION).record(z as f64 / 1e9);
+            metrics::histogram!(crate::export::metrics::ZERO_WINDOW_DURATION)
+                .record(z as f64 / 1e9);
         }
     }
 }
@@ -315,7 +316,7 @@ pub struct EventOutput {
     pub json_stdout: bool,
     pub events_file: Option<PathBuf>,
     pub vantages: dataplane::vantage::Vantages,
-    pub retention: crate::retention::Retention,
+    pub retention: crate::outputs::evidence::Retention,
     /// Rotate the events file past this size: FILE → FILE.1 → … → FILE.{keep}.
     pub rotate_bytes: u64,
     pub rotate_keep: u32,
@@ -384,7 +385,7 @@ const EVENTS_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 pub fn event_loop(
     rx: &Receiver<Output>,
     mut cfg: EventOutput,
-    seen: &crate::api::EventStore,
+    seen: &crate::export::api::EventStore,
 ) -> (u64, u64, u64) {
     let (rotate_bytes, rotate_keep) = (cfg.rotate_bytes, cfg.rotate_keep);
     let open = |p: &PathBuf| EventsFile::open(p.clone(), rotate_bytes, rotate_keep);
@@ -459,7 +460,8 @@ pub fn event_loop(
             print_event(&e);
         }
         if e.kind.is_aggregate() {
-            metrics::counter!(crate::metrics::ANOMALIES, "kind" => e.kind.name()).increment(1);
+            metrics::counter!(crate::export::metrics::ANOMALIES, "kind" => e.kind.name())
+                .increment(1);
         }
         seen.push(e);
     };
@@ -487,14 +489,14 @@ pub fn event_loop(
             Output::Evidence(job) => match job.write(&cfg.vantages.names()) {
                 Ok(()) => {
                     written += 1;
-                    metrics::counter!(crate::metrics::EVIDENCE_WRITTEN).increment(1);
+                    metrics::counter!(crate::export::metrics::EVIDENCE_WRITTEN).increment(1);
                     cfg.retention.added(&job.path);
                 }
                 Err(err) => {
                     // A full or unwritable disk never stops monitoring.
                     failed += 1;
-                    metrics::counter!(crate::metrics::EVIDENCE_FAILED).increment(1);
-                    crate::retention::Retention::failed(&job.path);
+                    metrics::counter!(crate::export::metrics::EVIDENCE_FAILED).increment(1);
+                    crate::outputs::evidence::Retention::failed(&job.path);
                     log::warn!("evidence {} not written: {err}", job.path.display());
                 }
             },
@@ -748,7 +750,7 @@ impl Recorder {
                 let n = b.frames.len() as u64;
                 b.clear();
                 self.cur = b;
-                metrics::counter!(crate::metrics::RECORD_DROPPED).increment(n);
+                metrics::counter!(crate::export::metrics::RECORD_DROPPED).increment(n);
                 n
             }
         }
@@ -761,12 +763,17 @@ impl Recorder {
 pub fn write_record(
     rx: &Receiver<RecordBatch>,
     free: &Sender<RecordBatch>,
-    mut recorder: crate::record::Recorder,
+    mut recorder: crate::outputs::recorder::Recorder,
 ) -> (u64, u64) {
     for mut b in rx {
         for &(vantage, ts_ns, orig_len, off, len) in &b.frames {
             let data = &b.data[off as usize..(off + len) as usize];
-            recorder.write(&crate::record::RecordFrame { vantage, ts_ns, orig_len, data });
+            recorder.write(&crate::outputs::recorder::RecordFrame {
+                vantage,
+                ts_ns,
+                orig_len,
+                data,
+            });
         }
         b.clear();
         let _ = free.try_send(b);

@@ -2,7 +2,8 @@
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use wirewatch::{analyze, config, explain, generate, options, profile, run};
+use wirewatch::cli::{config, options};
+use wirewatch::{analyze, explain, generate, profile, run};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

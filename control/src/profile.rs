@@ -45,8 +45,8 @@ enum ProfileCmd {
         #[arg(long, default_value = "auto", value_name = "NAME|auto")]
         profile: String,
         /// Worker cores, one queue each (e.g. `2-5` or `2,4,6`) [default: every CPU we may use]
-        #[arg(long, value_name = "LIST", value_parser = crate::options::any_cpu_list)]
-        cpus: Option<crate::options::CpuList>,
+        #[arg(long, value_name = "LIST", value_parser = crate::cli::options::any_cpu_list)]
+        cpus: Option<crate::cli::options::CpuList>,
         /// Print the steps as shell commands instead of running them
         #[arg(long)]
         dry_run: bool,
@@ -101,7 +101,7 @@ pub fn resolve<'a>(
     Ok((p, Some(info)))
 }
 
-pub fn cpu_list_or_all(cpus: Option<&crate::options::CpuList>) -> Vec<usize> {
+pub fn cpu_list_or_all(cpus: Option<&crate::cli::options::CpuList>) -> Vec<usize> {
     match cpus {
         Some(list) => list.0.clone(),
         None => (0..std::thread::available_parallelism().map(std::num::NonZero::get).unwrap_or(1))

@@ -20,11 +20,11 @@ use dataplane::xsk::{XskOptions, XskQueue, ZeroCopyPolicy};
 use dataplane_common::XdpConfig;
 use serde::Serialize;
 
+use crate::cli::options::{self, ApiToken, Bounds, CpuList, Queues};
 use crate::live::{
     event_loop, read_driver_losses, DriverBaseline, EngineSink, EventOutput, InterfaceSummary,
     LossSummary, Output, OwnedFrame, RecordBatch, Recorder, SharedStats, RECORD_QUEUE_BATCHES,
 };
-use crate::options::{self, ApiToken, Bounds, CpuList, Queues};
 
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
@@ -158,9 +158,9 @@ pub struct RunArgs {
     #[arg(long = "serial", value_name = "A,B", value_parser = crate::vantages::serial_pair)]
     pub serial: Vec<(String, String)>,
     #[command(flatten)]
-    pub thresholds: crate::thresholds::Thresholds,
+    pub thresholds: crate::cli::thresholds::Thresholds,
     #[command(flatten)]
-    pub event_fields: crate::event_fields::EventFields,
+    pub event_fields: crate::cli::event_fields::EventFields,
 }
 
 /// A record file holds its header and a few frames at least.
@@ -376,47 +376,47 @@ fn export_metrics(
 ) {
     // Workers were made in the order of `queues`: worker i reads queue i.
     for ((iface, _, queue, xdp_mode, copy_mode, _, c), w) in queues.iter().zip(workers) {
-        crate::metrics::queue(c, iface, *queue);
-        metrics::gauge!(crate::metrics::XDP_MODE, "vantage" => iface.clone(), "mode" => *xdp_mode, "copy" => *copy_mode).set(1.0);
+        crate::export::metrics::queue(c, iface, *queue);
+        metrics::gauge!(crate::export::metrics::XDP_MODE, "vantage" => iface.clone(), "mode" => *xdp_mode, "copy" => *copy_mode).set(1.0);
         let beat = w.heartbeat_ns.load(Relaxed);
         if beat > 0 {
-            metrics::gauge!(crate::metrics::WORKER_HEARTBEAT, "vantage" => iface.clone(), "queue" => queue.to_string())
+            metrics::gauge!(crate::export::metrics::WORKER_HEARTBEAT, "vantage" => iface.clone(), "queue" => queue.to_string())
                 .set(beat as f64 / 1e9);
         }
     }
     for (iface, p) in programs {
-        crate::metrics::interface_drops(iface);
+        crate::export::metrics::interface_drops(iface);
         if let Ok(c) = p.counters() {
             let all: Vec<_> =
                 dataplane_common::Outcome::ALL.iter().map(|o| (o.name(), c.get(*o))).collect();
-            crate::metrics::xdp(iface, &all);
+            crate::export::metrics::xdp(iface, &all);
         }
     }
     let sum = |f: &dyn Fn(&SharedStats) -> u64| workers.iter().map(|w| f(w)).sum::<u64>();
     let per_kind: Vec<u64> =
         (0..Kind::ALL.len()).map(|i| sum(&|w| w.anomalies[i].load(Relaxed))).collect();
-    crate::metrics::anomalies(&per_kind);
+    crate::export::metrics::anomalies(&per_kind);
     let evicted: [u64; 4] = std::array::from_fn(|i| sum(&|w| w.flows_evicted[i].load(Relaxed)));
-    crate::metrics::flows(
+    crate::export::metrics::flows(
         sum(&|w| w.flows_active.load(Relaxed)),
         sum(&|w| w.flows_created.load(Relaxed)),
         &evicted,
     );
-    metrics::counter!(crate::metrics::EVIDENCE_SUPPRESSED)
+    metrics::counter!(crate::export::metrics::EVIDENCE_SUPPRESSED)
         .absolute(sum(&|w| w.evidence_suppressed.load(Relaxed)));
-    metrics::counter!(crate::metrics::SIDE_STATE, "reason" => "pool_full")
+    metrics::counter!(crate::export::metrics::SIDE_STATE, "reason" => "pool_full")
         .absolute(sum(&|w| w.side_exhausted.load(Relaxed)));
-    metrics::counter!(crate::metrics::SIDE_STATE, "reason" => "reclaimed")
+    metrics::counter!(crate::export::metrics::SIDE_STATE, "reason" => "reclaimed")
         .absolute(sum(&|w| w.side_reclaimed.load(Relaxed)));
-    metrics::counter!(crate::metrics::MACS_OVERFLOWED)
+    metrics::counter!(crate::export::metrics::MACS_OVERFLOWED)
         .absolute(sum(&|w| w.macs_overflowed.load(Relaxed)));
-    metrics::counter!(crate::metrics::HANDOFF, "reason" => "handed_off")
+    metrics::counter!(crate::export::metrics::HANDOFF, "reason" => "handed_off")
         .absolute(sum(&|w| w.handed_off.load(Relaxed)));
-    metrics::counter!(crate::metrics::HANDOFF, "reason" => "dropped")
+    metrics::counter!(crate::export::metrics::HANDOFF, "reason" => "dropped")
         .absolute(sum(&|w| w.handoff_dropped.load(Relaxed)));
-    metrics::counter!(crate::metrics::OUTPUT_DROPPED)
+    metrics::counter!(crate::export::metrics::OUTPUT_DROPPED)
         .absolute(sum(&|w| w.output_dropped.load(Relaxed)));
-    metrics::counter!(crate::metrics::ENGINE_FRAMES)
+    metrics::counter!(crate::export::metrics::ENGINE_FRAMES)
         .absolute(sum(&|w| w.engine_received.load(Relaxed)));
 }
 
@@ -447,7 +447,7 @@ fn problems<T>(
         }
     }
     for (iface, idx, ours) in attached {
-        match crate::health::xdp_prog_ids(*idx) {
+        match crate::export::health::xdp_prog_ids(*idx) {
             Ok(ids) if ours.is_some_and(|id| ids.contains(&id)) => {}
             Ok(ids) if ids.is_empty() => out.push(format!(
                 "the XDP program is no longer attached to {iface} (removed from outside?): nothing is captured there; restart wirewatch"
@@ -637,12 +637,12 @@ pub fn run(args: RunArgs) -> Result<()> {
         Some(path) => {
             // Created now: a path that cannot be written is an error before anything is
             // attached. Frames reach it in batches (no allocation or send per frame).
-            let recorder = crate::record::Recorder::create(
+            let recorder = crate::outputs::recorder::Recorder::create(
                 path.clone(),
                 args.ifaces.clone(),
                 args.snaplen,
                 args.record_max_bytes,
-                crate::record::KEEP,
+                crate::outputs::recorder::KEEP,
             )
             .with_context(|| format!("--record {}: cannot create it", path.display()))?;
             let (tx, rx) = bounded::<RecordBatch>(RECORD_QUEUE_BATCHES);
@@ -698,27 +698,27 @@ pub fn run(args: RunArgs) -> Result<()> {
             args.evidence_dir.display()
         );
     }
-    let api_cfg = crate::api::ApiConfig {
+    let api_cfg = crate::export::api::ApiConfig {
         addr: args.metrics,
         token: args.token().map(|t| t.as_str().to_string()),
         allow_insecure: args.api_insecure,
         evidence_dir: args.evidence_dir.clone(),
     };
-    crate::api::check_bind(&api_cfg)?;
-    let prom = crate::metrics::install()?;
+    crate::export::api::check_bind(&api_cfg)?;
+    let prom = crate::export::metrics::install()?;
     let (out_tx, out_rx) = bounded::<Output>(65536);
     let worker_stats: Vec<Arc<SharedStats>> =
         (0..nworkers).map(|_| Arc::new(SharedStats::default())).collect();
-    let seen = Arc::new(crate::api::EventStore::new(10_000));
-    let health = Arc::new(crate::api::Health::default());
-    crate::api::serve(api_cfg, prom, seen.clone(), health.clone())?;
+    let seen = Arc::new(crate::export::api::EventStore::new(10_000));
+    let health = Arc::new(crate::export::api::Health::default());
+    crate::export::api::serve(api_cfg, prom, seen.clone(), health.clone())?;
     let output_cfg = EventOutput {
         json_stdout: args.events.as_ref().is_some_and(|p| p.as_os_str() == "-"),
         events_file: args.events.clone().filter(|p| p.as_os_str() != "-"),
         vantages: vantages.clone(),
         rotate_bytes: args.events_max_bytes.max(1),
         rotate_keep: 5,
-        retention: crate::retention::Retention::new(
+        retention: crate::outputs::evidence::Retention::new(
             &args.evidence_dir,
             args.evidence_max_bytes,
             args.evidence_max_age_days,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use wirewatch::api::{serve_stream, Ctx, EventStore};
+use wirewatch::export::api::{serve_stream, Ctx, EventStore};
 
 const TOKEN: &[u8] = b"fuzz-token";
 const OUTSIDE: &[u8] = b"OUTSIDE-THE-EVIDENCE-DIRECTORY";

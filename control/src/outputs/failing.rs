@@ -14,7 +14,8 @@ impl Failing {
     }
 
     pub fn failed(&mut self, what: &dyn std::fmt::Display) {
-        metrics::counter!(crate::metrics::OUTPUT_FAILED, "output" => self.output).increment(1);
+        metrics::counter!(crate::export::metrics::OUTPUT_FAILED, "output" => self.output)
+            .increment(1);
         match &mut self.since {
             Some((t, n)) if t.elapsed() < std::time::Duration::from_mins(1) => *n += 1,
             Some((t, n)) => {
@@ -30,7 +31,7 @@ impl Failing {
                 log::error!(
                     "{} output failed: {what}; monitoring goes on, failures are counted in {}{{output=\"{}\"}}",
                     self.output,
-                    crate::metrics::OUTPUT_FAILED,
+                    crate::export::metrics::OUTPUT_FAILED,
                     self.output
                 );
                 self.since = Some((std::time::Instant::now(), 0));

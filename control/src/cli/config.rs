@@ -68,7 +68,7 @@ pub fn expand(argv: Vec<OsString>, run_cmd: &clap::Command) -> Result<Vec<OsStri
     }
     let Some(path) = path else { return Ok(argv) };
     let path_s = path.to_string_lossy().to_string();
-    let bytes = crate::options::read_regular_file(Path::new(&path), MAX_CONFIG_BYTES)
+    let bytes = crate::cli::options::read_regular_file(Path::new(&path), MAX_CONFIG_BYTES)
         .map_err(|e| anyhow::anyhow!("config {path_s}: {e}"))?;
     let from_file = settings(&path_s, bytes, &rest, run_cmd)?;
     let mut out: Vec<OsString> = argv[..2].to_vec();
@@ -192,13 +192,12 @@ pub fn settings(
     if !from_file.iter().any(|a| a.to_string_lossy().starts_with("--iface=")) {
         probe.extend([OsString::from("--iface"), OsString::from("placeholder")]);
     }
-    let matches = run_cmd
-        .clone()
-        .no_binary_name(true)
-        .try_get_matches_from(&probe)
-        .map_err(|e| anyhow::anyhow!("config {path_s}: {}", crate::options::one_line(&e)))?;
+    let matches =
+        run_cmd.clone().no_binary_name(true).try_get_matches_from(&probe).map_err(|e| {
+            anyhow::anyhow!("config {path_s}: {}", crate::cli::options::one_line(&e))
+        })?;
     let file_args = crate::run::RunArgs::from_arg_matches(&matches)
-        .map_err(|e| anyhow::anyhow!("config {path_s}: {}", crate::options::one_line(&e)))?;
+        .map_err(|e| anyhow::anyhow!("config {path_s}: {}", crate::cli::options::one_line(&e)))?;
     file_args.check().map_err(|e| anyhow::anyhow!("config {path_s}: {e}"))?;
     Ok(from_file)
 }

@@ -113,11 +113,11 @@ impl Retention {
             match std::fs::remove_file(&path) {
                 Ok(()) => {
                     self.removed += 1;
-                    metrics::counter!(crate::metrics::EVIDENCE_REMOVED).increment(1);
+                    metrics::counter!(crate::export::metrics::EVIDENCE_REMOVED).increment(1);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    metrics::counter!(crate::metrics::OUTPUT_FAILED, "output" => "retention")
+                    metrics::counter!(crate::export::metrics::OUTPUT_FAILED, "output" => "retention")
                         .increment(1);
                     log::warn!("evidence retention: cannot remove {}: {e}", path.display());
                 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 use dataplane::engine::EngineConfig;
 
-use crate::options::{nanos, whole, Bounds};
+use crate::cli::options::{nanos, whole, Bounds};
 
 /// Up to the idle timeout (300 s): a flow idle longer is evicted before its handshake could
 /// time out.

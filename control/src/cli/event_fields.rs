@@ -20,7 +20,7 @@ pub struct EventFields {
     /// Seed of the events' Community ID (`community_id`), 0 to 65535: set it to the seed your
     /// Zeek, Suricata or Wireshark uses so their flows join with wirewatch's events.
     #[arg(long, value_name = "N", default_value_t = 0, allow_negative_numbers = true,
-          value_parser = crate::options::whole::<u16>(0, 65535, ""))]
+          value_parser = crate::cli::options::whole::<u16>(0, 65535, ""))]
     pub community_id_seed: u16,
     /// The sensor's name in the events' `host` field [default: this machine's host name].
     #[arg(long, value_name = "NAME", value_parser = host_name)]

@@ -223,7 +223,7 @@ fn evict_quietest(registry: &Registry) -> bool {
     let Some(c) = victim.and_then(|id| conns.remove(&id)) else { return false };
     drop(conns);
     c.evict.notify_one();
-    metrics::counter!(crate::metrics::HTTP_CLOSED, "reason" => "evicted").increment(1);
+    metrics::counter!(crate::export::metrics::HTTP_CLOSED, "reason" => "evicted").increment(1);
     true
 }
 
@@ -254,7 +254,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, cap: usize) {
                     conns.insert(id, state.clone());
                     conns.len()
                 };
-                metrics::gauge!(crate::metrics::HTTP_CONNECTIONS).set(open as f64);
+                metrics::gauge!(crate::export::metrics::HTTP_CONNECTIONS).set(open as f64);
                 let (ctx, registry) = (ctx.clone(), registry.clone());
                 tokio::spawn(async move {
                     connection(stream, state, ctx).await;
@@ -263,12 +263,12 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, cap: usize) {
                         conns.remove(&id);
                         conns.len()
                     };
-                    metrics::gauge!(crate::metrics::HTTP_CONNECTIONS).set(open as f64);
+                    metrics::gauge!(crate::export::metrics::HTTP_CONNECTIONS).set(open as f64);
                 });
             }
             Err(e) => {
                 let resources = out_of_resources(&e);
-                metrics::counter!(crate::metrics::HTTP_ACCEPT_ERRORS, "reason" => if resources { "out_of_resources" } else { "other" }).increment(1);
+                metrics::counter!(crate::export::metrics::HTTP_ACCEPT_ERRORS, "reason" => if resources { "out_of_resources" } else { "other" }).increment(1);
                 // The connection waiting in the backlog stays there: free a descriptor for it
                 // and try again at once; with nothing left to close, back off.
                 let freed = resources && evict_quietest(&registry);
@@ -345,7 +345,8 @@ where
         while watchdog.poll_tick(cx).is_ready() {
             let quiet = now_ms().saturating_sub(state.last_ms.load(Relaxed));
             if quiet > STALL_TIMEOUT.as_millis() as u64 {
-                metrics::counter!(crate::metrics::HTTP_CLOSED, "reason" => "stalled").increment(1);
+                metrics::counter!(crate::export::metrics::HTTP_CLOSED, "reason" => "stalled")
+                    .increment(1);
                 return Poll::Ready(());
             }
         }
@@ -522,7 +523,7 @@ pub fn respond(
             with_type(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
-                (page.unwrap_or_default() + &crate::metrics::process_text()).into_bytes(),
+                (page.unwrap_or_default() + &crate::export::metrics::process_text()).into_bytes(),
             )
         }
         "/api/events" => {
@@ -592,7 +593,7 @@ pub fn respond(
         p if p.starts_with("/api/evidence/") => {
             let id = percent_decode(&p["/api/evidence/".len()..], false);
             // Only a file name wirewatch writes: no separators, no parent references.
-            let Some(id) = id.filter(|id| crate::retention::is_evidence_name(id)) else {
+            let Some(id) = id.filter(|id| crate::outputs::evidence::is_evidence_name(id)) else {
                 return text(
                     StatusCode::BAD_REQUEST,
                     "evidence ids are file names like 1700000000000-syn_rejected-w0-1.pcapng\n",

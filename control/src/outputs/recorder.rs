@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use dataplane::pcapng::PcapngWriter;
 
-use crate::failing::Failing;
+use crate::outputs::failing::Failing;
 
 /// Files kept besides the one being written.
 pub const KEEP: u32 = 5;
@@ -149,7 +149,7 @@ impl Recorder {
                     self.next_try = Instant::now() + RETRY;
                 }
                 self.dropped += 1;
-                metrics::counter!(crate::metrics::RECORD_DROPPED).increment(1);
+                metrics::counter!(crate::export::metrics::RECORD_DROPPED).increment(1);
                 self.failing.failed(&format_args!("{}: {e}", self.path.display()));
             }
         }
