@@ -1,15 +1,8 @@
 //! `wirewatch explain [KIND]`: the detection catalog (docs/detections.md) on the command line.
-use clap::Args;
 use dataplane::anomaly::catalog::{class, NOT_DETECTED};
 use dataplane::anomaly::Kind;
 
-#[derive(Args)]
-pub struct ExplainArgs {
-    /// A kind as events and metrics name it (e.g. syn_unanswered); without one, every kind is
-    /// listed.
-    #[arg(value_name = "KIND")]
-    kind: Option<String>,
-}
+use crate::cli::explain::ExplainArgs;
 
 /// Prints the kind's rule, meaning and next checks, or lists every kind. An unknown kind is
 /// bad usage: Err carries the one-line message (exit status 2), naming close matches.

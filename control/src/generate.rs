@@ -2,28 +2,12 @@
 //! clap_mangen) and the bash, zsh and fish completions (clap_complete) from the CLI definition
 //! itself, so they cannot drift from `--help`. scripts/package.sh runs it on the release binary
 //! before cargo-deb packs the output: normal builds do not pay for it.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context as _, Result};
-use clap::{Args, ValueEnum};
 use clap_complete::Shell;
 
-#[derive(Args)]
-pub struct GenerateArgs {
-    /// What to write: `man` (wirewatch.1, wirewatch-run.1, …) or `completions` (wirewatch.bash,
-    /// _wirewatch, wirewatch.fish).
-    #[arg(value_enum)]
-    what: What,
-    /// Directory to write into (created if missing).
-    #[arg(value_name = "DIR")]
-    dir: PathBuf,
-}
-
-#[derive(ValueEnum, Clone, Copy)]
-enum What {
-    Man,
-    Completions,
-}
+use crate::cli::generate::{GenerateArgs, What};
 
 pub fn generate(args: &GenerateArgs, cmd: clap::Command) -> Result<()> {
     let dir: &Path = &args.dir;

@@ -13,4 +13,5 @@ mod outputs;
 pub mod profile;
 pub mod run;
 mod sources;
+mod stats;
 mod vantages;

@@ -2,7 +2,7 @@
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use wirewatch::cli::{config, options};
+use wirewatch::cli::{self, config, options};
 use wirewatch::{analyze, explain, generate, profile, run};
 
 #[global_allocator]
@@ -29,13 +29,13 @@ struct Cli {
 enum Command {
     /// Watch live traffic on one or more interfaces (needs CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW).
     #[command(args_override_self = true)]
-    Run(run::RunArgs),
+    Run(cli::run::RunArgs),
     /// Analyse pcap/pcapng files with the same engine (several files = several vantage points).
     ///
     /// Exit status: 0 success, 2 bad usage, 3 unreadable or corrupt input (nothing analysed),
     /// 4 analysed but an input was cut short (a warning names the file and the offset; the
     /// results cover every complete record before it).
-    Analyze(analyze::AnalyzeArgs),
+    Analyze(cli::analyze::AnalyzeArgs),
     /// Rebuild the real incidents in network namespaces and watch wirewatch diagnose them live
     /// (needs root). Example: sudo wirewatch lab --incident all
     #[cfg(feature = "lab")]
@@ -44,15 +44,15 @@ enum Command {
     /// fits an interface, apply one (or print it as shell with --dry-run).
     ///
     /// Example: sudo wirewatch profile detect --iface ens1f0np0
-    Profile(profile::ProfileArgs),
+    Profile(cli::profile::ProfileArgs),
     /// What a detection kind means: its rule, the likely cause and what to check next (the
     /// catalog, docs/detections.md). Without a kind, lists every kind.
     ///
     /// Example: wirewatch explain rst_after_stale_segment
-    Explain(explain::ExplainArgs),
+    Explain(cli::explain::ExplainArgs),
     /// Write the man pages or shell completions (for packaging).
     #[command(hide = true)]
-    Generate(generate::GenerateArgs),
+    Generate(cli::generate::GenerateArgs),
 }
 
 /// Bad usage: one line on stderr, exit status 2, before anything is attached or written.
@@ -110,7 +110,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // The warnings naming each cut were printed with the results.
         Err(e) if e.downcast_ref::<analyze::Damaged>().is_some() => ExitCode::from(4),
-        Err(e) if e.downcast_ref::<analyze::Usage>().is_some() => usage_error(e),
+        Err(e) if e.downcast_ref::<cli::Usage>().is_some() => usage_error(e),
         Err(e) => {
             // One line the operator can act on: the cause chain, outermost first.
             let mut msg = String::new();

@@ -5,60 +5,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context as _, Result};
-use clap::{Args, Subcommand};
 use hw_profiles::plan::{dry_run, plan, Action, PlanContext};
 use hw_profiles::sysfs::{best, device_info, kernel_release, DeviceInfo};
 use hw_profiles::{KernelVersion, MatchQuality, Profile};
 
+use crate::cli::profile::{ProfileArgs, ProfileCmd};
+use crate::cli::run::RunArgs;
+
 /// Where operators keep their own profiles; read when it exists.
 pub const DEFAULT_PROFILE_DIR: &str = "/etc/wirewatch/hw-profiles";
-
-#[derive(Args)]
-pub struct ProfileArgs {
-    #[command(subcommand)]
-    cmd: ProfileCmd,
-    /// Also load every *.toml here (a file named like a built-in profile replaces it)
-    /// [default: /etc/wirewatch/hw-profiles when it exists]
-    #[arg(long, global = true, value_name = "DIR")]
-    profile_dir: Option<PathBuf>,
-}
-
-#[derive(Subcommand)]
-enum ProfileCmd {
-    /// List the profiles: name, drivers, speeds, description.
-    List,
-    /// Print one profile's TOML, with the reasons and sources of every setting.
-    Show { name: String },
-    /// Read an interface's driver and PCI id from the kernel and name the profile that fits.
-    Detect {
-        #[arg(long, short = 'i', value_name = "IF")]
-        iface: String,
-    },
-    /// Tune an interface: each ethtool/ip/sysfs step is run and reported; failures do not stop
-    /// the others, and the exit status is 1 if any failed.
-    ///
-    /// Example: sudo wirewatch profile apply --iface ens1f0np0 --cpus 2-5 --dry-run
-    Apply {
-        #[arg(long, short = 'i', value_name = "IF")]
-        iface: String,
-        /// A profile name, or `auto` to detect it from the interface's driver and device
-        #[arg(long, default_value = "auto", value_name = "NAME|auto")]
-        profile: String,
-        /// Worker cores, one queue each (e.g. `2-5` or `2,4,6`) [default: every CPU we may use]
-        #[arg(long, value_name = "LIST", value_parser = crate::cli::options::any_cpu_list)]
-        cpus: Option<crate::cli::options::CpuList>,
-        /// Print the steps as shell commands instead of running them
-        #[arg(long)]
-        dry_run: bool,
-        /// Plan for this kernel release instead of the running one (dry runs for other hosts)
-        #[arg(long, value_name = "X.Y", requires = "dry_run")]
-        kernel: Option<String>,
-        /// The device name used in interrupt names (a PCI address such as 0000:3b:00.0) for a
-        /// dry run of an interface that is not on this host
-        #[arg(long, value_name = "NAME", requires = "dry_run")]
-        device: Option<String>,
-    },
-}
 
 /// Loads the built-in profiles plus the directory's.
 pub fn load_all(dir: Option<&Path>) -> Result<Vec<Profile>> {
@@ -272,4 +227,45 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+/// The profiles applied by `run --profile`, one per interface.
+pub struct Tuning {
+    pub profiles: Vec<Profile>,
+    pub kernel: KernelVersion,
+    pub rss_symmetric: Vec<bool>,
+}
+
+/// Resolves and applies a profile to every interface before anything is attached, logging each
+/// step; a failed step is a warning (the sensor still runs, perhaps slower or with hand-off).
+pub fn apply_profiles(args: &RunArgs, name: &str, cpus: &[usize]) -> Result<Tuning> {
+    let all = load_all(args.profile_dir.as_deref())?;
+    let kernel = running_kernel()?;
+    let mut resolved = Vec::new();
+    for iface in &args.ifaces {
+        let (p, info) = resolve(&all, name, iface)?;
+        resolved.push((iface, p.clone(), info));
+    }
+    let mut rss_symmetric = Vec::new();
+    for (iface, p, info) in &resolved {
+        log::info!("{iface}: applying hw-profile {} ({})", p.name, p.description);
+        let ctx = PlanContext {
+            iface: (*iface).clone(),
+            worker_cpus: cpus.to_vec(),
+            kernel,
+            device: info.as_ref().and_then(|i| i.device.clone()),
+        };
+        let r = apply(p, &ctx, &mut |ok, what, detail| {
+            if ok {
+                log::info!("{iface}: {what}: {detail}");
+            } else {
+                log::warn!("{iface}: could not apply \"{what}\": {detail}");
+            }
+        });
+        if r.failed > 0 {
+            log::warn!("{iface}: {} profile step(s) failed (above); continuing", r.failed);
+        }
+        rss_symmetric.push(r.rss_symmetric);
+    }
+    let profiles: Vec<_> = resolved.into_iter().map(|(_, p, _)| p).collect();
+    Ok(Tuning { profiles, kernel, rss_symmetric })
 }

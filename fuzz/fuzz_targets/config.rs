@@ -19,7 +19,7 @@ fn quotes_input(msg: &str, data: &[u8]) -> bool {
 
 fuzz_target!(|data: &[u8]| {
     static RUN: OnceLock<clap::Command> = OnceLock::new();
-    let run = RUN.get_or_init(|| wirewatch::run::RunArgs::augment_args(clap::Command::new("run")));
+    let run = RUN.get_or_init(|| wirewatch::cli::run::RunArgs::augment_args(clap::Command::new("run")));
     match wirewatch::cli::config::settings("fuzz.toml", data.to_vec(), &[], run) {
         Ok(args) => {
             for a in args {

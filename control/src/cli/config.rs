@@ -196,7 +196,7 @@ pub fn settings(
         run_cmd.clone().no_binary_name(true).try_get_matches_from(&probe).map_err(|e| {
             anyhow::anyhow!("config {path_s}: {}", crate::cli::options::one_line(&e))
         })?;
-    let file_args = crate::run::RunArgs::from_arg_matches(&matches)
+    let file_args = crate::cli::run::RunArgs::from_arg_matches(&matches)
         .map_err(|e| anyhow::anyhow!("config {path_s}: {}", crate::cli::options::one_line(&e)))?;
     file_args.check().map_err(|e| anyhow::anyhow!("config {path_s}: {e}"))?;
     Ok(from_file)

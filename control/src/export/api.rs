@@ -223,7 +223,7 @@ fn evict_quietest(registry: &Registry) -> bool {
     let Some(c) = victim.and_then(|id| conns.remove(&id)) else { return false };
     drop(conns);
     c.evict.notify_one();
-    metrics::counter!(crate::export::metrics::HTTP_CLOSED, "reason" => "evicted").increment(1);
+    crate::export::metrics::http_closed("evicted");
     true
 }
 
@@ -254,7 +254,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, cap: usize) {
                     conns.insert(id, state.clone());
                     conns.len()
                 };
-                metrics::gauge!(crate::export::metrics::HTTP_CONNECTIONS).set(open as f64);
+                crate::export::metrics::http_connections(open);
                 let (ctx, registry) = (ctx.clone(), registry.clone());
                 tokio::spawn(async move {
                     connection(stream, state, ctx).await;
@@ -263,12 +263,12 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, cap: usize) {
                         conns.remove(&id);
                         conns.len()
                     };
-                    metrics::gauge!(crate::export::metrics::HTTP_CONNECTIONS).set(open as f64);
+                    crate::export::metrics::http_connections(open);
                 });
             }
             Err(e) => {
                 let resources = out_of_resources(&e);
-                metrics::counter!(crate::export::metrics::HTTP_ACCEPT_ERRORS, "reason" => if resources { "out_of_resources" } else { "other" }).increment(1);
+                crate::export::metrics::http_accept_error(resources);
                 // The connection waiting in the backlog stays there: free a descriptor for it
                 // and try again at once; with nothing left to close, back off.
                 let freed = resources && evict_quietest(&registry);
@@ -345,8 +345,7 @@ where
         while watchdog.poll_tick(cx).is_ready() {
             let quiet = now_ms().saturating_sub(state.last_ms.load(Relaxed));
             if quiet > STALL_TIMEOUT.as_millis() as u64 {
-                metrics::counter!(crate::export::metrics::HTTP_CLOSED, "reason" => "stalled")
-                    .increment(1);
+                crate::export::metrics::http_closed("stalled");
                 return Poll::Ready(());
             }
         }

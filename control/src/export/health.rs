@@ -7,6 +7,12 @@
 //! the answer's IFLA_XDP nest holds the attached program ids, include/uapi/linux/if_link.h).
 use std::io;
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cli::options;
+use crate::stats::{QueueInfo, SharedStats};
 
 // include/uapi/linux/rtnetlink.h, if_link.h, netlink.h.
 const RTM_NEWLINK: u16 = 16;
@@ -110,6 +116,70 @@ fn parse_link_reply(b: &[u8]) -> io::Result<Vec<u32>> {
         }
     }
     Ok(ids)
+}
+
+/// A worker whose heartbeat stands still this long is reported wedged.
+const WEDGED_AFTER: Duration = Duration::from_secs(10);
+
+/// What makes `/healthz` answer 503: a worker that stopped or stands still, an interface whose
+/// XDP program is no longer ours (or gone).
+pub fn problems<T>(
+    queues: &[QueueInfo],
+    workers: &[std::thread::JoinHandle<T>],
+    stats: &[Arc<SharedStats>],
+    attached: &[(String, u32, Option<u32>)],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    for ((q, w), s) in queues.iter().zip(workers).zip(stats) {
+        let (iface, queue) = (&q.iface, q.queue);
+        let beat = s.heartbeat_ns.load(Relaxed);
+        if w.is_finished() {
+            out.push(format!("the worker of {iface} queue {queue} has stopped (see the log)"));
+        } else if beat > 0 && now.saturating_sub(beat) > options::nanos(WEDGED_AFTER) {
+            out.push(format!(
+                "the worker of {iface} queue {queue} has not gone round its loop for {} s",
+                now.saturating_sub(beat) / 1_000_000_000
+            ));
+        }
+    }
+    for (iface, idx, ours) in attached {
+        match xdp_prog_ids(*idx) {
+            Ok(ids) if ours.is_some_and(|id| ids.contains(&id)) => {}
+            Ok(ids) if ids.is_empty() => out.push(format!(
+                "the XDP program is no longer attached to {iface} (removed from outside?): nothing is captured there; restart wirewatch"
+            )),
+            Ok(_) if ours.is_none() => {}
+            Ok(_) => out.push(format!(
+                "another XDP program replaced wirewatch's on {iface}: nothing is captured there; restart wirewatch"
+            )),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
+                out.push(format!("interface {iface} is gone: nothing is captured there"));
+            }
+            Err(e) => log::debug!("checking the XDP program on {iface}: {e}"),
+        }
+    }
+    out
+}
+
+/// Host mode's half of `/healthz`: an interface whose TC egress program is no longer ours
+/// sees only the frames arriving there.
+pub fn egress_problems(attached: &[(String, Option<u32>)]) -> Vec<String> {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    let mut out = Vec::new();
+    for (iface, ours) in attached {
+        let Some(ours) = ours else { continue };
+        match SchedClassifier::query_tcx(iface, TcAttachType::Egress) {
+            Ok((_, progs)) if progs.iter().any(|p| p.id() == *ours) => {}
+            Ok(_) => out.push(format!(
+                "the TC egress program is no longer attached to {iface} (removed from outside?): host mode sees only the frames arriving there; restart wirewatch"
+            )),
+            Err(e) => log::debug!("checking the TC egress program on {iface}: {e}"),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

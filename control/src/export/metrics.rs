@@ -2,67 +2,71 @@
 //! command line), reason — never addresses or ports. Names follow the Prometheus conventions
 //! (base units, `_total` for counters). Per-flow detail goes to events and evidence.
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 
 use anyhow::Result;
 use dataplane::anomaly::Kind;
 use dataplane::flow::EvictReason;
+use dataplane::loader::XdpProgram;
 use dataplane::worker::QueueCounters;
-use metrics::{counter, gauge};
+use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-pub const ANOMALIES: &str = "wirewatch_anomalies_total";
-pub const PACKETS: &str = "wirewatch_packets_total";
-pub const BYTES: &str = "wirewatch_bytes_total";
-pub const XDP_PACKETS: &str = "wirewatch_xdp_packets_total";
-pub const XSK_DROPPED: &str = "wirewatch_xsk_rx_dropped_total";
-pub const XSK_RING_FULL: &str = "wirewatch_xsk_rx_ring_full_total";
-pub const XSK_INVALID: &str = "wirewatch_xsk_rx_invalid_descs_total";
-pub const XSK_FILL_EMPTY: &str = "wirewatch_xsk_rx_fill_ring_empty_total";
-pub const FLOWS_ACTIVE: &str = "wirewatch_flows_active";
-pub const FLOWS_CREATED: &str = "wirewatch_flows_created_total";
-pub const FLOWS_EVICTED: &str = "wirewatch_flows_evicted_total";
-pub const EVIDENCE_WRITTEN: &str = "wirewatch_evidence_files_written_total";
-pub const EVIDENCE_SUPPRESSED: &str = "wirewatch_evidence_files_suppressed_total";
-pub const EVIDENCE_FAILED: &str = "wirewatch_evidence_files_failed_total";
-pub const EVIDENCE_REMOVED: &str = "wirewatch_evidence_files_removed_total";
-pub const HANDOFF: &str = "wirewatch_handoff_packets_total";
+use crate::stats::{QueueInfo, SharedStats};
+
+const ANOMALIES: &str = "wirewatch_anomalies_total";
+const PACKETS: &str = "wirewatch_packets_total";
+const BYTES: &str = "wirewatch_bytes_total";
+const XDP_PACKETS: &str = "wirewatch_xdp_packets_total";
+const XSK_DROPPED: &str = "wirewatch_xsk_rx_dropped_total";
+const XSK_RING_FULL: &str = "wirewatch_xsk_rx_ring_full_total";
+const XSK_INVALID: &str = "wirewatch_xsk_rx_invalid_descs_total";
+const XSK_FILL_EMPTY: &str = "wirewatch_xsk_rx_fill_ring_empty_total";
+const FLOWS_ACTIVE: &str = "wirewatch_flows_active";
+const FLOWS_CREATED: &str = "wirewatch_flows_created_total";
+const FLOWS_EVICTED: &str = "wirewatch_flows_evicted_total";
+const EVIDENCE_WRITTEN: &str = "wirewatch_evidence_files_written_total";
+const EVIDENCE_SUPPRESSED: &str = "wirewatch_evidence_files_suppressed_total";
+const EVIDENCE_FAILED: &str = "wirewatch_evidence_files_failed_total";
+const EVIDENCE_REMOVED: &str = "wirewatch_evidence_files_removed_total";
+const HANDOFF: &str = "wirewatch_handoff_packets_total";
 /// Detector side state the engine could not give (`reason="pool_full"`) or took from a
 /// handshake for another detector (`reason="reclaimed"`).
-pub const SIDE_STATE: &str = "wirewatch_detector_state_total";
+const SIDE_STATE: &str = "wirewatch_detector_state_total";
 /// MAC addresses past the engine's MAC table, treated as unknown by the detectors.
-pub const MACS_OVERFLOWED: &str = "wirewatch_mac_table_overflow_total";
-pub const HANDSHAKE_RTT: &str = "wirewatch_handshake_rtt_seconds";
-pub const ZERO_WINDOW_DURATION: &str = "wirewatch_zero_window_duration_seconds";
+const MACS_OVERFLOWED: &str = "wirewatch_mac_table_overflow_total";
+const HANDSHAKE_RTT: &str = "wirewatch_handshake_rtt_seconds";
+const ZERO_WINDOW_DURATION: &str = "wirewatch_zero_window_duration_seconds";
 /// Capture completeness per vantage (Zeek's capture_loss): ACKs that advanced, and those that
 /// acknowledged data the vantage never saw.
-pub const CAPTURE_ACKS: &str = "wirewatch_capture_acks_total";
-pub const CAPTURE_GAP_ACKS: &str = "wirewatch_capture_gap_acks_total";
-pub const CAPTURE_GAP_BYTES: &str = "wirewatch_capture_gap_bytes_total";
-pub const BUILD_INFO: &str = "wirewatch_build_info";
+const CAPTURE_ACKS: &str = "wirewatch_capture_acks_total";
+const CAPTURE_GAP_ACKS: &str = "wirewatch_capture_gap_acks_total";
+const CAPTURE_GAP_BYTES: &str = "wirewatch_capture_gap_bytes_total";
+const BUILD_INFO: &str = "wirewatch_build_info";
 /// Info-style: 1 per interface, its XDP attach mode and AF_XDP copy mode as labels.
-pub const XDP_MODE: &str = "wirewatch_xdp_attached_info";
+const XDP_MODE: &str = "wirewatch_xdp_attached_info";
 /// When each worker last went round its loop (a dead or wedged worker stops moving it).
-pub const WORKER_HEARTBEAT: &str = "wirewatch_worker_heartbeat_timestamp_seconds";
+const WORKER_HEARTBEAT: &str = "wirewatch_worker_heartbeat_timestamp_seconds";
 /// Events and evidence jobs the output thread's queue had no room for.
-pub const OUTPUT_DROPPED: &str = "wirewatch_output_dropped_total";
+const OUTPUT_DROPPED: &str = "wirewatch_output_dropped_total";
 /// The interface's own receive drops (driver, NIC FIFO, missed), from its sysfs statistics.
-pub const IFACE_RX_DROPPED: &str = "wirewatch_interface_rx_dropped_total";
+const IFACE_RX_DROPPED: &str = "wirewatch_interface_rx_dropped_total";
 /// The driver's per-queue receive drops (`ethtool -S`: rx_queue_N_drops, rx_queue_N_xdp_drops).
-pub const DRIVER_RX_DROPS: &str = "wirewatch_driver_rx_drops_total";
+const DRIVER_RX_DROPS: &str = "wirewatch_driver_rx_drops_total";
 /// Frames the engines processed (from their own queue or handed over by another worker).
-pub const ENGINE_FRAMES: &str = "wirewatch_engine_frames_total";
+const ENGINE_FRAMES: &str = "wirewatch_engine_frames_total";
 /// Writes that failed, by output (`events`, `stdout`, `record`, `retention`); each is logged too.
 pub const OUTPUT_FAILED: &str = "wirewatch_output_failures_total";
 /// The outputs of [`OUTPUT_FAILED`] (evidence files have their own counter).
 pub const OUTPUTS: [&str; 4] = ["events", "stdout", "record", "retention"];
 /// Frames that did not reach the `--record` file (its queue was full or its writes failed).
-pub const RECORD_DROPPED: &str = "wirewatch_record_frames_dropped_total";
+const RECORD_DROPPED: &str = "wirewatch_record_frames_dropped_total";
 /// Open connections of the HTTP server (metrics, health, API).
-pub const HTTP_CONNECTIONS: &str = "wirewatch_http_connections";
+const HTTP_CONNECTIONS: &str = "wirewatch_http_connections";
 /// Connections the HTTP server closed to protect itself, by reason.
-pub const HTTP_CLOSED: &str = "wirewatch_http_connections_closed_total";
+const HTTP_CLOSED: &str = "wirewatch_http_connections_closed_total";
 /// Failed `accept` calls of the HTTP server, by reason.
-pub const HTTP_ACCEPT_ERRORS: &str = "wirewatch_http_accept_errors_total";
+const HTTP_ACCEPT_ERRORS: &str = "wirewatch_http_accept_errors_total";
 
 /// HELP text and unit of every metric above: one place, so none is exported without.
 fn describe() {
@@ -366,4 +370,101 @@ pub fn capture(vantage: &str, delta: &dataplane::engine::VantageCapture) {
     counter!(CAPTURE_ACKS, "vantage" => v.clone()).increment(delta.ack_events);
     counter!(CAPTURE_GAP_ACKS, "vantage" => v.clone()).increment(delta.gap_events);
     counter!(CAPTURE_GAP_BYTES, "vantage" => v).increment(delta.gap_bytes);
+}
+
+/// An HTTP connection the server closed to protect itself (`evicted`, `stalled`).
+pub fn http_closed(reason: &'static str) {
+    counter!(HTTP_CLOSED, "reason" => reason).increment(1);
+}
+
+pub fn http_connections(open: usize) {
+    gauge!(HTTP_CONNECTIONS).set(open as f64);
+}
+
+pub fn http_accept_error(out_of_resources: bool) {
+    let reason = if out_of_resources { "out_of_resources" } else { "other" };
+    counter!(HTTP_ACCEPT_ERRORS, "reason" => reason).increment(1);
+}
+
+/// Frames that did not reach the `--record` file.
+pub fn record_dropped(frames: u64) {
+    counter!(RECORD_DROPPED).increment(frames);
+}
+
+/// An aggregate event (a flood, a scan, a black-holed service): made by the event thread,
+/// not by a worker, so the workers' per-kind counts never include it.
+pub fn aggregate_event(kind: Kind) {
+    counter!(ANOMALIES, "kind" => kind.name()).increment(1);
+}
+
+pub fn evidence_written() {
+    counter!(EVIDENCE_WRITTEN).increment(1);
+}
+
+pub fn evidence_failed() {
+    counter!(EVIDENCE_FAILED).increment(1);
+}
+
+pub fn evidence_removed() {
+    counter!(EVIDENCE_REMOVED).increment(1);
+}
+
+/// A failed write of one of [`OUTPUTS`].
+pub fn output_failed(output: &'static str) {
+    counter!(OUTPUT_FAILED, "output" => output).increment(1);
+}
+
+pub fn handshake_rtt(ns: u64) {
+    histogram!(HANDSHAKE_RTT).record(ns as f64 / 1e9);
+}
+
+pub fn zero_window_duration(ns: u64) {
+    histogram!(ZERO_WINDOW_DURATION).record(ns as f64 / 1e9);
+}
+
+/// Publishes everything the workers and the XDP program count (bounded labels only).
+pub fn publish_run(
+    queues: &[QueueInfo],
+    programs: &[(String, XdpProgram)],
+    workers: &[Arc<SharedStats>],
+) {
+    // Workers were made in the order of `queues`: worker i reads queue i.
+    for (q, w) in queues.iter().zip(workers) {
+        queue(&q.counters, &q.iface, q.queue);
+        gauge!(XDP_MODE, "vantage" => q.iface.clone(), "mode" => q.xdp_mode, "copy" => q.copy_mode)
+            .set(1.0);
+        let beat = w.heartbeat_ns.load(Relaxed);
+        if beat > 0 {
+            gauge!(WORKER_HEARTBEAT, "vantage" => q.iface.clone(), "queue" => q.queue.to_string())
+                .set(beat as f64 / 1e9);
+        }
+    }
+    for (iface, p) in programs {
+        interface_drops(iface);
+        if let Ok(c) = p.counters() {
+            let all: Vec<_> =
+                dataplane_common::Outcome::ALL.iter().map(|o| (o.name(), c.get(*o))).collect();
+            xdp(iface, &all);
+        }
+    }
+    let sum = |f: &dyn Fn(&SharedStats) -> u64| workers.iter().map(|w| f(w)).sum::<u64>();
+    let per_kind: Vec<u64> =
+        (0..Kind::ALL.len()).map(|i| sum(&|w| w.anomalies[i].load(Relaxed))).collect();
+    anomalies(&per_kind);
+    let evicted: [u64; 4] = std::array::from_fn(|i| sum(&|w| w.flows_evicted[i].load(Relaxed)));
+    flows(
+        sum(&|w| w.flows_active.load(Relaxed)),
+        sum(&|w| w.flows_created.load(Relaxed)),
+        &evicted,
+    );
+    counter!(EVIDENCE_SUPPRESSED).absolute(sum(&|w| w.evidence_suppressed.load(Relaxed)));
+    counter!(SIDE_STATE, "reason" => "pool_full")
+        .absolute(sum(&|w| w.side_exhausted.load(Relaxed)));
+    counter!(SIDE_STATE, "reason" => "reclaimed")
+        .absolute(sum(&|w| w.side_reclaimed.load(Relaxed)));
+    counter!(MACS_OVERFLOWED).absolute(sum(&|w| w.macs_overflowed.load(Relaxed)));
+    counter!(HANDOFF, "reason" => "handed_off").absolute(sum(&|w| w.handed_off.load(Relaxed)));
+    counter!(HANDOFF, "reason" => "dropped").absolute(sum(&|w| w.handoff_dropped.load(Relaxed)));
+    counter!(OUTPUT_DROPPED).absolute(sum(&|w| w.output_dropped.load(Relaxed)));
+    counter!(ENGINE_FRAMES).absolute(sum(&|w| w.engine_received.load(Relaxed)));
 }

@@ -113,12 +113,11 @@ impl Retention {
             match std::fs::remove_file(&path) {
                 Ok(()) => {
                     self.removed += 1;
-                    metrics::counter!(crate::export::metrics::EVIDENCE_REMOVED).increment(1);
+                    crate::export::metrics::evidence_removed();
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    metrics::counter!(crate::export::metrics::OUTPUT_FAILED, "output" => "retention")
-                        .increment(1);
+                    crate::export::metrics::output_failed("retention");
                     log::warn!("evidence retention: cannot remove {}: {e}", path.display());
                 }
             }

@@ -14,8 +14,7 @@ impl Failing {
     }
 
     pub fn failed(&mut self, what: &dyn std::fmt::Display) {
-        metrics::counter!(crate::export::metrics::OUTPUT_FAILED, "output" => self.output)
-            .increment(1);
+        crate::export::metrics::output_failed(self.output);
         match &mut self.since {
             Some((t, n)) if t.elapsed() < std::time::Duration::from_mins(1) => *n += 1,
             Some((t, n)) => {

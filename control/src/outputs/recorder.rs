@@ -1,7 +1,8 @@
 //! `run --record FILE`: every received frame (headers only, cut to the snap length) as pcapng,
 //! rotated by size like the events file (FILE → FILE.1 → … → FILE.{keep}), so a long run
 //! cannot fill the disk. A write that fails is counted and logged, never fatal: frames are
-//! dropped (and counted) until the file can be written again.
+//! dropped (and counted) until the file can be written again. Workers hand frames over in
+//! batches (`RecordSender`); one thread writes them (`write_record`).
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -10,7 +11,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, Sender};
 use dataplane::pcapng::PcapngWriter;
+use dataplane::worker::RawFrame;
 
 use crate::outputs::failing::Failing;
 
@@ -149,7 +152,7 @@ impl Recorder {
                     self.next_try = Instant::now() + RETRY;
                 }
                 self.dropped += 1;
-                metrics::counter!(crate::export::metrics::RECORD_DROPPED).increment(1);
+                crate::export::metrics::record_dropped(1);
                 self.failing.failed(&format_args!("{}: {e}", self.path.display()));
             }
         }
@@ -162,6 +165,102 @@ impl Recorder {
             }
         }
     }
+}
+
+/// Frames headed for the `--record` file: a worker copies each frame into a batch (one byte
+/// buffer, one list of headers) and hands the batch to the writer at the end of its receive
+/// batch; the writer sends emptied batches back for reuse. Nothing is allocated per frame and
+/// the worker never waits: a batch the writer has no room for is dropped and counted.
+#[derive(Default)]
+pub struct RecordBatch {
+    /// (vantage, receive time ns, length on the wire, offset in `data`, captured length)
+    frames: Vec<(u16, u64, u32, u32, u32)>,
+    data: Vec<u8>,
+}
+
+impl RecordBatch {
+    fn clear(&mut self) {
+        self.frames.clear();
+        self.data.clear();
+    }
+}
+
+/// Batches waiting for the writer at most (up to 1,024 frames each; a receive batch hands its
+/// frames over from 256 on, a tick whatever waits).
+pub const RECORD_QUEUE_BATCHES: usize = 256;
+const RECORD_BATCH_FRAMES: usize = 1024;
+/// A receive batch hands its frames to the writer once this many are waiting (or at the next
+/// tick, 100 ms at most).
+const RECORD_FLUSH_FRAMES: usize = 256;
+
+/// A worker's end of the recorder.
+pub struct RecordSender {
+    pub tx: Sender<RecordBatch>,
+    pub free: Receiver<RecordBatch>,
+    pub cur: RecordBatch,
+    /// Frames of batches the writer had no room for, not yet reported by `flush`.
+    pub dropped: u64,
+}
+
+impl RecordSender {
+    pub fn push(&mut self, f: &RawFrame<'_>) {
+        let off = self.cur.data.len() as u32;
+        self.cur.data.extend_from_slice(f.data);
+        self.cur.frames.push((f.vantage, f.ts_ns, f.orig_len, off, f.data.len() as u32));
+        if self.cur.frames.len() >= RECORD_BATCH_FRAMES {
+            self.dropped += self.send();
+        }
+    }
+
+    /// Enough frames wait to be handed over at the end of a receive batch.
+    pub fn wants_flush(&self) -> bool {
+        self.cur.frames.len() >= RECORD_FLUSH_FRAMES
+    }
+
+    /// Hands the frames so far to the writer; returns the frames dropped since the last call.
+    pub fn flush(&mut self) -> u64 {
+        let n = self.send();
+        n + std::mem::take(&mut self.dropped)
+    }
+
+    fn send(&mut self) -> u64 {
+        if self.cur.frames.is_empty() {
+            return 0;
+        }
+        let next = self.free.try_recv().unwrap_or_default();
+        let full = std::mem::replace(&mut self.cur, next);
+        match self.tx.try_send(full) {
+            Ok(()) => 0,
+            Err(e) => {
+                let mut b = e.into_inner();
+                let n = b.frames.len() as u64;
+                b.clear();
+                self.cur = b;
+                crate::export::metrics::record_dropped(n);
+                n
+            }
+        }
+    }
+}
+
+/// The recorder thread: writes every batch through `recorder` (pcapng, one interface per
+/// vantage in `--iface` order, rotated by size) and sends the emptied batches back for reuse;
+/// returns the frames written and those it could not write.
+pub fn write_record(
+    rx: &Receiver<RecordBatch>,
+    free: &Sender<RecordBatch>,
+    mut recorder: Recorder,
+) -> (u64, u64) {
+    for mut b in rx {
+        for &(vantage, ts_ns, orig_len, off, len) in &b.frames {
+            let data = &b.data[off as usize..(off + len) as usize];
+            recorder.write(&RecordFrame { vantage, ts_ns, orig_len, data });
+        }
+        b.clear();
+        let _ = free.try_send(b);
+    }
+    recorder.flush();
+    (recorder.recorded, recorder.dropped)
 }
 
 #[cfg(test)]
