@@ -7,25 +7,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use crossbeam_channel::bounded;
-use dataplane::anomaly::Kind;
 use dataplane::engine::{Engine, EngineConfig};
 use dataplane::loader::XdpProgram;
 use dataplane::worker::{QueueCounters, Worker};
-use dataplane::xsk::{XskOptions, XskQueue, ZeroCopyPolicy};
+use dataplane::xsk::XskQueue;
 use dataplane_common::XdpConfig;
 
-use crate::cli::options::Queues;
-use crate::cli::run::{NonTcpArg, RunArgs, XdpModeArg, ZeroCopyArg};
+use crate::cli::run::{NonTcpArg, RunArgs};
 use crate::export::health::{egress_problems, problems};
 use crate::export::metrics::publish_run;
-use crate::live::attach::{attach, host_reader, ifindex, rx_queue_count};
+use crate::live::attach::{attach, host_reader, plan_queues, resolve_interfaces, socket_options};
 use crate::live::signals::{install_signal_handlers, HANGUP, STOP};
-use crate::live::summary::{
-    read_driver_losses, DriverBaseline, LossSummary, QueueSummary, RunSummary,
-};
+use crate::live::summary::{read_driver_losses, DriverBaseline, LossSummary, Outputs, RunSummary};
 use crate::live::{EngineSink, OwnedFrame};
 use crate::outputs::events::{event_loop, EventOutput, Output};
-use crate::outputs::recorder::{RecordBatch, RecordSender, RECORD_QUEUE_BATCHES};
+use crate::outputs::recorder::{RecordBatch, RecordSender};
 use crate::profile::apply_profiles;
 use crate::stats::{QueueInfo, SharedStats};
 
@@ -48,78 +44,15 @@ pub fn run(args: RunArgs) -> Result<()> {
         ..XdpConfig::default()
     };
     // Resolve everything before touching any interface, so bad input leaves nothing behind.
-    let mut ifindexes = Vec::new();
-    for iface in &args.ifaces {
-        ifindexes.push(ifindex(iface)?);
-        if let Some(why) = crate::host_iface::host_traffic(iface)
-            .filter(|_| !args.allow_host_interface && !args.host)
-        {
-            return Err(crate::cli::Usage(format!(
-                "{iface} carries this host's own traffic ({why}): attached there, wirewatch would take every TCP frame it receives away from the host's stack and cut the host's connections. Attach it to a span, tap or mirror port that has no addresses and no routes (see `ip addr show {iface}`, `ip route show dev {iface}`); to watch this host's own connections where they are, add --host (headers are copied to wirewatch, every frame stays with the host); a remote mirror's collector interface that carries nothing else takes --allow-host-interface"
-            ))
-            .into());
-        }
-    }
+    let ifindexes = resolve_interfaces(&args)?;
     args.check_outputs().map_err(crate::cli::Usage)?;
     let tuning = match &args.profile {
         Some(name) => Some(apply_profiles(&args, name, &cpus)?),
         None => None,
     };
     let mut args = args;
-    let mut frame_size = XskOptions::default().frame_size;
-    let mut budget = 64;
-    if let Some(t) = &tuning {
-        // The profile fills in what the command line left at its default.
-        let p = &t.profiles[0];
-        if args.xdp_mode == XdpModeArg::Auto && p.xdp.mode == hw_profiles::XdpMode::Generic {
-            args.xdp_mode = XdpModeArg::Generic;
-        }
-        if args.zero_copy == ZeroCopyArg::Auto && p.xdp.zero_copy == hw_profiles::ZeroCopy::Off {
-            args.zero_copy = ZeroCopyArg::Off;
-        }
-        if args.busy_poll == 0 && p.busy_poll.enabled {
-            args.busy_poll = p.busy_poll.usecs;
-            budget = p.busy_poll.budget;
-        }
-        frame_size = p.xdp.frame_size;
-    }
-    let mut xsk_opts = XskOptions {
-        ring_size: args.ring_size.unwrap_or(dataplane::xsk::AUTO_RING_MAX),
-        frame_size,
-        zero_copy: match args.zero_copy {
-            ZeroCopyArg::Auto => ZeroCopyPolicy::Auto,
-            ZeroCopyArg::On => ZeroCopyPolicy::On,
-            ZeroCopyArg::Off => ZeroCopyPolicy::Off,
-        },
-        busy_poll: (args.busy_poll > 0)
-            .then_some(dataplane::xsk::BusyPoll { usecs: args.busy_poll, budget }),
-    };
-    let mut plan = Vec::new();
-    for (i, iface) in args.ifaces.iter().enumerate() {
-        if args.host {
-            // One ring per interface, whatever its queues: one reader (as queue 0).
-            plan.push((iface.clone(), ifindexes[i], vec![0]));
-            continue;
-        }
-        let have = rx_queue_count(iface);
-        let n = match args.queues {
-            Queues::All => have,
-            Queues::First(n) => {
-                let n = n as usize;
-                if n > have {
-                    bail!(
-                        "--queues {n}: interface {iface} has {have} RX queue(s); use --queues {have} (or `all`), or raise them with `ethtool -L {iface} combined {n}`"
-                    );
-                }
-                n
-            }
-        };
-        let ids: Vec<u32> = match &tuning {
-            Some(t) => hw_profiles::xsk_queue_ids(&t.profiles[i], t.kernel, n as u32),
-            None => (0..n as u32).collect(),
-        };
-        plan.push((iface.clone(), ifindexes[i], ids));
-    }
+    let mut xsk_opts = socket_options(&mut args, tuning.as_ref());
+    let plan = plan_queues(&args, &ifindexes, tuning.as_ref())?;
     // With one interface whose RSS is symmetric, both directions of a flow arrive on one queue:
     // its worker owns the flow and nothing is handed over. Otherwise the owner is a hash of the
     // flow and workers hand packets to it.
@@ -134,26 +67,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
     );
 
+    // Created now: a path that cannot be written is an error before anything is attached.
     let record_thread = match &args.record {
-        Some(path) => {
-            // Created now: a path that cannot be written is an error before anything is
-            // attached. Frames reach it in batches (no allocation or send per frame).
-            let recorder = crate::outputs::recorder::Recorder::create(
-                path.clone(),
-                args.ifaces.clone(),
-                args.snaplen,
-                args.record_max_bytes,
-                crate::outputs::recorder::KEEP,
-            )
-            .with_context(|| format!("--record {}: cannot create it", path.display()))?;
-            let (tx, rx) = bounded::<RecordBatch>(RECORD_QUEUE_BATCHES);
-            let (free_tx, free_rx) = bounded::<RecordBatch>(RECORD_QUEUE_BATCHES);
-            let h = std::thread::Builder::new()
-                .name("ww-record".into())
-                .spawn(move || crate::outputs::recorder::write_record(&rx, &free_tx, recorder))
-                .context("starting the recorder thread")?;
-            Some((tx, free_rx, h))
-        }
+        Some(path) => Some(crate::outputs::recorder::start(path, &args)?),
         None => None,
     };
 
@@ -400,67 +316,20 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
         None => 0,
     };
-    let queue_counters: Vec<&QueueCounters> = summaries.iter().map(|q| &*q.counters).collect();
-    let summary = RunSummary {
-        queues: summaries
-            .iter()
-            .map(|q| (q, &q.counters))
-            .map(|(q, c)| QueueSummary {
-                iface: q.iface.clone(),
-                vantage: q.vantage,
-                queue: q.queue,
-                xdp_mode: q.xdp_mode,
-                copy_mode: q.copy_mode,
-                zero_copy_fallback: q.zero_copy_fallback.clone(),
-                packets: c.packets.load(Relaxed),
-                bytes: c.bytes.load(Relaxed),
-                no_meta: c.no_meta.load(Relaxed),
-                rx_dropped: c.rx_dropped.load(Relaxed),
-                rx_ring_full: c.rx_ring_full.load(Relaxed),
-                rx_invalid_descs: c.rx_invalid_descs.load(Relaxed),
-                rx_fill_ring_empty_descs: c.rx_fill_ring_empty_descs.load(Relaxed),
-                driver_drops: c.driver_drops.load(Relaxed),
-                driver_xdp_drops: c.driver_xdp_drops.load(Relaxed),
-            })
-            .collect(),
-        interfaces: driver_base.iter().map(DriverBaseline::summary).collect(),
-        loss: LossSummary::of(&xdp_counts, &queue_counters, &driver_base, &worker_stats),
-        xdp,
-        recorded,
-        record_dropped,
-        events,
-        anomalies: Kind::ALL
-            .iter()
-            .map(|k| {
-                (
-                    k.name(),
-                    worker_stats
-                        .iter()
-                        .map(|w| w.anomalies[*k as usize].load(Relaxed))
-                        .sum::<u64>(),
-                )
-            })
-            .filter(|(_, n)| *n > 0)
-            .collect(),
-        evidence_written,
-        evidence_failed,
-        handed_off: worker_stats.iter().map(|w| w.handed_off.load(Relaxed)).sum(),
-        handoff_dropped: worker_stats.iter().map(|w| w.handoff_dropped.load(Relaxed)).sum(),
-        mirror_sessions: vantages.sessions(),
-        mirror_sessions_overflowed: vantages.overflowed(),
-    };
-    let l = &summary.loss;
-    log::info!(
-        "frames: {} processed by the engines; lost: {} (XDP no socket {}, redirect failed {}, truncate failed {}; AF_XDP socket full {}, ring full {}; host ring full {}; hand-off {}; interface missed {}); driver queue drops {}; unattributed {}",
-        l.engine_received, l.lost_total, l.xdp_no_socket, l.xdp_redirect_failed, l.xdp_truncate_failed,
-        l.xsk_rx_dropped, l.xsk_rx_ring_full, l.host_ring_full, l.handoff_dropped, l.interface_missed, l.driver_queue_drops, l.unattributed
+    let summary = RunSummary::collect(
+        &summaries,
+        &driver_base,
+        LossSummary::of(
+            &xdp_counts,
+            &summaries.iter().map(|q| &*q.counters).collect::<Vec<_>>(),
+            &driver_base,
+            &worker_stats,
+        ),
+        &worker_stats,
+        &vantages,
+        Outputs { xdp, recorded, record_dropped, events, evidence_written, evidence_failed },
     );
-    for q in &summary.queues {
-        log::info!(
-            "{} queue {}: {} packets, {} bytes, lost in our rings {} (ring full {}), XDP {} / AF_XDP {}",
-            q.iface, q.queue, q.packets, q.bytes, q.rx_dropped, q.rx_ring_full, q.xdp_mode, q.copy_mode
-        );
-    }
+    summary.log();
     if let Some(p) = &args.summary_json {
         std::fs::write(p, serde_json::to_vec_pretty(&summary)?)
             .with_context(|| format!("writing {}", p.display()))?;

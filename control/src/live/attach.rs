@@ -1,5 +1,5 @@
 //! Attaching to an interface: its index and queues, the XDP program (native, else generic),
-//! host mode's pair of programs and ring.
+//! host mode's pair of programs and ring, and the plan of which queues to read.
 use std::ffi::CString;
 use std::sync::Arc;
 
@@ -8,9 +8,12 @@ use aya::programs::XdpMode;
 use dataplane::host::HostWorker;
 use dataplane::loader::XdpProgram;
 use dataplane::worker::QueueCounters;
+use dataplane::xsk::{XskOptions, ZeroCopyPolicy};
 use dataplane_common::XdpConfig;
 
-use crate::cli::run::{RunArgs, XdpModeArg};
+use crate::cli::options::Queues;
+use crate::cli::run::{RunArgs, XdpModeArg, ZeroCopyArg};
+use crate::profile::Tuning;
 use crate::stats::QueueInfo;
 
 pub fn ifindex(name: &str) -> Result<u32> {
@@ -119,4 +122,89 @@ pub fn host_reader(
         },
         prog_id,
     ))
+}
+
+/// Each interface's index, refusing one that carries this host's own traffic unless `--host`
+/// or `--allow-host-interface` says so (bad usage: nothing is attached yet).
+pub fn resolve_interfaces(args: &RunArgs) -> Result<Vec<u32>> {
+    let mut ifindexes = Vec::new();
+    for iface in &args.ifaces {
+        ifindexes.push(ifindex(iface)?);
+        if let Some(why) = crate::host_iface::host_traffic(iface)
+            .filter(|_| !args.allow_host_interface && !args.host)
+        {
+            return Err(crate::cli::Usage(format!(
+                "{iface} carries this host's own traffic ({why}): attached there, wirewatch would take every TCP frame it receives away from the host's stack and cut the host's connections. Attach it to a span, tap or mirror port that has no addresses and no routes (see `ip addr show {iface}`, `ip route show dev {iface}`); to watch this host's own connections where they are, add --host (headers are copied to wirewatch, every frame stays with the host); a remote mirror's collector interface that carries nothing else takes --allow-host-interface"
+            ))
+            .into());
+        }
+    }
+    Ok(ifindexes)
+}
+
+/// The AF_XDP sockets' options; a profile fills in what the command line left at its default.
+pub fn socket_options(args: &mut RunArgs, tuning: Option<&Tuning>) -> XskOptions {
+    let mut frame_size = XskOptions::default().frame_size;
+    let mut budget = 64;
+    if let Some(t) = tuning {
+        let p = &t.profiles[0];
+        if args.xdp_mode == XdpModeArg::Auto && p.xdp.mode == hw_profiles::XdpMode::Generic {
+            args.xdp_mode = XdpModeArg::Generic;
+        }
+        if args.zero_copy == ZeroCopyArg::Auto && p.xdp.zero_copy == hw_profiles::ZeroCopy::Off {
+            args.zero_copy = ZeroCopyArg::Off;
+        }
+        if args.busy_poll == 0 && p.busy_poll.enabled {
+            args.busy_poll = p.busy_poll.usecs;
+            budget = p.busy_poll.budget;
+        }
+        frame_size = p.xdp.frame_size;
+    }
+    XskOptions {
+        ring_size: args.ring_size.unwrap_or(dataplane::xsk::AUTO_RING_MAX),
+        frame_size,
+        zero_copy: match args.zero_copy {
+            ZeroCopyArg::Auto => ZeroCopyPolicy::Auto,
+            ZeroCopyArg::On => ZeroCopyPolicy::On,
+            ZeroCopyArg::Off => ZeroCopyPolicy::Off,
+        },
+        busy_poll: (args.busy_poll > 0)
+            .then_some(dataplane::xsk::BusyPoll { usecs: args.busy_poll, budget }),
+    }
+}
+
+/// The queues to read on each interface: (name, index, queue ids). Host mode reads one ring per
+/// interface (as queue 0); a profile may pick the queue ids.
+pub fn plan_queues(
+    args: &RunArgs,
+    ifindexes: &[u32],
+    tuning: Option<&Tuning>,
+) -> Result<Vec<(String, u32, Vec<u32>)>> {
+    let mut plan = Vec::new();
+    for (i, iface) in args.ifaces.iter().enumerate() {
+        if args.host {
+            // One ring per interface, whatever its queues: one reader (as queue 0).
+            plan.push((iface.clone(), ifindexes[i], vec![0]));
+            continue;
+        }
+        let have = rx_queue_count(iface);
+        let n = match args.queues {
+            Queues::All => have,
+            Queues::First(n) => {
+                let n = n as usize;
+                if n > have {
+                    bail!(
+                        "--queues {n}: interface {iface} has {have} RX queue(s); use --queues {have} (or `all`), or raise them with `ethtool -L {iface} combined {n}`"
+                    );
+                }
+                n
+            }
+        };
+        let ids: Vec<u32> = match tuning {
+            Some(t) => hw_profiles::xsk_queue_ids(&t.profiles[i], t.kernel, n as u32),
+            None => (0..n as u32).collect(),
+        };
+        plan.push((iface.clone(), ifindexes[i], ids));
+    }
+    Ok(plan)
 }

@@ -4,11 +4,12 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use dataplane::anomaly::Kind;
 use dataplane::nicstats::{DriverDrops, InterfaceDrops};
 use dataplane::worker::QueueCounters;
 use serde::Serialize;
 
-use crate::stats::SharedStats;
+use crate::stats::{QueueInfo, SharedStats};
 
 /// An interface's driver counters when its sockets were bound: what the run reports is the
 /// growth since (a veth or NIC keeps its counters across runs).
@@ -207,4 +208,85 @@ pub struct RunSummary {
     pub mirror_sessions: Vec<(String, String)>,
     /// Frames of sessions past the vantage limit, analysed at their interface's vantage.
     pub mirror_sessions_overflowed: u64,
+}
+
+/// What the outputs and the XDP programs report at the end of a run.
+pub struct Outputs {
+    pub xdp: Vec<(String, Vec<(&'static str, u64)>)>,
+    pub recorded: u64,
+    pub record_dropped: u64,
+    pub events: u64,
+    pub evidence_written: u64,
+    pub evidence_failed: u64,
+}
+
+impl RunSummary {
+    pub fn collect(
+        queues: &[QueueInfo],
+        interfaces: &[DriverBaseline],
+        loss: LossSummary,
+        workers: &[Arc<SharedStats>],
+        vantages: &dataplane::vantage::Vantages,
+        out: Outputs,
+    ) -> Self {
+        let sum = |f: &dyn Fn(&SharedStats) -> u64| workers.iter().map(|w| f(w)).sum::<u64>();
+        Self {
+            queues: queues
+                .iter()
+                .map(|q| {
+                    let c = &q.counters;
+                    QueueSummary {
+                        iface: q.iface.clone(),
+                        vantage: q.vantage,
+                        queue: q.queue,
+                        xdp_mode: q.xdp_mode,
+                        copy_mode: q.copy_mode,
+                        zero_copy_fallback: q.zero_copy_fallback.clone(),
+                        packets: c.packets.load(Relaxed),
+                        bytes: c.bytes.load(Relaxed),
+                        no_meta: c.no_meta.load(Relaxed),
+                        rx_dropped: c.rx_dropped.load(Relaxed),
+                        rx_ring_full: c.rx_ring_full.load(Relaxed),
+                        rx_invalid_descs: c.rx_invalid_descs.load(Relaxed),
+                        rx_fill_ring_empty_descs: c.rx_fill_ring_empty_descs.load(Relaxed),
+                        driver_drops: c.driver_drops.load(Relaxed),
+                        driver_xdp_drops: c.driver_xdp_drops.load(Relaxed),
+                    }
+                })
+                .collect(),
+            interfaces: interfaces.iter().map(DriverBaseline::summary).collect(),
+            loss,
+            xdp: out.xdp,
+            recorded: out.recorded,
+            record_dropped: out.record_dropped,
+            events: out.events,
+            anomalies: Kind::ALL
+                .iter()
+                .map(|k| (k.name(), sum(&|w| w.anomalies[*k as usize].load(Relaxed))))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            evidence_written: out.evidence_written,
+            evidence_failed: out.evidence_failed,
+            handed_off: sum(&|w| w.handed_off.load(Relaxed)),
+            handoff_dropped: sum(&|w| w.handoff_dropped.load(Relaxed)),
+            mirror_sessions: vantages.sessions(),
+            mirror_sessions_overflowed: vantages.overflowed(),
+        }
+    }
+
+    /// The loss accounting and each queue's counts, in the log.
+    pub fn log(&self) {
+        let l = &self.loss;
+        log::info!(
+            "frames: {} processed by the engines; lost: {} (XDP no socket {}, redirect failed {}, truncate failed {}; AF_XDP socket full {}, ring full {}; host ring full {}; hand-off {}; interface missed {}); driver queue drops {}; unattributed {}",
+            l.engine_received, l.lost_total, l.xdp_no_socket, l.xdp_redirect_failed, l.xdp_truncate_failed,
+            l.xsk_rx_dropped, l.xsk_rx_ring_full, l.host_ring_full, l.handoff_dropped, l.interface_missed, l.driver_queue_drops, l.unattributed
+        );
+        for q in &self.queues {
+            log::info!(
+                "{} queue {}: {} packets, {} bytes, lost in our rings {} (ring full {}), XDP {} / AF_XDP {}",
+                q.iface, q.queue, q.packets, q.bytes, q.rx_dropped, q.rx_ring_full, q.xdp_mode, q.copy_mode
+            );
+        }
+    }
 }

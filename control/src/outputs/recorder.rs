@@ -263,6 +263,32 @@ pub fn write_record(
     (recorder.recorded, recorder.dropped)
 }
 
+/// The recorder thread and both ends of its batch queues: full batches go to it, emptied
+/// ones come back.
+pub type RecorderThread =
+    (Sender<RecordBatch>, Receiver<RecordBatch>, std::thread::JoinHandle<(u64, u64)>);
+
+/// Creates the `--record` file and starts its thread. Frames reach it in batches (no
+/// allocation or send per frame).
+pub fn start(path: &Path, args: &crate::cli::run::RunArgs) -> anyhow::Result<RecorderThread> {
+    use anyhow::Context as _;
+    let recorder = Recorder::create(
+        path.to_path_buf(),
+        args.ifaces.clone(),
+        args.snaplen,
+        args.record_max_bytes,
+        KEEP,
+    )
+    .with_context(|| format!("--record {}: cannot create it", path.display()))?;
+    let (tx, rx) = crossbeam_channel::bounded::<RecordBatch>(RECORD_QUEUE_BATCHES);
+    let (free_tx, free_rx) = crossbeam_channel::bounded::<RecordBatch>(RECORD_QUEUE_BATCHES);
+    let h = std::thread::Builder::new()
+        .name("ww-record".into())
+        .spawn(move || write_record(&rx, &free_tx, recorder))
+        .context("starting the recorder thread")?;
+    Ok((tx, free_rx, h))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
