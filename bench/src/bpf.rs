@@ -1,14 +1,19 @@
 //! Just enough of the bpf(2) syscall for the benchmarks: load a two-instruction XDP program
-//! (the bare baseline, and the XDP_TX traffic generator) or TC classifier (the egress baseline) and run BPF_PROG_TEST_RUN on any
+//! (the bare baseline, the XDP_TX traffic generator, the live path's floor) or TC classifier (the egress baseline) and run BPF_PROG_TEST_RUN on any
 //! program fd, optionally with live frames (include/uapi/linux/bpf.h, union bpf_attr).
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_LINK_CREATE: libc::c_long = 28;
+/// `enum bpf_attach_type`'s BPF_XDP, and XDP_FLAGS_DRV_MODE (include/uapi/linux/if_link.h).
+const BPF_XDP: u32 = 37;
+const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 pub const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+pub const XDP_DROP: i32 = 1;
 pub const XDP_PASS: i32 = 2;
 pub const XDP_TX: i32 = 3;
 /// TCX_NEXT / TC_ACT_UNSPEC: what the host-mode egress program answers.
@@ -53,6 +58,18 @@ struct TestRunAttr {
     _pad: u32,
 }
 
+/// `union bpf_attr`'s `link_create` for an XDP link: the interface takes the place of the
+/// target fd.
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_ifindex: u32,
+    attach_type: u32,
+    flags: u32,
+    _rest: [u64; 6],
+}
+
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // Safety: attr is a valid, zero-padded bpf_attr prefix of the size passed.
     let r =
@@ -92,6 +109,21 @@ fn constant_of_type(prog_type: u32, action: i32, name: &str) -> io::Result<Owned
     }
     let fd = bpf(BPF_PROG_LOAD, &mut attr)?;
     // Safety: the kernel returned a new program fd that we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Attaches an XDP program to the interface `ifindex` of the calling thread's namespace in
+/// native mode; it stays attached until the returned link is dropped.
+pub fn attach_xdp(prog: &impl AsRawFd, ifindex: u32) -> io::Result<OwnedFd> {
+    let mut attr = LinkCreateAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_ifindex: ifindex,
+        attach_type: BPF_XDP,
+        flags: XDP_FLAGS_DRV_MODE,
+        ..Default::default()
+    };
+    let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
+    // Safety: the kernel returned a new link fd that we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 

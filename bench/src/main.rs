@@ -572,6 +572,10 @@ fn softirq() -> Duration {
 const REPEAT: u32 = 65536;
 
 struct LiveResult {
+    /// CPU per packet: the tool's own (user + system, start-up included) and the system's
+    /// softirq time during the run (the receive path, wherever it ran).
+    process_ns: f64,
+    softirq_ns: f64,
     /// Frames that reached the monitor interface (the rest died in veth's 256-frame ring).
     arrived: u64,
     sent: u64,
@@ -755,7 +759,10 @@ fn live(tool: &str, args: &Args, cap: &gen::Capture) -> Result<LiveResult> {
         (num("packets captured"), num("dropped by kernel"), cpu)
     };
     let cpu_total = cpu + soft;
+    let per = |d: Duration| d.as_nanos() as f64 / received.max(1) as f64;
     Ok(LiveResult {
+        process_ns: per(cpu),
+        softirq_ns: per(soft),
         arrived,
         sent,
         received,
@@ -766,6 +773,43 @@ fn live(tool: &str, args: &Args, cap: &gen::Capture) -> Result<LiveResult> {
         not_for_us,
         iface_dropped,
     })
+}
+
+/// The kernel's share of the live path: the same generated traffic into `mon0` with only a
+/// bare XDP_DROP program there (the least any XDP tool costs on this veth: the ring between
+/// the veth pair, NAPI, one program run a frame). Softirq time per frame that reached mon0.
+fn live_floor(args: &Args, cap: &gen::Capture) -> Result<f64> {
+    let mut t = Topology::new();
+    t.namespace("bench", &format!("wwbench{}", std::process::id() % 100000))?;
+    t.veth(("bench", "gen0"), ("bench", "mon0"))?;
+    let ns = &t["bench"];
+    let name = ns.name.clone();
+    let link = std::thread::scope(|s| {
+        s.spawn(|| -> Result<std::os::fd::OwnedFd> {
+            wirewatch_testkit::netns::enter_current_thread(&name)?;
+            // Safety: a NUL-terminated name; the lookup uses this thread's namespace.
+            let idx = unsafe { libc::if_nametoindex(c"mon0".as_ptr()) };
+            anyhow::ensure!(idx != 0, "mon0 not found in the bench namespace");
+            let drop = bpf::constant_program(bpf::XDP_DROP, "ww_bench_drop")?;
+            bpf::attach_xdp(&drop, idx).context("attaching XDP_DROP to mon0")
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the attach thread panicked"))?
+    })?;
+    let rx = || -> u64 {
+        ns.run("cat /sys/class/net/mon0/statistics/rx_packets")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let (rx0, soft0) = (rx(), softirq());
+    let sent = generate_live(&ns.name, cap, args.live_secs)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let soft = softirq().saturating_sub(soft0);
+    let arrived = rx().saturating_sub(rx0);
+    println!("  kernel floor: {sent} frames sent, {arrived} reached mon0");
+    drop(link);
+    Ok(soft.as_nanos() as f64 / arrived.max(1) as f64)
 }
 
 fn main() -> Result<()> {
@@ -1001,6 +1045,22 @@ fn main() -> Result<()> {
     } else if is_root() {
         let ww = live("wirewatch", &args, &cap);
         let td = live("tcpdump", &args, &cap);
+        match (live_floor(&args, &cap), &ww, &td) {
+            (Ok(f), Ok(w), Ok(t)) => row(
+                &mut rows,
+                "live path: where the CPU goes",
+                format!("{:.0} ns process + {:.0} ns softirq", w.process_ns, w.softirq_ns),
+                format!(
+                    "tcpdump {:.0} + {:.0} ns; kernel floor (bare XDP_DROP) {f:.0} ns",
+                    t.process_ns, t.softirq_ns
+                ),
+                format!("{:.2}×", f / t.cpu_per_pkt_ns.max(1e-9)),
+                "—",
+                None,
+            ),
+            (Err(e), _, _) => println!("live path, kernel floor: not run: {e}"),
+            _ => {}
+        }
         // Host mode against tcpdump (both let the stack have every frame) and against span mode.
         match (live("wirewatch-host", &args, &cap), &ww, &td) {
             (Ok(h), Ok(w), Ok(t)) => {

@@ -118,6 +118,17 @@ pub struct Worker {
     pub draining: Arc<AtomicUsize>,
 }
 
+/// After a receive batch that emptied the ring, the worker sleeps this long before it reads
+/// again rather than waiting in poll(2). A reader waiting in poll is on the socket's wait
+/// queue, and every NAPI poll that delivered frames wakes it (`__xsk_map_flush` →
+/// `sock_def_readable`: on veth a wake-up, an IPI and two context switches for at most 64
+/// frames); a sleeping reader is not on it, and takes what arrived meanwhile in one batch.
+/// Only after a small batch (below [`COALESCE_BELOW`] of the ring), so the ring holds many
+/// times what arrives in one sleep; not when busy-polling, where the reader drives NAPI.
+const COALESCE: Duration = Duration::from_micros(200);
+/// The share of the ring under which a batch counts as small: 1/8.
+const COALESCE_BELOW: usize = 8;
+
 /// How long a stopping worker waits for its peers to drain before it finishes anyway.
 const PEER_DRAIN_WAIT: Duration = Duration::from_secs(2);
 
@@ -144,6 +155,8 @@ impl Worker {
                 [s.lost(), counters.driver_lost.load(Relaxed), counters.iface_lost.load(Relaxed)]
             };
             let mut last_tick = Instant::now();
+            let small_batch =
+                if xsk.busy_polling() { 0 } else { xsk.batch_capacity() / COALESCE_BELOW };
             loop {
                 let stopping = stop.load(Relaxed);
                 // After stop, drain what is already in the ring, then leave.
@@ -172,6 +185,9 @@ impl Worker {
                 sink.batch_end();
                 if stopping && got == 0 {
                     break;
+                }
+                if !stopping && got > 0 && got < small_batch {
+                    std::thread::sleep(COALESCE);
                 }
                 if last_tick.elapsed() >= Duration::from_millis(100) {
                     last_tick = Instant::now();

@@ -130,6 +130,7 @@ pub struct XskQueue {
     /// Frames owned by user space (not on the fill ring).
     free: Vec<FrameDesc>,
     batch: Vec<FrameDesc>,
+    busy_polling: bool,
 }
 
 impl XskQueue {
@@ -215,6 +216,7 @@ impl XskQueue {
             _tx: tx,
             batch: free.clone(),
             free,
+            busy_polling: opts.busy_poll.is_some(),
         };
         // One receive takes as much as the RX ring can hold, so a burst that filled it is taken
         // in one go (and its frames go back to the fill ring together).
@@ -223,6 +225,16 @@ impl XskQueue {
             q.set_busy_poll(bp)?;
         }
         Ok(q)
+    }
+
+    /// The most frames one `recv_batch` takes (the RX ring's size).
+    pub fn batch_capacity(&self) -> usize {
+        self.batch.len()
+    }
+
+    /// The socket busy-polls its queue (`--busy-poll`): its reader drives NAPI itself.
+    pub fn busy_polling(&self) -> bool {
+        self.busy_polling
     }
 
     fn set_busy_poll(&self, bp: BusyPoll) -> Result<(), XskError> {
