@@ -609,9 +609,13 @@ pub fn respond(
     }
 }
 
-/// `since` as Unix seconds (fractional allowed) or RFC 3339 UTC ("2026-11-21T17:00:00Z").
+/// `since` as Unix seconds (fractional allowed) or an RFC 3339 time ("2026-11-21T17:00:00Z",
+/// "2026-11-21T18:00:00+01:00"; without an offset the time is UTC). jiff parses it: years up to
+/// 9999, at most nine fractional digits, a leap second read as :59.
 fn parse_since(s: &str) -> Result<u64> {
-    const WANT: &str = "since: expected Unix seconds or YYYY-MM-DDTHH:MM:SSZ";
+    // The reply never quotes the input (it can be anything a client sends).
+    const WANT: &str = "since: expected Unix seconds or an RFC 3339 time such as \
+                        2026-11-21T17:00:00Z (or +01:00 in place of Z; none means UTC)";
     if let Ok(secs) = s.parse::<f64>() {
         if !secs.is_finite() {
             bail!("{WANT}");
@@ -619,16 +623,20 @@ fn parse_since(s: &str) -> Result<u64> {
         // Saturating: a time before 1970 is 0, one past 2554 is the end of time.
         return Ok((secs.max(0.0) * 1e9) as u64);
     }
-    // RFC 3339 with an offset; without one the time is taken as UTC, as it always was here.
-    let t = s
-        .parse::<jiff::Timestamp>()
-        .or_else(|_| {
-            s.parse::<jiff::civil::DateTime>()
-                .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC))
-                .map(|z| z.timestamp())
-        })
-        .map_err(|e| anyhow::anyhow!("{WANT} ({e})"))?;
-    // Saturating: a time before 1970 is 0, one past 2554 is the end of time.
+    // An offset (Z, ±hh:mm) or a zone annotation ([…]) is honoured as written; only a time
+    // that carries none is taken as UTC.
+    let time = s.split_once(['T', 't', ' ']).map_or("", |(_, t)| t);
+    let zoned = s.ends_with(['Z', 'z']) || s.contains('[') || time.contains(['+', '-']);
+    let t = if zoned {
+        s.parse::<jiff::Timestamp>().ok()
+    } else {
+        s.parse::<jiff::civil::DateTime>()
+            .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC))
+            .map(|z| z.timestamp())
+            .ok()
+    };
+    let t = t.context(WANT)?;
+    // Before 1970 is 0; jiff's range ends in 9999, inside u64 nanoseconds' saturation.
     Ok(t.as_nanosecond().clamp(0, i128::from(u64::MAX)) as u64)
 }
 
@@ -653,6 +661,15 @@ mod tests {
         assert_eq!(parse_since("2023-11-14T23:13:20.5+01:00").unwrap(), 1_700_000_000_500_000_000);
         assert_eq!(parse_since("2023-11-14T22:13:20").unwrap(), 1_700_000_000_000_000_000);
         assert_eq!(parse_since("1969-12-31T23:00:00Z").unwrap(), 0);
+        // A zone annotation without an offset is not UTC by default: it is refused or
+        // honoured, never silently read as UTC.
+        assert_ne!(
+            parse_since("2023-11-14T22:13:20[+05:00]").ok(),
+            Some(1_700_000_000_000_000_000)
+        );
+        // Whatever a client sends, the error names what is expected, never the input.
+        let e = parse_since("2023-11-14OUTSIDE-THE-EVIDENCE-DIRECTORY").unwrap_err();
+        assert!(!e.to_string().contains("OUTSIDE"), "{e}");
         for bad in ["yesterday", "nan", "inf", "2023-13-14T22:13:20Z", "2023-11-14T25:00:00Z"] {
             assert!(parse_since(bad).is_err(), "{bad}");
         }

@@ -19,13 +19,16 @@ pub mod paths;
 pub mod resets;
 pub mod setup;
 
-/// The `counted:` column of `kinds!`.
+/// The `counted:` column of `kinds!`: (counted at each occurrence, made from other events).
 macro_rules! counted {
     (each) => {
-        true
+        (true, false)
     };
     (event) => {
-        false
+        (false, false)
+    };
+    (aggregate) => {
+        (false, true)
     };
 }
 
@@ -41,9 +44,12 @@ macro_rules! kinds {
             /// Sensor health: counted, never reported as a network fault.
             pub const fn is_sensor_health(self) -> bool { match self { $(Kind::$variant => $health),* } }
             /// Counted at each occurrence, where the detector or the engine sees it (`counted:
-            /// each`), rather than once per event when the event is made (`counted: event`):
-            /// a kind whose events are deduplicated or summarised keeps an honest count.
-            pub const fn counted_at_each(self) -> bool { match self { $(Kind::$variant => counted!($counted)),* } }
+            /// each`), rather than once when its event is made (`counted: event`): a kind whose
+            /// events are deduplicated or summarised keeps an honest count.
+            pub const fn counted_at_each(self) -> bool { match self { $(Kind::$variant => counted!($counted).0),* } }
+            /// Made from other events (one per flood, scan or black-holed service) by the
+            /// aggregator after the engines (`counted: aggregate`), which counts them.
+            pub const fn is_aggregate(self) -> bool { match self { $(Kind::$variant => counted!($counted).1),* } }
             pub fn from_name(s: &str) -> Option<Kind> { Self::ALL.iter().copied().find(|k| k.name() == s) }
             /// When the kind fires, as an observer on the tap sees it (docs/detections.md).
             pub const fn rule(self) -> &'static str { match self { $(Kind::$variant => $rule),* } }
@@ -107,7 +113,7 @@ kinds! {
         rule: "Only one direction of a flow is visible for longer than --handshake-timeout while data flows.",
         means: "Asymmetric routing around the tap, or a span port missing a direction: a sensor-health problem, not a network fault.",
         next: "Check the span or tap configuration (both directions of the port, or both ports of the link) and whether return traffic takes another path past the sensor.";
-    Retransmission => "retransmission", health: false, counted: event,
+    Retransmission => "retransmission", health: false, counted: each,
         rule: "A segment whose bytes were already seen (not a span duplicate). Sub-kinds: rto (after a gap of at least the RTO estimate), fast (after three or more duplicate ACKs), spurious (bytes already acknowledged).",
         means: "Loss or delay on the path: counted for every occurrence, a problem when it is frequent.",
         next: "Compare the rate per flow and per path in the metrics (wirewatch_anomalies_total{kind=\"retransmission\"}); many spurious ones point at delay (bufferbloat) rather than loss. Check interface errors and drops on the path (`ip -s link`, `ethtool -S`).";
@@ -115,19 +121,19 @@ kinds! {
         rule: "At least --storm-count (5) retransmissions of the same segment before the peer acknowledges it.",
         means: "The path is black-holing data: often an MTU problem (large segments dropped, small ones pass) or a device dropping one flow.",
         next: "Check the segment length in the event against the path MTU: try `ping -M do -s SIZE DST`, and check that ICMP fragmentation-needed is not filtered (PMTUD). Check MSS clamping on tunnels and VPNs.";
-    OutOfOrder => "out_of_order", health: false, counted: event,
+    OutOfOrder => "out_of_order", health: false, counted: each,
         rule: "A segment with SEQ below the highest seen but not yet seen, arriving within the reorder threshold (the handshake RTT, else 3 ms).",
         means: "Reordering on the path: parallel links or per-packet load balancing.",
         next: "Look for split_path on the same flows; check LAG/ECMP hashing for per-packet modes. Occasional reordering is harmless; persistent reordering triggers fast retransmits.";
-    DupAck => "dup_ack", health: false, counted: event,
+    DupAck => "dup_ack", health: false, counted: each,
         rule: "A duplicate ACK: the same ACK, no data, the same window, not a window update.",
         means: "The receiver is missing a segment and asks again: loss or reordering between the sender and the receiver.",
         next: "Follow with retransmission and out_of_order on the same flow: three duplicates and a fast retransmit is loss; duplicates without a retransmission point at reordering.";
-    AckUnseenSegment => "ack_unseen_segment", health: false, counted: event,
+    AckUnseenSegment => "ack_unseen_segment", health: false, counted: each,
         rule: "An ACK for data this sensor never saw.",
         means: "The sensor's own capture lost the data (see capture_gap), or the data took a path that bypasses the sensor.",
         next: "Check the sensor first: capture_gap, the XDP and AF_XDP drop counters in the metrics, and the span port's own drops. If the sensor is clean, the data path bypasses the tap (asymmetric routing).";
-    AckOutOfWindow => "ack_out_of_window", health: false, counted: event,
+    AckOutOfWindow => "ack_out_of_window", health: false, counted: each,
         rule: "An ACK below the highest ACK by more than the maximum window, or above the highest SEQ the peer sent.",
         means: "The segment does not belong to the connection as seen: a middlebox rewriting sequence numbers, a stale segment from an old connection, or an injected packet.",
         next: "Compare the sender's fingerprint with the flow's (rst_foreign_sender on the same flow?), and check devices that randomise sequence numbers (some firewalls' ISN randomisation) on the path.";
@@ -143,15 +149,15 @@ kinds! {
         rule: "Our own ring or AF_XDP drops, or runs of ack_unseen_segment: the flows touched are put in a gap state and their inferences suppressed until they resynchronise.",
         means: "The sensor itself lost packets: detections on the touched flows are held back rather than guessed.",
         next: "Check the queue drop counters in the metrics and the summary (ring full, fill ring empty): raise --ring-size, add queues and --cpus, apply the NIC's profile (`wirewatch profile detect --iface IF`), and check the span port's own drops.";
-    SynFlood => "syn_flood", health: false, counted: event,
+    SynFlood => "syn_flood", health: false, counted: aggregate,
         rule: "Within 10 s, 100 or more distinct sources send SYNs that go unanswered or are refused to one service (address:port), or to 16 or more addresses of one prefix (/24, IPv6 /64: carpet bombing; `details.target_prefix`). One aggregate event per flood, reported when it has been quiet for 10 s: counts, first/last, top sources and source ports, sample flows; the per-connection syn_unanswered/syn_rejected events are folded into it (their counters still count each).",
         means: "A SYN flood against the service: spoofed when the sources never complete a handshake, or a client fleet retrying against a service that cannot answer.",
         next: "Are the top sources real clients (do any complete handshakes elsewhere)? Check the server's SYN backlog and SYN cookies (`nstat -az TcpExtListenOverflows TcpExtSyncookiesSent`), and rate limits or scrubbing upstream.";
-    PortScan => "port_scan", health: false, counted: event,
+    PortScan => "port_scan", health: false, counted: aggregate,
         rule: "One source sends SYNs to 50 or more distinct services (address:port) within 10 s, answered by RST or nothing. One aggregate event per scan, reported when it has been quiet for 10 s, with the ports tried; the per-connection events are folded into it.",
         means: "A port or host scan from that source: a security scanner, a misconfigured health checker, or an attacker mapping the network.",
         next: "Who owns the source address? If it is not an approved scanner, block it where it enters and look for what it reached (connections from it that completed).";
-    ServiceBlackhole => "service_blackhole", health: false, counted: event,
+    ServiceBlackhole => "service_blackhole", health: false, counted: aggregate,
         rule: "Within 10 s, the SYNs of 3 or more client connections to one service (address:port) go unanswered (syn_unanswered), while handshakes to other services seen at the same vantage were answered within the window. One aggregate event per service, reported when it has been quiet for 10 s: counts, first/last, top sources, sample flows; the per-connection syn_unanswered events from the third on are folded into it.",
         means: "The path works but this one service does not answer: a firewall, security group or ACL in front of it drops its SYNs silently, or the service (or its host) is down without answering.",
         next: "Is the SYN seen at a sensor nearer the server (lost_between_sensors names where it stops)? Check drop counters and rules for that address and port on the firewalls in front of it; on the server, `ss -ltn 'sport = :PORT'` and its host firewall.";
@@ -166,13 +172,6 @@ kinds! {
 }
 
 pub const KIND_COUNT: usize = Kind::ALL.len();
-
-impl Kind {
-    /// Made from other events (one per flood or scan), not by a detector on packets.
-    pub const fn is_aggregate(self) -> bool {
-        matches!(self, Kind::SynFlood | Kind::PortScan | Kind::ServiceBlackhole)
-    }
-}
 
 impl Serialize for Kind {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
