@@ -172,7 +172,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     args.event_fields.apply(&mut cfg);
     // One evidence budget for all workers: the files written do not depend on --workers.
     cfg.evidence_per_sec = args.evidence_rate;
-    cfg.evidence_budget = Some(dataplane::evidence::EvidenceBudget::new(cfg.evidence_per_sec));
+    cfg.evidence_budget = Some(dataplane::budget::EvidenceBudget::new(cfg.evidence_per_sec));
     if let Some(d) = &args.evidence_dir {
         std::fs::create_dir_all(d)
             .with_context(|| format!("creating the evidence directory {}", d.display()))?;

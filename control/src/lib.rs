@@ -2,12 +2,10 @@
 //! (fuzz/) reach the code that faces input: the config loader and the HTTP request path. Not
 //! an API: everything here serves the binary.
 pub mod analyze;
-mod caps;
 pub mod cli;
 pub mod explain;
 pub mod export;
 pub mod generate;
-mod host_iface;
 mod live;
 mod outputs;
 pub mod profile;

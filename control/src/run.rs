@@ -26,7 +26,7 @@ use crate::profile::apply_profiles;
 use crate::stats::{QueueInfo, SharedStats};
 
 pub fn run(args: RunArgs) -> Result<()> {
-    let missing = crate::caps::missing_for_live_capture();
+    let missing = crate::live::caps::missing_for_live_capture();
     if !missing.is_empty() {
         bail!(
             "missing capabilities {}: run as root, or grant them (e.g. `setcap cap_bpf,cap_net_admin,cap_net_raw,cap_perfmon+ep $(which wirewatch)` or systemd AmbientCapabilities)",
@@ -108,7 +108,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     args.event_fields.apply(&mut engine_cfg);
     // Every worker draws evidence from one budget (files per second for the whole sensor).
     engine_cfg.evidence_budget =
-        Some(dataplane::evidence::EvidenceBudget::new(engine_cfg.evidence_per_sec));
+        Some(dataplane::budget::EvidenceBudget::new(engine_cfg.evidence_per_sec));
     if let Err(e) = std::fs::create_dir_all(&args.evidence_dir) {
         log::warn!(
             "evidence directory {}: {e}; detections continue without evidence files",

@@ -19,22 +19,6 @@ pub const FIRST_PASS_FRAMES: u64 = 2_000_000;
 const FIRST_PASS_PENDING_MAX: usize = 1 << 19;
 const FIRST_PASS_DENSE_WINDOW_NS: u64 = 1_000_000_000;
 
-/// `--serial A,B`: two vantage names, comma-separated.
-pub fn serial_pair(s: &str) -> Result<(String, String), String> {
-    match s.split_once(',') {
-        Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains(',') => {
-            if a == b {
-                Err(format!("'{s}' names one vantage twice; name two different ones"))
-            } else {
-                Ok((a.to_string(), b.to_string()))
-            }
-        }
-        _ => Err(format!(
-            "'{s}' is not two vantage names separated by a comma (e.g. outside.pcap,inside.pcap)"
-        )),
-    }
-}
-
 /// The `--serial` pairs as vantage indices; an unknown name is an error listing the names.
 pub fn serial_indices(pairs: &[(String, String)], names: &[String]) -> Result<Vec<(u16, u16)>> {
     let index = |n: &str| -> Result<u16> {
@@ -55,22 +39,6 @@ pub fn serial_indices(pairs: &[(String, String)], names: &[String]) -> Result<Ve
 pub struct VantageInput {
     pub name: String,
     pub files: Vec<PathBuf>,
-}
-
-/// `--vantage NAME=FILE,FILE…`.
-pub fn vantage_arg(s: &str) -> Result<(String, Vec<PathBuf>), String> {
-    let Some((name, files)) = s.split_once('=') else {
-        return Err(format!("'{s}' is not NAME=FILE[,FILE…] (e.g. edge=edge-0.pcap,edge-1.pcap)"));
-    };
-    let files: Vec<PathBuf> =
-        files.split(',').filter(|f| !f.is_empty()).map(PathBuf::from).collect();
-    if name.is_empty() || name.contains(',') || files.is_empty() {
-        return Err(format!("'{s}' is not NAME=FILE[,FILE…] (e.g. edge=edge-0.pcap,edge-1.pcap)"));
-    }
-    if files.iter().any(|f| f.as_os_str() == "-") {
-        return Err(format!("'{s}': standard input cannot be part of a vantage of several files"));
-    }
-    Ok((name.to_string(), files))
 }
 
 /// What says two files come from one sensor: how the capture was taken.

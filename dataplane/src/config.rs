@@ -2,7 +2,7 @@
 //! shared by the engine and the detectors it runs.
 use std::path::PathBuf;
 
-use crate::evidence::EvidenceBudget;
+use crate::budget::EvidenceBudget;
 use crate::vantage::{VantageRelations, Vantages};
 
 /// Every threshold of the catalog, with its default.

@@ -12,8 +12,9 @@ use crate::anomaly::paths::{Expired, MatcherStats, VantageMatcher};
 use crate::anomaly::{
     self, loss, rfc3339, Ctx, Detection, Event, EvidenceRef, FlowExtra, FlowRef, Kind, KIND_COUNT,
 };
+use crate::budget::EvidenceBudget;
 pub use crate::config::{host_name, EngineConfig};
-use crate::evidence::{evidence_path, EvidenceBudget, EvidenceJob, History};
+use crate::evidence::{evidence_path, EvidenceJob, History};
 use crate::flow::side::{SidePool, SideState, SlotHasher};
 use crate::flow::table::{FlowRef as TableRef, Slot};
 use crate::flow::timers::{TimerKind, TimerWheel};

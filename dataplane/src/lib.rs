@@ -1,6 +1,7 @@
 //! wirewatch's data plane: the XDP loader, AF_XDP sockets and pinned workers, packet sources
 //! (live and capture files), the per-flow TCP tracker and the detectors.
 pub mod anomaly;
+pub mod budget;
 pub mod capture;
 pub mod config;
 pub mod engine;

@@ -17,7 +17,7 @@ pub struct AnalyzeArgs {
     /// in events and the summary. Repeatable; overrides the automatic grouping for the files
     /// it names.
     #[arg(long = "vantage", value_name = "NAME=FILE,FILE…",
-          value_parser = crate::vantages::vantage_arg)]
+          value_parser = crate::cli::options::vantage_arg)]
     pub vantage: Vec<(String, Vec<PathBuf>)>,
     /// Worker threads, 1 to 64; flows are sharded over them (default: one per CPU, at most 64).
     #[arg(long, value_name = "N", allow_negative_numbers = true,
@@ -52,7 +52,7 @@ pub struct AnalyzeArgs {
     /// mirror's sessions inside a file (ERSPAN session, VNI, GRE key, from each sender) are
     /// vantages of their own, named FILE/KIND:SESSION@SENDER; their pairs are judged from the
     /// traffic.
-    #[arg(long = "serial", value_name = "A,B", value_parser = crate::vantages::serial_pair)]
+    #[arg(long = "serial", value_name = "A,B", value_parser = crate::cli::options::serial_pair)]
     pub serial: Vec<(String, String)>,
     /// Analyse only the TCP packets this pcap-filter expression matches: `[src|dst] host ADDR`,
     /// `[src|dst] net ADDR/LEN`, `[src|dst] port N`, `vlan [ID]`, joined by and/or/not and

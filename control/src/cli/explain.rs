@@ -6,5 +6,5 @@ pub struct ExplainArgs {
     /// A kind as events and metrics name it (e.g. syn_unanswered); without one, every kind is
     /// listed.
     #[arg(value_name = "KIND")]
-    pub kind: Option<String>,
+    pub(crate) kind: Option<String>,
 }

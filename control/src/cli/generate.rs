@@ -8,14 +8,14 @@ pub struct GenerateArgs {
     /// What to write: `man` (wirewatch.1, wirewatch-run.1, …) or `completions` (wirewatch.bash,
     /// _wirewatch, wirewatch.fish).
     #[arg(value_enum)]
-    pub what: What,
+    pub(crate) what: What,
     /// Directory to write into (created if missing).
     #[arg(value_name = "DIR")]
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
 }
 
 #[derive(ValueEnum, Clone, Copy)]
-pub enum What {
+pub(crate) enum What {
     Man,
     Completions,
 }

@@ -2,13 +2,13 @@
 //! before anything is attached or written (bad usage is exit status 2).
 pub mod analyze;
 pub mod config;
-pub mod event_fields;
+pub(crate) mod event_fields;
 pub mod explain;
 pub mod generate;
 pub mod options;
 pub mod profile;
 pub mod run;
-pub mod thresholds;
+pub(crate) mod thresholds;
 
 /// Bad usage found once the arguments were parsed (exit status 2).
 #[derive(Debug, thiserror::Error)]

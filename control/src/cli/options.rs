@@ -7,7 +7,7 @@ use std::fmt;
 use std::fs::{FileType, OpenOptions};
 use std::io::Read as _;
 use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The inclusive range a number option accepts, and what it counts.
@@ -329,6 +329,38 @@ pub fn one_line(e: &clap::Error) -> String {
         .map(|l| l.strip_prefix("error: ").unwrap_or(l))
         .collect();
     parts.join(" ")
+}
+
+/// `--serial A,B`: two vantage names, comma-separated.
+pub fn serial_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once(',') {
+        Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains(',') => {
+            if a == b {
+                Err(format!("'{s}' names one vantage twice; name two different ones"))
+            } else {
+                Ok((a.to_string(), b.to_string()))
+            }
+        }
+        _ => Err(format!(
+            "'{s}' is not two vantage names separated by a comma (e.g. outside.pcap,inside.pcap)"
+        )),
+    }
+}
+
+/// `--vantage NAME=FILE,FILE…`.
+pub fn vantage_arg(s: &str) -> Result<(String, Vec<PathBuf>), String> {
+    let Some((name, files)) = s.split_once('=') else {
+        return Err(format!("'{s}' is not NAME=FILE[,FILE…] (e.g. edge=edge-0.pcap,edge-1.pcap)"));
+    };
+    let files: Vec<PathBuf> =
+        files.split(',').filter(|f| !f.is_empty()).map(PathBuf::from).collect();
+    if name.is_empty() || name.contains(',') || files.is_empty() {
+        return Err(format!("'{s}' is not NAME=FILE[,FILE…] (e.g. edge=edge-0.pcap,edge-1.pcap)"));
+    }
+    if files.iter().any(|f| f.as_os_str() == "-") {
+        return Err(format!("'{s}': standard input cannot be part of a vantage of several files"));
+    }
+    Ok((name.to_string(), files))
 }
 
 #[cfg(test)]

@@ -6,15 +6,15 @@ use clap::{Args, Subcommand};
 #[derive(Args)]
 pub struct ProfileArgs {
     #[command(subcommand)]
-    pub cmd: ProfileCmd,
+    pub(crate) cmd: ProfileCmd,
     /// Also load every *.toml here (a file named like a built-in profile replaces it)
     /// [default: /etc/wirewatch/hw-profiles when it exists]
     #[arg(long, global = true, value_name = "DIR")]
-    pub profile_dir: Option<PathBuf>,
+    pub(crate) profile_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
-pub enum ProfileCmd {
+pub(crate) enum ProfileCmd {
     /// List the profiles: name, drivers, speeds, description.
     List,
     /// Print one profile's TOML, with the reasons and sources of every setting.

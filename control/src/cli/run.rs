@@ -136,7 +136,7 @@ pub struct RunArgs {
     /// its losses wait (bounded), and between parallel vantages none is inferred. A remote
     /// mirror's sessions (ERSPAN session, VNI, GRE key, from each sender) are vantages of
     /// their own, named IFACE/KIND:SESSION@SENDER; their pairs are judged from the traffic.
-    #[arg(long = "serial", value_name = "A,B", value_parser = crate::vantages::serial_pair)]
+    #[arg(long = "serial", value_name = "A,B", value_parser = crate::cli::options::serial_pair)]
     pub serial: Vec<(String, String)>,
     #[command(flatten)]
     pub thresholds: crate::cli::thresholds::Thresholds,
@@ -197,7 +197,7 @@ impl RunArgs {
     /// a typo is found at start, not after hours of monitoring. Checked by `run` itself, after
     /// the interfaces resolve and before anything is attached: the directories are the
     /// host's (the unit creates /var/log/wirewatch), not the config file's business.
-    pub fn check_outputs(&self) -> Result<(), String> {
+    pub(crate) fn check_outputs(&self) -> Result<(), String> {
         for (flag, path) in [
             ("--events", &self.events),
             ("--record", &self.record),
@@ -211,7 +211,7 @@ impl RunArgs {
     }
 
     /// The token from --api-token, WIREWATCH_API_TOKEN or --api-token-file.
-    pub fn token(&self) -> Option<&ApiToken> {
+    pub(crate) fn token(&self) -> Option<&ApiToken> {
         self.api_token.as_ref().or(self.api_token_file.as_ref())
     }
 }

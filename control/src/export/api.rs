@@ -592,7 +592,7 @@ pub fn respond(
         p if p.starts_with("/api/evidence/") => {
             let id = percent_decode(&p["/api/evidence/".len()..], false);
             // Only a file name wirewatch writes: no separators, no parent references.
-            let Some(id) = id.filter(|id| crate::outputs::evidence::is_evidence_name(id)) else {
+            let Some(id) = id.filter(|id| dataplane::evidence::is_evidence_name(id)) else {
                 return text(
                     StatusCode::BAD_REQUEST,
                     "evidence ids are file names like 1700000000000-syn_rejected-w0-1.pcapng\n",

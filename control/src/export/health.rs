@@ -1,5 +1,5 @@
-//! What `/healthz` checks besides the workers: that the XDP program `run` attached is still
-//! the one attached to each interface. Another tool (`bpftool link detach`, `ip link set dev
+//! What makes `/healthz` answer 503: a worker that stopped or stands still, and an XDP (or host
+//! mode's TC egress) program that is no longer the one `run` attached to an interface. Another tool (`bpftool link detach`, `ip link set dev
 //! X xdp off` on a netlink attachment, an interface deleted and re-created) can remove it
 //! behind our back: capture then stops with no error anywhere.
 //!

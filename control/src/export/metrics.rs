@@ -58,7 +58,7 @@ const ENGINE_FRAMES: &str = "wirewatch_engine_frames_total";
 /// Writes that failed, by output (`events`, `stdout`, `record`, `retention`); each is logged too.
 pub const OUTPUT_FAILED: &str = "wirewatch_output_failures_total";
 /// The outputs of [`OUTPUT_FAILED`] (evidence files have their own counter).
-pub const OUTPUTS: [&str; 4] = ["events", "stdout", "record", "retention"];
+const OUTPUTS: [&str; 4] = ["events", "stdout", "record", "retention"];
 /// Frames that did not reach the `--record` file (its queue was full or its writes failed).
 const RECORD_DROPPED: &str = "wirewatch_record_frames_dropped_total";
 /// Open connections of the HTTP server (metrics, health, API).

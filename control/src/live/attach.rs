@@ -130,7 +130,7 @@ pub fn resolve_interfaces(args: &RunArgs) -> Result<Vec<u32>> {
     let mut ifindexes = Vec::new();
     for iface in &args.ifaces {
         ifindexes.push(ifindex(iface)?);
-        if let Some(why) = crate::host_iface::host_traffic(iface)
+        if let Some(why) = crate::live::host_iface::host_traffic(iface)
             .filter(|_| !args.allow_host_interface && !args.host)
         {
             return Err(crate::cli::Usage(format!(

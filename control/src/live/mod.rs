@@ -1,6 +1,8 @@
 //! The live path behind `run`: attaching, the engine behind each worker (flow ownership
 //! across workers, the hand-off), signals, and the accounting of every frame.
 pub mod attach;
+pub mod caps;
+pub mod host_iface;
 pub mod signals;
 pub mod summary;
 

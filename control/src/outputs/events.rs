@@ -31,7 +31,7 @@ pub struct EventOutput {
     pub rotate_keep: u32,
 }
 
-/// Set on SIGHUP (by `run`): the events file is reopened at its path before the next event is
+/// Set on SIGHUP (by `live::signals`): the events file is reopened at its path before the next event is
 /// written, so it can be moved away (logrotate, an operator) without losing events.
 pub static REOPEN_EVENTS: AtomicBool = AtomicBool::new(false);
 
@@ -194,20 +194,13 @@ pub fn event_loop(
                 ready.drain(..).for_each(&mut write_event);
             }
             Output::Answered(n) => aggregator.note_answered(&n),
-            Output::Evidence(job) => match job.write(&cfg.vantages.names()) {
-                Ok(()) => {
+            Output::Evidence(job) => {
+                if cfg.retention.write(&job, &cfg.vantages.names()) {
                     written += 1;
-                    crate::export::metrics::evidence_written();
-                    cfg.retention.added(&job.path);
-                }
-                Err(err) => {
-                    // A full or unwritable disk never stops monitoring.
+                } else {
                     failed += 1;
-                    crate::export::metrics::evidence_failed();
-                    crate::outputs::evidence::Retention::failed(&job.path);
-                    log::warn!("evidence {} not written: {err}", job.path.display());
                 }
-            },
+            }
         }
     }
     aggregator.finish(&mut ready);

@@ -1,5 +1,6 @@
-//! Evidence retention: a size and an age limit on the evidence files wirewatch wrote, oldest
-//! removed first, every removal counted. Only names of the form evidence files take
+//! The evidence store: each evidence file written (a failure logged and counted, never fatal)
+//! and kept under retention, a size and an age limit, oldest removed first, every removal
+//! counted. Only names of the form evidence files take
 //! (`{ms}-{kind}-w{worker}-{seq}.pcapng`, dataplane/src/evidence.rs `evidence_path`) are ever
 //! touched: anything else in the directory (a capture an operator keeps there, another tool's
 //! files) is left alone. Temporary files of writes that failed, or that a killed process left
@@ -8,23 +9,7 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use dataplane::anomaly::Kind;
-
-/// Whether `name` is a file name wirewatch gives evidence: `{ms}-{kind}-w{worker}-{seq}.pcapng`
-/// with a known detection kind and decimal numbers.
-pub fn is_evidence_name(name: &str) -> bool {
-    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
-    let Some(stem) = name.strip_suffix(".pcapng") else { return false };
-    let mut parts = stem.rsplitn(3, '-');
-    let (Some(seq), Some(worker), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
-        return false;
-    };
-    let Some((ms, kind)) = rest.split_once('-') else { return false };
-    digits(seq)
-        && worker.strip_prefix('w').is_some_and(digits)
-        && digits(ms)
-        && Kind::from_name(kind).is_some()
-}
+use dataplane::evidence::{is_evidence_name, EvidenceJob};
 
 /// The temporary name an evidence file is written under before it is renamed into place.
 fn is_evidence_tmp_name(name: &str) -> bool {
@@ -79,6 +64,24 @@ impl Retention {
     }
 
     /// Records a file just written and removes the oldest past the limits.
+    /// Writes one evidence file and keeps it under retention. A full or unwritable disk never
+    /// stops monitoring: the failure is logged and counted, and the answer is false.
+    pub fn write(&mut self, job: &EvidenceJob, vantage_names: &[String]) -> bool {
+        match job.write(vantage_names) {
+            Ok(()) => {
+                crate::export::metrics::evidence_written();
+                self.added(&job.path);
+                true
+            }
+            Err(err) => {
+                crate::export::metrics::evidence_failed();
+                Self::failed(&job.path);
+                log::warn!("evidence {} not written: {err}", job.path.display());
+                false
+            }
+        }
+    }
+
     pub fn added(&mut self, path: &Path) {
         if let Ok(m) = std::fs::metadata(path) {
             self.total += m.len();
