@@ -8,20 +8,20 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use crossbeam_channel::bounded;
 use dataplane::engine::{Engine, EngineConfig};
-use dataplane::loader::XdpProgram;
 use dataplane::worker::{QueueCounters, Worker};
-use dataplane::xsk::XskQueue;
 use dataplane_common::XdpConfig;
 
 use crate::cli::run::{NonTcpArg, RunArgs};
 use crate::export::health::{egress_problems, problems};
 use crate::export::metrics::publish_run;
-use crate::live::attach::{attach, host_reader, plan_queues, resolve_interfaces, socket_options};
+use crate::live::attach::{
+    host_reader, plan_queues, profile_defaults, resolve_interfaces, socket_options, span_readers,
+};
 use crate::live::signals::{install_signal_handlers, HANGUP, STOP};
 use crate::live::summary::{read_driver_losses, DriverBaseline, LossSummary, Outputs, RunSummary};
-use crate::live::{EngineSink, OwnedFrame};
+use crate::live::{EngineSink, OwnedFrame, SinkWiring};
 use crate::outputs::events::{event_loop, EventOutput, Output};
-use crate::outputs::recorder::{RecordBatch, RecordSender};
+use crate::outputs::recorder::RecordSender;
 use crate::profile::apply_profiles;
 use crate::stats::{QueueInfo, SharedStats};
 
@@ -33,11 +33,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             missing.join(", ")
         );
     }
-    let cpus = match &args.cpus {
-        Some(list) => list.0.clone(),
-        None => (0..std::thread::available_parallelism().map(std::num::NonZero::get).unwrap_or(1))
-            .collect(),
-    };
+    let cpus = crate::profile::cpu_list_or_all(args.cpus.as_ref());
     let config = XdpConfig {
         snaplen: args.snaplen,
         non_tcp_drop: (args.non_tcp == NonTcpArg::Drop) as u32,
@@ -51,7 +47,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         None => None,
     };
     let mut args = args;
-    let mut xsk_opts = socket_options(&mut args, tuning.as_ref());
+    let socket = profile_defaults(&mut args, tuning.as_ref());
+    let mut xsk_opts = socket_options(&args, socket);
     let plan = plan_queues(&args, &ifindexes, tuning.as_ref())?;
     // With one interface whose RSS is symmetric, both directions of a flow arrive on one queue:
     // its worker owns the flow and nothing is handed over. Otherwise the owner is a hash of the
@@ -134,7 +131,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         events_file: args.events.clone().filter(|p| p.as_os_str() != "-"),
         vantages: vantages.clone(),
         rotate_bytes: args.events_max_bytes.max(1),
-        rotate_keep: 5,
+        rotate_keep: crate::outputs::recorder::KEEP,
         retention: crate::outputs::evidence::Retention::new(
             &args.evidence_dir,
             args.evidence_max_bytes,
@@ -157,26 +154,20 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut workers = Vec::new();
     let mut summaries = Vec::new();
     let mut worker_no = 0usize;
-    let mut new_sink = |id: usize| EngineSink {
-        engine: Engine::new(engine_cfg.clone(), id),
-        id,
+    let wiring = SinkWiring {
         peers: inbox_tx.clone(),
-        inbox: inbox_rx.pop().expect("one inbox per worker"),
-        out: out_tx.clone(),
-        stats: worker_stats[id].clone(),
-        record: record_thread.as_ref().map(|(tx, free, _)| RecordSender {
-            tx: tx.clone(),
-            free: free.clone(),
-            cur: RecordBatch::default(),
-            dropped: 0,
-        }),
-        record_dropped: 0,
-        received: 0,
-        inbound_lost_seen: 0,
-        reorder: crate::live::Reorder::default(),
         peer_stats: worker_stats.clone(),
+        out: out_tx.clone(),
         queue_owned,
-        capture_published: Vec::new(),
+    };
+    let mut new_sink = |id: usize| {
+        EngineSink::new(
+            Engine::new(engine_cfg.clone(), id),
+            id,
+            inbox_rx.pop().expect("one inbox per worker"),
+            record_thread.as_ref().map(RecordSender::new),
+            &wiring,
+        )
     };
     for (vantage, (iface, idx, queue_ids)) in plan.iter().enumerate() {
         if args.host {
@@ -193,34 +184,12 @@ pub fn run(args: RunArgs) -> Result<()> {
             programs.push((iface.clone(), prog));
             continue;
         }
-        let mut prog = XdpProgram::load_filtered(config, args.filter.as_ref())
-            .context("loading the XDP program (is the kernel ≥ 5.10 with BPF enabled?)")?;
-        // Attach first: an interface owned by another XDP program is refused before any socket
-        // is bound, and until the sockets are in the map the program passes frames (fail open).
-        let xdp_mode = attach(&mut prog, iface, *idx, args.xdp_mode)?;
-        // Attaching native XDP resets some drivers' queues: the baseline is taken after it.
+        let (prog, xdp_mode, queues, prog_id) =
+            span_readers(&args, config, (iface, *idx), queue_ids, &xsk_opts)?;
+        // Attaching native XDP and binding sockets reset some drivers' queues: the baseline
+        // is taken after them.
         driver_base.push(DriverBaseline::new(iface));
-        // What /healthz compares the interface's attached program with.
-        let prog_id = prog.program().info().map(|i| i.id()).ok();
         attached.push((iface.clone(), *idx, prog_id));
-        let mut queues = Vec::new();
-        for &q in queue_ids {
-            let xsk = XskQueue::open(iface, q, &xsk_opts).map_err(|e| match &e {
-                dataplane::xsk::XskError::Bind { source, .. } if source.raw_os_error() == Some(libc::EBUSY) => anyhow::anyhow!(
-                    "{iface} queue {q} already has an AF_XDP socket bound (another wirewatch or AF_XDP program?): stop it and retry"
-                ),
-                _ => anyhow::Error::new(e).context(format!("opening AF_XDP on {iface} queue {q}")),
-            })?;
-            if let Some(why) = &xsk.fallback_reason {
-                log::warn!("{iface} queue {q}: AF_XDP in copy mode ({why})");
-            }
-            prog.bind_socket(q, &xsk.fd())?;
-            queues.push(xsk);
-        }
-        log::info!(
-            "{iface}: XDP attached in {xdp_mode} mode, queue(s) {queue_ids:?}, snaplen {}",
-            args.snaplen
-        );
         for xsk in queues {
             let counters = Arc::new(QueueCounters::default());
             let cpu = cpus[worker_no % cpus.len()];
@@ -260,14 +229,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
         if last_export.elapsed() >= Duration::from_millis(500) {
             last_export = Instant::now();
-            read_driver_losses(
-                &summaries
-                    .iter()
-                    .map(|q| (q.iface.as_str(), q.queue, &*q.counters))
-                    .collect::<Vec<_>>(),
-                &mut driver_base,
-                config.non_tcp_drop != 0,
-            );
+            read_driver_losses(&summaries, &mut driver_base, config.non_tcp_drop != 0);
             publish_run(&summaries, &programs, &worker_stats);
             let mut now_wrong = problems(&summaries, &workers, &worker_stats, &attached);
             now_wrong.extend(egress_problems(&egress_attached));
@@ -290,11 +252,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         let sink = h.join().map_err(|_| anyhow::anyhow!("a worker thread panicked"))?;
         record_dropped += sink.record_dropped;
     }
-    read_driver_losses(
-        &summaries.iter().map(|q| (q.iface.as_str(), q.queue, &*q.counters)).collect::<Vec<_>>(),
-        &mut driver_base,
-        config.non_tcp_drop != 0,
-    );
+    read_driver_losses(&summaries, &mut driver_base, config.non_tcp_drop != 0);
     publish_run(&summaries, &programs, &worker_stats);
     let xdp_counts: Vec<_> = programs.iter().filter_map(|(_, p)| p.counters().ok()).collect();
     let xdp = programs
@@ -304,6 +262,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     drop(programs); // detaches
     drop(inbox_tx);
     drop(out_tx);
+    // The wiring holds a sender of the events queue too: the event thread ends only when
+    // every sender is gone.
+    drop(wiring);
     let (events, evidence_written, evidence_failed) =
         output_thread.join().map_err(|_| anyhow::anyhow!("the event thread panicked"))?;
     let recorded = match record_thread {
@@ -319,12 +280,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let summary = RunSummary::collect(
         &summaries,
         &driver_base,
-        LossSummary::of(
-            &xdp_counts,
-            &summaries.iter().map(|q| &*q.counters).collect::<Vec<_>>(),
-            &driver_base,
-            &worker_stats,
-        ),
+        LossSummary::of(&xdp_counts, &summaries, &driver_base, &worker_stats),
         &worker_stats,
         &vantages,
         Outputs { xdp, recorded, record_dropped, events, evidence_written, evidence_failed },

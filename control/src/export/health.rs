@@ -130,9 +130,7 @@ pub fn problems<T>(
     attached: &[(String, u32, Option<u32>)],
 ) -> Vec<String> {
     let mut out = Vec::new();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
+    let now = dataplane::worker::realtime_ns();
     for ((q, w), s) in queues.iter().zip(workers).zip(stats) {
         let (iface, queue) = (&q.iface, q.queue);
         let beat = s.heartbeat_ns.load(Relaxed);

@@ -12,7 +12,7 @@ use dataplane::worker::QueueCounters;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::stats::{QueueInfo, SharedStats};
+use crate::stats::{QueueInfo, SharedStats, WorkerTotals, EVICT_REASONS};
 
 const ANOMALIES: &str = "wirewatch_anomalies_total";
 const PACKETS: &str = "wirewatch_packets_total";
@@ -71,6 +71,19 @@ const HTTP_ACCEPT_ERRORS: &str = "wirewatch_http_accept_errors_total";
 /// HELP text and unit of every metric above: one place, so none is exported without.
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        CAPTURE_ACKS,
+        "ACKs that moved the acknowledged point forward, per vantage (the base of capture loss)"
+    );
+    describe_counter!(
+        CAPTURE_GAP_ACKS,
+        "ACKs that acknowledged data the vantage never saw: capture loss, as Zeek's capture_loss counts it (divide by wirewatch_capture_acks_total)"
+    );
+    describe_counter!(
+        CAPTURE_GAP_BYTES,
+        Unit::Bytes,
+        "Bytes acknowledged that the vantage never saw (the holes in what it captured)"
+    );
     describe_counter!(
         ANOMALIES,
         Unit::Count,
@@ -191,19 +204,6 @@ pub fn install() -> Result<PrometheusHandle> {
         .install_recorder()?;
     describe();
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    metrics::describe_counter!(
-        CAPTURE_ACKS,
-        "ACKs that moved the acknowledged point forward, per vantage (the base of capture loss)"
-    );
-    metrics::describe_counter!(
-        CAPTURE_GAP_ACKS,
-        "ACKs that acknowledged data the vantage never saw: capture loss, as Zeek's capture_loss counts it (divide by wirewatch_capture_acks_total)"
-    );
-    metrics::describe_counter!(
-        CAPTURE_GAP_BYTES,
-        metrics::Unit::Bytes,
-        "Bytes acknowledged that the vantage never saw (the holes in what it captured)"
-    );
     // Every series a dashboard or alert uses exists from the start, at 0.
     for k in Kind::ALL {
         counter!(ANOMALIES, "kind" => k.name()).absolute(0);
@@ -266,7 +266,7 @@ pub fn anomalies(per_kind: &[u64]) {
     }
 }
 
-pub fn flows(active: u64, created: u64, evicted: &[u64; 4]) {
+pub fn flows(active: u64, created: u64, evicted: &[u64; EVICT_REASONS]) {
     gauge!(FLOWS_ACTIVE).set(active as f64);
     counter!(FLOWS_CREATED).absolute(created);
     for r in EvictReason::ALL {
@@ -447,24 +447,15 @@ pub fn publish_run(
             xdp(iface, &all);
         }
     }
-    let sum = |f: &dyn Fn(&SharedStats) -> u64| workers.iter().map(|w| f(w)).sum::<u64>();
-    let per_kind: Vec<u64> =
-        (0..Kind::ALL.len()).map(|i| sum(&|w| w.anomalies[i].load(Relaxed))).collect();
-    anomalies(&per_kind);
-    let evicted: [u64; 4] = std::array::from_fn(|i| sum(&|w| w.flows_evicted[i].load(Relaxed)));
-    flows(
-        sum(&|w| w.flows_active.load(Relaxed)),
-        sum(&|w| w.flows_created.load(Relaxed)),
-        &evicted,
-    );
-    counter!(EVIDENCE_SUPPRESSED).absolute(sum(&|w| w.evidence_suppressed.load(Relaxed)));
-    counter!(SIDE_STATE, "reason" => "pool_full")
-        .absolute(sum(&|w| w.side_exhausted.load(Relaxed)));
-    counter!(SIDE_STATE, "reason" => "reclaimed")
-        .absolute(sum(&|w| w.side_reclaimed.load(Relaxed)));
-    counter!(MACS_OVERFLOWED).absolute(sum(&|w| w.macs_overflowed.load(Relaxed)));
-    counter!(HANDOFF, "reason" => "handed_off").absolute(sum(&|w| w.handed_off.load(Relaxed)));
-    counter!(HANDOFF, "reason" => "dropped").absolute(sum(&|w| w.handoff_dropped.load(Relaxed)));
-    counter!(OUTPUT_DROPPED).absolute(sum(&|w| w.output_dropped.load(Relaxed)));
-    counter!(ENGINE_FRAMES).absolute(sum(&|w| w.engine_received.load(Relaxed)));
+    let t = WorkerTotals::of(workers);
+    anomalies(&t.anomalies);
+    flows(t.flows_active, t.flows_created, &t.flows_evicted);
+    counter!(EVIDENCE_SUPPRESSED).absolute(t.evidence_suppressed);
+    counter!(SIDE_STATE, "reason" => "pool_full").absolute(t.side_exhausted);
+    counter!(SIDE_STATE, "reason" => "reclaimed").absolute(t.side_reclaimed);
+    counter!(MACS_OVERFLOWED).absolute(t.macs_overflowed);
+    counter!(HANDOFF, "reason" => "handed_off").absolute(t.handed_off);
+    counter!(HANDOFF, "reason" => "dropped").absolute(t.handoff_dropped);
+    counter!(OUTPUT_DROPPED).absolute(t.output_dropped);
+    counter!(ENGINE_FRAMES).absolute(t.engine_received);
 }

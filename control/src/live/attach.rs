@@ -8,7 +8,7 @@ use aya::programs::XdpMode;
 use dataplane::host::HostWorker;
 use dataplane::loader::XdpProgram;
 use dataplane::worker::QueueCounters;
-use dataplane::xsk::{XskOptions, ZeroCopyPolicy};
+use dataplane::xsk::{XskError, XskOptions, XskQueue, ZeroCopyPolicy};
 use dataplane_common::XdpConfig;
 
 use crate::cli::options::Queues;
@@ -142,8 +142,17 @@ pub fn resolve_interfaces(args: &RunArgs) -> Result<Vec<u32>> {
     Ok(ifindexes)
 }
 
-/// The AF_XDP sockets' options; a profile fills in what the command line left at its default.
-pub fn socket_options(args: &mut RunArgs, tuning: Option<&Tuning>) -> XskOptions {
+/// What a profile sets for the sockets that the command line has no option for.
+#[derive(Clone, Copy)]
+pub struct SocketTuning {
+    pub frame_size: u32,
+    /// Packets per busy-poll round.
+    pub busy_poll_budget: u32,
+}
+
+/// A profile fills in what the command line left at its default: the XDP and zero-copy modes
+/// and busy polling in `args`, the frame size and busy-poll budget in the answer.
+pub fn profile_defaults(args: &mut RunArgs, tuning: Option<&Tuning>) -> SocketTuning {
     let mut frame_size = XskOptions::default().frame_size;
     let mut budget = 64;
     if let Some(t) = tuning {
@@ -160,16 +169,23 @@ pub fn socket_options(args: &mut RunArgs, tuning: Option<&Tuning>) -> XskOptions
         }
         frame_size = p.xdp.frame_size;
     }
+    SocketTuning { frame_size, busy_poll_budget: budget }
+}
+
+/// The AF_XDP sockets' options (the ring size is settled once the workers are counted).
+pub fn socket_options(args: &RunArgs, tuning: SocketTuning) -> XskOptions {
     XskOptions {
         ring_size: args.ring_size.unwrap_or(dataplane::xsk::AUTO_RING_MAX),
-        frame_size,
+        frame_size: tuning.frame_size,
         zero_copy: match args.zero_copy {
             ZeroCopyArg::Auto => ZeroCopyPolicy::Auto,
             ZeroCopyArg::On => ZeroCopyPolicy::On,
             ZeroCopyArg::Off => ZeroCopyPolicy::Off,
         },
-        busy_poll: (args.busy_poll > 0)
-            .then_some(dataplane::xsk::BusyPoll { usecs: args.busy_poll, budget }),
+        busy_poll: (args.busy_poll > 0).then_some(dataplane::xsk::BusyPoll {
+            usecs: args.busy_poll,
+            budget: tuning.busy_poll_budget,
+        }),
     }
 }
 
@@ -207,4 +223,43 @@ pub fn plan_queues(
         plan.push((iface.clone(), ifindexes[i], ids));
     }
     Ok(plan)
+}
+
+/// Span mode on one interface (`(name, ifindex)`): loads the XDP program, attaches it, and
+/// opens and binds one AF_XDP socket per queue. Returns the program, its attach mode, the
+/// sockets and the program's id (what `/healthz` compares the interface's program with).
+pub fn span_readers(
+    args: &RunArgs,
+    config: XdpConfig,
+    (iface, idx): (&str, u32),
+    queue_ids: &[u32],
+    xsk_opts: &XskOptions,
+) -> Result<(XdpProgram, &'static str, Vec<XskQueue>, Option<u32>)> {
+    let mut prog = XdpProgram::load_filtered(config, args.filter.as_ref())
+        .context("loading the XDP program (is the kernel ≥ 5.10 with BPF enabled?)")?;
+    // Attach first: an interface owned by another XDP program is refused before any socket
+    // is bound, and until the sockets are in the map the program passes frames (fail open).
+    let xdp_mode = attach(&mut prog, iface, idx, args.xdp_mode)?;
+    let prog_id = prog.program().info().map(|i| i.id()).ok();
+    let mut queues = Vec::new();
+    for &q in queue_ids {
+        let xsk = XskQueue::open(iface, q, xsk_opts).map_err(|e| match &e {
+            XskError::Bind { source, .. } if source.raw_os_error() == Some(libc::EBUSY) => {
+                anyhow::anyhow!(
+                    "{iface} queue {q} already has an AF_XDP socket bound (another wirewatch or AF_XDP program?): stop it and retry"
+                )
+            }
+            _ => anyhow::Error::new(e).context(format!("opening AF_XDP on {iface} queue {q}")),
+        })?;
+        if let Some(why) = &xsk.fallback_reason {
+            log::warn!("{iface} queue {q}: AF_XDP in copy mode ({why})");
+        }
+        prog.bind_socket(q, &xsk.fd())?;
+        queues.push(xsk);
+    }
+    log::info!(
+        "{iface}: XDP attached in {xdp_mode} mode, queue(s) {queue_ids:?}, snaplen {}",
+        args.snaplen
+    );
+    Ok((prog, xdp_mode, queues, prog_id))
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender};
 use dataplane::engine::{Engine, EngineStats};
 use dataplane::packet::decode_in;
-use dataplane::worker::{FrameSink, RawFrame};
+use dataplane::worker::{realtime_ns, FrameSink, RawFrame};
 
 use crate::outputs::events::Output;
 use crate::outputs::recorder::RecordSender;
@@ -27,28 +27,63 @@ pub struct OwnedFrame {
 }
 
 pub struct EngineSink {
-    pub engine: Engine,
-    pub id: usize,
-    pub peers: Vec<Sender<OwnedFrame>>,
+    engine: Engine,
+    id: usize,
+    peers: Vec<Sender<OwnedFrame>>,
     /// The other workers' counters, by worker id (a failed hand-off is counted at its owner).
-    pub peer_stats: Vec<Arc<SharedStats>>,
-    pub inbox: Receiver<OwnedFrame>,
-    pub out: Sender<Output>,
-    pub stats: Arc<SharedStats>,
-    pub record: Option<RecordSender>,
+    peer_stats: Vec<Arc<SharedStats>>,
+    inbox: Receiver<OwnedFrame>,
+    out: Sender<Output>,
+    stats: Arc<SharedStats>,
+    record: Option<RecordSender>,
     pub record_dropped: u64,
     /// Frames processed by this engine, and the inbound hand-off losses already reported to it.
-    pub received: u64,
-    pub inbound_lost_seen: u64,
+    received: u64,
+    inbound_lost_seen: u64,
     /// With hand-off: this worker's frames and those handed to it, in receive-time order.
-    pub reorder: Reorder,
+    reorder: Reorder,
     /// Symmetric RSS put both directions of every flow on this worker's queue: no hand-off.
-    pub queue_owned: bool,
+    queue_owned: bool,
     /// Capture-completeness counters as last published (the metrics get the growth).
-    pub capture_published: Vec<dataplane::engine::VantageCapture>,
+    capture_published: Vec<dataplane::engine::VantageCapture>,
+}
+
+/// What one worker's engine is connected to.
+pub struct SinkWiring {
+    /// Every worker's inbox, by worker id (frames of a flow another worker owns go there).
+    pub peers: Vec<Sender<OwnedFrame>>,
+    pub peer_stats: Vec<Arc<SharedStats>>,
+    pub out: Sender<Output>,
+    /// Symmetric RSS put both directions of every flow on each worker's queue: no hand-off.
+    pub queue_owned: bool,
 }
 
 impl EngineSink {
+    pub fn new(
+        engine: Engine,
+        id: usize,
+        inbox: Receiver<OwnedFrame>,
+        record: Option<RecordSender>,
+        wiring: &SinkWiring,
+    ) -> Self {
+        Self {
+            engine,
+            id,
+            peers: wiring.peers.clone(),
+            peer_stats: wiring.peer_stats.clone(),
+            inbox,
+            out: wiring.out.clone(),
+            stats: wiring.peer_stats[id].clone(),
+            record,
+            record_dropped: 0,
+            received: 0,
+            inbound_lost_seen: 0,
+            reorder: Reorder::default(),
+            queue_owned: wiring.queue_owned,
+            capture_published: Vec::new(),
+        }
+    }
+
     fn publish(&mut self) {
         // Notes first: an event after them in time may need them.
         for n in self.engine.drain_path_notes() {
@@ -80,10 +115,7 @@ impl EngineSink {
         self.stats.side_reclaimed.store(s.side_reclaimed, Relaxed);
         self.stats.macs_overflowed.store(s.macs_overflowed, Relaxed);
         self.stats.engine_received.store(self.received, Relaxed);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        self.stats.heartbeat_ns.store(now, Relaxed);
+        self.stats.heartbeat_ns.store(realtime_ns(), Relaxed);
         if self.capture_published.len() < s.capture.len() {
             self.capture_published.resize(s.capture.len(), Default::default());
         }
@@ -158,7 +190,7 @@ impl FrameSink for EngineSink {
         while let Ok(o) = self.inbox.try_recv() {
             self.reorder.push(o);
         }
-        self.release(dataplane::worker::realtime_ns().saturating_sub(REORDER_WINDOW_NS));
+        self.release(realtime_ns().saturating_sub(REORDER_WINDOW_NS));
         let lost = self.stats.handoff_lost_inbound.load(Relaxed);
         if lost > self.inbound_lost_seen {
             self.engine.capture_loss(lost - self.inbound_lost_seen);
@@ -208,12 +240,12 @@ const REORDER_MAX: usize = 1 << 18;
 
 /// Frames waiting for their turn, oldest receive time first (ties in arrival order).
 #[derive(Default)]
-pub struct Reorder {
+struct Reorder {
     heap: std::collections::BinaryHeap<std::cmp::Reverse<Held>>,
     seq: u64,
 }
 
-pub struct Held(u64, u64, OwnedFrame);
+struct Held(u64, u64, OwnedFrame);
 
 impl PartialEq for Held {
     fn eq(&self, o: &Self) -> bool {

@@ -9,7 +9,7 @@ use dataplane::nicstats::{DriverDrops, InterfaceDrops};
 use dataplane::worker::QueueCounters;
 use serde::Serialize;
 
-use crate::stats::{QueueInfo, SharedStats};
+use crate::stats::{QueueInfo, SharedStats, WorkerTotals};
 
 /// An interface's driver counters when its sockets were bound: what the run reports is the
 /// growth since (a veth or NIC keeps its counters across runs).
@@ -44,17 +44,14 @@ impl DriverBaseline {
 
 /// Reads the drivers' receive-drop counters and hands each queue its share (the workers put
 /// their flows in the gap state when it grows).
-pub fn read_driver_losses(
-    queues: &[(&str, u32, &QueueCounters)],
-    base: &mut [DriverBaseline],
-    non_tcp_drop: bool,
-) {
+pub fn read_driver_losses(queues: &[QueueInfo], base: &mut [DriverBaseline], non_tcp_drop: bool) {
     for b in base.iter_mut() {
         let now = DriverDrops::read(&b.iface);
         b.now_iface = InterfaceDrops::read(&b.iface);
         let before_queues =
             b.now_iface.before_queues().saturating_sub(b.iface_drops.before_queues());
-        for &(_, queue, c) in queues.iter().filter(|q| q.0 == b.iface) {
+        for q in queues.iter().filter(|q| q.iface == b.iface) {
+            let (queue, c) = (q.queue, &q.counters);
             let drops = now.drops(queue).saturating_sub(b.queues.drops(queue));
             let xdp = now.xdp_drops(queue).saturating_sub(b.queues.xdp_drops(queue));
             c.driver_drops.store(drops, Relaxed);
@@ -116,18 +113,16 @@ impl LossSummary {
     /// baselines and the workers' counters.
     pub fn of(
         xdp: &[dataplane::loader::OutcomeCounters],
-        queues: &[&QueueCounters],
+        queues: &[QueueInfo],
         interfaces: &[DriverBaseline],
         workers: &[Arc<SharedStats>],
     ) -> Self {
         use dataplane_common::Outcome;
         let o = |x: Outcome| xdp.iter().map(|c| c.get(x)).sum::<u64>();
         let q = |f: &dyn Fn(&QueueCounters) -> &AtomicU64| {
-            queues.iter().map(|c| f(c).load(Relaxed)).sum::<u64>()
+            queues.iter().map(|q| f(&q.counters).load(Relaxed)).sum::<u64>()
         };
-        let w = |f: &dyn Fn(&SharedStats) -> &AtomicU64| {
-            workers.iter().map(|s| f(s).load(Relaxed)).sum::<u64>()
-        };
+        let w = WorkerTotals::of(workers);
         let mut l = Self {
             xdp_redirected: o(Outcome::TcpRedirected) + o(Outcome::MetaFailed),
             xdp_no_socket: o(Outcome::NoSocket),
@@ -138,8 +133,8 @@ impl LossSummary {
             xsk_rx_dropped: q(&|c| &c.rx_dropped),
             xsk_rx_ring_full: q(&|c| &c.rx_ring_full),
             socket_received: q(&|c| &c.packets),
-            handoff_dropped: w(&|s| &s.handoff_dropped),
-            engine_received: w(&|s| &s.engine_received),
+            handoff_dropped: w.handoff_dropped,
+            engine_received: w.engine_received,
             interface_missed: interfaces
                 .iter()
                 .map(|b| {
@@ -229,7 +224,7 @@ impl RunSummary {
         vantages: &dataplane::vantage::Vantages,
         out: Outputs,
     ) -> Self {
-        let sum = |f: &dyn Fn(&SharedStats) -> u64| workers.iter().map(|w| f(w)).sum::<u64>();
+        let t = WorkerTotals::of(workers);
         Self {
             queues: queues
                 .iter()
@@ -262,13 +257,13 @@ impl RunSummary {
             events: out.events,
             anomalies: Kind::ALL
                 .iter()
-                .map(|k| (k.name(), sum(&|w| w.anomalies[*k as usize].load(Relaxed))))
+                .map(|k| (k.name(), t.anomalies[*k as usize]))
                 .filter(|(_, n)| *n > 0)
                 .collect(),
             evidence_written: out.evidence_written,
             evidence_failed: out.evidence_failed,
-            handed_off: sum(&|w| w.handed_off.load(Relaxed)),
-            handoff_dropped: sum(&|w| w.handoff_dropped.load(Relaxed)),
+            handed_off: t.handed_off,
+            handoff_dropped: t.handoff_dropped,
             mirror_sessions: vantages.sessions(),
             mirror_sessions_overflowed: vantages.overflowed(),
         }

@@ -17,7 +17,7 @@ use dataplane::worker::RawFrame;
 
 use crate::outputs::failing::Failing;
 
-/// Files kept besides the one being written.
+/// Files kept besides the one being written (the events file keeps as many).
 pub const KEEP: u32 = 5;
 /// How often a file that cannot be written is tried again.
 const RETRY: Duration = Duration::from_secs(5);
@@ -195,14 +195,20 @@ const RECORD_FLUSH_FRAMES: usize = 256;
 
 /// A worker's end of the recorder.
 pub struct RecordSender {
-    pub tx: Sender<RecordBatch>,
-    pub free: Receiver<RecordBatch>,
-    pub cur: RecordBatch,
+    tx: Sender<RecordBatch>,
+    free: Receiver<RecordBatch>,
+    cur: RecordBatch,
     /// Frames of batches the writer had no room for, not yet reported by `flush`.
-    pub dropped: u64,
+    dropped: u64,
 }
 
 impl RecordSender {
+    /// A worker's end of the recorder thread's queues.
+    pub fn new(thread: &RecorderThread) -> Self {
+        let (tx, free, _) = thread;
+        Self { tx: tx.clone(), free: free.clone(), cur: RecordBatch::default(), dropped: 0 }
+    }
+
     pub fn push(&mut self, f: &RawFrame<'_>) {
         let off = self.cur.data.len() as u32;
         self.cur.data.extend_from_slice(f.data);
