@@ -868,8 +868,8 @@ mod tests {
             let f = read_all(&pcap_linktype(lt, &[&rec])).unwrap();
             let p = crate::packet::decode(&f[0].data, f[0].orig_len, 0, 0).unwrap();
             assert_eq!(
-                (p.src, p.dst, p.sport, p.dport, p.seq),
-                (want.src, want.dst, want.sport, want.dport, want.seq),
+                (p.src(), p.dst(), p.sport, p.dport, p.seq),
+                (want.src(), want.dst(), want.sport, want.dport, want.seq),
                 "linktype {lt}"
             );
             assert_eq!(

@@ -201,7 +201,7 @@ impl Fingerprint {
     pub fn of_packet(role: &str, p: &TcpPacket) -> Self {
         Fingerprint {
             role: role.into(),
-            addr: p.src,
+            addr: p.src(),
             port: p.sport,
             mac: mac_str(&p.src_mac),
             ttl: p.ttl,
