@@ -14,7 +14,7 @@ use dataplane::capture::CaptureError;
 use dataplane::engine::{Engine, EngineConfig, EngineStats};
 use dataplane::pipeline::shard_of;
 
-use crate::sources::{InputHealth, Ready, Source};
+use crate::sources::{InputHealth, Ready, Source, KEEP};
 
 #[derive(Args, Debug, Clone)]
 pub struct AnalyzeArgs {
@@ -114,12 +114,12 @@ pub struct Damaged {
     pub files: usize,
 }
 
-/// Frames for one worker, each in the box the reader decoded it into (its packet and first
-/// bytes are not copied again on their way to the engine). Batches go back to the reader
-/// once processed, and their boxes to the files' readers, so reading allocates nothing per
-/// frame.
+/// Frames for one worker: their first bytes back to back (the engine keeps headers only) and
+/// what the reader decoded. Batches go back to the reader once processed, so reading
+/// allocates nothing per frame.
 #[derive(Default)]
 struct Batch {
+    bytes: Vec<u8>,
     frames: Vec<BatchFrame>,
     /// The merged input's time when the batch was sent (0: not known).
     watermark_ns: u64,
@@ -144,10 +144,12 @@ enum Mark {
 
 struct BatchFrame {
     mark: Mark,
-    /// The frame, decoded by the reader (it needs the flow key to shard); none for a mark.
-    frame: Option<Box<Ready>>,
-    /// The input it came from (its index in the sources).
+    /// Decoded by the reader (it needs the flow key to shard), or why not.
+    pkt: Result<dataplane::packet::TcpPacket, dataplane_common::Outcome>,
+    start: u32,
+    len: u32,
     vantage: u16,
+    frame_no: u64,
     /// Vantages expected to see it (several files only; learned from every packet in order).
     expected: u128,
 }
@@ -339,7 +341,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
                     };
                 // Frame numbers carry the vantage in their top 16 bits inside the engine.
                 let vantage_of = |n: u64| (n >> 48) as u16;
-                for batch in rx {
+                for mut batch in rx {
                     for f in &batch.frames {
                         match f.mark {
                             Mark::Frame => {}
@@ -350,12 +352,16 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
                                 continue;
                             }
                         }
-                        let Some(r) = &f.frame else { continue };
-                        let no = (f.vantage as u64) << 48 | r.frame_no;
-                        match &r.pkt {
+                        let no = (f.vantage as u64) << 48 | f.frame_no;
+                        match &f.pkt {
                             Ok(p) => {
                                 last_ts = p.ts_ns;
-                                e.process_expecting(p, &r.bytes[..r.len as usize], no, f.expected);
+                                e.process_expecting(
+                                    p,
+                                    &batch.bytes[f.start as usize..(f.start + f.len) as usize],
+                                    no,
+                                    f.expected,
+                                );
                             }
                             Err(o) => e.undecodable(*o),
                         }
@@ -367,7 +373,8 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
                         last_ts = last_ts.max(batch.watermark_ns - 1);
                     }
                     flush(&mut e, last_ts, &mut verdicts, &vantage_of);
-                    // The frames stay in the batch: the reader takes their boxes back.
+                    batch.bytes.clear();
+                    batch.frames.clear();
                     let _ = free_tx.try_send(batch);
                 }
                 e.tick(last_ts.max(end_ns.load(std::sync::atomic::Ordering::Acquire)));
@@ -395,32 +402,25 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     }
     let progress_on = std::io::stderr().is_terminal();
     let mut progress = Progress::new(sources.iter().map(|s| s.size).sum());
-    let new_batch = |free: &crossbeam_channel::Receiver<Batch>, sources: &mut [Source]| {
-        let mut b = free
-            .try_recv()
-            .unwrap_or_else(|_| Batch { frames: Vec::with_capacity(BATCH), watermark_ns: 0 });
-        for f in b.frames.drain(..) {
-            if let Some(r) = f.frame {
-                sources[f.vantage as usize].recycle(r);
-            }
-        }
+    let new_batch = |free: &crossbeam_channel::Receiver<Batch>| {
+        let mut b = free.try_recv().unwrap_or_else(|_| Batch {
+            bytes: Vec::with_capacity(BATCH * KEEP),
+            frames: Vec::with_capacity(BATCH),
+            watermark_ns: 0,
+        });
         b.watermark_ns = 0;
         b
     };
-    let mut batches: Vec<Batch> = (0..workers).map(|_| new_batch(&free_rx, &mut sources)).collect();
+    let mut batches: Vec<Batch> = (0..workers).map(|_| new_batch(&free_rx)).collect();
     let mut read_frames = 0u64;
     let mut last_ns = 0u64;
     // Which vantages carry traffic for each address, learned here from every packet in time
     // order (not per worker), so lost_between_sensors does not depend on --workers.
     let mut learning = dataplane::anomaly::paths::VantageLearning::default();
-    let send = |batches: &mut Vec<Batch>,
-                sources: &mut [Source],
-                shard: usize,
-                watermark: u64|
-     -> Result<()> {
+    let send = |batches: &mut Vec<Batch>, shard: usize, watermark: u64| -> Result<()> {
         let b = &mut batches[shard];
         b.watermark_ns = watermark;
-        let full = std::mem::replace(b, new_batch(&free_rx, sources));
+        let full = std::mem::replace(b, new_batch(&free_rx));
         senders[shard].send(full).map_err(|_| anyhow::anyhow!("an analysis worker stopped early"))
     };
     // The earliest file's frame is taken at the top of the heap, and that file's next frame
@@ -439,11 +439,14 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
             for shard in 0..workers {
                 batches[shard].frames.push(BatchFrame {
                     mark: Mark::TimeJump { from_ns, to_ns: f.ts_ns },
-                    frame: None,
+                    pkt: Err(dataplane_common::Outcome::NonTcpPassed),
+                    start: 0,
+                    len: 0,
                     vantage,
+                    frame_no: 0,
                     expected: 0,
                 });
-                send(&mut batches, &mut sources, shard, 0)?;
+                send(&mut batches, shard, 0)?;
             }
         }
         {
@@ -455,12 +458,24 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
             };
             last_ns = last_ns.max(f.ts_ns);
             let b = &mut batches[shard];
-            b.frames.push(BatchFrame { mark: Mark::Frame, frame: Some(f), vantage, expected });
+            let start = b.bytes.len() as u32;
+            b.bytes.extend_from_slice(&f.bytes[..f.len as usize]);
+            b.frames.push(BatchFrame {
+                mark: Mark::Frame,
+                pkt: f.pkt.clone(),
+                start,
+                len: f.len as u32,
+                vantage,
+                frame_no: f.frame_no,
+                expected,
+            });
             if b.frames.len() == BATCH {
-                send(&mut batches, &mut sources, shard, last_ns)?;
+                send(&mut batches, shard, last_ns)?;
             }
         }
-        if let Some(r) = sources[v].next().map_err(BadInput)? {
+        let src = &mut sources[v];
+        src.recycle(f);
+        if let Some(r) = src.next().map_err(BadInput)? {
             *top = Head { ts_ns: r.ts_ns, vantage };
             slots[v] = Some(r);
         } else {
@@ -473,12 +488,15 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
                 if batches[shard].frames.is_empty() {
                     batches[shard].frames.push(BatchFrame {
                         mark: Mark::Watermark,
-                        frame: None,
+                        pkt: Err(dataplane_common::Outcome::NonTcpPassed),
+                        start: 0,
+                        len: 0,
                         vantage: 0,
+                        frame_no: 0,
                         expected: 0,
                     });
                 }
-                send(&mut batches, &mut sources, shard, last_ns)?;
+                send(&mut batches, shard, last_ns)?;
             }
         }
         if progress_on && read_frames.is_multiple_of(4096) {
