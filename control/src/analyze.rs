@@ -1,7 +1,7 @@
 //! `wirewatch analyze`: the live engine over capture files. Each file is a vantage (and so
 //! is each remote-mirror session inside one); frames are merged by timestamp, sharded by flow
 //! over worker threads, and the packets' own timestamps are the clock.
-use std::collections::BinaryHeap;
+use std::collections::binary_heap::{BinaryHeap, PeekMut};
 use std::io::{IsTerminal, Write};
 
 use anyhow::{Context as _, Result};
@@ -338,9 +338,15 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         let full = std::mem::replace(b, new_batch(&free_rx));
         senders[shard].send(full).map_err(|_| anyhow::anyhow!("an analysis worker stopped early"))
     };
-    while let Some(Head { vantage, .. }) = heap.pop() {
+    // The earliest file's frame is taken at the top of the heap, and that file's next frame
+    // takes its place there (sifted down only past an earlier file's): no pop and push a frame.
+    while let Some(mut top) = heap.peek_mut() {
+        let vantage = top.vantage;
         let v = vantage as usize;
-        let Some(f) = slots[v].take() else { continue };
+        let Some(f) = slots[v].take() else {
+            PeekMut::pop(top);
+            continue;
+        };
         if let Some(from_ns) = f.jump_from_ns {
             // Every worker closes this vantage's flows before any frame of the new timeline;
             // the watermark follows time back.
@@ -385,8 +391,10 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         let src = &mut sources[v];
         src.recycle(f);
         if let Some(r) = src.next().map_err(BadInput)? {
-            heap.push(Head { ts_ns: r.ts_ns, vantage });
+            *top = Head { ts_ns: r.ts_ns, vantage };
             slots[v] = Some(r);
+        } else {
+            PeekMut::pop(top);
         }
         read_frames += 1;
         if read_frames.is_multiple_of(WATERMARK_EVERY) {

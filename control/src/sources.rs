@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use dataplane::capture::{CaptureError, CaptureReader, CapturedFrame, Compression};
+use dataplane::capture::{CaptureError, CaptureReader, CapturedFrame, Compression, FrameRef};
 use dataplane::packet::{decode_in, unread_cause, TcpPacket, Unread};
 use dataplane::vantage::Vantages;
 use dataplane_common::Outcome;
@@ -120,18 +120,13 @@ pub struct Source {
     reader: CaptureReader<Box<dyn Read>>,
     /// Files of the same vantage still to read, in time order (rotated files of one sensor).
     pending: VecDeque<PathBuf>,
-    vantage: u16,
+    /// Where the reader rebuilds a frame it cannot lend where it lies (not Ethernet, pcapng).
     slot: CapturedFrame,
+    intake: Intake,
     /// Frames read and not yet released, in time order (then record number). Captures are
     /// nearly always in order already: a frame goes on the back in O(1), and only one that
     /// arrived early is inserted in place.
     window: VecDeque<Box<Ready>>,
-    /// Released frames' boxes, reused (no allocation per frame once the window filled).
-    #[expect(clippy::vec_box, reason = "the boxes move between the window and this pool")]
-    spare: Vec<Box<Ready>>,
-    /// The latest time read, and the latest released.
-    max_read_ns: Option<u64>,
-    released_ns: u64,
     /// The first frame after a time jump, held until the old timeline has left the window.
     held: Option<Box<Ready>>,
     done: bool,
@@ -143,11 +138,23 @@ pub struct Source {
     pub shift_ns: i64,
     /// `--filter`: TCP packets it refuses reach the engine as `Outcome::Filtered`.
     pub filter: Option<std::sync::Arc<dataplane::filter::Filter>>,
-    /// The run's vantages: a frame inside a mirror session is at the session's own.
-    vantages: Vantages,
     pub health: InputHealth,
     /// Set when the input ended inside a record.
     pub damage: Option<CaptureError>,
+}
+
+/// What decoding a frame into a box for the window reads and keeps, apart from the reader:
+/// the frame is decoded where the reader lent it (no copy of the whole frame first).
+struct Intake {
+    vantage: u16,
+    /// The run's vantages: a frame inside a mirror session is at the session's own.
+    vantages: Vantages,
+    /// Released frames' boxes, reused (no allocation per frame once the window filled).
+    #[expect(clippy::vec_box, reason = "the boxes move between the window and this pool")]
+    spare: Vec<Box<Ready>>,
+    /// The latest time read, and the latest released.
+    max_read_ns: Option<u64>,
+    released_ns: u64,
 }
 
 impl Source {
@@ -170,19 +177,21 @@ impl Source {
         Ok(Self {
             reader,
             pending: VecDeque::new(),
-            vantage,
             slot: CapturedFrame::default(),
+            intake: Intake {
+                vantage,
+                vantages: vantages.clone(),
+                spare: Vec::new(),
+                max_read_ns: None,
+                released_ns: 0,
+            },
             window: VecDeque::new(),
-            spare: Vec::new(),
-            max_read_ns: None,
-            released_ns: 0,
             held: None,
             done: false,
             size,
             done_bytes: 0,
             shift_ns: 0,
             filter: None,
-            vantages: vantages.clone(),
             health: InputHealth { file, compression, ..Default::default() },
             damage: None,
         })
@@ -230,32 +239,34 @@ impl Source {
             if let Some(first) = self.window.front() {
                 let full = self.window.len() >= RESORT_MAX_FRAMES;
                 let aged = self
+                    .intake
                     .max_read_ns
                     .is_some_and(|m| m.saturating_sub(first.ts_ns) > RESORT_WINDOW_NS);
                 // A jump waits until the old timeline has left the window.
                 if self.done || full || aged || self.held.is_some() {
                     let Some(r) = self.window.pop_front() else { unreachable!() };
-                    self.released_ns = self.released_ns.max(r.ts_ns);
+                    self.intake.released_ns = self.intake.released_ns.max(r.ts_ns);
                     return Ok(Some(r));
                 }
             } else if let Some(r) = self.held.take() {
                 // The old timeline is out: the new one starts with the frame after the jump.
-                self.released_ns = 0;
+                self.intake.released_ns = 0;
                 self.window.push_back(r);
                 continue;
             } else if self.done {
                 return Ok(None);
             }
-            match self.reader.next_frame_into(&mut self.slot) {
-                Ok(true) => {
-                    let r = self.ingest();
+            match self.reader.next_frame_ref(&mut self.slot) {
+                Ok(Some(f)) => {
+                    let filter = self.filter.as_deref();
+                    let r = self.intake.ingest(f, &mut self.health, self.shift_ns, filter);
                     if r.jump_from_ns.is_some() {
                         self.held = Some(r);
                     } else {
                         self.enqueue(r);
                     }
                 }
-                Ok(false) => self.done = !self.next_file()?,
+                Ok(None) => self.done = !self.next_file()?,
                 Err(e @ CaptureError::Truncated { .. }) => {
                     if let CaptureError::Truncated { offset, .. } = &e {
                         self.health.cut_at = Some(*offset);
@@ -281,17 +292,24 @@ impl Source {
 
     /// Gives a released frame's box back for reuse.
     pub fn recycle(&mut self, r: Box<Ready>) {
-        if self.spare.len() < RESORT_MAX_FRAMES {
-            self.spare.push(r);
+        if self.intake.spare.len() < RESORT_MAX_FRAMES {
+            self.intake.spare.push(r);
         }
     }
+}
 
-    /// Decodes the frame in the slot into a box for the window.
-    fn ingest(&mut self) -> Box<Ready> {
-        let f = &self.slot;
-        let h = &mut self.health;
+impl Intake {
+    /// Decodes the frame `f` (with the vantage's clock offset `shift_ns` removed) into a box
+    /// for the window, counting it in `h`.
+    fn ingest(
+        &mut self,
+        f: FrameRef<'_>,
+        h: &mut InputHealth,
+        shift_ns: i64,
+        filter: Option<&dataplane::filter::Filter>,
+    ) -> Box<Ready> {
         h.frames += 1;
-        let ts = f.ts_ns.saturating_add_signed(-self.shift_ns);
+        let ts = f.ts_ns.saturating_add_signed(-shift_ns);
         h.first_ns = Some(h.first_ns.map_or(ts, |x| x.min(ts)));
         h.last_ns = Some(h.last_ns.map_or(ts, |x| x.max(ts)));
         let mut jump_from_ns = None;
@@ -321,8 +339,8 @@ impl Source {
             })
         });
         // Decoded into its box (no copy of the packet afterwards).
-        r.pkt = decode_in(&f.data, f.orig_len, ts, self.vantage, &self.vantages);
-        if let (Ok(p), Some(filter)) = (&r.pkt, &self.filter) {
+        r.pkt = decode_in(f.data, f.orig_len, ts, self.vantage, &self.vantages);
+        if let (Ok(p), Some(filter)) = (&r.pkt, filter) {
             if !filter.matches(p) {
                 r.pkt = Err(Outcome::Filtered);
             }
@@ -330,7 +348,7 @@ impl Source {
         match &r.pkt {
             Ok(_) => h.tcp += 1,
             Err(Outcome::Filtered) => h.filtered += 1,
-            Err(o) => h.count(unread_cause(&f.data, f.orig_len, *o)),
+            Err(o) => h.count(unread_cause(f.data, f.orig_len, *o)),
         }
         let keep = f.data.len().min(KEEP);
         r.ts_ns = ts;

@@ -144,7 +144,7 @@ fn scan(path: &Path, keep: usize) -> Result<(Option<(u64, u64)>, Signatures), Ca
                 if sigs.len() < keep {
                     if let Ok(p) = dataplane::packet::decode(&f.data, f.orig_len, t, 0) {
                         let mut h = std::collections::hash_map::DefaultHasher::new();
-                        (p.src, p.dst, p.sport, p.dport, p.seq.0, p.ack.0, p.ip_id, p.flags)
+                        (p.src(), p.dst(), p.sport, p.dport, p.seq.0, p.ack.0, p.ip_id, p.flags)
                             .hash(&mut h);
                         p.payload_len.hash(&mut h);
                         sigs.insert(h.finish());

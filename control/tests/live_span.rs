@@ -48,8 +48,17 @@ fn frames(path: &Path) -> HashMap<FrameKey, u32> {
     let mut m = HashMap::new();
     while let Some(f) = r.next_frame().unwrap() {
         if let Ok(p) = decode(&f.data, f.orig_len, f.ts_ns, 0) {
-            let k =
-                (p.src, p.dst, p.sport, p.dport, p.seq.0, p.ack.0, p.flags, p.ip_id, p.payload_len);
+            let k = (
+                p.src(),
+                p.dst(),
+                p.sport,
+                p.dport,
+                p.seq.0,
+                p.ack.0,
+                p.flags,
+                p.ip_id,
+                p.payload_len,
+            );
             *m.entry(k).or_insert(0) += 1;
         }
     }

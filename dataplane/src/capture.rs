@@ -48,6 +48,28 @@ pub struct CapturedFrame {
     pub offset: u64,
 }
 
+/// A frame lent by [`CaptureReader::next_frame_ref`].
+#[derive(Clone, Copy, Debug)]
+pub struct FrameRef<'a> {
+    /// Ethernet frame bytes as captured.
+    pub data: &'a [u8],
+    /// Length on the wire (Ethernet, including the synthetic header where one was added).
+    pub orig_len: u32,
+    pub ts_ns: u64,
+    /// Byte offset of the record in the file (in the decompressed data for a compressed one).
+    pub offset: u64,
+}
+
+/// Where the record just read left its frame.
+enum Record {
+    /// A clean end of file.
+    End,
+    /// In the caller's frame.
+    InScratch,
+    /// At `buf[start..start + len]`.
+    InBuffer { start: usize, len: usize, orig_len: u32, ts_ns: u64, offset: u64 },
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Format {
     Pcap { big_endian: bool, nanos: bool, linktype: u32 },
@@ -376,11 +398,20 @@ impl<R: Read> CaptureReader<R> {
     }
 
     /// Makes the next `n` bytes of the input readable at `buf[pos..]`, reading ahead; how
-    /// many are (fewer only at the end of the input).
+    /// many are (fewer only at the end of the input). Nearly always they are there already:
+    /// that check is inlined, the read is not.
     #[inline]
     fn ensure(&mut self, n: usize) -> Result<usize, CaptureError> {
+        if self.end - self.pos >= n {
+            return Ok(n);
+        }
+        self.read_ahead(n)
+    }
+
+    #[cold]
+    fn read_ahead(&mut self, n: usize) -> Result<usize, CaptureError> {
         let have = self.end - self.pos;
-        if have >= n || self.eof {
+        if self.eof {
             return Ok(have.min(n));
         }
         if self.pos + n > self.buf.len() {
@@ -443,13 +474,51 @@ impl<R: Read> CaptureReader<R> {
     /// The next frame into `out` (its buffer is reused: no allocation per record once it has
     /// grown to the largest frame); false at a clean end of file.
     pub fn next_frame_into(&mut self, out: &mut CapturedFrame) -> Result<bool, CaptureError> {
+        match self.next_record(out)? {
+            Record::End => Ok(false),
+            Record::InScratch => Ok(true),
+            Record::InBuffer { start, len, orig_len, ts_ns, offset } => {
+                out.data.clear();
+                out.data.extend_from_slice(&self.buf[start..start + len]);
+                out.orig_len = orig_len;
+                out.ts_ns = ts_ns;
+                out.offset = offset;
+                Ok(true)
+            }
+        }
+    }
+
+    /// The next frame, lent where it lies: an Ethernet frame of a classic pcap in the reader's
+    /// read-ahead buffer (no copy), any other in `scratch` (rebuilt as Ethernet, or taken out
+    /// of a pcapng block); `None` at a clean end of file. Valid until the next read.
+    pub fn next_frame_ref<'a>(
+        &'a mut self,
+        scratch: &'a mut CapturedFrame,
+    ) -> Result<Option<FrameRef<'a>>, CaptureError> {
+        Ok(match self.next_record(scratch)? {
+            Record::End => None,
+            Record::InScratch => Some(FrameRef {
+                data: &scratch.data,
+                orig_len: scratch.orig_len,
+                ts_ns: scratch.ts_ns,
+                offset: scratch.offset,
+            }),
+            Record::InBuffer { start, len, orig_len, ts_ns, offset } => {
+                Some(FrameRef { data: &self.buf[start..start + len], orig_len, ts_ns, offset })
+            }
+        })
+    }
+
+    /// Reads the next record: a frame left where it lies in the buffer (consumed, but not
+    /// overwritten before the next read), or one written to `out`.
+    fn next_record(&mut self, out: &mut CapturedFrame) -> Result<Record, CaptureError> {
         loop {
             let at = self.offset;
             match self.format {
                 Format::Pcap { big_endian, nanos, linktype } => {
                     let n = self.ensure(16)?;
                     if n == 0 {
-                        return Ok(false);
+                        return Ok(Record::End);
                     }
                     if n < 16 {
                         self.consume(n);
@@ -487,23 +556,25 @@ impl<R: Read> CaptureReader<R> {
                     } else {
                         frac * 1000
                     });
-                    let data = &self.buf[self.pos..self.pos + len];
-                    if linktype == LINKTYPE_ETHERNET {
-                        out.data.clear();
-                        out.data.extend_from_slice(data);
-                        out.orig_len = origlen.max(caplen);
-                        out.ts_ns = ts_ns;
-                        out.offset = at;
-                    } else {
-                        to_ethernet(linktype, data, origlen.max(caplen), ts_ns, at, out);
-                    }
+                    let start = self.pos;
                     self.consume(len);
-                    return Ok(true);
+                    if linktype == LINKTYPE_ETHERNET {
+                        return Ok(Record::InBuffer {
+                            start,
+                            len,
+                            orig_len: origlen.max(caplen),
+                            ts_ns,
+                            offset: at,
+                        });
+                    }
+                    let data = &self.buf[start..start + len];
+                    to_ethernet(linktype, data, origlen.max(caplen), ts_ns, at, out);
+                    return Ok(Record::InScratch);
                 }
                 Format::Pcapng { big_endian } => {
                     let n = self.ensure(8)?;
                     if n == 0 {
-                        return Ok(false);
+                        return Ok(Record::End);
                     }
                     if n < 8 {
                         self.consume(n);
@@ -546,7 +617,7 @@ impl<R: Read> CaptureReader<R> {
                     self.buf = buf;
                     self.consume(body);
                     if found? {
-                        return Ok(true);
+                        return Ok(Record::InScratch);
                     }
                 }
             }
@@ -829,6 +900,54 @@ mod tests {
         assert_eq!(f[0].ts_ns, 5_000_000_007);
     }
 
+    /// Frames lent where they lie are the frames a copying read gives, record for record:
+    /// across several refills of the read-ahead buffer (records of every length straddle its
+    /// end), for a link type rebuilt as Ethernet and for pcapng, and both stop at a record
+    /// cut short.
+    #[test]
+    fn lent_frames_equal_copied_frames() {
+        let frames: Vec<Vec<u8>> =
+            (0..9000u32).map(|i| (0..60 + i % 1400).map(|j| (i ^ j) as u8).collect()).collect();
+        let records: Vec<(&[u8], u32)> = frames.iter().map(|f| (&f[..], f.len() as u32)).collect();
+        let classic = pcap(true, &records);
+        assert!(classic.len() > 3 * READ_AHEAD, "the capture outgrows the read-ahead buffer");
+        let raw_ip = pcap_linktype(101, &[&frames[7][..], &frames[8][..]]);
+        let mut w = PcapngWriter::new(Vec::new()).unwrap();
+        w.interface("a", 65535).unwrap();
+        for (i, f) in frames.iter().take(50).enumerate() {
+            w.packet(0, i as u64, f, f.len() as u32 + 4, None).unwrap();
+        }
+        let ng = w.into_inner();
+        let cut = &classic[..classic.len() - 10];
+        for (bytes, records) in [(&classic[..], 9000), (&raw_ip[..], 2), (&ng[..], 50), (cut, 8999)]
+        {
+            let copied = read_all(bytes);
+            let mut r = CaptureReader::new("t".into(), bytes).unwrap();
+            let mut scratch = CapturedFrame::default();
+            let mut lent = Vec::new();
+            let end = loop {
+                match r.next_frame_ref(&mut scratch) {
+                    Ok(Some(f)) => lent.push((f.data.to_vec(), f.orig_len, f.ts_ns, f.offset)),
+                    Ok(None) => break None,
+                    Err(e) => break Some(e.to_string()),
+                }
+            };
+            let mut c = CaptureReader::new("t".into(), bytes).unwrap();
+            let mut want = Vec::new();
+            let want_end = loop {
+                match c.next_frame() {
+                    Ok(Some(f)) => want.push((f.data, f.orig_len, f.ts_ns, f.offset)),
+                    Ok(None) => break None,
+                    Err(e) => break Some(e.to_string()),
+                }
+            };
+            assert_eq!(lent.len(), records);
+            assert_eq!(lent, want);
+            assert_eq!(end, want_end);
+            assert_eq!(end.is_some(), copied.is_err());
+        }
+    }
+
     #[test]
     fn pcapng_round_trip() {
         let mut w = PcapngWriter::new(Vec::new()).unwrap();
@@ -868,8 +987,8 @@ mod tests {
             let f = read_all(&pcap_linktype(lt, &[&rec])).unwrap();
             let p = crate::packet::decode(&f[0].data, f[0].orig_len, 0, 0).unwrap();
             assert_eq!(
-                (p.src, p.dst, p.sport, p.dport, p.seq),
-                (want.src, want.dst, want.sport, want.dport, want.seq),
+                (p.src(), p.dst(), p.sport, p.dport, p.seq),
+                (want.src(), want.dst(), want.sport, want.dport, want.seq),
                 "linktype {lt}"
             );
             assert_eq!(

@@ -976,8 +976,8 @@ fn learn_sender(
 
 /// A stand-in packet for timer-driven detections (time and endpoints only).
 fn placeholder_packet(key: &FlowKey, side: usize, now: u64) -> TcpPacket {
-    let (src, sport) = key.endpoint(side);
-    let (dst, dport) = key.endpoint(1 - side);
+    let sport = key.endpoint(side).1;
+    let dport = key.endpoint(1 - side).1;
     TcpPacket {
         key: *key,
         side: side as u8,
@@ -987,8 +987,6 @@ fn placeholder_packet(key: &FlowKey, side: usize, now: u64) -> TcpPacket {
         src_mac: [0; 6],
         dst_mac: [0; 6],
         vlan: key.vlan,
-        src,
-        dst,
         sport,
         dport,
         seq: SeqNumber(0),

@@ -84,9 +84,11 @@ impl Primitive {
             Dir::Either => s || d,
         };
         match *self {
-            Primitive::Net { dir, addr, len } => {
-                either(dir, within(&mapped(p.src), &addr, len), within(&mapped(p.dst), &addr, len))
-            }
+            Primitive::Net { dir, addr, len } => either(
+                dir,
+                within(&mapped(p.src()), &addr, len),
+                within(&mapped(p.dst()), &addr, len),
+            ),
             Primitive::Port { dir, port } => either(dir, p.sport == port, p.dport == port),
             Primitive::Vlan(id) => p.vlan != 0 && id.is_none_or(|v| v == p.vlan),
         }
@@ -490,7 +492,7 @@ mod tests {
                             for &dp in &ports {
                                 for vlan in [0u16, 7, 9] {
                                     let p = pkt(s, sp, d, dp, vlan);
-                                    let bits = t.bits(p.src, p.dst, sp, dp, vlan);
+                                    let bits = t.bits(p.src(), p.dst(), sp, dp, vlan);
                                     assert_eq!(
                                         t.passes(bits),
                                         filter.matches(&p),

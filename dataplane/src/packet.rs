@@ -1,5 +1,5 @@
 //! The decoded TCP packet the tracker works on, made from a frame by the shared parser.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use dataplane_common::{
     classify, parse_tcp_options, tcp_flags, Outcome, TcpOffsets, TcpOptions, ETH_HLEN, IPPROTO_TCP,
@@ -18,8 +18,6 @@ pub struct TcpPacket {
     pub dst_mac: [u8; 6],
     /// Outermost VLAN ID, 0 when untagged.
     pub vlan: u16,
-    pub src: IpAddr,
-    pub dst: IpAddr,
     pub sport: u16,
     pub dport: u16,
     pub seq: SeqNumber,
@@ -35,6 +33,7 @@ pub struct TcpPacket {
     pub opts: TcpOptions,
     pub orig_len: u32,
     /// The flow this packet belongs to (as its vantage sees it), and the sender's side in it.
+    /// The key holds both addresses: the packet keeps no copy of its own (see [`Self::src`]).
     pub key: FlowKey,
     pub side: u8,
 }
@@ -58,6 +57,17 @@ impl TcpPacket {
     #[inline]
     pub fn flow(&self) -> (FlowKey, usize) {
         (self.key, self.side as usize)
+    }
+    /// The sender's address, read from the key (few packets need it: those a detector reports,
+    /// a filter, a path note).
+    #[inline]
+    pub fn src(&self) -> IpAddr {
+        self.key.endpoint(self.side as usize).0
+    }
+    /// The receiver's address, from the key.
+    #[inline]
+    pub fn dst(&self) -> IpAddr {
+        self.key.endpoint(1 - self.side as usize).0
     }
 }
 
@@ -183,14 +193,6 @@ fn decode_with(
         (s, d, 0, frame[l3 + 7])
     };
     let v6 = o.ip_version != 4;
-    let to_ip = |b: [u8; 16]| -> IpAddr {
-        if v6 {
-            IpAddr::V6(Ipv6Addr::from(b))
-        } else {
-            IpAddr::V4(Ipv4Addr::new(b[12], b[13], b[14], b[15]))
-        }
-    };
-    let (src, dst) = (to_ip(s16), to_ip(d16));
     let (sport, dport) = (be16(frame, l4), be16(frame, l4 + 2));
     let vlan = o.vlan_ids[0];
     let (key, side) = FlowKey::from_endpoints(s16, sport, d16, dport, vlan, v6, vantage);
@@ -203,8 +205,6 @@ fn decode_with(
         dst_mac: frame[link..link + 6].try_into().unwrap(),
         src_mac: frame[link + 6..link + 12].try_into().unwrap(),
         vlan,
-        src,
-        dst,
         sport,
         dport,
         seq: SeqNumber(be32(frame, l4 + 4)),

@@ -512,7 +512,7 @@ fn xdp_filter_agrees_with_user_space() {
                 if r.verdict != XDP_PASS || bumped != [&want] || r.out != *f {
                     failures.push(format!(
                         "{text:?} frame {i} ({}:{} > {}:{} vlan {}): verdict {} counters {bumped:?}, want {want:?}",
-                        p.src, p.sport, p.dst, p.dport, p.vlan, r.verdict
+                        p.src(), p.sport, p.dst(), p.dport, p.vlan, r.verdict
                     ));
                 }
             }

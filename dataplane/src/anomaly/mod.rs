@@ -214,7 +214,7 @@ impl Fingerprint {
     pub fn of_packet(role: &str, p: &TcpPacket) -> Self {
         Fingerprint {
             role: role.into(),
-            addr: p.src,
+            addr: p.src(),
             port: p.sport,
             mac: mac_str(&p.src_mac),
             ttl: p.ttl,
@@ -847,6 +847,17 @@ mod vocab_tests {
     fn rfc3339_formats() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000000000Z");
         assert_eq!(super::rfc3339(1_700_000_000_123_456_789), "2023-11-14T22:13:20.123456789Z");
+        // Leap days, century rules and the last u64 nanosecond, as GNU `date -u -d @SECS` has them.
+        for (secs, want) in [
+            (68_169_600, "1972-02-29T00:00:00"),
+            (946_684_799, "1999-12-31T23:59:59"),
+            (951_782_400, "2000-02-29T00:00:00"),
+            (1_735_689_599, "2024-12-31T23:59:59"),
+            (4_107_542_400, "2100-03-01T00:00:00"),
+        ] {
+            assert_eq!(super::rfc3339(secs * 1_000_000_000 + 7), format!("{want}.000000007Z"));
+        }
+        assert_eq!(super::rfc3339(u64::MAX), "2554-07-21T23:34:33.709551615Z");
     }
 
     #[test]

@@ -105,7 +105,7 @@ struct Conn {
 impl Conn {
     /// The connection of `p`, and the direction of `p` in it (0: from `a`).
     fn of(p: &TcpPacket) -> (Self, usize) {
-        let (s, d) = ((p.src, p.sport), (p.dst, p.dport));
+        let (s, d) = ((p.src(), p.sport), (p.dst(), p.dport));
         if s <= d {
             (Conn { a: s, b: d }, 0)
         } else {
@@ -257,8 +257,8 @@ impl VantageLearning {
     pub fn learn(&mut self, p: &TcpPacket) -> u128 {
         let bit = 1u128 << p.vantage.min(127);
         // Either endpoint could be "the server"; remember both addresses' vantages.
-        *self.seen.entry(p.src).or_default() |= bit;
-        let d = self.seen.entry(p.dst).or_default();
+        *self.seen.entry(p.src()).or_default() |= bit;
+        let d = self.seen.entry(p.dst()).or_default();
         *d |= bit;
         *d
     }
@@ -336,8 +336,8 @@ impl VantageMatcher {
             self.conns.insert(conn, c);
         }
         let sig = Sig {
-            src: p.src,
-            dst: p.dst,
+            src: p.src(),
+            dst: p.dst(),
             sport: p.sport,
             dport: p.dport,
             ip_id: p.ip_id,
@@ -577,7 +577,7 @@ pub fn lost_detection(m: &Missing, vantages: &Vantages) -> Detection {
     between.extend(missing.iter().cloned());
     let offset_s = m.clock_offset_ns as f64 / 1e9;
     let cul = Culprit::new(Role::FilterBetween)
-        .at((p.dst, p.dport))
+        .at((p.dst(), p.dport))
         .vantages(between)
         .evidence(format!("{what} seen at {}", name(m.seen_at)))
         .evidence(format!(
@@ -590,8 +590,8 @@ pub fn lost_detection(m: &Missing, vantages: &Vantages) -> Detection {
         cul.clone(),
         format!(
             "{what} from {} to {} was seen at {} but never at {} (after removing a clock offset of {offset_s:+.6} s between them): it was dropped by {cul} (a firewall, router or link there).",
-            super::endpoint_str(p.src, p.sport),
-            super::endpoint_str(p.dst, p.dport),
+            super::endpoint_str(p.src(), p.sport),
+            super::endpoint_str(p.dst(), p.dport),
             name(m.seen_at),
             missing.join(", ")
         ),
@@ -606,7 +606,7 @@ pub fn split_detection(s: &Split, vantages: &Vantages) -> Detection {
     let p = &s.pkt;
     let (a, b) = (name(s.vantages[0]), name(s.vantages[1]));
     let cul = Culprit::new(Role::ParallelPaths)
-        .at((p.dst, p.dport))
+        .at((p.dst(), p.dport))
         .vantages(vec![a.clone(), b.clone()])
         .evidence(format!("packets of one direction seen only at {a}"))
         .evidence(format!("others only at {b}"));
@@ -615,8 +615,8 @@ pub fn split_detection(s: &Split, vantages: &Vantages) -> Detection {
         cul.clone(),
         format!(
             "Packets from {} to {} reach both {a} and {b}, some only one and some only the other: one direction of the flow is split over {cul}, two parallel paths or backends (ECMP/LAG hashing per packet, or a load balancer without flow affinity).",
-            super::endpoint_str(p.src, p.sport),
-            super::endpoint_str(p.dst, p.dport)
+            super::endpoint_str(p.src(), p.sport),
+            super::endpoint_str(p.dst(), p.dport)
         ),
     )
     .detail("vantages", vec![a, b])

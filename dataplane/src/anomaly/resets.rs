@@ -309,7 +309,7 @@ fn on_rst(c: &mut Ctx<'_>) {
         // Toward a side whose packets went to several next hops, the other one is a backend.
         let sprayed = c.flow.dirs[c.other()].mac_switches() > 0;
         let mut cul = Culprit::new(if sprayed { Role::OtherBackend } else { Role::Middlebox })
-            .at((p.src, p.sport))
+            .at((p.src(), p.sport))
             .mac(&p.src_mac);
         for (b, _) in &breaks {
             cul = cul.evidence(b.clone());
@@ -358,7 +358,7 @@ fn paired_detection(c: &Ctx<'_>, w: &PairWait, breaks: &[(String, Evidence)]) ->
     let dt_ms = (p.ts_ns.saturating_sub(w.since_ns)) as f64 / 1e6;
     let peer = c.endpoint(1 - s);
     let rst = |role: Role| {
-        let mut cul = Culprit::new(role).at((p.src, p.sport)).mac(&p.src_mac);
+        let mut cul = Culprit::new(role).at((p.src(), p.sport)).mac(&p.src_mac);
         for (b, _) in breaks {
             cul = cul.evidence(format!("the RST {b}"));
         }

@@ -305,7 +305,7 @@ pub fn collision(c: &mut Ctx<'_>, win: u32) -> bool {
     );
     old.isn = old_isn;
     let mut cul = Culprit::new(Role::OtherSender)
-        .at((p.src, p.sport))
+        .at((p.src(), p.sport))
         .mac(&p.src_mac)
         .evidence(format!(
             "{what} SEQ {} ACK {} continues the old connection (next SEQ {} / {})",
@@ -367,12 +367,13 @@ fn tuple_reuse(c: &mut Ctx<'_>) {
     } else {
         format!("a different sender ({})", diffs.join(", "))
     };
-    let mut cul =
-        Culprit::new(Role::OtherSender).at((p.src, p.sport)).mac(&p.src_mac).evidence(if had_isn {
+    let mut cul = Culprit::new(Role::OtherSender).at((p.src(), p.sport)).mac(&p.src_mac).evidence(
+        if had_isn {
             format!("new ISN {} while ISN {old_isn} is open", p.seq)
         } else {
             format!("new ISN {} on a connection picked up mid-stream", p.seq)
-        });
+        },
+    );
     for d in &diffs {
         cul = cul.evidence(d.clone());
     }

@@ -67,7 +67,7 @@ pub(crate) fn run(lab: &mut Lab<'_>) -> Result<Outcome> {
                     let Some(n) = s.recv(&mut buf) else { continue };
                     let Ok(p) = decode(&buf[..n], n as u32, 0, 0) else { continue };
                     if p.sport == 8443 && p.has(ACK) && !p.has(SYN) {
-                        let mut g = TcpSegment::new(p.src, p.sport, p.dst, p.dport);
+                        let mut g = TcpSegment::new(p.src(), p.sport, p.dst(), p.dport);
                         g.src_mac = p.src_mac;
                         g.dst_mac = p.dst_mac;
                         g.seq = p.seq.0.wrapping_add(100_000_000); // above the window: conntrack INVALID (below is only ignored on 6.x)
