@@ -44,6 +44,14 @@ pub struct AnalyzeArgs {
     /// commented (open it in Wireshark).
     #[arg(long, value_name = "DIR")]
     pub evidence_dir: Option<PathBuf>,
+    /// Draw each detection: DIR/index.html lists them by kind and time, and each evidence
+    /// file gets a page (`<evidence name>.html`: the ladder of its packets, the time–sequence
+    /// graph for retransmissions, the explanation and thresholds). Self-contained HTML, no
+    /// script; open it in any browser. Pages follow evidence: without --evidence-dir the
+    /// evidence is kept in DIR too, and a detection over --evidence-rate gets an index row
+    /// and no page (docs/report.md).
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
     /// Evidence files written per second of capture time at most, 0.1 to 100000, or
     /// `unlimited` (offline, every detection can keep its evidence).
     #[arg(long, value_name = "N|unlimited", default_value = "10",
@@ -218,8 +226,10 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
             std::thread::available_parallelism().map(std::num::NonZero::get).unwrap_or(1)
         })
         .clamp(1, 64);
+    // A report draws evidence: kept beside it unless kept elsewhere.
+    let evidence_dir = args.evidence_dir.clone().or_else(|| args.report.clone());
     let cfg = EngineConfig {
-        evidence_dir: args.evidence_dir.clone(),
+        evidence_dir: evidence_dir.clone(),
         vantages: vantage_set.clone(),
         record_verdicts: args.verdicts.is_some(),
         ..Default::default()
@@ -258,7 +268,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     // One evidence budget for all workers: the files written do not depend on --workers.
     cfg.evidence_per_sec = args.evidence_rate;
     cfg.evidence_budget = Some(dataplane::evidence::EvidenceBudget::new(cfg.evidence_per_sec));
-    if let Some(d) = &args.evidence_dir {
+    if let Some(d) = &evidence_dir {
         std::fs::create_dir_all(d)
             .with_context(|| format!("creating the evidence directory {}", d.display()))?;
     }
@@ -280,6 +290,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         ))),
     };
     let (to_sink, sink_rx) = bounded::<SinkMsg>(workers * 64);
+    let reporting = args.report.is_some();
     // With one vantage no event can precede its worker's watermark; across vantages a packet
     // is reported missing only when its wait (the vantage window, and for an opening SYN the
     // wait for an answer) ends, checked every 10 ms.
@@ -294,7 +305,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     };
     let sink = std::thread::Builder::new()
         .name("ww-analyze-events".into())
-        .spawn(move || EventOrder::new(workers, lateness, events_out).run(sink_rx))?;
+        .spawn(move || EventOrder::new(workers, lateness, events_out, reporting).run(sink_rx))?;
     let mut senders = Vec::new();
     let mut handles = Vec::new();
     for w in 0..workers {
@@ -603,6 +614,15 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     match args.format {
         Format::Table => summary.print_table(&mut out)?,
         Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&summary.json())?)?,
+    }
+    if let Some(dir) = &args.report {
+        let index = dataplane::report::write_report(dir, &order.report, order.report_omitted)
+            .context("writing the report: check that the directory is writable")?;
+        // After a table, one more line; a JSON summary stays one document.
+        match args.format {
+            Format::Table => writeln!(out, "report: {}", index.display())?,
+            Format::Json => eprintln!("report: {}", index.display()),
+        }
     }
     out.flush()?;
     if damaged > 0 {
@@ -1011,6 +1031,11 @@ struct EventOrder {
     examples: Vec<Option<Event>>,
     endpoints: Vec<TopEndpoints>,
     error: Option<std::io::Error>,
+    /// The events `--report` draws (as their JSON): every one with evidence, and the index's
+    /// rows of the rest up to its limit; `report_omitted` counts the rows left out.
+    report: Vec<serde_json::Value>,
+    report_omitted: u64,
+    reporting: bool,
 }
 
 struct Pending {
@@ -1045,7 +1070,12 @@ impl Ord for Pending {
 }
 
 impl EventOrder {
-    fn new(workers: usize, lateness: Lateness, out: Option<Box<dyn Write + Send>>) -> Self {
+    fn new(
+        workers: usize,
+        lateness: Lateness,
+        out: Option<Box<dyn Write + Send>>,
+        reporting: bool,
+    ) -> Self {
         Self {
             out,
             aggregator: dataplane::anomaly::aggregate::Aggregator::holding_all(),
@@ -1058,6 +1088,9 @@ impl EventOrder {
             examples: (0..KIND_COUNT).map(|_| None).collect(),
             endpoints: (0..KIND_COUNT).map(|_| TopEndpoints::default()).collect(),
             error: None,
+            report: Vec::new(),
+            report_omitted: 0,
+            reporting,
         }
     }
 
@@ -1123,6 +1156,13 @@ impl EventOrder {
         for e in ready.drain(..) {
             self.per_kind[e.kind as usize] += 1;
             self.endpoints[e.kind as usize].add(&e);
+            if self.reporting {
+                if e.evidence.is_some() || self.report.len() < dataplane::report::INDEX_ROWS {
+                    self.report.extend(serde_json::to_value(&e).ok());
+                } else {
+                    self.report_omitted += 1;
+                }
+            }
             if let (Some(out), None) = (self.out.as_mut(), self.error.as_ref()) {
                 let r = serde_json::to_writer(&mut *out, &e)
                     .map_err(std::io::Error::from)

@@ -16,6 +16,7 @@ mod metrics;
 pub mod options;
 pub mod profile;
 mod record;
+mod report;
 mod retention;
 pub mod run;
 mod sources;
