@@ -81,7 +81,8 @@ fn metric(out: &str, kind: &str) -> u64 {
 
 /// The lab's report: it prints the index's path, the index lists every expected kind, and each
 /// expected detection's page reads right in Chromium (chromium/mod.rs, `assert_page`). One
-/// screenshot per incident, of its first expected detection's page down to the trigger; with
+/// screenshot per incident, of its last expected detection's page (the one that names the
+/// culprit: lost_between_sensors, rst_foreign_sender…) down to the trigger; with
 /// WW_SCREENSHOT_DIR set (docs/report/ is made so) it is kept there as `INCIDENT.png`.
 fn assert_report(incident: &str, out: &str, evs: &[Value], expected: &[&str]) {
     let index = out
@@ -93,14 +94,14 @@ fn assert_report(incident: &str, out: &str, evs: &[Value], expected: &[&str]) {
         assert!(dom.contains(&format!("<td>{k}")), "the index lacks {k}");
     }
     let pages: Vec<_> = expected.iter().map(|k| chromium::assert_page(event(evs, k))).collect();
-    let first = event(evs, expected[0]);
-    let n = first["evidence"]["packets"][0].as_u64().unwrap();
+    let shown = event(evs, expected[expected.len() - 1]);
+    let n = shown["evidence"]["packets"][0].as_u64().unwrap();
     let dir = std::env::var_os("WW_SCREENSHOT_DIR")
         .map_or_else(|| Path::new(index).parent().unwrap().to_path_buf(), Into::into);
     let png = dir.join(format!("{incident}.png"));
     // Down to a few rows past the trigger (a ladder row is 34 px, the header about 300).
     let height = (360 + 36 * (n as u32 + 4)).clamp(700, 1500);
-    chromium::screenshot(&pages[0], &png, height);
+    chromium::screenshot(&pages[pages.len() - 1], &png, height);
 }
 
 fn check(incident: &str, expected: &[&str], culprit: impl Fn(&[Value])) {

@@ -10,7 +10,7 @@ use dataplane_common::tcp_flags;
 
 use super::ladder::{self, flag_names, Arrow, Column, EvidenceFrame, Looks};
 use super::{stevens, Detection, INDEX_ROWS};
-use crate::anomaly::{endpoint_str, Kind};
+use crate::anomaly::{endpoint_str, Kind, Role};
 
 /// Text for HTML element content and quoted attribute values alike.
 pub fn escape(s: &str) -> String {
@@ -45,7 +45,7 @@ svg .arrow.rst line{stroke:#c62828} svg .arrow.lost line{stroke-dasharray:6 4}
 svg .arrow.linked line{stroke:#7a7a7a} svg .arrow.undecoded line{stroke:#bbb;stroke-dasharray:2 3}
 svg .hl{fill:none} svg .arrow.trigger .hl{fill:#fff3a8;stroke:#e0b400}
 svg .mismatch{fill:#c62828;font-weight:bold} svg .culprit{fill:#c62828;font-weight:bold}
-svg .lostmark{fill:#c62828;font-weight:bold;font-size:16px}
+svg .lostmark{fill:#c62828;font-weight:bold;font-size:13px}
 svg.stevens .axis{stroke:#444} svg.stevens .seg{stroke:#2a5ca8;stroke-width:3}
 svg.stevens .seg.trigger{stroke:#c62828} svg.stevens .ack{fill:none;stroke:#2e7d32;stroke-width:1.5}
 svg.stevens .window{fill:none;stroke:#e08a00;stroke-width:1.5}
@@ -341,7 +341,7 @@ fn arrow_svg(
             out,
             r#"<text class="lostmark" x="{:.1}" y="{:.1}">✕ last seen here</text>"#,
             x2 + if x2 > x1 { 6.0 } else { -120.0 },
-            yb + 4.0
+            yb - 2.0
         );
     }
     let mut line_y = yb + 16.0;
@@ -373,13 +373,17 @@ fn arrow_svg(
 }
 
 /// Who a RST arrow is labelled with: the culprit of each detection it triggered, and of each
-/// detection that blames the address (and port, when named) the RST came from.
+/// detection that blames a sender (not a path or the sensor) at the address (and port, when
+/// named) the RST came from.
 fn culprits_of_rst(a: &Arrow, detections: &[&Detection]) -> Vec<String> {
     let Some(t) = &a.tcp else { return Vec::new() };
     let mut out: Vec<String> = Vec::new();
     for d in detections {
         let triggered = d.evidence.as_ref().is_some_and(|e| e.1 == a.frame);
-        let sender = d.culprit.addr == Some(t.src.0) && d.culprit.port.is_none_or(|p| p == t.src.1);
+        let sends =
+            !matches!(d.culprit.role, Role::FilterBetween | Role::ParallelPaths | Role::Sensor);
+        let sender =
+            sends && d.culprit.addr == Some(t.src.0) && d.culprit.port.is_none_or(|p| p == t.src.1);
         let c = d.culprit.to_string();
         if (triggered || sender) && !out.contains(&c) {
             out.push(c);
