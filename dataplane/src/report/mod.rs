@@ -191,3 +191,85 @@ fn write_atomic(out: &Path, text: &str) -> Result<(), ReportError> {
     std::fs::write(&tmp, text).map_err(err)?;
     std::fs::rename(&tmp, out).map_err(err)
 }
+
+#[cfg(test)]
+mod tests {
+    use dataplane_common::tcp_flags::{ACK, RST, SYN};
+    use wirewatch_testkit::craft::TcpSegment;
+
+    use super::*;
+    use crate::evidence::{EvidenceJob, EvidencePacket};
+
+    const HOSTILE: &str = "<script>alert(1)</script>";
+
+    fn event(kind: &str, t: u64, evidence: Option<(&Path, u32)>) -> serde_json::Value {
+        let mut e = serde_json::json!({
+            "kind": kind, "time_last": format!("t{t}"), "time_last_ns": t,
+            "src_ip": "10.0.0.1", "src_port": 40000, "dest_ip": "10.0.0.2", "dest_port": 80,
+            "vantage": HOSTILE,
+            "culprit": {"role": "peer", "addr": "10.0.0.2", "port": 80, "mac": null, "evidence": []},
+            "explanation": format!("the endpoint 10.0.0.2:80 {HOSTILE}"),
+            "details": {"threshold": HOSTILE},
+        });
+        if let Some((p, n)) = evidence {
+            e["evidence"] = serde_json::json!({"path": p, "packets": [n]});
+        }
+        e
+    }
+
+    #[test]
+    fn the_index_lists_every_detection_and_pages_follow_evidence() {
+        let dir = wirewatch_testkit::tempdir::TempDir::new("report-index");
+        let (c, s) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let mut syn = TcpSegment::new(c, 40000, s, 80);
+        syn.flags = SYN;
+        let mut rst = TcpSegment::new(s, 80, c, 40000);
+        (rst.flags, rst.ack) = (RST | ACK, 1);
+        let evidence = dir.join("1-syn_rejected-w0-1.pcapng");
+        EvidenceJob {
+            path: evidence.clone(),
+            packets: [syn.frame(), rst.frame()]
+                .into_iter()
+                .enumerate()
+                .map(|(i, data)| EvidencePacket {
+                    id: i as u32,
+                    ts_ns: 1_000 + i as u64,
+                    vantage: 0,
+                    orig_len: data.len() as u32,
+                    data,
+                    comment: None,
+                })
+                .collect(),
+            after_left: 0,
+            after_until_ns: 0,
+        }
+        .write(&[HOSTILE.to_string()])
+        .unwrap();
+        let events = [
+            event("syn_flood", 5, None),
+            event("syn_rejected", 2, Some((&evidence, 2))),
+            serde_json::json!({"not": "an event"}),
+        ];
+        let index = write_report(&dir, &events, 3).unwrap();
+        let text = std::fs::read_to_string(&index).unwrap();
+        // Two rows by kind (the aggregate without a page), the rest counted.
+        let flood = text.find("<td>syn_flood").unwrap();
+        let rejected = text.find("<td>syn_rejected").unwrap();
+        assert!(flood < rejected, "by kind");
+        assert!(text[flood..rejected].contains("<td>—</td>"), "the aggregate has no page");
+        assert!(text.contains("href=\"1-syn_rejected-w0-1.html#d-syn_rejected-2\""));
+        assert!(text.contains("3 more detection(s) not listed"));
+        let page = std::fs::read_to_string(dir.join("1-syn_rejected-w0-1.html")).unwrap();
+        for t in [&text, &page] {
+            assert!(!t.contains(HOSTILE) && t.contains(&escape(HOSTILE)), "escaped everywhere");
+            assert!(t.contains(CSP));
+        }
+        assert!(page
+            .contains(r#"class="arrow trigger rst" data-frame="2" data-trigger="syn_rejected""#));
+        assert!(page.contains("culprit: the endpoint 10.0.0.2:80"));
+        assert!(
+            page.contains(r#"<a href="1-syn_rejected-w0-1.pcapng">"#),
+            "the evidence beside it"
+        );
+    }
+}
