@@ -272,6 +272,11 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         std::fs::create_dir_all(d)
             .with_context(|| format!("creating the evidence directory {}", d.display()))?;
     }
+    // Before the analysis: a report directory that cannot be made must not cost it.
+    if let Some(d) = &args.report {
+        std::fs::create_dir_all(d)
+            .with_context(|| format!("creating the report directory {}", d.display()))?;
+    }
 
     // The whole input's last packet time: every worker's clock ends there, so deadlines after
     // its own last packet still fire (the same answer at any worker count).
