@@ -133,8 +133,10 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
             std::thread::available_parallelism().map(std::num::NonZero::get).unwrap_or(1)
         })
         .clamp(1, 64);
+    // A report draws evidence: kept beside it unless kept elsewhere.
+    let evidence_dir = args.evidence_dir.clone().or_else(|| args.report.clone());
     let cfg = EngineConfig {
-        evidence_dir: args.evidence_dir.clone(),
+        evidence_dir: evidence_dir.clone(),
         vantages: vantage_set.clone(),
         record_verdicts: args.verdicts.is_some(),
         ..Default::default()
@@ -173,9 +175,14 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     // One evidence budget for all workers: the files written do not depend on --workers.
     cfg.evidence_per_sec = args.evidence_rate;
     cfg.evidence_budget = Some(dataplane::budget::EvidenceBudget::new(cfg.evidence_per_sec));
-    if let Some(d) = &args.evidence_dir {
+    if let Some(d) = &evidence_dir {
         std::fs::create_dir_all(d)
             .with_context(|| format!("creating the evidence directory {}", d.display()))?;
+    }
+    // Before the analysis: a report directory that cannot be made must not cost it.
+    if let Some(d) = &args.report {
+        std::fs::create_dir_all(d)
+            .with_context(|| format!("creating the report directory {}", d.display()))?;
     }
 
     // The whole input's last packet time: every worker's clock ends there, so deadlines after
@@ -195,6 +202,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         ))),
     };
     let (to_sink, sink_rx) = bounded::<SinkMsg>(workers * 64);
+    let reporting = args.report.is_some();
     // With one vantage no event can precede its worker's watermark; across vantages a packet
     // is reported missing only when its wait (the vantage window, and for an opening SYN the
     // wait for an answer) ends, checked every 10 ms.
@@ -209,7 +217,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     };
     let sink = std::thread::Builder::new()
         .name("ww-analyze-events".into())
-        .spawn(move || EventOrder::new(workers, lateness, events_out).run(sink_rx))?;
+        .spawn(move || EventOrder::new(workers, lateness, events_out, reporting).run(sink_rx))?;
     let mut senders = Vec::new();
     let mut handles = Vec::new();
     for w in 0..workers {
@@ -526,6 +534,15 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     match args.format {
         Format::Table => summary.print_table(&mut out)?,
         Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&summary.json())?)?,
+    }
+    if let Some(dir) = &args.report {
+        let index = dataplane::report::write_report(dir, &order.report, order.report_omitted)
+            .context("writing the report: check that the directory is writable")?;
+        // After a table, one more line; a JSON summary stays one document.
+        match args.format {
+            Format::Table => writeln!(out, "report: {}", index.display())?,
+            Format::Json => eprintln!("report: {}", index.display()),
+        }
     }
     out.flush()?;
     if damaged > 0 {
@@ -934,6 +951,11 @@ struct EventOrder {
     examples: Vec<Option<Event>>,
     endpoints: Vec<TopEndpoints>,
     error: Option<std::io::Error>,
+    /// The events `--report` draws (as their JSON): every one with evidence, and the index's
+    /// rows of the rest up to its limit; `report_omitted` counts the rows left out.
+    report: Vec<serde_json::Value>,
+    report_omitted: u64,
+    reporting: bool,
 }
 
 struct Pending {
@@ -968,7 +990,12 @@ impl Ord for Pending {
 }
 
 impl EventOrder {
-    fn new(workers: usize, lateness: Lateness, out: Option<Box<dyn Write + Send>>) -> Self {
+    fn new(
+        workers: usize,
+        lateness: Lateness,
+        out: Option<Box<dyn Write + Send>>,
+        reporting: bool,
+    ) -> Self {
         Self {
             out,
             aggregator: dataplane::anomaly::aggregate::Aggregator::holding_all(),
@@ -981,6 +1008,9 @@ impl EventOrder {
             examples: (0..KIND_COUNT).map(|_| None).collect(),
             endpoints: (0..KIND_COUNT).map(|_| TopEndpoints::default()).collect(),
             error: None,
+            report: Vec::new(),
+            report_omitted: 0,
+            reporting,
         }
     }
 
@@ -1046,6 +1076,13 @@ impl EventOrder {
         for e in ready.drain(..) {
             self.per_kind[e.kind as usize] += 1;
             self.endpoints[e.kind as usize].add(&e);
+            if self.reporting {
+                if e.evidence.is_some() || self.report.len() < dataplane::report::INDEX_ROWS {
+                    self.report.extend(serde_json::to_value(&e).ok());
+                } else {
+                    self.report_omitted += 1;
+                }
+            }
             if let (Some(out), None) = (self.out.as_mut(), self.error.as_ref()) {
                 let r = serde_json::to_writer(&mut *out, &e)
                     .map_err(std::io::Error::from)

@@ -359,6 +359,24 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let (code, _) =
         get(&t["mon"].name, "127.0.0.1:9464", "/api/evidence/..%2F..%2Fetc%2Fpasswd", None);
     assert_eq!(code, 400);
+    // Its report page, drawn by the event loop beside the file once it was written.
+    let page = Path::new(&path).with_extension("html");
+    let (code, html) = get(
+        &t["mon"].name,
+        "127.0.0.1:9464",
+        &format!("/api/report/{}", page.file_name().unwrap().to_str().unwrap()),
+        None,
+    );
+    assert_eq!(code, 200, "{}", page.display());
+    let html = String::from_utf8_lossy(&html);
+    let n = evs[0]["evidence"]["packets"][0].as_u64().unwrap();
+    assert!(
+        html.contains(&format!(
+            r#"class="arrow trigger rst" data-frame="{n}" data-trigger="syn_rejected""#
+        )),
+        "the refusing RST, frame {n}, is the highlighted trigger:\n{html}"
+    );
+    assert_eq!(html, std::fs::read_to_string(&page).unwrap());
     let (code, body) = get(&t["mon"].name, "127.0.0.1:9464", "/api/flows/top", None);
     assert_eq!(code, 200);
     assert!(String::from_utf8_lossy(&body).contains("10.79.0.2:7009"));

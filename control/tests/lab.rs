@@ -7,6 +7,8 @@ use std::sync::Mutex;
 use serde_json::Value;
 use wirewatch_testkit::netns::privileged_or_skip;
 
+mod chromium;
+
 /// Incidents share the machine's two CPUs with their traffic: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -77,6 +79,31 @@ fn metric(out: &str, kind: &str) -> u64 {
         .unwrap_or_else(|| panic!("no metric for {kind} in:\n{out}"))
 }
 
+/// The lab's report: it prints the index's path, the index lists every expected kind, and each
+/// expected detection's page reads right in Chromium (chromium/mod.rs, `assert_page`). One
+/// screenshot per incident, of its last expected detection's page (the one that names the
+/// culprit: lost_between_sensors, rst_foreign_sender…) down to the trigger; with
+/// WW_SCREENSHOT_DIR set (docs/report/ is made so) it is kept there as `INCIDENT.png`.
+fn assert_report(incident: &str, out: &str, evs: &[Value], expected: &[&str]) {
+    let index = out
+        .lines()
+        .find_map(|l| l.strip_prefix("report: "))
+        .unwrap_or_else(|| panic!("the lab printed no report path:\n{out}"));
+    let dom = chromium::dump_dom(Path::new(index));
+    for k in expected {
+        assert!(dom.contains(&format!("<td>{k}")), "the index lacks {k}");
+    }
+    let pages: Vec<_> = expected.iter().map(|k| chromium::assert_page(event(evs, k))).collect();
+    let shown = event(evs, expected[expected.len() - 1]);
+    let n = shown["evidence"]["packets"][0].as_u64().unwrap();
+    let dir = std::env::var_os("WW_SCREENSHOT_DIR")
+        .map_or_else(|| Path::new(index).parent().unwrap().to_path_buf(), Into::into);
+    let png = dir.join(format!("{incident}.png"));
+    // Down to a few rows past the trigger (a ladder row is 34 px, the header about 300).
+    let height = (360 + 36 * (n as u32 + 4)).clamp(700, 1500);
+    chromium::screenshot(&pages[pages.len() - 1], &png, height);
+}
+
 fn check(incident: &str, expected: &[&str], culprit: impl Fn(&[Value])) {
     let (ok, out, evs) = run_lab(incident, false);
     assert!(ok, "{out}");
@@ -84,6 +111,7 @@ fn check(incident: &str, expected: &[&str], culprit: impl Fn(&[Value])) {
         assert_evidence(event(&evs, k));
         assert!(metric(&out, k) >= 1, "the metrics must count {k}:\n{out}");
     }
+    assert_report(incident, &out, &evs, expected);
     culprit(&evs);
     let (ok, out, evs) = run_lab(incident, true);
     assert!(ok, "control: {out}");

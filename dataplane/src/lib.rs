@@ -14,6 +14,7 @@ pub mod nicstats;
 pub mod packet;
 pub mod pcapng;
 pub mod pipeline;
+pub mod report;
 pub mod schema;
 pub mod seq;
 pub mod tcp;

@@ -382,6 +382,10 @@ pub fn lab(args: LabArgs) -> Result<()> {
         outcomes.push(o);
         drop(lab); // tears the namespaces down
     }
+    // The incidents drawn: an index of every detection, a page per evidence file beside it.
+    let events: Vec<Value> = outcomes.iter().flat_map(|o| o.events.iter().cloned()).collect();
+    let report = dataplane::report::write_report(&evidence, &events, 0)?;
+    println!("report: {}\n", report.display());
     println!(
         "{:<20} {:<50} result",
         "incident",

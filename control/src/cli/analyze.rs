@@ -31,6 +31,14 @@ pub struct AnalyzeArgs {
     /// commented (open it in Wireshark).
     #[arg(long, value_name = "DIR")]
     pub evidence_dir: Option<PathBuf>,
+    /// Draw each detection: DIR/index.html lists them by kind and time, and each evidence
+    /// file gets a page (`<evidence name>.html`: the ladder of its packets, the time–sequence
+    /// graph for retransmissions, the explanation and thresholds). Self-contained HTML, no
+    /// script; open it in any browser. Pages follow evidence: without --evidence-dir the
+    /// evidence is kept in DIR too, and a detection over --evidence-rate gets an index row
+    /// and no page (docs/report.md).
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
     /// Evidence files written per second of capture time at most, 0.1 to 100000, or
     /// `unlimited` (offline, every detection can keep its evidence).
     #[arg(long, value_name = "N|unlimited", default_value = "10",

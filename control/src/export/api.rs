@@ -471,7 +471,7 @@ pub fn percent_decode(s: &str, plus: bool) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-const ENDPOINTS: &str = "endpoints: /metrics /healthz /api/events?kind=&since=&limit= /api/evidence/{id} /api/flows/top\n";
+const ENDPOINTS: &str = "endpoints: /metrics /healthz /api/events?kind=&since=&limit= /api/evidence/{id} /api/report/{id} /api/flows/top\n";
 
 /// The answer to one request (the server's only entry into the rest of wirewatch; fuzzed).
 pub fn respond(
@@ -605,6 +605,35 @@ pub fn respond(
                 }
             }
         }
+        p if p.starts_with("/api/report/") => {
+            let id = percent_decode(&p["/api/report/".len()..], false);
+            // The page of an evidence file: its name with .html, nothing else.
+            let Some(id) = id.filter(|id| {
+                id.strip_suffix(".html").is_some_and(|stem| {
+                    dataplane::evidence::is_evidence_name(&format!("{stem}.pcapng"))
+                })
+            }) else {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "report ids are evidence file names with .html, like 1700000000000-syn_rejected-w0-1.html\n",
+                );
+            };
+            match std::fs::read(ctx.evidence_dir.join(id)) {
+                Ok(bytes) => {
+                    let mut r = with_type(StatusCode::OK, "text/html; charset=utf-8", bytes);
+                    // The page says it too; the header holds for a browser that ignores it.
+                    r.headers_mut().insert(
+                        hyper::header::CONTENT_SECURITY_POLICY,
+                        HeaderValue::from_static(dataplane::report::CSP),
+                    );
+                    r
+                }
+                Err(_) => text(
+                    StatusCode::NOT_FOUND,
+                    "no such report (removed by retention with its evidence?)\n",
+                ),
+            }
+        }
         _ => text(StatusCode::NOT_FOUND, ENDPOINTS),
     }
 }
@@ -732,6 +761,40 @@ mod tests {
         }
         let r = respond(&c, &Method::GET, "/api/evidence/1-syn_rejected-w0-1.pcapng", None, None);
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn report_ids_are_our_page_names_only() {
+        let c = ctx(None);
+        for id in [
+            "..%2F1-syn_rejected-w0-1.html",
+            "index.html",
+            "1-syn_rejected-w0-1.pcapng",
+            "1-syn_rejected-w0-1.html.tmp",
+            "1-not_a_kind-w0-1.html",
+            "%2e%2e",
+        ] {
+            let r = respond(&c, &Method::GET, &format!("/api/report/{id}"), None, None);
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{id}");
+        }
+        let r = respond(&c, &Method::GET, "/api/report/1-syn_rejected-w0-1.html", None, None);
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn a_report_is_served_as_html_under_its_policy_and_the_token() {
+        let dir = std::env::temp_dir().join(format!("ww-api-unit-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("1-syn_rejected-w0-1.html"), "<!DOCTYPE html><p>page</p>").unwrap();
+        let c = Ctx { evidence_dir: dir.clone(), ..ctx(Some("s3cret")) };
+        let path = "/api/report/1-syn_rejected-w0-1.html";
+        let r = respond(&c, &Method::GET, path, None, None);
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "the evidence's token rules");
+        let r = respond(&c, &Method::GET, path, None, Some(b"Bearer s3cret"));
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()[CONTENT_TYPE], "text/html; charset=utf-8");
+        assert_eq!(r.headers()[hyper::header::CONTENT_SECURITY_POLICY], dataplane::report::CSP);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

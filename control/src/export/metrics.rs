@@ -55,10 +55,11 @@ const IFACE_RX_DROPPED: &str = "wirewatch_interface_rx_dropped_total";
 const DRIVER_RX_DROPS: &str = "wirewatch_driver_rx_drops_total";
 /// Frames the engines processed (from their own queue or handed over by another worker).
 const ENGINE_FRAMES: &str = "wirewatch_engine_frames_total";
-/// Writes that failed, by output (`events`, `stdout`, `record`, `retention`); each is logged too.
+/// Writes that failed, by output (`events`, `stdout`, `record`, `retention`, `report`); each is
+/// logged too.
 pub const OUTPUT_FAILED: &str = "wirewatch_output_failures_total";
 /// The outputs of [`OUTPUT_FAILED`] (evidence files have their own counter).
-const OUTPUTS: [&str; 4] = ["events", "stdout", "record", "retention"];
+const OUTPUTS: [&str; 5] = ["events", "stdout", "record", "retention", "report"];
 /// Frames that did not reach the `--record` file (its queue was full or its writes failed).
 const RECORD_DROPPED: &str = "wirewatch_record_frames_dropped_total";
 /// Open connections of the HTTP server (metrics, health, API).

@@ -115,8 +115,11 @@ pub fn event_loop(
     let mut aggregator = dataplane::anomaly::aggregate::Aggregator::default();
     let mut ready: Vec<Event> = Vec::new();
     let mut last_event: Option<(u64, std::time::Instant)> = None;
+    // Both the events and the evidence files draw pages: shared by the writer and the loop.
+    let pages = std::cell::RefCell::new(crate::outputs::report::Pages::default());
     let mut write_event = |e: Event| {
         events += 1;
+        pages.borrow_mut().event(&e);
         if let Some(path) = cfg.events_file.as_ref() {
             // A SIGHUP's reopen, or a file that could not be (re)opened before, tried again
             // every few seconds.
@@ -197,6 +200,7 @@ pub fn event_loop(
             Output::Evidence(job) => {
                 if cfg.retention.write(&job, &cfg.vantages.names()) {
                     written += 1;
+                    pages.borrow_mut().evidence_written(&job.path);
                 } else {
                     failed += 1;
                 }

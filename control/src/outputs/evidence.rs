@@ -117,6 +117,13 @@ impl Retention {
                 Ok(()) => {
                     self.removed += 1;
                     crate::export::metrics::evidence_removed();
+                    // Its report page goes with it (a page without its evidence links nowhere).
+                    let page = crate::outputs::report::page_of(&path);
+                    if let Err(e) = std::fs::remove_file(&page) {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            log::warn!("evidence retention: cannot remove {}: {e}", page.display());
+                        }
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
@@ -188,6 +195,30 @@ mod tests {
         // Age: a zero age limit removes what a new run finds.
         let r2 = Retention::new(&dir.0, u64::MAX, Duration::ZERO);
         assert_eq!(r2.removed, 2);
+    }
+
+    #[test]
+    fn a_report_page_goes_with_its_evidence_file() {
+        let dir = Dir::new("page");
+        let mut r = Retention::new(&dir.0, 1500, Duration::from_hours(1));
+        let mut pages = Vec::new();
+        for i in 0..2 {
+            let p = dir.0.join(ours(i));
+            std::fs::write(&p, vec![0u8; 1000]).unwrap();
+            let page = crate::outputs::report::page_of(&p);
+            std::fs::write(&page, "<!DOCTYPE html>").unwrap();
+            pages.push(page);
+            r.added(&p);
+        }
+        // The older evidence file went over the limit, and its page with it.
+        assert_eq!(r.removed, 1);
+        assert!(!pages[0].exists(), "{}", pages[0].display());
+        assert!(pages[1].exists());
+        // A user's own page of the same stem as no evidence file stays.
+        let own = dir.0.join("notes.html");
+        std::fs::write(&own, "mine").unwrap();
+        let _ = Retention::new(&dir.0, 0, Duration::ZERO);
+        assert!(own.exists() && !pages[1].exists());
     }
 
     /// A user's own captures, other files and directories in the evidence directory survive

@@ -4,3 +4,4 @@ pub(crate) mod events;
 pub(crate) mod evidence;
 pub(crate) mod failing;
 pub(crate) mod recorder;
+pub(crate) mod report;
