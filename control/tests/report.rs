@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use dataplane_common::tcp_flags::{ACK, PSH, RST, SYN};
-use wirewatch_testkit::craft::TcpSegment;
+use wirewatch_testkit::craft::{write_pcap, TcpSegment};
 use wirewatch_testkit::tempdir::TempDir;
 
 mod chromium;
@@ -27,22 +27,6 @@ fn seg(from_client: bool, cport: u16, seq: u32, ack: u32, flags: u8, len: usize)
     (s.seq, s.ack, s.flags, s.payload_len) = (seq, ack, flags, len);
     s.ip_id = seq as u16;
     s.frame()
-}
-
-/// A pcap (microsecond, Ethernet) of `frames` as (time ns, bytes).
-fn write_pcap(path: &Path, frames: &[(u64, Vec<u8>)]) {
-    let mut b = Vec::new();
-    for v in [0xa1b2_c3d4u32, 0x0004_0002, 0, 0, 262_144, 1] {
-        b.extend_from_slice(&v.to_le_bytes());
-    }
-    for (ts, f) in frames {
-        let (sec, usec) = (ts / 1_000_000_000, ts % 1_000_000_000 / 1000);
-        for v in [sec as u32, usec as u32, f.len() as u32, f.len() as u32] {
-            b.extend_from_slice(&v.to_le_bytes());
-        }
-        b.extend_from_slice(f);
-    }
-    std::fs::write(path, b).unwrap();
 }
 
 /// Two connections: one refused by a RST (syn_rejected), one whose second segment is sent
@@ -68,7 +52,8 @@ fn capture(path: &Path) {
             (t(6215), seg(true, 40002, c + 1001, s + 1, PSH | ACK, 1000)),
             (t(6216), seg(false, 40002, s + 1, c + 2001, ACK, 0)),
         ],
-    );
+    )
+    .unwrap();
 }
 
 fn analyze(dir: &Path, file: &Path) -> Vec<serde_json::Value> {

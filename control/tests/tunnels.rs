@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dataplane::capture::CaptureReader;
+use wirewatch_testkit::craft::write_pcap;
 use wirewatch_testkit::encap::{wrap, Encap, Outer};
 use wirewatch_testkit::netns::{privileged_or_skip, Netns};
 use wirewatch_testkit::tempdir::TempDir;
@@ -113,23 +114,6 @@ fn record(file: &Path) {
     for t in servers {
         let _ = t.join();
     }
-}
-
-/// A pcap (microsecond, Ethernet) of `frames` as (time ns, bytes).
-fn write_pcap(path: &Path, frames: &[(u64, Vec<u8>)]) {
-    let mut b = Vec::new();
-    // Magic, version 2.4 (two little-endian u16s), thiszone, sigfigs, snaplen, Ethernet.
-    for v in [0xa1b2_c3d4u32, 0x0004_0002, 0, 0, 262_144, 1] {
-        b.extend_from_slice(&v.to_le_bytes());
-    }
-    for (ts, f) in frames {
-        let (sec, usec) = (ts / 1_000_000_000, ts % 1_000_000_000 / 1000);
-        for v in [sec as u32, usec as u32, f.len() as u32, f.len() as u32] {
-            b.extend_from_slice(&v.to_le_bytes());
-        }
-        b.extend_from_slice(f);
-    }
-    std::fs::write(path, b).unwrap();
 }
 
 struct Run {
@@ -244,7 +228,7 @@ fn every_tunnel_gives_the_events_of_the_plain_capture() {
             let wrapped: Vec<_> =
                 frames.iter().map(|(ts, f)| (*ts, wrap(f, &encap, outer))).collect();
             let file = dir.join(format!("{tag}.pcap"));
-            write_pcap(&file, &wrapped);
+            write_pcap(&file, &wrapped).unwrap();
             assert_eq!(tshark_tcp_frames(&file), frames.len(), "{tag}: tshark sees every frame");
             let run = analyze(&dir, &file);
             assert_eq!(run.summary["packets"].as_u64(), Some(packets), "{tag}");

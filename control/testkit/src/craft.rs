@@ -221,6 +221,24 @@ pub fn describe(flags: u8) -> String {
     s
 }
 
+/// Writes a classic pcap (microsecond timestamps, Ethernet) of `frames`, each (time in ns,
+/// bytes), as tcpdump would.
+pub fn write_pcap(path: &std::path::Path, frames: &[(u64, Vec<u8>)]) -> std::io::Result<()> {
+    let mut b = Vec::new();
+    // Magic, version 2.4 (two little-endian u16s), thiszone, sigfigs, snaplen, Ethernet.
+    for v in [0xa1b2_c3d4u32, 0x0004_0002, 0, 0, 262_144, 1] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    for (ts, f) in frames {
+        let (sec, usec) = (ts / 1_000_000_000, ts % 1_000_000_000 / 1000);
+        for v in [sec as u32, usec as u32, f.len() as u32, f.len() as u32] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(f);
+    }
+    std::fs::write(path, b)
+}
+
 #[cfg(test)]
 mod tests {
     use dataplane_common::classify;
