@@ -11,9 +11,14 @@ use std::time::{Duration, SystemTime};
 
 use dataplane::evidence::{is_evidence_name, EvidenceJob};
 
-/// The temporary name an evidence file is written under before it is renamed into place.
+/// The temporary name an evidence file (`….pcapng.tmp`) or its report page (`….html.tmp`) is
+/// written under before it is renamed into place.
 fn is_evidence_tmp_name(name: &str) -> bool {
-    name.strip_suffix(".tmp").is_some_and(is_evidence_name)
+    name.strip_suffix(".tmp").is_some_and(|n| {
+        is_evidence_name(n)
+            || n.strip_suffix(".html")
+                .is_some_and(|stem| is_evidence_name(&format!("{stem}.pcapng")))
+    })
 }
 
 pub struct Retention {
@@ -63,7 +68,6 @@ impl Retention {
         r
     }
 
-    /// Records a file just written and removes the oldest past the limits.
     /// Writes one evidence file and keeps it under retention. A full or unwritable disk never
     /// stops monitoring: the failure is logged and counted, and the answer is false.
     pub fn write(&mut self, job: &EvidenceJob, vantage_names: &[String]) -> bool {
@@ -82,6 +86,7 @@ impl Retention {
         }
     }
 
+    /// Records a file just written and removes the oldest past the limits.
     pub fn added(&mut self, path: &Path) {
         if let Ok(m) = std::fs::metadata(path) {
             self.total += m.len();
@@ -175,6 +180,10 @@ mod tests {
             assert!(!is_evidence_name(not), "{not}");
         }
         assert!(is_evidence_tmp_name("1700000000000-syn_rejected-w0-1.pcapng.tmp"));
+        assert!(is_evidence_tmp_name("1700000000000-syn_rejected-w0-1.html.tmp"));
+        for not in ["index.html.tmp", "1700000000000-syn_rejected-w0-1.html", "x.html.tmp"] {
+            assert!(!is_evidence_tmp_name(not), "{not}");
+        }
     }
 
     #[test]
