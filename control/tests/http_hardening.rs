@@ -211,15 +211,24 @@ fn idle_floods_huge_headers_and_unread_pipelines_never_silence_healthz() {
     // The scrape's own connection may have just evicted another one still closing.
     assert!(open <= cap + 1.0, "{open} connections open, cap {cap}");
 
-    // 2. A header just over the limit is answered 431 (it fits the socket buffers, so the
-    // whole request is sent before the server answers).
+    // 2. A header over the limit is answered 431, and the client gets to read it: the server
+    // answers as soon as the limit is passed, then keeps draining what the client still sends
+    // (a lingering close). The rest of the head comes in pieces after pauses, so a server that
+    // closed at once would have answered the second piece with a RST and failed the third
+    // write with a broken pipe.
     let (status, _) = in_ns(&ns.name, || {
         let mut s = TcpStream::connect(ADDR).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let big = "a".repeat(64 << 10);
-        write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").unwrap();
+        let piece = "a".repeat(20 << 10);
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: {piece}").unwrap();
+        for i in 0..2 {
+            std::thread::sleep(Duration::from_millis(200));
+            s.write_all(piece.as_bytes())
+                .unwrap_or_else(|e| panic!("piece {} of an oversized head: {e}", i + 2));
+        }
+        s.write_all(b"\r\n\r\n").unwrap();
         let mut buf = Vec::new();
-        let _ = s.read_to_end(&mut buf);
+        s.read_to_end(&mut buf).expect("the 431 and a clean close");
         let text = String::from_utf8_lossy(&buf).to_string();
         (text.split_whitespace().nth(1).map(String::from), text)
     });

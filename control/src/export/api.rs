@@ -308,50 +308,97 @@ where
 }
 
 /// Serves one connection until it ends, is evicted or stalls.
-async fn connection<S>(stream: S, state: Arc<ConnState>, ctx: Arc<Ctx>)
+async fn connection<S>(mut stream: S, state: Arc<ConnState>, ctx: Arc<Ctx>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let io = hyper_util::rt::TokioIo::new(Tracked { stream, state: state.clone() });
-    let service_state = state.clone();
-    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-        let (ctx, state) = (ctx.clone(), service_state.clone());
-        async move {
-            state.in_service.fetch_add(1, Relaxed);
-            let auth = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
-            let resp = respond(&ctx, req.method(), req.uri().path(), req.uri().query(), auth);
-            state.in_service.fetch_sub(1, Relaxed);
-            Ok::<_, std::convert::Infallible>(resp)
-        }
-    });
-    let mut h1 = hyper::server::conn::http1::Builder::new();
-    h1.timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .max_header_size(MAX_HEADER_BYTES)
-        .max_buf_size(MAX_HEADER_BYTES * 4)
-        .max_headers(64)
-        .keep_alive(true);
-    let conn = h1.serve_connection(io, service);
-    let mut conn = std::pin::pin!(conn);
     let evicted = state.evict.notified();
     let mut evicted = std::pin::pin!(evicted);
-    let mut watchdog = tokio::time::interval(Duration::from_secs(1));
-    std::future::poll_fn(|cx| {
-        // Errors (a closed socket, a timed-out or oversized head) end the connection; hyper
-        // has already answered what deserves an answer (431, 400).
-        if conn.as_mut().poll(cx).is_ready() || evicted.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(());
+    let ended_by_hyper = {
+        let io =
+            hyper_util::rt::TokioIo::new(Tracked { stream: &mut stream, state: state.clone() });
+        let service_state = state.clone();
+        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let (ctx, state) = (ctx.clone(), service_state.clone());
+            async move {
+                state.in_service.fetch_add(1, Relaxed);
+                let auth = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
+                let resp = respond(&ctx, req.method(), req.uri().path(), req.uri().query(), auth);
+                state.in_service.fetch_sub(1, Relaxed);
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        });
+        let mut h1 = hyper::server::conn::http1::Builder::new();
+        h1.timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .max_header_size(MAX_HEADER_BYTES)
+            .max_buf_size(MAX_HEADER_BYTES * 4)
+            .max_headers(64)
+            .keep_alive(true);
+        let conn = h1.serve_connection(io, service);
+        let mut conn = std::pin::pin!(conn);
+        let mut watchdog = tokio::time::interval(Duration::from_secs(1));
+        std::future::poll_fn(|cx| {
+            // Errors (a closed socket, a timed-out or oversized head) end the connection;
+            // hyper has already answered what deserves an answer (431, 400).
+            if conn.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(true);
+            }
+            if evicted.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(false);
+            }
+            while watchdog.poll_tick(cx).is_ready() {
+                let quiet = now_ms().saturating_sub(state.last_ms.load(Relaxed));
+                if quiet > STALL_TIMEOUT.as_millis() as u64 {
+                    crate::export::metrics::http_closed("stalled");
+                    return Poll::Ready(false);
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    };
+    if ended_by_hyper {
+        // Still in the registry: an eviction cuts the lingering short.
+        let lingering = linger(&mut stream);
+        let mut lingering = std::pin::pin!(lingering);
+        std::future::poll_fn(|cx| {
+            if lingering.as_mut().poll(cx).is_ready() || evicted.as_mut().poll(cx).is_ready() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+}
+
+/// The longest a closed connection keeps reading what its client still sends.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+/// The most a closed connection reads and discards.
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Closes a connection in stages, as RFC 9112 §9.6 asks: the answer is already sent, so the
+/// sending side is shut (FIN) and what the client is still sending is read and discarded,
+/// for a bounded time and number of bytes, before the socket closes. Closing with unread
+/// input at once makes the kernel answer with a RST, which can reach the client before it
+/// has read the answer (a 431 to an oversized head would then be lost as a broken pipe).
+async fn linger<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let drain = async {
+        if stream.shutdown().await.is_err() {
+            return;
         }
-        while watchdog.poll_tick(cx).is_ready() {
-            let quiet = now_ms().saturating_sub(state.last_ms.load(Relaxed));
-            if quiet > STALL_TIMEOUT.as_millis() as u64 {
-                crate::export::metrics::http_closed("stalled");
-                return Poll::Ready(());
+        let mut buf = vec![0u8; 16 << 10];
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
             }
         }
-        Poll::Pending
-    })
-    .await;
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
 
 /// A stream that notes when a byte last moved, for the stall check and eviction order.
