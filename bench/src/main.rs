@@ -12,6 +12,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 use dataplane::engine::{Engine, EngineConfig};
 use dataplane::packet::decode;
+use dataplane::worker::RawFrame;
 use wirewatch_testkit::topology::Topology;
 
 mod bpf;
@@ -105,6 +106,9 @@ fn engine_config() -> EngineConfig {
     EngineConfig { flow_capacity: 1 << 21, ..Default::default() }
 }
 
+/// Frames a replay hands the engine at a time (a receive ring's batch).
+const REPLAY_BATCH: usize = 256;
+
 /// One replay's cost, measured on the replaying thread.
 #[derive(Clone, Copy)]
 struct Replay {
@@ -114,14 +118,21 @@ struct Replay {
 }
 
 /// The whole engine (decode, dedup, flow table, TCP tracking, detectors, evidence history) over
-/// frames `idx` of the capture, on the calling thread. CPU time is this thread's own
-/// (RUSAGE_THREAD), so page faults on the engine's tables count and other threads do not.
-fn replay(cap: &gen::Capture, idx: &[u32], worker: usize) -> Replay {
-    let mut e = Engine::new(engine_config(), worker);
+/// frames `idx` of the capture, on the calling thread, as worker `worker` of `workers` (which
+/// share the evidence history's budget, as in `run` and `analyze`). CPU time is this thread's
+/// own (RUSAGE_THREAD), so page faults on the engine's tables count and other threads do not.
+fn replay(cap: &gen::Capture, idx: &[u32], worker: usize, workers: usize) -> Replay {
+    let mut e = Engine::new(engine_config().per_worker(workers), worker);
+    // In batches, as a worker takes them from its ring (the flow look-ups are batched).
+    let mut batch = Vec::with_capacity(REPLAY_BATCH);
     let (cpu0, t) = (thread_cpu(), Instant::now());
-    for &i in idx {
-        let (data, orig, ts) = cap.frame(i as usize);
-        e.process_frame(data, orig, ts, 0, 0);
+    for chunk in idx.chunks(REPLAY_BATCH) {
+        batch.clear();
+        batch.extend(chunk.iter().map(|&i| {
+            let (data, orig_len, ts_ns) = cap.frame(i as usize);
+            RawFrame { data, orig_len, ts_ns, vantage: 0 }
+        }));
+        e.process_frames(&batch, 0);
     }
     e.finish();
     let (cpu, wall) = (thread_cpu().saturating_sub(cpu0), t.elapsed());
@@ -871,12 +882,12 @@ fn main() -> Result<()> {
         let mut twos: Vec<(Duration, Duration)> = Vec::new();
         let mut ratios = Vec::new();
         for _ in 0..args.replays.max(1) {
-            let one = replay(&cap, &all, 0);
+            let one = replay(&cap, &all, 0, 1);
             let two = std::thread::scope(|s| {
                 let hs: Vec<_> = shards
                     .iter()
                     .enumerate()
-                    .map(|(w, idx)| s.spawn(move || replay(cap_ref, idx, w)))
+                    .map(|(w, idx)| s.spawn(move || replay(cap_ref, idx, w, 2)))
                     .collect();
                 hs.into_iter()
                     .map(|h| h.join().expect("a replay thread panicked"))

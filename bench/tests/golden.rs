@@ -8,8 +8,11 @@ use std::path::PathBuf;
 
 use bench::gen;
 use dataplane::engine::{Engine, EngineConfig};
+use dataplane::worker::RawFrame;
 
-fn replay_text() -> String {
+/// The replay's verdicts, events and counters; `batched`: through `process_frames` (the
+/// look-ahead path analyze and the benchmark use) instead of one `process_frame` at a time.
+fn replay_text(batched: bool) -> String {
     let dir = std::env::temp_dir().join(format!("ww-golden-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let model =
@@ -19,9 +22,28 @@ fn replay_text() -> String {
     // A fixed sensor name: the golden file does not depend on the machine it is made on.
     let cfg = EngineConfig { record_verdicts: true, host: "golden".into(), ..Default::default() };
     let mut e = Engine::new(cfg, 0);
-    for i in 0..cap.frames.len() {
-        let (data, orig, ts) = cap.frame(i);
-        e.process_frame(data, orig, ts, 0, i as u64 + 1);
+    if batched {
+        // Uneven batches, so that look-ahead windows straddle their ends.
+        let mut start = 0;
+        for n in (1..).map(|k| [1, 7, 64, 300][k % 4]) {
+            if start == cap.frames.len() {
+                break;
+            }
+            let end = (start + n).min(cap.frames.len());
+            let frames: Vec<RawFrame<'_>> = (start..end)
+                .map(|i| {
+                    let (data, orig_len, ts_ns) = cap.frame(i);
+                    RawFrame { data, orig_len, ts_ns, vantage: 0 }
+                })
+                .collect();
+            e.process_frames(&frames, start as u64 + 1);
+            start = end;
+        }
+    } else {
+        for i in 0..cap.frames.len() {
+            let (data, orig, ts) = cap.frame(i);
+            e.process_frame(data, orig, ts, 0, i as u64 + 1);
+        }
     }
     e.finish();
     let mut out = String::new();
@@ -48,28 +70,31 @@ fn replay_text() -> String {
 
 #[test]
 fn replay_matches_the_golden_file() {
-    let got = replay_text();
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden/replay.txt");
     if std::env::var_os("WIREWATCH_BLESS").is_some() {
-        std::fs::write(&path, &got).unwrap();
+        std::fs::write(&path, replay_text(false)).unwrap();
         return;
     }
     let want = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("{}: {e} (generate it with WIREWATCH_BLESS=1)", path.display()));
-    if got != want {
-        let first = got
-            .lines()
-            .zip(want.lines())
-            .position(|(a, b)| a != b)
-            .unwrap_or(got.lines().count().min(want.lines().count()));
-        panic!(
-            "the replay differs from {} at line {}:\n  got:  {}\n  want: {}\n({} vs {} lines)",
-            path.display(),
-            first + 1,
-            got.lines().nth(first).unwrap_or("<end>"),
-            want.lines().nth(first).unwrap_or("<end>"),
-            got.lines().count(),
-            want.lines().count()
-        );
+    for batched in [false, true] {
+        let got = replay_text(batched);
+        if got != want {
+            let first = got
+                .lines()
+                .zip(want.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or(got.lines().count().min(want.lines().count()));
+            panic!(
+                "the replay ({}) differs from {} at line {}:\n  got:  {}\n  want: {}\n({} vs {} lines)",
+                if batched { "batched" } else { "one frame at a time" },
+                path.display(),
+                first + 1,
+                got.lines().nth(first).unwrap_or("<end>"),
+                want.lines().nth(first).unwrap_or("<end>"),
+                got.lines().count(),
+                want.lines().count()
+            );
+        }
     }
 }

@@ -9,7 +9,7 @@ use crossbeam_channel::bounded;
 use dataplane::anomaly::setup::PathNote;
 use dataplane::anomaly::{Event, Kind, KIND_COUNT};
 use dataplane::capture::CaptureError;
-use dataplane::engine::{Engine, EngineConfig, EngineStats};
+use dataplane::engine::{Engine, EngineConfig, EngineStats, Feed};
 use dataplane::pipeline::shard_of;
 
 use crate::cli::analyze::{AnalyzeArgs, Format};
@@ -226,7 +226,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         let free_tx = free_tx.clone();
         let to_sink = to_sink.clone();
         senders.push(tx);
-        let cfg = cfg.clone();
+        let cfg = cfg.per_worker(workers);
         let names = names.clone();
         handles.push(std::thread::Builder::new().name(format!("ww-analyze-{w}")).spawn(
             move || {
@@ -265,29 +265,35 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
                 // Frame numbers carry the vantage in their top 16 bits inside the engine.
                 let vantage_of = |n: u64| (n >> 48) as u16;
                 for mut batch in rx {
-                    for f in &batch.frames {
-                        match f.mark {
-                            Mark::Frame => {}
-                            Mark::Watermark => continue,
-                            Mark::TimeJump { from_ns, to_ns } => {
+                    let bytes = &batch.bytes;
+                    e.process_batch(
+                        &batch.frames,
+                        |f| {
+                            let (Mark::Frame, Ok(pkt)) = (&f.mark, &f.pkt) else { return None };
+                            Some(Feed {
+                                pkt,
+                                raw: &bytes[f.start as usize..(f.start + f.len) as usize],
+                                frame_no: (f.vantage as u64) << 48 | f.frame_no,
+                                expected: f.expected,
+                            })
+                        },
+                        |e, f| match (f.mark, &f.pkt) {
+                            (Mark::TimeJump { from_ns, to_ns }, _) => {
                                 e.time_jump(f.vantage, from_ns, to_ns, w == 0);
-                                last_ts = to_ns;
-                                continue;
                             }
-                        }
-                        let no = (f.vantage as u64) << 48 | f.frame_no;
-                        match &f.pkt {
-                            Ok(p) => {
-                                last_ts = p.ts_ns;
-                                e.process_expecting(
-                                    p,
-                                    &batch.bytes[f.start as usize..(f.start + f.len) as usize],
-                                    no,
-                                    f.expected,
-                                );
-                            }
-                            Err(o) => e.undecodable(*o),
-                        }
+                            (Mark::Frame, Err(o)) => e.undecodable(*o),
+                            _ => {}
+                        },
+                    );
+                    // The time of the batch's last packet or time jump, whichever came last.
+                    if let Some(t) =
+                        batch.frames.iter().rev().find_map(|f| match (f.mark, &f.pkt) {
+                            (Mark::TimeJump { to_ns, .. }, _) => Some(to_ns),
+                            (Mark::Frame, Ok(p)) => Some(p.ts_ns),
+                            _ => None,
+                        })
+                    {
+                        last_ts = t;
                     }
                     // The merged input's time: deadlines before it fire now (one below it, so a
                     // packet at exactly that time, still on its way, counts first).

@@ -162,7 +162,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     let mut new_sink = |id: usize| {
         EngineSink::new(
-            Engine::new(engine_cfg.clone(), id),
+            Engine::new(engine_cfg.per_worker(nworkers), id),
             id,
             inbox_rx.pop().expect("one inbox per worker"),
             record_thread.as_ref().map(RecordSender::new),

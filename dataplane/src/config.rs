@@ -22,6 +22,10 @@ pub struct EngineConfig {
     pub side_capacity: usize,
     pub idle_timeout_ns: u64,
     pub closed_timeout_ns: u64,
+    /// The evidence history's memory for the whole process (default 64 MiB), shared out
+    /// equally among the workers by [`per_worker`](Self::per_worker): each worker sees its
+    /// share of the packets, so every share reaches as far back in time as one worker's
+    /// whole history would.
     pub history_bytes: usize,
     pub evidence_dir: Option<PathBuf>,
     pub evidence_before_packets: usize,
@@ -80,6 +84,16 @@ impl Default for EngineConfig {
             community_id_seed: 0,
             host: host_name(),
         }
+    }
+}
+
+impl EngineConfig {
+    /// The configuration of one of `workers` engines: the process-wide budgets (the evidence
+    /// history) shared out. Flow capacity is per worker already (`--max-flows`).
+    pub fn per_worker(&self, workers: usize) -> Self {
+        let mut c = self.clone();
+        c.history_bytes = self.history_bytes / workers.max(1);
+        c
     }
 }
 

@@ -798,6 +798,7 @@ impl Ctx<'_> {
         self.side_state.get_mut(self.flow_ref.slot)
     }
     /// The highest SEQ of `side` its peer can acknowledge without acking bytes we never saw.
+    #[inline]
     pub fn ackable(&self, side: usize) -> SeqNumber {
         match self.extra_ref().and_then(|x| x.lost_mark) {
             Some((mark, s)) if s as usize == side => mark,
@@ -805,6 +806,7 @@ impl Ctx<'_> {
         }
     }
     /// Everything `side` was seen sending is ackable again.
+    #[inline]
     pub fn clear_lost_mark(&mut self, side: usize) {
         if let Some(x) = self.extra_mut() {
             if x.lost_mark.is_some_and(|(_, s)| s as usize == side) {
