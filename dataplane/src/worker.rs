@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::xsk::{SocketStats, XskQueue};
+use crate::xsk::{SocketStats, XskQueue, RX_CHUNK};
 
 /// One received frame as the engine sees it.
 #[derive(Clone, Copy, Debug)]
@@ -25,6 +25,13 @@ pub struct RawFrame<'a> {
 /// Where a worker hands its frames: the flow engine, a recorder, or both.
 pub trait FrameSink: Send + 'static {
     fn frame(&mut self, f: &RawFrame<'_>);
+    /// Frames received together, in order (at most [`RX_CHUNK`]): [`frame`](Self::frame) for
+    /// each unless the sink does better with the whole lot.
+    fn frames(&mut self, fs: &[RawFrame<'_>]) {
+        for f in fs {
+            self.frame(f);
+        }
+    }
     /// Our own rings dropped `lost` frames on `vantage` since the last call.
     fn capture_loss(&mut self, _vantage: u16, _lost: u64, _now_ns: u64) {}
     /// Called after each received batch (also when it was empty).
@@ -163,16 +170,26 @@ impl Worker {
                 // 10 ms: frames handed over by other workers wait in the sink's inbox until
                 // this loop comes round.
                 let timeout = if stopping { 0 } else { 10 };
-                let got = xsk.recv_batch(timeout, |rx| {
-                    let (ts_ns, orig_len) = if let Some(m) = rx.meta {
-                        (m.rx_ns.wrapping_add(offset), m.orig_len)
-                    } else {
-                        counters.no_meta.fetch_add(1, Relaxed);
-                        (realtime_ns(), rx.data.len() as u32)
-                    };
-                    counters.packets.fetch_add(1, Relaxed);
-                    counters.bytes.fetch_add(orig_len as u64, Relaxed);
-                    sink.frame(&RawFrame { data: rx.data, orig_len, ts_ns, vantage });
+                let got = xsk.recv_batch(timeout, |chunk| {
+                    let mut frames =
+                        [RawFrame { data: &[], orig_len: 0, ts_ns: 0, vantage }; RX_CHUNK];
+                    let (mut no_meta, mut bytes) = (0, 0);
+                    for (rx, raw) in chunk.iter().zip(frames.iter_mut()) {
+                        let (ts_ns, orig_len) = if let Some(m) = rx.meta {
+                            (m.rx_ns.wrapping_add(offset), m.orig_len)
+                        } else {
+                            no_meta += 1;
+                            (realtime_ns(), rx.data.len() as u32)
+                        };
+                        bytes += u64::from(orig_len);
+                        *raw = RawFrame { data: rx.data, orig_len, ts_ns, vantage };
+                    }
+                    counters.packets.fetch_add(chunk.len() as u64, Relaxed);
+                    counters.bytes.fetch_add(bytes, Relaxed);
+                    if no_meta > 0 {
+                        counters.no_meta.fetch_add(no_meta, Relaxed);
+                    }
+                    sink.frames(&frames[..chunk.len()]);
                 });
                 let got = match got {
                     Ok(n) => n,

@@ -91,7 +91,11 @@ pub enum XskError {
     BusyPoll { iface: String, queue: u32, source: io::Error },
 }
 
+/// Frames [`XskQueue::recv_batch`] hands over at a time.
+pub const RX_CHUNK: usize = 64;
+
 /// A received frame: what the XDP program left in front of it, and the bytes.
+#[derive(Clone, Copy)]
 pub struct RxFrame<'a> {
     pub meta: Option<XdpMeta>,
     pub data: &'a [u8],
@@ -280,10 +284,13 @@ impl XskQueue {
     /// ring's frames, so while the worker processes a full batch the kernel still has a full
     /// fill ring for the next burst (an empty one is `rx_fill_ring_empty_descs`, and the frames
     /// it costs are `rx_dropped`).
+    ///
+    /// `f` gets the frames in order, [`RX_CHUNK`] at a time (the engine batches its flow
+    /// look-ups over them).
     pub fn recv_batch(
         &mut self,
         timeout_ms: i32,
-        mut f: impl FnMut(RxFrame<'_>),
+        mut f: impl FnMut(&[RxFrame<'_>]),
     ) -> io::Result<usize> {
         // SAFETY: the batch descriptors belong to this UMEM and are user-owned.
         let mut n = unsafe { self.rx.consume(&mut self.batch) };
@@ -298,9 +305,11 @@ impl XskQueue {
             n = unsafe { self.rx.consume(&mut self.batch) };
         }
         self.refill();
+        let mut chunk = [RxFrame { meta: None, data: &[] }; RX_CHUNK];
+        let mut k = 0;
         for desc in &self.batch[..n] {
             // SAFETY: the kernel handed this frame to us; nobody else touches it until it
-            // goes back on the fill ring below.
+            // goes back on the fill ring below, after the last chunk was handed to `f`.
             let data = unsafe { self.umem.data(desc) };
             let bytes = data.contents();
             // The metadata sits right before the packet, inside XDP_PACKET_HEADROOM of the
@@ -315,7 +324,15 @@ impl XskQueue {
             } else {
                 None
             };
-            f(RxFrame { meta, data: bytes });
+            chunk[k] = RxFrame { meta, data: bytes };
+            k += 1;
+            if k == RX_CHUNK {
+                f(&chunk);
+                k = 0;
+            }
+        }
+        if k > 0 {
+            f(&chunk[..k]);
         }
         self.free.extend_from_slice(&self.batch[..n]);
         self.refill();

@@ -143,6 +143,23 @@ impl EngineSink {
 }
 
 impl FrameSink for EngineSink {
+    fn frames(&mut self, fs: &[RawFrame<'_>]) {
+        if self.peers.len() > 1 && !self.queue_owned {
+            for f in fs {
+                self.frame(f);
+            }
+            return;
+        }
+        // This worker owns every flow its queue brings: the lot in one batch.
+        if let Some(r) = &mut self.record {
+            for f in fs {
+                r.push(f);
+            }
+        }
+        self.received += fs.len() as u64;
+        self.engine.process_frames(fs, 0);
+    }
+
     fn frame(&mut self, f: &RawFrame<'_>) {
         if self.peers.len() <= 1 || self.queue_owned {
             if let Some(r) = &mut self.record {
