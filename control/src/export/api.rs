@@ -468,6 +468,25 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 
 type Resp = Response<Full<Bytes>>;
 
+/// A file of the evidence directory, named by the rest of the request path (percent-decoded):
+/// only a name `ours` accepts is read (400 with `bad_id` otherwise); served as `content_type`,
+/// or 404 with `missing` when retention has removed it.
+fn served_file(
+    ctx: &Ctx,
+    rest: &str,
+    ours: impl Fn(&str) -> bool,
+    bad_id: &'static str,
+    (content_type, missing): (&'static str, &'static str),
+) -> Resp {
+    let Some(id) = percent_decode(rest, false).filter(|id| ours(id)) else {
+        return text(StatusCode::BAD_REQUEST, bad_id);
+    };
+    match std::fs::read(ctx.evidence_dir.join(id)) {
+        Ok(bytes) => with_type(StatusCode::OK, content_type, bytes),
+        Err(_) => text(StatusCode::NOT_FOUND, missing),
+    }
+}
+
 fn text(code: StatusCode, body: impl Into<String>) -> Resp {
     with_type(code, "text/plain; charset=utf-8", body.into().into_bytes())
 }
@@ -636,50 +655,38 @@ pub fn respond(
                     .collect(),
             ))
         }
-        p if p.starts_with("/api/evidence/") => {
-            let id = percent_decode(&p["/api/evidence/".len()..], false);
+        p if p.starts_with("/api/evidence/") => served_file(
+            ctx,
+            &p["/api/evidence/".len()..],
             // Only a file name wirewatch writes: no separators, no parent references.
-            let Some(id) = id.filter(|id| dataplane::evidence::is_evidence_name(id)) else {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    "evidence ids are file names like 1700000000000-syn_rejected-w0-1.pcapng\n",
-                );
-            };
-            match std::fs::read(ctx.evidence_dir.join(id)) {
-                Ok(bytes) => with_type(StatusCode::OK, "application/x-pcapng", bytes),
-                Err(_) => {
-                    text(StatusCode::NOT_FOUND, "no such evidence file (removed by retention?)\n")
-                }
-            }
-        }
+            dataplane::evidence::is_evidence_name,
+            "evidence ids are file names like 1700000000000-syn_rejected-w0-1.pcapng\n",
+            ("application/x-pcapng", "no such evidence file (removed by retention?)\n"),
+        ),
         p if p.starts_with("/api/report/") => {
-            let id = percent_decode(&p["/api/report/".len()..], false);
-            // The page of an evidence file: its name with .html, nothing else.
-            let Some(id) = id.filter(|id| {
-                id.strip_suffix(".html").is_some_and(|stem| {
-                    dataplane::evidence::is_evidence_name(&format!("{stem}.pcapng"))
-                })
-            }) else {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    "report ids are evidence file names with .html, like 1700000000000-syn_rejected-w0-1.html\n",
-                );
-            };
-            match std::fs::read(ctx.evidence_dir.join(id)) {
-                Ok(bytes) => {
-                    let mut r = with_type(StatusCode::OK, "text/html; charset=utf-8", bytes);
-                    // The page says it too; the header holds for a browser that ignores it.
-                    r.headers_mut().insert(
-                        hyper::header::CONTENT_SECURITY_POLICY,
-                        HeaderValue::from_static(dataplane::report::CSP),
-                    );
-                    r
-                }
-                Err(_) => text(
-                    StatusCode::NOT_FOUND,
+            let mut r = served_file(
+                ctx,
+                &p["/api/report/".len()..],
+                // The page of an evidence file: its name with .html, nothing else.
+                |id| {
+                    id.strip_suffix(".html").is_some_and(|stem| {
+                        dataplane::evidence::is_evidence_name(&format!("{stem}.pcapng"))
+                    })
+                },
+                "report ids are evidence file names with .html, like 1700000000000-syn_rejected-w0-1.html\n",
+                (
+                    "text/html; charset=utf-8",
                     "no such report (removed by retention with its evidence?)\n",
                 ),
+            );
+            if r.status() == StatusCode::OK {
+                // The page says it too; the header holds for a browser that ignores it.
+                r.headers_mut().insert(
+                    hyper::header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static(dataplane::report::CSP),
+                );
             }
+            r
         }
         _ => text(StatusCode::NOT_FOUND, ENDPOINTS),
     }

@@ -67,6 +67,14 @@ fn flow_str(d: &Detection) -> String {
 }
 
 /// The anchor of a detection on its page.
+/// "kind (sub-kind)", escaped: a detection's heading and its index row's first cell.
+fn kind_label(d: &Detection) -> String {
+    match &d.sub_kind {
+        Some(sub) => format!("{} ({})", escape(&d.kind), escape(sub)),
+        None => escape(&d.kind),
+    }
+}
+
 fn anchor(d: &Detection) -> String {
     let n = d.evidence.as_ref().map_or(0, |e| e.1);
     format!("d-{}-{n}", d.kind)
@@ -154,12 +162,11 @@ pub(super) fn page(
 fn detection(out: &mut String, d: &Detection, link: &str, file: &str) {
     let _ = write!(
         out,
-        "<section class=\"detection\" id=\"{}\"><h3>{}{}</h3><table>\
+        "<section class=\"detection\" id=\"{}\"><h3>{}</h3><table>\
          <tr><th>time</th><td>{}</td></tr><tr><th>flow</th><td>{}</td></tr>\
          <tr><th>vantage</th><td>{}</td></tr><tr><th>culprit</th><td class=\"culprit\">{} <span class=\"muted\">({})</span></td></tr>",
         escape(&anchor(d)),
-        escape(&d.kind),
-        d.sub_kind.as_ref().map(|s| format!(" ({})", escape(s))).unwrap_or_default(),
+        kind_label(d),
         escape(&d.time),
         escape(&flow_str(d)),
         escape(&d.vantage),
@@ -425,9 +432,8 @@ pub(super) fn index(
         };
         let _ = writeln!(
             out,
-            "<tr><td>{}{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{link}</td></tr>",
-            escape(&d.kind),
-            d.sub_kind.as_ref().map(|s| format!(" ({})", escape(s))).unwrap_or_default(),
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{link}</td></tr>",
+            kind_label(d),
             escape(&d.time),
             escape(&flow_str(d)),
             escape(&d.vantage),
