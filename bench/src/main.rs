@@ -643,8 +643,10 @@ fn generate_live(ns: &str, cap: &gen::Capture, secs: f64) -> Result<u64> {
     })
 }
 
-/// One live run of `tool`: `wirewatch` (span mode), `wirewatch-host` (`run --host`: every
-/// frame also goes on to mon0's stack, which drops it, as tcpdump's run lets it) or `tcpdump`.
+/// One live run of `tool`: `wirewatch` (span mode), `wirewatch-tap` (span mode on a dedicated
+/// tap: `--non-tcp drop`, so the frames that are not TCP end in the XDP program instead of going
+/// up mon0's stack), `wirewatch-host` (`run --host`: every frame also goes on to mon0's stack,
+/// which drops it, as tcpdump's run lets it) or `tcpdump`.
 fn live(tool: &str, args: &Args, cap: &gen::Capture) -> Result<LiveResult> {
     let host = tool == "wirewatch-host";
     let mut t = Topology::new();
@@ -680,6 +682,9 @@ fn live(tool: &str, args: &Args, cap: &gen::Capture) -> Result<LiveResult> {
         .arg(&summary);
         if host {
             c.arg("--host");
+        }
+        if tool == "wirewatch-tap" {
+            c.args(["--non-tcp", "drop"]);
         }
         c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?
     } else {
@@ -1096,6 +1101,23 @@ fn main() -> Result<()> {
                 );
             }
             (Err(e), _, _) => println!("live path, host mode: not run: {e}"),
+            _ => {}
+        }
+        // The same on a dedicated tap, where the stack has no use for the frames.
+        match (live("wirewatch-tap", &args, &cap), &td) {
+            (Ok(w), Ok(t)) => row(
+                &mut rows,
+                "live path, dedicated tap (--non-tcp drop): CPU per packet",
+                format!(
+                    "{:.0} ns ({:.0} process + {:.0} softirq); {} not TCP or malformed (dropped), {} in named loss counters, {} unattributed",
+                    w.cpu_per_pkt_ns, w.process_ns, w.softirq_ns, w.not_for_us, w.named_lost, w.unattributed
+                ),
+                format!("tcpdump {:.0} ns", t.cpu_per_pkt_ns),
+                format!("{:.2}×", w.cpu_per_pkt_ns / t.cpu_per_pkt_ns.max(1e-9)),
+                "—",
+                None,
+            ),
+            (Err(e), _) => println!("live path, dedicated tap: not run: {e}"),
             _ => {}
         }
         match (ww, td) {
