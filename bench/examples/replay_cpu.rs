@@ -2,7 +2,6 @@
 //! machine): `cargo run --release -p bench --example replay_cpu -- [flows] [packets]`.
 use bench::gen;
 use dataplane::engine::{Engine, EngineConfig};
-use dataplane::worker::RawFrame;
 
 fn thread_sys_ns() -> u64 {
     // Safety: a zeroed rusage is a valid out-parameter.
@@ -30,10 +29,7 @@ fn replay_once(e: &mut Engine, cap: &gen::Capture) {
         let mut batch = Vec::with_capacity(256);
         for start in (0..cap.frames.len()).step_by(256) {
             batch.clear();
-            batch.extend((start..(start + 256).min(cap.frames.len())).map(|i| {
-                let (data, orig_len, ts_ns) = cap.frame(i);
-                RawFrame { data, orig_len, ts_ns, vantage: 0 }
-            }));
+            batch.extend((start..(start + 256).min(cap.frames.len())).map(|i| cap.raw_frame(i)));
             e.process_frames(&batch, 0);
         }
     }

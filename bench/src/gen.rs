@@ -16,6 +16,7 @@ use std::io::{BufWriter, Write};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
+use dataplane::worker::RawFrame;
 use dataplane_common::tcp_flags::{ACK, FIN, PSH, RST, SYN};
 use wirewatch_testkit::craft::TcpSegment;
 
@@ -71,6 +72,12 @@ impl Capture {
     pub fn frame(&self, i: usize) -> (&[u8], u32, u64) {
         let (off, len, orig, ts) = self.frames[i];
         (&self.data[off as usize..off as usize + len as usize], orig, ts)
+    }
+
+    /// Frame `i` as a receive ring hands it to the engine (at vantage 0), for `process_frames`.
+    pub fn raw_frame(&self, i: usize) -> RawFrame<'_> {
+        let (data, orig_len, ts_ns) = self.frame(i);
+        RawFrame { data, orig_len, ts_ns, vantage: 0 }
     }
 }
 

@@ -12,7 +12,6 @@ use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 use dataplane::engine::{Engine, EngineConfig};
 use dataplane::packet::decode;
-use dataplane::worker::RawFrame;
 use wirewatch_testkit::topology::Topology;
 
 mod bpf;
@@ -128,10 +127,7 @@ fn replay(cap: &gen::Capture, idx: &[u32], worker: usize, workers: usize) -> Rep
     let (cpu0, t) = (thread_cpu(), Instant::now());
     for chunk in idx.chunks(REPLAY_BATCH) {
         batch.clear();
-        batch.extend(chunk.iter().map(|&i| {
-            let (data, orig_len, ts_ns) = cap.frame(i as usize);
-            RawFrame { data, orig_len, ts_ns, vantage: 0 }
-        }));
+        batch.extend(chunk.iter().map(|&i| cap.raw_frame(i as usize)));
         e.process_frames(&batch, 0);
     }
     e.finish();
@@ -1109,7 +1105,7 @@ fn main() -> Result<()> {
                 &mut rows,
                 "live path, dedicated tap (--non-tcp drop): CPU per packet",
                 format!(
-                    "{:.0} ns ({:.0} process + {:.0} softirq); {} not TCP or malformed (dropped), {} in named loss counters, {} unattributed",
+                    "{:.0} ns ({:.0} process + {:.0} softirq); {} not processed: not TCP (dropped) or malformed (passed), {} in named loss counters, {} unattributed",
                     w.cpu_per_pkt_ns, w.process_ns, w.softirq_ns, w.not_for_us, w.named_lost, w.unattributed
                 ),
                 format!("tcpdump {:.0} ns", t.cpu_per_pkt_ns),

@@ -30,12 +30,7 @@ fn replay_text(batched: bool) -> String {
                 break;
             }
             let end = (start + n).min(cap.frames.len());
-            let frames: Vec<RawFrame<'_>> = (start..end)
-                .map(|i| {
-                    let (data, orig_len, ts_ns) = cap.frame(i);
-                    RawFrame { data, orig_len, ts_ns, vantage: 0 }
-                })
-                .collect();
+            let frames: Vec<RawFrame<'_>> = (start..end).map(|i| cap.raw_frame(i)).collect();
             e.process_frames(&frames, start as u64 + 1);
             start = end;
         }

@@ -56,8 +56,8 @@ fn a_replay_allocates_per_event_not_per_packet() {
             for start in (0..cap.frames.len()).step_by(256) {
                 batch.clear();
                 batch.extend((start..(start + 256).min(cap.frames.len())).map(|i| {
-                    let (data, orig_len, ts_ns) = cap.frame(i);
-                    RawFrame { data, orig_len, ts_ns: ts_ns + offset_ns, vantage: 0 }
+                    let f = cap.raw_frame(i);
+                    RawFrame { ts_ns: f.ts_ns + offset_ns, ..f }
                 }));
                 e.process_frames(&batch, 0);
             }

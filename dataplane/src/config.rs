@@ -24,8 +24,9 @@ pub struct EngineConfig {
     pub closed_timeout_ns: u64,
     /// The evidence history's memory for the whole process (default 64 MiB), shared out
     /// equally among the workers by [`per_worker`](Self::per_worker): each worker sees its
-    /// share of the packets, so every share reaches as far back in time as one worker's
-    /// whole history would.
+    /// share of the packets, so on average a share reaches as far back in time as one worker's
+    /// whole history would (a worker given more than its share of the traffic, by skewed RSS
+    /// or one huge flow, reaches less far back).
     pub history_bytes: usize,
     pub evidence_dir: Option<PathBuf>,
     pub evidence_before_packets: usize,

@@ -21,7 +21,7 @@ use crate::flow::timers::{TimerKind, TimerWheel};
 use crate::flow::{
     conn_flags, dir_flags, FlowKey, FlowRecord, FlowTable, IpIdModel, MacId, MacTable, Orientation,
 };
-use crate::packet::{decode_in, TcpPacket};
+use crate::packet::{decode_ahead, decode_in, TcpPacket};
 use crate::seq::SeqNumber;
 use crate::tcp::{transition, Segment};
 use crate::vantage::VantageRelations;
@@ -305,26 +305,32 @@ impl Engine {
     }
 
     /// [`process_frame`](Self::process_frame) for each of `frames` in turn (numbered from
-    /// `first_no` for verdicts), decoded a few dozen at a time so that their flow look-ups
-    /// are batched (see [`process_batch`](Self::process_batch)).
+    /// `first_no` for verdicts), decoded up to [`DECODE_AHEAD`] at a time so that their flow
+    /// look-ups are batched (see [`process_batch`](Self::process_batch)). A frame that opens a
+    /// new mirror session ends the run decoded ahead: it is decoded (and the session numbered)
+    /// after every frame before it was processed, as one at a time would.
     pub fn process_frames(&mut self, frames: &[RawFrame<'_>], first_no: u64) {
         let mut decoded = std::mem::take(&mut self.decoded);
-        for (k, chunk) in frames.chunks(DECODE_AHEAD).enumerate() {
+        let mut start = 0;
+        while start < frames.len() {
             decoded.clear();
-            decoded.extend(chunk.iter().enumerate().map(|(i, f)| {
-                (i, decode_in(f.data, f.orig_len, f.ts_ns, f.vantage, &self.cfg.vantages))
-            }));
-            let first = first_no + (k * DECODE_AHEAD) as u64;
+            let (mut end, mut opens_session) = (start, false);
+            while end < frames.len() && decoded.len() < DECODE_AHEAD {
+                let f = &frames[end];
+                let vantages = &self.cfg.vantages;
+                let Some(d) = decode_ahead(f.data, f.orig_len, f.ts_ns, f.vantage, vantages) else {
+                    opens_session = true;
+                    break;
+                };
+                decoded.push((end - start, d));
+                end += 1;
+            }
+            let (run, first) = (&frames[start..end], first_no + start as u64);
             self.process_batch(
                 &decoded,
                 |(i, d)| {
                     let pkt = d.as_ref().ok()?;
-                    Some(Feed {
-                        pkt,
-                        raw: chunk[*i].data,
-                        frame_no: first + *i as u64,
-                        expected: 0,
-                    })
+                    Some(Feed { pkt, raw: run[*i].data, frame_no: first + *i as u64, expected: 0 })
                 },
                 |e, (_, d)| {
                     if let Err(o) = d {
@@ -332,6 +338,12 @@ impl Engine {
                     }
                 },
             );
+            start = end;
+            if opens_session {
+                let f = &frames[start];
+                self.process_frame(f.data, f.orig_len, f.ts_ns, f.vantage, first_no + start as u64);
+                start += 1;
+            }
         }
         self.decoded = decoded;
     }
@@ -340,35 +352,41 @@ impl Engine {
     /// the index line of the flow [`LOOKAHEAD`] items ahead is fetched, and the record of the
     /// one half as far ahead (its index line has arrived by then), so a table larger than the
     /// caches costs misses already in flight instead of two in a row for every packet.
-    /// `feed_of` gives what [`process_expecting`](Self::process_expecting) takes for the items
-    /// that are packets; `other` is called for the rest (marks, undecodable frames), in order.
+    /// `feed_of` (called once per item, when it enters the look-ahead) gives what
+    /// [`process_expecting`](Self::process_expecting) takes for the items that are packets;
+    /// `other` is called for the rest (marks, undecodable frames), in order.
     pub fn process_batch<'a, T>(
         &mut self,
         items: &'a [T],
         feed_of: impl Fn(&'a T) -> Option<Feed<'a>>,
         mut other: impl FnMut(&mut Self, &'a T),
     ) {
-        let mut hashes = [0u64; LOOKAHEAD];
-        let fetch_index = |flows: &FlowTable, hashes: &mut [u64], j: usize| {
-            if let Some(f) = items.get(j).and_then(&feed_of) {
+        // Item j's feed and its key's hash, at j % LOOKAHEAD from when it enters the look-ahead
+        // until it is processed.
+        let mut ahead: [Option<(Feed<'a>, u64)>; LOOKAHEAD] = [None; LOOKAHEAD];
+        let enter = |flows: &FlowTable, ahead: &mut [Option<(Feed<'a>, u64)>], j: usize| {
+            let Some(item) = items.get(j) else { return };
+            ahead[j % LOOKAHEAD] = feed_of(item).map(|f| {
                 let h = flows.hash(&f.pkt.key);
-                hashes[j % LOOKAHEAD] = h;
                 flows.prefetch(h);
-            }
+                (f, h)
+            });
         };
         for j in 0..LOOKAHEAD.min(items.len()) {
-            fetch_index(&self.flows, &mut hashes, j);
+            enter(&self.flows, &mut ahead, j);
         }
         for (i, item) in items.iter().enumerate() {
             let near = i + LOOKAHEAD / 2;
-            if items.get(near).and_then(&feed_of).is_some() {
-                self.flows.prefetch_record(hashes[near % LOOKAHEAD]);
+            if near < items.len() {
+                if let Some((_, h)) = ahead[near % LOOKAHEAD] {
+                    self.flows.prefetch_record(h);
+                }
             }
-            match feed_of(item) {
-                Some(f) => self.process_hashed(&f, Some(hashes[i % LOOKAHEAD])),
+            match ahead[i % LOOKAHEAD].take() {
+                Some((f, h)) => self.process_hashed(&f, Some(h)),
                 None => other(self, item),
             }
-            fetch_index(&self.flows, &mut hashes, i + LOOKAHEAD);
+            enter(&self.flows, &mut ahead, i + LOOKAHEAD);
         }
     }
 
@@ -383,6 +401,10 @@ impl Engine {
     /// The flow of `key` (whose hash is `h`, when known), created (evicting one first when
     /// the table is full) if new.
     fn flow_slot(&mut self, key: FlowKey, h: Option<u64>, ts_ns: u64) -> (Slot, bool, TableRef) {
+        debug_assert!(
+            h.is_none_or(|h| h == self.flows.hash(&key)),
+            "a batch's hash of another key"
+        );
         let h = h.unwrap_or_else(|| self.flows.hash(&key));
         let tag = h as u32 & crate::flow::table::TAG_MASK;
         if let Some(s) = self.flows.find(&key, h) {

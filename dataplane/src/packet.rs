@@ -159,6 +159,27 @@ pub fn decode_in(
     decode_with(frame, orig_len, ts_ns, vantage, |o| vantages.of_session(vantage, o, frame))
 }
 
+/// [`decode_in`] for a frame decoded while frames before it still wait to be processed:
+/// `None` when the frame opens a mirror session not numbered yet. Numbering it now would
+/// change the vantages those earlier frames are processed with; decode it with [`decode_in`]
+/// when its turn comes.
+pub fn decode_ahead(
+    frame: &[u8],
+    orig_len: u32,
+    ts_ns: u64,
+    vantage: u16,
+    vantages: &Vantages,
+) -> Option<Result<TcpPacket, Outcome>> {
+    let mut new_session = false;
+    let r = decode_with(frame, orig_len, ts_ns, vantage, |o| {
+        vantages.known_session(vantage, o, frame).unwrap_or_else(|| {
+            new_session = true;
+            vantage
+        })
+    });
+    (!new_session).then_some(r)
+}
+
 #[inline(always)]
 fn decode_with(
     frame: &[u8],

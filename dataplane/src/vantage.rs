@@ -141,6 +141,14 @@ impl Vantages {
         self.0.overflowed.load(Relaxed)
     }
 
+    /// [`of_session`](Self::of_session) when that would number nothing: `None` when the
+    /// frame opens a session not numbered yet (or one past the limit, which is counted there).
+    pub fn known_session(&self, input: u16, o: &TcpOffsets, frame: &[u8]) -> Option<u16> {
+        let Some(sender) = outer_source(o, frame) else { return Some(input) };
+        let key = SessionKey { input, tunnel: o.tunnel, session: o.session, sender };
+        self.0.by_key.get(&key).map(|v| *v)
+    }
+
     /// The vantage of a frame that arrived on `input` inside the tunnel `o` describes: the
     /// session's own, numbered on first sight.
     pub fn of_session(&self, input: u16, o: &TcpOffsets, frame: &[u8]) -> u16 {

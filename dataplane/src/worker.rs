@@ -171,6 +171,7 @@ impl Worker {
                 // this loop comes round.
                 let timeout = if stopping { 0 } else { 10 };
                 let got = xsk.recv_batch(timeout, |chunk| {
+                    debug_assert!(chunk.len() <= RX_CHUNK, "recv_batch hands at most RX_CHUNK");
                     let mut frames =
                         [RawFrame { data: &[], orig_len: 0, ts_ns: 0, vantage }; RX_CHUNK];
                     let (mut no_meta, mut bytes) = (0, 0);

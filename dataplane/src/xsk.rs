@@ -277,16 +277,13 @@ impl XskQueue {
     }
 
     /// Takes what the RX ring holds (waiting up to `timeout_ms` only when it is empty), hands
-    /// each frame to `f`, and returns the frames to the fill ring. Returns how many frames were
-    /// received.
+    /// the frames to `f` in order, at most [`RX_CHUNK`] at a time, and returns them to the fill
+    /// ring after the last chunk. Returns how many frames were received.
     ///
     /// The fill ring is topped up *before* the batch is processed: the UMEM has twice the
     /// ring's frames, so while the worker processes a full batch the kernel still has a full
     /// fill ring for the next burst (an empty one is `rx_fill_ring_empty_descs`, and the frames
     /// it costs are `rx_dropped`).
-    ///
-    /// `f` gets the frames in order, [`RX_CHUNK`] at a time (the engine batches its flow
-    /// look-ups over them).
     pub fn recv_batch(
         &mut self,
         timeout_ms: i32,

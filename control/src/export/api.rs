@@ -5,7 +5,9 @@
 //! The server is built to stay up whatever a client does (hyper's HTTP/1 on one thread with
 //! tokio, no thread per connection):
 //! - request headers are capped at [`MAX_HEADER_BYTES`]; a larger head is answered 431 and the
-//!   connection closed, before authentication and without buffering more;
+//!   connection closed, before authentication and without buffering more (what the client
+//!   still sends is read and discarded for up to [`LINGER_TIME`], at most [`LINGER_BYTES`],
+//!   so that it reads the 431 rather than a RST: see `linger`);
 //! - a request head must arrive within [`HEADER_TIMEOUT`] (this also closes idle keep-alive
 //!   connections), and a connection that moves no byte either way for [`STALL_TIMEOUT`] (a
 //!   client that pipelines requests and never reads the answers) is closed;
@@ -314,7 +316,7 @@ where
 {
     let evicted = state.evict.notified();
     let mut evicted = std::pin::pin!(evicted);
-    let ended_by_hyper = {
+    let lingers = {
         let io =
             hyper_util::rt::TokioIo::new(Tracked { stream: &mut stream, state: state.clone() });
         let service_state = state.clone();
@@ -340,9 +342,10 @@ where
         let mut watchdog = tokio::time::interval(Duration::from_secs(1));
         std::future::poll_fn(|cx| {
             // Errors (a closed socket, a timed-out or oversized head) end the connection;
-            // hyper has already answered what deserves an answer (431, 400).
-            if conn.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(true);
+            // hyper has already answered what deserves an answer (431, 400). A client that
+            // sent nothing in time is not waited for again.
+            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                return Poll::Ready(r.is_ok() || r.is_err_and(|e| !e.is_timeout()));
             }
             if evicted.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(false);
@@ -358,7 +361,7 @@ where
         })
         .await
     };
-    if ended_by_hyper {
+    if lingers {
         // Still in the registry: an eviction cuts the lingering short.
         let lingering = linger(&mut stream);
         let mut lingering = std::pin::pin!(lingering);
@@ -374,9 +377,9 @@ where
 }
 
 /// The longest a closed connection keeps reading what its client still sends.
-const LINGER_TIME: Duration = Duration::from_secs(2);
+pub const LINGER_TIME: Duration = Duration::from_secs(2);
 /// The most a closed connection reads and discards.
-const LINGER_BYTES: usize = 1 << 20;
+pub const LINGER_BYTES: usize = 1 << 20;
 
 /// Closes a connection in stages, as RFC 9112 §9.6 asks: the answer is already sent, so the
 /// sending side is shut (FIN) and what the client is still sending is read and discarded,
@@ -389,7 +392,7 @@ async fn linger<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
         if stream.shutdown().await.is_err() {
             return;
         }
-        let mut buf = vec![0u8; 16 << 10];
+        let mut buf = vec![0u8; 4 << 10];
         let mut left = LINGER_BYTES;
         while left > 0 {
             match stream.read(&mut buf).await {

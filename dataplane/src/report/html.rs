@@ -66,7 +66,6 @@ fn flow_str(d: &Detection) -> String {
     format!("{} → {}", endpoint_str(d.client.0, d.client.1), endpoint_str(d.server.0, d.server.1))
 }
 
-/// The anchor of a detection on its page.
 /// "kind (sub-kind)", escaped: a detection's heading and its index row's first cell.
 fn kind_label(d: &Detection) -> String {
     match &d.sub_kind {
@@ -75,6 +74,7 @@ fn kind_label(d: &Detection) -> String {
     }
 }
 
+/// The anchor of a detection on its page.
 fn anchor(d: &Detection) -> String {
     let n = d.evidence.as_ref().map_or(0, |e| e.1);
     format!("d-{}-{n}", d.kind)
