@@ -115,7 +115,8 @@ pub struct RunArgs {
     /// Allow a non-loopback --metrics address without --api-token.
     #[arg(long)]
     pub api_insecure: bool,
-    /// Evidence kept on disk at most (oldest files removed first).
+    /// Evidence kept on disk at most, the pcapng files and their report pages together (oldest
+    /// files removed first, each with its page).
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 30, allow_negative_numbers = true,
           value_parser = options::whole::<u64>(0, u64::MAX.into(), "bytes"))]
     pub evidence_max_bytes: u64,

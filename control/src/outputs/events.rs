@@ -177,6 +177,11 @@ pub fn event_loop(
         seen.push(e);
     };
     loop {
+        // Pages drawn since (by events or evidence files) count against the evidence's size
+        // limit with their files.
+        for path in pages.borrow_mut().take_drawn() {
+            cfg.retention.page_drawn(&path);
+        }
         let o = match rx.recv_timeout(std::time::Duration::from_millis(500)) {
             Ok(o) => o,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {

@@ -24,10 +24,16 @@ fn is_evidence_tmp_name(name: &str) -> bool {
 pub struct Retention {
     max_bytes: u64,
     max_age: Duration,
-    /// Our evidence files, oldest first: (path, size, written).
+    /// Our evidence files, oldest first: (path, its size and its report page's, written).
     files: VecDeque<(PathBuf, u64, SystemTime)>,
+    /// Bytes of the evidence files and their pages: what `--evidence-max-bytes` bounds.
     total: u64,
     pub removed: u64,
+}
+
+/// The size of an evidence file's report page, 0 if it has none.
+fn page_bytes(evidence: &Path) -> u64 {
+    std::fs::metadata(crate::outputs::report::page_of(evidence)).map_or(0, |m| m.len())
 }
 
 impl Retention {
@@ -52,7 +58,8 @@ impl Retention {
                     ),
                 }
             } else if is_evidence_name(name) {
-                files.push((e.path(), m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
+                let size = m.len() + page_bytes(&e.path());
+                files.push((e.path(), size, m.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
             }
         }
         if stale_tmp > 0 {
@@ -89,13 +96,26 @@ impl Retention {
     /// Records a file just written and removes the oldest past the limits.
     pub fn added(&mut self, path: &Path) {
         if let Ok(m) = std::fs::metadata(path) {
-            self.total += m.len();
+            let size = m.len() + page_bytes(path);
+            self.total += size;
             self.files.push_back((
                 path.to_path_buf(),
-                m.len(),
+                size,
                 m.modified().unwrap_or_else(|_| SystemTime::now()),
             ));
         }
+        self.enforce();
+    }
+
+    /// The report page of the evidence file `path` was (re)drawn: its bytes count against the
+    /// size limit from now on (a page is often several times its pcapng), and the oldest files
+    /// past the limits go.
+    pub fn page_drawn(&mut self, path: &Path) {
+        // The newest files are at the back, and pages are drawn soon after their evidence.
+        let Some(entry) = self.files.iter_mut().rev().find(|f| f.0 == path) else { return };
+        let size = std::fs::metadata(path).map_or(0, |m| m.len()) + page_bytes(path);
+        self.total = self.total.saturating_sub(entry.1) + size;
+        entry.1 = size;
         self.enforce();
     }
 
@@ -223,6 +243,21 @@ mod tests {
         assert_eq!(r.removed, 1);
         assert!(!pages[0].exists(), "{}", pages[0].display());
         assert!(pages[1].exists());
+        // A page drawn later counts too: 1000 B of evidence and a 600 B page are over 1500 B,
+        // so the newer file and its page go when the newest one's page arrives.
+        let p = dir.0.join(ours(2));
+        std::fs::write(&p, vec![0u8; 400]).unwrap();
+        r.added(&p);
+        assert_eq!(r.removed, 1, "1000 + 15 + 400 B fit in 1500 B");
+        let page = crate::outputs::report::page_of(&p);
+        std::fs::write(&page, vec![b'x'; 600]).unwrap();
+        r.page_drawn(&p);
+        assert_eq!(r.removed, 2, "1000 + 15 + 400 + 600 B do not");
+        assert!(!pages[1].exists() && page.exists() && p.exists());
+        // A restart counts the pages it finds.
+        let r3 = Retention::new(&dir.0, 999, Duration::from_hours(1));
+        assert_eq!(r3.removed, 1, "400 + 600 B are over 999 B");
+        assert!(!page.exists() && !p.exists());
         // A user's own page of the same stem as no evidence file stays.
         let own = dir.0.join("notes.html");
         std::fs::write(&own, "mine").unwrap();

@@ -16,6 +16,9 @@ pub struct Pages {
     /// Per evidence file, the detections that name it, and whether the file is written.
     files: HashMap<PathBuf, (Vec<Detection>, bool)>,
     order: std::collections::VecDeque<PathBuf>,
+    /// Evidence files whose page was (re)drawn since the last [`take_drawn`](Self::take_drawn),
+    /// for retention to count.
+    drawn: Vec<PathBuf>,
 }
 
 impl Pages {
@@ -50,7 +53,12 @@ impl Pages {
         }
     }
 
-    fn draw(&self, path: &Path) {
+    /// The evidence files whose pages were drawn since the last call.
+    pub fn take_drawn(&mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut self.drawn)
+    }
+
+    fn draw(&mut self, path: &Path) {
         let Some((detections, _)) = self.files.get(path) else { return };
         if detections.is_empty() {
             return;
@@ -58,9 +66,12 @@ impl Pages {
         let dir = path.parent().unwrap_or(Path::new("."));
         let of_file: Vec<&Detection> = detections.iter().collect();
         // A page that cannot be drawn costs its page only: the evidence stands.
-        if let Err(e) = dataplane::report::write_page(dir, path, &of_file) {
-            crate::export::metrics::output_failed("report");
-            log::warn!("report: {e}");
+        match dataplane::report::write_page(dir, path, &of_file) {
+            Ok(_) => self.drawn.push(path.to_path_buf()),
+            Err(e) => {
+                crate::export::metrics::output_failed("report");
+                log::warn!("report: {e}");
+            }
         }
     }
 
