@@ -89,6 +89,10 @@ struct Sig {
     sport: u16,
     dport: u16,
     ip_id: u16,
+    /// The timestamp option's TSval (0 without one): what tells a retransmission from the
+    /// same packet seen at another vantage when there is no IP ID (IPv6), as the IP ID does in
+    /// IPv4 — a segment sprayed to one backend and resent to the other is two packets.
+    tsval: u32,
     seq: u32,
     ack: u32,
     flags: u8,
@@ -341,6 +345,7 @@ impl VantageMatcher {
             sport: p.sport,
             dport: p.dport,
             ip_id: p.ip_id,
+            tsval: p.opts.timestamp.map_or(0, |(v, _)| v),
             seq: p.seq.0,
             ack: p.ack.0,
             flags: p.flags,

@@ -602,6 +602,56 @@ fn parallel_vantages_split_without_losses() {
     assert!(split[0].flow.sport == 41010 || split[0].flow.dport == 41010, "{:?}", split[0].flow);
 }
 
+/// The vantages test's IPv6 case: one segment of a connection sprayed to the other backend,
+/// which answers nothing (no RST), and the client's retransmission of it reaching the first
+/// backend a fraction of a millisecond later. Without an IP ID only the timestamp option
+/// tells the two apart: two packets, one at each backend — a split, not one packet seen at
+/// both. The control: the same connection without the spray.
+#[test]
+fn a_segment_sprayed_away_and_resent_is_a_split_without_an_ip_id() {
+    for (v6, sprayed) in [(true, true), (false, true), (true, false)] {
+        let cfg =
+            EngineConfig { vantages: vec!["b1".into(), "b2".into()].into(), ..Default::default() };
+        let mut c = Conv::with(cfg);
+        if v6 {
+            c.c.addr = "fd00::1".parse().unwrap();
+            c.s.addr = "fd00::2".parse().unwrap();
+        }
+        // Other connections on each backend alone: the pair is parallel.
+        for (port, v) in [(41001, 1), (41002, 0), (41003, 1)] {
+            c.c.port = port;
+            c.vantage = v;
+            c.handshake();
+            for _ in 0..5 {
+                c.exchange();
+            }
+        }
+        c.tick(500.0);
+        c.c.port = 41000;
+        c.vantage = 0;
+        c.handshake();
+        for i in 0..6 {
+            let g = c.seg(true, ACK | PSH, 1000);
+            if sprayed && i == 2 {
+                c.vantage = 1;
+                c.feed(&g, 1.0);
+                // The resend: the same segment, a newer TSval, at b1.
+                let mut again = g.clone();
+                again.timestamp = g.timestamp.map(|(v, e)| (v + 1, e));
+                c.vantage = 0;
+                c.feed(&again, 0.2);
+            } else {
+                c.feed(&g, 1.0);
+            }
+        }
+        c.tick(5000.0);
+        let ev = c.events();
+        let split = ev.iter().filter(|e| e.kind == Kind::SplitPath).count();
+        assert_eq!(split, usize::from(sprayed), "v6 {v6}, sprayed {sprayed}: {ev:#?}");
+        assert!(ev.iter().all(|e| e.kind != Kind::LostBetweenSensors), "{ev:#?}");
+    }
+}
+
 #[test]
 fn one_sided_vs_both_directions() {
     let mut c = Conv::new();
