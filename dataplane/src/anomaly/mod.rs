@@ -106,7 +106,7 @@ kinds! {
         means: "The flow is spread over several paths or backends, which breaks stateful devices and reassembly downstream.",
         next: "Check ECMP and LAG hashing (per-packet or flowlet instead of per-flow?), and the load balancer's persistence. The MACs in the event name the next hops.";
     LostBetweenSensors => "lost_between_sensors", health: false, counted: each,
-        rule: "A packet seen at one vantage is not seen within --vantage-window (100 ms, after the estimated clock offset) at another vantage that sees the same flow. Packets are matched by IP-ID, SEQ, ACK, flags and length.",
+        rule: "A packet seen at one vantage is not seen within --vantage-window (100 ms, after the estimated clock offset) at another vantage that sees the same flow. Packets are matched by IP-ID, TCP timestamp (TSval), SEQ, ACK, flags and length: a retransmission is another packet.",
         means: "The packet was dropped between the two sensors, for example by the firewall between them.",
         next: "Look at the device between the two vantages named in the event: its drop counters, ACLs, rate limits and connection table. Check each sensor's own capture_gap first: a lossy sensor looks like a lossy path.";
     OneSided => "one_sided", health: true, counted: each,
