@@ -567,14 +567,16 @@ fn lost_between_sensors_vs_seen_at_both() {
     assert_eq!(run(3, true).iter().map(|e| e.kind).collect::<Vec<_>>(), [Kind::LostBetweenSensors]);
 }
 
-/// Two backends of one VIP, each with its own connections, and one connection whose packets
-/// reach one backend each: a split naming both, and no loss between them.
-#[test]
-fn parallel_vantages_split_without_losses() {
+/// Vantages `b1` and `b2`, two backends of one VIP, each having carried connections of its
+/// own (so the pair is not serial), and 500 ms of quiet after them.
+fn parallel_backends(v6: bool) -> Conv {
     let cfg =
         EngineConfig { vantages: vec!["b1".into(), "b2".into()].into(), ..Default::default() };
     let mut c = Conv::with(cfg);
-    // Connections on b1 only and on b2 only.
+    if v6 {
+        c.c.addr = "fd00::1".parse().unwrap();
+        c.s.addr = "fd00::2".parse().unwrap();
+    }
     for (port, v) in [(41000, 0), (41001, 1), (41002, 0), (41003, 1)] {
         c.c.port = port;
         c.vantage = v;
@@ -584,6 +586,14 @@ fn parallel_vantages_split_without_losses() {
         }
     }
     c.tick(500.0);
+    c
+}
+
+/// Two backends of one VIP, each with its own connections, and one connection whose packets
+/// reach one backend each: a split naming both, and no loss between them.
+#[test]
+fn parallel_vantages_split_without_losses() {
+    let mut c = parallel_backends(false);
     // One connection mostly on b1, its third data segment on b2.
     c.c.port = 41010;
     c.vantage = 0;
@@ -610,24 +620,8 @@ fn parallel_vantages_split_without_losses() {
 #[test]
 fn a_segment_sprayed_away_and_resent_is_a_split_without_an_ip_id() {
     for (v6, sprayed) in [(true, true), (false, true), (true, false)] {
-        let cfg =
-            EngineConfig { vantages: vec!["b1".into(), "b2".into()].into(), ..Default::default() };
-        let mut c = Conv::with(cfg);
-        if v6 {
-            c.c.addr = "fd00::1".parse().unwrap();
-            c.s.addr = "fd00::2".parse().unwrap();
-        }
-        // Other connections on each backend alone: the pair is parallel.
-        for (port, v) in [(41001, 1), (41002, 0), (41003, 1)] {
-            c.c.port = port;
-            c.vantage = v;
-            c.handshake();
-            for _ in 0..5 {
-                c.exchange();
-            }
-        }
-        c.tick(500.0);
-        c.c.port = 41000;
+        let mut c = parallel_backends(v6);
+        c.c.port = 41010;
         c.vantage = 0;
         c.handshake();
         for i in 0..6 {
