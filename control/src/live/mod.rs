@@ -142,9 +142,17 @@ impl EngineSink {
     }
 }
 
+impl EngineSink {
+    /// Every flow this worker's queue brings is its own (one worker, or a queue of its own):
+    /// nothing is handed to another worker.
+    fn owns_every_flow(&self) -> bool {
+        self.peers.len() <= 1 || self.queue_owned
+    }
+}
+
 impl FrameSink for EngineSink {
     fn frames(&mut self, fs: &[RawFrame<'_>]) {
-        if self.peers.len() > 1 && !self.queue_owned {
+        if !self.owns_every_flow() {
             for f in fs {
                 self.frame(f);
             }
@@ -161,7 +169,7 @@ impl FrameSink for EngineSink {
     }
 
     fn frame(&mut self, f: &RawFrame<'_>) {
-        if self.peers.len() <= 1 || self.queue_owned {
+        if self.owns_every_flow() {
             if let Some(r) = &mut self.record {
                 r.push(f);
             }
