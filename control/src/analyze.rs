@@ -97,6 +97,120 @@ struct WorkerResult {
     evidence_failed: u64,
 }
 
+/// One engine on its thread, and what it hands on: events to the writer thread, evidence
+/// files, verdicts.
+struct Worker {
+    w: usize,
+    e: Engine,
+    to_sink: crossbeam_channel::Sender<SinkMsg>,
+    names: Vec<String>,
+    verdicts: Vec<(u16, u64, u32)>,
+    written: u64,
+    failed: u64,
+    /// The time of the last packet or time jump, or the last watermark, whichever is later.
+    last_ts: u64,
+}
+
+impl Worker {
+    fn new(
+        cfg: EngineConfig,
+        w: usize,
+        to_sink: crossbeam_channel::Sender<SinkMsg>,
+        names: Vec<String>,
+    ) -> Self {
+        Self {
+            w,
+            e: Engine::new(cfg, w),
+            to_sink,
+            names,
+            verdicts: Vec::new(),
+            written: 0,
+            failed: 0,
+            last_ts: 0,
+        }
+    }
+
+    fn batch(&mut self, batch: &Batch) {
+        let bytes = &batch.bytes;
+        let w = self.w;
+        self.e.process_batch(
+            &batch.frames,
+            |f| {
+                let (Mark::Frame, Ok(pkt)) = (&f.mark, &f.pkt) else { return None };
+                Some(Feed {
+                    pkt,
+                    raw: &bytes[f.start as usize..(f.start + f.len) as usize],
+                    // Frame numbers carry the vantage in their top 16 bits inside the engine.
+                    frame_no: (f.vantage as u64) << 48 | f.frame_no,
+                    expected: f.expected,
+                })
+            },
+            |e, f| match (f.mark, &f.pkt) {
+                (Mark::TimeJump { from_ns, to_ns }, _) => {
+                    e.time_jump(f.vantage, from_ns, to_ns, w == 0);
+                }
+                (Mark::Frame, Err(o)) => e.undecodable(*o),
+                _ => {}
+            },
+        );
+        // The time of the batch's last packet or time jump, whichever came last.
+        if let Some(t) = batch.frames.iter().rev().find_map(|f| match (f.mark, &f.pkt) {
+            (Mark::TimeJump { to_ns, .. }, _) => Some(to_ns),
+            (Mark::Frame, Ok(p)) => Some(p.ts_ns),
+            _ => None,
+        }) {
+            self.last_ts = t;
+        }
+        // The merged input's time: deadlines before it fire now (one below it, so a packet at
+        // exactly that time, still on its way, counts first).
+        if batch.watermark_ns > 0 {
+            self.e.tick(batch.watermark_ns - 1);
+            self.last_ts = self.last_ts.max(batch.watermark_ns - 1);
+        }
+        self.flush(self.last_ts);
+    }
+
+    /// Events leave as they happen, with the time no later event of this worker can precede
+    /// (see EventOrder); evidence files are written.
+    fn flush(&mut self, watermark: u64) {
+        let _ = self.to_sink.send(SinkMsg::Events {
+            worker: self.w,
+            watermark,
+            events: self.e.drain_events(),
+            notes: self.e.drain_path_notes(),
+        });
+        self.verdicts.extend(
+            self.e
+                .drain_verdicts()
+                .into_iter()
+                .map(|(n, v)| ((n >> 48) as u16, n & 0xffff_ffff_ffff, v)),
+        );
+        for job in self.e.drain_evidence() {
+            match job.write(&self.names) {
+                Ok(()) => self.written += 1,
+                Err(err) => {
+                    self.failed += 1;
+                    log::warn!("evidence {}: {err}", job.path.display());
+                }
+            }
+        }
+    }
+
+    /// End of input at `end_ns`, the whole input's last time: every worker's clock ends there,
+    /// so deadlines after its own last packet still fire.
+    fn finish(mut self, end_ns: u64) -> WorkerResult {
+        self.e.tick(self.last_ts.max(end_ns));
+        self.e.finish();
+        self.flush(u64::MAX);
+        WorkerResult {
+            verdicts: self.verdicts,
+            stats: self.e.stats(),
+            evidence_written: self.written,
+            evidence_failed: self.failed,
+        }
+    }
+}
+
 #[expect(clippy::needless_pass_by_value, reason = "the command owns its parsed arguments")]
 pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     // Output paths first: a typo must not cost a whole analysis.
@@ -221,100 +335,21 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     let mut senders = Vec::new();
     let mut handles = Vec::new();
     for w in 0..workers {
+        let worker = Worker::new(cfg.per_worker(workers), w, to_sink.clone(), names.clone());
         let end_ns = end_ns.clone();
         let (tx, rx) = bounded::<Batch>(64);
         let free_tx = free_tx.clone();
-        let to_sink = to_sink.clone();
         senders.push(tx);
-        let cfg = cfg.per_worker(workers);
-        let names = names.clone();
         handles.push(std::thread::Builder::new().name(format!("ww-analyze-{w}")).spawn(
             move || {
-                let mut e = Engine::new(cfg, w);
-                let mut verdicts = Vec::new();
-                let (mut written, mut failed) = (0, 0);
-                let mut last_ts = 0;
-                let mut flush =
-                    |e: &mut Engine,
-                     watermark: u64,
-                     verdicts: &mut Vec<(u16, u64, u32)>,
-                     frames_vantage: &dyn Fn(u64) -> u16| {
-                        // Events leave as they happen, with the time no later event of this worker can
-                        // precede (see EventOrder).
-                        let _ = to_sink.send(SinkMsg::Events {
-                            worker: w,
-                            watermark,
-                            events: e.drain_events(),
-                            notes: e.drain_path_notes(),
-                        });
-                        verdicts.extend(
-                            e.drain_verdicts()
-                                .into_iter()
-                                .map(|(n, v)| (frames_vantage(n), n & 0xffff_ffff_ffff, v)),
-                        );
-                        for job in e.drain_evidence() {
-                            match job.write(&names) {
-                                Ok(()) => written += 1,
-                                Err(err) => {
-                                    failed += 1;
-                                    log::warn!("evidence {}: {err}", job.path.display());
-                                }
-                            }
-                        }
-                    };
-                // Frame numbers carry the vantage in their top 16 bits inside the engine.
-                let vantage_of = |n: u64| (n >> 48) as u16;
+                let mut worker = worker;
                 for mut batch in rx {
-                    let bytes = &batch.bytes;
-                    e.process_batch(
-                        &batch.frames,
-                        |f| {
-                            let (Mark::Frame, Ok(pkt)) = (&f.mark, &f.pkt) else { return None };
-                            Some(Feed {
-                                pkt,
-                                raw: &bytes[f.start as usize..(f.start + f.len) as usize],
-                                frame_no: (f.vantage as u64) << 48 | f.frame_no,
-                                expected: f.expected,
-                            })
-                        },
-                        |e, f| match (f.mark, &f.pkt) {
-                            (Mark::TimeJump { from_ns, to_ns }, _) => {
-                                e.time_jump(f.vantage, from_ns, to_ns, w == 0);
-                            }
-                            (Mark::Frame, Err(o)) => e.undecodable(*o),
-                            _ => {}
-                        },
-                    );
-                    // The time of the batch's last packet or time jump, whichever came last.
-                    if let Some(t) =
-                        batch.frames.iter().rev().find_map(|f| match (f.mark, &f.pkt) {
-                            (Mark::TimeJump { to_ns, .. }, _) => Some(to_ns),
-                            (Mark::Frame, Ok(p)) => Some(p.ts_ns),
-                            _ => None,
-                        })
-                    {
-                        last_ts = t;
-                    }
-                    // The merged input's time: deadlines before it fire now (one below it, so a
-                    // packet at exactly that time, still on its way, counts first).
-                    if batch.watermark_ns > 0 {
-                        e.tick(batch.watermark_ns - 1);
-                        last_ts = last_ts.max(batch.watermark_ns - 1);
-                    }
-                    flush(&mut e, last_ts, &mut verdicts, &vantage_of);
+                    worker.batch(&batch);
                     batch.bytes.clear();
                     batch.frames.clear();
                     let _ = free_tx.try_send(batch);
                 }
-                e.tick(last_ts.max(end_ns.load(std::sync::atomic::Ordering::Acquire)));
-                e.finish();
-                flush(&mut e, u64::MAX, &mut verdicts, &vantage_of);
-                WorkerResult {
-                    verdicts,
-                    stats: e.stats(),
-                    evidence_written: written,
-                    evidence_failed: failed,
-                }
+                worker.finish(end_ns.load(std::sync::atomic::Ordering::Acquire))
             },
         )?);
     }
@@ -435,9 +470,9 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     if progress_on {
         progress.finish();
     }
-    for (b, tx) in batches.into_iter().zip(&senders) {
-        if !b.frames.is_empty() {
-            tx.send(b).map_err(|_| anyhow::anyhow!("an analysis worker stopped early"))?;
+    for shard in 0..workers {
+        if !batches[shard].frames.is_empty() {
+            send(&mut batches, shard, 0)?;
         }
     }
     end_ns.store(last_ns, std::sync::atomic::Ordering::Release);

@@ -355,6 +355,9 @@ pub struct Aggregator {
     /// order (`analyze`). Live, other events leave at once.
     hold_all: bool,
     last_sweep_ns: u64,
+    /// No open aggregate can be quiet before this time: the earliest `last_ns` among them
+    /// (which only grows) plus the window. Until then `release` does not look at them.
+    quiet_from_ns: u64,
     pub stats: AggregateStats,
     /// Aggregate events reported, by kind.
     pub reported: [u64; super::KIND_COUNT],
@@ -425,6 +428,7 @@ impl Aggregator {
                     }
                     None => Aggregate::new(Kind::SynFlood, e),
                 };
+                self.opened(&a);
                 self.floods.insert(service, a);
             }
         } else {
@@ -452,6 +456,7 @@ impl Aggregator {
                         a.merge(b);
                     }
                 }
+                self.opened(&a);
                 self.prefix_floods.insert(prefix, a);
             }
         } else {
@@ -469,6 +474,7 @@ impl Aggregator {
                         .entry(service)
                         .or_insert_with(|| Aggregate::new(Kind::ServiceBlackhole, e));
                     a.flows = a.flows.max(n);
+                    self.quiet_from_ns = self.quiet_from_ns.min(quiet_after(e.time_last_ns));
                 }
             } else {
                 self.stats.untracked += 1;
@@ -479,12 +485,19 @@ impl Aggregator {
             let n = r.add(t, service);
             recent = recent.max(r.len());
             if n >= SCAN_PORTS && !self.scans.contains_key(&e.src_ip) {
-                self.scans.insert(e.src_ip, Aggregate::new(Kind::PortScan, e));
+                let a = Aggregate::new(Kind::PortScan, e);
+                self.opened(&a);
+                self.scans.insert(e.src_ip, a);
             }
         } else {
             self.stats.untracked += 1;
         }
         recent
+    }
+
+    /// An aggregate is about to open: it may be quiet a window after its last event.
+    fn opened(&mut self, a: &Aggregate) {
+        self.quiet_from_ns = self.quiet_from_ns.min(quiet_after(a.last_ns));
     }
 
     /// A handshake was answered (an engine's note): what tells a black hole from a dead path.
@@ -541,18 +554,27 @@ impl Aggregator {
             now_ns == u64::MAX
                 || (now_ns.saturating_sub(last) >= AGGREGATE_WINDOW_NS && oldest_held > last)
         };
-        let (services, sources) = (&self.services, &self.sources);
-        let (unanswered, prefixes) = (&self.unanswered, &self.prefixes);
-        let mut ended = take_quiet(&mut self.floods, |k| last(services.get(k)), &quiet);
-        ended.extend(take_quiet(&mut self.blackholes, |k| last(unanswered.get(k)), &quiet));
-        ended.extend(take_quiet(&mut self.scans, |k| last(sources.get(k)), &quiet));
-        let prefix_last = |k: &Prefix| prefixes.get(k).map_or(0, |r| r.sources.last());
-        ended.extend(take_quiet(&mut self.prefix_floods, prefix_last, &quiet));
-        // In time order, the same from run to run (the maps' order is not).
-        ended.sort_by_key(|a| (a.last_ns, a.kind as usize, a.first.time_first_ns));
-        for a in ended.into_iter().filter(|a| a.count > 0) {
-            self.reported[a.kind as usize] += 1;
-            out.push(a.into_event());
+        if now_ns >= self.quiet_from_ns {
+            let (services, sources) = (&self.services, &self.sources);
+            let (unanswered, prefixes) = (&self.unanswered, &self.prefixes);
+            let mut ended = take_quiet(&mut self.floods, |k| last(services.get(k)), &quiet);
+            ended.extend(take_quiet(&mut self.blackholes, |k| last(unanswered.get(k)), &quiet));
+            ended.extend(take_quiet(&mut self.scans, |k| last(sources.get(k)), &quiet));
+            let prefix_last = |k: &Prefix| prefixes.get(k).map_or(0, |r| r.sources.last());
+            ended.extend(take_quiet(&mut self.prefix_floods, prefix_last, &quiet));
+            // In time order, the same from run to run (the maps' order is not).
+            ended.sort_by_key(|a| (a.last_ns, a.kind as usize, a.first.time_first_ns));
+            for a in ended.into_iter().filter(|a| a.count > 0) {
+                self.reported[a.kind as usize] += 1;
+                out.push(a.into_event());
+            }
+            self.quiet_from_ns = (self.floods.values())
+                .chain(self.blackholes.values())
+                .chain(self.prefix_floods.values())
+                .chain(self.scans.values())
+                .map(|a| quiet_after(a.last_ns))
+                .min()
+                .unwrap_or(u64::MAX);
         }
         // Forget services and sources that have been quiet for a window (swept once a window:
         // a full table waits for the sweep, counting what it could not track).
@@ -566,6 +588,11 @@ impl Aggregator {
             self.sources.retain(|_, r| keep(r.last()));
         }
     }
+}
+
+/// The earliest time an aggregate last seen at `last_ns` can be quiet.
+fn quiet_after(last_ns: u64) -> u64 {
+    last_ns.saturating_add(AGGREGATE_WINDOW_NS)
 }
 
 fn last<T: Copy + Eq + std::hash::Hash>(r: Option<&Recent<T>>) -> u64 {
@@ -589,7 +616,84 @@ fn take_quiet<K: Copy + Eq + std::hash::Hash>(
 
 #[cfg(test)]
 mod tests {
-    use super::{Recent, AGGREGATE_WINDOW_NS};
+    use std::net::IpAddr;
+
+    use super::{Aggregator, Recent, AGGREGATE_WINDOW_NS, SCAN_PORTS};
+    use crate::anomaly::{Culprit, Event, FlowRef, Kind, Role};
+
+    /// An unanswered SYN from `src` to `dst:port` at `t`.
+    fn unanswered(src: IpAddr, dst: IpAddr, port: u16, t: u64) -> Event {
+        Event {
+            schema_version: crate::anomaly::SCHEMA_VERSION,
+            kind: Kind::SynUnanswered,
+            sub_kind: None,
+            time_first: String::new(),
+            time_last: String::new(),
+            time_first_ns: t,
+            time_last_ns: t,
+            host: String::new(),
+            flow_id: 0,
+            community_id: String::new(),
+            src_ip: src,
+            src_port: 40000,
+            dest_ip: dst,
+            dest_port: port,
+            proto: "TCP",
+            orientation: "",
+            packet_direction: "",
+            flow: FlowRef {
+                src,
+                sport: 40000,
+                dst,
+                dport: port,
+                vlan: 0,
+                direction: "client_to_server",
+            },
+            vantage: "tap".into(),
+            count: 1,
+            fingerprints: Vec::new(),
+            culprit: Culprit {
+                role: Role::Peer,
+                addr: None,
+                port: None,
+                mac: None,
+                vantages: Vec::new(),
+                evidence: Vec::new(),
+            },
+            explanation: String::new(),
+            details: serde_json::Map::new(),
+            evidence: None,
+        }
+    }
+
+    /// `release` skips the open aggregates until the earliest can be quiet; a scan opened
+    /// after that bound was taken, with events older than the open one's (a late worker), is
+    /// still reported a window after its own last event, not the other's.
+    #[test]
+    fn an_aggregate_opened_late_with_older_events_is_reported_on_time() {
+        let w = AGGREGATE_WINDOW_NS;
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let target: IpAddr = "10.9.9.9".parse().unwrap();
+        let mut agg = Aggregator::default();
+        let mut out = Vec::new();
+        let scan = |agg: &mut Aggregator, out: &mut Vec<Event>, src: IpAddr, t0: u64| {
+            for i in 0..SCAN_PORTS as u16 {
+                agg.push(unanswered(src, target, 1000 + i, t0 + u64::from(i)), out);
+            }
+        };
+        // Scanner a's scan, at 5 s.
+        scan(&mut agg, &mut out, a, 5_000_000_000);
+        agg.advance(5_100_000_000, &mut out);
+        // Scanner b's scan, older (1 s), arrives after it.
+        scan(&mut agg, &mut out, b, 1_000_000_000);
+        let scans = |out: &[Event]| -> Vec<IpAddr> {
+            out.iter().filter(|e| e.kind == Kind::PortScan).map(|e| e.src_ip).collect()
+        };
+        agg.advance(1_000_000_000 + w + 100, &mut out);
+        assert_eq!(scans(&out), vec![b], "b's scan is quiet a window after its last SYN");
+        agg.advance(5_000_000_000 + w + 100, &mut out);
+        assert_eq!(scans(&out), vec![b, a]);
+    }
 
     /// The inline first sighting counts like the queue it replaces: distinct values within
     /// the window, a sighting that left the window forgotten, repeats not counted twice.
