@@ -40,6 +40,10 @@ struct Args {
     /// Engine replays per worker count (alternating 1 and 2 workers); medians are reported
     #[arg(long, default_value_t = 5)]
     replays: usize,
+    /// Runs of each tool on each file for the baseline rows, in rounds (every tool once per
+    /// round, so a slow minute of the machine falls on all of them); medians are reported
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    baseline_runs: u32,
     /// Scratch directory for the captures and the tools' output
     #[arg(long, default_value = "/tmp/wirewatch-bench")]
     workdir: PathBuf,
@@ -254,6 +258,7 @@ fn versus(
     tool: Tool,
     theirs: Result<Duration>,
     target: f64,
+    runs: u32,
 ) {
     let tgt = if target > 0.0 { format!("≥ {target:.0}× fewer CPU-s") } else { "—".into() };
     match (ours, theirs) {
@@ -264,7 +269,7 @@ fn versus(
                 label,
                 format!("{:.2} CPU-s", o.as_secs_f64()),
                 format!("{} {:.2} CPU-s", tool.name(), t.as_secs_f64()),
-                format!("{ratio:.1}×"),
+                format!("{ratio:.1}× (medians of {runs} runs)"),
                 &tgt,
                 (target > 0.0).then_some(ratio >= target),
             );
@@ -933,54 +938,77 @@ fn main() -> Result<()> {
     // 2–3. `wirewatch analyze` against Suricata, tshark and tcptrace, in CPU seconds.
     if args.runs("baselines") {
         pcap::write_capture(&cap, &snapped, 128)?;
-        let start = |tool| startup_cpu(tool, &args, &tiny);
-        let ww_start = start(Tool::Wirewatch);
-        let ours = |file: &Path| {
-            ww_start
-                .as_ref()
-                .map_err(|e| anyhow::anyhow!("{e:#}"))
-                .and_then(|s| work_cpu(Tool::Wirewatch, &args, file, *s))
-        };
-        let theirs = |tool, file: &Path| start(tool).and_then(|s| work_cpu(tool, &args, file, s));
-        let (ww_full, ww_snap) = (ours(&pcap), ours(&snapped));
-        let suricata_start = start(Tool::Suricata);
-        let sur = |file: &Path| {
-            suricata_start
-                .as_ref()
-                .map_err(|e| anyhow::anyhow!("{e:#}"))
-                .and_then(|s| work_cpu(Tool::Suricata, &args, file, *s))
-        };
+        // Each tool's start-up CPU once; then rounds of every (tool, file) pair.
+        let jobs = [
+            (Tool::Wirewatch, pcap.as_path()),
+            (Tool::Wirewatch, snapped.as_path()),
+            (Tool::Suricata, pcap.as_path()),
+            (Tool::Suricata, snapped.as_path()),
+            (Tool::Tshark, pcap.as_path()),
+            (Tool::Tcptrace, pcap.as_path()),
+        ];
+        let tools = [Tool::Wirewatch, Tool::Suricata, Tool::Tshark, Tool::Tcptrace];
+        let starts: Vec<Result<Duration>> =
+            tools.iter().map(|&t| startup_cpu(t, &args, &tiny)).collect();
+        let start_of = |t: Tool| &starts[tools.iter().position(|&x| x == t).expect("listed")];
+        let mut samples: Vec<Result<Vec<Duration>>> = jobs.iter().map(|_| Ok(Vec::new())).collect();
+        for _ in 0..args.baseline_runs {
+            for (&(tool, file), got) in jobs.iter().zip(samples.iter_mut()) {
+                let Ok(v) = got else { continue };
+                let run = match start_of(tool) {
+                    Ok(s) => work_cpu(tool, &args, file, *s),
+                    Err(e) => Err(anyhow::anyhow!("{e:#}")),
+                };
+                match run {
+                    Ok(d) => v.push(d),
+                    Err(e) => *got = Err(e),
+                }
+            }
+        }
+        let mut medians = samples.into_iter().map(|s| {
+            s.map(|mut v| {
+                v.sort();
+                v[v.len() / 2]
+            })
+        });
+        let mut next = || medians.next().expect("one per job");
+        let (ww_full, ww_snap) = (next(), next());
+        let (sur_full, sur_snap, tshark, tcptrace) = (next(), next(), next(), next());
         versus(
             &mut rows,
             "analyze vs suricata, full frames",
             &ww_full,
             Tool::Suricata,
-            sur(&pcap),
+            sur_full,
             10.0,
+            args.baseline_runs,
         );
         versus(
             &mut rows,
             "analyze vs suricata, 128 B snap",
             &ww_snap,
             Tool::Suricata,
-            sur(&snapped),
+            sur_snap,
             10.0,
+            args.baseline_runs,
         );
         versus(
             &mut rows,
             "analyze vs tshark, full frames",
             &ww_full,
             Tool::Tshark,
-            theirs(Tool::Tshark, &pcap),
+            tshark,
             100.0,
+            args.baseline_runs,
         );
         versus(
             &mut rows,
             "analyze vs tcptrace, full frames",
             &ww_full,
             Tool::Tcptrace,
-            theirs(Tool::Tcptrace, &pcap),
+            tcptrace,
             0.0,
+            args.baseline_runs,
         );
         let _ = std::fs::remove_file(&snapped);
     }
