@@ -604,17 +604,35 @@ struct LiveResult {
     not_for_us: u64,
 }
 
-/// Pushes the capture's frames into `gen0` for `secs` with live-frame BPF_PROG_TEST_RUN from
-/// inside the namespace; returns frames sent.
-fn generate_live(ns: &str, cap: &gen::Capture, secs: f64) -> Result<u64> {
+/// The frames the live rows send: the capture file's first `LIVE_FRAMES` records, whole, as a
+/// wire carries them (the engine replay's 128-byte cuts keep IP lengths that say more than
+/// the frame holds: the XDP program would take them as malformed and pass them).
+fn live_frames(pcap: &Path) -> Result<Vec<Vec<u8>>> {
+    let mut r = dataplane::capture::CaptureReader::open(pcap)
+        .with_context(|| format!("reading {}", pcap.display()))?;
+    let mut frames = Vec::new();
+    while frames.len() < LIVE_FRAMES {
+        match r.next_frame()? {
+            Some(f) => frames.push(f.data),
+            None => break,
+        }
+    }
+    anyhow::ensure!(!frames.is_empty(), "{} holds no frame", pcap.display());
+    Ok(frames)
+}
+
+/// Records of the capture the live rows send (they cycle through them).
+const LIVE_FRAMES: usize = 200_000;
+
+/// Pushes `frames` into `gen0` for `secs` with live-frame BPF_PROG_TEST_RUN from inside the
+/// namespace; returns frames sent.
+fn generate_live(ns: &str, frames: &[Vec<u8>], secs: f64) -> Result<u64> {
     let idx: u32 = wirewatch_testkit::netns::sh(&format!(
         "ip netns exec {ns} cat /sys/class/net/gen0/ifindex"
     ))?
     .trim()
     .parse()?;
     let ns = ns.to_string();
-    let frames: Vec<Vec<u8>> =
-        (0..cap.frames.len().min(200_000)).map(|i| cap.frame(i).0.to_vec()).collect();
     std::thread::scope(|s| {
         s.spawn(|| -> Result<u64> {
             wirewatch_testkit::netns::enter_current_thread(&ns)?;
@@ -622,7 +640,7 @@ fn generate_live(ns: &str, cap: &gen::Capture, secs: f64) -> Result<u64> {
             let end = Instant::now() + Duration::from_secs_f64(secs);
             let mut sent = 0u64;
             'outer: loop {
-                for f in &frames {
+                for f in frames {
                     // Each call costs ~25 ms of set-up and one frame per call tops out near 60 kpps, so
                     // every frame goes out REPEAT times (the engine sees the copies as span
                     // duplicates: the capture path's full cost, de-duplication included).
@@ -648,7 +666,7 @@ fn generate_live(ns: &str, cap: &gen::Capture, secs: f64) -> Result<u64> {
 /// tap: `--non-tcp drop`, so the frames that are not TCP end in the XDP program instead of going
 /// up mon0's stack), `wirewatch-host` (`run --host`: every frame also goes on to mon0's stack,
 /// which drops it, as tcpdump's run lets it) or `tcpdump`.
-fn live(tool: &str, args: &Args, cap: &gen::Capture) -> Result<LiveResult> {
+fn live(tool: &str, args: &Args, frames: &[Vec<u8>]) -> Result<LiveResult> {
     let host = tool == "wirewatch-host";
     let mut t = Topology::new();
     t.namespace("bench", &format!("wwbench{}", std::process::id() % 100000))?;
@@ -711,7 +729,7 @@ fn live(tool: &str, args: &Args, cap: &gen::Capture) -> Result<LiveResult> {
     };
     let drop0 = rx_dropped();
     let soft0 = softirq();
-    let sent = generate_live(&ns.name, cap, args.live_secs)?;
+    let sent = generate_live(&ns.name, frames, args.live_secs)?;
     std::thread::sleep(Duration::from_millis(500));
     let soft = softirq().saturating_sub(soft0);
     let arrived = rx().saturating_sub(rx0);
@@ -795,7 +813,7 @@ fn live(tool: &str, args: &Args, cap: &gen::Capture) -> Result<LiveResult> {
 /// The kernel's share of the live path: the same generated traffic into `mon0` with only a
 /// bare XDP_DROP program there (the least any XDP tool costs on this veth: the ring between
 /// the veth pair, NAPI, one program run a frame). Softirq time per frame that reached mon0.
-fn live_floor(args: &Args, cap: &gen::Capture) -> Result<f64> {
+fn live_floor(args: &Args, frames: &[Vec<u8>]) -> Result<f64> {
     let mut t = Topology::new();
     t.namespace("bench", &format!("wwbench{}", std::process::id() % 100000))?;
     t.veth(("bench", "gen0"), ("bench", "mon0"))?;
@@ -820,7 +838,7 @@ fn live_floor(args: &Args, cap: &gen::Capture) -> Result<f64> {
             .unwrap_or(0)
     };
     let (rx0, soft0) = (rx(), softirq());
-    let sent = generate_live(&ns.name, cap, args.live_secs)?;
+    let sent = generate_live(&ns.name, frames, args.live_secs)?;
     std::thread::sleep(Duration::from_millis(500));
     let soft = softirq().saturating_sub(soft0);
     let arrived = rx().saturating_sub(rx0);
@@ -1083,9 +1101,10 @@ fn main() -> Result<()> {
     // 5. Live path.
     if !args.runs("live") {
     } else if is_root() {
-        let ww = live("wirewatch", &args, &cap);
-        let td = live("tcpdump", &args, &cap);
-        match (live_floor(&args, &cap), &ww, &td) {
+        let frames = live_frames(&pcap)?;
+        let ww = live("wirewatch", &args, &frames);
+        let td = live("tcpdump", &args, &frames);
+        match (live_floor(&args, &frames), &ww, &td) {
             (Ok(f), Ok(w), Ok(t)) => row(
                 &mut rows,
                 "live path: where the CPU goes",
@@ -1102,7 +1121,7 @@ fn main() -> Result<()> {
             _ => {}
         }
         // Host mode against tcpdump (both let the stack have every frame) and against span mode.
-        match (live("wirewatch-host", &args, &cap), &ww, &td) {
+        match (live("wirewatch-host", &args, &frames), &ww, &td) {
             (Ok(h), Ok(w), Ok(t)) => {
                 let secs = args.live_secs;
                 row(
@@ -1128,7 +1147,7 @@ fn main() -> Result<()> {
             _ => {}
         }
         // The same on a dedicated tap, where the stack has no use for the frames.
-        match (live("wirewatch-tap", &args, &cap), &td) {
+        match (live("wirewatch-tap", &args, &frames), &td) {
             (Ok(w), Ok(t)) => row(
                 &mut rows,
                 "live path, dedicated tap (--non-tcp drop): CPU per packet",
