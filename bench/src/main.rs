@@ -42,7 +42,7 @@ struct Args {
     replays: usize,
     /// Runs of each tool on each file for the baseline rows, in rounds (every tool once per
     /// round, so a slow minute of the machine falls on all of them); medians are reported
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    #[arg(long, default_value_t = 3, value_parser = odd_runs)]
     baseline_runs: u32,
     /// Scratch directory for the captures and the tools' output
     #[arg(long, default_value = "/tmp/wirewatch-bench")]
@@ -140,7 +140,15 @@ fn replay(cap: &gen::Capture, idx: &[u32], worker: usize, workers: usize) -> Rep
     Replay { cpu, wall, events }
 }
 
-/// The median of `runs` by `key`.
+/// `--baseline-runs`: an odd count from 1 to 21, so that a median is one of the runs.
+fn odd_runs(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if n % 2 == 1 && n <= 21 => Ok(n),
+        _ => Err(format!("{s}: an odd number of runs from 1 to 21 (the median is the middle one)")),
+    }
+}
+
+/// The median of `runs` by `key` (the upper middle one for an even count).
 fn median<T: Copy>(mut runs: Vec<T>, key: impl Fn(&T) -> Duration) -> T {
     runs.sort_by_key(|r| key(r));
     runs[runs.len() / 2]
@@ -218,8 +226,12 @@ impl Tool {
     }
 }
 
-/// CPU seconds (user + system, from wait4) of one run of `tool` over `file`.
+/// CPU seconds (user + system, from wait4) of one run of `tool` over `file`. Dirty pages are
+/// written back first, so that no earlier run's output (tcptrace writes ~500 MB) is being
+/// flushed while this one is measured.
 fn tool_cpu(tool: Tool, args: &Args, file: &Path) -> Result<Duration> {
+    // Safety: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
     let cmd = tool.command(&args.wirewatch, file, &args.workdir)?;
     let out = args.workdir.join(format!("{}.out", tool.name()));
     let err = args.workdir.join(format!("{}.err", tool.name()));
@@ -627,6 +639,7 @@ const LIVE_FRAMES: usize = 200_000;
 /// Pushes `frames` into `gen0` for `secs` with live-frame BPF_PROG_TEST_RUN from inside the
 /// namespace; returns frames sent.
 fn generate_live(ns: &str, frames: &[Vec<u8>], secs: f64) -> Result<u64> {
+    anyhow::ensure!(!frames.is_empty(), "no frames to send (the capture file could not be read)");
     let idx: u32 = wirewatch_testkit::netns::sh(&format!(
         "ip netns exec {ns} cat /sys/class/net/gen0/ifindex"
     ))?
@@ -970,7 +983,11 @@ fn main() -> Result<()> {
             tools.iter().map(|&t| startup_cpu(t, &args, &tiny)).collect();
         let start_of = |t: Tool| &starts[tools.iter().position(|&x| x == t).expect("listed")];
         let mut samples: Vec<Result<Vec<Duration>>> = jobs.iter().map(|_| Ok(Vec::new())).collect();
-        for _ in 0..args.baseline_runs {
+        for round in 1..=args.baseline_runs {
+            // Without wirewatch's figures the others' rows cannot be made.
+            if samples[..2].iter().all(Result::is_err) {
+                break;
+            }
             for (&(tool, file), got) in jobs.iter().zip(samples.iter_mut()) {
                 let Ok(v) = got else { continue };
                 let run = match start_of(tool) {
@@ -979,16 +996,13 @@ fn main() -> Result<()> {
                 };
                 match run {
                     Ok(d) => v.push(d),
-                    Err(e) => *got = Err(e),
+                    Err(e) => {
+                        *got = Err(e.context(format!("run {round} of {}", args.baseline_runs)));
+                    }
                 }
             }
         }
-        let mut medians = samples.into_iter().map(|s| {
-            s.map(|mut v| {
-                v.sort();
-                v[v.len() / 2]
-            })
-        });
+        let mut medians = samples.into_iter().map(|s| s.map(|v| median(v, |d| *d)));
         let mut next = || medians.next().expect("one per job");
         let (ww_full, ww_snap) = (next(), next());
         let (sur_full, sur_snap, tshark, tcptrace) = (next(), next(), next(), next());
@@ -1101,10 +1115,17 @@ fn main() -> Result<()> {
     // 5. Live path.
     if !args.runs("live") {
     } else if is_root() {
-        let frames = live_frames(&pcap)?;
-        let ww = live("wirewatch", &args, &frames);
-        let td = live("tcpdump", &args, &frames);
-        match (live_floor(&args, &frames), &ww, &td) {
+        let frames = live_frames(&pcap);
+        let frames = match &frames {
+            Ok(f) => f.as_slice(),
+            Err(e) => {
+                println!("live path: not run: {e:#}");
+                &[]
+            }
+        };
+        let ww = live("wirewatch", &args, frames);
+        let td = live("tcpdump", &args, frames);
+        match (live_floor(&args, frames), &ww, &td) {
             (Ok(f), Ok(w), Ok(t)) => row(
                 &mut rows,
                 "live path: where the CPU goes",
@@ -1121,7 +1142,7 @@ fn main() -> Result<()> {
             _ => {}
         }
         // Host mode against tcpdump (both let the stack have every frame) and against span mode.
-        match (live("wirewatch-host", &args, &frames), &ww, &td) {
+        match (live("wirewatch-host", &args, frames), &ww, &td) {
             (Ok(h), Ok(w), Ok(t)) => {
                 let secs = args.live_secs;
                 row(
@@ -1147,7 +1168,7 @@ fn main() -> Result<()> {
             _ => {}
         }
         // The same on a dedicated tap, where the stack has no use for the frames.
-        match (live("wirewatch-tap", &args, &frames), &td) {
+        match (live("wirewatch-tap", &args, frames), &td) {
             (Ok(w), Ok(t)) => row(
                 &mut rows,
                 "live path, dedicated tap (--non-tcp drop): CPU per packet",

@@ -335,14 +335,15 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     let mut senders = Vec::new();
     let mut handles = Vec::new();
     for w in 0..workers {
-        let worker = Worker::new(cfg.per_worker(workers), w, to_sink.clone(), names.clone());
+        let (cfg, to_sink, names) = (cfg.per_worker(workers), to_sink.clone(), names.clone());
         let end_ns = end_ns.clone();
         let (tx, rx) = bounded::<Batch>(64);
         let free_tx = free_tx.clone();
         senders.push(tx);
         handles.push(std::thread::Builder::new().name(format!("ww-analyze-{w}")).spawn(
             move || {
-                let mut worker = worker;
+                // Made on its own thread: its tables are that thread's memory.
+                let mut worker = Worker::new(cfg, w, to_sink, names);
                 for mut batch in rx {
                     worker.batch(&batch);
                     batch.bytes.clear();

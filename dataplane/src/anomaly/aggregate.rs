@@ -355,8 +355,9 @@ pub struct Aggregator {
     /// order (`analyze`). Live, other events leave at once.
     hold_all: bool,
     last_sweep_ns: u64,
-    /// No open aggregate can be quiet before this time: the earliest `last_ns` among them
-    /// (which only grows) plus the window. Until then `release` does not look at them.
+    /// No open aggregate can be quiet before this time: a lower bound on the earliest
+    /// `last_ns` among them plus the window (each `last_ns` only grows). Until then `release`
+    /// does not look at them.
     quiet_from_ns: u64,
     pub stats: AggregateStats,
     /// Aggregate events reported, by kind.
@@ -469,12 +470,13 @@ impl Aggregator {
                 let flooded = self.floods.contains_key(&service)
                     || self.prefix_floods.contains_key(&prefix_of(service.0));
                 if n >= BLACKHOLE_FLOWS && !flooded {
-                    let a = self
-                        .blackholes
-                        .entry(service)
-                        .or_insert_with(|| Aggregate::new(Kind::ServiceBlackhole, e));
+                    if !self.blackholes.contains_key(&service) {
+                        let a = Aggregate::new(Kind::ServiceBlackhole, e);
+                        self.opened(&a);
+                        self.blackholes.insert(service, a);
+                    }
+                    let a = self.blackholes.get_mut(&service).expect("inserted above");
                     a.flows = a.flows.max(n);
-                    self.quiet_from_ns = self.quiet_from_ns.min(quiet_after(e.time_last_ns));
                 }
             } else {
                 self.stats.untracked += 1;
@@ -666,12 +668,13 @@ mod tests {
         }
     }
 
-    /// `release` skips the open aggregates until the earliest can be quiet; a scan opened
-    /// after that bound was taken, with events older than the open one's (a late worker), is
-    /// still reported a window after its own last event, not the other's.
+    /// `release` skips the open aggregates until the earliest can be quiet. A scan opened
+    /// after that bound was taken, from events older than the open scan's last (a worker whose
+    /// events come late, live), is still reported a window after its own last SYN, not the
+    /// other's, with every one of its SYNs counted once.
     #[test]
     fn an_aggregate_opened_late_with_older_events_is_reported_on_time() {
-        let w = AGGREGATE_WINDOW_NS;
+        let (s, w) = (1_000_000_000, AGGREGATE_WINDOW_NS);
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         let target: IpAddr = "10.9.9.9".parse().unwrap();
         let mut agg = Aggregator::default();
@@ -681,17 +684,23 @@ mod tests {
                 agg.push(unanswered(src, target, 1000 + i, t0 + u64::from(i)), out);
             }
         };
-        // Scanner a's scan, at 5 s.
-        scan(&mut agg, &mut out, a, 5_000_000_000);
-        agg.advance(5_100_000_000, &mut out);
-        // Scanner b's scan, older (1 s), arrives after it.
-        scan(&mut agg, &mut out, b, 1_000_000_000);
+        // Scanner a: a scan at 5 s, still scanning until 16 s; its held SYNs leave at 16 s.
+        scan(&mut agg, &mut out, a, 5 * s);
+        for i in 6..=16 {
+            agg.push(unanswered(a, target, 2000 + i as u16, i * s), &mut out);
+        }
+        agg.advance(16 * s + 1, &mut out);
+        // Scanner b: a scan at 7 s, reaching the aggregator after a's SYNs of 16 s.
+        scan(&mut agg, &mut out, b, 7 * s);
         let scans = |out: &[Event]| -> Vec<IpAddr> {
             out.iter().filter(|e| e.kind == Kind::PortScan).map(|e| e.src_ip).collect()
         };
-        agg.advance(1_000_000_000 + w + 100, &mut out);
+        agg.advance(7 * s + w + 100, &mut out);
         assert_eq!(scans(&out), vec![b], "b's scan is quiet a window after its last SYN");
-        agg.advance(5_000_000_000 + w + 100, &mut out);
+        let b_scan = out.iter().find(|e| e.kind == Kind::PortScan).unwrap().count;
+        let b_alone = out.iter().filter(|e| e.kind == Kind::SynUnanswered && e.src_ip == b).count();
+        assert_eq!(b_scan + b_alone as u64, SCAN_PORTS as u64, "each of b's SYNs counted once");
+        agg.advance(16 * s + w + 100, &mut out);
         assert_eq!(scans(&out), vec![b, a]);
     }
 
