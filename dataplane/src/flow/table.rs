@@ -34,6 +34,9 @@ const IDLE_SAMPLE: usize = 32;
 /// The most flows a table holds (slab positions and tags share one u32 index entry).
 pub const MAX_CAPACITY: usize = 1 << 26;
 
+/// Index positions a new table starts with (64 KiB): see `FlowTable::index`.
+const INITIAL_SLOTS: usize = 1 << 14;
+
 /// A flow's position in its table's slab; stable while the flow lives.
 pub type Slot = u32;
 
@@ -55,7 +58,11 @@ pub struct FlowTable {
     live: Vec<u64>,
     /// Head of the free list, threaded through dead records' `last_hist`.
     free: u32,
+    /// Open-addressed (linear probing), at most 3/4 full: it starts at [`INITIAL_SLOTS`] and
+    /// doubles as flows arrive, up to `max_slots` (the capacity's 4/3). A small table's index
+    /// stays in the caches, and nothing faults in index pages no flow uses.
     index: Box<[u32]>,
+    max_slots: usize,
     /// Bits of an index entry that hold slab position + 1; the rest hold a hash tag.
     pos_bits: u32,
     len: usize,
@@ -115,15 +122,16 @@ impl FlowTable {
         // Load factor ≤ 3/4: probes stay within a cache line or two (16 entries a line), and
         // the index costs 5⅓ bytes per flow. Not a power of two: positions come from a
         // multiply-shift of the hash.
-        let slots = (capacity * 4 / 3).max(64).next_multiple_of(16);
+        let max_slots = (capacity * 4 / 3).max(64).next_multiple_of(16);
         let pos_bits = usize::BITS - capacity.leading_zeros();
         let slab = Vec::with_capacity(capacity);
-        let index = vec![0u32; slots].into_boxed_slice();
+        let index = vec![0u32; max_slots.min(INITIAL_SLOTS)].into_boxed_slice();
         Self {
             slab,
             live: vec![0; capacity.div_ceil(64)],
             free: FREE_END,
             index,
+            max_slots,
             pos_bits,
             len: 0,
             capacity,
@@ -151,7 +159,7 @@ impl FlowTable {
         self.len >= self.capacity
     }
 
-    /// Bytes the table has reserved for its index (the slab grows with the flows).
+    /// Bytes the table's index holds now (it grows with the flows, as the slab does).
     pub fn index_bytes(&self) -> usize {
         self.index.len() * 4
     }
@@ -266,14 +274,36 @@ impl FlowTable {
             s
         };
         self.live[slot as usize / 64] |= 1 << (slot % 64);
+        if (self.len + 1) * 4 > self.index.len() * 3 && self.index.len() < self.max_slots {
+            self.grow_index();
+        }
+        self.place(h, self.tag_of(h) | (slot + 1));
+        self.len += 1;
+        self.created += 1;
+        slot
+    }
+
+    /// Puts index entry `e` for hash `h` in the first free position of its probe run.
+    #[inline]
+    fn place(&mut self, h: u64, e: u32) {
         let mut i = self.home(h);
         while self.index[i] != 0 {
             i = self.next(i);
         }
-        self.index[i] = self.tag_of(h) | (slot + 1);
-        self.len += 1;
-        self.created += 1;
-        slot
+        self.index[i] = e;
+    }
+
+    /// Doubles the index (up to `max_slots`) and places every entry again. Slots and tags do
+    /// not change: what refers to a flow by slot (timers, side state) stays valid.
+    #[cold]
+    fn grow_index(&mut self) {
+        let slots = (self.index.len() * 2).min(self.max_slots).next_multiple_of(16);
+        let old = std::mem::replace(&mut self.index, vec![0u32; slots].into_boxed_slice());
+        let pm = self.pos_mask();
+        for e in old.iter().copied().filter(|&e| e != 0) {
+            let h = self.hash(&self.slab[((e & pm) - 1) as usize].key);
+            self.place(h, e);
+        }
     }
 
     #[inline]
@@ -517,6 +547,52 @@ mod tests {
                 assert_eq!(t.find(k, t.hash(k)), Some(*s));
             }
         }
+    }
+
+    /// Flow `i` of many (distinct addresses as well as ports).
+    fn many(i: u32) -> FlowKey {
+        let src = std::net::Ipv4Addr::from(0x0a00_0000 | (i >> 4));
+        let f =
+            TcpSegment::new(src.into(), 1024 + (i & 15) as u16, "10.255.0.1".parse().unwrap(), 80)
+                .frame();
+        decode(&f, f.len() as u32, 0, 0).unwrap().flow().0
+    }
+
+    /// The index grows from its first size to the capacity's while flows come and go: every
+    /// live flow is found at the slot it was given, no removed one is, and a slot held by a
+    /// reference stays valid across the growth.
+    #[test]
+    fn the_index_grows_and_keeps_every_flow_at_its_slot() {
+        let mut t = FlowTable::with_seed(100_000, 7);
+        let first = t.index_bytes();
+        let mut model = std::collections::HashMap::new();
+        let k0 = many(0);
+        let s0 = t.insert(k0, t.hash(&k0), 0, 0);
+        let r0 = t.flow_ref(s0);
+        model.insert(k0, s0);
+        for i in 1..90_000u32 {
+            let k = many(i);
+            let s = t.insert(k, t.hash(&k), u64::from(i), 0);
+            model.insert(k, s);
+            // A third of them leave again, in the middle of the growth.
+            if i % 3 == 0 {
+                let gone = many(i / 2 + 1);
+                if let Some(s) = model.remove(&gone) {
+                    t.remove(s);
+                }
+            }
+        }
+        assert!(t.index_bytes() >= 8 * first, "{} then {}", first, t.index_bytes());
+        assert!(t.index_bytes() <= (100_000 * 4 / 3 + 16) * 4);
+        assert_eq!(t.len(), model.len());
+        for (k, s) in &model {
+            assert_eq!(t.find(k, t.hash(k)), Some(*s));
+        }
+        for i in (2..90_000u32).step_by(97) {
+            let k = many(i);
+            assert_eq!(t.find(&k, t.hash(&k)).is_some(), model.contains_key(&k), "flow {i}");
+        }
+        assert_eq!(t.resolve(r0), Some(s0));
     }
 
     #[test]
