@@ -96,6 +96,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut engine_cfg = EngineConfig {
         evidence_dir: Some(args.evidence_dir.clone()),
         vantages: vantages.clone(),
+        // No rehash pause while the receive rings fill.
+        flow_index_grows: false,
         ..Default::default()
     };
     args.thresholds.apply(&mut engine_cfg);

@@ -18,6 +18,11 @@ pub struct EngineConfig {
     pub reorder_default_ns: u64,
     pub mirror_window_ns: u64,
     pub flow_capacity: usize,
+    /// The flow index starts small and doubles with the flows (analyze, the benchmarks) rather
+    /// than being allocated for `flow_capacity` at once (`run`): each doubling rehashes every
+    /// flow, a pause of milliseconds near a million flows that a live receive ring may not
+    /// cover at line rate.
+    pub flow_index_grows: bool,
     /// Flows that can have a detector armed at once (side-state pool entries).
     pub side_capacity: usize,
     pub idle_timeout_ns: u64,
@@ -66,6 +71,7 @@ impl Default for EngineConfig {
             reorder_default_ns: 3_000_000,
             mirror_window_ns: 1_000_000,
             flow_capacity: 1 << 20,
+            flow_index_grows: true,
             side_capacity: 1 << 14,
             idle_timeout_ns: 300_000_000_000,
             closed_timeout_ns: 10_000_000_000,

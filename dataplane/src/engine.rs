@@ -156,7 +156,11 @@ pub struct Engine {
 impl Engine {
     pub fn new(cfg: EngineConfig, worker: usize) -> Self {
         Self {
-            flows: FlowTable::new(cfg.flow_capacity),
+            flows: if cfg.flow_index_grows {
+                FlowTable::new(cfg.flow_capacity)
+            } else {
+                FlowTable::presized(cfg.flow_capacity)
+            },
             side: SidePool::new(cfg.side_capacity),
             macs: MacTable::new(),
             timers: TimerWheel::new(),

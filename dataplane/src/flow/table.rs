@@ -116,6 +116,14 @@ impl FlowTable {
         Self::with_seed(capacity, process_seed())
     }
 
+    /// A table whose index is allocated for `capacity` at once and never grows (no rehash
+    /// pause; see `EngineConfig::flow_index_grows`).
+    pub fn presized(capacity: usize) -> Self {
+        let mut t = Self::new(capacity);
+        t.index = vec![0u32; t.max_slots].into_boxed_slice();
+        t
+    }
+
     /// A table whose hash uses `seed` (tests; results never depend on it).
     pub fn with_seed(capacity: usize, seed: u64) -> Self {
         let capacity = capacity.clamp(16, MAX_CAPACITY);
@@ -593,6 +601,16 @@ mod tests {
             assert_eq!(t.find(&k, t.hash(&k)).is_some(), model.contains_key(&k), "flow {i}");
         }
         assert_eq!(t.resolve(r0), Some(s0));
+        // `run`'s tables are allocated whole and never rehash.
+        let mut p = FlowTable::presized(100_000);
+        let whole = p.index_bytes();
+        assert_eq!(whole, (100_000 * 4 / 3usize).next_multiple_of(16) * 4);
+        for i in 0..50_000u32 {
+            let k = many(i);
+            p.insert(k, p.hash(&k), 0, 0);
+        }
+        assert_eq!(p.index_bytes(), whole);
+        assert!((0..50_000u32).step_by(101).all(|i| p.find(&many(i), p.hash(&many(i))).is_some()));
     }
 
     #[test]
