@@ -471,9 +471,9 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     if progress_on {
         progress.finish();
     }
-    for shard in 0..workers {
-        if !batches[shard].frames.is_empty() {
-            send(&mut batches, shard, 0)?;
+    for (b, tx) in batches.into_iter().zip(&senders) {
+        if !b.frames.is_empty() {
+            tx.send(b).map_err(|_| anyhow::anyhow!("an analysis worker stopped early"))?;
         }
     }
     end_ns.store(last_ns, std::sync::atomic::Ordering::Release);

@@ -140,9 +140,7 @@ impl EngineSink {
             crate::export::metrics::zero_window_duration(z);
         }
     }
-}
 
-impl EngineSink {
     /// Every flow this worker's queue brings is its own (one worker, or a queue of its own):
     /// nothing is handed to another worker.
     fn owns_every_flow(&self) -> bool {

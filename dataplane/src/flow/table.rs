@@ -119,13 +119,16 @@ impl FlowTable {
     /// A table whose index is allocated for `capacity` at once and never grows (no rehash
     /// pause; see `EngineConfig::flow_index_grows`).
     pub fn presized(capacity: usize) -> Self {
-        let mut t = Self::new(capacity);
-        t.index = vec![0u32; t.max_slots].into_boxed_slice();
-        t
+        Self::build(capacity, process_seed(), usize::MAX)
     }
 
     /// A table whose hash uses `seed` (tests; results never depend on it).
     pub fn with_seed(capacity: usize, seed: u64) -> Self {
+        Self::build(capacity, seed, INITIAL_SLOTS)
+    }
+
+    /// A table whose index starts with at most `first_slots` positions.
+    fn build(capacity: usize, seed: u64, first_slots: usize) -> Self {
         let capacity = capacity.clamp(16, MAX_CAPACITY);
         // Load factor ≤ 3/4: probes stay within a cache line or two (16 entries a line), and
         // the index costs 5⅓ bytes per flow. Not a power of two: positions come from a
@@ -133,7 +136,7 @@ impl FlowTable {
         let max_slots = (capacity * 4 / 3).max(64).next_multiple_of(16);
         let pos_bits = usize::BITS - capacity.leading_zeros();
         let slab = Vec::with_capacity(capacity);
-        let index = vec![0u32; max_slots.min(INITIAL_SLOTS)].into_boxed_slice();
+        let index = vec![0u32; max_slots.min(first_slots)].into_boxed_slice();
         Self {
             slab,
             live: vec![0; capacity.div_ceil(64)],
