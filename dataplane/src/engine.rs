@@ -505,6 +505,7 @@ impl Engine {
         let verdict;
         let was = rec.state;
         let had_synack = rec.flags & conn_flags::SYNACK_SEEN != 0;
+        let syns_before = rec.syns();
         {
             let before = rec.dirs[side];
             let mut c = Ctx {
@@ -585,6 +586,7 @@ impl Engine {
         }
         let answered = !had_synack && rec.flags & conn_flags::SYNACK_SEEN != 0;
         let evidence_pending = rec.flags & conn_flags::EVIDENCE_PENDING != 0;
+        let syn_retried = p.has(SYN) && anomaly::setup::syn_retried_unanswered(rec, syns_before);
         if answered {
             self.note_answered(p.vantage, key.endpoint(side), p.ts_ns);
         }
@@ -597,6 +599,10 @@ impl Engine {
             self.flows.note_half_open(slot);
         } else if created {
             self.arm_expiry(slot, p.ts_ns.saturating_add(self.cfg.idle_timeout_ns));
+        }
+        if syn_retried {
+            let deadline = p.ts_ns.saturating_add(anomaly::setup::SYN_ANSWER_GRACE_NS);
+            self.arm_timer(deadline, flow_ref, TimerKind::Handshake);
         }
         if now_state.is_closed() && !was.is_closed() {
             self.flows.note_closed(slot);
@@ -799,6 +805,7 @@ impl Engine {
 
     /// Flushes pending evidence (end of input or shutdown).
     pub fn finish(&mut self) {
+        self.report_retried_syns();
         if self.cfg.vantages.len() > 1 {
             let found = self.matcher.finish(self.cfg.vantages.len());
             self.report_cross_vantage(found);
@@ -830,6 +837,31 @@ impl Engine {
             let (key, side) = sp.pkt.flow();
             let Some(slot) = self.flows.find(&key, self.flows.hash(&key)) else { continue };
             self.emit(d, slot, side, &sp.pkt, sp.hist_id);
+        }
+    }
+
+    /// At the end of input, a SYN retransmitted twice whose answer's grace had not run out is
+    /// reported anyway: nothing answered it before the input ended (the rule before the grace
+    /// existed, and all that can still be said). A lone SYN's handshake timeout still needs
+    /// its whole time.
+    fn report_retried_syns(&mut self) {
+        let mut pending = Vec::new();
+        let flows = &self.flows;
+        self.timers.retain(|t| {
+            if t.kind() == TimerKind::Handshake {
+                if let Some(s) = flows.resolve(t.flow()) {
+                    let r = flows.get(s);
+                    if anomaly::setup::syn_retried_unanswered(r, 0) {
+                        pending.push(s);
+                    }
+                }
+            }
+            true
+        });
+        pending.sort_unstable();
+        pending.dedup();
+        for slot in pending {
+            self.handshake_timeout(slot, self.now_ns);
         }
     }
 

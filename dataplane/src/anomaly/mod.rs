@@ -66,7 +66,7 @@ macro_rules! kinds {
 // ../shared/DETECTIONS.md).
 kinds! {
     SynUnanswered => "syn_unanswered", health: false, counted: event,
-        rule: "A SYN (with its retransmissions, same ISN) gets neither a SYN-ACK nor a RST within --handshake-timeout (3 s), or is retransmitted twice or more.",
+        rule: "A SYN (with its retransmissions, same ISN) gets neither a SYN-ACK nor a RST within --handshake-timeout (3 s), or within 1 s (the initial RTO of RFC 6298) of its second retransmission; a capture that ends sooner after that retransmission reports it at its end.",
         means: "The SYN is silently dropped between this sensor and the server: a firewall or security group, a black-holed route, or a server that is down without answering.",
         next: "Is the SYN seen at a sensor nearer the server (run both interfaces; lost_between_sensors names the segment)? Check firewall drop counters and routes for the destination; from a host on the path, `nc -vz DST PORT` or `tcpdump -ni IF host DST and port PORT`.";
     SynRejected => "syn_rejected", health: false, counted: event,

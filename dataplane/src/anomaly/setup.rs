@@ -69,14 +69,8 @@ pub fn on_packet(c: &mut Ctx<'_>) {
         let d = &mut c.flow.dirs[s];
         d.flags |= dir_flags::SYN;
         d.isn = p.seq;
-        // Rule: the SYN and at least two retransmissions, never answered.
-        if c.flow.syns() >= 3
-            && c.flow.flags & (conn_flags::SYNACK_SEEN | conn_flags::HANDSHAKE_REPORTED) == 0
-        {
-            c.flow.flags |= conn_flags::HANDSHAKE_REPORTED;
-            let first = c.extra_ref().and_then(|x| x.syn_first_ns).unwrap_or(c.first_ns);
-            c.found.push(syn_unanswered(c, first, c.flow.syns() as u64));
-        }
+        // The SYN and two retransmissions: the engine arms SYN_ANSWER_GRACE_NS, and the
+        // flow is reported then if still unanswered ([`syn_retried_unanswered`]).
     } else if synack {
         if c.flow.flags & conn_flags::SYNACK_SEEN != 0 && c.flow.dirs[s].isn == p.seq {
             c.flow.set_synacks(c.flow.synacks().saturating_add(1));
@@ -198,16 +192,24 @@ fn syn_unanswered(c: &Ctx<'_>, first_ns: u64, syns: u64) -> Detection {
     let cs = c.flow.client_side().unwrap_or(c.side);
     let client = c.endpoint(cs);
     let server = c.endpoint(1 - cs);
-    let over = (c.pkt.ts_ns.saturating_sub(first_ns)) as f64 / 1e9;
+    let now = c.pkt.ts_ns;
+    // The last SYN's time is side state: without it, the wait counts from the first.
+    let last = c.extra_ref().and_then(|x| x.syn_ns).unwrap_or(first_ns).max(first_ns).min(now);
+    let sent = last.saturating_sub(first_ns) as f64 / 1e9;
+    // The handshake timeout can fall on the last SYN itself: no wait to speak of then.
+    let after_last = match now.saturating_sub(last) {
+        w if w < 1_000_000 => String::new(),
+        w => format!(" in the {:.1} s after the last", w as f64 / 1e9),
+    };
     let cul = Culprit::new(Role::FilterBetween)
         .at(c.key.endpoint(1 - cs))
-        .evidence(format!("{syns} SYN(s) over {over:.1} s"))
-        .evidence("no SYN-ACK and no RST seen");
+        .evidence(format!("{syns} SYN(s) over {sent:.1} s"))
+        .evidence(format!("no SYN-ACK and no RST seen{after_last}"));
     let mut d = Detection::new(
         Kind::SynUnanswered,
         cul.clone(),
         format!(
-            "{client}'s SYN to {server} was sent {syns} time(s) over {over:.1} s and never answered (no SYN-ACK, no RST): {cul} drops it silently (firewall, ACL, black-holed route), or {server} is down.",
+            "{client}'s SYN to {server} was sent {syns} time(s) over {sent:.1} s and not answered (no SYN-ACK, no RST){after_last}: {cul} drops it silently (firewall, ACL, black-holed route), or {server} is down.",
         ),
     )
     .detail("syns", syns);
@@ -395,7 +397,28 @@ fn tuple_reuse(c: &mut Ctx<'_>) {
     c.found.push(d);
 }
 
-/// Timer rule: a handshake still incomplete `handshake_timeout` after it began.
+/// SYNs (the first and its retransmissions) after which an unanswered handshake is reported
+/// without waiting out the handshake timeout.
+pub const SYN_TRIES: u8 = 3;
+/// How long the last of those SYNs may wait for its SYN-ACK before the flow is reported:
+/// RFC 6298's initial RTO (1 s), after which the sender itself counts the SYN lost. The
+/// report waits because the SYN-ACK to that very SYN may still come: under 1 % random loss
+/// the first two SYNs of a connection are sometimes both lost, and Linux's first SYN
+/// retransmissions come 1 s apart (`tcp_syn_linear_timeouts`), before a 3 s timeout.
+pub const SYN_ANSWER_GRACE_NS: u64 = 1_000_000_000;
+
+/// Whether the packet just seen (a SYN taking the flow from `syns_before` SYNs to its
+/// [`SYN_TRIES`]th) leaves the handshake unanswered: the engine then arms a handshake
+/// timer [`SYN_ANSWER_GRACE_NS`] out, and [`on_timeout`] reports it if nothing came.
+pub fn syn_retried_unanswered(flow: &crate::flow::FlowRecord, syns_before: u8) -> bool {
+    syns_before < SYN_TRIES
+        && flow.syns() >= SYN_TRIES
+        && flow.state == crate::tcp::ConnState::SynSent
+        && flow.flags & (conn_flags::SYNACK_SEEN | conn_flags::HANDSHAKE_REPORTED) == 0
+}
+
+/// Timer rule: a handshake still incomplete `handshake_timeout` after it began, or
+/// [`SYN_ANSWER_GRACE_NS`] after the SYN's second retransmission.
 pub fn on_timeout(c: &mut Ctx<'_>) {
     if c.flow.flags & conn_flags::HANDSHAKE_REPORTED != 0 {
         return;
