@@ -336,7 +336,7 @@ pub struct AggregateStats {
 /// Folds floods and scans into one event each; everything else passes through in order.
 #[derive(Default)]
 pub struct Aggregator {
-    /// Events waiting, and whether an aggregate may absorb them.
+    /// Events waiting, in time order, and whether an aggregate may absorb them.
     held: VecDeque<(Event, bool)>,
     services: HashMap<Service, Recent<IpAddr>>,
     sources: HashMap<IpAddr, Recent<Service>>,
@@ -388,14 +388,24 @@ impl Aggregator {
             } else if self.held.len() >= HELD_MAX {
                 self.stats.held_overflow += 1;
             } else {
-                self.held.push_back((e, absorbable));
+                self.hold(e, absorbable);
             }
         } else if self.hold_all && self.held.len() < HELD_MAX {
-            self.held.push_back((e, false));
+            self.hold(e, false);
         } else {
             out.push(e);
         }
         self.release(self.now_ns, out);
+    }
+
+    /// Holds `e` in time order. Live, one worker's events can reach the aggregator seconds
+    /// after another's newer ones; the front must stay the oldest, since `release` lets
+    /// events go from the front and an aggregate ends only when nothing of its time is held.
+    /// Events come nearly in order: the place is found from the back.
+    fn hold(&mut self, e: Event, absorbable: bool) {
+        let t = e.time_last_ns;
+        let at = self.held.iter().rposition(|(h, _)| h.time_last_ns <= t).map_or(0, |i| i + 1);
+        self.held.insert(at, (e, absorbable));
     }
 
     /// Packet time moved to `now_ns` without an event.
@@ -702,6 +712,48 @@ mod tests {
         assert_eq!(b_scan + b_alone as u64, SCAN_PORTS as u64, "each of b's SYNs counted once");
         agg.advance(16 * s + w + 100, &mut out);
         assert_eq!(scans(&out), vec![b, a]);
+    }
+
+    /// Live, one worker's events can reach the aggregator seconds after another's newer
+    /// ones. A flood reported by a worker 5 s behind, while the other reports failures of
+    /// another service, is still one aggregate taking every SYN it takes in time order; held
+    /// behind the other service's newer SYNs, its first ones used to outlive it and leave one
+    /// by one.
+    #[test]
+    fn a_flood_reported_by_a_worker_out_of_step_is_one_aggregate() {
+        let (ms, w) = (1_000_000, AGGREGATE_WINDOW_NS);
+        let (s1, s2): (IpAddr, IpAddr) = ("10.9.9.1".parse().unwrap(), "10.9.9.2".parse().unwrap());
+        let src = |i: u32| IpAddr::from([10, 1, (i >> 8) as u8, i as u8]);
+        // The lagging worker's flood on s1 (120 sources over 1.2 s), and the other worker's
+        // ten failures on s2 from 2 s on.
+        let flood = (0..120u32).map(|i| (unanswered(src(i), s1, 80, u64::from(i) * 10 * ms), true));
+        let other = (0..10u32)
+            .map(|i| (unanswered(src(i), s2, 80, (2000 + u64::from(i) * 200) * ms), false));
+        let events: Vec<(Event, bool)> = flood.chain(other).collect();
+        let run = |lag_ns: u64| {
+            let mut order: Vec<&(Event, bool)> = events.iter().collect();
+            order.sort_by_key(|(e, lags)| e.time_last_ns + if *lags { lag_ns } else { 0 });
+            let mut agg = Aggregator::default();
+            let mut out = Vec::new();
+            for (e, _) in order {
+                agg.push(e.clone(), &mut out);
+            }
+            // Live workers tick the aggregator every 100 ms.
+            for tick in 0..(lag_ns + 5_000 * ms + w) / (100 * ms) {
+                agg.advance(tick * 100 * ms, &mut out);
+            }
+            let floods: Vec<u64> =
+                out.iter().filter(|e| e.kind == Kind::SynFlood).map(|e| e.count).collect();
+            let alone = |d: IpAddr| {
+                out.iter().filter(|e| e.kind == Kind::SynUnanswered && e.dest_ip == d).count()
+            };
+            (floods, alone(s1), alone(s2))
+        };
+        let in_order = run(0);
+        assert_eq!(in_order.0.len(), 1, "{in_order:?}");
+        assert_eq!(in_order.0[0] + in_order.1 as u64, 120, "{in_order:?}");
+        assert_eq!(in_order.2, 10, "{in_order:?}");
+        assert_eq!(run(5_000 * ms), in_order);
     }
 
     /// The inline first sighting counts like the queue it replaces: distinct values within
