@@ -136,6 +136,7 @@ fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
     ctx
 }
 
+#[derive(Clone, Copy, Debug)]
 pub struct RunResult {
     pub retval: u32,
     /// Average nanoseconds per repetition, as measured by the kernel.

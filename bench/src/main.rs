@@ -56,9 +56,13 @@ struct Args {
     /// Seconds of generated traffic per live run
     #[arg(long, default_value_t = 8.0)]
     live_secs: f64,
-    /// Repetitions per frame for the XDP program cost
-    #[arg(long, default_value_t = 10_000_000)]
+    /// Repetitions per test run of an XDP program (the kernel's BPF_PROG_TEST_RUN)
+    #[arg(long, default_value_t = 2_000_000)]
     xdp_repeat: u32,
+    /// Rounds of the XDP cost rows per frame (the program, then the bare XDP_PASS, in each
+    /// round); the medians and the median of the rounds' ratios are reported
+    #[arg(long, default_value_t = 5, value_parser = odd_runs)]
+    xdp_runs: u32,
     /// Spoofed SYNs in the SYN-flood capture
     #[arg(long, default_value_t = 2_000_000)]
     flood_syns: u64,
@@ -144,7 +148,31 @@ fn replay(cap: &gen::Capture, idx: &[u32], worker: usize, workers: usize) -> Rep
     Replay { cpu, wall, events }
 }
 
-/// `--baseline-runs`: an odd count from 1 to 21, so that a median is one of the runs.
+/// `--xdp-runs` rounds of `ours` and then the bare program on `frame`: each one's median
+/// time, and the median of the rounds' ratios (a slow moment of the machine falls on both
+/// runs of a round, not on one side of the comparison).
+fn xdp_rounds(
+    ours: &std::os::fd::OwnedFd,
+    bare: &std::os::fd::OwnedFd,
+    frame: &[u8],
+    args: &Args,
+) -> Result<(bpf::RunResult, bpf::RunResult, f64)> {
+    let (mut a, mut b, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..args.xdp_runs {
+        let o = bpf::test_run(ours, frame, args.xdp_repeat, 1, false)?;
+        let x = bpf::test_run(bare, frame, args.xdp_repeat, 1, false)?;
+        ratios.push(f64::from(o.ns_per_run) / f64::from(x.ns_per_run.max(1)));
+        a.push(o);
+        b.push(x);
+    }
+    a.sort_by_key(|r| r.ns_per_run);
+    b.sort_by_key(|r| r.ns_per_run);
+    ratios.sort_by(f64::total_cmp);
+    let mid = ratios.len() / 2;
+    Ok((a[mid], b[mid], ratios[mid]))
+}
+
+/// `--baseline-runs`, `--xdp-runs`: an odd count from 1 to 21, so that a median is one of the runs.
 fn odd_runs(s: &str) -> Result<u32, String> {
     match s.parse::<u32>() {
         Ok(n) if n % 2 == 1 && n <= 21 => Ok(n),
@@ -1159,9 +1187,7 @@ fn main() -> Result<()> {
         let bare = bpf::constant_program(bpf::XDP_PASS, "ww_bench_pass")?;
         for (name, frame, plain) in fixture_frames() {
             let fd = prog.program().fd()?.as_fd().try_clone_to_owned()?;
-            let ours = bpf::test_run(&fd, &frame, args.xdp_repeat, 1, false)?;
-            let base = bpf::test_run(&bare, &frame, args.xdp_repeat, 1, false)?;
-            let ratio = ours.ns_per_run as f64 / base.ns_per_run.max(1) as f64;
+            let (ours, base, ratio) = xdp_rounds(&fd, &bare, &frame, &args)?;
             row(
                 &mut rows,
                 &format!("XDP program, {name}"),
@@ -1186,9 +1212,7 @@ fn main() -> Result<()> {
                     fixture_frames().into_iter().filter(|(_, f, _)| f.len() <= 128)
                 {
                     let fd = prog.program().fd()?.as_fd().try_clone_to_owned()?;
-                    let ours = bpf::test_run(&fd, &frame, args.xdp_repeat, 1, false)?;
-                    let base = bpf::test_run(&bare, &frame, args.xdp_repeat, 1, false)?;
-                    let ratio = ours.ns_per_run as f64 / base.ns_per_run.max(1) as f64;
+                    let (ours, base, ratio) = xdp_rounds(&fd, &bare, &frame, &args)?;
                     span_ns.push((name, ours.ns_per_run));
                     row(
                         &mut rows,

@@ -163,6 +163,7 @@ pub fn decode_in(
 /// `None` when the frame opens a mirror session not numbered yet. Numbering it now would
 /// change the vantages those earlier frames are processed with; decode it with [`decode_in`]
 /// when its turn comes.
+#[inline]
 pub fn decode_ahead(
     frame: &[u8],
     orig_len: u32,
@@ -177,7 +178,11 @@ pub fn decode_ahead(
             vantage
         })
     });
-    (!new_session).then_some(r)
+    if new_session {
+        None
+    } else {
+        Some(r)
+    }
 }
 
 #[inline(always)]
