@@ -80,6 +80,10 @@ struct Args {
     /// bytes per flow and the flows)
     #[arg(long, hide = true, value_name = "FLOWS")]
     memory_child: Option<u32>,
+    /// Internal: the memory row's child grows the flow index as `analyze` does (by default it
+    /// allocates it whole, as `run` does)
+    #[arg(long, hide = true)]
+    memory_index_grows: bool,
 }
 
 impl Args {
@@ -420,12 +424,13 @@ fn rss_bytes() -> u64 {
 /// [`memory`] in a fresh process (this program, `--memory-child`): in the bench's own process
 /// the engine reused pages that earlier rows had freed, and RSS grew by less than the flows
 /// cost (137 B a flow after the other rows, 158 B alone, the same day).
-fn memory_in_child(n: u32) -> Result<(f64, usize)> {
-    let out = Command::new(std::env::current_exe()?)
-        .args(["--memory-child", &n.to_string()])
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running the memory measurement")?;
+fn memory_in_child(n: u32, index_grows: bool) -> Result<(f64, usize)> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["--memory-child", &n.to_string()]);
+    if index_grows {
+        cmd.arg("--memory-index-grows");
+    }
+    let out = cmd.stderr(Stdio::inherit()).output().context("running the memory measurement")?;
     anyhow::ensure!(out.status.success(), "the memory measurement failed ({})", out.status);
     let text = String::from_utf8_lossy(&out.stdout);
     let mut it = text.split_whitespace();
@@ -434,11 +439,12 @@ fn memory_in_child(n: u32) -> Result<(f64, usize)> {
     per_flow.zip(flows).with_context(|| format!("the memory measurement printed {text:?}"))
 }
 
-fn memory(n: u32) -> (f64, usize) {
+fn memory(n: u32, index_grows: bool) -> (f64, usize) {
     let mut e = Engine::new(
         EngineConfig {
             flow_capacity: n as usize + 1024,
             history_bytes: 1 << 20,
+            flow_index_grows: index_grows,
             ..Default::default()
         },
         0,
@@ -451,14 +457,20 @@ fn memory(n: u32) -> (f64, usize) {
     );
     seg.flags = dataplane_common::tcp_flags::SYN;
     let mut f = seg.frame();
-    // Warm the engine (and its history) before measuring.
-    e.process_frame(&f, f.len() as u32, 1, 0, 0);
+    // Warm the engine before measuring, and fill its history once around: the history is a
+    // fixed budget of its own (1 MiB here), whose pages the flows below would otherwise touch
+    // for the first time. One flow's SYN, resent with a new IP ID each time (not a duplicate).
+    let warm = (1 << 20) / dataplane::evidence::History::ENTRY_BYTES as u64 + 64;
+    for j in 1..=warm {
+        f[18..20].copy_from_slice(&(j as u16).to_be_bytes());
+        e.process_frame(&f, f.len() as u32, j, 0, 0);
+    }
     let before = rss_bytes();
     for i in 0..n {
         // Vary the client address and port in place: a new flow per frame, no allocation here.
         f[26..30].copy_from_slice(&(0x0a00_0000u32 | (i >> 8)).to_be_bytes());
         f[34..36].copy_from_slice(&((i & 0xff) as u16 + 1024).to_be_bytes());
-        e.process_frame(&f, f.len() as u32, 2 + i as u64 * 1000, 0, 0);
+        e.process_frame(&f, f.len() as u32, warm + 1 + i as u64 * 1000, 0, 0);
     }
     let after = rss_bytes();
     let active = e.stats().flows_active as usize;
@@ -990,7 +1002,7 @@ fn live_floor(args: &Args, frames: &[Vec<u8>]) -> Result<f64> {
 fn main() -> Result<()> {
     let args = Args::parse();
     if let Some(n) = args.memory_child {
-        let (per_flow, flows) = memory(n);
+        let (per_flow, flows) = memory(n, args.memory_index_grows);
         println!("{per_flow} {flows}");
         return Ok(());
     }
@@ -1354,25 +1366,24 @@ fn main() -> Result<()> {
 
     // 6. Memory per flow.
     if args.runs("memory") {
-        match memory_in_child(1_000_000) {
-            Ok((per_flow, flows)) => row(
-                &mut rows,
-                "memory per tracked flow",
-                format!("{per_flow:.0} B ({flows} flows)"),
-                "FlowRecord 128 B".into(),
-                format!("{:.2}×", per_flow / 128.0),
-                "≤ 160 B",
-                Some(per_flow <= 160.0),
-            ),
-            Err(e) => row(
-                &mut rows,
-                "memory per tracked flow",
-                format!("not run: {e:#}"),
-                "—".into(),
-                "—".into(),
-                "≤ 160 B",
-                None,
-            ),
+        // The target row: `run`'s configuration, a monitor holding its flows for days, with
+        // the index allocated whole. `analyze` grows it instead: informational.
+        for (label, grows, target) in [
+            ("memory per tracked flow (run: index whole)", false, true),
+            ("memory per tracked flow (analyze: index grows)", true, false),
+        ] {
+            let ((ours, base, ratio), met) = match memory_in_child(1_000_000, grows) {
+                Ok((per_flow, flows)) => (
+                    (
+                        format!("{per_flow:.0} B ({flows} flows)"),
+                        "FlowRecord 128 B".into(),
+                        format!("{:.2}×", per_flow / 128.0),
+                    ),
+                    target.then_some(per_flow <= 160.0),
+                ),
+                Err(e) => ((format!("not run: {e:#}"), "—".into(), "—".into()), None),
+            };
+            row(&mut rows, label, ours, base, ratio, if target { "≤ 160 B" } else { "—" }, met);
         }
     }
 
