@@ -948,8 +948,7 @@ impl Engine {
             );
             d.details.insert("capture_loss".into(), serde_json::Value::Bool(true));
         }
-        let comment = format!("wirewatch {}: {}", d.kind.name(), d.explanation);
-        let evidence = self.attach_evidence(slot, hist_id, &comment, p.ts_ns, d.kind);
+        let evidence = self.attach_evidence(slot, hist_id, &d.explanation, p.ts_ns, d.kind);
         self.events.push(Event {
             schema_version: anomaly::SCHEMA_VERSION,
             kind: d.kind,
@@ -983,13 +982,15 @@ impl Engine {
         &mut self,
         slot: Slot,
         hist_id: u32,
-        comment: &str,
+        explanation: &str,
         now: u64,
         kind: Kind,
     ) -> Option<EvidenceRef> {
         let dir = self.cfg.evidence_dir.clone()?;
+        // The trigger packet's comment, written only where evidence is kept.
+        let comment = || format!("wirewatch {}: {explanation}", kind.name());
         if let Some((_, job)) = self.jobs.get_mut(&slot) {
-            let n = job.comment(hist_id, comment)?;
+            let n = job.comment(hist_id, &comment())?;
             return Some(EvidenceRef { path: job.path.display().to_string(), packets: vec![n] });
         }
         if !self.rate.allow(now) {
@@ -1010,7 +1011,7 @@ impl Engine {
             after_left: self.cfg.evidence_after_packets,
             after_until_ns: now.saturating_add(self.cfg.evidence_after_ns),
         };
-        let n = job.comment(hist_id, comment)?;
+        let n = job.comment(hist_id, &comment())?;
         let r = EvidenceRef { path: job.path.display().to_string(), packets: vec![n] };
         let fr = self.flows.flow_ref(slot);
         self.jobs.insert(slot, (fr, job));

@@ -8,10 +8,15 @@
 //! into it, the others go out as they are. An aggregate is reported once, when it has been quiet for a window (or at the end
 //! of input), with its counts, first and last times, top sources and ports and sample flows.
 //! The engines' counters still count every occurrence; this only shapes the event stream.
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::IpAddr;
 
 use super::{Event, Kind};
+
+/// The tables here are keyed by addresses and ports a flood's sender chooses (spoofed
+/// sources): a seeded hash, as std's, but one that costs a few instructions, not SipHash's
+/// hundreds (foldhash, seeded per process and per table).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Distinct sources to one service within the window that make a flood.
 pub const FLOOD_SOURCES: usize = 100;
@@ -95,7 +100,7 @@ impl<T: Copy + Eq + std::hash::Hash> Recent<T> {
                     return 1;
                 }
                 Some(first) => {
-                    let mut m = Sightings { events: VecDeque::new(), distinct: HashMap::new() };
+                    let mut m = Sightings { events: VecDeque::new(), distinct: HashMap::default() };
                     m.push(first.0, first.1);
                     self.many = Some(Box::new(m));
                     self.one = None;
@@ -173,9 +178,9 @@ impl Aggregate {
             by_kind: [0; 2],
             flows: 0,
             prefix: None,
-            dests: HashMap::new(),
-            sources: HashMap::new(),
-            ports: HashMap::new(),
+            dests: HashMap::default(),
+            sources: HashMap::default(),
+            ports: HashMap::default(),
             samples: Vec::new(),
         }
     }

@@ -323,12 +323,37 @@ pub struct Culprit {
     pub evidence: Vec<String>,
 }
 
-/// "10.0.0.1:80" or "[fd00::1]:80".
+/// "10.0.0.1:80" or "[fd00::1]:80". IPv4 is written by hand: explanations name endpoints
+/// several times, a flood makes an event per SYN, and `Ipv4Addr`'s formatter costs ~500
+/// instructions (a test checks this against it).
 pub fn endpoint_str(a: IpAddr, p: u16) -> String {
-    match a {
-        IpAddr::V6(_) => format!("[{a}]:{p}"),
-        IpAddr::V4(_) => format!("{a}:{p}"),
+    let IpAddr::V4(v4) = a else { return format!("[{a}]:{p}") };
+    let mut s = String::with_capacity(21);
+    let push_num = |s: &mut String, v: u16| {
+        let (h, t) = (v / 100, v / 10 % 10);
+        if v >= 10_000 {
+            s.push(char::from(b'0' + (v / 10_000) as u8));
+        }
+        if v >= 1000 {
+            s.push(char::from(b'0' + (v / 1000 % 10) as u8));
+        }
+        if v >= 100 {
+            s.push(char::from(b'0' + (h % 10) as u8));
+        }
+        if v >= 10 {
+            s.push(char::from(b'0' + t as u8));
+        }
+        s.push(char::from(b'0' + (v % 10) as u8));
+    };
+    for (i, o) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            s.push('.');
+        }
+        push_num(&mut s, u16::from(o));
     }
+    s.push(':');
+    push_num(&mut s, p);
+    s
 }
 
 impl Culprit {
@@ -836,15 +861,67 @@ impl Ctx<'_> {
     }
 }
 
-/// RFC 3339 UTC with nanoseconds ("2023-11-14T22:13:20.123456789Z").
+/// RFC 3339 UTC with nanoseconds ("2023-11-14T22:13:20.123456789Z"). Written by hand: every
+/// event carries two, and a SYN flood makes an event per SYN (a formatter's generic path cost
+/// ~900 instructions each; the test checks this against jiff).
 pub fn rfc3339(ns: u64) -> String {
-    // Every u64 of nanoseconds since 1970 (up to 2554) lies inside jiff's range.
-    let t = jiff::Timestamp::from_nanosecond(i128::from(ns)).unwrap_or(jiff::Timestamp::MAX);
-    format!("{t:.9}")
+    let (secs, frac) = (ns / 1_000_000_000, ns % 1_000_000_000);
+    let (days, sod) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's `civil_from_days`, for days ≥ 0:
+    // eras of 400 years from 0000-03-01).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    let mut b = [0u8; 30];
+    let mut put = |at: usize, width: usize, mut v: u64| {
+        for i in (at..at + width).rev() {
+            b[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, sod / 3600);
+    put(14, 2, sod / 60 % 60);
+    put(17, 2, sod % 60);
+    put(20, 9, frac);
+    for (i, c) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':'), (19, b'.'), (29, b'Z')]
+    {
+        b[i] = c;
+    }
+    // ASCII digits and separators: always UTF-8 (from_utf8's ASCII check is a few words).
+    std::str::from_utf8(&b).map_or_else(|_| String::new(), str::to_owned)
 }
 
 #[cfg(test)]
 mod vocab_tests {
+    #[test]
+    fn endpoints_are_written_as_the_std_formatters_write_them() {
+        use std::net::IpAddr;
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for i in 0..200_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Every octet and port width: small values as often as large ones.
+            let octets = (x as u32).to_be_bytes().map(|o| o >> (i % 8));
+            let port = (x >> 32) as u16 >> (i % 16);
+            let a = IpAddr::from(octets);
+            assert_eq!(super::endpoint_str(a, port), format!("{a}:{port}"));
+        }
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        assert_eq!(super::endpoint_str(v6, 443), "[fd00::1]:443");
+        assert_eq!(super::endpoint_str(IpAddr::from([0, 0, 0, 0]), 0), "0.0.0.0:0");
+        assert_eq!(super::endpoint_str(IpAddr::from([255; 4]), 65535), "255.255.255.255:65535");
+    }
+
     #[test]
     fn rfc3339_formats() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000000000Z");
@@ -860,6 +937,17 @@ mod vocab_tests {
             assert_eq!(super::rfc3339(secs * 1_000_000_000 + 7), format!("{want}.000000007Z"));
         }
         assert_eq!(super::rfc3339(u64::MAX), "2554-07-21T23:34:33.709551615Z");
+        // As jiff writes them, over the whole range (a fixed pseudo-random walk).
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            for ns in [x, x % (4_102_444_800 * 1_000_000_000), x % 1_000_000_000_000] {
+                let t = jiff::Timestamp::from_nanosecond(i128::from(ns)).unwrap();
+                assert_eq!(super::rfc3339(ns), format!("{t:.9}"), "{ns}");
+            }
+        }
     }
 
     #[test]
