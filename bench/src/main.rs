@@ -147,12 +147,13 @@ fn replay(cap: &gen::Capture, idx: &[u32], worker: usize, workers: usize) -> Rep
         e.process_frames(&batch, 0);
     }
     e.finish();
-    let (cpu, wall) = (thread_cpu().saturating_sub(cpu0), t.elapsed());
+    // Inside the timing: the events' words are written when they are drained.
     let events = e.drain_events().len() as u64;
+    let (cpu, wall) = (thread_cpu().saturating_sub(cpu0), t.elapsed());
     Replay { cpu, wall, events }
 }
 
-/// `--xdp-runs` rounds of `ours` and then the bare program on `frame`: each one's median
+/// `--xdp-runs` rounds of `ours` and the bare program on `frame`: each one's median
 /// time, and the median of the rounds' ratios (a slow moment of the machine falls on both
 /// runs of a round, not on one side of the comparison).
 fn xdp_rounds(
@@ -162,9 +163,16 @@ fn xdp_rounds(
     args: &Args,
 ) -> Result<(bpf::RunResult, bpf::RunResult, f64)> {
     let (mut a, mut b, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..args.xdp_runs {
-        let o = bpf::test_run(ours, frame, args.xdp_repeat, 1, false)?;
-        let x = bpf::test_run(bare, frame, args.xdp_repeat, 1, false)?;
+    let run = |p| bpf::test_run(p, frame, args.xdp_repeat, 1, false);
+    for round in 0..args.xdp_runs {
+        // Which one runs first alternates, so an order effect falls on both sides.
+        let (o, x) = if round % 2 == 0 {
+            let o = run(ours)?;
+            (o, run(bare)?)
+        } else {
+            let x = run(bare)?;
+            (run(ours)?, x)
+        };
         ratios.push(f64::from(o.ns_per_run) / f64::from(x.ns_per_run.max(1)));
         a.push(o);
         b.push(x);
@@ -538,11 +546,12 @@ fn host_rows(
     let mut ring = prog.take_host_ring()?;
     let bare_tc = bpf::constant_classifier(bpf::TCX_NEXT, "ww_bench_tc")?;
     let ratio = |a: u32, b: u32| format!("{:.2}×", f64::from(a) / f64::from(b.max(1)));
+    // One run each, as long as the program rows' rounds together.
+    let repeat = args.xdp_repeat.saturating_mul(args.xdp_runs);
     for (name, frame, plain) in fixture_frames() {
         let fd = prog.program().fd()?.as_fd().try_clone_to_owned()?;
-        let ours =
-            drained(&mut ring, args.xdp_repeat, |n| bpf::test_run(&fd, &frame, n, 1, false))?;
-        let base = bpf::test_run(bare, &frame, args.xdp_repeat, 1, false)?;
+        let ours = drained(&mut ring, repeat, |n| bpf::test_run(&fd, &frame, n, 1, false))?;
+        let base = bpf::test_run(bare, &frame, repeat, 1, false)?;
         row(
             rows,
             &format!("XDP host mode, {name}"),
@@ -565,8 +574,8 @@ fn host_rows(
         }
         if plain {
             let fd = prog.egress().fd()?.as_fd().try_clone_to_owned()?;
-            let ours = drained(&mut ring, args.xdp_repeat, |n| bpf::test_run_skb(&fd, &frame, n))?;
-            let base = bpf::test_run_skb(&bare_tc, &frame, args.xdp_repeat)?;
+            let ours = drained(&mut ring, repeat, |n| bpf::test_run_skb(&fd, &frame, n))?;
+            let base = bpf::test_run_skb(&bare_tc, &frame, repeat)?;
             row(
                 rows,
                 &format!("TC egress host mode, {name}"),

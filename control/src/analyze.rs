@@ -176,7 +176,7 @@ impl Worker {
         let _ = self.to_sink.send(SinkMsg::Events {
             worker: self.w,
             watermark,
-            events: self.e.drain_events(),
+            events: self.e.drain_events_for_aggregation(),
             notes: self.e.drain_path_notes(),
         });
         self.verdicts.extend(

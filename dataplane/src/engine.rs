@@ -231,7 +231,16 @@ impl Engine {
         &self.matcher.relations
     }
 
+    /// The events since the last call, written out.
     pub fn drain_events(&mut self) -> Vec<Event> {
+        let mut events = std::mem::take(&mut self.events);
+        events.iter_mut().for_each(Event::render);
+        events
+    }
+    /// The events since the last call, for an [`Aggregator`](anomaly::aggregate::Aggregator):
+    /// some words may still be unwritten ([`Event::render`]); the aggregator writes those of
+    /// the events it lets out, and folds the rest (a SYN flood's) without writing them.
+    pub fn drain_events_for_aggregation(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.events)
     }
     pub fn drain_evidence(&mut self) -> Vec<EvidenceJob> {
@@ -283,6 +292,8 @@ impl Engine {
             .map(|(s, _)| s)
             .collect();
         for s in gone {
+            // Its timeline ends here.
+            self.report_retried_syn(s, from_ns);
             self.flows.remove(s);
             self.forget(s);
         }
@@ -415,7 +426,9 @@ impl Engine {
             return (s, false, TableRef { slot: s, tag });
         }
         if self.flows.is_full() {
-            if let Some((gone, _, _)) = self.flows.evict_one() {
+            if let Some((gone, reason)) = self.flows.pick_victim() {
+                self.report_retried_syn(gone, ts_ns);
+                self.flows.evict(gone, reason);
                 self.forget(gone);
             }
         }
@@ -602,7 +615,7 @@ impl Engine {
         }
         if syn_retried {
             let deadline = p.ts_ns.saturating_add(anomaly::setup::SYN_ANSWER_GRACE_NS);
-            self.arm_timer(deadline, flow_ref, TimerKind::Handshake);
+            self.arm_timer(deadline, flow_ref, TimerKind::SynGrace);
         }
         if now_state.is_closed() && !was.is_closed() {
             self.flows.note_closed(slot);
@@ -646,7 +659,8 @@ impl Engine {
     }
 
     /// Arms a timer; when the wheel holds half again as many timers as there are flows (a live
-    /// flow has one timer pending, rarely two), sweeps out the stale ones (of evicted flows,
+    /// flow has one timer pending, rarely two or three: a SYN sent three times waits out its
+    /// grace beside its handshake timeout), sweeps out the stale ones (of evicted flows,
     /// superseded expiry checks) first. Under a SYN flood every evicted flow leaves its timer
     /// behind; this keeps the wheel near one timer per flow at an amortized O(1) per arm.
     fn arm_timer(&mut self, deadline_ns: u64, flow: TableRef, kind: TimerKind) {
@@ -655,7 +669,7 @@ impl Engine {
             self.timers.retain(|t| {
                 flows.resolve(t.flow()).is_some_and(|s| match t.kind() {
                     // Still due to end the handshake and arm the flow's expiry.
-                    TimerKind::Handshake => true,
+                    TimerKind::Handshake | TimerKind::SynGrace => true,
                     TimerKind::Expiry { gen } => {
                         (flows.get(s).flags & conn_flags::EXPIRY_GEN != 0) == gen
                     }
@@ -705,6 +719,7 @@ impl Engine {
                         self.flows.last_ns(r, now).saturating_add(limit).max(t.deadline_ns);
                     self.arm_expiry(slot, deadline);
                 }
+                TimerKind::SynGrace => self.syn_grace_over(slot, t.deadline_ns),
                 TimerKind::Expiry { gen } => {
                     let r = self.flows.get(slot);
                     if (r.flags & conn_flags::EXPIRY_GEN != 0) != gen {
@@ -840,28 +855,43 @@ impl Engine {
         }
     }
 
-    /// At the end of input, a SYN retransmitted twice whose answer's grace had not run out is
-    /// reported anyway: nothing answered it before the input ended (the rule before the grace
-    /// existed, and all that can still be said). A lone SYN's handshake timeout still needs
-    /// its whole time.
+    /// At the end of input, a SYN sent three times whose grace had not run out is reported
+    /// anyway: nothing answered it before the input ended (the rule before the grace existed,
+    /// and all that can still be said). A lone SYN's handshake timeout still needs its whole
+    /// time.
     fn report_retried_syns(&mut self) {
         let mut pending = Vec::new();
         let flows = &self.flows;
         self.timers.retain(|t| {
-            if t.kind() == TimerKind::Handshake {
-                if let Some(s) = flows.resolve(t.flow()) {
-                    let r = flows.get(s);
-                    if anomaly::setup::syn_retried_unanswered(r, 0) {
-                        pending.push(s);
-                    }
-                }
+            if t.kind() == TimerKind::SynGrace {
+                pending.extend(flows.resolve(t.flow()));
             }
             true
         });
         pending.sort_unstable();
         pending.dedup();
         for slot in pending {
-            self.handshake_timeout(slot, self.now_ns);
+            self.report_retried_syn(slot, self.now_ns);
+        }
+    }
+
+    /// The flow in `slot` leaves (evicted, its vantage's time jumped back, the input ended)
+    /// at `now`: if its SYN was sent three times and is still unanswered, inside its grace,
+    /// it is reported now, since nothing more can be learned.
+    fn report_retried_syn(&mut self, slot: Slot, now: u64) {
+        if anomaly::setup::syn_retried_unanswered(self.flows.get(slot), 0) {
+            self.handshake_timeout(slot, now);
+        }
+    }
+
+    /// The grace after the SYN of `slot` was sent for the third (or later) time ran out at
+    /// `deadline`: the flow is reported if still unanswered, unless a later SYN (a further
+    /// retransmission, or a new connection on the tuple) has a grace of its own still running.
+    fn syn_grace_over(&mut self, slot: Slot, deadline: u64) {
+        let grace = anomaly::setup::SYN_ANSWER_GRACE_NS;
+        let later = self.side.get(slot).and_then(|x| x.syn_ns);
+        if later.is_none_or(|t| t.saturating_add(grace) <= deadline) {
+            self.report_retried_syn(slot, deadline);
         }
     }
 
@@ -948,7 +978,7 @@ impl Engine {
             );
             d.details.insert("capture_loss".into(), serde_json::Value::Bool(true));
         }
-        let evidence = self.attach_evidence(slot, hist_id, &d.explanation, p.ts_ns, d.kind);
+        let evidence = self.attach_evidence(slot, hist_id, &mut d, p.ts_ns);
         self.events.push(Event {
             schema_version: anomaly::SCHEMA_VERSION,
             kind: d.kind,
@@ -975,6 +1005,7 @@ impl Engine {
             explanation: d.explanation,
             details: d.details,
             evidence,
+            deferred: d.deferred,
         });
     }
 
@@ -982,15 +1013,19 @@ impl Engine {
         &mut self,
         slot: Slot,
         hist_id: u32,
-        explanation: &str,
+        d: &mut Detection,
         now: u64,
-        kind: Kind,
     ) -> Option<EvidenceRef> {
         let dir = self.cfg.evidence_dir.clone()?;
-        // The trigger packet's comment, written only where evidence is kept.
-        let comment = || format!("wirewatch {}: {explanation}", kind.name());
+        let kind = d.kind;
+        // The trigger packet's comment, written only where evidence is kept (with the words
+        // the detector left for later).
+        let comment = |d: &mut Detection| {
+            d.render();
+            format!("wirewatch {}: {}", kind.name(), d.explanation)
+        };
         if let Some((_, job)) = self.jobs.get_mut(&slot) {
-            let n = job.comment(hist_id, &comment())?;
+            let n = job.comment(hist_id, &comment(d))?;
             return Some(EvidenceRef { path: job.path.display().to_string(), packets: vec![n] });
         }
         if !self.rate.allow(now) {
@@ -1011,7 +1046,7 @@ impl Engine {
             after_left: self.cfg.evidence_after_packets,
             after_until_ns: now.saturating_add(self.cfg.evidence_after_ns),
         };
-        let n = job.comment(hist_id, &comment())?;
+        let n = job.comment(hist_id, &comment(d))?;
         let r = EvidenceRef { path: job.path.display().to_string(), packets: vec![n] };
         let fr = self.flows.flow_ref(slot);
         self.jobs.insert(slot, (fr, job));

@@ -91,7 +91,7 @@ impl EngineSink {
                 self.stats.output_dropped.fetch_add(1, Relaxed);
             }
         }
-        for e in self.engine.drain_events() {
+        for e in self.engine.drain_events_for_aggregation() {
             if self.out.try_send(Output::Event(Box::new(e))).is_err() {
                 self.stats.output_dropped.fetch_add(1, Relaxed);
             }

@@ -14,8 +14,9 @@ use std::net::IpAddr;
 use super::{Event, Kind};
 
 /// The tables here are keyed by addresses and ports a flood's sender chooses (spoofed
-/// sources): a seeded hash, as std's, but one that costs a few instructions, not SipHash's
-/// hundreds (foldhash, seeded per process and per table).
+/// sources): foldhash, seeded per process and per table, costs a few instructions where
+/// SipHash cost hundreds. Its resistance to chosen collisions is less than SipHash's; the
+/// tables are bounded (`TRACKED_MAX`), so a crafted flood can slow them, not grow them.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Distinct sources to one service within the window that make a flood.
@@ -228,6 +229,8 @@ impl Aggregate {
 
     fn into_event(self) -> Event {
         let mut e = self.first;
+        // The aggregate's own words replace its first event's.
+        e.deferred = None;
         let unanswered = self.by_kind[0];
         let rejected = self.by_kind[1];
         e.kind = self.kind;
@@ -341,8 +344,9 @@ pub struct AggregateStats {
 /// Folds floods and scans into one event each; everything else passes through in order.
 #[derive(Default)]
 pub struct Aggregator {
-    /// Events waiting, in time order, and whether an aggregate may absorb them.
-    held: VecDeque<(Event, bool)>,
+    /// Events waiting, in time order, and whether an aggregate may absorb them (boxed: one
+    /// arriving late is inserted among them, and moving 0.5 KB events to make room costs).
+    held: VecDeque<(Box<Event>, bool)>,
     services: HashMap<Service, Recent<IpAddr>>,
     sources: HashMap<IpAddr, Recent<Service>>,
     /// Per service, its unanswered client connections while the path answered.
@@ -389,7 +393,7 @@ impl Aggregator {
             if absorbable && self.absorb(&e) {
                 // Its aggregate already exists: nothing to wait for.
             } else if !absorbable && !self.hold_all {
-                out.push(e);
+                let_out(out, e);
             } else if self.held.len() >= HELD_MAX {
                 self.stats.held_overflow += 1;
             } else {
@@ -398,7 +402,7 @@ impl Aggregator {
         } else if self.hold_all && self.held.len() < HELD_MAX {
             self.hold(e, false);
         } else {
-            out.push(e);
+            let_out(out, e);
         }
         self.release(self.now_ns, out);
     }
@@ -406,11 +410,11 @@ impl Aggregator {
     /// Holds `e` in time order. Live, one worker's events can reach the aggregator seconds
     /// after another's newer ones; the front must stay the oldest, since `release` lets
     /// events go from the front and an aggregate ends only when nothing of its time is held.
-    /// Events come nearly in order: the place is found from the back.
+    /// The place is found by bisection (after the events of the same time already held).
     fn hold(&mut self, e: Event, absorbable: bool) {
         let t = e.time_last_ns;
-        let at = self.held.iter().rposition(|(h, _)| h.time_last_ns <= t).map_or(0, |i| i + 1);
-        self.held.insert(at, (e, absorbable));
+        let at = self.held.partition_point(|(h, _)| h.time_last_ns <= t);
+        self.held.insert(at, (Box::new(e), absorbable));
     }
 
     /// Packet time moved to `now_ns` without an event.
@@ -562,7 +566,7 @@ impl Aggregator {
             }
             let (e, absorbable) = self.held.pop_front().expect("front exists");
             if !absorbable || !self.absorb(&e) {
-                out.push(e);
+                let_out(out, *e);
             }
         }
         // Aggregates quiet for a window, with nothing of theirs still held, are reported.
@@ -605,6 +609,13 @@ impl Aggregator {
             self.sources.retain(|_, r| keep(r.last()));
         }
     }
+}
+
+/// An event leaves as it came: the words its detector left for later are written now (a
+/// folded one is never written: see [`Event::render`]).
+fn let_out(out: &mut Vec<Event>, mut e: Event) {
+    e.render();
+    out.push(e);
 }
 
 /// The earliest time an aggregate last seen at `last_ns` can be quiet.
@@ -680,6 +691,7 @@ mod tests {
             explanation: String::new(),
             details: serde_json::Map::new(),
             evidence: None,
+            deferred: None,
         }
     }
 

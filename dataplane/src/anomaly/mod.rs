@@ -66,7 +66,7 @@ macro_rules! kinds {
 // ../shared/DETECTIONS.md).
 kinds! {
     SynUnanswered => "syn_unanswered", health: false, counted: event,
-        rule: "A SYN (with its retransmissions, same ISN) gets neither a SYN-ACK nor a RST within --handshake-timeout (3 s), or within 1 s (the initial RTO of RFC 6298) of its second retransmission; a capture that ends sooner after that retransmission reports it at its end.",
+        rule: "A SYN (with its retransmissions, same ISN) gets neither a SYN-ACK nor a RST within --handshake-timeout (3 s), or within 1 s (the initial RTO of RFC 6298) of its latest retransmission once there have been two; a flow that leaves the table (evicted, the input ended) inside that second is reported then.",
         means: "The SYN is silently dropped between this sensor and the server: a firewall or security group, a black-holed route, or a server that is down without answering.",
         next: "Is the SYN seen at a sensor nearer the server (run both interfaces; lost_between_sensors names the segment)? Check firewall drop counters and routes for the destination; from a host on the path, `nc -vz DST PORT` or `tcpdump -ni IF host DST and port PORT`.";
     SynRejected => "syn_rejected", health: false, counted: event,
@@ -504,6 +504,23 @@ pub struct Event {
     pub details: serde_json::Map<String, serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evidence: Option<EvidenceRef>,
+    /// Words not written yet (the explanation, the culprit's evidence): see
+    /// [`Event::render`]. `None` once written, and for every kind but `syn_unanswered`.
+    #[serde(skip)]
+    pub deferred: Option<Box<setup::SynUnansweredText>>,
+}
+
+impl Event {
+    /// Writes the words the event's detector left for later (the engine's
+    /// [`drain_events`](crate::engine::Engine::drain_events) and the aggregator, for what it
+    /// lets out, do this; nothing else needs to).
+    pub fn render(&mut self) {
+        if let Some(t) = self.deferred.take() {
+            let text = t.write(&mut self.culprit);
+            // Anything already there (the engine's capture-loss caution) follows the text.
+            self.explanation.insert_str(0, &text);
+        }
+    }
 }
 
 /// What a detector reports; the engine turns it into an [`Event`].
@@ -518,6 +535,8 @@ pub struct Detection {
     /// When the pattern began (e.g. the first SYN), if earlier than the triggering packet.
     pub first_ns: Option<u64>,
     pub count: u64,
+    /// Words written later ([`Event::render`]).
+    pub deferred: Option<Box<setup::SynUnansweredText>>,
 }
 
 impl Detection {
@@ -533,6 +552,29 @@ impl Detection {
             details: Default::default(),
             first_ns: None,
             count: 1,
+            deferred: None,
+        }
+    }
+    /// A `syn_unanswered` detection whose explanation and culprit evidence are written when
+    /// its event is read ([`Event::render`]).
+    pub fn deferred(kind: Kind, culprit: Culprit, text: setup::SynUnansweredText) -> Self {
+        Self {
+            kind,
+            sub_kind: None,
+            culprit,
+            explanation: String::new(),
+            fingerprints: Vec::new(),
+            details: Default::default(),
+            first_ns: None,
+            count: 1,
+            deferred: Some(Box::new(text)),
+        }
+    }
+    /// Writes the deferred words now (evidence needs them for its comment).
+    pub fn render(&mut self) {
+        if let Some(t) = self.deferred.take() {
+            let text = t.write(&mut self.culprit);
+            self.explanation.insert_str(0, &text);
         }
     }
     pub fn detail(mut self, k: &str, v: impl Into<serde_json::Value>) -> Self {

@@ -190,32 +190,69 @@ impl AnswerSlots {
 
 fn syn_unanswered(c: &Ctx<'_>, first_ns: u64, syns: u64) -> Detection {
     let cs = c.flow.client_side().unwrap_or(c.side);
-    let client = c.endpoint(cs);
-    let server = c.endpoint(1 - cs);
     let now = c.pkt.ts_ns;
-    // The last SYN's time is side state: without it, the wait counts from the first.
-    let last = c.extra_ref().and_then(|x| x.syn_ns).unwrap_or(first_ns).max(first_ns).min(now);
-    let sent = last.saturating_sub(first_ns) as f64 / 1e9;
-    // The handshake timeout can fall on the last SYN itself: no wait to speak of then.
-    let after_last = match now.saturating_sub(last) {
-        w if w < 1_000_000 => String::new(),
-        w => format!(" in the {:.1} s after the last", w as f64 / 1e9),
+    let text = SynUnansweredText {
+        client: c.key.endpoint(cs),
+        server: c.key.endpoint(1 - cs),
+        syns,
+        first_ns,
+        // Side state: unknown when the pool had no entry for this flow.
+        last_syn_ns: c.extra_ref().and_then(|x| x.syn_ns).map(|t| t.max(first_ns).min(now)),
+        now_ns: now,
     };
-    let cul = Culprit::new(Role::FilterBetween)
-        .at(c.key.endpoint(1 - cs))
-        .evidence(format!("{syns} SYN(s) over {sent:.1} s"))
-        .evidence(format!("no SYN-ACK and no RST seen{after_last}"));
-    let mut d = Detection::new(
-        Kind::SynUnanswered,
-        cul.clone(),
-        format!(
-            "{client}'s SYN to {server} was sent {syns} time(s) over {sent:.1} s and not answered (no SYN-ACK, no RST){after_last}: {cul} drops it silently (firewall, ACL, black-holed route), or {server} is down.",
-        ),
-    )
-    .detail("syns", syns);
+    let cul = Culprit::new(Role::FilterBetween).at(c.key.endpoint(1 - cs));
+    let mut d = Detection::deferred(Kind::SynUnanswered, cul, text).detail("syns", syns);
     d.first_ns = Some(first_ns);
     d.count = syns;
     d
+}
+
+/// The words of a `syn_unanswered` event, written only when the event is read
+/// ([`super::Event::render`]): a SYN flood makes one such event per spoofed SYN, and the
+/// aggregator folds nearly all of them into the flood's one event without reading them.
+#[derive(Clone, Debug)]
+pub struct SynUnansweredText {
+    client: (std::net::IpAddr, u16),
+    server: (std::net::IpAddr, u16),
+    syns: u64,
+    first_ns: u64,
+    last_syn_ns: Option<u64>,
+    /// When the flow was reported.
+    now_ns: u64,
+}
+
+impl SynUnansweredText {
+    /// Adds the culprit's evidence and returns the explanation.
+    pub fn write(&self, cul: &mut Culprit) -> String {
+        let client = super::endpoint_str(self.client.0, self.client.1);
+        let server = super::endpoint_str(self.server.0, self.server.1);
+        let syns = self.syns;
+        let secs = |ns: u64| ns as f64 / 1e9;
+        let (sent, waited) = match self.last_syn_ns {
+            Some(last) => {
+                let sent = format!(" over {:.1} s", secs(last.saturating_sub(self.first_ns)));
+                // The handshake timeout can fall on the last SYN itself: no wait to speak of.
+                let waited = match self.now_ns.saturating_sub(last) {
+                    w if w < 1_000_000 => String::new(),
+                    w => format!(" in the {:.1} s after the last", secs(w)),
+                };
+                (sent, waited)
+            }
+            // Without the last SYN's time, the wait is told from the first.
+            None => (
+                String::new(),
+                format!(
+                    " in the {:.1} s after the first",
+                    secs(self.now_ns.saturating_sub(self.first_ns))
+                ),
+            ),
+        };
+        cul.evidence.push(format!("{syns} SYN(s){sent}"));
+        cul.evidence.push(format!("no SYN-ACK and no RST seen{waited}"));
+        format!(
+            "{client}'s SYN to {server} was sent {syns} time(s){sent} and not answered (no SYN-ACK, no RST){waited}: {cul} drops it silently (firewall, ACL, black-holed route), or {server} is down.",
+        )
+    }
 }
 
 fn synack_unacked(c: &Ctx<'_>, first_ns: u64, how: &str) -> Detection {
@@ -407,18 +444,21 @@ pub const SYN_TRIES: u8 = 3;
 /// retransmissions come 1 s apart (`tcp_syn_linear_timeouts`), before a 3 s timeout.
 pub const SYN_ANSWER_GRACE_NS: u64 = 1_000_000_000;
 
-/// Whether the packet just seen (a SYN taking the flow from `syns_before` SYNs to its
-/// [`SYN_TRIES`]th) leaves the handshake unanswered: the engine then arms a handshake
-/// timer [`SYN_ANSWER_GRACE_NS`] out, and [`on_timeout`] reports it if nothing came.
+/// Whether the flow's SYN was sent [`SYN_TRIES`] times or more and is still unanswered, and
+/// (for a packet just seen) whether that packet counted as one of them (`syns_before`: the
+/// count before it; 0 to ask only about the flow): the engine then arms the grace of
+/// [`SYN_ANSWER_GRACE_NS`], and reports the flow if nothing came when the grace after the
+/// last SYN runs out, or when the flow leaves the table before.
 pub fn syn_retried_unanswered(flow: &crate::flow::FlowRecord, syns_before: u8) -> bool {
-    syns_before < SYN_TRIES
+    flow.syns() > syns_before
         && flow.syns() >= SYN_TRIES
         && flow.state == crate::tcp::ConnState::SynSent
         && flow.flags & (conn_flags::SYNACK_SEEN | conn_flags::HANDSHAKE_REPORTED) == 0
 }
 
-/// Timer rule: a handshake still incomplete `handshake_timeout` after it began, or
-/// [`SYN_ANSWER_GRACE_NS`] after the SYN's second retransmission.
+/// Timer rule: a handshake still incomplete `handshake_timeout` after it began; and (the
+/// engine checks [`syn_retried_unanswered`] first) a SYN sent three times or more still
+/// unanswered [`SYN_ANSWER_GRACE_NS`] after the last, or when its flow leaves the table.
 pub fn on_timeout(c: &mut Ctx<'_>) {
     if c.flow.flags & conn_flags::HANDSHAKE_REPORTED != 0 {
         return;

@@ -291,6 +291,24 @@ fn syn_unanswered_by_retransmissions_or_timeout_vs_answered() {
     c.e.finish();
     assert!(c.kinds().is_empty());
 
+    // A time jump ends the vantage's flows: one inside the grace is reported then, as at the
+    // end of input; a lone SYN is not.
+    let one_input =
+        || EngineConfig { vantages: vec!["cap.pcap".into()].into(), ..Default::default() };
+    let mut c = Conv::with(one_input());
+    let syn = c.seg(true, SYN, 0);
+    c.feed(&syn, 0.0);
+    c.feed(&syn, 1000.0);
+    c.feed(&syn, 1000.0);
+    c.tick(300.0);
+    c.e.time_jump(0, c.t, MS, true);
+    assert_eq!(c.kinds(), [Kind::SynUnanswered]);
+    let mut c = Conv::with(one_input());
+    c.send(true, SYN, 0, 0.0);
+    c.tick(300.0);
+    c.e.time_jump(0, c.t, MS, true);
+    assert!(c.kinds().is_empty());
+
     let mut c = Conv::new();
     c.send(true, SYN, 0, 0.0);
     c.tick(3_100.0);
@@ -300,6 +318,62 @@ fn syn_unanswered_by_retransmissions_or_timeout_vs_answered() {
     c.handshake();
     c.tick(10_000.0);
     assert!(c.kinds().is_empty());
+}
+
+/// The grace after a SYN's third sending: it reports only an unanswered SYN, only for the
+/// connection that armed it, and a flow that leaves the table inside it is reported then.
+#[test]
+fn the_syn_grace_reports_only_its_own_unanswered_syn() {
+    // Answered inside the grace, the client's ACK late: the grace says nothing, and the
+    // handshake timeout (3 s from the first SYN) finds the handshake complete.
+    let mut c = Conv::new();
+    let syn = c.seg(true, SYN, 0);
+    c.feed(&syn, 0.0);
+    c.feed(&syn, 500.0);
+    c.feed(&syn, 500.0);
+    c.send(false, SYN | ACK, 0, 500.0);
+    c.tick(700.0);
+    assert!(c.kinds().is_empty(), "no synack_unacked before the handshake timeout");
+    c.send(true, ACK, 0, 300.0);
+    c.tick(10_000.0);
+    assert!(c.kinds().is_empty());
+
+    // A new connection on the tuple (a new ISN) inside the old one's grace: the old grace
+    // does not report it; its own handshake timeout does, 3 s after its SYN.
+    let mut c = Conv::new();
+    let syn = c.seg(true, SYN, 0);
+    c.feed(&syn, 0.0);
+    c.feed(&syn, 300.0);
+    c.feed(&syn, 300.0);
+    let again = c.seg(true, SYN, 0);
+    c.feed(&again, 400.0);
+    c.tick(700.0);
+    assert!(c.kinds().is_empty(), "the old grace reported the new connection");
+    c.tick(2_500.0);
+    let ev = c.events();
+    assert_eq!(
+        ev.iter().map(|e| (e.kind, e.count)).collect::<Vec<_>>(),
+        [(Kind::SynUnanswered, 1)]
+    );
+
+    // Evicted inside its grace (the table full of newer half-open flows): reported as it
+    // leaves, the only event.
+    let mut c = Conv::with(EngineConfig { flow_capacity: 64, ..Default::default() });
+    let syn = c.seg(true, SYN, 0);
+    c.feed(&syn, 0.0);
+    c.feed(&syn, 300.0);
+    c.feed(&syn, 300.0);
+    c.t += 100 * MS;
+    for port in 1..=200 {
+        c.c.port = 50_000 + port;
+        c.send(true, SYN, 0, 0.001);
+    }
+    let ev = c.events();
+    assert_eq!(
+        ev.iter().map(|e| (e.kind, e.src_port)).collect::<Vec<_>>(),
+        [(Kind::SynUnanswered, 40000)]
+    );
+    assert!(ev[0].explanation.contains("in the 0.1 s after the last"), "{}", ev[0].explanation);
 }
 
 #[test]

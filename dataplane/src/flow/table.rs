@@ -428,9 +428,24 @@ impl FlowTable {
         }
     }
 
-    /// Picks the flow to evict under pressure and removes it: the oldest closed flow, else the
-    /// oldest half-open one, else the idlest of a sample. Counted by reason.
+    /// Picks the flow to evict under pressure and removes it, counted by reason: see
+    /// [`pick_victim`](Self::pick_victim).
     pub fn evict_one(&mut self) -> Option<(Slot, FlowRecord, EvictReason)> {
+        let (s, reason) = self.pick_victim()?;
+        Some((s, self.evict(s, reason), reason))
+    }
+
+    /// Removes the flow [`pick_victim`](Self::pick_victim) chose, counted by reason.
+    pub fn evict(&mut self, s: Slot, reason: EvictReason) -> FlowRecord {
+        let rec = self.remove(s);
+        self.evicted[reason as usize] += 1;
+        rec
+    }
+
+    /// The flow to evict under pressure: the oldest closed flow, else the oldest half-open
+    /// one, else the idlest of a sample. Still in the table (the owner may report what it
+    /// owed first); [`evict`](Self::evict) it next.
+    pub fn pick_victim(&mut self) -> Option<(Slot, EvictReason)> {
         for (closed, reason) in [(true, EvictReason::Closed), (false, EvictReason::HalfOpen)] {
             loop {
                 let front = if closed {
@@ -440,9 +455,7 @@ impl FlowTable {
                 };
                 let Some(r) = front else { break };
                 if let Some(s) = self.still(r, closed) {
-                    let rec = self.remove(s);
-                    self.evicted[reason as usize] += 1;
-                    return Some((s, rec, reason));
+                    return Some((s, reason));
                 }
             }
         }
@@ -469,9 +482,7 @@ impl FlowTable {
         }
         self.hand = i;
         let (_, s) = best?;
-        let rec = self.remove(s);
-        self.evicted[EvictReason::Idle as usize] += 1;
-        Some((s, rec, EvictReason::Idle))
+        Some((s, EvictReason::Idle))
     }
 
     /// Counts a flow removed because it expired.

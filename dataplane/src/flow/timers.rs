@@ -15,6 +15,9 @@ const BUCKETS: usize = 1024;
 pub enum TimerKind {
     /// The handshake must be complete by now (one shot).
     Handshake,
+    /// The grace after a SYN's second retransmission has run out (one shot): reported then
+    /// if still unanswered.
+    SynGrace,
     /// The flow may have expired; re-armed for its real deadline when it has not. Carries the
     /// generation it was armed with: only the flow's newest expiry timer counts.
     Expiry { gen: bool },
@@ -25,7 +28,8 @@ pub enum TimerKind {
 pub struct Timer {
     pub deadline_ns: u64,
     slot: u32,
-    /// The flow's 30-bit tag | kind (bit 30: expiry) | expiry generation (bit 31).
+    /// The flow's 30-bit tag | kind (bit 30: expiry) | expiry generation (bit 31; without
+    /// bit 30, it marks the SYN grace).
     bits: u32,
 }
 const _: () = assert!(size_of::<Timer>() == 16);
@@ -38,10 +42,10 @@ impl Timer {
         FlowRef { slot: self.slot, tag: self.bits & TAG_MASK }
     }
     pub fn kind(&self) -> TimerKind {
-        if self.bits & EXPIRY_BIT == 0 {
-            TimerKind::Handshake
-        } else {
-            TimerKind::Expiry { gen: self.bits & GEN_BIT != 0 }
+        match (self.bits & EXPIRY_BIT != 0, self.bits & GEN_BIT != 0) {
+            (false, false) => TimerKind::Handshake,
+            (false, true) => TimerKind::SynGrace,
+            (true, gen) => TimerKind::Expiry { gen },
         }
     }
 }
@@ -83,6 +87,7 @@ impl TimerWheel {
     pub fn arm(&mut self, deadline_ns: u64, flow: FlowRef, kind: TimerKind) {
         let kind_bits = match kind {
             TimerKind::Handshake => 0,
+            TimerKind::SynGrace => GEN_BIT,
             TimerKind::Expiry { gen } => EXPIRY_BIT | if gen { GEN_BIT } else { 0 },
         };
         let t = Timer { deadline_ns, slot: flow.slot, bits: (flow.tag & TAG_MASK) | kind_bits };
@@ -195,6 +200,28 @@ mod tests {
 
     fn r(i: u32) -> FlowRef {
         FlowRef { slot: i, tag: i }
+    }
+
+    /// Each kind comes back as it was armed, with its flow (the tag's top bits included).
+    #[test]
+    fn kinds_and_flows_survive_the_packing() {
+        let kinds = [
+            TimerKind::Handshake,
+            TimerKind::SynGrace,
+            TimerKind::Expiry { gen: false },
+            TimerKind::Expiry { gen: true },
+        ];
+        let mut w = TimerWheel::new();
+        for (i, k) in kinds.iter().enumerate() {
+            w.arm(1000 + i as u64, FlowRef { slot: i as u32, tag: TAG_MASK - i as u32 }, *k);
+        }
+        for (i, k) in kinds.iter().enumerate() {
+            let t = w.pop_due(u64::MAX).unwrap();
+            assert_eq!(
+                (t.kind(), t.flow().slot, t.flow().tag),
+                (*k, i as u32, TAG_MASK - i as u32)
+            );
+        }
     }
 
     /// Dropping timers keeps the rest firing in (deadline, arming order) and counted.
