@@ -99,6 +99,8 @@ const MAX_SAMPLES: usize = 4096;
 const LOOKAHEAD: usize = 8;
 /// Frames [`Engine::process_frames`] decodes ahead of processing them.
 const DECODE_AHEAD: usize = 64;
+/// Where a flow's SYN count stops (`FlowRecord::set_syns`: 4 bits).
+const SYN_COUNT_MAX: u8 = 15;
 
 /// One packet for [`Engine::process_batch`]: what [`Engine::process_expecting`] takes.
 #[derive(Clone, Copy)]
@@ -599,7 +601,9 @@ impl Engine {
         }
         let answered = !had_synack && rec.flags & conn_flags::SYNACK_SEEN != 0;
         let evidence_pending = rec.flags & conn_flags::EVIDENCE_PENDING != 0;
-        let syn_retried = p.has(SYN) && anomaly::setup::syn_retried_unanswered(rec, syns_before);
+        // The count saturates (4 bits): a SYN beyond it still counts as one more.
+        let syn_retried = p.has(SYN)
+            && anomaly::setup::syn_retried_unanswered(rec, syns_before.min(SYN_COUNT_MAX - 1));
         if answered {
             self.note_answered(p.vantage, key.endpoint(side), p.ts_ns);
         }
@@ -668,7 +672,8 @@ impl Engine {
             let flows = &self.flows;
             self.timers.retain(|t| {
                 flows.resolve(t.flow()).is_some_and(|s| match t.kind() {
-                    // Still due to end the handshake and arm the flow's expiry.
+                    // Still due: a handshake timer ends the handshake and arms the flow's
+                    // expiry; a grace may report it.
                     TimerKind::Handshake | TimerKind::SynGrace => true,
                     TimerKind::Expiry { gen } => {
                         (flows.get(s).flags & conn_flags::EXPIRY_GEN != 0) == gen

@@ -515,11 +515,21 @@ impl Event {
     /// [`drain_events`](crate::engine::Engine::drain_events) and the aggregator, for what it
     /// lets out, do this; nothing else needs to).
     pub fn render(&mut self) {
-        if let Some(t) = self.deferred.take() {
-            let text = t.write(&mut self.culprit);
-            // Anything already there (the engine's capture-loss caution) follows the text.
-            self.explanation.insert_str(0, &text);
-        }
+        write_deferred(&mut self.deferred, &mut self.culprit, &mut self.explanation);
+    }
+}
+
+/// Writes deferred words into their event or detection: the culprit's evidence, and the
+/// explanation ahead of anything already there (the engine's capture-loss caution).
+fn write_deferred(
+    deferred: &mut Option<Box<setup::SynUnansweredText>>,
+    culprit: &mut Culprit,
+    explanation: &mut String,
+) {
+    if let Some(t) = deferred.take() {
+        let text = t.write(culprit);
+        debug_assert!(text.contains(&culprit.to_string()), "{text} / {culprit}");
+        explanation.insert_str(0, &text);
     }
 }
 
@@ -572,10 +582,7 @@ impl Detection {
     }
     /// Writes the deferred words now (evidence needs them for its comment).
     pub fn render(&mut self) {
-        if let Some(t) = self.deferred.take() {
-            let text = t.write(&mut self.culprit);
-            self.explanation.insert_str(0, &text);
-        }
+        write_deferred(&mut self.deferred, &mut self.culprit, &mut self.explanation);
     }
     pub fn detail(mut self, k: &str, v: impl Into<serde_json::Value>) -> Self {
         self.details.insert(k.into(), v.into());

@@ -228,24 +228,19 @@ impl SynUnansweredText {
         let server = super::endpoint_str(self.server.0, self.server.1);
         let syns = self.syns;
         let secs = |ns: u64| ns as f64 / 1e9;
+        // A wait under 1 ms (the handshake timeout falling on the last SYN itself) is none
+        // to speak of.
+        let wait = |w: u64, from: &str| match w {
+            w if w < 1_000_000 => String::new(),
+            w => format!(" in the {:.1} s after the {from}", secs(w)),
+        };
         let (sent, waited) = match self.last_syn_ns {
-            Some(last) => {
-                let sent = format!(" over {:.1} s", secs(last.saturating_sub(self.first_ns)));
-                // The handshake timeout can fall on the last SYN itself: no wait to speak of.
-                let waited = match self.now_ns.saturating_sub(last) {
-                    w if w < 1_000_000 => String::new(),
-                    w => format!(" in the {:.1} s after the last", secs(w)),
-                };
-                (sent, waited)
-            }
-            // Without the last SYN's time, the wait is told from the first.
-            None => (
-                String::new(),
-                format!(
-                    " in the {:.1} s after the first",
-                    secs(self.now_ns.saturating_sub(self.first_ns))
-                ),
+            Some(last) => (
+                format!(" over {:.1} s", secs(last.saturating_sub(self.first_ns))),
+                wait(self.now_ns.saturating_sub(last), "last"),
             ),
+            // Without the last SYN's time, the wait is told from the first.
+            None => (String::new(), wait(self.now_ns.saturating_sub(self.first_ns), "first")),
         };
         cul.evidence.push(format!("{syns} SYN(s){sent}"));
         cul.evidence.push(format!("no SYN-ACK and no RST seen{waited}"));

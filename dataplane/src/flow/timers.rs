@@ -15,8 +15,8 @@ const BUCKETS: usize = 1024;
 pub enum TimerKind {
     /// The handshake must be complete by now (one shot).
     Handshake,
-    /// The grace after a SYN's second retransmission has run out (one shot): reported then
-    /// if still unanswered.
+    /// The grace after a SYN sent for the third time or later has run out (one shot): the
+    /// flow is reported then if still unanswered.
     SynGrace,
     /// The flow may have expired; re-armed for its real deadline when it has not. Carries the
     /// generation it was armed with: only the flow's newest expiry timer counts.
