@@ -99,8 +99,6 @@ const MAX_SAMPLES: usize = 4096;
 const LOOKAHEAD: usize = 8;
 /// Frames [`Engine::process_frames`] decodes ahead of processing them.
 const DECODE_AHEAD: usize = 64;
-/// Where a flow's SYN count stops (`FlowRecord::set_syns`: 4 bits).
-const SYN_COUNT_MAX: u8 = 15;
 
 /// One packet for [`Engine::process_batch`]: what [`Engine::process_expecting`] takes.
 #[derive(Clone, Copy)]
@@ -603,7 +601,10 @@ impl Engine {
         let evidence_pending = rec.flags & conn_flags::EVIDENCE_PENDING != 0;
         // The count saturates (4 bits): a SYN beyond it still counts as one more.
         let syn_retried = p.has(SYN)
-            && anomaly::setup::syn_retried_unanswered(rec, syns_before.min(SYN_COUNT_MAX - 1));
+            && anomaly::setup::syn_retried_unanswered(
+                rec,
+                syns_before.min(crate::flow::SYN_COUNT_MAX - 1),
+            );
         if answered {
             self.note_answered(p.vantage, key.endpoint(side), p.ts_ns);
         }

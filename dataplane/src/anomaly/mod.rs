@@ -329,21 +329,18 @@ pub struct Culprit {
 pub fn endpoint_str(a: IpAddr, p: u16) -> String {
     let IpAddr::V4(v4) = a else { return format!("[{a}]:{p}") };
     let mut s = String::with_capacity(21);
-    let push_num = |s: &mut String, v: u16| {
-        let (h, t) = (v / 100, v / 10 % 10);
-        if v >= 10_000 {
-            s.push(char::from(b'0' + (v / 10_000) as u8));
+    let push_num = |s: &mut String, mut v: u16| {
+        // Digits from the last, then pushed first to last.
+        let (mut digits, mut n) = ([0u8; 5], 0);
+        loop {
+            digits[n] = b'0' + (v % 10) as u8;
+            n += 1;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
         }
-        if v >= 1000 {
-            s.push(char::from(b'0' + (v / 1000 % 10) as u8));
-        }
-        if v >= 100 {
-            s.push(char::from(b'0' + (h % 10) as u8));
-        }
-        if v >= 10 {
-            s.push(char::from(b'0' + t as u8));
-        }
-        s.push(char::from(b'0' + (v % 10) as u8));
+        digits[..n].iter().rev().for_each(|&d| s.push(char::from(d)));
     };
     for (i, o) in v4.octets().into_iter().enumerate() {
         if i > 0 {
@@ -553,6 +550,9 @@ impl Detection {
     /// `explanation` names `culprit` by its rendering (`{culprit}` in the text).
     pub fn new(kind: Kind, culprit: Culprit, explanation: String) -> Self {
         debug_assert!(explanation.contains(&culprit.to_string()), "{explanation} / {culprit}");
+        Self::unchecked(kind, culprit, explanation)
+    }
+    fn unchecked(kind: Kind, culprit: Culprit, explanation: String) -> Self {
         Self {
             kind,
             sub_kind: None,
@@ -568,17 +568,7 @@ impl Detection {
     /// A `syn_unanswered` detection whose explanation and culprit evidence are written when
     /// its event is read ([`Event::render`]).
     pub fn deferred(kind: Kind, culprit: Culprit, text: setup::SynUnansweredText) -> Self {
-        Self {
-            kind,
-            sub_kind: None,
-            culprit,
-            explanation: String::new(),
-            fingerprints: Vec::new(),
-            details: Default::default(),
-            first_ns: None,
-            count: 1,
-            deferred: Some(Box::new(text)),
-        }
+        Self { deferred: Some(Box::new(text)), ..Self::unchecked(kind, culprit, String::new()) }
     }
     /// Writes the deferred words now (evidence needs them for its comment).
     pub fn render(&mut self) {

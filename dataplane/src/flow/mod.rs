@@ -19,6 +19,8 @@ pub use table::{EvictReason, FlowTable};
 
 /// Vantages a flow key can name (7 bits of [`FlowKey::meta`]).
 pub const MAX_VANTAGES: usize = 128;
+/// Where a flow's SYN and SYN-ACK counts stop (4 bits each in the record).
+pub const SYN_COUNT_MAX: u8 = 15;
 
 /// Both endpoints in a fixed order (lower address/port first), the VLAN and the vantage: the
 /// same key for both directions of a flow as one sensor sees it. Each vantage keeps its own
@@ -436,10 +438,10 @@ impl FlowRecord {
         self.syn_counts >> 4
     }
     pub fn set_syns(&mut self, n: u8) {
-        self.syn_counts = (self.syn_counts & 0xf0) | n.min(15);
+        self.syn_counts = (self.syn_counts & 0xf0) | n.min(SYN_COUNT_MAX);
     }
     pub fn set_synacks(&mut self, n: u8) {
-        self.syn_counts = (self.syn_counts & 0x0f) | n.min(15) << 4;
+        self.syn_counts = (self.syn_counts & 0x0f) | n.min(SYN_COUNT_MAX) << 4;
     }
 }
 
