@@ -605,6 +605,15 @@ impl Engine {
                 rec,
                 syns_before.min(crate::flow::SYN_COUNT_MAX - 1),
             );
+        // A SYN with a new ISN while the flow still waits in SynSent starts a connection of
+        // its own (setup counts its SYNs from one again): it gets a handshake timeout of its
+        // own, and the one still pending from the connection before finds it stale.
+        let restarted = p.has(SYN)
+            && !p.has(ACK)
+            && was == crate::tcp::ConnState::SynSent
+            && now_state == crate::tcp::ConnState::SynSent
+            && syns_before >= 1
+            && rec.syns() == 1;
         if answered {
             self.note_answered(p.vantage, key.endpoint(side), p.ts_ns);
         }
@@ -615,6 +624,12 @@ impl Engine {
                 TimerKind::Handshake,
             );
             self.flows.note_half_open(slot);
+        } else if restarted {
+            self.arm_timer(
+                p.ts_ns.saturating_add(self.cfg.handshake_timeout_ns),
+                flow_ref,
+                TimerKind::Handshake,
+            );
         } else if created {
             self.arm_expiry(slot, p.ts_ns.saturating_add(self.cfg.idle_timeout_ns));
         }
@@ -705,6 +720,9 @@ impl Engine {
             let Some(slot) = self.flows.resolve(t.flow()) else { continue };
             match t.kind() {
                 TimerKind::Handshake => {
+                    if self.handshake_timer_is_stale(slot, t.deadline_ns) {
+                        continue;
+                    }
                     self.handshake_timeout(slot, t.deadline_ns);
                     // Reported (or completed): the handshake's timing is no longer needed.
                     if let Some(x) = self.side.get_mut(slot) {
@@ -888,6 +906,15 @@ impl Engine {
         if anomaly::setup::syn_retried_unanswered(self.flows.get(slot), 0) {
             self.handshake_timeout(slot, now);
         }
+    }
+
+    /// Whether a handshake timer running out at `deadline` was armed for an earlier
+    /// connection than the flow's current one (a SYN with a new ISN restarted the handshake
+    /// and armed a timer of its own). Known only while the flow holds side state (the
+    /// current connection's first SYN time); without it, the earlier timer reports.
+    fn handshake_timer_is_stale(&self, slot: Slot, deadline: u64) -> bool {
+        let first = self.side.get(slot).and_then(|x| x.syn_first_ns);
+        first.is_some_and(|t| t.saturating_add(self.cfg.handshake_timeout_ns) > deadline)
     }
 
     /// The grace after the SYN of `slot` was sent for the third (or later) time ran out at

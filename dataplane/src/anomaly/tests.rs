@@ -331,16 +331,35 @@ fn the_syn_grace_reports_only_its_own_unanswered_syn() {
     c.tick(10_000.0);
     assert!(c.kinds().is_empty());
 
-    // A new connection on the tuple (a new ISN) inside the old one's grace: the old grace
-    // does not report it (the handshake timer still pending from the first connection does,
-    // 3 s after that one's first SYN: see NOTES.md).
+    // A new connection on the tuple (a new ISN) inside the old one's grace: neither the old
+    // grace nor the old connection's handshake timeout (3 s after its first SYN) reports it;
+    // its own timeout, 3 s after its SYN, does.
     let mut c = Conv::new();
     resend_syn(&mut c, &[0.0, 300.0, 300.0]);
     let again = c.seg(true, SYN, 0);
     c.feed(&again, 400.0);
     c.tick(700.0);
     assert!(c.kinds().is_empty(), "the old grace reported the new connection");
-    c.tick(2_500.0);
+    c.tick(2_200.0);
+    assert!(c.kinds().is_empty(), "the old handshake timeout reported the new connection");
+    c.tick(200.0);
+    let ev = c.events();
+    assert_eq!(
+        ev.iter().map(|e| (e.kind, e.count)).collect::<Vec<_>>(),
+        [(Kind::SynUnanswered, 1)]
+    );
+
+    // The first connection was reported, then a new one (a new ISN, sent once) starts on the
+    // tuple while the flow still waits: it is reported at its own timeout, not never.
+    let mut c = Conv::new();
+    c.send(true, SYN, 0, 0.0);
+    c.tick(3_100.0);
+    assert_eq!(c.kinds(), [Kind::SynUnanswered]);
+    c.c.seq += 1_000_000;
+    c.send(true, SYN, 0, 100.0);
+    c.tick(2_900.0);
+    assert!(c.kinds().is_empty(), "reported before its own timeout");
+    c.tick(200.0);
     let ev = c.events();
     assert_eq!(
         ev.iter().map(|e| (e.kind, e.count)).collect::<Vec<_>>(),
