@@ -35,7 +35,8 @@ impl History {
 
     pub fn with_memory(bytes: usize) -> Self {
         let n = (bytes / Self::ENTRY_BYTES).max(64);
-        let ring = Vec::with_capacity(n);
+        let ring: Vec<HistEntry> = Vec::with_capacity(n);
+        crate::mem::advise_huge_pages(ring.as_ptr().cast(), n * Self::ENTRY_BYTES);
         Self { ring, next: 0, pos: 0 }
     }
 

@@ -58,13 +58,16 @@ pub struct SidePool<T: SideState> {
 }
 
 impl<T: SideState> SidePool<T> {
+    /// A pool of at most `capacity` entries. Their memory is reserved at once (untouched,
+    /// it costs nothing until used) so that filling the pool never copies it.
     pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
         Self {
-            entries: Vec::new(),
-            owner: Vec::new(),
+            entries: Vec::with_capacity(capacity),
+            owner: Vec::with_capacity(capacity),
             free: Vec::new(),
-            by_slot: HashMap::default(),
-            capacity: capacity.max(1),
+            by_slot: HashMap::with_capacity_and_hasher(capacity, Default::default()),
+            capacity,
             hand: 0,
             exhausted: 0,
             reclaimed: 0,
