@@ -3,6 +3,7 @@
 //! over worker threads, and the packets' own timestamps are the clock.
 use std::collections::binary_heap::{BinaryHeap, PeekMut};
 use std::io::{IsTerminal, Write};
+use std::net::IpAddr;
 
 use anyhow::{Context as _, Result};
 use crossbeam_channel::bounded;
@@ -976,7 +977,7 @@ impl Lateness {
     }
 }
 
-/// Writes the workers' events in time order (then kind, worker, arrival) as soon as every
+/// Writes the workers' events in time order (then kind, flow, arrival) as soon as every
 /// worker has moved past them, and keeps what the summary needs: counts and the first event
 /// of each kind. A worker's events can trail its watermark only by the cross-vantage window
 /// (a packet reported missing when its wait ends) plus the engine's 10 ms housekeeping step;
@@ -1001,9 +1002,17 @@ struct EventOrder {
 }
 
 struct Pending {
-    key: (u64, &'static str, usize, u64),
+    /// Time, kind, flow, arrival: nothing that depends on the worker count, so that events
+    /// at the same time (the flows still open at the end of input, say) leave in the same
+    /// order at any number of workers. Arrival orders only one flow's own events of a kind
+    /// at one time, and one flow's events all come from one worker, in its order.
+    key: (u64, &'static str, FlowOrder, u64),
     item: Item,
 }
+
+/// An event's flat 5-tuple (a note's service), as far as the order needs it.
+type FlowOrder = (IpAddr, u16, IpAddr, u16);
+const NO_PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
 
 /// What waits for its time: an event, or a note the aggregator needs before later events.
 /// Boxed: every heap operation moves items up and down its levels, and an event is ~0.5 KB
@@ -1060,16 +1069,18 @@ impl EventOrder {
             // A note sorts before an event at the same time ("" before every kind name).
             for n in notes {
                 self.seq += 1;
+                let flow = (n.service.0, n.service.1, NO_PEER, 0);
                 self.pending.push(std::cmp::Reverse(Pending {
-                    key: (n.at_ns, "", worker, self.seq),
+                    key: (n.at_ns, "", flow, self.seq),
                     item: Item::Answered(n),
                 }));
             }
-            for event in events {
+            for e in events {
                 self.seq += 1;
+                let flow = (e.src_ip, e.src_port, e.dest_ip, e.dest_port);
                 self.pending.push(std::cmp::Reverse(Pending {
-                    key: (event.time_last_ns, event.kind.name(), worker, self.seq),
-                    item: Item::Event(Box::new(event)),
+                    key: (e.time_last_ns, e.kind.name(), flow, self.seq),
+                    item: Item::Event(Box::new(e)),
                 }));
             }
             self.watermarks[worker] = self.watermarks[worker].max(watermark);

@@ -584,7 +584,10 @@ impl Aggregator {
             let prefix_last = |k: &Prefix| prefixes.get(k).map_or(0, |r| r.sources.last());
             ended.extend(take_quiet(&mut self.prefix_floods, prefix_last, &quiet));
             // In time order, the same from run to run (the maps' order is not).
-            ended.sort_by_key(|a| (a.last_ns, a.kind as usize, a.first.time_first_ns));
+            ended.sort_by_key(|a| {
+                let f = &a.first;
+                (a.last_ns, a.kind as usize, f.time_first_ns, f.src_ip, f.dest_ip, f.dest_port)
+            });
             for a in ended.into_iter().filter(|a| a.count > 0) {
                 self.reported[a.kind as usize] += 1;
                 out.push(a.into_event());
