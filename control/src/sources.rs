@@ -10,8 +10,12 @@ use dataplane::packet::{decode_in, unread_cause, TcpPacket, Unread};
 use dataplane::vantage::Vantages;
 use dataplane_common::Outcome;
 
-/// Bytes of each frame kept after decoding: what the evidence history stores.
-pub const KEEP: usize = dataplane::evidence::HIST_SNAP;
+/// Bytes the evidence history stores of a frame, counted from the frame it keeps (a tunnel's
+/// inner one: `TcpPacket::kept`).
+const SNAP: usize = dataplane::evidence::HIST_SNAP;
+/// Bytes of a frame kept after decoding, at most: the history's snap, after a tunnel's outer
+/// headers (up to as many again).
+pub const KEEP: usize = 2 * SNAP;
 
 /// Time going backwards by more than this is a time jump (../shared/DETECTIONS.md
 /// `time_jump`): a concatenated or merged capture, a clock step. Less is an interleaving
@@ -350,7 +354,8 @@ impl Intake {
             Err(Outcome::Filtered) => h.filtered += 1,
             Err(o) => h.count(unread_cause(f.data, f.orig_len, *o)),
         }
-        let keep = f.data.len().min(KEEP);
+        let outer = r.pkt.as_ref().map_or(0, |p| p.keep_off as usize);
+        let keep = f.data.len().min(outer + SNAP).min(KEEP);
         r.ts_ns = ts;
         r.frame_no = h.frames;
         r.len = keep as u16;

@@ -186,6 +186,47 @@ fn tshark_count(file: &Path, filter: &str) -> usize {
     String::from_utf8(o.stdout).unwrap().lines().count()
 }
 
+/// Every frame of every evidence file under `dir` shows tshark its whole TCP header (the
+/// ports and the header length it reads from it, nothing malformed): a tunnel's outer headers
+/// must not use up the bytes the history keeps.
+fn evidence_has_whole_tcp_headers(dir: &Path, tag: &str) {
+    let files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{tag}: no evidence directory: {e}"))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pcapng"))
+        .collect();
+    assert!(!files.is_empty(), "{tag}: no evidence written");
+    for f in files {
+        let o = Command::new("tshark")
+            .args(["-n", "-r"])
+            .arg(&f)
+            .args([
+                "-T",
+                "fields",
+                "-e",
+                "frame.number",
+                "-e",
+                "tcp.hdr_len",
+                "-e",
+                "_ws.malformed",
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{tag}: tshark: {}", String::from_utf8_lossy(&o.stderr));
+        let out = String::from_utf8(o.stdout).unwrap();
+        assert!(!out.is_empty(), "{tag}: {} holds no frame", f.display());
+        for line in out.lines() {
+            let cols: Vec<&str> = line.split('\t').collect();
+            assert!(
+                cols.len() >= 2 && !cols[1].is_empty() && cols.get(2).is_none_or(|m| m.is_empty()),
+                "{tag}: {} frame {}: no whole TCP header ({line:?})",
+                f.display(),
+                cols[0]
+            );
+        }
+    }
+}
+
 #[test]
 fn every_tunnel_gives_the_events_of_the_plain_capture() {
     if !privileged_or_skip("every_tunnel_gives_the_events_of_the_plain_capture") {
@@ -230,10 +271,12 @@ fn every_tunnel_gives_the_events_of_the_plain_capture() {
             let file = dir.join(format!("{tag}.pcap"));
             write_pcap(&file, &wrapped).unwrap();
             assert_eq!(tshark_tcp_frames(&file), frames.len(), "{tag}: tshark sees every frame");
-            let run = analyze(&dir, &file);
+            let evidence = dir.join(format!("evidence-{tag}"));
+            let run = analyze_with(&dir, &file, &["--evidence-dir", evidence.to_str().unwrap()]);
             assert_eq!(run.summary["packets"].as_u64(), Some(packets), "{tag}");
             assert_eq!(run.summary["undecodable"].as_u64(), Some(0), "{tag}");
             assert_eq!(run.verdicts(), kinds, "{tag}");
+            evidence_has_whole_tcp_headers(&evidence, &tag);
         }
     }
 

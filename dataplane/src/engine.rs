@@ -485,7 +485,9 @@ impl Engine {
         let dst_mac = self.macs.intern(p.dst_mac);
         let epoch = self.epoch;
         let rec = self.flows.get_mut(slot);
-        let hist_id = self.history.push(raw, p.orig_len, p.ts_ns, p.vantage, rec.last_hist);
+        let kept_len = p.orig_len.saturating_sub(p.keep_off.into());
+        let hist_id =
+            self.history.push_kept(p.kept(raw), kept_len, p.ts_ns, p.vantage, rec.last_hist);
         rec.last_hist = hist_id;
         if self.cfg.vantages.len() > 1 {
             self.matcher.observe(p, hist_id, expected_vantages);
@@ -1221,5 +1223,7 @@ fn placeholder_packet(key: &FlowKey, side: usize, now: u64) -> TcpPacket {
         ttl: 0,
         opts: Default::default(),
         orig_len: 0,
+        keep_off: 0,
+        keep_ethertype: 0,
     }
 }

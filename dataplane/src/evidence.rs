@@ -5,6 +5,7 @@
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
+use crate::packet::Kept;
 use crate::pcapng::PcapngWriter;
 
 /// Bytes of each frame the history keeps (headers only).
@@ -42,6 +43,30 @@ impl History {
 
     fn cap(&self) -> usize {
         self.ring.capacity()
+    }
+
+    /// Stores what evidence keeps of a packet's frame ([`TcpPacket::kept`]): `orig_len` is
+    /// the whole frame's length on the wire, less the outer headers left out.
+    #[inline]
+    pub fn push_kept(
+        &mut self,
+        kept: Kept<'_>,
+        orig_len: u32,
+        ts_ns: u64,
+        vantage: u16,
+        prev: u32,
+    ) -> u32 {
+        match kept {
+            Kept::Frame(f) => self.push(f, orig_len, ts_ns, vantage, prev),
+            Kept::Ip(eth, ip) => {
+                let mut frame = [0u8; HIST_SNAP];
+                let n = ip.len().min(HIST_SNAP - eth.len());
+                frame[..eth.len()].copy_from_slice(&eth);
+                frame[eth.len()..eth.len() + n].copy_from_slice(&ip[..n]);
+                let orig = orig_len.saturating_add(eth.len() as u32);
+                self.push(&frame[..eth.len() + n], orig, ts_ns, vantage, prev)
+            }
+        }
     }
 
     /// Stores a frame; `prev` is the flow's previous entry. Returns this entry's id.

@@ -2,8 +2,8 @@
 use std::net::IpAddr;
 
 use dataplane_common::{
-    classify, parse_tcp_options, tcp_flags, Outcome, TcpOffsets, TcpOptions, ETH_HLEN, IPPROTO_TCP,
-    IPV6_HLEN, TCP_MIN_HLEN,
+    classify, parse_tcp_options, tcp_flags, Outcome, TcpOffsets, TcpOptions, ETHERTYPE_IPV4,
+    ETHERTYPE_IPV6, ETH_HLEN, IPPROTO_TCP, IPV6_HLEN, TCP_MIN_HLEN,
 };
 
 use crate::flow::FlowKey;
@@ -36,9 +36,42 @@ pub struct TcpPacket {
     /// The key holds both addresses: the packet keeps no copy of its own (see [`Self::src`]).
     pub key: FlowKey,
     pub side: u8,
+    /// Where the frame evidence keeps starts (see [`Self::kept`]): 0 but in a tunnel, where
+    /// it is the inner frame (whose headers the outer ones would otherwise crowd out of the
+    /// history's snap).
+    pub keep_off: u16,
+    /// In a tunnel carrying IP directly (GRE), `keep_off` is the inner IP header, and
+    /// evidence gets an Ethernet header made for it (the outer MACs, this EtherType).
+    pub keep_ethertype: u16,
+}
+
+/// The part of a frame evidence keeps (see [`TcpPacket::kept`]).
+#[derive(Clone, Copy)]
+pub enum Kept<'a> {
+    /// An Ethernet frame as it is (the whole frame, or a tunnel's inner one).
+    Frame(&'a [u8]),
+    /// A tunnel's inner IP packet, and the Ethernet header to put before it.
+    Ip([u8; 14], &'a [u8]),
 }
 
 impl TcpPacket {
+    /// What evidence keeps of `frame` (the frame this packet was decoded from): the frame
+    /// itself, or in a tunnel the mirrored frame inside it, so that the history's snap holds
+    /// the TCP header whatever the outer headers take.
+    #[inline]
+    pub fn kept<'a>(&self, frame: &'a [u8]) -> Kept<'a> {
+        let off = (self.keep_off as usize).min(frame.len());
+        if self.keep_ethertype == 0 {
+            return Kept::Frame(&frame[off..]);
+        }
+        let mut eth = [0u8; 14];
+        if frame.len() >= 12 {
+            eth[..12].copy_from_slice(&frame[..12]);
+        }
+        eth[12..].copy_from_slice(&self.keep_ethertype.to_be_bytes());
+        Kept::Ip(eth, &frame[off..])
+    }
+
     #[inline]
     pub fn has(&self, flag: u8) -> bool {
         self.flags & flag != 0
@@ -225,6 +258,13 @@ fn decode_with(
     let hlen = o.tcp_hdr_len as usize;
     let opt_end = (l4 + hlen).min(frame.len());
     let opts = options_of(&frame[l4 + TCP_MIN_HLEN..opt_end], hlen - TCP_MIN_HLEN);
+    // Evidence keeps a tunnel's inner frame: from its Ethernet header, or (a tunnel carrying
+    // IP directly) from its IP header, with an Ethernet header made for it.
+    let (keep_off, keep_ethertype) = match o.tunnel {
+        0 => (0, 0),
+        _ if o.snap_off == o.link_off => (o.link_off, 0),
+        _ => (o.snap_off, if v6 { ETHERTYPE_IPV6 } else { ETHERTYPE_IPV4 }),
+    };
     Ok(TcpPacket {
         ts_ns,
         vantage,
@@ -244,6 +284,8 @@ fn decode_with(
         orig_len,
         key,
         side: side as u8,
+        keep_off,
+        keep_ethertype,
     })
 }
 
