@@ -250,13 +250,20 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         .clamp(1, 64);
     // A report draws evidence: kept beside it unless kept elsewhere.
     let evidence_dir = args.evidence_dir.clone().or_else(|| args.report.clone());
-    let cfg = EngineConfig {
+    let mut cfg = EngineConfig {
         evidence_dir: evidence_dir.clone(),
         vantages: vantage_set.clone(),
         record_verdicts: args.verdicts.is_some(),
         ..Default::default()
     };
-    let mut cfg = cfg;
+    if evidence_dir.is_none() {
+        // The history only serves evidence: without it, no frame is copied, and its 64 MiB
+        // are never touched.
+        cfg.history_bytes = 0;
+        for s in &mut sources {
+            s.keep_frames(false);
+        }
+    }
     args.thresholds.apply(&mut cfg);
     if names.len() > 1 {
         let serial = crate::vantages::serial_indices(&args.serial, &names)?;
@@ -1002,11 +1009,12 @@ struct EventOrder {
 }
 
 struct Pending {
-    /// Time, kind, flow, arrival: nothing that depends on the worker count, so that events
-    /// at the same time (the flows still open at the end of input, say) leave in the same
-    /// order at any number of workers. Arrival orders only one flow's own events of a kind
-    /// at one time, and one flow's events all come from one worker, in its order.
-    key: (u64, &'static str, FlowOrder, u64),
+    /// Time, kind, flow (its 5-tuple, then its id, which tells VLANs and vantages apart),
+    /// arrival: nothing that depends on the worker count, so that events at the same time
+    /// (the flows still open at the end of input, say) leave in the same order at any number
+    /// of workers. Arrival orders only one flow's own events of a kind at one time, and one
+    /// flow's events all come from one worker, in its order.
+    key: (u64, &'static str, FlowOrder, u64, u64),
     item: Item,
 }
 
@@ -1071,7 +1079,7 @@ impl EventOrder {
                 self.seq += 1;
                 let flow = (n.service.0, n.service.1, NO_PEER, 0);
                 self.pending.push(std::cmp::Reverse(Pending {
-                    key: (n.at_ns, "", flow, self.seq),
+                    key: (n.at_ns, "", flow, 0, self.seq),
                     item: Item::Answered(n),
                 }));
             }
@@ -1079,7 +1087,7 @@ impl EventOrder {
                 self.seq += 1;
                 let flow = (e.src_ip, e.src_port, e.dest_ip, e.dest_port);
                 self.pending.push(std::cmp::Reverse(Pending {
-                    key: (e.time_last_ns, e.kind.name(), flow, self.seq),
+                    key: (e.time_last_ns, e.kind.name(), flow, e.flow_id, self.seq),
                     item: Item::Event(Box::new(e)),
                 }));
             }

@@ -10,12 +10,8 @@ use dataplane::packet::{decode_in, unread_cause, TcpPacket, Unread};
 use dataplane::vantage::Vantages;
 use dataplane_common::Outcome;
 
-/// Bytes the evidence history stores of a frame, counted from the frame it keeps (a tunnel's
-/// inner one: `TcpPacket::kept`).
-const SNAP: usize = dataplane::evidence::HIST_SNAP;
-/// Bytes of a frame kept after decoding, at most: the history's snap, after a tunnel's outer
-/// headers (up to as many again).
-pub const KEEP: usize = 2 * SNAP;
+/// Bytes of a frame kept after decoding, at most: what the evidence history may need.
+pub const KEEP: usize = dataplane::evidence::FRAME_KEEP;
 
 /// Time going backwards by more than this is a time jump (../shared/DETECTIONS.md
 /// `time_jump`): a concatenated or merged capture, a clock step. Less is an interleaving
@@ -159,6 +155,8 @@ struct Intake {
     /// The latest time read, and the latest released.
     max_read_ns: Option<u64>,
     released_ns: u64,
+    /// Whether the frames' bytes are kept (the evidence history needs them).
+    keep_frames: bool,
 }
 
 impl Source {
@@ -188,6 +186,7 @@ impl Source {
                 spare: Vec::new(),
                 max_read_ns: None,
                 released_ns: 0,
+                keep_frames: true,
             },
             window: VecDeque::new(),
             held: None,
@@ -294,6 +293,12 @@ impl Source {
         }
     }
 
+    /// Whether the frames' first bytes go with them to the engine (the default): without
+    /// evidence, the engine keeps no history and needs only the decoded packets.
+    pub fn keep_frames(&mut self, keep: bool) {
+        self.intake.keep_frames = keep;
+    }
+
     /// Gives a released frame's box back for reuse.
     pub fn recycle(&mut self, r: Box<Ready>) {
         if self.intake.spare.len() < RESORT_MAX_FRAMES {
@@ -354,8 +359,11 @@ impl Intake {
             Err(Outcome::Filtered) => h.filtered += 1,
             Err(o) => h.count(unread_cause(f.data, f.orig_len, *o)),
         }
-        let outer = r.pkt.as_ref().map_or(0, |p| p.keep_off as usize);
-        let keep = f.data.len().min(outer + SNAP).min(KEEP);
+        let keep = if self.keep_frames {
+            dataplane::evidence::keep_len(r.pkt.as_ref().ok(), f.data)
+        } else {
+            0
+        };
         r.ts_ns = ts;
         r.frame_no = h.frames;
         r.len = keep as u16;

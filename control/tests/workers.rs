@@ -84,8 +84,8 @@ fn events_and_counts_are_the_same_at_1_2_4_and_16_workers() {
 }
 
 /// Events at the same time from flows on different workers (here 24 SYNs sent at one
-/// instant to 24 servers, none answered) leave in the same order at any worker count: a
-/// user diffing two runs' event files sees no difference.
+/// instant to 24 servers, each also on two VLANs, none answered) leave in the same order at
+/// any worker count: a user diffing two runs' event files sees no difference.
 #[test]
 fn events_at_the_same_time_leave_in_one_order_at_any_worker_count() {
     use dataplane::pcapng::PcapngWriter;
@@ -99,10 +99,16 @@ fn events_at_the_same_time_leave_in_one_order_at_any_worker_count() {
     for i in 0..24u32 {
         let client = std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a01_0000 | i));
         let server = std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0ac8_0000 | (i * 7)));
-        let mut g = TcpSegment::new(client, 40000 + i as u16, server, 443);
-        g.flags = SYN;
-        let f = g.frame();
-        w.packet(0, t0, &f, f.len() as u32, None).unwrap();
+        // One 5-tuple on two VLANs as well: three flows, which may land on different
+        // workers (other SYNs, with their own IP IDs: not span copies of one).
+        for (k, vlans) in [vec![], vec![10], vec![20]].into_iter().enumerate() {
+            let mut g = TcpSegment::new(client, 40000 + i as u16, server, 443);
+            g.flags = SYN;
+            g.vlans = vlans;
+            g.ip_id = 100 + k as u16;
+            let f = g.frame();
+            w.packet(0, t0, &f, f.len() as u32, None).unwrap();
+        }
     }
     // Traffic past every handshake timeout.
     let mut g = TcpSegment::new("10.3.0.1".parse().unwrap(), 5000, "10.3.0.2".parse().unwrap(), 22);
@@ -111,12 +117,12 @@ fn events_at_the_same_time_leave_in_one_order_at_any_worker_count() {
     w.packet(0, t0 + 5_000_000_000, &f, f.len() as u32, None).unwrap();
     drop(w);
     let names = |evs: &[serde_json::Value]| -> Vec<String> {
-        evs.iter().map(|e| format!("{} {}", e["kind"], e["src_ip"])).collect()
+        evs.iter().map(|e| format!("{} {} {}", e["kind"], e["src_ip"], e["flow"]["vlan"])).collect()
     };
     let (one, _) = analyze(&pcap, 1, &dir);
     assert_eq!(
         one.iter().filter(|e| e["kind"] == "syn_unanswered").count(),
-        24,
+        3 * 24,
         "{:?}",
         names(&one)
     );

@@ -31,7 +31,8 @@ pub struct EngineConfig {
     /// equally among the workers by [`per_worker`](Self::per_worker): each worker sees its
     /// share of the packets, so on average a share reaches as far back in time as one worker's
     /// whole history would (a worker given more than its share of the traffic, by skewed RSS
-    /// or one huge flow, reaches less far back).
+    /// or one huge flow, reaches less far back). 0: no history at all (no frame is copied;
+    /// evidence, if kept, then holds only the packets from its detection on).
     pub history_bytes: usize,
     pub evidence_dir: Option<PathBuf>,
     pub evidence_before_packets: usize,

@@ -485,9 +485,12 @@ impl Engine {
         let dst_mac = self.macs.intern(p.dst_mac);
         let epoch = self.epoch;
         let rec = self.flows.get_mut(slot);
-        let kept_len = p.orig_len.saturating_sub(p.keep_off.into());
-        let hist_id =
-            self.history.push_kept(p.kept(raw), kept_len, p.ts_ns, p.vantage, rec.last_hist);
+        let hist_id = if self.cfg.history_bytes > 0 {
+            let kept_len = p.orig_len.saturating_sub(p.keep_off.into());
+            self.history.push_kept(p.kept(raw), kept_len, p.ts_ns, p.vantage, rec.last_hist)
+        } else {
+            u32::MAX
+        };
         rec.last_hist = hist_id;
         if self.cfg.vantages.len() > 1 {
             self.matcher.observe(p, hist_id, expected_vantages);
@@ -521,6 +524,7 @@ impl Engine {
         let was = rec.state;
         let had_synack = rec.flags & conn_flags::SYNACK_SEEN != 0;
         let syns_before = rec.syns();
+        let handshake_restarted;
         {
             let before = rec.dirs[side];
             let mut c = Ctx {
@@ -542,6 +546,7 @@ impl Engine {
                 found: &mut found,
                 counters: &mut self.counters,
                 rtt_samples: &mut self.rtt_samples,
+                handshake_restarted: false,
             };
             c.now_us = rel_us(first_ns, p.ts_ns);
             if !in_gap {
@@ -584,6 +589,7 @@ impl Engine {
             if !in_gap {
                 anomaly::paths::check_one_sided(&mut c);
             }
+            handshake_restarted = c.handshake_restarted;
         }
         let rec = self.flows.get_mut(slot);
         rec.state = transition(rec.state, segment_of(p, rec, side));
@@ -607,15 +613,12 @@ impl Engine {
                 rec,
                 syns_before.min(crate::flow::SYN_COUNT_MAX - 1),
             );
-        // A SYN with a new ISN while the flow still waits in SynSent starts a connection of
-        // its own (setup counts its SYNs from one again): it gets a handshake timeout of its
-        // own, and the one still pending from the connection before finds it stale.
-        let restarted = p.has(SYN)
-            && !p.has(ACK)
-            && was == crate::tcp::ConnState::SynSent
-            && now_state == crate::tcp::ConnState::SynSent
-            && syns_before >= 1
-            && rec.syns() == 1;
+        // A SYN that began a new connection while the flow was still in its handshake (a new
+        // ISN in SynSent, the client's SYN after its SYN-ACK was seen first, the other side's
+        // SYN of a simultaneous open) restarts the handshake's timing: it gets a handshake
+        // timeout of its own, and the one still pending finds itself stale. Every first-SYN
+        // time in the side state thus has a timer of its own.
+        let restarted = handshake_restarted && was.is_half_open() && now_state.is_half_open();
         if answered {
             self.note_answered(p.vantage, key.endpoint(side), p.ts_ns);
         }
@@ -835,6 +838,7 @@ impl Engine {
                 found: &mut found,
                 counters: &mut self.counters,
                 rtt_samples: &mut self.rtt_samples,
+                handshake_restarted: false,
             };
             anomaly::setup::on_timeout(&mut c);
         }
@@ -911,9 +915,9 @@ impl Engine {
     }
 
     /// Whether a handshake timer running out at `deadline` was armed for an earlier
-    /// connection than the flow's current one (a SYN with a new ISN restarted the handshake
-    /// and armed a timer of its own). Known only while the flow holds side state (the
-    /// current connection's first SYN time); without it, the earlier timer reports.
+    /// connection than the flow's current one (a SYN that began a new connection restarted
+    /// the handshake and armed a timer of its own). Known only while the flow holds side state
+    /// (the current connection's first SYN time); without it, the earlier timer reports.
     fn handshake_timer_is_stale(&self, slot: Slot, deadline: u64) -> bool {
         let first = self.side.get(slot).and_then(|x| x.syn_first_ns);
         first.is_some_and(|t| t.saturating_add(self.cfg.handshake_timeout_ns) > deadline)

@@ -8,8 +8,20 @@ use std::path::{Path, PathBuf};
 use crate::packet::Kept;
 use crate::pcapng::PcapngWriter;
 
-/// Bytes of each frame the history keeps (headers only).
+/// Bytes of each frame the history keeps (headers only), counted from the frame evidence
+/// keeps (a tunnel's inner one: [`TcpPacket::kept`](crate::packet::TcpPacket::kept)).
 pub const HIST_SNAP: usize = 128;
+
+/// Bytes of a frame to hold on to for the history, at most: its snap after a tunnel's outer
+/// headers (up to as many again; beyond, the inner headers are cut).
+pub const FRAME_KEEP: usize = 2 * HIST_SNAP;
+
+/// How many of `frame`'s first bytes the history may need of the frame `p` was decoded from
+/// (`None`: not decoded).
+pub fn keep_len(p: Option<&crate::packet::TcpPacket>, frame: &[u8]) -> usize {
+    let outer = p.map_or(0, |p| usize::from(p.keep_off));
+    frame.len().min(outer + HIST_SNAP).min(FRAME_KEEP)
+}
 
 #[derive(Clone, Copy)]
 struct HistEntry {

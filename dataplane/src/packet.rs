@@ -3,7 +3,7 @@ use std::net::IpAddr;
 
 use dataplane_common::{
     classify, parse_tcp_options, tcp_flags, Outcome, TcpOffsets, TcpOptions, ETHERTYPE_IPV4,
-    ETHERTYPE_IPV6, ETH_HLEN, IPPROTO_TCP, IPV6_HLEN, TCP_MIN_HLEN,
+    ETHERTYPE_IPV6, ETHERTYPE_MPLS, ETH_HLEN, IPPROTO_TCP, IPV6_HLEN, TCP_MIN_HLEN,
 };
 
 use crate::flow::FlowKey;
@@ -40,8 +40,9 @@ pub struct TcpPacket {
     /// it is the inner frame (whose headers the outer ones would otherwise crowd out of the
     /// history's snap).
     pub keep_off: u16,
-    /// In a tunnel carrying IP directly (GRE), `keep_off` is the inner IP header, and
-    /// evidence gets an Ethernet header made for it (the outer MACs, this EtherType).
+    /// In a tunnel carrying IP (or MPLS) directly, such as GRE, `keep_off` is the inner IP
+    /// header (or label stack), and evidence gets an Ethernet header made for it (the
+    /// packet's MACs, this EtherType).
     pub keep_ethertype: u16,
 }
 
@@ -65,9 +66,8 @@ impl TcpPacket {
             return Kept::Frame(&frame[off..]);
         }
         let mut eth = [0u8; 14];
-        if frame.len() >= 12 {
-            eth[..12].copy_from_slice(&frame[..12]);
-        }
+        eth[..6].copy_from_slice(&self.dst_mac);
+        eth[6..12].copy_from_slice(&self.src_mac);
         eth[12..].copy_from_slice(&self.keep_ethertype.to_be_bytes());
         Kept::Ip(eth, &frame[off..])
     }
@@ -259,11 +259,15 @@ fn decode_with(
     let opt_end = (l4 + hlen).min(frame.len());
     let opts = options_of(&frame[l4 + TCP_MIN_HLEN..opt_end], hlen - TCP_MIN_HLEN);
     // Evidence keeps a tunnel's inner frame: from its Ethernet header, or (a tunnel carrying
-    // IP directly) from its IP header, with an Ethernet header made for it.
+    // IP or MPLS directly) from its IP header or label stack, with an Ethernet header made
+    // for it.
     let (keep_off, keep_ethertype) = match o.tunnel {
         0 => (0, 0),
         _ if o.snap_off == o.link_off => (o.link_off, 0),
-        _ => (o.snap_off, if v6 { ETHERTYPE_IPV6 } else { ETHERTYPE_IPV4 }),
+        _ if o.snap_off == o.l3_off => {
+            (o.snap_off, if v6 { ETHERTYPE_IPV6 } else { ETHERTYPE_IPV4 })
+        }
+        _ => (o.snap_off, ETHERTYPE_MPLS),
     };
     Ok(TcpPacket {
         ts_ns,

@@ -57,6 +57,7 @@ fn expected_tunnel(e: &Encap) -> (Tunnel, u32) {
     match e {
         Encap::Mpls(_) => (Tunnel::None, 0),
         Encap::Gre { key, .. } => (Tunnel::Gre, key.unwrap_or(0)),
+        Encap::GreMpls(_) => (Tunnel::Gre, 0),
         Encap::GreEthernet { key } => (Tunnel::GreEthernet, key.unwrap_or(0)),
         Encap::ErspanI => (Tunnel::ErspanI, 0),
         Encap::ErspanII { session } => (Tunnel::ErspanII, *session as u32),
@@ -84,7 +85,7 @@ fn every_encapsulation_decodes_as_the_plain_frame() {
                 assert_eq!((Tunnel::from_u8(o.tunnel), o.session), expected_tunnel(&e), "{name}");
                 let p = decode(&w, w.len() as u32, 0, 0).unwrap();
                 let mut plain = plain.clone();
-                if matches!(e, Encap::Gre { .. }) {
+                if matches!(e, Encap::Gre { .. } | Encap::GreMpls(_)) {
                     // No inner Ethernet header: the MACs are the mirror's.
                     (plain.src_mac, plain.dst_mac) = (outer.src_mac, outer.dst_mac);
                 }

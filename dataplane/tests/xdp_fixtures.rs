@@ -196,6 +196,8 @@ fn outer_len(wrapped: &[u8], inner: &[u8], encap: &Encap) -> usize {
     match encap {
         Encap::Mpls(_) => 0,
         Encap::Gre { .. } => wrapped.len() - (inner.len() - 14),
+        // The snap counts from the label stack.
+        Encap::GreMpls(labels) => wrapped.len() - (inner.len() - 14) - 4 * labels.len(),
         _ => wrapped.len() - inner.len(),
     }
 }

@@ -22,8 +22,8 @@ use crate::stats::SharedStats;
 /// the evidence history keeps, by value (no allocation, no second decode).
 pub struct OwnedFrame {
     pkt: dataplane::packet::TcpPacket,
-    len: u8,
-    head: [u8; dataplane::evidence::HIST_SNAP],
+    len: u16,
+    head: [u8; dataplane::evidence::FRAME_KEEP],
 }
 
 pub struct EngineSink {
@@ -185,10 +185,10 @@ impl FrameSink for EngineSink {
             return self.engine.process_frame(f.data, f.orig_len, f.ts_ns, f.vantage, 0);
         };
         let owner = dataplane::pipeline::shard_of(&p, self.peers.len());
-        let len = f.data.len().min(dataplane::evidence::HIST_SNAP);
-        let mut head = [0u8; dataplane::evidence::HIST_SNAP];
+        let len = dataplane::evidence::keep_len(Some(&p), f.data);
+        let mut head = [0u8; dataplane::evidence::FRAME_KEEP];
         head[..len].copy_from_slice(&f.data[..len]);
-        let o = OwnedFrame { pkt: p, len: len as u8, head };
+        let o = OwnedFrame { pkt: p, len: len as u16, head };
         if owner == self.id {
             // Held until the frames other workers hand over for the same time have arrived.
             self.reorder.push(o);
@@ -315,7 +315,8 @@ impl EngineSink {
             // Recorded in the order the engine takes them, so an analysis of the recording
             // sees each flow as the run did (frames of one flow from different queues can
             // carry receive times out of wire order: software timestamps per queue). With
-            // hand-off the recording keeps the first HIST_SNAP bytes of each frame.
+            // hand-off the recording keeps what the history may need of each frame
+            // (`evidence::keep_len`).
             if let Some(r) = &mut self.record {
                 let data = &o.head[..o.len as usize];
                 r.push(&RawFrame {

@@ -21,6 +21,8 @@ pub enum Encap {
         key: Option<u32>,
         seq: Option<u32>,
     },
+    /// GRE carrying MPLS labels (20 bits each) in front of the IP packet.
+    GreMpls(Vec<u32>),
     /// GRE carrying the whole frame (transparent Ethernet bridging, 0x6558).
     GreEthernet {
         key: Option<u32>,
@@ -55,6 +57,7 @@ impl Encap {
             ("gre", Encap::Gre { checksum: false, key: None, seq: None }),
             ("gre csum key seq", Encap::Gre { checksum: true, key: Some(7), seq: Some(1) }),
             ("gre teb", Encap::GreEthernet { key: Some(9) }),
+            ("gre mpls", Encap::GreMpls(vec![16, 17])),
             ("vxlan", Encap::Vxlan { vni: 4242 }),
             ("geneve", Encap::Geneve { vni: 77, option_words: 2 }),
             ("mpls", Encap::Mpls(vec![16, 17, 18])),
@@ -77,6 +80,16 @@ impl Outer {
     }
 }
 
+/// MPLS label stack entries for `labels` (the last one bottom of stack, TTL 64).
+fn label_stack(labels: &[u32]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, l) in labels.iter().enumerate() {
+        let bottom = (i + 1 == labels.len()) as u32;
+        out.extend_from_slice(&((l << 12) | (bottom << 8) | 64).to_be_bytes());
+    }
+    out
+}
+
 /// `frame` (untagged Ethernet carrying IP) inside `encap`, sent from `outer`.
 pub fn wrap(frame: &[u8], encap: &Encap, outer: &Outer) -> Vec<u8> {
     let ip_packet = &frame[14..];
@@ -97,12 +110,12 @@ pub fn wrap(frame: &[u8], encap: &Encap, outer: &Outer) -> Vec<u8> {
         Encap::Mpls(labels) => {
             let mut f = frame[..12].to_vec();
             f.extend_from_slice(&ETHERTYPE_MPLS.to_be_bytes());
-            for (i, l) in labels.iter().enumerate() {
-                let bottom = (i + 1 == labels.len()) as u32;
-                f.extend_from_slice(&((l << 12) | (bottom << 8) | 64).to_be_bytes());
-            }
+            f.extend_from_slice(&label_stack(labels));
             f.extend_from_slice(ip_packet);
             return f;
+        }
+        Encap::GreMpls(labels) => {
+            (IPPROTO_GRE, gre(0, ETHERTYPE_MPLS, &[], &[&label_stack(labels), ip_packet]))
         }
         Encap::Gre { checksum, key, seq } => {
             let flags = if *checksum { gre_flags::CHECKSUM } else { 0 }

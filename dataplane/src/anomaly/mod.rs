@@ -827,6 +827,9 @@ pub struct Ctx<'a> {
     pub counters: &'a mut [u64; KIND_COUNT],
     /// Handshake RTTs measured (ns), for the control plane's histogram.
     pub rtt_samples: &'a mut Vec<u64>,
+    /// Set by `setup` when a SYN began a new connection on the flow (its handshake timing
+    /// starts afresh): the engine arms a handshake timeout of its own if one was pending.
+    pub handshake_restarted: bool,
 }
 
 impl Ctx<'_> {

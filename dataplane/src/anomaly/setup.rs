@@ -42,6 +42,7 @@ pub fn on_packet(c: &mut Ctx<'_>) {
         }
         if !same_isn || c.flow.state.is_closed() {
             // A new connection (first SYN, or a new incarnation after a close).
+            c.handshake_restarted = true;
             c.flow.set_syns(1);
             c.flow.set_synacks(0);
             c.flow.flags &= !(conn_flags::HANDSHAKE_REPORTED | conn_flags::SYNACK_SEEN);

@@ -366,6 +366,20 @@ fn the_syn_grace_reports_only_its_own_unanswered_syn() {
         [(Kind::SynUnanswered, 1)]
     );
 
+    // Picked up between the SYN and the SYN-ACK: the SYN-ACK opens the flow and arms its
+    // handshake timeout; the client's SYN, resent 1 s later (the SYN-ACK was lost on its way),
+    // restarts the handshake. The first timeout finds itself stale, and the restarted
+    // handshake's own reports it: not never.
+    let mut c = Conv::new();
+    let _ = c.seg(true, SYN, 0);
+    c.send(false, SYN | ACK, 0, 0.0);
+    c.c.seq = c.c.seq.wrapping_sub(1);
+    c.send(true, SYN, 0, 1_000.0);
+    c.tick(2_100.0);
+    assert!(c.kinds().is_empty(), "reported before the restarted handshake's timeout");
+    c.tick(1_000.0);
+    assert_eq!(c.kinds().len(), 1, "the restarted handshake is reported once");
+
     // Evicted inside its grace (the table full of newer half-open flows): reported as it
     // leaves, the only event.
     let mut c = Conv::with(EngineConfig { flow_capacity: 64, ..Default::default() });
