@@ -28,7 +28,9 @@ pub struct AnalyzeArgs {
     #[arg(long, value_name = "OUT.jsonl")]
     pub events: Option<PathBuf>,
     /// Keep evidence: a pcapng slice per detection, headers only, with the triggering packet
-    /// commented (open it in Wireshark).
+    /// commented (open it in Wireshark). Its packets before the detection come from a history
+    /// of recent headers (64 MiB, shared by the workers) kept only with this option or
+    /// --report: without them the analysis copies no frame and uses far less memory.
     #[arg(long, value_name = "DIR")]
     pub evidence_dir: Option<PathBuf>,
     /// Draw each detection: DIR/index.html lists them by kind and time, and each evidence
