@@ -41,8 +41,14 @@ pub fn on_packet(c: &mut Ctx<'_>) {
             remember_other_space(c);
         }
         if !same_isn || c.flow.state.is_closed() {
-            // A new connection (first SYN, or a new incarnation after a close).
-            c.handshake_restarted = true;
+            // A new connection (first SYN, or a new incarnation after a close)... unless it is
+            // the SYN a SYN-ACK seen first already answered (the flow picked up between them):
+            // then the handshake's timing runs from that SYN-ACK, as its timer does.
+            let od = &c.flow.dirs[c.other()];
+            let answered = c.flow.flags & conn_flags::SYNACK_SEEN != 0
+                && od.flags & dir_flags::DATA_OR_ACK != 0
+                && od.last_ack.0 == p.seq.0.wrapping_add(1);
+            c.handshake_restarted = !answered;
             c.flow.set_syns(1);
             c.flow.set_synacks(0);
             c.flow.flags &= !(conn_flags::HANDSHAKE_REPORTED | conn_flags::SYNACK_SEEN);
@@ -56,7 +62,9 @@ pub fn on_packet(c: &mut Ctx<'_>) {
             c.flow.set_rtt_ns(None);
             new_sequence_space(c);
             if let Some(x) = c.extra() {
-                x.syn_first_ns = Some(now);
+                if !answered {
+                    x.syn_first_ns = Some(now);
+                }
                 x.syn_ns = Some(now);
                 x.synack_first_ns = None;
             }

@@ -367,18 +367,30 @@ fn the_syn_grace_reports_only_its_own_unanswered_syn() {
     );
 
     // Picked up between the SYN and the SYN-ACK: the SYN-ACK opens the flow and arms its
-    // handshake timeout; the client's SYN, resent 1 s later (the SYN-ACK was lost on its way),
-    // restarts the handshake. The first timeout finds itself stale, and the restarted
-    // handshake's own reports it: not never.
+    // handshake timeout. The client's SYN that SYN-ACK answered, resent 1 s later (the SYN-ACK
+    // was lost on its way), or only after the timeout: the same handshake, reported once, 3 s
+    // after the SYN-ACK.
+    for resent_ms in [1_000.0f64, 7_000.0] {
+        let mut c = Conv::new();
+        let syn = c.seg(true, SYN, 0);
+        c.send(false, SYN | ACK, 0, 0.0);
+        c.tick(resent_ms.min(2_900.0));
+        assert!(c.kinds().is_empty(), "reported before the SYN-ACK's handshake timeout");
+        c.feed(&syn, (resent_ms - 2_900.0).max(0.0));
+        c.tick(10_000.0);
+        assert_eq!(c.kinds().len(), 1, "SYN resent after {resent_ms} ms: reported once");
+    }
+    // ...whereas a SYN with another ISN is a new connection: the SYN-ACK's timeout finds
+    // itself stale, and the new handshake's own reports it (not never, not twice).
     let mut c = Conv::new();
     let _ = c.seg(true, SYN, 0);
     c.send(false, SYN | ACK, 0, 0.0);
-    c.c.seq = c.c.seq.wrapping_sub(1);
+    c.c.seq = c.c.seq.wrapping_add(1_000_000);
     c.send(true, SYN, 0, 1_000.0);
     c.tick(2_100.0);
-    assert!(c.kinds().is_empty(), "reported before the restarted handshake's timeout");
-    c.tick(1_000.0);
-    assert_eq!(c.kinds().len(), 1, "the restarted handshake is reported once");
+    assert!(c.kinds().is_empty(), "reported before the new handshake's timeout");
+    c.tick(10_000.0);
+    assert_eq!(c.kinds().len(), 1, "the new handshake is reported once");
 
     // Evicted inside its grace (the table full of newer half-open flows): reported as it
     // leaves, the only event.
