@@ -614,8 +614,8 @@ impl Engine {
                 syns_before.min(crate::flow::SYN_COUNT_MAX - 1),
             );
         // A SYN that began a new connection while the flow was still in its handshake (a new
-        // ISN in SynSent, the client's SYN after its SYN-ACK was seen first, the other side's
-        // SYN of a simultaneous open) restarts the handshake's timing: it gets a handshake
+        // ISN in SynSent, a SYN the SYN-ACK seen first did not answer, the other side's SYN
+        // of a simultaneous open) restarts the handshake's timing: it gets a handshake
         // timeout of its own, and the one still pending finds itself stale. Every first-SYN
         // time in the side state thus has a timer of its own.
         let restarted = handshake_restarted && was.is_half_open() && now_state.is_half_open();
