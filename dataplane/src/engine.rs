@@ -486,8 +486,7 @@ impl Engine {
         let epoch = self.epoch;
         let rec = self.flows.get_mut(slot);
         let hist_id = if self.cfg.history_bytes > 0 {
-            let kept_len = p.orig_len.saturating_sub(p.keep_off.into());
-            self.history.push_kept(p.kept(raw), kept_len, p.ts_ns, p.vantage, rec.last_hist)
+            self.history.push_packet(p, raw, rec.last_hist)
         } else {
             u32::MAX
         };
@@ -613,28 +612,23 @@ impl Engine {
                 rec,
                 syns_before.min(crate::flow::SYN_COUNT_MAX - 1),
             );
-        // A SYN that began a new connection while the flow was still in its handshake (a new
-        // ISN in SynSent, a SYN the SYN-ACK seen first did not answer, the other side's SYN
-        // of a simultaneous open) restarts the handshake's timing: it gets a handshake
-        // timeout of its own, and the one still pending finds itself stale. Every first-SYN
-        // time in the side state thus has a timer of its own.
-        let restarted = handshake_restarted && was.is_half_open() && now_state.is_half_open();
         if answered {
             self.note_answered(p.vantage, key.endpoint(side), p.ts_ns);
         }
-        if now_state.is_half_open() && !was.is_half_open() {
+        // A handshake begins: the flow became half-open, or a SYN began a new connection while
+        // it still was (a new ISN in SynSent, a SYN the SYN-ACK seen first did not answer, the
+        // other side's SYN of a simultaneous open). Each gets a handshake timeout of its own;
+        // one still pending for an earlier connection finds itself stale, so every first-SYN
+        // time in the side state has a timer of its own.
+        if now_state.is_half_open() && (!was.is_half_open() || handshake_restarted) {
             self.arm_timer(
                 p.ts_ns.saturating_add(self.cfg.handshake_timeout_ns),
                 flow_ref,
                 TimerKind::Handshake,
             );
-            self.flows.note_half_open(slot);
-        } else if restarted {
-            self.arm_timer(
-                p.ts_ns.saturating_add(self.cfg.handshake_timeout_ns),
-                flow_ref,
-                TimerKind::Handshake,
-            );
+            if !was.is_half_open() {
+                self.flows.note_half_open(slot);
+            }
         } else if created {
             self.arm_expiry(slot, p.ts_ns.saturating_add(self.cfg.idle_timeout_ns));
         }

@@ -5,11 +5,11 @@
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
-use crate::packet::Kept;
+use crate::packet::{Kept, TcpPacket};
 use crate::pcapng::PcapngWriter;
 
 /// Bytes of each frame the history keeps (headers only), counted from the frame evidence
-/// keeps (a tunnel's inner one: [`TcpPacket::kept`](crate::packet::TcpPacket::kept)).
+/// keeps (a tunnel's inner one: [`TcpPacket::kept`]).
 pub const HIST_SNAP: usize = 128;
 
 /// Bytes of a frame to hold on to for the history, at most: its snap after a tunnel's outer
@@ -18,7 +18,7 @@ pub const FRAME_KEEP: usize = 2 * HIST_SNAP;
 
 /// How many of `frame`'s first bytes the history may need of the frame `p` was decoded from
 /// (`None`: not decoded).
-pub fn keep_len(p: Option<&crate::packet::TcpPacket>, frame: &[u8]) -> usize {
+pub fn keep_len(p: Option<&TcpPacket>, frame: &[u8]) -> usize {
     let outer = p.map_or(0, |p| usize::from(p.keep_off));
     frame.len().min(outer + HIST_SNAP).min(FRAME_KEEP)
 }
@@ -57,18 +57,14 @@ impl History {
         self.ring.capacity()
     }
 
-    /// Stores what evidence keeps of a packet's frame ([`TcpPacket::kept`]): `orig_len` is
-    /// the whole frame's length on the wire, less the outer headers left out.
+    /// Stores what evidence keeps ([`TcpPacket::kept`]) of `frame`, the frame `p` was decoded
+    /// from; `prev` is the flow's previous entry. Its length on the wire is the frame's, less
+    /// the outer headers left out.
     #[inline]
-    pub fn push_kept(
-        &mut self,
-        kept: Kept<'_>,
-        orig_len: u32,
-        ts_ns: u64,
-        vantage: u16,
-        prev: u32,
-    ) -> u32 {
-        match kept {
+    pub fn push_packet(&mut self, p: &TcpPacket, frame: &[u8], prev: u32) -> u32 {
+        let (ts_ns, vantage) = (p.ts_ns, p.vantage);
+        let orig_len = p.orig_len.saturating_sub(p.keep_off.into());
+        match p.kept(frame) {
             Kept::Frame(f) => self.push(f, orig_len, ts_ns, vantage, prev),
             Kept::Ip(eth, ip) => {
                 let mut frame = [0u8; HIST_SNAP];

@@ -51,7 +51,8 @@ pub struct TcpPacket {
 pub enum Kept<'a> {
     /// An Ethernet frame as it is (the whole frame, or a tunnel's inner one).
     Frame(&'a [u8]),
-    /// A tunnel's inner IP packet, and the Ethernet header to put before it.
+    /// A tunnel's inner IP packet (or MPLS label stack), and the Ethernet header to put
+    /// before it.
     Ip([u8; 14], &'a [u8]),
 }
 
