@@ -72,6 +72,12 @@ struct BatchFrame {
 
 /// Frames a batch holds before it is sent.
 const BATCH: usize = 256;
+/// A worker whose batches find nothing still tells the events writer its time every this many
+/// batches (events of the other workers wait for it).
+const WATERMARK_BATCHES: u32 = 16;
+/// When a worker's queue is full, the reader sleeps until the worker has taken half of it:
+/// blocking on each send woke both threads once a batch.
+const REFILL_PAUSE: std::time::Duration = std::time::Duration::from_micros(500);
 
 /// The next frame of a file, ordered by time (then by file) for the k-way merge; the frame
 /// itself waits in that file's slot.
@@ -110,6 +116,8 @@ struct Worker {
     failed: u64,
     /// The time of the last packet or time jump, or the last watermark, whichever is later.
     last_ts: u64,
+    /// Batches since the last message to the events writer.
+    quiet_batches: u32,
 }
 
 impl Worker {
@@ -128,6 +136,7 @@ impl Worker {
             written: 0,
             failed: 0,
             last_ts: 0,
+            quiet_batches: 0,
         }
     }
 
@@ -172,14 +181,22 @@ impl Worker {
     }
 
     /// Events leave as they happen, with the time no later event of this worker can precede
-    /// (see EventOrder); evidence files are written.
+    /// (see EventOrder); evidence files are written. A batch that found nothing sends no
+    /// message, unless [`WATERMARK_BATCHES`] went by without one (the other workers' events
+    /// wait for this worker's time) or this is the end (`u64::MAX`): a message per batch kept
+    /// the writer thread waking, and spinning, for nothing.
     fn flush(&mut self, watermark: u64) {
-        let _ = self.to_sink.send(SinkMsg::Events {
-            worker: self.w,
-            watermark,
-            events: self.e.drain_events_for_aggregation(),
-            notes: self.e.drain_path_notes(),
-        });
+        let events = self.e.drain_events_for_aggregation();
+        let notes = self.e.drain_path_notes();
+        self.quiet_batches += 1;
+        if !events.is_empty()
+            || !notes.is_empty()
+            || self.quiet_batches >= WATERMARK_BATCHES
+            || watermark == u64::MAX
+        {
+            self.quiet_batches = 0;
+            let _ = self.to_sink.send(SinkMsg::Events { worker: self.w, watermark, events, notes });
+        }
         self.verdicts.extend(
             self.e
                 .drain_verdicts()
@@ -393,8 +410,22 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     let send = |batches: &mut Vec<Batch>, shard: usize, watermark: u64| -> Result<()> {
         let b = &mut batches[shard];
         b.watermark_ns = watermark;
-        let full = std::mem::replace(b, new_batch(&free_rx));
-        senders[shard].send(full).map_err(|_| anyhow::anyhow!("an analysis worker stopped early"))
+        let mut full = std::mem::replace(b, new_batch(&free_rx));
+        let tx = &senders[shard];
+        loop {
+            match tx.try_send(full) {
+                Ok(()) => return Ok(()),
+                Err(crossbeam_channel::TrySendError::Full(back)) => full = back,
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                    anyhow::bail!("an analysis worker stopped early")
+                }
+            }
+            // The worker is behind: let it take half its queue (or stop) before sending again.
+            let half = tx.capacity().unwrap_or(0) / 2;
+            while tx.len() > half && !handles[shard].is_finished() {
+                std::thread::sleep(REFILL_PAUSE);
+            }
+        }
     };
     // The earliest file's frame is taken at the top of the heap, and that file's next frame
     // takes its place there (sifted down only past an earlier file's): no pop and push a frame.

@@ -23,6 +23,11 @@ pub const RESORT_WINDOW_NS: u64 = 10_000_000;
 /// most `KEEP` bytes).
 pub const RESORT_MAX_FRAMES: usize = 4096;
 
+/// How many frames ahead of the one leaving the window [`Source::next`] fetches into the cache.
+const RELEASE_AHEAD: usize = 4;
+/// The cache lines a [`Ready`] spans.
+const READY_LINES: usize = size_of::<Ready>().div_ceil(64);
+
 /// A decoded frame waiting in (or leaving) the re-sort window.
 pub struct Ready {
     pub ts_ns: u64,
@@ -247,6 +252,14 @@ impl Source {
                     .is_some_and(|m| m.saturating_sub(first.ts_ns) > RESORT_WINDOW_NS);
                 // A jump waits until the old timeline has left the window.
                 if self.done || full || aged || self.held.is_some() {
+                    // A frame waits in the window for ~1,000 others: its box has left the
+                    // nearest caches by the time it leaves. Fetch those a few places behind.
+                    if let Some(next) = self.window.get(RELEASE_AHEAD) {
+                        let at: *const u8 = (&raw const **next).cast();
+                        for line in 0..READY_LINES {
+                            dataplane::mem::prefetch_line(at.wrapping_add(line * 64));
+                        }
+                    }
                     let Some(r) = self.window.pop_front() else { unreachable!() };
                     self.intake.released_ns = self.intake.released_ns.max(r.ts_ns);
                     return Ok(Some(r));

@@ -10,7 +10,7 @@ pub mod filter;
 pub mod flow;
 pub mod host;
 pub mod loader;
-mod mem;
+pub mod mem;
 pub mod nicstats;
 pub mod packet;
 pub mod pcapng;

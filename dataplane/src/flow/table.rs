@@ -5,6 +5,7 @@
 //! that state, checked lazily), then the idlest of a small sample of the slab (as Katran's and
 //! Redis' approximate LRUs do) — and every eviction is counted by reason.
 use super::{FlowKey, FlowRecord};
+use crate::mem::prefetch_line;
 
 /// Why a flow left the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -84,18 +85,6 @@ pub struct FlowTable {
 }
 
 const FREE_END: u32 = u32::MAX;
-
-/// Asks the CPU to bring the cache line at `p` into L1 (a hint: nothing on other targets).
-#[inline]
-fn prefetch_line(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // Safety: a prefetch is a hint and never faults, whatever the address.
-    unsafe {
-        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>());
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
 
 #[inline]
 fn fold_mul(a: u64, b: u64) -> u64 {
