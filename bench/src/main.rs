@@ -38,7 +38,7 @@ struct Args {
     #[arg(long, default_value_t = 7)]
     seed: u64,
     /// Engine replays per worker count (alternating 1 and 2 workers); medians are reported
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 11)]
     replays: usize,
     /// Runs of each tool on each file for the baseline rows, in rounds (every tool once per
     /// round, so a slow minute of the machine falls on all of them); medians are reported
@@ -957,6 +957,7 @@ fn live_xsk_floor(args: &Args, frames: &[Vec<u8>]) -> Result<(f64, f64, u64)> {
             prog.attach(idx, aya::programs::XdpMode::Driver).context("attaching to mon0")?;
             let opts = dataplane::xsk::XskOptions {
                 ring_size: dataplane::xsk::AUTO_RING_MAX,
+                meta_in_head: prog.meta_in_head().is_some(),
                 ..Default::default()
             };
             let xsk = dataplane::xsk::XskQueue::open("mon0", 0, &opts)?;

@@ -1,7 +1,8 @@
 //! wirewatch's XDP program: classify each frame with the shared parser (which opens tunnels
 //! and MPLS), count the outcome,
-//! cut TCP frames to the snap length, prepend metadata and redirect them into the receive
-//! queue's AF_XDP socket. Fails open: anything unknown or malformed is passed to the stack.
+//! cut TCP frames to the snap length, prepend metadata (in the metadata area, or where a kernel
+//! refuses that, in front of the frame: [`wirewatch_xdp_head`]) and redirect them into the
+//! receive queue's AF_XDP socket. Fails open: anything unknown or malformed is passed to the stack.
 //!
 //! Host mode (`run --host`, on an interface that carries the host's own traffic) takes nothing
 //! from the stack: [`wirewatch_xdp_host`] and the TC egress program [`wirewatch_tc_egress`] copy
@@ -11,8 +12,8 @@
 
 use aya_ebpf::bindings::{xdp_action, TC_ACT_UNSPEC};
 use aya_ebpf::helpers::{
-    bpf_ktime_get_ns, bpf_skb_load_bytes, bpf_xdp_adjust_meta, bpf_xdp_adjust_tail,
-    bpf_xdp_load_bytes,
+    bpf_ktime_get_ns, bpf_skb_load_bytes, bpf_xdp_adjust_head, bpf_xdp_adjust_meta,
+    bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
 };
 use aya_ebpf::macros::{classifier, map, xdp};
 use aya_ebpf::maps::lpm_trie::Key;
@@ -176,13 +177,23 @@ fn count(outcome: Outcome) {
 
 #[xdp]
 pub fn wirewatch_xdp(ctx: XdpContext) -> u32 {
-    let (outcome, action) = try_wirewatch_xdp(&ctx);
+    let (outcome, action) = try_wirewatch_xdp::<false>(&ctx);
+    count(outcome);
+    action
+}
+
+/// The same program for a kernel or driver that refuses `bpf_xdp_adjust_meta` (the verifier
+/// rejects the whole program then): the metadata goes in front of the frame itself, with
+/// `bpf_xdp_adjust_head`, and user space reads it from the frame's first bytes.
+#[xdp]
+pub fn wirewatch_xdp_head(ctx: XdpContext) -> u32 {
+    let (outcome, action) = try_wirewatch_xdp::<true>(&ctx);
     count(outcome);
     action
 }
 
 #[inline(always)]
-fn try_wirewatch_xdp(ctx: &XdpContext) -> (Outcome, u32) {
+fn try_wirewatch_xdp<const META_IN_HEAD: bool>(ctx: &XdpContext) -> (Outcome, u32) {
     let (filter, non_tcp_drop) = (config(&CONFIG.filter), config(&CONFIG.non_tcp_drop));
     let frame = Frame { start: ctx.data(), end: ctx.data_end() };
     let wire_len = frame.end - frame.start;
@@ -222,27 +233,45 @@ fn try_wirewatch_xdp(ctx: &XdpContext) -> (Outcome, u32) {
         flags |= META_F_TRUNCATED;
     }
 
+    let m = XdpMeta {
+        magic: META_MAGIC,
+        flags,
+        orig_len: wire_len as u32,
+        _pad: 0,
+        // Safety: bpf_ktime_get_ns takes no arguments and cannot fail.
+        rx_ns: unsafe { bpf_ktime_get_ns() },
+    };
     let mut meta_outcome = None;
-    // Safety: as for adjust_tail; data/data_meta are re-read from ctx after the call.
-    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(XDP_META_LEN as i32)) } == 0 {
-        let meta = ctx.metadata();
-        if meta + XDP_META_LEN <= ctx.data() {
-            let m = XdpMeta {
-                magic: META_MAGIC,
-                flags,
-                orig_len: wire_len as u32,
-                _pad: 0,
-                // Safety: bpf_ktime_get_ns takes no arguments and cannot fail.
-                rx_ns: unsafe { bpf_ktime_get_ns() },
-            };
-            // Safety: meta + XDP_META_LEN <= data was checked just above, so the whole
-            // XdpMeta lies in the metadata area adjust_meta reserved.
-            unsafe { core::ptr::write_unaligned(meta as *mut XdpMeta, m) };
+    if META_IN_HEAD {
+        // Safety: as for adjust_tail; data/data_end are re-read from ctx after the call.
+        if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(XDP_META_LEN as i32)) } != 0 {
+            // The frame as it came: user space tells it by the missing magic.
+            meta_outcome = Some(Outcome::MetaFailed);
+        } else if ctx.data() + XDP_META_LEN <= ctx.data_end() {
+            // Safety: data + XDP_META_LEN <= data_end was checked just above, so the whole
+            // XdpMeta lies in the head adjust_head added.
+            unsafe { core::ptr::write_unaligned(ctx.data() as *mut XdpMeta, m) };
         } else {
+            // Not reachable (adjust_head grew the frame by XDP_META_LEN), but the verifier
+            // needs the check: take the unwritten bytes off again.
+            // Safety: as above; it undoes the call before.
+            unsafe { bpf_xdp_adjust_head(ctx.ctx, XDP_META_LEN as i32) };
             meta_outcome = Some(Outcome::MetaFailed);
         }
     } else {
-        meta_outcome = Some(Outcome::MetaFailed);
+        // Safety: as for adjust_tail; data/data_meta are re-read from ctx after the call.
+        if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(XDP_META_LEN as i32)) } == 0 {
+            let meta = ctx.metadata();
+            if meta + XDP_META_LEN <= ctx.data() {
+                // Safety: meta + XDP_META_LEN <= data was checked just above, so the whole
+                // XdpMeta lies in the metadata area adjust_meta reserved.
+                unsafe { core::ptr::write_unaligned(meta as *mut XdpMeta, m) };
+            } else {
+                meta_outcome = Some(Outcome::MetaFailed);
+            }
+        } else {
+            meta_outcome = Some(Outcome::MetaFailed);
+        }
     }
 
     match XSKS.redirect(queue, xdp_action::XDP_PASS as u64) {

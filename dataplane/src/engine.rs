@@ -10,7 +10,7 @@ use dataplane_common::{Outcome, OUTCOME_COUNT};
 use crate::anomaly::health::MirrorDedup;
 use crate::anomaly::paths::{Expired, MatcherStats, VantageMatcher};
 use crate::anomaly::{
-    self, loss, rfc3339, Ctx, Detection, Event, EvidenceRef, FlowExtra, FlowRef, Kind, KIND_COUNT,
+    self, loss, Ctx, Detection, Event, EvidenceRef, FlowExtra, FlowRef, Kind, KIND_COUNT,
 };
 use crate::budget::EvidenceBudget;
 pub use crate::config::{host_name, EngineConfig};
@@ -241,7 +241,9 @@ impl Engine {
     /// some words may still be unwritten ([`Event::render`]); the aggregator writes those of
     /// the events it lets out, and folds the rest (a SYN flood's) without writing them.
     pub fn drain_events_for_aggregation(&mut self) -> Vec<Event> {
-        std::mem::take(&mut self.events)
+        // As many as last time fit without growing (a flood makes hundreds a batch).
+        let room = Vec::with_capacity(self.events.len());
+        std::mem::replace(&mut self.events, room)
     }
     pub fn drain_evidence(&mut self) -> Vec<EvidenceJob> {
         std::mem::take(&mut self.finished)
@@ -1016,13 +1018,16 @@ impl Engine {
             schema_version: anomaly::SCHEMA_VERSION,
             kind: d.kind,
             sub_kind: d.sub_kind,
-            time_first: rfc3339(first),
-            time_last: rfc3339(p.ts_ns),
+            // The times as text and the Community ID are written when the event leaves (see
+            // `Event::render`): a flood's events are folded without them.
+            time_first: String::new(),
+            time_last: String::new(),
             time_first_ns: first,
             time_last_ns: p.ts_ns,
             host: self.cfg.host.clone(),
             flow_id: flow_id(&key, orientation, isn),
-            community_id: crate::flow::community_id(&key, self.cfg.community_id_seed),
+            community_id: String::new(),
+            community_of: Some((key, self.cfg.community_id_seed)),
             src_ip,
             src_port,
             dest_ip,

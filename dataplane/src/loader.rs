@@ -12,7 +12,7 @@ use aya::{Ebpf, EbpfLoader};
 use dataplane_common::{
     FilterValue, Outcome, XdpConfig, CONFIG_GLOBAL_NAME, COUNTERS_MAP_NAME, FILTER_PORTS_MAP_NAME,
     FILTER_PREFIXES_MAP_NAME, FILTER_VLANS_MAP_NAME, HOST_RING_MAP_NAME, HOST_TC_PROGRAM_NAME,
-    HOST_XDP_PROGRAM_NAME, OUTCOME_COUNT, XDP_PROGRAM_NAME, XSK_MAP_NAME,
+    HOST_XDP_PROGRAM_NAME, OUTCOME_COUNT, XDP_HEAD_PROGRAM_NAME, XDP_PROGRAM_NAME, XSK_MAP_NAME,
 };
 
 use crate::filter::Filter;
@@ -43,6 +43,9 @@ pub struct XdpProgram {
     xdp_name: &'static str,
     /// Host mode's TC egress link.
     egress_link: Option<SchedClassifierLinkId>,
+    /// Why the span program writes its metadata in front of each frame
+    /// ([`XDP_HEAD_PROGRAM_NAME`]): the kernel refused the one that uses the metadata area.
+    meta_in_head: Option<String>,
 }
 
 /// The ring of a span-mode load: the map exists in the object either way, and nothing writes
@@ -88,11 +91,29 @@ impl XdpProgram {
             .override_global(CONFIG_GLOBAL_NAME, &config, true)
             .map_max_entries(HOST_RING_MAP_NAME, host_ring_bytes.unwrap_or(UNUSED_RING_BYTES))
             .load(XDP_OBJECT)?;
-        let xdp_name =
+        let mut xdp_name =
             if host_ring_bytes.is_some() { HOST_XDP_PROGRAM_NAME } else { XDP_PROGRAM_NAME };
         let prog: &mut Xdp =
             ebpf.program_mut(xdp_name).ok_or(LoadError::Missing("XDP program"))?.try_into()?;
-        prog.load()?;
+        let mut meta_in_head = None;
+        if let Err(refused) = prog.load() {
+            if host_ring_bytes.is_some() {
+                return Err(refused.into());
+            }
+            // Some kernels (and drivers) refuse bpf_xdp_adjust_meta, and the verifier then
+            // refuses the whole program: the same program with the metadata in front of the
+            // frame needs only bpf_xdp_adjust_head, which every XDP driver has.
+            let head: &mut Xdp = ebpf
+                .program_mut(XDP_HEAD_PROGRAM_NAME)
+                .ok_or(LoadError::Missing("XDP program (metadata in front)"))?
+                .try_into()?;
+            if head.load().is_err() {
+                // The first refusal says why.
+                return Err(refused.into());
+            }
+            xdp_name = XDP_HEAD_PROGRAM_NAME;
+            meta_in_head = Some(first_line(&refused));
+        }
         if host_ring_bytes.is_some() {
             let tc: &mut SchedClassifier = ebpf
                 .program_mut(HOST_TC_PROGRAM_NAME)
@@ -120,7 +141,15 @@ impl XdpProgram {
                 vlans.set(u32::from(*id), u32::from(*bits), 0)?;
             }
         }
-        Ok(Self { ebpf, config, link: None, xdp_name, egress_link: None })
+        Ok(Self { ebpf, config, link: None, xdp_name, egress_link: None, meta_in_head })
+    }
+
+    /// Whether each redirected frame starts with its [`XdpMeta`](dataplane_common::XdpMeta)
+    /// (see [`XDP_HEAD_PROGRAM_NAME`]) and why: the kernel refused the program that writes it
+    /// in the metadata area. The AF_XDP sockets must be told
+    /// ([`XskOptions::meta_in_head`](crate::xsk::XskOptions::meta_in_head)).
+    pub fn meta_in_head(&self) -> Option<&str> {
+        self.meta_in_head.as_deref()
     }
 
     pub fn program(&mut self) -> &mut Xdp {
@@ -211,6 +240,19 @@ impl XdpProgram {
         }
         Ok(out)
     }
+}
+
+/// What refused a program, in one line: the verifier's line that did (its log runs to
+/// hundreds of lines), else the error's first line.
+fn first_line(e: &aya::programs::ProgramError) -> String {
+    let text = e.to_string();
+    text.lines()
+        .rev()
+        .find(|l| l.contains("cannot") || l.contains("invalid"))
+        .or_else(|| text.lines().next())
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 /// The outcome counters of one loaded program, readable from any thread.

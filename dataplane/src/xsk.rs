@@ -44,6 +44,9 @@ pub struct XskOptions {
     pub zero_copy: ZeroCopyPolicy,
     /// `SO_PREFER_BUSY_POLL` + `SO_BUSY_POLL` (µs) + `SO_BUSY_POLL_BUDGET`, when set.
     pub busy_poll: Option<BusyPoll>,
+    /// The XDP program puts its metadata at the start of each frame rather than before it
+    /// ([`XdpProgram::meta_in_head`](crate::loader::XdpProgram::meta_in_head)).
+    pub meta_in_head: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -75,7 +78,13 @@ pub fn auto_ring_size(queues: usize, frame_size: u32) -> u32 {
 
 impl Default for XskOptions {
     fn default() -> Self {
-        Self { ring_size: 4096, frame_size: 2048, zero_copy: ZeroCopyPolicy::Auto, busy_poll: None }
+        Self {
+            ring_size: 4096,
+            frame_size: 2048,
+            zero_copy: ZeroCopyPolicy::Auto,
+            busy_poll: None,
+            meta_in_head: false,
+        }
     }
 }
 
@@ -135,6 +144,8 @@ pub struct XskQueue {
     free: Vec<FrameDesc>,
     batch: Vec<FrameDesc>,
     busy_polling: bool,
+    /// See [`XskOptions::meta_in_head`].
+    meta_in_head: bool,
 }
 
 impl XskQueue {
@@ -221,6 +232,7 @@ impl XskQueue {
             batch: free.clone(),
             free,
             busy_polling: opts.busy_poll.is_some(),
+            meta_in_head: opts.meta_in_head,
         };
         // One receive takes as much as the RX ring can hold, so a burst that filled it is taken
         // in one go (and its frames go back to the fill ring together).
@@ -308,10 +320,16 @@ impl XskQueue {
             // SAFETY: the kernel handed this frame to us; nobody else touches it until it
             // goes back on the fill ring below, after the last chunk was handed to `f`.
             let data = unsafe { self.umem.data(desc) };
-            let bytes = data.contents();
+            let mut bytes = data.contents();
             // The metadata sits right before the packet, inside XDP_PACKET_HEADROOM of the
-            // same UMEM frame, so the read stays within the mapping.
-            let meta = if desc.addr() >= XDP_META_LEN {
+            // same UMEM frame, so the read stays within the mapping; or it begins the frame.
+            let meta = if self.meta_in_head {
+                let m = bytes.get(..XDP_META_LEN).and_then(XdpMeta::from_bytes);
+                if m.is_some() {
+                    bytes = &bytes[XDP_META_LEN..];
+                }
+                m
+            } else if desc.addr() >= XDP_META_LEN {
                 // SAFETY: as the comment above says, the XDP_META_LEN bytes before the packet
                 // lie inside this frame's headroom (desc.addr() >= XDP_META_LEN), in our UMEM.
                 let m = unsafe {

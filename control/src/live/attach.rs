@@ -186,6 +186,8 @@ pub fn socket_options(args: &RunArgs, tuning: SocketTuning) -> XskOptions {
             usecs: args.busy_poll,
             budget: tuning.busy_poll_budget,
         }),
+        // Told by the loaded program (see `span_readers`).
+        meta_in_head: false,
     }
 }
 
@@ -241,9 +243,16 @@ pub fn span_readers(
     // is bound, and until the sockets are in the map the program passes frames (fail open).
     let xdp_mode = attach(&mut prog, iface, idx, args.xdp_mode)?;
     let prog_id = prog.program().info().map(|i| i.id()).ok();
+    let mut xsk_opts = xsk_opts.clone();
+    if let Some(why) = prog.meta_in_head() {
+        log::warn!(
+            "{iface}: the kernel refused the XDP program that passes metadata beside each frame (verifier: {why}); using the one that puts it in front of the frame"
+        );
+        xsk_opts.meta_in_head = true;
+    }
     let mut queues = Vec::new();
     for &q in queue_ids {
-        let xsk = XskQueue::open(iface, q, xsk_opts).map_err(|e| match &e {
+        let xsk = XskQueue::open(iface, q, &xsk_opts).map_err(|e| match &e {
             XskError::Bind { source, .. } if source.raw_os_error() == Some(libc::EBUSY) => {
                 anyhow::anyhow!(
                     "{iface} queue {q} already has an AF_XDP socket bound (another wirewatch or AF_XDP program?): stop it and retry"

@@ -2,6 +2,9 @@
 
 /// Name of the XDP program inside the object file.
 pub const XDP_PROGRAM_NAME: &str = "wirewatch_xdp";
+/// The same program writing its [`XdpMeta`] in front of the frame (`bpf_xdp_adjust_head`)
+/// instead of the metadata area, for kernels that refuse `bpf_xdp_adjust_meta`.
+pub const XDP_HEAD_PROGRAM_NAME: &str = "wirewatch_xdp_head";
 /// Host mode's programs: the XDP program that passes every frame on and copies its headers
 /// into [`HOST_RING_MAP_NAME`], and the TC egress program that copies the host's outgoing
 /// frames into the same ring.
@@ -84,8 +87,9 @@ pub const META_F_TRUNCATED: u32 = 1 << 0;
 /// `rx_ns` is a NIC hardware timestamp (else `bpf_ktime_get_ns`, CLOCK_MONOTONIC).
 pub const META_F_HW_TIMESTAMP: u32 = 1 << 1;
 
-/// Metadata the XDP program writes in front of each redirected frame
-/// (`bpf_xdp_adjust_meta`); user space finds it right before the packet data.
+/// Metadata the XDP program writes in front of each redirected frame: in the metadata area
+/// (`bpf_xdp_adjust_meta`), right before the packet data; or, from [`XDP_HEAD_PROGRAM_NAME`],
+/// as the frame's first `XDP_META_LEN` bytes (`bpf_xdp_adjust_head`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct XdpMeta {
@@ -212,7 +216,8 @@ pub enum Outcome {
     MalformedTcpDataOffset = 13,
     /// `bpf_xdp_adjust_tail` refused to cut the frame: passed, not redirected whole.
     TruncateFailed = 14,
-    /// `bpf_xdp_adjust_meta` refused the metadata: redirected without it.
+    /// `bpf_xdp_adjust_meta` (`bpf_xdp_adjust_head` in [`XDP_HEAD_PROGRAM_NAME`]) refused the
+    /// metadata: redirected without it.
     MetaFailed = 15,
     /// TCP, the queue's slot held a socket, but `bpf_redirect_map` refused the frame (the
     /// socket left the XSKMAP between the lookup and the redirect): passed to the stack, cut

@@ -198,7 +198,7 @@ impl Aggregate {
             self.samples.push(serde_json::json!({
                 "src_ip": e.src_ip, "src_port": e.src_port,
                 "dest_ip": e.dest_ip, "dest_port": e.dest_port,
-                "kind": e.kind.name(), "community_id": e.community_id,
+                "kind": e.kind.name(), "community_id": e.community_id_now(),
             }));
         }
     }
@@ -229,6 +229,8 @@ impl Aggregate {
 
     fn into_event(self) -> Event {
         let mut e = self.first;
+        // Its times are quoted below.
+        e.write_ids();
         // The aggregate's own words replace its first event's.
         e.deferred = None;
         let unanswered = self.by_kind[0];
@@ -695,6 +697,7 @@ mod tests {
             details: serde_json::Map::new(),
             evidence: None,
             deferred: None,
+            community_of: None,
         }
     }
 

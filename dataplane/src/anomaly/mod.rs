@@ -505,14 +505,41 @@ pub struct Event {
     /// [`Event::render`]. `None` once written, and for every kind but `syn_unanswered`.
     #[serde(skip)]
     pub deferred: Option<Box<setup::SynUnansweredText>>,
+    /// The flow key and seed `community_id` is written from, until it is (see
+    /// [`Event::render`]); `None` once written.
+    #[serde(skip)]
+    pub community_of: Option<(FlowKey, u16)>,
 }
 
 impl Event {
-    /// Writes the words the event's detector left for later (the engine's
-    /// [`drain_events`](crate::engine::Engine::drain_events) and the aggregator, for what it
-    /// lets out, do this; nothing else needs to).
+    /// Writes what the engine left for later: the detector's words, the Community ID, the
+    /// two times as text. The engine's [`drain_events`](crate::engine::Engine::drain_events)
+    /// and the aggregator, for what it lets out, do this; nothing else needs to. An event a
+    /// flood folds away is never written (a SYN flood makes one per spoofed SYN).
     pub fn render(&mut self) {
         write_deferred(&mut self.deferred, &mut self.culprit, &mut self.explanation);
+        self.write_ids();
+    }
+
+    /// Writes the Community ID and the times as text, if they are not yet.
+    pub fn write_ids(&mut self) {
+        if let Some((key, seed)) = self.community_of.take() {
+            self.community_id = crate::flow::community_id(&key, seed);
+        }
+        if self.time_first.is_empty() {
+            self.time_first = rfc3339(self.time_first_ns);
+        }
+        if self.time_last.is_empty() {
+            self.time_last = rfc3339(self.time_last_ns);
+        }
+    }
+
+    /// The Community ID, written or not.
+    pub fn community_id_now(&self) -> String {
+        match &self.community_of {
+            Some((key, seed)) => crate::flow::community_id(key, *seed),
+            None => self.community_id.clone(),
+        }
     }
 }
 
