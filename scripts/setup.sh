@@ -13,11 +13,12 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 # Debian packages: the BPF toolchain (llvm/clang 22 for bpf-linker and xsk-rs' libxdp build),
-# the real tools the tests drive (iproute2, nftables, conntrack, tcpdump, tshark, ethtool), and
+# the real tools the tests drive (iproute2, nftables, conntrack, tcpdump, tshark, ethtool;
+# bpftool, with which control/tests/host_mode.rs detaches our TC link as an operator would), and
 # chromium, whose headless mode renders the incident reports in control/tests/report.rs.
 APT_PKGS=(
     llvm-22-dev libllvm22 clang-22 m4 libelf-dev zlib1g-dev pkg-config
-    iproute2 nftables conntrack ethtool tcpdump tshark python3 prometheus
+    iproute2 nftables conntrack ethtool tcpdump tshark python3 prometheus bpftool
     chromium
 )
 missing=()

@@ -957,7 +957,7 @@ fn live_xsk_floor(args: &Args, frames: &[Vec<u8>]) -> Result<(f64, f64, u64)> {
             prog.attach(idx, aya::programs::XdpMode::Driver).context("attaching to mon0")?;
             let opts = dataplane::xsk::XskOptions {
                 ring_size: dataplane::xsk::AUTO_RING_MAX,
-                meta_in_head: prog.meta_in_head().is_some(),
+                meta_in_head: prog.meta_in_head(),
                 ..Default::default()
             };
             let xsk = dataplane::xsk::XskQueue::open("mon0", 0, &opts)?;

@@ -43,9 +43,25 @@ pub struct XdpProgram {
     xdp_name: &'static str,
     /// Host mode's TC egress link.
     egress_link: Option<SchedClassifierLinkId>,
-    /// Why the span program writes its metadata in front of each frame
-    /// ([`XDP_HEAD_PROGRAM_NAME`]): the kernel refused the one that uses the metadata area.
+    /// Whether the span program writes its metadata in front of each frame
+    /// ([`XDP_HEAD_PROGRAM_NAME`]), and why: asked for, or the kernel refused the program that
+    /// uses the metadata area (the verifier's words).
     meta_in_head: Option<String>,
+}
+
+/// Where the span program puts each redirected frame's [`XdpMeta`](dataplane_common::XdpMeta).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MetaPlacement {
+    /// In the metadata area before the frame, or in front of the frame where the kernel
+    /// refuses that.
+    #[default]
+    Auto,
+    /// In the metadata area before the frame (`bpf_xdp_adjust_meta`); an error where the
+    /// kernel refuses it.
+    Area,
+    /// In front of the frame, as its first `XDP_META_LEN` bytes (`bpf_xdp_adjust_head`): also
+    /// for drivers that accept the program but refuse the metadata area as it runs.
+    Head,
 }
 
 /// The ring of a span-mode load: the map exists in the object either way, and nothing writes
@@ -61,7 +77,16 @@ impl XdpProgram {
     /// As [`Self::load`], evaluating `filter` on every TCP frame: its truth table and VLAN bits
     /// go into `.rodata`, its prefixes, ports and VLAN IDs into the program's tables.
     pub fn load_filtered(config: XdpConfig, filter: Option<&Filter>) -> Result<Self, LoadError> {
-        Self::load_mode(config, filter, None)
+        Self::load_mode(config, filter, None, MetaPlacement::Auto)
+    }
+
+    /// As [`Self::load_filtered`], with the metadata where `placement` says.
+    pub fn load_placed(
+        config: XdpConfig,
+        filter: Option<&Filter>,
+        placement: MetaPlacement,
+    ) -> Result<Self, LoadError> {
+        Self::load_mode(config, filter, None, placement)
     }
 
     /// Host mode: the XDP program that copies each TCP frame's headers into a ring of
@@ -73,13 +98,14 @@ impl XdpProgram {
         filter: Option<&Filter>,
         ring_bytes: u32,
     ) -> Result<Self, LoadError> {
-        Self::load_mode(config, filter, Some(ring_bytes))
+        Self::load_mode(config, filter, Some(ring_bytes), MetaPlacement::Auto)
     }
 
     fn load_mode(
         mut config: XdpConfig,
         filter: Option<&Filter>,
         host_ring_bytes: Option<u32>,
+        placement: MetaPlacement,
     ) -> Result<Self, LoadError> {
         let tables = filter.map(Filter::tables);
         if let Some(t) = &tables {
@@ -91,13 +117,16 @@ impl XdpProgram {
             .override_global(CONFIG_GLOBAL_NAME, &config, true)
             .map_max_entries(HOST_RING_MAP_NAME, host_ring_bytes.unwrap_or(UNUSED_RING_BYTES))
             .load(XDP_OBJECT)?;
-        let mut xdp_name =
-            if host_ring_bytes.is_some() { HOST_XDP_PROGRAM_NAME } else { XDP_PROGRAM_NAME };
+        let mut xdp_name = match (host_ring_bytes, placement) {
+            (Some(_), _) => HOST_XDP_PROGRAM_NAME,
+            (None, MetaPlacement::Head) => XDP_HEAD_PROGRAM_NAME,
+            (None, _) => XDP_PROGRAM_NAME,
+        };
+        let mut meta_in_head = (xdp_name == XDP_HEAD_PROGRAM_NAME).then(|| "asked for".to_string());
         let prog: &mut Xdp =
             ebpf.program_mut(xdp_name).ok_or(LoadError::Missing("XDP program"))?.try_into()?;
-        let mut meta_in_head = None;
         if let Err(refused) = prog.load() {
-            if host_ring_bytes.is_some() {
+            if xdp_name != XDP_PROGRAM_NAME || placement == MetaPlacement::Area {
                 return Err(refused.into());
             }
             // Some kernels (and drivers) refuse bpf_xdp_adjust_meta, and the verifier then
@@ -145,10 +174,15 @@ impl XdpProgram {
     }
 
     /// Whether each redirected frame starts with its [`XdpMeta`](dataplane_common::XdpMeta)
-    /// (see [`XDP_HEAD_PROGRAM_NAME`]) and why: the kernel refused the program that writes it
-    /// in the metadata area. The AF_XDP sockets must be told
+    /// (see [`XDP_HEAD_PROGRAM_NAME`]): the AF_XDP sockets must be told
     /// ([`XskOptions::meta_in_head`](crate::xsk::XskOptions::meta_in_head)).
-    pub fn meta_in_head(&self) -> Option<&str> {
+    pub fn meta_in_head(&self) -> bool {
+        self.meta_in_head.is_some()
+    }
+
+    /// Why the metadata goes in front of each frame: "asked for", or the verifier's line that
+    /// refused the program using the metadata area. `None` when it does not.
+    pub fn meta_in_head_reason(&self) -> Option<&str> {
         self.meta_in_head.as_deref()
     }
 

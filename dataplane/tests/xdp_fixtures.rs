@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use aya::programs::{TestRun, TestRunOptions};
 use dataplane::filter::Filter;
-use dataplane::loader::XdpProgram;
+use dataplane::loader::{MetaPlacement, XdpProgram};
 use dataplane::packet::decode;
 use dataplane::xsk::{CopyMode, XskOptions, XskQueue, ZeroCopyPolicy};
 use dataplane_common::{
@@ -366,77 +366,102 @@ fn xdp_program_fixture_table() {
     let ns_name = ns.name.clone();
     let failures = std::thread::spawn(move || {
         wirewatch_testkit::netns::enter_current_thread(&ns_name).unwrap();
-        let mut prog =
-            XdpProgram::load(XdpConfig::default()).expect("verifier accepts the program");
-        let opts =
-            XskOptions { zero_copy: ZeroCopyPolicy::Off, ring_size: 64, ..Default::default() };
-        let xsk = XskQueue::open("fx0", 0, &opts).expect("AF_XDP socket on fx0 queue 0");
-        assert_eq!(xsk.mode, CopyMode::Copy);
-        prog.bind_socket(0, &xsk.fd()).unwrap();
-
         let mut failures = Vec::new();
-        for fx in fixtures() {
-            let before = prog.counters().unwrap();
-            let r = run(&mut prog, &fx.frame, idx, fx.queue);
-            let after = prog.counters().unwrap();
-            let mut problems = Vec::new();
-            if r.verdict != fx.verdict {
-                problems.push(format!("verdict {} (want {})", r.verdict, fx.verdict));
+        // Both placements of the metadata: the metadata area where this kernel allows
+        // bpf_xdp_adjust_meta (some refuse it, and the default load then takes the other), and
+        // in front of the frame, which every kernel must accept.
+        let area = XdpProgram::load_placed(XdpConfig::default(), None, MetaPlacement::Area);
+        let auto = XdpProgram::load(XdpConfig::default()).expect("verifier accepts the program");
+        match &area {
+            Ok(_) => assert!(!auto.meta_in_head(), "the default load left the metadata area"),
+            Err(e) => {
+                let why = e.to_string();
+                let why = why.lines().find(|l| l.contains("cannot")).unwrap_or_default();
+                eprintln!("this kernel refuses the metadata area ({why}): testing the other only");
+                assert!(auto.meta_in_head(), "the default load did not fall back");
             }
-            let bumped: Vec<_> = Outcome::ALL
-                .iter()
-                .filter(|o| after.get(**o) != before.get(**o))
-                .copied()
-                .collect();
-            if bumped != [fx.outcome] {
-                problems.push(format!("counters bumped {bumped:?} (want [{:?}])", fx.outcome));
-            }
-            if fx.verdict == XDP_REDIRECT {
-                let snap = fx.snap_off + XdpConfig::DEFAULT_SNAPLEN as usize;
-                let kept = fx.frame.len().min(snap);
-                // In the metadata area (test-run output starts with it), or where the kernel
-                // refused that, at the start of the frame itself: the same bytes either way.
-                let want_meta_len = if prog.meta_in_head().is_some() { 0 } else { XDP_META_LEN };
-                if r.meta_len as usize == want_meta_len && r.out.len() >= XDP_META_LEN {
-                    let m = XdpMeta::from_bytes(&r.out[..XDP_META_LEN]);
-                    match m {
-                        Some(m) => {
-                            if m.magic != META_MAGIC
-                                || m.orig_len as usize != fx.frame.len()
-                                || m.rx_ns == 0
-                            {
-                                problems.push(format!("metadata {m:?}"));
-                            }
-                            let want_trunc = fx.frame.len() > snap;
-                            if (m.flags & META_F_TRUNCATED != 0) != want_trunc {
-                                problems.push(format!(
-                                    "truncated flag {} (want {want_trunc})",
-                                    m.flags
-                                ));
-                            }
-                        }
-                        None => problems.push("metadata magic missing".into()),
-                    }
-                } else {
-                    problems.push(format!("metadata length {} (want {want_meta_len})", r.meta_len));
+        }
+        drop(auto);
+        let head = XdpProgram::load_placed(XdpConfig::default(), None, MetaPlacement::Head)
+            .expect("verifier accepts the program with the metadata in front");
+        assert!(head.meta_in_head());
+        for mut prog in area.into_iter().chain([head]) {
+            let opts =
+                XskOptions { zero_copy: ZeroCopyPolicy::Off, ring_size: 64, ..Default::default() };
+            let xsk = XskQueue::open("fx0", 0, &opts).expect("AF_XDP socket on fx0 queue 0");
+            assert_eq!(xsk.mode, CopyMode::Copy);
+            prog.bind_socket(0, &xsk.fd()).unwrap();
+            let placed = if prog.meta_in_head() { "in front" } else { "in the metadata area" };
+
+            for fx in fixtures() {
+                let before = prog.counters().unwrap();
+                let r = run(&mut prog, &fx.frame, idx, fx.queue);
+                let after = prog.counters().unwrap();
+                let mut problems = Vec::new();
+                if r.verdict != fx.verdict {
+                    problems.push(format!("verdict {} (want {})", r.verdict, fx.verdict));
                 }
-                if r.out.len() != XDP_META_LEN + kept || r.out[XDP_META_LEN..] != fx.frame[..kept] {
-                    problems.push(format!(
-                        "frame out {} B (want the first {kept} B)",
-                        r.out.len() - XDP_META_LEN
+                let bumped: Vec<_> = Outcome::ALL
+                    .iter()
+                    .filter(|o| after.get(**o) != before.get(**o))
+                    .copied()
+                    .collect();
+                if bumped != [fx.outcome] {
+                    problems.push(format!("counters bumped {bumped:?} (want [{:?}])", fx.outcome));
+                }
+                if fx.verdict == XDP_REDIRECT {
+                    let snap = fx.snap_off + XdpConfig::DEFAULT_SNAPLEN as usize;
+                    let kept = fx.frame.len().min(snap);
+                    // In the metadata area (test-run output starts with it), or where the kernel
+                    // refused that, at the start of the frame itself: the same bytes either way.
+                    let want_meta_len = if prog.meta_in_head() { 0 } else { XDP_META_LEN };
+                    if r.meta_len as usize == want_meta_len && r.out.len() >= XDP_META_LEN {
+                        let m = XdpMeta::from_bytes(&r.out[..XDP_META_LEN]);
+                        match m {
+                            Some(m) => {
+                                if m.magic != META_MAGIC
+                                    || m.orig_len as usize != fx.frame.len()
+                                    || m.rx_ns == 0
+                                {
+                                    problems.push(format!("metadata {m:?}"));
+                                }
+                                let want_trunc = fx.frame.len() > snap;
+                                if (m.flags & META_F_TRUNCATED != 0) != want_trunc {
+                                    problems.push(format!(
+                                        "truncated flag {} (want {want_trunc})",
+                                        m.flags
+                                    ));
+                                }
+                            }
+                            None => problems.push("metadata magic missing".into()),
+                        }
+                    } else {
+                        problems
+                            .push(format!("metadata length {} (want {want_meta_len})", r.meta_len));
+                    }
+                    if r.out.len() != XDP_META_LEN + kept
+                        || r.out[XDP_META_LEN..] != fx.frame[..kept]
+                    {
+                        problems.push(format!(
+                            "frame out {} B (want the first {kept} B)",
+                            r.out.len() - XDP_META_LEN
+                        ));
+                    }
+                } else if r.meta_len != 0 || r.out != fx.frame {
+                    problems.push("a passed frame was modified".into());
+                }
+                if !problems.is_empty() {
+                    failures.push(format!(
+                        "{} (metadata {placed}): {}",
+                        fx.name,
+                        problems.join("; ")
                     ));
                 }
-            } else if r.meta_len != 0 || r.out != fx.frame {
-                problems.push("a passed frame was modified".into());
             }
-            if !problems.is_empty() {
-                failures.push(format!("{}: {}", fx.name, problems.join("; ")));
-            }
+            drop(xsk);
         }
 
         // Dedicated tap: non-TCP dropped, TCP still redirected.
-        drop(xsk);
-        drop(prog);
         let mut tap =
             XdpProgram::load(XdpConfig { non_tcp_drop: 1, ..Default::default() }).unwrap();
         let mut udp = syn_v4().frame();

@@ -43,6 +43,13 @@ pub struct RunArgs {
     /// AF_XDP zero-copy (mlx5, ice, i40e): `auto` asks for it and falls back to copy mode.
     #[arg(long, value_enum, default_value_t = ZeroCopyArg::Auto)]
     pub zero_copy: ZeroCopyArg,
+    /// Where the XDP program puts each frame's metadata (its receive time, its length before
+    /// the cut): `area` is the kernel's metadata area before the frame; `head` puts it in
+    /// front of the frame, for kernels and drivers that refuse the area (with those, frames
+    /// arrive without it: counted as `no_meta`, timed on receipt, their length unknown);
+    /// `auto` tries `area` and takes `head` if the kernel refuses it, logging why.
+    #[arg(long, value_enum, default_value_t = XdpMetadataArg::Auto)]
+    pub xdp_metadata: XdpMetadataArg,
     /// What to do with frames that are not TCP: `pass` to the stack, or `drop` on a dedicated tap.
     #[arg(long, value_enum, default_value_t = NonTcpArg::Pass)]
     pub non_tcp: NonTcpArg,
@@ -222,6 +229,13 @@ pub enum XdpModeArg {
     Auto,
     Native,
     Generic,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpMetadataArg {
+    Auto,
+    Area,
+    Head,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _, Result};
 use aya::programs::XdpMode;
 use dataplane::host::HostWorker;
-use dataplane::loader::XdpProgram;
+use dataplane::loader::{MetaPlacement, XdpProgram};
 use dataplane::worker::QueueCounters;
 use dataplane::xsk::{XskError, XskOptions, XskQueue, ZeroCopyPolicy};
 use dataplane_common::XdpConfig;
 
 use crate::cli::options::Queues;
-use crate::cli::run::{RunArgs, XdpModeArg, ZeroCopyArg};
+use crate::cli::run::{RunArgs, XdpMetadataArg, XdpModeArg, ZeroCopyArg};
 use crate::profile::Tuning;
 use crate::stats::QueueInfo;
 
@@ -237,19 +237,24 @@ pub fn span_readers(
     queue_ids: &[u32],
     xsk_opts: &XskOptions,
 ) -> Result<(XdpProgram, &'static str, Vec<XskQueue>, Option<u32>)> {
-    let mut prog = XdpProgram::load_filtered(config, args.filter.as_ref())
+    let placement = match args.xdp_metadata {
+        XdpMetadataArg::Auto => MetaPlacement::Auto,
+        XdpMetadataArg::Area => MetaPlacement::Area,
+        XdpMetadataArg::Head => MetaPlacement::Head,
+    };
+    let mut prog = XdpProgram::load_placed(config, args.filter.as_ref(), placement)
         .context("loading the XDP program (is the kernel ≥ 5.10 with BPF enabled?)")?;
     // Attach first: an interface owned by another XDP program is refused before any socket
     // is bound, and until the sockets are in the map the program passes frames (fail open).
     let xdp_mode = attach(&mut prog, iface, idx, args.xdp_mode)?;
     let prog_id = prog.program().info().map(|i| i.id()).ok();
     let mut xsk_opts = xsk_opts.clone();
-    if let Some(why) = prog.meta_in_head() {
+    if let Some(why) = prog.meta_in_head_reason().filter(|_| placement == MetaPlacement::Auto) {
         log::warn!(
             "{iface}: the kernel refused the XDP program that passes metadata beside each frame (verifier: {why}); using the one that puts it in front of the frame"
         );
-        xsk_opts.meta_in_head = true;
     }
+    xsk_opts.meta_in_head = prog.meta_in_head();
     let mut queues = Vec::new();
     for &q in queue_ids {
         let xsk = XskQueue::open(iface, q, &xsk_opts).map_err(|e| match &e {
