@@ -73,8 +73,12 @@ struct BatchFrame {
 /// Frames a batch holds before it is sent.
 const BATCH: usize = 256;
 /// A worker whose batches find nothing still tells the events writer its time every this many
-/// batches (events of the other workers wait for it).
+/// batches (events of the other workers wait for it)...
 const WATERMARK_BATCHES: u32 = 16;
+/// ...and whenever its time moved this far (packet time) since it last did: the writer's
+/// aggregator ends a flood or scan only when told time went on (a quiet gap between two
+/// floods on one service must end the first).
+const WATERMARK_STEP_NS: u64 = 100_000_000;
 /// When a worker's queue is full, the reader sleeps until the worker has taken half of it:
 /// blocking on each send woke both threads once a batch.
 const REFILL_PAUSE: std::time::Duration = std::time::Duration::from_micros(500);
@@ -116,8 +120,9 @@ struct Worker {
     failed: u64,
     /// The time of the last packet or time jump, or the last watermark, whichever is later.
     last_ts: u64,
-    /// Batches since the last message to the events writer.
+    /// Batches since the last message to the events writer, and the time that message gave.
     quiet_batches: u32,
+    sent_watermark: u64,
 }
 
 impl Worker {
@@ -137,6 +142,7 @@ impl Worker {
             failed: 0,
             last_ts: 0,
             quiet_batches: 0,
+            sent_watermark: 0,
         }
     }
 
@@ -182,9 +188,10 @@ impl Worker {
 
     /// Events leave as they happen, with the time no later event of this worker can precede
     /// (see EventOrder); evidence files are written. A batch that found nothing sends no
-    /// message, unless [`WATERMARK_BATCHES`] went by without one (the other workers' events
-    /// wait for this worker's time) or this is the end (`u64::MAX`): a message per batch kept
-    /// the writer thread waking, and spinning, for nothing.
+    /// message, unless [`WATERMARK_BATCHES`] went by or the time moved [`WATERMARK_STEP_NS`]
+    /// since the last (the other workers' events and the aggregates' ends wait for this
+    /// worker's time), or this is the end (`u64::MAX`): a message per batch kept the writer
+    /// thread waking, and spinning, for nothing.
     fn flush(&mut self, watermark: u64) {
         let events = self.e.drain_events_for_aggregation();
         let notes = self.e.drain_path_notes();
@@ -192,9 +199,11 @@ impl Worker {
         if !events.is_empty()
             || !notes.is_empty()
             || self.quiet_batches >= WATERMARK_BATCHES
+            || watermark.saturating_sub(self.sent_watermark) >= WATERMARK_STEP_NS
             || watermark == u64::MAX
         {
             self.quiet_batches = 0;
+            self.sent_watermark = watermark;
             let _ = self.to_sink.send(SinkMsg::Events { worker: self.w, watermark, events, notes });
         }
         self.verdicts.extend(

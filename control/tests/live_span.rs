@@ -204,6 +204,9 @@ fn live_capture_matches_tcpdump(mode: &str, metadata: &str) {
     assert!(status.success(), "wirewatch failed: {log}");
     let _ = tcpdump.interrupt_and_collect();
     assert!(log.contains(&format!("XDP attached in {mode} mode")), "{log}");
+    if metadata == "head" {
+        assert!(log.contains("metadata in front of each frame"), "--xdp-metadata head: {log}");
+    }
 
     let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
     let q = &s["queues"][0];

@@ -27,10 +27,13 @@ const VIP6: &str = "fd91:9::9";
 /// Even source ports go to b1, odd ones to b2.
 const FIRST_PORT: u16 = 41000;
 const CONNS: u16 = 24;
-/// Its second full-sized segment is sprayed to b2 (fault on); it normally goes to b1.
-const SPRAYED: u16 = 41000;
-/// Its SYNs are dropped by the router (fault on); it would go to b1.
-const BLACKHOLED: u16 = 41002;
+/// Its second full-sized segment is sprayed to b2 (fault on); it normally goes to b1. Not the
+/// first of its family: a vantage is expected to see a packet once it has carried traffic to
+/// that address, and under load one early connection's SYN can be lost and resent a second
+/// later (a CI run had the blackholed SYN come before any of b1's IPv6 traffic).
+const SPRAYED: u16 = 41010;
+/// Its SYNs are dropped by the router (fault on); it would go to b1 (see `SPRAYED`).
+const BLACKHOLED: u16 = 41012;
 
 fn build(pid: u32) -> Topology {
     let mut t = Topology::new();

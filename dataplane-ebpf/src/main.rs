@@ -276,7 +276,14 @@ fn try_wirewatch_xdp<const META_IN_HEAD: bool>(ctx: &XdpContext) -> (Outcome, u3
 
     match XSKS.redirect(queue, xdp_action::XDP_PASS as u64) {
         Ok(action) => (meta_outcome.unwrap_or(Outcome::TcpRedirected), action),
-        Err(_) => (Outcome::RedirectFailed, xdp_action::XDP_PASS),
+        Err(_) => {
+            if META_IN_HEAD && meta_outcome.is_none() {
+                // The stack gets the frame without our header in front of it.
+                // Safety: as above; it undoes the adjust_head that added the header.
+                unsafe { bpf_xdp_adjust_head(ctx.ctx, XDP_META_LEN as i32) };
+            }
+            (Outcome::RedirectFailed, xdp_action::XDP_PASS)
+        }
     }
 }
 

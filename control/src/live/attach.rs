@@ -272,8 +272,9 @@ pub fn span_readers(
         queues.push(xsk);
     }
     log::info!(
-        "{iface}: XDP attached in {xdp_mode} mode, queue(s) {queue_ids:?}, snaplen {}",
-        args.snaplen
+        "{iface}: XDP attached in {xdp_mode} mode, queue(s) {queue_ids:?}, snaplen {}, metadata {}",
+        args.snaplen,
+        if prog.meta_in_head() { "in front of each frame" } else { "in the metadata area" }
     );
     Ok((prog, xdp_mode, queues, prog_id))
 }

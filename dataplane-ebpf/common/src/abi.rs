@@ -220,8 +220,9 @@ pub enum Outcome {
     /// metadata: redirected without it.
     MetaFailed = 15,
     /// TCP, the queue's slot held a socket, but `bpf_redirect_map` refused the frame (the
-    /// socket left the XSKMAP between the lookup and the redirect): passed to the stack, cut
-    /// and with metadata. Failures after the program returns (the socket's rings full) are
+    /// socket left the XSKMAP between the lookup and the redirect): passed to the stack, cut,
+    /// with its metadata in the metadata area (the header [`XDP_HEAD_PROGRAM_NAME`] put in
+    /// front of it is taken off again). Failures after the program returns (the socket's rings full) are
     /// the socket's `XDP_STATISTICS` and the driver's counters, not an outcome.
     RedirectFailed = 16,
     /// A GRE, ERSPAN, VXLAN or GENEVE header cut short, with a length that points past its
