@@ -44,9 +44,10 @@ pub struct XdpProgram {
     /// Host mode's TC egress link.
     egress_link: Option<SchedClassifierLinkId>,
     /// Whether the span program writes its metadata in front of each frame
-    /// ([`XDP_HEAD_PROGRAM_NAME`]), and why: asked for, or the kernel refused the program that
-    /// uses the metadata area (the verifier's words).
-    meta_in_head: Option<String>,
+    /// ([`XDP_HEAD_PROGRAM_NAME`]).
+    meta_in_head: bool,
+    /// Why the program using the metadata area was refused, when `Auto` fell back from it.
+    area_refused: Option<String>,
 }
 
 /// Where the span program puts each redirected frame's [`XdpMeta`](dataplane_common::XdpMeta).
@@ -122,7 +123,7 @@ impl XdpProgram {
             (None, MetaPlacement::Head) => XDP_HEAD_PROGRAM_NAME,
             (None, _) => XDP_PROGRAM_NAME,
         };
-        let mut meta_in_head = (xdp_name == XDP_HEAD_PROGRAM_NAME).then(|| "asked for".to_string());
+        let mut area_refused = None;
         let prog: &mut Xdp =
             ebpf.program_mut(xdp_name).ok_or(LoadError::Missing("XDP program"))?.try_into()?;
         if let Err(refused) = prog.load() {
@@ -141,7 +142,7 @@ impl XdpProgram {
                 return Err(refused.into());
             }
             xdp_name = XDP_HEAD_PROGRAM_NAME;
-            meta_in_head = Some(first_line(&refused));
+            area_refused = Some(first_line(&refused));
         }
         if host_ring_bytes.is_some() {
             let tc: &mut SchedClassifier = ebpf
@@ -170,20 +171,29 @@ impl XdpProgram {
                 vlans.set(u32::from(*id), u32::from(*bits), 0)?;
             }
         }
-        Ok(Self { ebpf, config, link: None, xdp_name, egress_link: None, meta_in_head })
+        let meta_in_head = xdp_name == XDP_HEAD_PROGRAM_NAME;
+        Ok(Self {
+            ebpf,
+            config,
+            link: None,
+            xdp_name,
+            egress_link: None,
+            meta_in_head,
+            area_refused,
+        })
     }
 
     /// Whether each redirected frame starts with its [`XdpMeta`](dataplane_common::XdpMeta)
     /// (see [`XDP_HEAD_PROGRAM_NAME`]): the AF_XDP sockets must be told
     /// ([`XskOptions::meta_in_head`](crate::xsk::XskOptions::meta_in_head)).
     pub fn meta_in_head(&self) -> bool {
-        self.meta_in_head.is_some()
+        self.meta_in_head
     }
 
-    /// Why the metadata goes in front of each frame: "asked for", or the verifier's line that
-    /// refused the program using the metadata area. `None` when it does not.
-    pub fn meta_in_head_reason(&self) -> Option<&str> {
-        self.meta_in_head.as_deref()
+    /// The verifier's line that refused the program using the metadata area, when
+    /// [`MetaPlacement::Auto`] fell back to the one putting it in front.
+    pub fn area_refused(&self) -> Option<&str> {
+        self.area_refused.as_deref()
     }
 
     pub fn program(&mut self) -> &mut Xdp {

@@ -249,7 +249,7 @@ pub fn span_readers(
     let xdp_mode = attach(&mut prog, iface, idx, args.xdp_mode)?;
     let prog_id = prog.program().info().map(|i| i.id()).ok();
     let mut xsk_opts = xsk_opts.clone();
-    if let Some(why) = prog.meta_in_head_reason().filter(|_| placement == MetaPlacement::Auto) {
+    if let Some(why) = prog.area_refused() {
         log::warn!(
             "{iface}: the kernel refused the XDP program that passes metadata beside each frame (verifier: {why}); using the one that puts it in front of the frame"
         );
